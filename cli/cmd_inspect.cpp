@@ -1,0 +1,10 @@
+// PLACEHOLDER until its owner lands the real command.
+#include "cli/commands.hpp"
+#include "common/error.hpp"
+
+namespace ptrain::cli {
+void add_inspect_command(CLI::App& app, Action& action) {
+  auto* sub = app.add_subcommand("inspect", "(not built yet)");
+  sub->callback([&action] { action = [] () -> int { throw NotImplementedError("inspect: not implemented yet"); }; });
+}
+}  // namespace ptrain::cli

@@ -1,0 +1,32 @@
+// The `ptrain` subcommands. Each cmd_*.cpp adds its subcommand to the app and, when chosen, sets
+// `action` to the work to run after parsing. Failures are thrown as ptrain::Error (error.hpp);
+// main.cpp maps them to exit codes. --json output goes to stdout, everything else to stderr.
+#pragma once
+
+#include "common/config/config.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace ptrain::cli {
+
+using Action = std::function<int()>;
+
+void add_prepare_command(CLI::App& app, Action& action);
+void add_run_command(CLI::App& app, Action& action);
+void add_init_command(CLI::App& app, Action& action);
+void add_grad_command(CLI::App& app, Action& action);
+void add_eval_command(CLI::App& app, Action& action);
+void add_generate_command(CLI::App& app, Action& action);
+void add_inspect_command(CLI::App& app, Action& action);
+void add_bench_command(CLI::App& app, Action& action);
+
+// `--set a.b=value` (repeatable) on a subcommand that takes a config.
+void add_set_option(CLI::App* sub, std::vector<std::string>& sets);
+// Loads CONFIG with the --set overrides applied (ConfigError / UsageError on bad input).
+Config load_config_with_sets(const std::string& path, const std::vector<std::string>& sets);
+
+}  // namespace ptrain::cli

@@ -1,0 +1,107 @@
+// The job configuration as typed structs. Parsed once, at the edge (config.cpp is the only file
+// that includes yaml-cpp), validated there, and passed down by value. Every key is documented in
+// configs/defaults.yaml; relative paths resolve against the config file's folder.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ptrain {
+
+enum class Launch { kThreads, kProcesses };
+enum class SyncMode { kBsp, kSsp, kAsync };
+
+struct RunConfig {
+  std::string dir = "runs/default";  // absolute after resolution
+  uint64_t seed = 1337;
+  int threads = 0;  // compute threads per process; 0 = all cores
+};
+
+struct DataConfig {
+  std::string train;             // .tok file (absolute after resolution)
+  std::string val;               // .tok file, "" = no validation
+  std::string tokenizer = "byte";  // "byte" or a tokenizer.json path (absolute after resolution)
+};
+
+struct ModelConfig {
+  int64_t vocab_size = 0;  // 0 in the struct means `auto` (the tokenizer's size)
+  int64_t seq_len = 128;
+  int64_t n_layer = 4;
+  int64_t n_head = 4;
+  int64_t n_embd = 128;
+};
+
+struct TrainConfig {
+  int64_t steps = 1000;
+  int64_t batch_size = 16;  // sequences per step across all workers
+  int64_t micro_batch = 8;  // sequences per forward/backward on one worker
+  int64_t eval_every = 100;  // 0 = never (the final step is always evaluated when data.val is set)
+  int64_t eval_windows = 64;  // windows of data.val per evaluation; 0 = all
+  int64_t log_every = 10;
+};
+
+struct OptimConfig {
+  double lr = 6e-4;
+  double min_lr = 6e-5;
+  int64_t warmup_steps = 100;
+  double weight_decay = 0.1;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double grad_clip = 1.0;  // 0 = off
+};
+
+struct ClusterConfig {
+  int64_t workers = 1;
+  int64_t servers = 1;
+  Launch launch = Launch::kThreads;
+  SyncMode sync = SyncMode::kBsp;
+  int64_t staleness = 0;
+};
+
+struct CheckpointConfig {
+  int64_t every_steps = 0;  // 0 = only the final step
+  int64_t keep = 3;
+  std::string resume = "auto";  // "auto", "never" or a path (absolute after resolution)
+};
+
+struct Config {
+  RunConfig run;
+  DataConfig data;
+  ModelConfig model;
+  TrainConfig train;
+  OptimConfig optim;
+  ClusterConfig cluster;
+  CheckpointConfig checkpoint;
+
+  std::string source;  // where it came from (file path, or "<checkpoint>" ...), for messages
+
+  // Every key with its resolved value, as YAML (paths absolute). Stored in checkpoints;
+  // parse_config_text(to_yaml()) gives back an equal Config.
+  std::string to_yaml() const;
+};
+
+// One `--set a.b=value` override.
+struct ConfigOverride {
+  std::string key;
+  std::string value;
+};
+
+// Parses a YAML file, applies overrides, resolves relative paths against the file's folder and
+// validates every key. Throws ConfigError naming file:line:col, the key, and for an unknown key the
+// nearest valid one.
+Config load_config(const std::string& path, const std::vector<ConfigOverride>& overrides = {});
+
+// The same from text; relative paths resolve against `base_dir`; `origin` names it in messages.
+Config parse_config_text(const std::string& yaml_text, const std::string& origin,
+                         const std::string& base_dir,
+                         const std::vector<ConfigOverride>& overrides = {});
+
+// Parses "a.b=value" (as given to --set). Throws UsageError when malformed.
+ConfigOverride parse_override(const std::string& text);
+
+// Every valid key, "section.name", in defaults.yaml order.
+const std::vector<std::string>& config_keys();
+
+}  // namespace ptrain

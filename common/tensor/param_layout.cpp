@@ -1,0 +1,100 @@
+#include "common/tensor/param_layout.hpp"
+
+#include "common/config/config.hpp"
+#include "common/error.hpp"
+#include "common/util/hash.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+namespace ptrain {
+
+ModelDims model_dims(const ModelConfig& model, int64_t tokenizer_vocab) {
+  PTRAIN_ENFORCE(tokenizer_vocab > 0, "tokenizer vocabulary must be positive");
+  ModelDims d;
+  d.V = tokenizer_vocab;
+  d.Vp = model.vocab_size == 0 ? tokenizer_vocab : model.vocab_size;
+  if (d.Vp < d.V) {
+    throw ConfigError(fmt::format(
+        "model.vocab_size: {} is smaller than the tokenizer's vocabulary ({}); use `auto` or a "
+        "larger value",
+        d.Vp, d.V));
+  }
+  d.T = model.seq_len;
+  d.L = model.n_layer;
+  d.NH = model.n_head;
+  d.C = model.n_embd;
+  return d;
+}
+
+ParamLayout::ParamLayout(const ModelDims& dims) : dims_(dims) {
+  const int64_t C = dims.C;
+  auto add = [this](std::string name, std::vector<int64_t> shape) {
+    TensorSpec t;
+    t.name = std::move(name);
+    t.shape = std::move(shape);
+    t.count = 1;
+    for (int64_t s : t.shape) t.count *= s;
+    t.offset = total_;
+    t.decay = t.shape.size() >= 2;
+    total_ += t.count;
+    tensors_.push_back(std::move(t));
+    return tensors_.back().offset;
+  };
+  wte_ = add("transformer.wte.weight", {dims.Vp, C});
+  wpe_ = add("transformer.wpe.weight", {dims.T, C});
+  for (int64_t l = 0; l < dims.L; ++l) {
+    const std::string p = fmt::format("transformer.h.{}.", l);
+    LayerOffsets o{};
+    o.ln_1_w = add(p + "ln_1.weight", {C});
+    o.ln_1_b = add(p + "ln_1.bias", {C});
+    o.c_attn_w = add(p + "attn.c_attn.weight", {C, 3 * C});
+    o.c_attn_b = add(p + "attn.c_attn.bias", {3 * C});
+    o.attn_proj_w = add(p + "attn.c_proj.weight", {C, C});
+    o.attn_proj_b = add(p + "attn.c_proj.bias", {C});
+    o.ln_2_w = add(p + "ln_2.weight", {C});
+    o.ln_2_b = add(p + "ln_2.bias", {C});
+    o.c_fc_w = add(p + "mlp.c_fc.weight", {C, 4 * C});
+    o.c_fc_b = add(p + "mlp.c_fc.bias", {4 * C});
+    o.mlp_proj_w = add(p + "mlp.c_proj.weight", {4 * C, C});
+    o.mlp_proj_b = add(p + "mlp.c_proj.bias", {C});
+    layers_.push_back(o);
+  }
+  ln_f_w_ = add("transformer.ln_f.weight", {C});
+  ln_f_b_ = add("transformer.ln_f.bias", {C});
+
+  std::string lines;
+  for (const auto& t : tensors_) {
+    lines += fmt::format("{}\t{}\t{}\n", t.name, fmt::join(t.shape, ","), t.offset);
+  }
+  hash_ = sha256_hex(lines);
+}
+
+const TensorSpec* ParamLayout::try_find(const std::string& name) const {
+  for (const auto& t : tensors_) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+const TensorSpec& ParamLayout::find(const std::string& name) const {
+  const TensorSpec* t = try_find(name);
+  PTRAIN_ENFORCE(t != nullptr, "no tensor named '{}' in the layout", name);
+  return *t;
+}
+
+std::vector<std::pair<int64_t, int64_t>> ParamLayout::shard_ranges(int64_t n) const {
+  PTRAIN_ENFORCE(n >= 1, "shard count must be >= 1, got {}", n);
+  // Balanced by size; boundaries aligned to 16 floats (64 bytes) so shards start on cache lines.
+  std::vector<std::pair<int64_t, int64_t>> ranges;
+  int64_t begin = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    int64_t end = (k + 1 == n) ? total_ : ((total_ * (k + 1)) / n) / 16 * 16;
+    if (end < begin) end = begin;
+    ranges.emplace_back(begin, end);
+    begin = end;
+  }
+  return ranges;
+}
+
+}  // namespace ptrain

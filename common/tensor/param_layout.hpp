@@ -1,0 +1,73 @@
+// The flat parameter vector and the table that names its pieces. Built once from the model
+// dimensions; gradients and AdamW moments mirror it; a server's shard is a [begin,end) range of it.
+// Names and shapes follow Hugging Face GPT-2 (y = x·W + b, W of shape (in, out)).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ptrain {
+
+struct ModelConfig;
+
+// Shape letters used throughout: B batch, T sequence, C channels, V vocab (tokenizer),
+// Vp vocab padded (model rows), L layers, NH heads.
+struct ModelDims {
+  int64_t V = 0;   // tokenizer vocabulary (real tokens)
+  int64_t Vp = 0;  // model vocabulary rows (>= V; rows >= V are padding)
+  int64_t T = 0;   // maximum sequence length (wpe rows)
+  int64_t L = 0;
+  int64_t NH = 0;
+  int64_t C = 0;
+};
+
+// Resolves `model.vocab_size` (0 = auto) against the tokenizer's size. Throws ConfigError when
+// the configured size is smaller than the tokenizer's.
+ModelDims model_dims(const ModelConfig& model, int64_t tokenizer_vocab);
+
+struct TensorSpec {
+  std::string name;            // HF GPT-2 name, e.g. "transformer.h.0.attn.c_attn.weight"
+  std::vector<int64_t> shape;  // e.g. {C, 3*C}
+  int64_t offset = 0;          // into the flat vector, in floats
+  int64_t count = 0;           // product of shape
+  bool decay = false;          // AdamW weight decay applies (tensors with >= 2 dims)
+};
+
+class ParamLayout {
+ public:
+  explicit ParamLayout(const ModelDims& dims);
+
+  const ModelDims& dims() const { return dims_; }
+  const std::vector<TensorSpec>& tensors() const { return tensors_; }
+  int64_t total() const { return total_; }  // floats in the flat vector
+  // Hex SHA-256 of the lines "name\tshape\toffset\n" (shape as "d0,d1"); compared on load.
+  const std::string& hash() const { return hash_; }
+
+  const TensorSpec& find(const std::string& name) const;  // throws InternalError if absent
+  const TensorSpec* try_find(const std::string& name) const;
+
+  // Offsets of the per-layer tensors, by layer, in the order of LayerOffsets' members.
+  struct LayerOffsets {
+    int64_t ln_1_w, ln_1_b, c_attn_w, c_attn_b, attn_proj_w, attn_proj_b;
+    int64_t ln_2_w, ln_2_b, c_fc_w, c_fc_b, mlp_proj_w, mlp_proj_b;
+  };
+  const LayerOffsets& layer(int64_t l) const { return layers_.at(static_cast<size_t>(l)); }
+  int64_t wte() const { return wte_; }
+  int64_t wpe() const { return wpe_; }
+  int64_t ln_f_w() const { return ln_f_w_; }
+  int64_t ln_f_b() const { return ln_f_b_; }
+
+  // Splits [0,total) into `n` contiguous ranges balanced by size; range k is server k's shard.
+  std::vector<std::pair<int64_t, int64_t>> shard_ranges(int64_t n) const;
+
+ private:
+  ModelDims dims_;
+  std::vector<TensorSpec> tensors_;
+  std::vector<LayerOffsets> layers_;
+  int64_t total_ = 0;
+  int64_t wte_ = 0, wpe_ = 0, ln_f_w_ = 0, ln_f_b_ = 0;
+  std::string hash_;
+};
+
+}  // namespace ptrain
