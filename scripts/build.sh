@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Configures and builds ptrain into build/ (Release-with-debug-info, Ninja). Prints the feature summary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo | sed -n '/features:/,/Configuring done/p'
+cmake --build build -j "$(nproc)"
