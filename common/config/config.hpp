@@ -16,12 +16,16 @@ struct RunConfig {
   std::string dir = "runs/default";  // absolute after resolution
   uint64_t seed = 1337;
   int threads = 0;  // compute threads per process; 0 = all cores
+
+  bool operator==(const RunConfig&) const = default;
 };
 
 struct DataConfig {
   std::string train;             // .tok file (absolute after resolution)
   std::string val;               // .tok file, "" = no validation
   std::string tokenizer = "byte";  // "byte" or a tokenizer.json path (absolute after resolution)
+
+  bool operator==(const DataConfig&) const = default;
 };
 
 struct ModelConfig {
@@ -30,6 +34,8 @@ struct ModelConfig {
   int64_t n_layer = 4;
   int64_t n_head = 4;
   int64_t n_embd = 128;
+
+  bool operator==(const ModelConfig&) const = default;
 };
 
 struct TrainConfig {
@@ -39,6 +45,8 @@ struct TrainConfig {
   int64_t eval_every = 100;  // 0 = never (the final step is always evaluated when data.val is set)
   int64_t eval_windows = 64;  // windows of data.val per evaluation; 0 = all
   int64_t log_every = 10;
+
+  bool operator==(const TrainConfig&) const = default;
 };
 
 struct OptimConfig {
@@ -50,6 +58,8 @@ struct OptimConfig {
   double beta2 = 0.95;
   double eps = 1e-8;
   double grad_clip = 1.0;  // 0 = off
+
+  bool operator==(const OptimConfig&) const = default;
 };
 
 struct ClusterConfig {
@@ -58,12 +68,16 @@ struct ClusterConfig {
   Launch launch = Launch::kThreads;
   SyncMode sync = SyncMode::kBsp;
   int64_t staleness = 0;
+
+  bool operator==(const ClusterConfig&) const = default;
 };
 
 struct CheckpointConfig {
   int64_t every_steps = 0;  // 0 = only the final step
   int64_t keep = 3;
   std::string resume = "auto";  // "auto", "never" or a path (absolute after resolution)
+
+  bool operator==(const CheckpointConfig&) const = default;
 };
 
 struct Config {
@@ -80,6 +94,9 @@ struct Config {
   // Every key with its resolved value, as YAML (paths absolute). Stored in checkpoints;
   // parse_config_text(to_yaml()) gives back an equal Config.
   std::string to_yaml() const;
+
+  // Same settings in every key; `source` is provenance and is not compared.
+  bool operator==(const Config& other) const;
 };
 
 // One `--set a.b=value` override.

@@ -1,0 +1,606 @@
+// YAML config → typed Config. The only file in ptrain that includes yaml-cpp (STYLE.md 15).
+//
+// One table (kKeys) drives everything: which keys exist and in what order (config_keys(), to_yaml()
+// and configs/defaults.yaml all follow it), how each value is parsed, and its simple range. A load
+// runs in four passes so that a later source can fix an earlier one:
+//   1. the file, key by key: only the syntax and the type of each value are checked here;
+//   2. the --set overrides, the same way;
+//   3. relative paths resolved against the base of whoever set them (file folder or cwd);
+//   4. ranges, things not built yet, and the checks that involve two keys.
+// Every message starts with where the offending value came from: FILE:LINE:COL (1-based) for a
+// YAML node, "--set key=value" for an override, or just FILE for a default that fails a cross-check.
+//
+// Not here: what the values mean to the model or the run (their users check that), environment
+// variables (none are read), and `~` expansion (paths are taken literally).
+#include "common/config/config.hpp"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <array>
+#include <charconv>
+#include <cmath>
+#include <filesystem>
+#include <limits>
+#include <map>
+#include <optional>
+#include <span>
+#include <string_view>
+#include <system_error>
+#include <variant>
+
+#include "common/error.hpp"
+#include "common/util/fs.hpp"
+
+namespace ptrain {
+namespace {
+
+// ---- the key table ------------------------------------------------------------------------------
+
+// A typed pointer into a Config. Every std::string key is a path (or one of its key's words).
+using FieldRef =
+    std::variant<int64_t*, int*, uint64_t*, double*, std::string*, Launch*, SyncMode*>;
+
+template <auto Section, auto Member>
+FieldRef field(Config& c) {
+  return &(c.*Section.*Member);
+}
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// The values a key accepts on its own: [lo, hi] with either end optionally open.
+struct Bounds {
+  double lo = -kInf;
+  bool lo_open = false;
+  double hi = kInf;
+  bool hi_open = false;
+};
+constexpr Bounds at_least(double lo) { return {lo, false, kInf, false}; }
+constexpr Bounds above(double lo) { return {lo, true, kInf, false}; }
+constexpr Bounds kFraction{0, false, 1, true};  // [0, 1): Adam's betas
+
+struct Key {
+  std::string_view name;  // "section.key"
+  FieldRef (*field)(Config&);
+  Bounds bounds = {};
+  // Spelled-out values. For a path: words that are not paths ("byte", "auto", "never"). For an
+  // integer: "auto", stored as 0 (so an explicit 0 is refused: 0 would read back as auto).
+  std::array<std::string_view, 2> words = {};
+};
+
+// In configs/defaults.yaml order; the default of each key is its struct initialiser in config.hpp.
+const Key kKeys[] = {
+    {"run.dir", field<&Config::run, &RunConfig::dir>},
+    {"run.seed", field<&Config::run, &RunConfig::seed>},
+    {"run.threads", field<&Config::run, &RunConfig::threads>, at_least(0)},
+    {"data.train", field<&Config::data, &DataConfig::train>},
+    {"data.val", field<&Config::data, &DataConfig::val>},
+    {"data.tokenizer", field<&Config::data, &DataConfig::tokenizer>, {}, {"byte"}},
+    {"model.vocab_size", field<&Config::model, &ModelConfig::vocab_size>, at_least(1), {"auto"}},
+    {"model.seq_len", field<&Config::model, &ModelConfig::seq_len>, at_least(1)},
+    {"model.n_layer", field<&Config::model, &ModelConfig::n_layer>, at_least(1)},
+    {"model.n_head", field<&Config::model, &ModelConfig::n_head>, at_least(1)},
+    {"model.n_embd", field<&Config::model, &ModelConfig::n_embd>, at_least(1)},
+    {"train.steps", field<&Config::train, &TrainConfig::steps>, at_least(1)},
+    {"train.batch_size", field<&Config::train, &TrainConfig::batch_size>, at_least(1)},
+    {"train.micro_batch", field<&Config::train, &TrainConfig::micro_batch>, at_least(1)},
+    {"train.eval_every", field<&Config::train, &TrainConfig::eval_every>, at_least(0)},
+    {"train.eval_windows", field<&Config::train, &TrainConfig::eval_windows>, at_least(0)},
+    {"train.log_every", field<&Config::train, &TrainConfig::log_every>, at_least(1)},
+    {"optim.lr", field<&Config::optim, &OptimConfig::lr>, at_least(0)},
+    {"optim.min_lr", field<&Config::optim, &OptimConfig::min_lr>, at_least(0)},
+    {"optim.warmup_steps", field<&Config::optim, &OptimConfig::warmup_steps>, at_least(0)},
+    {"optim.weight_decay", field<&Config::optim, &OptimConfig::weight_decay>, at_least(0)},
+    {"optim.beta1", field<&Config::optim, &OptimConfig::beta1>, kFraction},
+    {"optim.beta2", field<&Config::optim, &OptimConfig::beta2>, kFraction},
+    {"optim.eps", field<&Config::optim, &OptimConfig::eps>, above(0)},
+    {"optim.grad_clip", field<&Config::optim, &OptimConfig::grad_clip>, at_least(0)},
+    {"cluster.workers", field<&Config::cluster, &ClusterConfig::workers>, at_least(1)},
+    {"cluster.servers", field<&Config::cluster, &ClusterConfig::servers>, at_least(1)},
+    {"cluster.launch", field<&Config::cluster, &ClusterConfig::launch>},
+    {"cluster.sync", field<&Config::cluster, &ClusterConfig::sync>},
+    {"cluster.staleness", field<&Config::cluster, &ClusterConfig::staleness>, at_least(0)},
+    {"checkpoint.every_steps", field<&Config::checkpoint, &CheckpointConfig::every_steps>,
+     at_least(0)},
+    {"checkpoint.keep", field<&Config::checkpoint, &CheckpointConfig::keep>, at_least(1)},
+    {"checkpoint.resume", field<&Config::checkpoint, &CheckpointConfig::resume>, {},
+     {"auto", "never"}},
+};
+
+// Enum spellings; `built` = usable now. The others are refused with "not implemented yet" rather
+// than accepted and ignored (CONTRACTS.md).
+template <class E>
+struct Choice {
+  E value;
+  std::string_view name;
+  bool built;
+};
+constexpr Choice<Launch> kLaunchChoices[] = {{Launch::kThreads, "threads", true},
+                                             {Launch::kProcesses, "processes", false}};
+constexpr Choice<SyncMode> kSyncChoices[] = {{SyncMode::kBsp, "bsp", true},
+                                             {SyncMode::kSsp, "ssp", false},
+                                             {SyncMode::kAsync, "async", false}};
+std::span<const Choice<Launch>> choices_for(const Launch*) { return kLaunchChoices; }
+std::span<const Choice<SyncMode>> choices_for(const SyncMode*) { return kSyncChoices; }
+
+template <class E>
+std::string choice_names(const E* tag, bool built_only) {
+  std::string out;
+  for (const auto& c : choices_for(tag)) {
+    if (built_only && !c.built) continue;
+    out += out.empty() ? "" : ", ";
+    out += c.name;
+  }
+  return out;
+}
+
+std::string_view section_of(std::string_view key) { return key.substr(0, key.find('.')); }
+std::string_view leaf_of(std::string_view key) { return key.substr(key.find('.') + 1); }
+bool has_word(const Key& key, std::string_view text) {
+  return !text.empty() && std::find(key.words.begin(), key.words.end(), text) != key.words.end();
+}
+
+const Key* find_key(std::string_view name) {
+  for (const Key& k : kKeys) {
+    if (k.name == name) return &k;
+  }
+  return nullptr;
+}
+bool is_section(std::string_view name) {
+  return std::any_of(std::begin(kKeys), std::end(kKeys),
+                     [&](const Key& k) { return section_of(k.name) == name; });
+}
+
+// ---- "did you mean" -----------------------------------------------------------------------------
+
+size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+// The valid key nearest to `wanted` ("section.key"). A key filed under the wrong section
+// ("train.lr") is found by its leaf name first, since the edit distance of the whole path would
+// favour a same-section key that merely looks alike.
+std::string_view nearest_key(std::string_view wanted) {
+  const std::string_view leaf =
+      wanted.find('.') == std::string_view::npos ? wanted : leaf_of(wanted);
+  for (const Key& k : kKeys) {
+    if (leaf_of(k.name) == leaf) return k.name;
+  }
+  std::string_view best;
+  size_t best_d = std::numeric_limits<size_t>::max();
+  for (const Key& k : kKeys) {
+    size_t d = edit_distance(wanted, k.name);
+    if (d < best_d) best = k.name, best_d = d;
+  }
+  return best;
+}
+
+// For an unknown top-level name: a key's leaf put at the top ("lr:") points to that key;
+// otherwise the nearest section.
+std::string_view nearest_section(std::string_view wanted) {
+  for (const Key& k : kKeys) {
+    if (leaf_of(k.name) == wanted) return k.name;
+  }
+  std::string_view best;
+  size_t best_d = std::numeric_limits<size_t>::max();
+  for (const Key& k : kKeys) {
+    size_t d = edit_distance(wanted, section_of(k.name));
+    if (d < best_d) best = section_of(k.name), best_d = d;
+  }
+  return best;
+}
+
+// ---- scalars ------------------------------------------------------------------------------------
+// Parsed by hand with from_chars: yaml-cpp's as<int>() reads "010" as octal, accepts "1.5" for
+// nothing useful, and fails with a bare "bad conversion".
+
+[[noreturn]] void fail(std::string_view where, std::string_view message) {
+  throw ConfigError(fmt::format("{}: {}", where, message));
+}
+
+template <class Int>
+std::optional<Int> parse_int(std::string_view text, bool* out_of_range) {
+  if (text.starts_with('+')) text.remove_prefix(1);
+  Int value{};
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  *out_of_range = ec == std::errc::result_out_of_range;
+  if (ec != std::errc() || end != text.data() + text.size() || text.empty()) return std::nullopt;
+  return value;
+}
+
+std::optional<double> parse_double(std::string_view text) {
+  if (text.starts_with('+')) text.remove_prefix(1);
+  double value = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || end != text.data() + text.size() || text.empty()) return std::nullopt;
+  if (!std::isfinite(value)) return std::nullopt;
+  return value;
+}
+
+// What a key wants, for "expected ..." messages.
+std::string expected_kind(const Key& key, FieldRef ref) {
+  return std::visit(
+      [&](auto* p) -> std::string {
+        using T = std::remove_pointer_t<decltype(p)>;
+        if constexpr (std::is_same_v<T, double>) {
+          return "a number";
+        } else if constexpr (std::is_same_v<T, uint64_t>) {
+          return "a non-negative integer";
+        } else if constexpr (std::is_integral_v<T>) {
+          return key.words[0].empty() ? "an integer" : fmt::format("an integer or {}", key.words[0]);
+        } else if constexpr (std::is_same_v<T, std::string>) {
+          return "a path";
+        } else {
+          return fmt::format("one of {}", choice_names(p, false));
+        }
+      },
+      ref);
+}
+
+// Stores one scalar (`text`; nullopt for a YAML null) into the key's field. Checks type only:
+// ranges wait until every source has been applied (an override may fix a file's value).
+void assign(const Key& key, Config& cfg, const std::optional<std::string>& text,
+            std::string_view where) {
+  FieldRef ref = key.field(cfg);
+  auto bad = [&](std::string_view note = {}) {
+    fail(where, fmt::format("{}: expected {}, got {}{}", key.name, expected_kind(key, ref),
+                            text ? fmt::format("'{}'", *text) : "nothing", note));
+  };
+  std::visit(
+      [&](auto* p) {
+        using T = std::remove_pointer_t<decltype(p)>;
+        if constexpr (std::is_same_v<T, std::string>) {
+          *p = text.value_or("");  // null and "" both mean unset (data.val: no validation)
+        } else {
+          if (!text) bad();
+          if constexpr (std::is_same_v<T, double>) {
+            auto v = parse_double(*text);
+            if (!v) bad();
+            *p = *v;
+          } else if constexpr (std::is_integral_v<T>) {
+            if (has_word(key, *text)) {
+              *p = 0;
+              return;
+            }
+            bool out_of_range = false;
+            auto v = parse_int<T>(*text, &out_of_range);
+            if (!v) bad(out_of_range ? " (out of range)" : "");
+            if (!key.words[0].empty() && *v == 0) {
+              fail(where, fmt::format("{}: must be >= 1 or {}, got 0", key.name, key.words[0]));
+            }
+            *p = *v;
+          } else {
+            const auto choices = choices_for(p);
+            auto it = std::find_if(choices.begin(), choices.end(),
+                                   [&](const auto& c) { return c.name == *text; });
+            if (it == choices.end()) bad();
+            *p = it->value;
+          }
+        }
+      },
+      ref);
+}
+
+std::string describe(const Bounds& b) {
+  if (b.hi == kInf) return fmt::format("{} {}", b.lo_open ? ">" : ">=", b.lo);
+  return fmt::format("in {}{}, {}{}", b.lo_open ? "(" : "[", b.lo, b.hi, b.hi_open ? ")" : "]");
+}
+
+// A key's own range and, for enums, whether the choice is built. Returns an error or "".
+std::string check_key(const Key& key, Config& cfg) {
+  return std::visit(
+      [&](auto* p) -> std::string {
+        using T = std::remove_pointer_t<decltype(p)>;
+        if constexpr (std::is_arithmetic_v<T>) {
+          if (!key.words[0].empty() && *p == 0) return "";  // "auto"
+          const double v = static_cast<double>(*p);
+          const Bounds& b = key.bounds;
+          const bool ok = (b.lo_open ? v > b.lo : v >= b.lo) && (b.hi_open ? v < b.hi : v <= b.hi);
+          if (!ok) return fmt::format("{} must be {}, got {}", key.name, describe(b), *p);
+          return "";
+        } else if constexpr (std::is_same_v<T, std::string>) {
+          return "";
+        } else {
+          for (const auto& c : choices_for(p)) {
+            if (c.value == *p && !c.built) {
+              return fmt::format("{}: '{}' is not implemented yet (valid now: {})", key.name, c.name,
+                                 choice_names(p, true));
+            }
+          }
+          return "";
+        }
+      },
+      key.field(cfg));
+}
+
+// ---- emission -----------------------------------------------------------------------------------
+
+// A YAML double-quoted scalar: JSON-like escapes that yaml-cpp reads back byte for byte.
+std::string yaml_quoted(std::string_view s) {
+  std::string out = "\"";
+  for (unsigned char ch : s) {
+    if (ch == '"' || ch == '\\') {
+      out += '\\';
+      out += static_cast<char>(ch);
+    } else if (ch < 0x20 || ch == 0x7f) {
+      out += fmt::format("\\x{:02x}", ch);
+    } else {
+      out += static_cast<char>(ch);
+    }
+  }
+  return out + "\"";
+}
+
+std::string format_value(const Key& key, FieldRef ref) {
+  return std::visit(
+      [&](auto* p) -> std::string {
+        using T = std::remove_pointer_t<decltype(p)>;
+        if constexpr (std::is_same_v<T, std::string>) {
+          return has_word(key, *p) ? *p : yaml_quoted(*p);
+        } else if constexpr (std::is_same_v<T, double>) {
+          return fmt::format("{}", *p);  // shortest form that reads back to the same double
+        } else if constexpr (std::is_integral_v<T>) {
+          return !key.words[0].empty() && *p == 0 ? std::string(key.words[0])
+                                                  : fmt::format("{}", *p);
+        } else {
+          for (const auto& c : choices_for(p)) {
+            if (c.value == *p) return std::string(c.name);
+          }
+          PTRAIN_ENFORCE(false, "{}: enum value {} has no name", key.name, static_cast<int>(*p));
+          return {};
+        }
+      },
+      ref);
+}
+
+// ---- loading ------------------------------------------------------------------------------------
+
+// Where a key's value came from: for messages, and for resolving a relative path.
+struct Origin {
+  std::string where;     // "FILE:LINE:COL" or "--set key=value"
+  std::string base_dir;  // what a relative path in it is relative to
+};
+
+const char* node_kind(const YAML::Node& n) {
+  switch (n.Type()) {
+    case YAML::NodeType::Map: return "a mapping";
+    case YAML::NodeType::Sequence: return "a list";
+    case YAML::NodeType::Null: return "nothing";
+    default: return "a scalar";
+  }
+}
+
+class Loader {
+ public:
+  Loader(std::string origin, std::string base_dir)
+      : origin_(std::move(origin)), base_dir_(std::move(base_dir)) {
+    cfg_.source = origin_;
+  }
+
+  void apply_text(const std::string& text) {
+    std::vector<YAML::Node> docs;
+    try {
+      docs = YAML::LoadAll(text);
+    } catch (const YAML::ParserException& e) {
+      // yaml-cpp's marks are 0-based.
+      fail(fmt::format("{}:{}:{}", origin_, e.mark.line + 1, e.mark.column + 1),
+           fmt::format("malformed YAML: {}", e.msg));
+    }
+    if (docs.size() > 1) fail(at(docs[1]), "expected one YAML document, found more ('---')");
+    if (docs.empty() || docs[0].IsNull()) return;  // empty file: all defaults
+    const YAML::Node& root = docs[0];
+    if (!root.IsMap()) {
+      fail(at(root), fmt::format("expected a mapping of sections (run, data, model, ...), got {}",
+                                 node_kind(root)));
+    }
+    std::map<std::string, std::string> seen_sections;
+    for (const auto& section : root) {
+      const std::string name = key_name(section.first);
+      if (!is_section(name)) {
+        fail(at(section.first), fmt::format("unknown section '{}' (did you mean '{}'?)", name,
+                                            nearest_section(name)));
+      }
+      if (auto [it, fresh] = seen_sections.emplace(name, at(section.first)); !fresh) {
+        fail(at(section.first), fmt::format("duplicate section '{}' (first at {})", name, it->second));
+      }
+      apply_section(name, section.second);
+    }
+  }
+
+  void apply_override(const ConfigOverride& o) {
+    const std::string where = fmt::format("--set {}={}", o.key, o.value);
+    const Key* key = find_key(o.key);
+    if (!key) {
+      fail(where, fmt::format("unknown key '{}' (did you mean '{}'?)", o.key, nearest_key(o.key)));
+    }
+    // The value is a YAML scalar, so quoting works as in a file: --set 'data.val=""'.
+    YAML::Node value;
+    try {
+      value = YAML::Load(o.value);
+    } catch (const YAML::ParserException& e) {
+      fail(where, fmt::format("{}: malformed YAML value: {}", o.key, e.msg));
+    }
+    assign_node(*key, value, where, std::filesystem::current_path().string());
+  }
+
+  Config finish() {
+    resolve_paths();
+    validate();
+    return cfg_;
+  }
+
+ private:
+  std::string at(const YAML::Node& n) const {
+    const YAML::Mark m = n.Mark();
+    if (m.is_null()) return origin_;
+    return fmt::format("{}:{}:{}", origin_, m.line + 1, m.column + 1);
+  }
+
+  std::string key_name(const YAML::Node& k) const {
+    if (!k.IsScalar()) fail(at(k), fmt::format("expected a key name, got {}", node_kind(k)));
+    return k.Scalar();
+  }
+
+  void apply_section(const std::string& section, const YAML::Node& body) {
+    if (body.IsNull()) return;  // "model:" with nothing under it
+    if (!body.IsMap()) {
+      fail(at(body), fmt::format("{}: expected a mapping of keys, got {}", section, node_kind(body)));
+    }
+    for (const auto& entry : body) {
+      const std::string name = section + "." + key_name(entry.first);
+      const Key* key = find_key(name);
+      if (!key) {
+        fail(at(entry.first),
+             fmt::format("unknown key '{}' (did you mean '{}'?)", name, nearest_key(name)));
+      }
+      if (auto it = origins_.find(key->name); it != origins_.end()) {
+        fail(at(entry.first), fmt::format("duplicate key '{}' (first at {})", name, it->second.where));
+      }
+      // A null value has no useful mark of its own (yaml-cpp puts it after the line): use the key's.
+      assign_node(*key, entry.second, at(entry.second.IsNull() ? entry.first : entry.second),
+                  base_dir_);
+    }
+  }
+
+  void assign_node(const Key& key, const YAML::Node& value, const std::string& where,
+                   const std::string& base_dir) {
+    if (value.IsMap() || value.IsSequence()) {
+      fail(where, fmt::format("{}: expected a single value ({}), got {}", key.name,
+                              expected_kind(key, key.field(cfg_)), node_kind(value)));
+    }
+    assign(key, cfg_, value.IsNull() ? std::nullopt : std::optional(value.Scalar()), where);
+    origins_[key.name] = {where, base_dir};
+  }
+
+  // A key's default resolves like a value written in the file: against the file's folder.
+  void resolve_paths() {
+    for (const Key& key : kKeys) {
+      FieldRef ref = key.field(cfg_);
+      auto* slot = std::get_if<std::string*>(&ref);
+      if (!slot) continue;
+      std::string& path = **slot;
+      if (path.empty() || has_word(key, path)) continue;
+      auto it = origins_.find(key.name);
+      path = resolve_path(path, it != origins_.end() ? it->second.base_dir : base_dir_);
+    }
+  }
+
+  // Where to point a message about these keys: the first one that was set, else the source.
+  std::string where_of(std::initializer_list<std::string_view> keys) const {
+    for (std::string_view k : keys) {
+      if (auto it = origins_.find(k); it != origins_.end()) return it->second.where;
+    }
+    return origin_;
+  }
+
+  void validate() {
+    for (const Key& key : kKeys) {
+      if (std::string error = check_key(key, cfg_); !error.empty()) fail(where_of({key.name}), error);
+    }
+    const auto& c = cfg_;
+    if (c.data.train.empty()) {
+      fail(where_of({"data.train"}), "data.train is required (the training .tok file)");
+    }
+    if (c.optim.min_lr > c.optim.lr) {
+      fail(where_of({"optim.min_lr", "optim.lr"}),
+           fmt::format("optim.min_lr ({}) must be <= optim.lr ({})", c.optim.min_lr, c.optim.lr));
+    }
+    if (c.model.n_embd % c.model.n_head != 0) {
+      fail(where_of({"model.n_embd", "model.n_head"}),
+           fmt::format("model.n_embd ({}) must be divisible by model.n_head ({})", c.model.n_embd,
+                       c.model.n_head));
+    }
+    if (c.train.batch_size < c.cluster.workers) {
+      fail(where_of({"train.batch_size", "cluster.workers"}),
+           fmt::format("train.batch_size ({}) must be >= cluster.workers ({}): every worker takes "
+                       "at least one sequence per step",
+                       c.train.batch_size, c.cluster.workers));
+    }
+    if (c.cluster.sync == SyncMode::kBsp && c.cluster.staleness != 0) {
+      fail(where_of({"cluster.staleness"}),
+           fmt::format("cluster.staleness: {} is not implemented yet (valid now: 0; bsp waits for "
+                       "every worker each step, staleness needs ssp)",
+                       c.cluster.staleness));
+    }
+  }
+
+  std::string origin_;
+  std::string base_dir_;
+  Config cfg_;
+  std::map<std::string_view, Origin, std::less<>> origins_;
+};
+
+}  // namespace
+
+// ---- public API ---------------------------------------------------------------------------------
+
+std::string Config::to_yaml() const {
+  Config copy = *this;  // the table's accessors take a mutable Config; read a copy to stay const
+  std::string out = "# ptrain config, resolved: every key, paths absolute\n";
+  std::string_view section;
+  for (const Key& key : kKeys) {
+    if (section_of(key.name) != section) {
+      section = section_of(key.name);
+      out += fmt::format("{}:\n", section);
+    }
+    out += fmt::format("  {}: {}\n", leaf_of(key.name), format_value(key, key.field(copy)));
+  }
+  return out;
+}
+
+bool Config::operator==(const Config& o) const {
+  return run == o.run && data == o.data && model == o.model && train == o.train &&
+         optim == o.optim && cluster == o.cluster && checkpoint == o.checkpoint;
+}
+
+Config parse_config_text(const std::string& yaml_text, const std::string& origin,
+                         const std::string& base_dir,
+                         const std::vector<ConfigOverride>& overrides) {
+  Loader loader(origin, base_dir);
+  loader.apply_text(yaml_text);
+  for (const ConfigOverride& o : overrides) loader.apply_override(o);
+  return loader.finish();
+}
+
+Config load_config(const std::string& path, const std::vector<ConfigOverride>& overrides) {
+  const std::string text = read_file(path);  // IoError naming the path
+  return parse_config_text(text, path, std::filesystem::path(path).parent_path().string(),
+                           overrides);
+}
+
+ConfigOverride parse_override(const std::string& text) {
+  const size_t eq = text.find('=');
+  const std::string key = text.substr(0, eq);
+  const size_t dot = key.find('.');
+  if (eq == std::string::npos || dot == std::string::npos || dot == 0 || dot + 1 == key.size()) {
+    std::string hint;
+    if (eq != std::string::npos && dot == std::string::npos && !key.empty()) {
+      hint = fmt::format(" (did you mean '{}'?)", nearest_key(key));
+    }
+    throw UsageError(fmt::format("--set expects section.key=value (e.g. optim.lr=3e-4), got '{}'{}",
+                                 text, hint));
+  }
+  return {key, text.substr(eq + 1)};
+}
+
+const std::vector<std::string>& config_keys() {
+  static const std::vector<std::string> keys = [] {
+    std::vector<std::string> out;
+    for (const Key& k : kKeys) out.emplace_back(k.name);
+    return out;
+  }();
+  return keys;
+}
+
+}  // namespace ptrain
