@@ -1,10 +1,83 @@
-// PLACEHOLDER until its owner lands the real command.
+// `ptrain eval --checkpoint CKPT --data FILE.tok [--json]`: mean cross-entropy of a checkpoint over
+// every complete window of a token file (file order, T = model.seq_len, batches of
+// train.micro_batch windows), and its perplexity. --json prints one object
+// {"loss", "perplexity", "windows", "tokens", "step"} on stdout; logs go to stderr.
+#include "cli/checkpoint_model.hpp"
 #include "cli/commands.hpp"
 #include "common/error.hpp"
+#include "common/io/token_file.hpp"
+#include "worker/backend/cpu/cpu_backend.hpp"
+#include "worker/model/gpt.hpp"
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <memory>
 
 namespace ptrain::cli {
+
 void add_eval_command(CLI::App& app, Action& action) {
-  auto* sub = app.add_subcommand("eval", "(not built yet)");
-  sub->callback([&action] { action = [] () -> int { throw NotImplementedError("eval: not implemented yet"); }; });
+  struct Args {
+    std::string checkpoint, data;
+    bool json = false;
+  };
+  auto args = std::make_shared<Args>();
+  auto* sub = app.add_subcommand(
+      "eval", "Mean loss and perplexity of a checkpoint over every complete window of a token file");
+  sub->add_option("--checkpoint", args->checkpoint, "Checkpoint .h5 file or its directory")->required();
+  sub->add_option("--data", args->data, ".tok file")->required();
+  sub->add_flag("--json", args->json, "Print one JSON object on stdout");
+  sub->callback([&action, args] {
+    action = [args] {
+      const CheckpointModel cm = open_checkpoint_model(args->checkpoint);
+      const ParamLayout& layout = *cm.layout;
+      const int64_t T = layout.dims().T;
+      const TokenFile tf = TokenFile::open(args->data);
+      check_token_file_vocab(tf, cm);
+      const int64_t windows = tf.num_windows(T);
+      if (windows < 1) {
+        throw DataError(fmt::format("{} has {} tokens: no complete window of T+1 = {} tokens", tf.path(),
+                                    tf.size(), T + 1));
+      }
+      auto backend = make_cpu_backend(cm.config.run.threads);
+      const int64_t micro = std::clamp<int64_t>(cm.config.train.micro_batch, 1, windows);
+      Gpt gpt(layout, *backend, micro);
+      const auto t0 = std::chrono::steady_clock::now();
+      std::vector<int32_t> batch;
+      LossSum total;
+      for (int64_t w0 = 0; w0 < windows; w0 += micro) {
+        const int64_t n = std::min(micro, windows - w0);
+        read_windows(tf, w0, n, T, layout.dims().V, batch);
+        const LossSum ls = gpt.forward_loss(cm.params, batch, n, T);
+        total.loss_sum += ls.loss_sum;
+        total.tokens += ls.tokens;
+      }
+      const double seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const double loss = total.mean();
+      const double ppl = std::exp(loss);
+      spdlog::info("{} (step {}) on {}: {} windows, {} tokens in {:.2f} s", cm.file, cm.meta.step,
+                   tf.path(), windows, total.tokens, seconds);
+      if (args->json) {
+        nlohmann::json j;
+        j["loss"] = loss;
+        j["perplexity"] = ppl;
+        j["windows"] = windows;
+        j["tokens"] = total.tokens;
+        j["step"] = cm.meta.step;
+        std::printf("%s\n", j.dump().c_str());
+      } else {
+        std::printf("loss %.6f  perplexity %.4f  (%lld windows, %lld tokens, step %lld)\n", loss, ppl,
+                    static_cast<long long>(windows), static_cast<long long>(total.tokens),
+                    static_cast<long long>(cm.meta.step));
+      }
+      return 0;
+    };
+  });
 }
+
 }  // namespace ptrain::cli

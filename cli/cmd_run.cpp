@@ -1,10 +1,66 @@
-// PLACEHOLDER until its owner lands the real command.
+// `ptrain run CONFIG [--set k=v]...`: a whole training job on this machine. With
+// `cluster.launch: threads` the coordinator, servers and workers are threads of this process
+// (coordinator/threads_job.hpp); `processes` is refused as not implemented yet. Only parsing here.
 #include "cli/commands.hpp"
-#include "common/error.hpp"
+#include "coordinator/threads_job.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <csignal>
+#include <memory>
 
 namespace ptrain::cli {
-void add_run_command(CLI::App& app, Action& action) {
-  auto* sub = app.add_subcommand("run", "(not built yet)");
-  sub->callback([&action] { action = [] () -> int { throw NotImplementedError("run: not implemented yet"); }; });
+namespace {
+
+// SIGINT/SIGTERM ask the job to stop at the next step boundary with a checkpoint; the handler
+// resets itself, so a second signal ends the process the default way.
+std::atomic<bool> g_stop{false};
+extern "C" void on_stop_signal(int) { g_stop.store(true); }
+
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESETHAND;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
 }
+
+}  // namespace
+
+void add_run_command(CLI::App& app, Action& action) {
+  struct Args {
+    std::string config;
+    std::vector<std::string> sets;
+  };
+  auto args = std::make_shared<Args>();
+  auto* sub = app.add_subcommand(
+      "run", "Train: coordinator, parameter servers and workers on this machine "
+             "(cluster.launch: threads); writes RUN_DIR/train.jsonl and checkpoints");
+  sub->add_option("CONFIG", args->config, "YAML config file")->required();
+  add_set_option(sub, args->sets);
+  sub->callback([&action, args] {
+    action = [args] {
+      const Config config = load_config_with_sets(args->config, args->sets);
+      install_stop_handlers();
+      ThreadsJobOptions options;
+      options.stop_requested = [](int64_t) { return g_stop.load(); };
+      const RunSummary s = run_threads_job(config, options);
+      if (s.final_step > s.start_step) {
+        spdlog::info("done: step {} | loss {:.4f}{} | {:.0f} tok/s | {:.3f} s/step | {}", s.final_step,
+                     s.final_loss,
+                     s.final_val_loss ? fmt::format(" | val_loss {:.4f}", *s.final_val_loss) : "",
+                     s.tokens_per_s, s.mean_step_s,
+                     s.last_checkpoint.empty() ? "no checkpoint" : s.last_checkpoint);
+      }
+      if (s.interrupted) {
+        spdlog::info("interrupted at step {}; the checkpoint {} resumes it", s.final_step,
+                     s.last_checkpoint);
+      }
+      return 0;
+    };
+  });
+}
+
 }  // namespace ptrain::cli

@@ -45,11 +45,22 @@ struct CheckpointData {
 // `path` is a checkpoint .h5 file or a directory holding checkpoint.h5.
 std::string checkpoint_file(const std::string& path);
 
-// Writes one checkpoint file (not atomic by itself; publish_checkpoint makes it so).
+// Writes one checkpoint file (not atomic by itself; publish_checkpoint makes it so). The file's
+// format_version, layout_hash, ptrain_version and created_utc come from this build, `layout` and
+// the clock, not from data.meta. params: layout.total() floats; m, v: the same or empty (zeros).
 void write_checkpoint_file(const std::string& file, const ParamLayout& layout,
                            const CheckpointData& data);
+// The same, atomically: FILE.tmp.<pid>, fsync, rename over `file`, fsync the folder. A failure
+// leaves neither a partial file nor a changed `file` (used by `ptrain init`).
+void write_checkpoint_file_atomic(const std::string& file, const ParamLayout& layout,
+                                  const CheckpointData& data);
 
+// Reads and checks the header (format, format_version) and the meta data; no tensor is read.
 CheckpointMeta read_checkpoint_meta(const std::string& path);
+// Everything a reader can check without the model config: header, and every tensor under /model
+// and /optimizer (float32, CRC32C matching, the same names in each group). Throws CheckpointError
+// naming the file and what is wrong (IoError when the file is missing or locked).
+void verify_checkpoint(const std::string& path);
 // Verifies format version, layout hash (against `layout`), every tensor's shape and CRC32C.
 CheckpointData read_checkpoint(const std::string& path, const ParamLayout& layout,
                                bool with_optimizer = true);
@@ -59,8 +70,10 @@ CheckpointData read_checkpoint(const std::string& path, const ParamLayout& layou
 std::string publish_checkpoint(const std::string& run_dir, const ParamLayout& layout,
                                const CheckpointData& data, int64_t keep);
 
-// The newest valid checkpoint directory under RUN_DIR/checkpoints: `latest` if it reads back,
-// else the newest step-* that does (logging which and why). Removes stale *.tmp directories.
+// The newest valid checkpoint directory under RUN_DIR/checkpoints: `latest` if it reads back
+// (verify_checkpoint), else the newest step-* that does (logging which and why). Removes stale
+// *.tmp directories. nullopt when there is no checkpoint at all; CheckpointError when there are
+// step directories but none reads back (starting afresh would silently discard a run).
 std::optional<std::string> find_latest_checkpoint(const std::string& run_dir);
 
 }  // namespace ptrain

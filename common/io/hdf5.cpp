@@ -1,0 +1,580 @@
+// HDF5 C API behind the wrappers of hdf5.hpp. Every call goes through PTRAIN_H5_CHECK, which
+// switches off HDF5's default error printing for the calling thread (the library is thread-safe
+// built, so error stacks and their auto-print setting are per thread), runs the call, and on a
+// negative result turns HDF5's error stack into an IoError message with our file:line.
+#include "common/io/hdf5.hpp"
+
+#include "common/error.hpp"
+#include "common/util/fs.hpp"
+
+#include <fcntl.h>
+#include <hdf5.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <type_traits>
+
+static_assert(std::is_same_v<hid_t, int64_t>, "hdf5.hpp stores hid_t as int64_t (HDF5 >= 1.10)");
+
+namespace ptrain::h5 {
+namespace {
+
+// Turns off HDF5's automatic stack printing for this thread (once).
+void silence_errors() {
+  thread_local bool done = false;
+  if (!done) {
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+    done = true;
+  }
+}
+
+// HDF5's error stack of this thread, outermost (API call) first, consecutive repeats dropped;
+// then clears it.
+std::string take_error_stack() {
+  std::vector<std::string> parts;
+  auto walk = [](unsigned, const H5E_error2_t* err, void* client) -> herr_t {
+    auto* out = static_cast<std::vector<std::string>*>(client);
+    std::string desc = err->desc ? err->desc : "";
+    if (desc.empty()) {
+      char buf[256] = {0};
+      if (H5Eget_msg(err->min_num, nullptr, buf, sizeof buf) > 0) desc = buf;
+    }
+    if (!desc.empty() && (out->empty() || out->back() != desc)) out->push_back(std::move(desc));
+    return 0;
+  };
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, walk, &parts);
+  H5Eclear2(H5E_DEFAULT);
+  std::string msg;
+  for (const auto& p : parts) {
+    if (!msg.empty()) msg += ": ";
+    msg += p;
+  }
+  return msg.empty() ? std::string("unknown HDF5 error") : msg;
+}
+
+[[noreturn]] void fail(const char* src, int line, const std::string& what) {
+  const std::string stack = take_error_stack();
+  throw IoError(fmt::format("{}: {} [{}:{}]", what, stack,
+                            std::filesystem::path(src).filename().string(), line));
+}
+
+}  // namespace
+}  // namespace ptrain::h5
+
+// Runs an HDF5 call returning hid_t/herr_t/htri_t/ssize_t; negative = failure → IoError whose
+// message is the formatted context, HDF5's error stack and this file:line.
+#define PTRAIN_H5_CHECK(expr, ...)                                                 \
+  [&]() {                                                                          \
+    ::ptrain::h5::silence_errors();                                                \
+    auto ptrain_h5_rc_ = (expr);                                                   \
+    if (ptrain_h5_rc_ < 0) ::ptrain::h5::fail(__FILE__, __LINE__, ::fmt::format(__VA_ARGS__)); \
+    return ptrain_h5_rc_;                                                          \
+  }()
+
+namespace ptrain::h5 {
+namespace {
+
+// Owned temporary ids (types, spaces, property lists) inside one function.
+struct Temp {
+  hid_t id = -1;
+  herr_t (*close)(hid_t) = nullptr;
+  Temp(hid_t i, herr_t (*c)(hid_t)) : id(i), close(c) {}
+  Temp(const Temp&) = delete;
+  Temp& operator=(const Temp&) = delete;
+  ~Temp() {
+    if (id >= 0 && close) close(id);
+  }
+};
+
+hid_t file_type(DType t) {
+  switch (t) {
+    case DType::kFloat32: return H5T_IEEE_F32LE;
+    case DType::kFloat64: return H5T_IEEE_F64LE;
+    case DType::kInt8: return H5T_STD_I8LE;
+    case DType::kUInt8: return H5T_STD_U8LE;
+    case DType::kInt32: return H5T_STD_I32LE;
+    case DType::kUInt32: return H5T_STD_U32LE;
+    case DType::kInt64: return H5T_STD_I64LE;
+    case DType::kUInt64: return H5T_STD_U64LE;
+    default: break;
+  }
+  throw InternalError(fmt::format("hdf5: no file type for dtype {}", static_cast<int>(t)));
+}
+
+TypeInfo describe_type(hid_t type) {
+  TypeInfo info;
+  const H5T_class_t cls = H5Tget_class(type);
+  const size_t size = H5Tget_size(type);
+  if (cls == H5T_FLOAT) {
+    info.dtype = size == 4 ? DType::kFloat32 : size == 8 ? DType::kFloat64 : DType::kOther;
+  } else if (cls == H5T_INTEGER) {
+    const bool is_signed = H5Tget_sign(type) == H5T_SGN_2;
+    switch (size) {
+      case 1: info.dtype = is_signed ? DType::kInt8 : DType::kUInt8; break;
+      case 4: info.dtype = is_signed ? DType::kInt32 : DType::kUInt32; break;
+      case 8: info.dtype = is_signed ? DType::kInt64 : DType::kUInt64; break;
+      default: info.dtype = DType::kOther;
+    }
+  } else if (cls == H5T_STRING) {
+    info.dtype = DType::kString;
+    info.variable_string = H5Tis_variable_str(type) > 0;
+    info.utf8 = H5Tget_cset(type) == H5T_CSET_UTF8;
+  }
+  return info;
+}
+
+// A variable-length UTF-8 string type (caller closes).
+hid_t vlen_utf8_type() {
+  hid_t t = PTRAIN_H5_CHECK(H5Tcopy(H5T_C_S1), "cannot create a string type");
+  Temp guard(t, H5Tclose);
+  PTRAIN_H5_CHECK(H5Tset_size(t, H5T_VARIABLE), "cannot create a string type");
+  PTRAIN_H5_CHECK(H5Tset_cset(t, H5T_CSET_UTF8), "cannot create a string type");
+  guard.id = -1;
+  return t;
+}
+
+std::string join_path(const std::string& base, const std::string& rel) {
+  if (!base.empty() && base.back() == '/') return base + rel;
+  return base + "/" + rel;
+}
+
+}  // namespace
+
+std::string TypeInfo::describe() const {
+  switch (dtype) {
+    case DType::kFloat32: return "float32";
+    case DType::kFloat64: return "float64";
+    case DType::kInt8: return "int8";
+    case DType::kUInt8: return "uint8";
+    case DType::kInt32: return "int32";
+    case DType::kUInt32: return "uint32";
+    case DType::kInt64: return "int64";
+    case DType::kUInt64: return "uint64";
+    case DType::kString:
+      return fmt::format("{} {} string", variable_string ? "variable-length" : "fixed-length",
+                         utf8 ? "UTF-8" : "ASCII");
+    case DType::kOther: break;
+  }
+  return "unsupported type";
+}
+
+// ---- Handle ----------------------------------------------------------------------------------
+
+Handle::Handle(Handle&& o) noexcept : id_(o.id_), path_(std::move(o.path_)) { o.id_ = -1; }
+
+Handle& Handle::operator=(Handle&& o) noexcept {
+  if (this != &o) {
+    if (id_ >= 0) {
+      silence_errors();
+      H5Idec_ref(id_);
+      H5Eclear2(H5E_DEFAULT);
+    }
+    id_ = o.id_;
+    path_ = std::move(o.path_);
+    o.id_ = -1;
+  }
+  return *this;
+}
+
+Handle::~Handle() {
+  if (id_ >= 0) {
+    silence_errors();
+    H5Idec_ref(id_);
+    H5Eclear2(H5E_DEFAULT);
+  }
+}
+
+void Handle::close() {
+  if (id_ < 0) return;
+  const hid_t id = id_;
+  id_ = -1;
+  if (H5Iget_type(id) == H5I_FILE) {
+    PTRAIN_H5_CHECK(H5Fclose(id), "cannot close {}", path_);
+  } else {
+    PTRAIN_H5_CHECK(H5Idec_ref(id), "cannot close {}", path_);
+  }
+}
+
+// ---- Object: attributes ------------------------------------------------------------------------
+
+bool Object::has_attr(const std::string& name) const {
+  return PTRAIN_H5_CHECK(H5Aexists(id_, name.c_str()), "cannot look up attribute {} of {}", name,
+                         path_) > 0;
+}
+
+namespace {
+hid_t open_attr(hid_t obj, const std::string& obj_path, const std::string& name) {
+  silence_errors();
+  if (H5Aexists(obj, name.c_str()) <= 0) {
+    H5Eclear2(H5E_DEFAULT);
+    throw IoError(fmt::format("{}: attribute `{}` is missing", obj_path, name));
+  }
+  return PTRAIN_H5_CHECK(H5Aopen(obj, name.c_str(), H5P_DEFAULT), "cannot open attribute {} of {}",
+                         name, obj_path);
+}
+
+void write_scalar_attr(hid_t obj, const std::string& obj_path, const std::string& name,
+                       hid_t file_t, hid_t mem_t, const void* value) {
+  if (PTRAIN_H5_CHECK(H5Aexists(obj, name.c_str()), "cannot look up attribute {} of {}", name,
+                      obj_path) > 0) {
+    PTRAIN_H5_CHECK(H5Adelete(obj, name.c_str()), "cannot replace attribute {} of {}", name,
+                    obj_path);
+  }
+  Temp space(PTRAIN_H5_CHECK(H5Screate(H5S_SCALAR), "cannot create a dataspace"), H5Sclose);
+  Temp attr(PTRAIN_H5_CHECK(H5Acreate2(obj, name.c_str(), file_t, space.id, H5P_DEFAULT,
+                                       H5P_DEFAULT),
+                            "cannot create attribute {} of {}", name, obj_path),
+            H5Aclose);
+  PTRAIN_H5_CHECK(H5Awrite(attr.id, mem_t, value), "cannot write attribute {} of {}", name,
+                  obj_path);
+}
+
+void check_scalar_attr(hid_t attr, const std::string& obj_path, const std::string& name) {
+  Temp space(PTRAIN_H5_CHECK(H5Aget_space(attr), "cannot read attribute {} of {}", name, obj_path),
+             H5Sclose);
+  const H5S_class_t cls = H5Sget_simple_extent_type(space.id);
+  const hssize_t n = H5Sget_simple_extent_npoints(space.id);
+  if (cls != H5S_SCALAR && n != 1) {
+    throw IoError(fmt::format("{}: attribute `{}` is not a scalar ({} elements)", obj_path, name, n));
+  }
+}
+}  // namespace
+
+TypeInfo Object::attr_type(const std::string& name) const {
+  Temp attr(open_attr(id_, path_, name), H5Aclose);
+  Temp type(PTRAIN_H5_CHECK(H5Aget_type(attr.id), "cannot read the type of attribute {} of {}",
+                            name, path_),
+            H5Tclose);
+  return describe_type(type.id);
+}
+
+void Object::set_attr(const std::string& name, std::string_view value) {
+  Temp type(vlen_utf8_type(), H5Tclose);
+  const std::string copy(value);  // NUL-terminated
+  const char* ptr = copy.c_str();
+  write_scalar_attr(id_, path_, name, type.id, type.id, &ptr);
+}
+
+void Object::set_attr(const std::string& name, int32_t value) {
+  write_scalar_attr(id_, path_, name, H5T_STD_I32LE, H5T_NATIVE_INT32, &value);
+}
+void Object::set_attr(const std::string& name, int64_t value) {
+  write_scalar_attr(id_, path_, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &value);
+}
+void Object::set_attr(const std::string& name, uint32_t value) {
+  write_scalar_attr(id_, path_, name, H5T_STD_U32LE, H5T_NATIVE_UINT32, &value);
+}
+void Object::set_attr(const std::string& name, uint64_t value) {
+  write_scalar_attr(id_, path_, name, H5T_STD_U64LE, H5T_NATIVE_UINT64, &value);
+}
+
+std::string Object::attr_string(const std::string& name) const {
+  Temp attr(open_attr(id_, path_, name), H5Aclose);
+  check_scalar_attr(attr.id, path_, name);
+  Temp type(PTRAIN_H5_CHECK(H5Aget_type(attr.id), "cannot read attribute {} of {}", name, path_),
+            H5Tclose);
+  const TypeInfo info = describe_type(type.id);
+  if (info.dtype != DType::kString) {
+    throw IoError(fmt::format("{}: attribute `{}` is {}, expected a string", path_, name,
+                              info.describe()));
+  }
+  if (info.variable_string) {
+    Temp mem(vlen_utf8_type(), H5Tclose);
+    char* s = nullptr;
+    PTRAIN_H5_CHECK(H5Aread(attr.id, mem.id, &s), "cannot read attribute {} of {}", name, path_);
+    std::string out = s ? s : "";
+    if (s) H5free_memory(s);
+    return out;
+  }
+  const size_t size = H5Tget_size(type.id);
+  std::string buf(size, '\0');
+  Temp mem(PTRAIN_H5_CHECK(H5Tcopy(H5T_C_S1), "cannot create a string type"), H5Tclose);
+  PTRAIN_H5_CHECK(H5Tset_size(mem.id, size), "cannot create a string type");
+  PTRAIN_H5_CHECK(H5Aread(attr.id, mem.id, buf.data()), "cannot read attribute {} of {}", name,
+                  path_);
+  const auto nul = buf.find('\0');
+  if (nul != std::string::npos) buf.resize(nul);
+  return buf;
+}
+
+int64_t Object::attr_int64(const std::string& name) const {
+  Temp attr(open_attr(id_, path_, name), H5Aclose);
+  check_scalar_attr(attr.id, path_, name);
+  Temp type(PTRAIN_H5_CHECK(H5Aget_type(attr.id), "cannot read attribute {} of {}", name, path_),
+            H5Tclose);
+  if (H5Tget_class(type.id) != H5T_INTEGER) {
+    throw IoError(fmt::format("{}: attribute `{}` is {}, expected an integer", path_, name,
+                              describe_type(type.id).describe()));
+  }
+  int64_t v = 0;
+  PTRAIN_H5_CHECK(H5Aread(attr.id, H5T_NATIVE_INT64, &v), "cannot read attribute {} of {}", name,
+                  path_);
+  return v;
+}
+
+uint64_t Object::attr_uint64(const std::string& name) const {
+  Temp attr(open_attr(id_, path_, name), H5Aclose);
+  check_scalar_attr(attr.id, path_, name);
+  Temp type(PTRAIN_H5_CHECK(H5Aget_type(attr.id), "cannot read attribute {} of {}", name, path_),
+            H5Tclose);
+  if (H5Tget_class(type.id) != H5T_INTEGER) {
+    throw IoError(fmt::format("{}: attribute `{}` is {}, expected an integer", path_, name,
+                              describe_type(type.id).describe()));
+  }
+  uint64_t v = 0;
+  PTRAIN_H5_CHECK(H5Aread(attr.id, H5T_NATIVE_UINT64, &v), "cannot read attribute {} of {}", name,
+                  path_);
+  return v;
+}
+
+// ---- Dataset ---------------------------------------------------------------------------------
+
+std::vector<int64_t> Dataset::shape() const {
+  Temp space(PTRAIN_H5_CHECK(H5Dget_space(id_), "cannot read the shape of {}", path_), H5Sclose);
+  const int rank = PTRAIN_H5_CHECK(H5Sget_simple_extent_ndims(space.id),
+                                   "cannot read the shape of {}", path_);
+  std::vector<hsize_t> dims(static_cast<size_t>(rank));
+  if (rank > 0) {
+    PTRAIN_H5_CHECK(H5Sget_simple_extent_dims(space.id, dims.data(), nullptr),
+                    "cannot read the shape of {}", path_);
+  }
+  return std::vector<int64_t>(dims.begin(), dims.end());
+}
+
+int64_t Dataset::size() const {
+  int64_t n = 1;
+  for (int64_t d : shape()) n *= d;
+  return n;
+}
+
+TypeInfo Dataset::type() const {
+  Temp type(PTRAIN_H5_CHECK(H5Dget_type(id_), "cannot read the type of {}", path_), H5Tclose);
+  return describe_type(type.id);
+}
+
+namespace {
+template <class T>
+void dataset_io(const Dataset& ds, hid_t mem_type, T* data, size_t n, bool writing) {
+  const int64_t want = ds.size();
+  if (static_cast<int64_t>(n) != want) {
+    throw InternalError(fmt::format("{}: {} {} elements, the dataset has {}", ds.path(),
+                                    writing ? "writing" : "reading", n, want));
+  }
+  if (writing) {
+    PTRAIN_H5_CHECK(H5Dwrite(ds.id(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data),
+                    "cannot write {}", ds.path());
+  } else {
+    PTRAIN_H5_CHECK(H5Dread(ds.id(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data),
+                    "cannot read {}", ds.path());
+  }
+}
+}  // namespace
+
+void Dataset::write(std::span<const float> d) {
+  dataset_io(*this, H5T_NATIVE_FLOAT, const_cast<float*>(d.data()), d.size(), true);
+}
+void Dataset::write(std::span<const int32_t> d) {
+  dataset_io(*this, H5T_NATIVE_INT32, const_cast<int32_t*>(d.data()), d.size(), true);
+}
+void Dataset::write(std::span<const uint8_t> d) {
+  dataset_io(*this, H5T_NATIVE_UINT8, const_cast<uint8_t*>(d.data()), d.size(), true);
+}
+void Dataset::read(std::span<float> d) const {
+  dataset_io(*this, H5T_NATIVE_FLOAT, d.data(), d.size(), false);
+}
+void Dataset::read(std::span<int32_t> d) const {
+  dataset_io(*this, H5T_NATIVE_INT32, d.data(), d.size(), false);
+}
+void Dataset::read(std::span<uint8_t> d) const {
+  dataset_io(*this, H5T_NATIVE_UINT8, d.data(), d.size(), false);
+}
+
+bool Dataset::is_virtual() const {
+  Temp dcpl(PTRAIN_H5_CHECK(H5Dget_create_plist(id_), "cannot read the layout of {}", path_),
+            H5Pclose);
+  return PTRAIN_H5_CHECK(H5Pget_layout(dcpl.id), "cannot read the layout of {}", path_) ==
+         H5D_VIRTUAL;
+}
+
+std::vector<std::string> Dataset::virtual_sources() const {
+  std::vector<std::string> out;
+  Temp dcpl(PTRAIN_H5_CHECK(H5Dget_create_plist(id_), "cannot read the layout of {}", path_),
+            H5Pclose);
+  if (PTRAIN_H5_CHECK(H5Pget_layout(dcpl.id), "cannot read the layout of {}", path_) !=
+      H5D_VIRTUAL) {
+    return out;
+  }
+  size_t count = 0;
+  PTRAIN_H5_CHECK(H5Pget_virtual_count(dcpl.id, &count), "cannot read the mappings of {}", path_);
+  for (size_t i = 0; i < count; ++i) {
+    const ssize_t len = PTRAIN_H5_CHECK(H5Pget_virtual_filename(dcpl.id, i, nullptr, 0),
+                                        "cannot read the mappings of {}", path_);
+    std::string name(static_cast<size_t>(len) + 1, '\0');
+    PTRAIN_H5_CHECK(H5Pget_virtual_filename(dcpl.id, i, name.data(), name.size()),
+                    "cannot read the mappings of {}", path_);
+    name.resize(static_cast<size_t>(len));
+    out.push_back(std::move(name));
+  }
+  return out;
+}
+
+// ---- Location --------------------------------------------------------------------------------
+
+bool Location::exists(const std::string& rel) const { return kind(rel) != ObjectKind::kMissing; }
+
+ObjectKind Location::kind(const std::string& rel) const {
+  // H5Lexists fails (rather than answering no) when an intermediate component is missing, so
+  // walk the components one by one.
+  std::string prefix;
+  size_t start = 0;
+  while (start <= rel.size()) {
+    size_t slash = rel.find('/', start);
+    if (slash == std::string::npos) slash = rel.size();
+    if (slash > start) {
+      if (!prefix.empty()) prefix += '/';
+      prefix += rel.substr(start, slash - start);
+      if (PTRAIN_H5_CHECK(H5Lexists(id_, prefix.c_str(), H5P_DEFAULT), "cannot look up {} in {}",
+                          prefix, path_) <= 0) {
+        return ObjectKind::kMissing;
+      }
+    }
+    start = slash + 1;
+  }
+  if (prefix.empty()) return ObjectKind::kGroup;
+  H5O_info_t info;
+  silence_errors();
+  if (H5Oget_info_by_name2(id_, prefix.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT) < 0) {
+    // A link whose target cannot be resolved (e.g. a dangling external link).
+    H5Eclear2(H5E_DEFAULT);
+    return ObjectKind::kMissing;
+  }
+  switch (info.type) {
+    case H5O_TYPE_GROUP: return ObjectKind::kGroup;
+    case H5O_TYPE_DATASET: return ObjectKind::kDataset;
+    default: return ObjectKind::kOther;
+  }
+}
+
+std::vector<std::string> Location::children() const {
+  std::vector<std::string> names;
+  auto cb = [](hid_t, const char* name, const H5L_info_t*, void* client) -> herr_t {
+    static_cast<std::vector<std::string>*>(client)->emplace_back(name);
+    return 0;
+  };
+  PTRAIN_H5_CHECK(H5Literate(id_, H5_INDEX_NAME, H5_ITER_INC, nullptr, cb, &names),
+                  "cannot list {}", path_);
+  return names;
+}
+
+Group Location::create_group(const std::string& name) {
+  const std::string p = join_path(path_, name);
+  hid_t g = PTRAIN_H5_CHECK(H5Gcreate2(id_, name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+                            "cannot create group {}", p);
+  return Group(g, p);
+}
+
+Group Location::open_group(const std::string& rel) const {
+  const std::string p = join_path(path_, rel);
+  if (kind(rel) != ObjectKind::kGroup) throw IoError(fmt::format("{}: no such group", p));
+  hid_t g = PTRAIN_H5_CHECK(H5Gopen2(id_, rel.c_str(), H5P_DEFAULT), "cannot open group {}", p);
+  return Group(g, p);
+}
+
+Dataset Location::create_dataset(const std::string& name, DType dtype,
+                                 const std::vector<int64_t>& shape) {
+  const std::string p = join_path(path_, name);
+  std::vector<hsize_t> dims(shape.begin(), shape.end());
+  Temp space(shape.empty()
+                 ? PTRAIN_H5_CHECK(H5Screate(H5S_SCALAR), "cannot create a dataspace for {}", p)
+                 : PTRAIN_H5_CHECK(H5Screate_simple(static_cast<int>(dims.size()), dims.data(),
+                                                    nullptr),
+                                   "cannot create a dataspace for {}", p),
+             H5Sclose);
+  hid_t d = PTRAIN_H5_CHECK(H5Dcreate2(id_, name.c_str(), file_type(dtype), space.id, H5P_DEFAULT,
+                                       H5P_DEFAULT, H5P_DEFAULT),
+                            "cannot create dataset {}", p);
+  return Dataset(d, p);
+}
+
+Dataset Location::open_dataset(const std::string& rel) const {
+  const std::string p = join_path(path_, rel);
+  if (kind(rel) != ObjectKind::kDataset) throw IoError(fmt::format("{}: no such dataset", p));
+  hid_t d = PTRAIN_H5_CHECK(H5Dopen2(id_, rel.c_str(), H5P_DEFAULT), "cannot open dataset {}", p);
+  return Dataset(d, p);
+}
+
+void Location::remove(const std::string& rel) {
+  PTRAIN_H5_CHECK(H5Ldelete(id_, rel.c_str(), H5P_DEFAULT), "cannot remove {}",
+                  join_path(path_, rel));
+}
+
+// ---- File ------------------------------------------------------------------------------------
+
+namespace {
+hid_t strong_close_fapl(const std::string& path) {
+  hid_t fapl = PTRAIN_H5_CHECK(H5Pcreate(H5P_FILE_ACCESS), "cannot open {}", path);
+  Temp guard(fapl, H5Pclose);
+  PTRAIN_H5_CHECK(H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG), "cannot open {}", path);
+  guard.id = -1;
+  return fapl;
+}
+}  // namespace
+
+File File::create(const std::string& path) {
+  Temp fapl(strong_close_fapl(path), H5Pclose);
+  hid_t f = PTRAIN_H5_CHECK(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.id),
+                            "cannot create HDF5 file {}", path);
+  return File(f, path);
+}
+
+File File::open(const std::string& path, Access access) {
+  Temp fapl(strong_close_fapl(path), H5Pclose);
+  const unsigned flags = access == Access::kReadWrite ? H5F_ACC_RDWR : H5F_ACC_RDONLY;
+  hid_t f = PTRAIN_H5_CHECK(H5Fopen(path.c_str(), flags, fapl.id), "cannot open HDF5 file {}",
+                            path);
+  return File(f, path);
+}
+
+void File::flush() {
+  PTRAIN_H5_CHECK(H5Fflush(id_, H5F_SCOPE_GLOBAL), "cannot flush {}", file_);
+}
+
+bool has_hdf5_signature(const std::string& path) {
+  static const unsigned char kSig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  unsigned char buf[8] = {0};
+  const ssize_t n = ::read(fd, buf, sizeof buf);
+  ::close(fd);
+  return n == 8 && std::memcmp(buf, kSig, 8) == 0;
+}
+
+void write_file_atomically(const std::string& path, const std::function<void(File&)>& fill) {
+  const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
+  try {
+    {
+      File f = File::create(tmp);
+      fill(f);
+      f.close();
+    }
+    fsync_path(tmp);
+    if (::rename(tmp.c_str(), path.c_str()) != 0) {
+      throw IoError(fmt::format("cannot rename {} to {}: {}", tmp, path, std::strerror(errno)));
+    }
+  } catch (...) {
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  fsync_path(parent.empty() ? "." : parent.string());
+}
+
+std::string library_version() {
+  unsigned maj = 0, min = 0, rel = 0;
+  H5get_libversion(&maj, &min, &rel);
+  return fmt::format("{}.{}.{}", maj, min, rel);
+}
+
+}  // namespace ptrain::h5

@@ -1,0 +1,166 @@
+// Small RAII wrappers over the HDF5 C API (files, groups, datasets, attributes), used by the
+// checkpoint format and the tools that write HDF5 (`grad`). Not a general HDF5 binding: only the
+// types and operations ptrain needs.
+//
+// Error policy (STYLE.md 6): every HDF5 call is checked; a failure throws IoError carrying the
+// operation, the object's path, HDF5's own error stack (printed by nobody: the library's default
+// printing is switched off for every thread that calls in) and the wrapper's file:line. Nothing
+// here exits. Files are opened with H5F_CLOSE_STRONG, so closing a File closes every object still
+// open in it (no leaked handle keeps a file open).
+//
+// This header does not include <hdf5.h>: ids are held as int64_t (hid_t in HDF5 1.10+), so users
+// of the wrappers need neither HDF5's include path nor its macros.
+//
+// Threading: the HDF5 library here is built thread-safe; each handle must still be used by one
+// thread at a time.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ptrain::h5 {
+
+// Element types ptrain stores. kOther: anything else (reported by name in errors).
+enum class DType { kFloat32, kFloat64, kInt8, kUInt8, kInt32, kUInt32, kInt64, kUInt64, kString, kOther };
+
+// The stored type of a dataset or attribute, for checks and reports.
+struct TypeInfo {
+  DType dtype = DType::kOther;
+  bool variable_string = false;  // kString: variable-length
+  bool utf8 = false;             // kString: UTF-8 character set
+  std::string describe() const;  // "float32", "int64", "vlen utf-8 string", ...
+};
+
+// An owned HDF5 identifier. Move-only; closes on destruction (errors on that path are ignored:
+// callers that must know, e.g. writers, call close() explicitly).
+class Handle {
+ public:
+  Handle() = default;
+  Handle(int64_t id, std::string path) : id_(id), path_(std::move(path)) {}
+  Handle(Handle&& o) noexcept;
+  Handle& operator=(Handle&& o) noexcept;
+  Handle(const Handle&) = delete;
+  Handle& operator=(const Handle&) = delete;
+  ~Handle();
+
+  int64_t id() const { return id_; }
+  bool valid() const { return id_ >= 0; }
+  // "FILE:/group/name", used in messages.
+  const std::string& path() const { return path_; }
+  void close();  // checked; idempotent
+
+ protected:
+  int64_t id_ = -1;
+  std::string path_;
+};
+
+// Anything that carries attributes (file root, group, dataset).
+class Object : public Handle {
+ public:
+  using Handle::Handle;
+
+  bool has_attr(const std::string& name) const;
+  TypeInfo attr_type(const std::string& name) const;
+  // Scalar attributes. Strings are written as variable-length UTF-8.
+  void set_attr(const std::string& name, std::string_view value);
+  void set_attr(const std::string& name, const char* value) { set_attr(name, std::string_view(value)); }
+  void set_attr(const std::string& name, int32_t value);
+  void set_attr(const std::string& name, int64_t value);
+  void set_attr(const std::string& name, uint32_t value);
+  void set_attr(const std::string& name, uint64_t value);
+  // Reads a scalar string attribute (variable or fixed length). IoError when absent or not a string.
+  std::string attr_string(const std::string& name) const;
+  // Reads a scalar integer attribute of any integer type, converted (range-checked by HDF5).
+  int64_t attr_int64(const std::string& name) const;
+  uint64_t attr_uint64(const std::string& name) const;
+};
+
+class Dataset : public Object {
+ public:
+  using Object::Object;
+
+  std::vector<int64_t> shape() const;  // {} for a scalar
+  int64_t size() const;                // elements (1 for a scalar)
+  TypeInfo type() const;
+
+  // Whole-dataset transfers; the span's size must equal size(). The memory type is the C++ type;
+  // HDF5 converts when the stored type differs (callers check type() first when that matters).
+  void write(std::span<const float> data);
+  void write(std::span<const int32_t> data);
+  void write(std::span<const uint8_t> data);
+  void read(std::span<float> out) const;
+  void read(std::span<int32_t> out) const;
+  void read(std::span<uint8_t> out) const;
+
+  // Virtual datasets (later: sharded checkpoints). The source file names of its mappings as
+  // stored ("." = this file); empty for a non-virtual dataset.
+  bool is_virtual() const;
+  std::vector<std::string> virtual_sources() const;
+};
+
+enum class ObjectKind { kMissing, kGroup, kDataset, kOther };
+
+class Group;
+
+// A file or a group: something that holds links to groups and datasets.
+class Location : public Object {
+ public:
+  using Object::Object;
+
+  // Whether `rel` (a relative path, "a/b/c") names an object; every component is checked, so a
+  // missing intermediate group is "no", not an error.
+  bool exists(const std::string& rel) const;
+  ObjectKind kind(const std::string& rel) const;
+  // Names of the direct children, in name order.
+  std::vector<std::string> children() const;
+
+  Group create_group(const std::string& name);
+  Group open_group(const std::string& rel) const;
+  // A contiguous dataset; `shape` {} makes a scalar.
+  Dataset create_dataset(const std::string& name, DType dtype, const std::vector<int64_t>& shape);
+  Dataset open_dataset(const std::string& rel) const;
+  // Unlinks `rel` (the space is not reclaimed; used by tests and in-place repairs).
+  void remove(const std::string& rel);
+};
+
+class Group : public Location {
+ public:
+  using Location::Location;
+};
+
+enum class Access { kReadOnly, kReadWrite };
+
+class File : public Location {
+ public:
+  File() = default;
+  // Creates (truncating) `path`. IoError naming the path on failure.
+  static File create(const std::string& path);
+  // Opens an existing file. IoError naming the path (with HDF5's reason: "file signature not
+  // found", "truncated file: eof = ...", "unable to lock file", ...) on failure.
+  static File open(const std::string& path, Access access = Access::kReadOnly);
+
+  const std::string& file_name() const { return file_; }
+  void flush();
+
+ private:
+  File(int64_t id, std::string file) : Location(id, file + ":/"), file_(std::move(file)) {}
+  std::string file_;
+};
+
+// Whether `path` starts with the HDF5 signature (at offset 0; user blocks are not used here).
+bool has_hdf5_signature(const std::string& path);
+
+// Writes an HDF5 file so that a failure never leaves a partial `path` and never clobbers an
+// existing one: `fill` writes into PATH.tmp.<pid>, which is closed, fsync'd and renamed over
+// `path`; the folder is then fsync'd. On any exception the temp file is removed and the exception
+// propagates.
+void write_file_atomically(const std::string& path, const std::function<void(File&)>& fill);
+
+// "HDF5 library version: 1.10.8"-style version string of the linked library.
+std::string library_version();
+
+}  // namespace ptrain::h5

@@ -1,0 +1,138 @@
+// The one header that includes Boost.Asio (1.28, from libboost1.81-dev). Everything networked in
+// ptrain (TCP transport, role sessions, the status server) includes this instead of Asio itself,
+// so the include order GCC 12 needs (<utility> before Asio's awaitable.hpp) lives in one place,
+// and so do our naming conventions:
+//   - `asio` is boost::asio, `tcp` is asio::ip::tcp;
+//   - `awaitable<T>` is a coroutine returning T on the current (any_io_executor) executor;
+//   - `use_awaitable` throws on error, `nothrow_awaitable` returns (error_code, results...);
+//   - every wait on a peer goes through `with_deadline(op, duration, what)` (STYLE.md 14):
+//     timeouts are structure, built from a steady_timer raced against the operation with the
+//     awaitable `||` operator (Asio 1.28 has no cancel_after).
+// It is not: a transport, a session, or a place for Beast (only coordinator/status_http.cpp
+// includes Beast). Keep Asio-heavy code in few translation units: each costs ~15 s to compile.
+#pragma once
+
+#include <utility>  // first: GCC 12 + C++20 needs std::exchange before Asio's awaitable.hpp
+
+#include <boost/asio.hpp>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+
+#include "common/error.hpp"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <variant>
+
+namespace ptrain::net {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+template <class T = void>
+using awaitable = asio::awaitable<T>;
+
+using asio::use_awaitable;
+// Completion token for operations whose errors are expected (a peer hanging up): the coroutine
+// gets std::tuple<error_code, results...> instead of an exception.
+inline constexpr auto nothrow_awaitable = asio::as_tuple(asio::use_awaitable);
+
+using Clock = std::chrono::steady_clock;
+
+// An operation on a peer did not finish within its deadline. `what` names the operation and the
+// peer ("reading the auth hello from 10.0.0.5:41234").
+class TimeoutError : public Error {
+ public:
+  explicit TimeoutError(const std::string& what) : Error(ExitCode::kIo, what) {}
+};
+
+// Runs `op` with a deadline: returns its result, or cancels it and throws TimeoutError naming
+// `what` and the limit once `limit` has passed. The operation sees the cancellation through its
+// cancellation slot (socket reads/writes, timers, resolves all honour it), so nothing is left
+// running on the socket afterwards. Exceptions from `op` propagate unchanged.
+//   auto n = co_await with_deadline(asio::async_read(sock, buf, use_awaitable), 10s, "auth hello");
+template <class T>
+awaitable<T> with_deadline(awaitable<T> op, Clock::duration limit, std::string_view what) {
+  using namespace asio::experimental::awaitable_operators;
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  timer.expires_after(limit);
+  auto result = co_await (std::move(op) || timer.async_wait(use_awaitable));
+  if (result.index() == 1) {
+    throw TimeoutError(fmt::format(
+        "{} timed out after {} ms", what,
+        std::chrono::duration_cast<std::chrono::milliseconds>(limit).count()));
+  }
+  if constexpr (!std::is_void_v<T>) {
+    co_return std::get<0>(std::move(result));
+  }
+}
+
+// "HOST:PORT" for an endpoint, with IPv6 addresses in brackets ("[::1]:8080").
+inline std::string format_endpoint(const tcp::endpoint& ep) {
+  const std::string host = ep.address().to_string();
+  return ep.address().is_v6() ? fmt::format("[{}]:{}", host, ep.port())
+                              : fmt::format("{}:{}", host, ep.port());
+}
+
+// The host others should use to reach a socket bound to `addr`: the address itself, except for
+// the unspecified address (0.0.0.0 or ::, "every interface"), which is nobody's destination —
+// then this machine's host name (so a peer on another host sharing the run directory can
+// connect), or 127.0.0.1 when the host name is not available. Address files
+// (RUN_DIR/coordinator.addr, RUN_DIR/status.addr) are written with this, never with 0.0.0.0.
+inline std::string advertised_host(const asio::ip::address& addr) {
+  if (!addr.is_unspecified()) return addr.to_string();
+  char name[256] = {};
+  if (::gethostname(name, sizeof(name) - 1) == 0 && name[0] != '\0') return name;
+  return "127.0.0.1";
+}
+
+// advertised_host + port as "HOST:PORT" (brackets around an IPv6 literal).
+inline std::string advertised_endpoint(const tcp::endpoint& ep) {
+  const std::string host = advertised_host(ep.address());
+  const bool v6_literal = host.find(':') != std::string::npos;
+  return v6_literal ? fmt::format("[{}]:{}", host, ep.port())
+                    : fmt::format("{}:{}", host, ep.port());
+}
+
+struct HostPort {
+  std::string host;  // without brackets
+  uint16_t port = 0;
+};
+
+// Parses "HOST:PORT", "[V6]:PORT" (port 0..65535; 0 = any free port when listening). Throws
+// UsageError naming the text and what is wrong (`what` says where it came from: "--listen").
+inline HostPort parse_host_port(std::string_view text, std::string_view what) {
+  auto fail = [&](std::string_view why) -> HostPort {
+    throw UsageError(fmt::format("{}: '{}' is not HOST:PORT ({})", what, text, why));
+  };
+  std::string_view host, port;
+  if (!text.empty() && text.front() == '[') {
+    const size_t close = text.find(']');
+    if (close == std::string_view::npos) return fail("missing ']'");
+    host = text.substr(1, close - 1);
+    if (close + 1 >= text.size() || text[close + 1] != ':') return fail("missing ':PORT'");
+    port = text.substr(close + 2);
+  } else {
+    const size_t colon = text.rfind(':');
+    if (colon == std::string_view::npos) return fail("missing ':PORT'");
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+    if (host.find(':') != std::string_view::npos) return fail("an IPv6 address needs [brackets]");
+  }
+  if (host.empty()) return fail("empty host");
+  if (port.empty() || port.size() > 5) return fail("the port must be a number 0..65535");
+  uint32_t p = 0;
+  for (char c : port) {
+    if (c < '0' || c > '9') return fail("the port must be a number 0..65535");
+    p = p * 10 + static_cast<uint32_t>(c - '0');
+  }
+  if (p > 65535) return fail("the port must be a number 0..65535");
+  return HostPort{std::string(host), static_cast<uint16_t>(p)};
+}
+
+}  // namespace ptrain::net

@@ -1,0 +1,72 @@
+#include "common/net/transport.hpp"
+
+#include "common/net/inproc_transport.hpp"
+
+#include <fmt/format.h>
+
+namespace ptrain::net {
+
+std::string Endpoint::str() const {
+  switch (role) {
+    case Role::kCoordinator: return "coordinator";
+    case Role::kServer: return fmt::format("server {}", id);
+    case Role::kWorker: return fmt::format("worker {}", id);
+  }
+  return fmt::format("endpoint({}, {})", static_cast<int>(role), id);
+}
+
+Transport::Transport(Endpoint self, proto::DecoderLimits limits) : self_(self), limits_(limits) {}
+
+void Transport::send(const Endpoint& to, const proto::Message& msg) {
+  std::vector<std::byte> frame = proto::encode(msg);
+  const uint64_t n = frame.size();
+  const auto type = static_cast<size_t>(proto::type_of(msg));
+  send_frame(to, std::move(frame));
+  frames_sent_.fetch_add(1, std::memory_order_relaxed);
+  bytes_sent_.fetch_add(n, std::memory_order_relaxed);
+  sent_by_type_[type].fetch_add(n, std::memory_order_relaxed);
+}
+
+std::optional<Envelope> Transport::receive(std::chrono::milliseconds timeout) {
+  std::optional<RawFrame> raw = receive_frame(timeout);
+  if (!raw) return std::nullopt;
+  const uint64_t n = raw->bytes.size();
+  Envelope env{raw->from, {}};
+  try {
+    env.message = proto::decode(raw->bytes, limits_);
+  } catch (const proto::ProtocolError& e) {
+    throw proto::ProtocolError(
+        fmt::format("{}: bad frame from {}: {}", self_.str(), raw->from.str(), e.what()));
+  }
+  frames_received_.fetch_add(1, std::memory_order_relaxed);
+  bytes_received_.fetch_add(n, std::memory_order_relaxed);
+  received_by_type_[static_cast<size_t>(proto::type_of(env.message))].fetch_add(
+      n, std::memory_order_relaxed);
+  return env;
+}
+
+TransportCounters Transport::counters() const {
+  TransportCounters c;
+  c.frames_sent = frames_sent_.load();
+  c.frames_received = frames_received_.load();
+  c.bytes_sent = bytes_sent_.load();
+  c.bytes_received = bytes_received_.load();
+  for (size_t i = 0; i < c.bytes_sent_by_type.size(); ++i) {
+    c.bytes_sent_by_type[i] = sent_by_type_[i].load();
+    c.bytes_received_by_type[i] = received_by_type_[i].load();
+  }
+  return c;
+}
+
+std::unique_ptr<Transport> make_transport(const TransportOptions& options) {
+  switch (options.kind) {
+    case TransportKind::kInproc:
+      PTRAIN_ENFORCE(options.fabric != nullptr, "the inproc transport needs a fabric");
+      return std::make_unique<InprocTransport>(options.self, options.fabric, options.limits);
+    case TransportKind::kTcp:
+      throw NotImplementedError("the TCP transport is not implemented yet");
+  }
+  throw InternalError("unknown transport kind");
+}
+
+}  // namespace ptrain::net

@@ -1,0 +1,448 @@
+#include "common/proto/codec.hpp"
+
+#include "common/util/hash.hpp"
+
+#include <fmt/format.h>
+
+#include <bit>
+#include <cstring>
+#include <type_traits>
+
+namespace ptrain::proto {
+
+static_assert(std::endian::native == std::endian::little,
+              "the codec writes host floats and integers as little-endian bytes");
+
+// ---- message metadata ------------------------------------------------------------------------
+
+MessageType type_of(const Message& m) {
+  return std::visit([](const auto& x) { return std::decay_t<decltype(x)>::kType; }, m);
+}
+
+const char* type_name(MessageType t) {
+  switch (t) {
+    case MessageType::kLoadShard: return "LoadShard";
+    case MessageType::kStepBegin: return "StepBegin";
+    case MessageType::kPullRequest: return "PullRequest";
+    case MessageType::kPullReply: return "PullReply";
+    case MessageType::kGradPush: return "GradPush";
+    case MessageType::kPushReceived: return "PushReceived";
+    case MessageType::kWorkerStepDone: return "WorkerStepDone";
+    case MessageType::kStepContributors: return "StepContributors";
+    case MessageType::kNormReport: return "NormReport";
+    case MessageType::kStepCommit: return "StepCommit";
+    case MessageType::kStepApplied: return "StepApplied";
+    case MessageType::kCheckpointRequest: return "CheckpointRequest";
+    case MessageType::kCheckpointReply: return "CheckpointReply";
+    case MessageType::kShutdown: return "Shutdown";
+    case MessageType::kFailure: return "Failure";
+  }
+  return "unknown";
+}
+
+bool is_bulk(MessageType t) {
+  return t == MessageType::kLoadShard || t == MessageType::kPullReply ||
+         t == MessageType::kGradPush || t == MessageType::kCheckpointReply;
+}
+
+namespace {
+
+// ---- payload writer / reader -----------------------------------------------------------------
+
+class Writer {
+ public:
+  explicit Writer(std::vector<std::byte>& out) : out_(out) {}
+
+  template <class T>
+    requires std::is_arithmetic_v<T>
+  void put(T x) {
+    raw(&x, sizeof(T));
+  }
+  void put(const KeyRange& r) {
+    put(r.begin);
+    put(r.end);
+  }
+  template <class T>
+  void put(const std::vector<T>& xs) {
+    put(static_cast<uint64_t>(xs.size()));
+    raw(xs.data(), xs.size() * sizeof(T));
+  }
+  void put(const std::string& s) {
+    PTRAIN_ENFORCE(s.size() <= UINT32_MAX, "string of {} bytes is too long for a frame", s.size());
+    put(static_cast<uint32_t>(s.size()));
+    raw(s.data(), s.size());
+  }
+  void put(bool b) { put(static_cast<uint8_t>(b ? 1 : 0)); }
+
+ private:
+  void raw(const void* p, size_t n) {
+    if (n == 0) return;
+    const size_t at = out_.size();
+    out_.resize(at + n);
+    std::memcpy(out_.data() + at, p, n);
+  }
+  std::vector<std::byte>& out_;
+};
+
+class Reader {
+ public:
+  Reader(MessageType type, std::span<const std::byte> in) : type_(type), in_(in) {}
+
+  template <class T>
+    requires std::is_arithmetic_v<T>
+  void get(T& x) {
+    need(sizeof(T), "a field");
+    std::memcpy(&x, in_.data() + pos_, sizeof(T));
+    pos_ += sizeof(T);
+  }
+  void get(KeyRange& r) {
+    get(r.begin);
+    get(r.end);
+    if (r.begin < 0 || r.end < r.begin) {
+      fail(fmt::format("invalid range [{}, {})", r.begin, r.end));
+    }
+  }
+  template <class T>
+  void get(std::vector<T>& xs) {
+    uint64_t n = 0;
+    get(n);
+    // The count is checked against what remains before anything is allocated.
+    if (n > (in_.size() - pos_) / sizeof(T)) {
+      fail(fmt::format("a vector announces {} elements but only {} bytes remain", n,
+                       in_.size() - pos_));
+    }
+    xs.resize(n);
+    if (n) std::memcpy(xs.data(), in_.data() + pos_, n * sizeof(T));
+    pos_ += n * sizeof(T);
+  }
+  void get(std::string& s) {
+    uint32_t n = 0;
+    get(n);
+    need(n, "a string");
+    s.assign(reinterpret_cast<const char*>(in_.data() + pos_), n);
+    pos_ += n;
+  }
+  void get(bool& b) {
+    uint8_t x = 0;
+    get(x);
+    if (x > 1) fail(fmt::format("boolean field holds {}", x));
+    b = x == 1;
+  }
+  void finish() const {
+    if (pos_ != in_.size()) {
+      fail(fmt::format("{} trailing bytes after the last field", in_.size() - pos_));
+    }
+  }
+  [[noreturn]] void fail(const std::string& why) const {
+    throw ProtocolError(fmt::format("malformed {} payload ({} bytes): {}", type_name(type_),
+                                    in_.size(), why));
+  }
+
+ private:
+  void need(size_t n, const char* what) const {
+    if (in_.size() - pos_ < n) {
+      fail(fmt::format("{} needs {} bytes at offset {}, only {} remain", what, n, pos_,
+                       in_.size() - pos_));
+    }
+  }
+  MessageType type_;
+  std::span<const std::byte> in_;
+  size_t pos_ = 0;
+};
+
+// One list of fields per message, used for both directions (so they cannot drift apart).
+template <class IO, class M>
+void fields(IO&& io, M& m) {
+  using T = std::remove_const_t<M>;
+  if constexpr (std::is_same_v<T, LoadShard>) {
+    io(m.version), io(m.membership_epoch), io(m.range), io(m.weights), io(m.m), io(m.v);
+  } else if constexpr (std::is_same_v<T, StepBegin>) {
+    io(m.step), io(m.membership_epoch), io(m.windows);
+  } else if constexpr (std::is_same_v<T, PullRequest>) {
+    io(m.request_id), io(m.version), io(m.range);
+  } else if constexpr (std::is_same_v<T, PullReply>) {
+    io(m.request_id), io(m.version), io(m.range), io(m.weights);
+  } else if constexpr (std::is_same_v<T, GradPush>) {
+    io(m.step), io(m.membership_epoch), io(m.worker_id), io(m.tokens), io(m.range), io(m.grads);
+  } else if constexpr (std::is_same_v<T, PushReceived>) {
+    io(m.server_id), io(m.step), io(m.worker_id), io(m.tokens);
+  } else if constexpr (std::is_same_v<T, WorkerStepDone>) {
+    io(m.worker_id), io(m.step), io(m.loss_sum), io(m.tokens), io(m.pull_s), io(m.compute_s),
+        io(m.push_s);
+  } else if constexpr (std::is_same_v<T, StepContributors>) {
+    io(m.step), io(m.membership_epoch), io(m.workers);
+  } else if constexpr (std::is_same_v<T, NormReport>) {
+    io(m.server_id), io(m.step), io(m.sum_squares), io(m.tokens), io(m.first_nonfinite);
+  } else if constexpr (std::is_same_v<T, StepCommit>) {
+    io(m.step), io(m.workers), io(m.global_norm), io(m.clip_coef);
+  } else if constexpr (std::is_same_v<T, StepApplied>) {
+    io(m.server_id), io(m.step), io(m.version), io(m.lr);
+  } else if constexpr (std::is_same_v<T, CheckpointRequest>) {
+    io(m.request_id), io(m.version);
+  } else if constexpr (std::is_same_v<T, CheckpointReply>) {
+    io(m.request_id), io(m.server_id), io(m.version), io(m.range), io(m.weights), io(m.m),
+        io(m.v);
+  } else if constexpr (std::is_same_v<T, Shutdown>) {
+    io(m.reason);
+  } else if constexpr (std::is_same_v<T, Failure>) {
+    io(m.code), io(m.message);
+  } else {
+    static_assert(sizeof(T) == 0, "message without a field list");
+  }
+}
+
+// Sizes that must agree with the range a bulk message carries.
+void check_sizes(const Message& msg, const Reader& r) {
+  auto check = [&r](const KeyRange& range, size_t n, const char* what) {
+    if (static_cast<int64_t>(n) != range.size()) {
+      r.fail(fmt::format("{} holds {} floats for range [{}, {}) of {}", what, n, range.begin,
+                         range.end, range.size()));
+    }
+  };
+  std::visit(
+      [&](const auto& m) {
+        using T = std::decay_t<decltype(m)>;
+        if constexpr (std::is_same_v<T, LoadShard> || std::is_same_v<T, CheckpointReply>) {
+          check(m.range, m.weights.size(), "weights");
+          check(m.range, m.m.size(), "m");
+          check(m.range, m.v.size(), "v");
+        } else if constexpr (std::is_same_v<T, PullReply>) {
+          check(m.range, m.weights.size(), "weights");
+        } else if constexpr (std::is_same_v<T, GradPush>) {
+          check(m.range, m.grads.size(), "grads");
+        }
+      },
+      msg);
+}
+
+uint16_t load_u16(const std::byte* p) {
+  uint16_t x;
+  std::memcpy(&x, p, 2);
+  return x;
+}
+uint32_t load_u32(const std::byte* p) {
+  uint32_t x;
+  std::memcpy(&x, p, 4);
+  return x;
+}
+uint64_t load_u64(const std::byte* p) {
+  uint64_t x;
+  std::memcpy(&x, p, 8);
+  return x;
+}
+
+// Header checks that need only the 24 header bytes. Returns "" when acceptable.
+std::string check_header(const FrameHeader& h, const DecoderLimits& limits) {
+  if (h.magic != kMagic) {
+    return fmt::format("bad magic 0x{:08x} (expected 0x{:08x}, \"PTRN\"): not a ptrain frame",
+                       h.magic, kMagic);
+  }
+  if (h.version != kProtocolVersion) {
+    return fmt::format(
+        "protocol version {} is not supported: this build speaks protocol version {}",
+        h.version, kProtocolVersion);
+  }
+  const auto t = static_cast<uint16_t>(h.type);
+  if (t < kMinMessageType || t > kMaxMessageType) {
+    return fmt::format(
+        "unknown message type {} in a protocol-version-{} frame (this build speaks protocol "
+        "version {}, types {}..{})",
+        t, h.version, kProtocolVersion, kMinMessageType, kMaxMessageType);
+  }
+  if (h.flags != 0) {
+    return fmt::format("{} frame has unknown flags 0x{:08x} (protocol version {} defines none)",
+                       type_name(h.type), h.flags, kProtocolVersion);
+  }
+  const uint64_t limit = limits.max_payload(h.type);
+  if (h.payload_length > limit) {
+    return fmt::format("{} frame announces a {}-byte payload, over the {}-byte limit",
+                       type_name(h.type), h.payload_length, limit);
+  }
+  return {};
+}
+
+FrameHeader read_header(const std::byte* p) {
+  FrameHeader h;
+  h.magic = load_u32(p);
+  h.version = load_u16(p + 4);
+  h.type = static_cast<MessageType>(load_u16(p + 6));
+  h.flags = load_u32(p + 8);
+  h.payload_length = load_u64(p + 12);
+  h.crc = load_u32(p + 20);
+  return h;
+}
+
+}  // namespace
+
+// ---- public API ------------------------------------------------------------------------------
+
+std::vector<std::byte> encode(const Message& msg) {
+  std::vector<std::byte> out(kHeaderSize);
+  // Reserve the payload in one go for the bulk messages (avoids regrowth on the hot path).
+  std::visit(
+      [&out](const auto& m) {
+        using T = std::decay_t<decltype(m)>;
+        size_t floats = 0;
+        if constexpr (std::is_same_v<T, LoadShard> || std::is_same_v<T, CheckpointReply>) {
+          floats = m.weights.size() + m.m.size() + m.v.size();
+        } else if constexpr (std::is_same_v<T, PullReply>) {
+          floats = m.weights.size();
+        } else if constexpr (std::is_same_v<T, GradPush>) {
+          floats = m.grads.size();
+        }
+        out.reserve(kHeaderSize + 128 + floats * sizeof(float));
+      },
+      msg);
+  Writer w(out);
+  std::visit([&w](const auto& m) { fields([&w](const auto& f) { w.put(f); }, m); }, msg);
+
+  const uint64_t payload = out.size() - kHeaderSize;
+  const uint32_t magic = kMagic;
+  const uint16_t version = kProtocolVersion;
+  const auto type = static_cast<uint16_t>(type_of(msg));
+  const uint32_t flags = 0;
+  std::memcpy(out.data() + 0, &magic, 4);
+  std::memcpy(out.data() + 4, &version, 2);
+  std::memcpy(out.data() + 6, &type, 2);
+  std::memcpy(out.data() + 8, &flags, 4);
+  std::memcpy(out.data() + 12, &payload, 8);
+  uint32_t crc = crc32c(out.data(), 20);
+  crc = crc32c(out.data() + kHeaderSize, payload, crc);
+  std::memcpy(out.data() + 20, &crc, 4);
+  return out;
+}
+
+DecodeResult decode_frame(std::span<const std::byte> bytes, const DecoderLimits& limits) {
+  DecodeResult r;
+  if (bytes.size() < kHeaderSize) {
+    // Refuse garbage as early as possible: the magic is known after 4 bytes.
+    if (bytes.size() >= 4 && load_u32(bytes.data()) != kMagic) {
+      r.status = DecodeStatus::kBad;
+      r.error = check_header(FrameHeader{.magic = load_u32(bytes.data())}, limits);
+    }
+    return r;
+  }
+  r.header = read_header(bytes.data());
+  if (std::string why = check_header(r.header, limits); !why.empty()) {
+    r.status = DecodeStatus::kBad;
+    r.error = std::move(why);
+    return r;
+  }
+  const uint64_t total = kHeaderSize + r.header.payload_length;
+  if (bytes.size() < total) return r;  // need more
+  uint32_t crc = crc32c(bytes.data(), 20);
+  crc = crc32c(bytes.data() + kHeaderSize, r.header.payload_length, crc);
+  if (crc != r.header.crc) {
+    r.status = DecodeStatus::kBad;
+    r.error = fmt::format("{} frame of {} payload bytes fails its CRC32C (0x{:08x} in the header, "
+                          "0x{:08x} computed)",
+                          type_name(r.header.type), r.header.payload_length, r.header.crc, crc);
+    return r;
+  }
+  r.status = DecodeStatus::kGood;
+  r.consumed = static_cast<size_t>(total);
+  r.payload = bytes.subspan(kHeaderSize, static_cast<size_t>(r.header.payload_length));
+  return r;
+}
+
+Message parse_payload(MessageType type, std::span<const std::byte> payload) {
+  Message msg;
+  Reader r(type, payload);
+  auto parse = [&]<class T>() {
+    T m;
+    fields([&r](auto& f) { r.get(f); }, m);
+    r.finish();
+    msg = std::move(m);
+  };
+  switch (type) {
+    case MessageType::kLoadShard: parse.operator()<LoadShard>(); break;
+    case MessageType::kStepBegin: parse.operator()<StepBegin>(); break;
+    case MessageType::kPullRequest: parse.operator()<PullRequest>(); break;
+    case MessageType::kPullReply: parse.operator()<PullReply>(); break;
+    case MessageType::kGradPush: parse.operator()<GradPush>(); break;
+    case MessageType::kPushReceived: parse.operator()<PushReceived>(); break;
+    case MessageType::kWorkerStepDone: parse.operator()<WorkerStepDone>(); break;
+    case MessageType::kStepContributors: parse.operator()<StepContributors>(); break;
+    case MessageType::kNormReport: parse.operator()<NormReport>(); break;
+    case MessageType::kStepCommit: parse.operator()<StepCommit>(); break;
+    case MessageType::kStepApplied: parse.operator()<StepApplied>(); break;
+    case MessageType::kCheckpointRequest: parse.operator()<CheckpointRequest>(); break;
+    case MessageType::kCheckpointReply: parse.operator()<CheckpointReply>(); break;
+    case MessageType::kShutdown: parse.operator()<Shutdown>(); break;
+    case MessageType::kFailure: parse.operator()<Failure>(); break;
+    default:
+      throw ProtocolError(fmt::format("unknown message type {} (this build speaks protocol "
+                                      "version {}, types {}..{})",
+                                      static_cast<uint16_t>(type), kProtocolVersion,
+                                      kMinMessageType, kMaxMessageType));
+  }
+  check_sizes(msg, r);
+  return msg;
+}
+
+Message decode(std::span<const std::byte> frame, const DecoderLimits& limits) {
+  DecodeResult r = decode_frame(frame, limits);
+  switch (r.status) {
+    case DecodeStatus::kBad:
+      throw ProtocolError(r.error);
+    case DecodeStatus::kNeedMore:
+      throw ProtocolError(fmt::format("truncated frame: {} bytes, the header {}", frame.size(),
+                                      frame.size() < kHeaderSize
+                                          ? fmt::format("needs {}", kHeaderSize)
+                                          : fmt::format("announces {}", kHeaderSize +
+                                                            r.header.payload_length)));
+    case DecodeStatus::kGood:
+      break;
+  }
+  if (r.consumed != frame.size()) {
+    throw ProtocolError(fmt::format("{} trailing bytes after a {}-byte {} frame",
+                                    frame.size() - r.consumed, r.consumed,
+                                    type_name(r.header.type)));
+  }
+  return parse_payload(r.header.type, r.payload);
+}
+
+void FrameDecoder::append(std::span<const std::byte> bytes) {
+  if (bad_ || bytes.empty()) return;
+  // Drop what earlier frames consumed before growing.
+  if (pos_ > 0 && pos_ == buf_.size()) {
+    buf_.clear();
+    pos_ = 0;
+  } else if (pos_ > (1u << 20) && pos_ * 2 > buf_.size()) {
+    buf_.erase(buf_.begin(), buf_.begin() + static_cast<std::ptrdiff_t>(pos_));
+    pos_ = 0;
+  }
+  buf_.insert(buf_.end(), bytes.begin(), bytes.end());
+}
+
+DecodeStatus FrameDecoder::next(std::vector<std::byte>& frame, std::string& error) {
+  if (bad_) {
+    error = bad_reason_;
+    return DecodeStatus::kBad;
+  }
+  const std::span<const std::byte> avail(buf_.data() + pos_, buf_.size() - pos_);
+  DecodeResult r = decode_frame(avail, limits_);
+  switch (r.status) {
+    case DecodeStatus::kBad:
+      bad_ = true;
+      bad_reason_ = r.error;
+      error = r.error;
+      buf_.clear();
+      buf_.shrink_to_fit();
+      pos_ = 0;
+      return DecodeStatus::kBad;
+    case DecodeStatus::kNeedMore:
+      if (avail.size() >= kHeaderSize) {
+        // The length passed its limit: now it is safe to make room for the whole frame.
+        buf_.reserve(pos_ + kHeaderSize + static_cast<size_t>(r.header.payload_length));
+      }
+      return DecodeStatus::kNeedMore;
+    case DecodeStatus::kGood:
+      break;
+  }
+  frame.assign(avail.begin(), avail.begin() + static_cast<std::ptrdiff_t>(r.consumed));
+  pos_ += r.consumed;
+  return DecodeStatus::kGood;
+}
+
+}  // namespace ptrain::proto

@@ -1,0 +1,224 @@
+// The messages that coordinator, parameter servers and workers exchange, as plain structs. They
+// carry no behaviour; codec.hpp turns them into frames and back. The same encoded frames travel
+// between threads (inproc transport) and, later, over TCP — only the wire differs.
+//
+// One training step in bsp (DESIGN.md "Synchronization"):
+//   coordinator → worker   StepBegin{step, windows}
+//   worker → server        PullRequest{version = step}      server → worker  PullReply{weights}
+//   worker → server        GradPush{token-sum gradient of its slice, token count}
+//   server → coordinator   PushReceived{worker}            worker → coordinator WorkerStepDone{loss}
+//   coordinator → server   StepContributors{worker ids}     (fixes the contributor set)
+//   server → coordinator   NormReport{fp64 partial Σg²}     (of the token-weighted mean gradient)
+//   coordinator → server   StepCommit{clip coefficient}     server → coordinator StepApplied{lr}
+// Checkpoints: CheckpointRequest → CheckpointReply (weights + AdamW moments of the server's range).
+// Start and resume: LoadShard (coordinator → server). End: Shutdown. A role that fails: Failure.
+//
+// Steps are 0-based indices here: step t uses weights version t (t optimizer updates applied) and,
+// once committed, produces version t+1. Logs and checkpoints count applied steps (t+1).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace ptrain::proto {
+
+// "PTRN" as the first four bytes of every frame (read as a little-endian uint32).
+inline constexpr uint32_t kMagic = 0x4E525450u;
+// Bumped on any change of the header or of a message's payload layout.
+inline constexpr uint16_t kProtocolVersion = 1;
+
+enum class MessageType : uint16_t {
+  kLoadShard = 1,
+  kStepBegin = 2,
+  kPullRequest = 3,
+  kPullReply = 4,
+  kGradPush = 5,
+  kPushReceived = 6,
+  kWorkerStepDone = 7,
+  kStepContributors = 8,
+  kNormReport = 9,
+  kStepCommit = 10,
+  kStepApplied = 11,
+  kCheckpointRequest = 12,
+  kCheckpointReply = 13,
+  kShutdown = 14,
+  kFailure = 15,
+};
+inline constexpr uint16_t kMinMessageType = 1;
+inline constexpr uint16_t kMaxMessageType = 15;
+
+// A contiguous range [begin, end) of the flat parameter vector, in floats.
+struct KeyRange {
+  int64_t begin = 0;
+  int64_t end = 0;
+  int64_t size() const { return end - begin; }
+  bool operator==(const KeyRange&) const = default;
+};
+
+// coordinator → server: the state of the server's range at `version` (fresh init or resume).
+struct LoadShard {
+  static constexpr MessageType kType = MessageType::kLoadShard;
+  int64_t version = 0;  // optimizer steps already applied
+  int64_t membership_epoch = 0;  // pushes from older epochs are refused
+  KeyRange range;
+  std::vector<float> weights;  // range.size()
+  std::vector<float> m;        // range.size() (AdamW first moment)
+  std::vector<float> v;        // range.size() (AdamW second moment)
+  bool operator==(const LoadShard&) const = default;
+};
+
+// coordinator → worker: compute step `step` on these windows of data.train (positions of the
+// data plan already resolved to window indices, in order).
+struct StepBegin {
+  static constexpr MessageType kType = MessageType::kStepBegin;
+  int64_t step = 0;
+  int64_t membership_epoch = 0;
+  std::vector<int64_t> windows;
+  bool operator==(const StepBegin&) const = default;
+};
+
+// any → server: send me the weights of `range` at `version` (answered once the server has it).
+struct PullRequest {
+  static constexpr MessageType kType = MessageType::kPullRequest;
+  uint64_t request_id = 0;  // echoed in the reply
+  int64_t version = 0;
+  KeyRange range;
+  bool operator==(const PullRequest&) const = default;
+};
+
+struct PullReply {
+  static constexpr MessageType kType = MessageType::kPullReply;
+  uint64_t request_id = 0;
+  int64_t version = 0;
+  KeyRange range;
+  std::vector<float> weights;  // range.size()
+  bool operator==(const PullReply&) const = default;
+};
+
+// worker → server: the worker's gradient of the server's range for `step`, summed over its
+// `tokens` targets (grad_scale 1: d Σ token losses / dθ, not a mean).
+struct GradPush {
+  static constexpr MessageType kType = MessageType::kGradPush;
+  int64_t step = 0;
+  int64_t membership_epoch = 0;
+  int32_t worker_id = 0;
+  int64_t tokens = 0;
+  KeyRange range;
+  std::vector<float> grads;  // range.size()
+  bool operator==(const GradPush&) const = default;
+};
+
+// server → coordinator: a push for `step` from `worker_id` has been accepted.
+struct PushReceived {
+  static constexpr MessageType kType = MessageType::kPushReceived;
+  int32_t server_id = 0;
+  int64_t step = 0;
+  int32_t worker_id = 0;
+  int64_t tokens = 0;
+  bool operator==(const PushReceived&) const = default;
+};
+
+// worker → coordinator: the worker finished `step` (its pushes are sent).
+struct WorkerStepDone {
+  static constexpr MessageType kType = MessageType::kWorkerStepDone;
+  int32_t worker_id = 0;
+  int64_t step = 0;
+  double loss_sum = 0.0;  // Σ token cross-entropy (nats) over its windows
+  int64_t tokens = 0;     // targets counted
+  double pull_s = 0.0;    // seconds waiting for weights
+  double compute_s = 0.0; // seconds in forward/backward
+  double push_s = 0.0;    // seconds sending gradients
+  bool operator==(const WorkerStepDone&) const = default;
+};
+
+// coordinator → server: step `step` aggregates exactly these workers (ascending ids); reply with
+// the partial norm of the aggregated gradient.
+struct StepContributors {
+  static constexpr MessageType kType = MessageType::kStepContributors;
+  int64_t step = 0;
+  int64_t membership_epoch = 0;
+  std::vector<int32_t> workers;
+  bool operator==(const StepContributors&) const = default;
+};
+
+// server → coordinator: Σ g² (fp64, fixed chunks in order) of the server's slice of the step's
+// token-weighted mean gradient, and the first non-finite element (flat index, -1 if none).
+struct NormReport {
+  static constexpr MessageType kType = MessageType::kNormReport;
+  int32_t server_id = 0;
+  int64_t step = 0;
+  double sum_squares = 0.0;
+  int64_t tokens = 0;           // total tokens of the contributor set (cross-check)
+  int64_t first_nonfinite = -1; // flat index into the parameter vector
+  bool operator==(const NormReport&) const = default;
+};
+
+// coordinator → server: apply step `step` with this clip coefficient (1 when clipping is off or
+// the norm is within bounds). `workers` repeats the contributor set as a cross-check.
+struct StepCommit {
+  static constexpr MessageType kType = MessageType::kStepCommit;
+  int64_t step = 0;
+  std::vector<int32_t> workers;
+  double global_norm = 0.0;
+  float clip_coef = 1.0f;
+  bool operator==(const StepCommit&) const = default;
+};
+
+// server → coordinator: step `step` applied; the server now holds `version` (= step + 1).
+struct StepApplied {
+  static constexpr MessageType kType = MessageType::kStepApplied;
+  int32_t server_id = 0;
+  int64_t step = 0;
+  int64_t version = 0;
+  double lr = 0.0;  // learning rate used
+  bool operator==(const StepApplied&) const = default;
+};
+
+// coordinator → server: send weights and moments of your range at `version`.
+struct CheckpointRequest {
+  static constexpr MessageType kType = MessageType::kCheckpointRequest;
+  uint64_t request_id = 0;
+  int64_t version = 0;
+  bool operator==(const CheckpointRequest&) const = default;
+};
+
+struct CheckpointReply {
+  static constexpr MessageType kType = MessageType::kCheckpointReply;
+  uint64_t request_id = 0;
+  int32_t server_id = 0;
+  int64_t version = 0;
+  KeyRange range;
+  std::vector<float> weights;
+  std::vector<float> m;
+  std::vector<float> v;
+  bool operator==(const CheckpointReply&) const = default;
+};
+
+// coordinator → everyone: stop after this message.
+struct Shutdown {
+  static constexpr MessageType kType = MessageType::kShutdown;
+  std::string reason;
+  bool operator==(const Shutdown&) const = default;
+};
+
+// any role → coordinator: this role failed and is stopping. `code` is an ExitCode value.
+struct Failure {
+  static constexpr MessageType kType = MessageType::kFailure;
+  int32_t code = 1;
+  std::string message;
+  bool operator==(const Failure&) const = default;
+};
+
+using Message = std::variant<LoadShard, StepBegin, PullRequest, PullReply, GradPush, PushReceived,
+                             WorkerStepDone, StepContributors, NormReport, StepCommit, StepApplied,
+                             CheckpointRequest, CheckpointReply, Shutdown, Failure>;
+
+MessageType type_of(const Message& m);
+// "GradPush", "PullReply", ... ("unknown(N)" for a value outside the enum).
+const char* type_name(MessageType t);
+// Bulk messages (float payloads) get the large payload limit; all others the small one.
+bool is_bulk(MessageType t);
+
+}  // namespace ptrain::proto

@@ -1,0 +1,375 @@
+#include "coordinator/coordinator.hpp"
+
+#include "common/error.hpp"
+#include "common/io/checkpoint.hpp"
+#include "common/io/token_file.hpp"
+#include "coordinator/checkpoint_scheduler.hpp"
+#include "coordinator/data_plan.hpp"
+#include "coordinator/evaluator.hpp"
+#include "coordinator/run_log.hpp"
+#include "coordinator/start_state.hpp"
+#include "coordinator/step_controller.hpp"
+#include "worker/ps_client.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+namespace ptrain {
+
+std::string describe_element(const ParamLayout& layout, int64_t i) {
+  for (const auto& t : layout.tensors()) {
+    if (i >= t.offset && i < t.offset + t.count) {
+      int64_t rem = i - t.offset;
+      std::vector<int64_t> idx(t.shape.size());
+      for (size_t d = t.shape.size(); d-- > 0;) {
+        idx[d] = rem % t.shape[d];
+        rem /= t.shape[d];
+      }
+      std::string s = t.name + "[";
+      for (size_t d = 0; d < idx.size(); ++d) s += fmt::format("{}{}", d ? ", " : "", idx[d]);
+      return s + "]";
+    }
+  }
+  return fmt::format("flat element {} (outside the layout)", i);
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// The coordinator's run, as a small object wiring the pieces together for one job.
+class CoordinatorRun {
+ public:
+  CoordinatorRun(const CoordinatorOptions& o, const ParamLayout& layout, net::Transport& t)
+      : o_(o),
+        cfg_(o.config),
+        layout_(layout),
+        transport_(t),
+        client_(t, o.server_ranges),
+        num_servers_(static_cast<int64_t>(o.server_ranges.size())),
+        num_workers_(cfg_.cluster.workers),
+        steps_(cfg_.train.steps),
+        scheduler_(cfg_.checkpoint.every_steps, cfg_.train.steps),
+        assembler_(layout.total(), o.server_ranges) {}
+
+  RunSummary run();
+
+ private:
+  net::Envelope next(const std::string& waiting_for);
+  void start_servers(StartState& st);
+  void run_step(int64_t t);
+  void check_finite(int64_t t);
+  void log_step(int64_t step);
+  void evaluate(int64_t step);
+  void checkpoint(int64_t step);
+  void broadcast_shutdown(const std::string& reason);
+
+  const CoordinatorOptions& o_;
+  const Config& cfg_;
+  const ParamLayout& layout_;
+  net::Transport& transport_;
+  PsClient client_;
+  int64_t num_servers_;
+  int64_t num_workers_;
+  int64_t steps_;
+  CheckpointScheduler scheduler_;
+  CheckpointAssembler assembler_;
+  std::optional<DataPlan> plan_;
+  std::optional<StepController> ctl_;
+  std::optional<RunLog> log_;
+  std::optional<Evaluator> evaluator_;
+  std::vector<float> eval_params_;
+  uint64_t next_request_ = 1;
+
+  RunSummary summary_;
+  Clock::time_point t_start_;
+  Clock::time_point t_last_log_;
+  int64_t tokens_at_last_log_ = 0;
+  int64_t tokens_at_start_ = 0;
+  int64_t last_step_tokens_ = 0;
+};
+
+net::Envelope CoordinatorRun::next(const std::string& waiting_for) {
+  std::optional<net::Envelope> env = client_.next_other(o_.timeout);
+  if (!env) {
+    throw Error(ExitCode::kIo,
+                fmt::format("coordinator: nothing arrived within {} s while waiting for {}",
+                            std::chrono::duration_cast<std::chrono::seconds>(o_.timeout).count(),
+                            waiting_for));
+  }
+  if (auto* f = std::get_if<proto::Failure>(&env->message)) {
+    throw Error(static_cast<ExitCode>(f->code), fmt::format("{} failed: {}", env->from.str(),
+                                                            f->message));
+  }
+  return std::move(*env);
+}
+
+void CoordinatorRun::start_servers(StartState& st) {
+  for (int64_t k = 0; k < num_servers_; ++k) {
+    const auto& r = o_.server_ranges[static_cast<size_t>(k)];
+    proto::LoadShard m;
+    m.version = st.step;
+    m.membership_epoch = 0;
+    m.range = r;
+    m.weights.assign(st.params.begin() + r.begin, st.params.begin() + r.end);
+    m.m.assign(st.m.begin() + r.begin, st.m.begin() + r.end);
+    m.v.assign(st.v.begin() + r.begin, st.v.begin() + r.end);
+    transport_.send(net::server_endpoint(static_cast<int32_t>(k)), m);
+  }
+}
+
+void CoordinatorRun::run_step(int64_t t) {
+  const std::vector<int64_t> windows = plan_->next_step(cfg_.train.batch_size);
+  const auto split = split_batch(cfg_.train.batch_size, num_workers_);
+  ctl_->begin(t);
+  for (int64_t w = 0; w < num_workers_; ++w) {
+    const auto [b, e] = split[static_cast<size_t>(w)];
+    proto::StepBegin m;
+    m.step = t;
+    m.membership_epoch = 0;
+    m.windows.assign(windows.begin() + b, windows.begin() + e);
+    transport_.send(net::worker_endpoint(static_cast<int32_t>(w)), m);
+  }
+  const std::string what = fmt::format("step {}", t + 1);
+  while (!ctl_->gathered()) {
+    net::Envelope env = next(what + ": gradient pushes and worker reports");
+    bool ok = false;
+    if (auto* m = std::get_if<proto::PushReceived>(&env.message)) {
+      ok = ctl_->on_push_received(*m);
+    } else if (auto* d = std::get_if<proto::WorkerStepDone>(&env.message)) {
+      ok = ctl_->on_worker_done(*d);
+    }
+    if (!ok) {
+      throw proto::ProtocolError(fmt::format(
+          "coordinator: unexpected {} from {} during {}",
+          proto::type_name(proto::type_of(env.message)), env.from.str(), what));
+    }
+  }
+  const std::vector<int32_t> contributors = ctl_->contributors();
+  for (int64_t k = 0; k < num_servers_; ++k) {
+    transport_.send(net::server_endpoint(static_cast<int32_t>(k)),
+                    proto::StepContributors{t, 0, contributors});
+  }
+  while (!ctl_->norms_complete()) {
+    net::Envelope env = next(what + ": partial gradient norms");
+    auto* m = std::get_if<proto::NormReport>(&env.message);
+    if (m == nullptr || !ctl_->on_norm(*m)) {
+      throw proto::ProtocolError(fmt::format(
+          "coordinator: unexpected {} from {} during {}",
+          proto::type_name(proto::type_of(env.message)), env.from.str(), what));
+    }
+  }
+  check_finite(t);
+  const double norm = ctl_->global_norm();
+  for (int64_t k = 0; k < num_servers_; ++k) {
+    transport_.send(net::server_endpoint(static_cast<int32_t>(k)),
+                    proto::StepCommit{t, contributors, norm, ctl_->clip_coef()});
+  }
+  while (!ctl_->applied_complete()) {
+    net::Envelope env = next(what + ": servers applying the update");
+    auto* m = std::get_if<proto::StepApplied>(&env.message);
+    if (m == nullptr || !ctl_->on_applied(*m)) {
+      throw proto::ProtocolError(fmt::format(
+          "coordinator: unexpected {} from {} during {}",
+          proto::type_name(proto::type_of(env.message)), env.from.str(), what));
+    }
+  }
+  last_step_tokens_ = ctl_->tokens();
+  summary_.tokens_seen += last_step_tokens_;
+  summary_.final_loss = ctl_->loss();
+  summary_.final_step = t + 1;
+}
+
+void CoordinatorRun::check_finite(int64_t t) {
+  const double loss = ctl_->loss();
+  const std::optional<int64_t> bad = ctl_->first_nonfinite();
+  if (!bad && std::isfinite(loss)) return;
+  std::string msg = fmt::format("non-finite values at step {}: ", t + 1);
+  if (bad) {
+    msg += fmt::format("gradient of {} is not finite", describe_element(layout_, *bad));
+    msg += fmt::format(" (loss {})", loss);
+  } else {
+    msg += fmt::format("the loss is {} (every gradient element is finite)", loss);
+  }
+  msg += "; the step was not applied and the last good checkpoint stays `latest`";
+  throw NumericError(msg);
+}
+
+void CoordinatorRun::log_step(int64_t step) {
+  const auto now = Clock::now();
+  StepRecord r;
+  r.step = step;
+  r.loss = ctl_->loss();
+  r.lr = ctl_->lr();
+  r.tokens = summary_.tokens_seen;
+  r.elapsed_s = std::chrono::duration<double>(now - t_start_).count();
+  const double dt = std::chrono::duration<double>(now - t_last_log_).count();
+  r.tokens_per_s = dt > 0 ? static_cast<double>(summary_.tokens_seen - tokens_at_last_log_) / dt
+                          : 0.0;
+  log_->step(r);
+  const int64_t done = step - summary_.start_step;
+  const double eta = done > 0 ? r.elapsed_s / static_cast<double>(done) *
+                                    static_cast<double>(steps_ - step)
+                              : 0.0;
+  spdlog::info("{}", progress_line(r, steps_, eta));
+  t_last_log_ = now;
+  tokens_at_last_log_ = summary_.tokens_seen;
+}
+
+void CoordinatorRun::evaluate(int64_t step) {
+  if (!evaluator_) {
+    EvaluatorOptions eo;
+    eo.val_path = cfg_.data.val;
+    eo.windows = cfg_.train.eval_windows;
+    eo.batch = cfg_.train.micro_batch;
+    eo.threads = o_.threads;
+    evaluator_.emplace(layout_, eo);
+    eval_params_.assign(static_cast<size_t>(layout_.total()), 0.0f);
+  }
+  client_.wait(client_.pull(step, eval_params_), o_.timeout);
+  const double val = evaluator_->evaluate(eval_params_);
+  log_->eval(step, val);
+  spdlog::info("step {}/{} | val_loss {:.4f} ({} windows of {})", step, steps_, val,
+               evaluator_->windows(), cfg_.data.val);
+  summary_.final_val_loss = val;
+  // The evaluation's time is not training throughput.
+  t_last_log_ = Clock::now();
+}
+
+void CoordinatorRun::checkpoint(int64_t step) {
+  const uint64_t id = next_request_++;
+  assembler_.begin(step, id);
+  for (int64_t k = 0; k < num_servers_; ++k) {
+    transport_.send(net::server_endpoint(static_cast<int32_t>(k)),
+                    proto::CheckpointRequest{id, step});
+  }
+  while (!assembler_.complete()) {
+    net::Envelope env = next(fmt::format("checkpoint of step {}", step));
+    auto* m = std::get_if<proto::CheckpointReply>(&env.message);
+    if (m == nullptr || !assembler_.add(std::move(*m))) {
+      throw proto::ProtocolError(fmt::format(
+          "coordinator: unexpected {} from {} while gathering checkpoint {}",
+          proto::type_name(proto::type_of(env.message)), env.from.str(), step));
+    }
+  }
+  CheckpointMeta meta;
+  meta.step = step;
+  meta.tokens_seen = summary_.tokens_seen;
+  meta.config_yaml = cfg_.to_yaml();
+  meta.layout_hash = layout_.hash();
+  meta.tokenizer_json = o_.tokenizer_json;
+  meta.data = plan_->state();
+  const CheckpointData data = assembler_.take(std::move(meta));
+  summary_.last_checkpoint =
+      publish_checkpoint(cfg_.run.dir, layout_, data, cfg_.checkpoint.keep);
+  spdlog::info("step {}/{} | checkpoint {}", step, steps_, summary_.last_checkpoint);
+  t_last_log_ = Clock::now();
+}
+
+void CoordinatorRun::broadcast_shutdown(const std::string& reason) {
+  for (int64_t k = 0; k < num_servers_; ++k) {
+    transport_.send(net::server_endpoint(static_cast<int32_t>(k)), proto::Shutdown{reason});
+  }
+  for (int64_t w = 0; w < num_workers_; ++w) {
+    transport_.send(net::worker_endpoint(static_cast<int32_t>(w)), proto::Shutdown{reason});
+  }
+}
+
+RunSummary CoordinatorRun::run() {
+  t_start_ = Clock::now();
+  StartState st = load_start_state(cfg_, layout_);
+  summary_.start_step = st.step;
+  summary_.final_step = st.step;
+  summary_.tokens_seen = st.tokens_seen;
+  tokens_at_start_ = st.tokens_seen;
+  summary_.final_loss = std::numeric_limits<double>::quiet_NaN();
+  if (!st.resumed_from.empty()) {
+    spdlog::info("resuming from {} (step {}, {} tokens seen)", st.resumed_from, st.step,
+                 st.tokens_seen);
+  }
+  {
+    const TokenFile train = TokenFile::open(cfg_.data.train);
+    plan_.emplace(train.num_windows(layout_.dims().T), st.data);
+  }
+  start_servers(st);
+  st = StartState{};  // the servers own the state now
+
+  if (summary_.start_step >= steps_) {
+    spdlog::info("nothing to do: the checkpoint is at step {}, train.steps is {}",
+                 summary_.start_step, steps_);
+    broadcast_shutdown("nothing to do");
+    return summary_;
+  }
+  std::vector<int32_t> workers(static_cast<size_t>(num_workers_));
+  std::iota(workers.begin(), workers.end(), 0);
+  ctl_.emplace(num_servers_, workers, cfg_.optim.grad_clip);
+  log_.emplace(cfg_.run.dir, /*append=*/summary_.start_step > 0);
+  t_last_log_ = Clock::now();
+  tokens_at_last_log_ = summary_.tokens_seen;
+
+  for (int64_t t = summary_.start_step; t < steps_; ++t) {
+    run_step(t);
+    const int64_t step = t + 1;
+    if (step % std::max<int64_t>(1, cfg_.train.log_every) == 0 || step == steps_ ||
+        t == summary_.start_step) {
+      log_step(step);
+    }
+    if (!cfg_.data.val.empty() &&
+        (step == steps_ || (cfg_.train.eval_every > 0 && step % cfg_.train.eval_every == 0))) {
+      evaluate(step);
+    }
+    const bool stop = step < steps_ && o_.stop_requested && o_.stop_requested(step);
+    if (scheduler_.due(step) || stop) checkpoint(step);
+    if (stop) {
+      spdlog::info("stopping at step {}/{} as asked; `checkpoint.resume: auto` continues from "
+                   "the checkpoint",
+                   step, steps_);
+      summary_.interrupted = true;
+      break;
+    }
+  }
+  broadcast_shutdown(summary_.interrupted ? "stopped" : "training finished");
+  summary_.elapsed_s = std::chrono::duration<double>(Clock::now() - t_start_).count();
+  const int64_t ran = summary_.final_step - summary_.start_step;
+  summary_.mean_step_s = ran > 0 ? summary_.elapsed_s / static_cast<double>(ran) : 0.0;
+  summary_.tokens_per_s =
+      summary_.elapsed_s > 0
+          ? static_cast<double>(summary_.tokens_seen - tokens_at_start_) / summary_.elapsed_s
+          : 0.0;
+  return summary_;
+}
+
+}  // namespace
+
+RunSummary run_coordinator(const CoordinatorOptions& options, const ParamLayout& layout,
+                           net::Transport& transport) {
+  CoordinatorRun run(options, layout, transport);
+  try {
+    return run.run();
+  } catch (const net::TransportClosed&) {
+    throw;
+  } catch (const std::exception& e) {
+    // Tell every role to stop (over TCP this is how they learn; in threads mode the job also
+    // closes the fabric). Best effort: the peer that failed may be gone.
+    const std::string reason = fmt::format("coordinator stopping: {}", e.what());
+    for (int64_t k = 0; k < static_cast<int64_t>(options.server_ranges.size()); ++k) {
+      try {
+        transport.send(net::server_endpoint(static_cast<int32_t>(k)), proto::Shutdown{reason});
+      } catch (const std::exception&) {
+      }
+    }
+    for (int64_t w = 0; w < options.config.cluster.workers; ++w) {
+      try {
+        transport.send(net::worker_endpoint(static_cast<int32_t>(w)), proto::Shutdown{reason});
+      } catch (const std::exception&) {
+      }
+    }
+    throw;
+  }
+}
+
+}  // namespace ptrain

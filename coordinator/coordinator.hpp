@@ -1,0 +1,60 @@
+// The coordinator role (bsp): owns the step clock. For every step it hands each worker its
+// windows (DataPlan), waits until every worker's push reached every server (StepController),
+// fixes the contributor set, gathers the servers' partial norms, computes the clip coefficient,
+// commits the step, then logs, evaluates and checkpoints when due. Starts the servers from a
+// fresh initialisation or a checkpoint (StartState) and stops everyone at the end.
+//
+// A NaN/Inf in the loss or in a gradient stops the job with NumericError naming the step and the
+// tensor, before that step is applied; no checkpoint is written for it, so the last good one
+// stays `latest`.
+#pragma once
+
+#include "common/config/config.hpp"
+#include "common/net/transport.hpp"
+#include "common/proto/messages.hpp"
+#include "common/tensor/param_layout.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace ptrain {
+
+struct CoordinatorOptions {
+  Config config;                               // resolved and validated
+  std::vector<proto::KeyRange> server_ranges;  // server k's slice
+  std::string tokenizer_json;                  // stored in checkpoints
+  int threads = 1;                             // for evaluation (workers idle meanwhile)
+  // Longest wait for any single message (a peer that went silent).
+  std::chrono::milliseconds timeout{std::chrono::hours(1)};
+  // Asked after every applied step (argument: steps applied); true = stop now, as on SIGINT or
+  // SIGTERM: a checkpoint of that step is written and the run returns with `interrupted` set.
+  // Empty = never.
+  std::function<bool(int64_t)> stop_requested;
+};
+
+struct RunSummary {
+  int64_t start_step = 0;   // steps applied when this run started
+  int64_t final_step = 0;   // steps applied when it ended
+  int64_t tokens_seen = 0;
+  double final_loss = 0.0;  // loss of the last step run here (NaN if none)
+  std::optional<double> final_val_loss;
+  std::string last_checkpoint;  // directory published last by this run ("" if none)
+  double elapsed_s = 0.0;
+  double mean_step_s = 0.0;     // wall time per step of this run
+  double tokens_per_s = 0.0;
+  bool interrupted = false;     // stopped early by stop_requested (with a checkpoint)
+};
+
+// Runs the job to config.train.steps. The servers and workers are reached through `transport`
+// (server k = server_endpoint(k), worker w = worker_endpoint(w)).
+RunSummary run_coordinator(const CoordinatorOptions& options, const ParamLayout& layout,
+                           net::Transport& transport);
+
+// "transformer.h.0.attn.c_attn.weight[3, 17]" for a flat index.
+std::string describe_element(const ParamLayout& layout, int64_t flat_index);
+
+}  // namespace ptrain

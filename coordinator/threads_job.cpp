@@ -1,0 +1,178 @@
+#include "coordinator/threads_job.hpp"
+
+#include "common/data/tokenizer.hpp"
+#include "common/error.hpp"
+#include "common/io/token_file.hpp"
+#include "common/net/inproc_transport.hpp"
+#include "common/util/fs.hpp"
+#include "paramserver/param_server.hpp"
+#include "paramserver/update_rule.hpp"
+#include "worker/worker.hpp"
+
+#include <fmt/format.h>
+#include <omp.h>
+#include <spdlog/spdlog.h>
+
+#include <exception>
+#include <mutex>
+#include <thread>
+
+namespace ptrain {
+
+int resolve_threads(int configured) {
+  if (configured > 0) return configured;
+  const int n = omp_get_num_procs();
+  return n > 0 ? n : 1;
+}
+
+namespace {
+
+// The first real failure of the job's threads (a TransportClosed only if nothing else failed).
+class FirstFailure {
+ public:
+  explicit FirstFailure(std::shared_ptr<net::InprocFabric> fabric) : fabric_(std::move(fabric)) {}
+
+  template <class F>
+  void guard(const std::string& who, F&& f) {
+    try {
+      f();
+    } catch (const net::TransportClosed&) {
+      record(std::current_exception(), /*closed=*/true);
+    } catch (const std::exception& e) {
+      spdlog::debug("{} failed: {}", who, e.what());
+      record(std::current_exception(), /*closed=*/false);
+      fabric_->close(fmt::format("{} failed", who));
+    }
+  }
+
+  void rethrow_if_any() {
+    std::lock_guard lock(mu_);
+    if (error_) std::rethrow_exception(error_);
+    if (closed_) std::rethrow_exception(closed_);
+  }
+
+ private:
+  void record(std::exception_ptr e, bool closed) {
+    std::lock_guard lock(mu_);
+    if (closed) {
+      if (!closed_) closed_ = e;
+    } else if (!error_) {
+      error_ = e;
+    }
+  }
+  std::shared_ptr<net::InprocFabric> fabric_;
+  std::mutex mu_;
+  std::exception_ptr error_;
+  std::exception_ptr closed_;
+};
+
+void check_supported(const Config& c) {
+  if (c.cluster.launch != Launch::kThreads) {
+    throw NotImplementedError(
+        "cluster.launch: processes is not implemented yet (use cluster.launch: threads)");
+  }
+  if (c.cluster.sync != SyncMode::kBsp) {
+    throw NotImplementedError("cluster.sync: only bsp is implemented yet");
+  }
+  if (c.cluster.workers < 1 || c.cluster.servers < 1) {
+    throw ConfigError(fmt::format("cluster.workers ({}) and cluster.servers ({}) must be >= 1",
+                                  c.cluster.workers, c.cluster.servers));
+  }
+  if (c.data.train.empty()) throw ConfigError("data.train: no training token file is set");
+}
+
+// Fails at start-up, naming the file, rather than in a thread mid-job.
+void check_data(const Config& c, const ParamLayout& layout) {
+  const int64_t T = layout.dims().T;
+  auto check = [&](const std::string& path, const char* key) {
+    const TokenFile f = TokenFile::open(path);
+    if (f.vocab_size() > layout.dims().V) {
+      throw DataError(fmt::format("{} ({}) was written with a vocabulary of {} tokens, the "
+                                  "tokenizer ({}) has {}",
+                                  path, key, f.vocab_size(), c.data.tokenizer, layout.dims().V));
+    }
+    if (f.num_windows(T) < 1) {
+      throw DataError(fmt::format("{} ({}) has no complete window: {} tokens, a window is "
+                                  "model.seq_len + 1 = {}",
+                                  path, key, f.size(), T + 1));
+    }
+  };
+  check(c.data.train, "data.train");
+  if (!c.data.val.empty()) check(c.data.val, "data.val");
+}
+
+}  // namespace
+
+RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& options) {
+  check_supported(config);
+  const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(config.data.tokenizer);
+  const ParamLayout layout(model_dims(config.model, tokenizer->vocab_size()));
+  const auto shards = layout.shard_ranges(config.cluster.servers);
+  std::vector<proto::KeyRange> ranges;
+  for (const auto& [b, e] : shards) ranges.push_back({b, e});
+  check_data(config, layout);
+  const int threads = resolve_threads(config.run.threads);
+  const auto W = config.cluster.workers;
+  const auto S = config.cluster.servers;
+  make_dirs(config.run.dir);
+
+  spdlog::info("job: {} parameters in {} tensors, {} server(s), {} worker(s) x {} thread(s), "
+               "batch {} x {} tokens, {} steps",
+               layout.total(), layout.tensors().size(), S, W,
+               std::max<int64_t>(1, threads / W), config.train.batch_size, layout.dims().T,
+               config.train.steps);
+
+  auto fabric = std::make_shared<net::InprocFabric>();
+  FirstFailure failure(fabric);
+  std::vector<std::thread> threads_;
+  const AdamWOptions adamw{config.optim.beta1, config.optim.beta2, config.optim.eps,
+                           config.optim.weight_decay};
+  const LrSchedule schedule{config.optim.lr, config.optim.min_lr, config.optim.warmup_steps,
+                            config.train.steps};
+
+  for (int64_t k = 0; k < S; ++k) {
+    ParamServerOptions so;
+    so.server.server_id = static_cast<int32_t>(k);
+    so.server.range = ranges[static_cast<size_t>(k)];
+    so.omp_threads = std::max<int>(1, threads / static_cast<int>(S));
+    UpdateRule rule(adamw, schedule, decay_segments(layout, so.server.range));
+    threads_.emplace_back([&failure, &fabric, so, rule = std::move(rule)]() mutable {
+      failure.guard(fmt::format("server {}", so.server.server_id), [&] {
+        net::InprocTransport t(net::server_endpoint(so.server.server_id), fabric);
+        run_param_server(so, std::move(rule), t);
+      });
+    });
+  }
+  for (int64_t w = 0; w < W; ++w) {
+    WorkerOptions wo;
+    wo.worker_id = static_cast<int32_t>(w);
+    wo.train_path = config.data.train;
+    wo.micro_batch = config.train.micro_batch;
+    wo.threads = std::max<int>(1, threads / static_cast<int>(W));
+    wo.timeout = options.timeout;
+    threads_.emplace_back([&failure, &fabric, &layout, &ranges, wo]() {
+      failure.guard(fmt::format("worker {}", wo.worker_id), [&] {
+        net::InprocTransport t(net::worker_endpoint(wo.worker_id), fabric);
+        run_worker(wo, layout, ranges, t);
+      });
+    });
+  }
+
+  RunSummary summary;
+  CoordinatorOptions co;
+  co.config = config;
+  co.server_ranges = ranges;
+  co.tokenizer_json = tokenizer->to_json();
+  co.threads = threads;
+  co.timeout = options.timeout;
+  co.stop_requested = options.stop_requested;
+  failure.guard("coordinator", [&] {
+    net::InprocTransport t(net::coordinator_endpoint(), fabric);
+    summary = run_coordinator(co, layout, t);
+  });
+  for (auto& th : threads_) th.join();
+  failure.rethrow_if_any();
+  return summary;
+}
+
+}  // namespace ptrain

@@ -1,0 +1,80 @@
+#include "paramserver/aggregator.hpp"
+
+#include "common/error.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+namespace ptrain {
+
+bool GradientAggregator::add(int32_t worker, int64_t tokens, std::vector<float> grads) {
+  PTRAIN_ENFORCE(static_cast<int64_t>(grads.size()) == size_,
+                 "push of {} floats to an aggregator of {}", grads.size(), size_);
+  PTRAIN_ENFORCE(tokens >= 0, "negative token count {}", tokens);
+  if (pushes_.count(worker)) return false;
+  pushes_.emplace(worker, Push{tokens, std::move(grads)});
+  return true;
+}
+
+int64_t GradientAggregator::mean(std::span<const int32_t> contributors,
+                                 std::span<float> out) const {
+  PTRAIN_ENFORCE(static_cast<int64_t>(out.size()) == size_, "mean into {} floats, need {}",
+                 out.size(), size_);
+  std::vector<int32_t> ids(contributors.begin(), contributors.end());
+  std::sort(ids.begin(), ids.end());
+  PTRAIN_ENFORCE(std::adjacent_find(ids.begin(), ids.end()) == ids.end(),
+                 "a contributor is listed twice");
+  std::vector<const float*> srcs;
+  int64_t tokens = 0;
+  for (int32_t w : ids) {
+    auto it = pushes_.find(w);
+    PTRAIN_ENFORCE(it != pushes_.end(), "contributor worker {} has not pushed", w);
+    srcs.push_back(it->second.grads.data());
+    tokens += it->second.tokens;
+  }
+  float* dst = out.data();
+  const int64_t n = size_;
+  if (tokens == 0 || srcs.empty()) {
+    std::fill(out.begin(), out.end(), 0.0f);
+    return tokens;
+  }
+  const auto denom = static_cast<double>(tokens);
+  const size_t k = srcs.size();
+#pragma omp parallel for schedule(static) if (n > 32768)
+  for (int64_t i = 0; i < n; ++i) {
+    float acc = srcs[0][i];
+    for (size_t w = 1; w < k; ++w) acc += srcs[w][i];
+    dst[i] = static_cast<float>(static_cast<double>(acc) / denom);
+  }
+  return tokens;
+}
+
+NormPartial partial_norm(std::span<const float> g) {
+  const auto n = static_cast<int64_t>(g.size());
+  const int64_t chunks = (n + kNormChunk - 1) / kNormChunk;
+  std::vector<double> sums(static_cast<size_t>(chunks), 0.0);
+  std::vector<int64_t> bad(static_cast<size_t>(chunks), -1);
+  const float* x = g.data();
+#pragma omp parallel for schedule(static) if (chunks > 4)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t b = c * kNormChunk;
+    const int64_t e = std::min(n, b + kNormChunk);
+    double s = 0.0;
+    int64_t first = -1;
+    for (int64_t i = b; i < e; ++i) {
+      const double d = x[i];
+      if (first < 0 && !std::isfinite(x[i])) first = i;
+      s += d * d;
+    }
+    sums[static_cast<size_t>(c)] = s;
+    bad[static_cast<size_t>(c)] = first;
+  }
+  NormPartial r;
+  for (int64_t c = 0; c < chunks; ++c) {
+    r.sum_squares += sums[static_cast<size_t>(c)];
+    if (r.first_nonfinite < 0) r.first_nonfinite = bad[static_cast<size_t>(c)];
+  }
+  return r;
+}
+
+}  // namespace ptrain

@@ -1,0 +1,34 @@
+#include "paramserver/param_server.hpp"
+
+#include "common/error.hpp"
+
+#include <omp.h>
+#include <spdlog/spdlog.h>
+
+namespace ptrain {
+
+void run_param_server(const ParamServerOptions& options, UpdateRule rule,
+                      net::Transport& transport) {
+  omp_set_num_threads(std::max(1, options.omp_threads));
+  RequestHandler handler(options.server, std::move(rule));
+  try {
+    while (!handler.stopped()) {
+      std::optional<net::Envelope> env = transport.receive(options.poll);
+      if (!env) continue;
+      for (auto& o : handler.handle(env->from, std::move(env->message))) {
+        transport.send(o.to, o.message);
+      }
+    }
+  } catch (const net::TransportClosed&) {
+    throw;
+  } catch (const Error& e) {
+    try {
+      transport.send(net::coordinator_endpoint(),
+                     proto::Failure{static_cast<int32_t>(e.code()), e.what()});
+    } catch (const std::exception&) {
+    }
+    throw;
+  }
+}
+
+}  // namespace ptrain

@@ -1,0 +1,26 @@
+// The parameter-server role: a loop that receives messages from a Transport, passes them to the
+// RequestHandler and sends what it returns. Wired together in the role's entry point (the
+// threads job today, `ptrain server` with TCP next).
+#pragma once
+
+#include "common/net/transport.hpp"
+#include "paramserver/request_handler.hpp"
+#include "paramserver/update_rule.hpp"
+
+#include <chrono>
+
+namespace ptrain {
+
+struct ParamServerOptions {
+  ServerOptions server;
+  int omp_threads = 1;  // OpenMP threads for aggregation, norm and AdamW (set in this thread)
+  // Poll interval of the receive loop (the loop ends on Shutdown or when the transport closes).
+  std::chrono::milliseconds poll{1000};
+};
+
+// Runs until a Shutdown message arrives. A failure is reported to the coordinator (Failure) when
+// the transport still works, then rethrown. Throws TransportClosed when the job is stopping.
+void run_param_server(const ParamServerOptions& options, UpdateRule rule,
+                      net::Transport& transport);
+
+}  // namespace ptrain

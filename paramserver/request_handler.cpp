@@ -1,0 +1,211 @@
+#include "paramserver/request_handler.hpp"
+
+#include "common/error.hpp"
+#include "common/proto/codec.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+namespace ptrain {
+
+using net::Endpoint;
+namespace p = proto;
+
+RequestHandler::RequestHandler(ServerOptions options, UpdateRule rule)
+    : options_(options),
+      rule_(std::move(rule)),
+      store_(options.range),
+      aggregator_(options.range.size()) {}
+
+std::vector<Outgoing> RequestHandler::handle(const Endpoint& from, p::Message msg) {
+  std::vector<Outgoing> out;
+  std::visit(
+      [&](auto&& m) {
+        using T = std::decay_t<decltype(m)>;
+        if constexpr (std::is_same_v<T, p::LoadShard>) {
+          on_load(std::move(m), out);
+        } else if constexpr (std::is_same_v<T, p::PullRequest>) {
+          on_pull(from, m, out);
+        } else if constexpr (std::is_same_v<T, p::GradPush>) {
+          on_push(from, std::move(m), out);
+        } else if constexpr (std::is_same_v<T, p::StepContributors>) {
+          on_contributors(m, out);
+        } else if constexpr (std::is_same_v<T, p::StepCommit>) {
+          on_commit(m, out);
+        } else if constexpr (std::is_same_v<T, p::CheckpointRequest>) {
+          on_checkpoint(from, m, out);
+        } else if constexpr (std::is_same_v<T, p::Shutdown>) {
+          stopped_ = true;
+        } else {
+          throw p::ProtocolError(fmt::format("server {}: unexpected {} from {}",
+                                             options_.server_id, p::type_name(T::kType),
+                                             from.str()));
+        }
+      },
+      msg);
+  return out;
+}
+
+void RequestHandler::refuse(const Endpoint& to, const std::string& why,
+                            std::vector<Outgoing>& out) const {
+  const std::string text = fmt::format("server {}: {}", options_.server_id, why);
+  spdlog::warn("{}", text);
+  out.push_back({to, p::Failure{static_cast<int32_t>(ExitCode::kIo), text}});
+}
+
+void RequestHandler::on_load(p::LoadShard&& m, std::vector<Outgoing>& out) {
+  if (m.range != options_.range) {
+    throw p::ProtocolError(fmt::format("server {}: LoadShard for [{}, {}), the shard is [{}, {})",
+                                       options_.server_id, m.range.begin, m.range.end,
+                                       options_.range.begin, options_.range.end));
+  }
+  store_.load(m.version, std::move(m.weights), std::move(m.m), std::move(m.v));
+  membership_epoch_ = m.membership_epoch;
+  aggregator_.clear();
+  prepared_.reset();
+  serve_pending(out);
+}
+
+void RequestHandler::on_pull(const Endpoint& from, const p::PullRequest& m,
+                             std::vector<Outgoing>& out) {
+  const auto& r = options_.range;
+  if (m.range.begin < r.begin || m.range.end > r.end || m.range.begin > m.range.end) {
+    refuse(from,
+           fmt::format("pull of [{}, {}) is outside the shard [{}, {})", m.range.begin,
+                       m.range.end, r.begin, r.end),
+           out);
+    return;
+  }
+  if (!store_.loaded() || m.version > store_.version()) {
+    pending_pulls_.emplace_back(from, m);
+    return;
+  }
+  out.push_back({from, p::PullReply{m.request_id, store_.version(), m.range,
+                                    store_.copy_weights(m.range)}});
+}
+
+void RequestHandler::on_push(const Endpoint& from, p::GradPush&& m, std::vector<Outgoing>& out) {
+  if (m.range != options_.range) {
+    refuse(from,
+           fmt::format("push from worker {} covers [{}, {}), the shard is [{}, {})", m.worker_id,
+                       m.range.begin, m.range.end, options_.range.begin, options_.range.end),
+           out);
+    return;
+  }
+  if (m.membership_epoch < membership_epoch_) {
+    refuse(from,
+           fmt::format("stale push from worker {} (membership epoch {}, current {})", m.worker_id,
+                       m.membership_epoch, membership_epoch_),
+           out);
+    return;
+  }
+  if (!store_.loaded() || m.step != store_.version() || prepared_) {
+    refuse(from,
+           fmt::format("push from worker {} for step {} refused: the server is at version {}{}",
+                       m.worker_id, m.step, store_.version(),
+                       prepared_ ? " and already reducing that step" : ""),
+           out);
+    return;
+  }
+  const int32_t worker = m.worker_id;
+  const int64_t tokens = m.tokens;
+  if (!aggregator_.add(worker, tokens, std::move(m.grads))) {
+    refuse(from, fmt::format("second push from worker {} for step {}", worker, m.step), out);
+    return;
+  }
+  out.push_back({net::coordinator_endpoint(),
+                 p::PushReceived{options_.server_id, m.step, worker, tokens}});
+}
+
+void RequestHandler::on_contributors(const p::StepContributors& m, std::vector<Outgoing>& out) {
+  if (!store_.loaded() || m.step != store_.version() || prepared_) {
+    throw p::ProtocolError(fmt::format(
+        "server {}: StepContributors for step {} while at version {}{}", options_.server_id,
+        m.step, store_.version(), prepared_ ? " with a step already prepared" : ""));
+  }
+  for (int32_t w : m.workers) {
+    if (!aggregator_.has(w)) {
+      throw p::ProtocolError(fmt::format(
+          "server {}: step {} lists worker {} as a contributor, but no push from it arrived",
+          options_.server_id, m.step, w));
+    }
+  }
+  membership_epoch_ = std::max(membership_epoch_, m.membership_epoch);
+  Prepared prep;
+  prep.step = m.step;
+  prep.workers = m.workers;
+  std::sort(prep.workers.begin(), prep.workers.end());
+  prep.mean.resize(static_cast<size_t>(options_.range.size()));
+  const int64_t tokens = aggregator_.mean(prep.workers, prep.mean);
+  const NormPartial norm = partial_norm(prep.mean);
+  prepared_ = std::move(prep);
+  out.push_back({net::coordinator_endpoint(),
+                 p::NormReport{options_.server_id, m.step, norm.sum_squares, tokens,
+                               norm.first_nonfinite < 0
+                                   ? int64_t{-1}
+                                   : options_.range.begin + norm.first_nonfinite}});
+}
+
+void RequestHandler::on_commit(const p::StepCommit& m, std::vector<Outgoing>& out) {
+  if (!prepared_ || prepared_->step != m.step) {
+    throw p::ProtocolError(fmt::format("server {}: StepCommit for step {} but {}",
+                                       options_.server_id, m.step,
+                                       prepared_ ? fmt::format("step {} is prepared",
+                                                               prepared_->step)
+                                                 : std::string("no step is prepared")));
+  }
+  std::vector<int32_t> workers = m.workers;
+  std::sort(workers.begin(), workers.end());
+  if (workers != prepared_->workers) {
+    throw p::ProtocolError(fmt::format(
+        "server {}: StepCommit for step {} names contributors [{}], prepared with [{}]",
+        options_.server_id, m.step, fmt::join(workers, ", "),
+        fmt::join(prepared_->workers, ", ")));
+  }
+  const double lr = rule_.apply(m.step, options_.range.begin, m.clip_coef, prepared_->mean,
+                                store_.weights(), store_.m(), store_.v());
+  store_.set_version(m.step + 1);
+  prepared_.reset();
+  aggregator_.clear();
+  out.push_back({net::coordinator_endpoint(),
+                 p::StepApplied{options_.server_id, m.step, store_.version(), lr}});
+  serve_pending(out);
+}
+
+void RequestHandler::on_checkpoint(const Endpoint& from, const p::CheckpointRequest& m,
+                                   std::vector<Outgoing>& out) {
+  if (!store_.loaded() || m.version > store_.version()) {
+    pending_checkpoints_.emplace_back(from, m);
+    return;
+  }
+  if (m.version < store_.version()) {
+    refuse(from,
+           fmt::format("checkpoint of version {} requested, the server holds version {}",
+                       m.version, store_.version()),
+           out);
+    return;
+  }
+  p::CheckpointReply reply;
+  reply.request_id = m.request_id;
+  reply.server_id = options_.server_id;
+  reply.version = store_.version();
+  reply.range = options_.range;
+  reply.weights.assign(store_.weights().begin(), store_.weights().end());
+  reply.m.assign(store_.m().begin(), store_.m().end());
+  reply.v.assign(store_.v().begin(), store_.v().end());
+  out.push_back({from, std::move(reply)});
+}
+
+void RequestHandler::serve_pending(std::vector<Outgoing>& out) {
+  auto pulls = std::move(pending_pulls_);
+  pending_pulls_.clear();
+  for (auto& [from, req] : pulls) on_pull(from, req, out);
+  auto ckpts = std::move(pending_checkpoints_);
+  pending_checkpoints_.clear();
+  for (auto& [from, req] : ckpts) on_checkpoint(from, req, out);
+}
+
+}  // namespace ptrain

@@ -1,0 +1,79 @@
+// The parameter server's logic as a pure state machine: one message in, the messages to send out.
+// No I/O and no threads: param_server.cpp feeds it from a Transport, tests feed it directly.
+//
+// Per step t (bsp; the server holds weights version t):
+//   GradPush{step t}            → kept (one per worker), PushReceived to the coordinator
+//   StepContributors{t, set}    → mean gradient over the set, NormReport to the coordinator
+//   StepCommit{t, set, clip}    → UpdateRule applied, version t+1, StepApplied to the coordinator,
+//                                 then the pulls and checkpoint requests that waited for t+1
+// PullRequest{version}: answered at once when the server holds that version, later when it is
+// ahead of the server; a request for an older version gets the current weights (the reply says
+// which version; the client refuses a mismatch). CheckpointRequest{version}: the same, but an
+// older version is refused.
+// A request that cannot be served (range outside the shard, a stale or duplicate push) is
+// answered with a Failure to its sender; a coordinator message that breaks the protocol throws
+// proto::ProtocolError.
+#pragma once
+
+#include "common/net/transport.hpp"
+#include "common/proto/messages.hpp"
+#include "paramserver/aggregator.hpp"
+#include "paramserver/shard_store.hpp"
+#include "paramserver/update_rule.hpp"
+
+#include <optional>
+#include <utility>
+#include <vector>
+
+namespace ptrain {
+
+struct ServerOptions {
+  int32_t server_id = 0;
+  proto::KeyRange range;  // this server's slice of the flat vector
+};
+
+struct Outgoing {
+  net::Endpoint to;
+  proto::Message message;
+};
+
+class RequestHandler {
+ public:
+  RequestHandler(ServerOptions options, UpdateRule rule);
+
+  // Handles one message from `from`; returns what to send, in order.
+  std::vector<Outgoing> handle(const net::Endpoint& from, proto::Message msg);
+
+  bool stopped() const { return stopped_; }
+  const ShardStore& store() const { return store_; }
+  int32_t server_id() const { return options_.server_id; }
+
+ private:
+  void on_load(proto::LoadShard&& m, std::vector<Outgoing>& out);
+  void on_pull(const net::Endpoint& from, const proto::PullRequest& m, std::vector<Outgoing>& out);
+  void on_push(const net::Endpoint& from, proto::GradPush&& m, std::vector<Outgoing>& out);
+  void on_contributors(const proto::StepContributors& m, std::vector<Outgoing>& out);
+  void on_commit(const proto::StepCommit& m, std::vector<Outgoing>& out);
+  void on_checkpoint(const net::Endpoint& from, const proto::CheckpointRequest& m,
+                     std::vector<Outgoing>& out);
+  void serve_pending(std::vector<Outgoing>& out);
+  void refuse(const net::Endpoint& to, const std::string& why, std::vector<Outgoing>& out) const;
+
+  ServerOptions options_;
+  UpdateRule rule_;
+  ShardStore store_;
+  GradientAggregator aggregator_;
+  int64_t membership_epoch_ = 0;
+
+  struct Prepared {
+    int64_t step = 0;
+    std::vector<int32_t> workers;
+    std::vector<float> mean;
+  };
+  std::optional<Prepared> prepared_;
+  std::vector<std::pair<net::Endpoint, proto::PullRequest>> pending_pulls_;
+  std::vector<std::pair<net::Endpoint, proto::CheckpointRequest>> pending_checkpoints_;
+  bool stopped_ = false;
+};
+
+}  // namespace ptrain

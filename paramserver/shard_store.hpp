@@ -1,0 +1,44 @@
+// A parameter server's state: its slice [begin, end) of the flat parameter vector in fp32, the
+// AdamW moments m and v of that slice, and the version (optimizer steps applied). Nothing else:
+// no networking, no optimizer logic.
+#pragma once
+
+#include "common/proto/messages.hpp"
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace ptrain {
+
+class ShardStore {
+ public:
+  explicit ShardStore(proto::KeyRange range);
+
+  // Replaces the whole state (start or resume). Sizes must equal range().size().
+  void load(int64_t version, std::vector<float> weights, std::vector<float> m,
+            std::vector<float> v);
+
+  const proto::KeyRange& range() const { return range_; }
+  bool loaded() const { return loaded_; }
+  int64_t version() const { return version_; }
+  void set_version(int64_t v) { version_ = v; }
+
+  std::span<float> weights() { return weights_; }
+  std::span<float> m() { return m_; }
+  std::span<float> v() { return v_; }
+  std::span<const float> weights() const { return weights_; }
+  std::span<const float> m() const { return m_; }
+  std::span<const float> v() const { return v_; }
+
+  // Copies of a sub-range [r.begin, r.end) (global offsets) of the weights.
+  std::vector<float> copy_weights(const proto::KeyRange& r) const;
+
+ private:
+  proto::KeyRange range_;
+  bool loaded_ = false;
+  int64_t version_ = -1;
+  std::vector<float> weights_, m_, v_;
+};
+
+}  // namespace ptrain

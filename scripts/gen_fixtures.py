@@ -1,0 +1,303 @@
+#!/usr/bin/python3
+"""Golden fixtures for ptrain's model tests, computed by PyTorch.
+
+Run with the Python that sees Debian's python3-torch:
+    /usr/bin/python3 scripts/gen_fixtures.py [--out DIR] [--only NAME ...] [--list]
+Default DIR is tests/fixtures next to this script. The output is deterministic (fixed seeds, one
+thread): rerunning it reproduces the committed files bit for bit on the same torch version. The C++
+tests (tests/worker/test_model.cpp) load the committed files and, when torch is importable, also run
+this script into a temporary folder and compare against the live output.
+
+The model is GPT-2 written out here from torch primitives (no nn.Module), over a dict of tensors
+with Hugging Face GPT-2 names and shapes: y = x·W + b with W of shape (in, out); c_attn columns are
+[Q | K | V], head h owning columns h·hd..(h+1)·hd of each block; LayerNorm eps 1e-5 via
+F.layer_norm; GELU via F.gelu(approximate="tanh"); causal softmax(q·kᵀ/√hd)·v; no dropout; the LM
+head tied to transformer.wte.weight; padded vocabulary columns (V..Vp-1) of the logits are -inf
+(masked_fill, so their gradient is exactly 0); loss = F.cross_entropy, the mean over all B·T targets.
+
+=====================================================================================================
+FILE FORMAT (FIXTURE_VERSION = 1). Each fixture NAME is two files:
+  NAME.json  the manifest (UTF-8 JSON object)
+  NAME.bin   the blob: the tensors' raw bytes, little-endian, C order, concatenated
+Manifest keys:
+  "format": "ptrain-fixture"
+  "version": 1              -- readers must refuse any other value ("rerun scripts/gen_fixtures.py")
+  "kind": "gpt" | "trajectory"
+  "name": NAME, "blob": "NAME.bin" (relative to the manifest's folder), "blob_bytes": size
+  "generator": "scripts/gen_fixtures.py", "torch_version": torch.__version__
+  "compute_dtype": "float64" | "float32"   -- the dtype torch computed in (values stored as float32)
+  "config": {"V", "Vp", "T", "L", "NH", "C", "B", "seed"}   -- model dims (Vp = rows of wte) and batch
+  "tensors": [{"name", "dtype": "float32"|"int32"|"float64", "shape": [...], "offset": byte offset
+               into the blob, "nbytes"}, ...]
+  "optim": {...}                           -- trajectory only, see below
+
+kind "gpt" (gpt_*.json): one forward/backward of the mean loss, computed in float64 from float32
+weights (so the reference carries no fp32 rounding of its own). Tensors:
+  "inputs"          int32   (B, T+1)   windows; inputs = [:, :T], targets = [:, 1:]
+  "param/<hf name>" float32 full shape every parameter (padded wte rows are 0)
+  "logits"          float32 (B, T, Vp) padded columns -inf
+  "loss"            float32 ()         mean cross-entropy over the B·T targets
+  "grad/<hf name>"  float32 full shape d(loss)/d(param) of the MEAN loss (grad_scale = 1/(B·T));
+                                       padded wte rows exactly 0
+
+kind "trajectory" (trajectory_v1.json): 10 optimizer steps in float32 with torch's own
+torch.optim.AdamW, torch.nn.utils.clip_grad_norm_ and torch.optim.lr_scheduler.LambdaLR.
+  "optim": {"steps": S, "lr", "min_lr", "warmup_steps": W, "weight_decay", "beta1", "beta2", "eps",
+            "grad_clip", "schedule": "<the formula below>"}
+  Step t = 0..S-1 does, in this order:
+    1. loss_t = mean cross-entropy of batch t (inputs[t], one forward over all B windows) at the
+       current weights; gradient of that MEAN loss (C++: Gpt::forward_backward with grads zeroed
+       and grad_scale = 1/(B·T)).
+    2. grad_norm_t = clip_grad_norm_(all parameters, grad_clip): global L2 norm over every gradient
+       (the tied wte counted once); gradients are multiplied by min(1, grad_clip/(grad_norm_t+1e-6)).
+    3. AdamW step with lr_t (t counted from 1 inside AdamW): weight decay weight_decay on every
+       tensor with >= 2 dims (wte, wpe, all .weight matrices), 0 on 1-D tensors (biases, LayerNorm).
+    4. scheduler step.
+  lr_t = lr·(t+1)/W for t < W; else min_lr + 0.5·(lr − min_lr)·(1 + cos(π·(t − W)/(S − W))).
+  Tensors:
+  "inputs"            int32   (S, B, T+1)  batch t = inputs[t]
+  "param0/<hf name>"  float32 full shape   weights before step 0 (padded wte rows 0)
+  "loss"              float32 (S)          loss_t, before step t's update
+  "grad_norm"         float32 (S)          grad_norm_t (pre-clip total norm)
+  "lr"                float64 (S)          lr_t as the optimizer used it
+  "final/<hf name>"   float32 full shape   weights after all S steps
+  A replay in C++ should match loss_t within ~1e-5 relative and the final weights within a small
+  relative L2 per tensor (fp32 summation orders differ between torch and ptrain).
+=====================================================================================================
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+FIXTURE_VERSION = 1
+
+# name, V, Vp, T, L, NH, C, B, seed. Odd sizes on purpose: C not a multiple of 8, T not a power of
+# two, n_head 3 and 5, a padded and an unpadded V=257, and T > 64 (several attention row blocks,
+# the last one partial).
+GPT_CONFIGS = [
+    ("gpt_odd", 257, 320, 13, 2, 3, 36, 2, 11),
+    ("gpt_unpadded", 257, 257, 16, 1, 5, 40, 3, 12),
+    ("gpt_long", 61, 64, 150, 2, 2, 24, 2, 13),
+]
+
+TRAJECTORY = dict(name="trajectory_v1", V=257, Vp=320, T=13, L=2, NH=3, C=36, B=4, seed=21,
+                  steps=10, lr=1e-2, min_lr=1e-3, warmup_steps=3, weight_decay=0.1, beta1=0.9,
+                  beta2=0.95, eps=1e-8, grad_clip=1.2)
+
+SCHEDULE_TEXT = ("lr_t = lr*(t+1)/W for t < W; else min_lr + 0.5*(lr - min_lr)*"
+                 "(1 + cos(pi*(t - W)/(S - W))); t = 0..S-1")
+
+
+def param_specs(V, Vp, T, L, NH, C):
+    """(name, shape) in ptrain's flat-layout order (common/tensor/param_layout.cpp)."""
+    specs = [("transformer.wte.weight", (Vp, C)), ("transformer.wpe.weight", (T, C))]
+    for l in range(L):
+        p = f"transformer.h.{l}."
+        specs += [
+            (p + "ln_1.weight", (C,)), (p + "ln_1.bias", (C,)),
+            (p + "attn.c_attn.weight", (C, 3 * C)), (p + "attn.c_attn.bias", (3 * C,)),
+            (p + "attn.c_proj.weight", (C, C)), (p + "attn.c_proj.bias", (C,)),
+            (p + "ln_2.weight", (C,)), (p + "ln_2.bias", (C,)),
+            (p + "mlp.c_fc.weight", (C, 4 * C)), (p + "mlp.c_fc.bias", (4 * C,)),
+            (p + "mlp.c_proj.weight", (4 * C, C)), (p + "mlp.c_proj.bias", (C,)),
+        ]
+    specs += [("transformer.ln_f.weight", (C,)), ("transformer.ln_f.bias", (C,))]
+    return specs
+
+
+def make_params(gen, V, Vp, T, L, NH, C, scale):
+    """float32 weights. scale='init': GPT-2 initialisation; scale='rich': larger, non-trivial
+    LayerNorm weights and biases so every path of the gradient carries signal."""
+    P = {}
+    for name, shape in param_specs(V, Vp, T, L, NH, C):
+        if name.endswith(".bias"):
+            std = 0.0 if scale == "init" else 0.05
+            t = torch.randn(shape, generator=gen) * std
+        elif ".ln_" in name:
+            std = 0.0 if scale == "init" else 0.1
+            t = 1.0 + torch.randn(shape, generator=gen) * std
+        else:
+            std = 0.02 if scale == "init" else 0.08
+            if name.endswith("c_proj.weight"):
+                std = std / math.sqrt(2 * L)
+            t = torch.randn(shape, generator=gen) * std
+        if name == "transformer.wte.weight":
+            t[V:] = 0.0
+        P[name] = t.to(torch.float32).contiguous()
+    return P
+
+
+def gpt_forward(P, idx, V, Vp, L, NH, C):
+    """logits (B, T, Vp) with padded columns -inf."""
+    B, T = idx.shape
+    hd = C // NH
+    wte = P["transformer.wte.weight"]
+    x = wte[idx] + P["transformer.wpe.weight"][:T]
+    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    for l in range(L):
+        p = f"transformer.h.{l}."
+        h = F.layer_norm(x, (C,), P[p + "ln_1.weight"], P[p + "ln_1.bias"], eps=1e-5)
+        qkv = h @ P[p + "attn.c_attn.weight"] + P[p + "attn.c_attn.bias"]
+        q, k, v = qkv.split(C, dim=2)
+        q = q.view(B, T, NH, hd).transpose(1, 2)
+        k = k.view(B, T, NH, hd).transpose(1, 2)
+        v = v.view(B, T, NH, hd).transpose(1, 2)
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(hd)
+        att = att.masked_fill(~mask, float("-inf"))
+        att = torch.softmax(att, dim=-1)
+        y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
+        x = x + (y @ P[p + "attn.c_proj.weight"] + P[p + "attn.c_proj.bias"])
+        h = F.layer_norm(x, (C,), P[p + "ln_2.weight"], P[p + "ln_2.bias"], eps=1e-5)
+        h = F.gelu(h @ P[p + "mlp.c_fc.weight"] + P[p + "mlp.c_fc.bias"], approximate="tanh")
+        x = x + (h @ P[p + "mlp.c_proj.weight"] + P[p + "mlp.c_proj.bias"])
+    x = F.layer_norm(x, (C,), P["transformer.ln_f.weight"], P["transformer.ln_f.bias"], eps=1e-5)
+    logits = x @ wte.t()
+    if Vp > V:
+        pad = torch.zeros(Vp, dtype=torch.bool)
+        pad[V:] = True
+        logits = logits.masked_fill(pad, float("-inf"))
+    return logits
+
+
+def mean_loss(logits, targets):
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+class Blob:
+    def __init__(self):
+        self.parts, self.entries, self.offset = [], [], 0
+
+    def add(self, name, array, dtype):
+        a = np.ascontiguousarray(np.asarray(array, dtype=dtype))
+        data = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
+        self.entries.append({"name": name, "dtype": np.dtype(dtype).name, "shape": list(a.shape),
+                             "offset": self.offset, "nbytes": len(data)})
+        self.parts.append(data)
+        self.offset += len(data)
+
+    def write(self, out_dir, name, manifest):
+        blob = b"".join(self.parts)
+        manifest.update({"format": "ptrain-fixture", "version": FIXTURE_VERSION, "name": name,
+                         "blob": name + ".bin", "blob_bytes": len(blob),
+                         "generator": "scripts/gen_fixtures.py",
+                         "torch_version": torch.__version__, "tensors": self.entries})
+        with open(os.path.join(out_dir, name + ".bin"), "wb") as f:
+            f.write(blob)
+        with open(os.path.join(out_dir, name + ".json"), "w") as f:
+            json.dump(manifest, f, indent=1)
+            f.write("\n")
+        return len(blob)
+
+
+def gen_gpt(out_dir, name, V, Vp, T, L, NH, C, B, seed):
+    gen = torch.Generator().manual_seed(seed)
+    P32 = make_params(gen, V, Vp, T, L, NH, C, "rich")
+    windows = torch.randint(0, V, (B, T + 1), generator=gen, dtype=torch.int64)
+    P = {k: v.to(torch.float64).requires_grad_(True) for k, v in P32.items()}
+    logits = gpt_forward(P, windows[:, :T], V, Vp, L, NH, C)
+    loss = mean_loss(logits, windows[:, 1:])
+    loss.backward()
+    blob = Blob()
+    blob.add("inputs", windows.numpy(), np.int32)
+    for k, _ in param_specs(V, Vp, T, L, NH, C):
+        blob.add("param/" + k, P32[k].numpy(), np.float32)
+    blob.add("logits", logits.detach().numpy(), np.float32)
+    blob.add("loss", np.array(loss.item()), np.float32)
+    for k, _ in param_specs(V, Vp, T, L, NH, C):
+        g = P[k].grad
+        if k == "transformer.wte.weight":
+            assert bool((g[V:] == 0).all()), "padded wte rows must have zero gradient"
+        blob.add("grad/" + k, g.numpy(), np.float32)
+    config = dict(V=V, Vp=Vp, T=T, L=L, NH=NH, C=C, B=B, seed=seed)
+    n = blob.write(out_dir, name, {"kind": "gpt", "compute_dtype": "float64", "config": config})
+    print(f"{name}: loss {loss.item():.6f}, {n} bytes", file=sys.stderr)
+
+
+def gen_trajectory(out_dir, c):
+    V, Vp, T, L, NH, C, B = c["V"], c["Vp"], c["T"], c["L"], c["NH"], c["C"], c["B"]
+    S, W = c["steps"], c["warmup_steps"]
+    gen = torch.Generator().manual_seed(c["seed"])
+    P0 = make_params(gen, V, Vp, T, L, NH, C, "init")
+    batches = torch.randint(0, V, (S, B, T + 1), generator=gen, dtype=torch.int64)
+    names = [k for k, _ in param_specs(V, Vp, T, L, NH, C)]
+    P = {k: P0[k].clone().requires_grad_(True) for k in names}
+    decay = [P[k] for k in names if P[k].dim() >= 2]
+    no_decay = [P[k] for k in names if P[k].dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": c["weight_decay"]},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=c["lr"], betas=(c["beta1"], c["beta2"]), eps=c["eps"])
+
+    def factor(t):
+        if t < W:
+            return (t + 1) / W
+        lr_t = c["min_lr"] + 0.5 * (c["lr"] - c["min_lr"]) * (1 + math.cos(math.pi * (t - W) / (S - W)))
+        return lr_t / c["lr"]
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    losses, norms, lrs = [], [], []
+    for t in range(S):
+        opt.zero_grad(set_to_none=False)
+        logits = gpt_forward(P, batches[t, :, :T], V, Vp, L, NH, C)
+        loss = mean_loss(logits, batches[t, :, 1:])
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_([P[k] for k in names], c["grad_clip"])
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        norms.append(norm.item())
+    blob = Blob()
+    blob.add("inputs", batches.numpy(), np.int32)
+    for k in names:
+        blob.add("param0/" + k, P0[k].numpy(), np.float32)
+    blob.add("loss", np.array(losses), np.float32)
+    blob.add("grad_norm", np.array(norms), np.float32)
+    blob.add("lr", np.array(lrs), np.float64)
+    for k in names:
+        blob.add("final/" + k, P[k].detach().numpy(), np.float32)
+    config = dict(V=V, Vp=Vp, T=T, L=L, NH=NH, C=C, B=B, seed=c["seed"])
+    optim = {k: c[k] for k in ("steps", "lr", "min_lr", "warmup_steps", "weight_decay", "beta1",
+                               "beta2", "eps", "grad_clip")}
+    optim["schedule"] = SCHEDULE_TEXT
+    n = blob.write(out_dir, c["name"], {"kind": "trajectory", "compute_dtype": "float32",
+                                        "config": config, "optim": optim})
+    clipped = sum(1 for x in norms if x > c["grad_clip"])
+    print(f"{c['name']}: losses {losses[0]:.4f} -> {losses[-1]:.4f}, grad norms "
+          f"{min(norms):.3f}..{max(norms):.3f} ({clipped}/{S} clipped), {n} bytes", file=sys.stderr)
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=os.path.join(here, "..", "tests", "fixtures"))
+    ap.add_argument("--only", nargs="*", help="fixture names to write (default: all)")
+    ap.add_argument("--list", action="store_true", help="print the fixture names and exit")
+    args = ap.parse_args()
+    all_names = [g[0] for g in GPT_CONFIGS] + [TRAJECTORY["name"]]
+    if args.list:
+        print("\n".join(all_names))
+        return 0
+    wanted = set(args.only) if args.only else set(all_names)
+    unknown = wanted - set(all_names)
+    if unknown:
+        ap.error(f"unknown fixture(s): {sorted(unknown)}; known: {all_names}")
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    os.makedirs(args.out, exist_ok=True)
+    for g in GPT_CONFIGS:
+        if g[0] in wanted:
+            gen_gpt(args.out, *g)
+    if TRAJECTORY["name"] in wanted:
+        gen_trajectory(args.out, TRAJECTORY)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,525 @@
+// The checkpoint tools end to end, through the built `ptrain` binary (PTRAIN_TEST_BINARY): init,
+// inspect, grad, eval, generate on a tiny config (byte tokenizer, padded vocabulary, a small .tok
+// written here), their --json output, and their failures: exit code, message, and no output file
+// left behind or overwritten. Results are checked against the libraries where that is cheap (the
+// windows in /inputs, padded-row gradients, the greedy continuation recomputed with GptDecoder).
+#include "common/error.hpp"
+#include "common/io/checkpoint.hpp"
+#include "common/io/hdf5.hpp"
+#include "common/io/token_file.hpp"
+#include "common/tensor/param_layout.hpp"
+#include "ptrain/build_config.hpp"
+#include "worker/backend/cpu/cpu_backend.hpp"
+#include "worker/model/backend.hpp"
+#include "worker/model/gpt.hpp"
+
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <nlohmann/json.hpp>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+extern char** environ;
+
+namespace fs = std::filesystem;
+using namespace ptrain;
+
+namespace {
+
+struct Result {
+  int rc = -1;
+  std::string out, err;
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Runs ptrain with `args`, stdout and stderr captured through files (no pipe to deadlock on).
+Result run_ptrain(const std::vector<std::string>& args, const fs::path& work) {
+  const fs::path out = work / "stdout.txt", err = work / "stderr.txt";
+  std::vector<std::string> full{PTRAIN_TEST_BINARY};
+  full.insert(full.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : full) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&fa, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  pid_t pid = -1;
+  Result r;
+  const int rc = posix_spawn(&pid, PTRAIN_TEST_BINARY, &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  REQUIRE_MESSAGE(rc == 0, "cannot start " << PTRAIN_TEST_BINARY);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = slurp(out);
+  r.err = slurp(err);
+  fs::remove(out);
+  fs::remove(err);
+  return r;
+}
+
+bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+// A folder with a tiny config, a byte-tokenized .tok file and (after init()) a checkpoint.
+// Model: V 257 padded to 260, T 16, L 2, NH 2, C 16.
+struct Fixture {
+  fs::path dir;
+  std::string config, tok, ckpt;
+  std::vector<uint32_t> tokens;
+  ModelDims dims{257, 260, 16, 2, 2, 16};
+
+  Fixture() {
+    static int counter = 0;
+    dir = fs::temp_directory_path() /
+          ("ptrain-test-tools-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    config = (dir / "tiny.yaml").string();
+    std::ofstream(config) << "run:\n  dir: run\n  seed: 7\n  threads: 1\n"
+                             "data:\n  train: train.tok\n  tokenizer: byte\n"
+                             "model:\n  vocab_size: 260\n  seq_len: 16\n  n_layer: 2\n  n_head: 2\n"
+                             "  n_embd: 16\n"
+                             "train:\n  batch_size: 4\n  micro_batch: 2\n";
+    // 20 short documents of text, each followed by <|endoftext|> (256).
+    for (int d = 0; d < 20; ++d) {
+      const std::string text = "doc " + std::to_string(d) + ": the lazy dog sleeps; the fox runs.";
+      for (unsigned char c : text) tokens.push_back(c);
+      tokens.push_back(256);
+    }
+    tok = (dir / "train.tok").string();
+    write_token_file(tok, 257, tokens);
+    ckpt = (dir / "init.h5").string();
+  }
+  ~Fixture() {
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  }
+  std::string path(const std::string& rel) const { return (dir / rel).string(); }
+  Result run(const std::vector<std::string>& args) const { return run_ptrain(args, dir); }
+  void init() {
+    const Result r = run({"init", config, "--out", ckpt});
+    REQUIRE_MESSAGE(r.rc == 0, r.err);
+  }
+  int64_t windows() const { return (static_cast<int64_t>(tokens.size()) - 1) / dims.T; }
+};
+
+nlohmann::json parse_one_json(const Result& r) {
+  // Exactly one JSON object, and nothing else, on stdout.
+  nlohmann::json j;
+  REQUIRE_NOTHROW(j = nlohmann::json::parse(r.out));
+  REQUIRE(j.is_object());
+  return j;
+}
+
+// Adds 1 to element 0 of a dataset without touching its crc32c attribute.
+void damage(const std::string& file, const std::string& rel) {
+  h5::File f = h5::File::open(file, h5::Access::kReadWrite);
+  h5::Dataset ds = f.open_dataset(rel);
+  std::vector<float> v(static_cast<size_t>(ds.size()));
+  ds.read(v);
+  v[0] += 1.0f;
+  ds.write(v);
+  f.close();
+}
+
+// No file in `dir` whose name contains ".tmp" (an atomic write's leftovers).
+bool no_temporaries(const fs::path& dir) {
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (contains(e.path().filename().string(), ".tmp")) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("tools init: a step-0 checkpoint that inspect --json describes") {
+  Fixture fx;
+  fx.init();
+  const ParamLayout layout(fx.dims);
+  const CheckpointData d = read_checkpoint(fx.ckpt, layout);  // verified, layout hash included
+  CHECK(d.meta.step == 0);
+  CHECK(d.meta.tokens_seen == 0);
+  CHECK(d.meta.data.seed == 7);
+  CHECK(d.meta.data.epoch == 0);
+  CHECK(d.meta.data.position == 0);
+  CHECK(std::all_of(d.m.begin(), d.m.end(), [](float x) { return x == 0.0f; }));
+  CHECK(std::all_of(d.v.begin(), d.v.end(), [](float x) { return x == 0.0f; }));
+  std::vector<float> expect(static_cast<size_t>(layout.total()));
+  init_gpt_params(layout, 7, expect);
+  CHECK(d.params == expect);
+  CHECK(contains(d.meta.config_yaml, "seq_len: 16"));
+  CHECK(contains(d.meta.tokenizer_json, "byte"));
+
+  const Result r = fx.run({"inspect", fx.ckpt, "--json"});
+  REQUIRE_MESSAGE(r.rc == 0, r.err);
+  const nlohmann::json j = parse_one_json(r);
+  CHECK(j["step"] == 0);
+  CHECK(j["format_version"] == kCheckpointFormatVersion);
+  CHECK(j["layout_hash"] == layout.hash());
+  CHECK(j["ptrain_version"] == PTRAIN_VERSION);
+  CHECK(j["model"]["vocab_size"] == 257);
+  CHECK(j["model"]["vocab_padded"] == 260);
+  CHECK(j["model"]["n_layer"] == 2);
+  CHECK(j["model"]["parameters"] == layout.total());
+  CHECK(j["tokenizer"]["kind"] == "byte");
+  CHECK(j["data"]["seed"] == 7);
+  REQUIRE(j["tensors"].size() == layout.tensors().size());
+  for (const auto& t : j["tensors"]) {
+    CHECK(t["dtype"] == "float32");
+    CHECK(t["nan"] == 0);
+    CHECK(t["inf"] == 0);
+    for (const char* k : {"mean", "std", "min", "max", "l2", "shape"}) CHECK(t.contains(k));
+    if (t["name"] == "transformer.h.1.ln_2.weight") {
+      CHECK(t["mean"] == 1.0);
+      CHECK(t["std"] == 0.0);
+      CHECK(t["l2"] == doctest::Approx(4.0));  // sqrt(16)
+    }
+    if (t["name"] == "transformer.wte.weight") {
+      CHECK(t["shape"] == nlohmann::json::array({260, 16}));
+      CHECK(t["std"].get<double>() == doctest::Approx(0.02 * std::sqrt(257.0 / 260.0)).epsilon(0.1));
+    }
+  }
+  // --optimizer adds the moments; the human table names tensors.
+  const Result opt = fx.run({"inspect", fx.ckpt, "--json", "--optimizer"});
+  REQUIRE_MESSAGE(opt.rc == 0, opt.err);
+  CHECK(parse_one_json(opt)["tensors"].size() == 3 * layout.tensors().size());
+  const Result human = fx.run({"inspect", fx.ckpt});
+  CHECK(human.rc == 0);
+  CHECK(contains(human.out, "model/transformer.wte.weight"));
+  CHECK(contains(human.out, "step"));
+  CHECK(contains(human.out, "seq_len: 16"));
+
+  // --set reaches the stored config; CKPT may be the checkpoint's directory.
+  fs::create_directories(fx.dir / "ck");
+  const Result wide = fx.run({"init", fx.config, "--set", "model.n_embd=24", "--set", "run.seed=9",
+                              "--out", fx.path("ck/checkpoint.h5")});
+  REQUIRE_MESSAGE(wide.rc == 0, wide.err);
+  const Result dir = fx.run({"inspect", fx.path("ck"), "--json"});
+  REQUIRE_MESSAGE(dir.rc == 0, dir.err);
+  CHECK(parse_one_json(dir)["model"]["n_embd"] == 24);
+  CHECK(parse_one_json(dir)["data"]["seed"] == 9);
+}
+
+TEST_CASE("tools init: a failed init leaves no file and keeps an existing one") {
+  Fixture fx;
+  const std::string out = fx.path("keep.h5");
+  std::ofstream(out) << "precious";
+  Result r = fx.run({"init", fx.config, "--set", "model.n_embd=15", "--out", out});
+  CHECK(r.rc == 3);
+  CHECK(contains(r.err, "n_embd"));
+  CHECK(slurp(out) == "precious");
+  r = fx.run({"init", fx.config, "--set", "model.vocab_size=100", "--out", fx.path("x.h5")});
+  CHECK(r.rc == 3);
+  CHECK_FALSE(fs::exists(fx.path("x.h5")));
+  r = fx.run({"init", fx.config, "--out", fx.path("no/such/dir/x.h5")});
+  CHECK(r.rc >= 1);
+  CHECK(r.rc <= 127);
+  CHECK(contains(r.err, "no/such/dir/x.h5"));
+  CHECK(no_temporaries(fx.dir));
+  // Overwriting an existing --out is allowed (and atomic).
+  r = fx.run({"init", fx.config, "--out", out});
+  CHECK(r.rc == 0);
+  CHECK(read_checkpoint_meta(out).step == 0);
+  CHECK(no_temporaries(fx.dir));
+}
+
+TEST_CASE("tools grad: /inputs, /loss and /grad at full shape; padded rows have zero gradient") {
+  Fixture fx;
+  fx.init();
+  const ParamLayout layout(fx.dims);
+  const int64_t B = 3, T = fx.dims.T;
+  const std::string out = fx.path("g.h5");
+  const Result r = fx.run({"grad", "--checkpoint", fx.ckpt, "--data", fx.tok, "--batch-size",
+                           std::to_string(B), "--out", out});
+  REQUIRE_MESSAGE(r.rc == 0, r.err);
+  CHECK(r.out.empty());
+
+  h5::File f = h5::File::open(out);
+  h5::Dataset in = f.open_dataset("inputs");
+  CHECK(in.type().dtype == h5::DType::kInt32);
+  REQUIRE(in.shape() == std::vector<int64_t>{B, T + 1});
+  std::vector<int32_t> windows(static_cast<size_t>(B * (T + 1)));
+  in.read(windows);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t t = 0; t <= T; ++t) {
+      CHECK(windows[b * (T + 1) + t] == static_cast<int32_t>(fx.tokens[b * T + t]));
+    }
+  }
+  h5::Dataset loss = f.open_dataset("loss");
+  CHECK(loss.type().dtype == h5::DType::kFloat32);
+  CHECK(loss.shape().empty());
+  float l = 0;
+  loss.read(std::span<float>(&l, 1));
+  CHECK(l == doctest::Approx(std::log(257.0)).epsilon(0.05));  // near-uniform at init
+
+  double sq = 0.0;
+  for (const auto& t : layout.tensors()) {
+    h5::Dataset g = f.open_dataset("grad/" + t.name);
+    CHECK(g.type().dtype == h5::DType::kFloat32);
+    CHECK(g.shape() == t.shape);
+    std::vector<float> v(static_cast<size_t>(t.count));
+    g.read(v);
+    for (float x : v) {
+      CHECK(std::isfinite(x));
+      sq += static_cast<double>(x) * x;
+    }
+    if (t.name == "transformer.wte.weight") {
+      for (int64_t row = fx.dims.V; row < fx.dims.Vp; ++row) {
+        for (int64_t c = 0; c < fx.dims.C; ++c) CHECK(v[row * fx.dims.C + c] == 0.0f);
+      }
+    }
+  }
+  CHECK(sq > 0.0);
+  f.close();
+
+  // The same loss from the library (mean over B·T targets; grad's micro-batches sum to it).
+  const CheckpointData d = read_checkpoint(fx.ckpt, layout, false);
+  auto backend = make_cpu_backend(1);
+  Gpt gpt(layout, *backend, B);
+  const LossSum ls = gpt.forward_loss(d.params, windows, B, T);
+  CHECK(ls.tokens == B * T);
+  CHECK(l == doctest::Approx(ls.mean()).epsilon(1e-5));
+}
+
+TEST_CASE("tools grad: refusals name the file and leave no output") {
+  Fixture fx;
+  fx.init();
+  const std::string out = fx.path("g.h5");
+  // Too few windows.
+  const int64_t have = fx.windows();
+  Result r = fx.run({"grad", "--checkpoint", fx.ckpt, "--data", fx.tok, "--batch-size",
+                     std::to_string(have + 1), "--out", out});
+  CHECK(r.rc == 5);
+  CHECK_MESSAGE(contains(r.err, fx.tok + " has " + std::to_string(have) +
+                                    " windows of T+1 = 17 tokens, --batch-size " +
+                                    std::to_string(have + 1) + " needs " + std::to_string(have + 1)),
+                r.err);
+  CHECK_FALSE(fs::exists(out));
+  // Exactly enough is fine.
+  r = fx.run({"grad", "--checkpoint", fx.ckpt, "--data", fx.tok, "--batch-size",
+              std::to_string(have), "--out", out});
+  CHECK_MESSAGE(r.rc == 0, r.err);
+  const std::string before = slurp(out);
+
+  // A token file from another tokenizer (vocabulary 300): refused, the old output untouched.
+  const std::string other = fx.path("other.tok");
+  write_token_file(other, 300, fx.tokens);
+  r = fx.run({"grad", "--checkpoint", fx.ckpt, "--data", other, "--batch-size", "2", "--out", out});
+  CHECK(r.rc == 5);
+  CHECK_MESSAGE(contains(r.err, other), r.err);
+  CHECK_MESSAGE(contains(r.err, "tokenizer"), r.err);
+  CHECK(slurp(out) == before);
+
+  // A damaged checkpoint.
+  damage(fx.ckpt, "model/transformer.h.1.attn.c_proj.weight");
+  r = fx.run({"grad", "--checkpoint", fx.ckpt, "--data", fx.tok, "--batch-size", "2", "--out", out});
+  CHECK(r.rc == 6);
+  CHECK_MESSAGE(contains(r.err, "transformer.h.1.attn.c_proj.weight"), r.err);
+  CHECK(slurp(out) == before);
+  r = fx.run({"grad", "--checkpoint", fx.ckpt, "--data", fx.tok, "--batch-size", "0", "--out", out});
+  CHECK(r.rc == 2);
+  CHECK(no_temporaries(fx.dir));
+}
+
+TEST_CASE("tools eval: --json prints one object; loss over every complete window") {
+  Fixture fx;
+  fx.init();
+  Result r = fx.run({"eval", "--checkpoint", fx.ckpt, "--data", fx.tok, "--json"});
+  REQUIRE_MESSAGE(r.rc == 0, r.err);
+  const nlohmann::json j = parse_one_json(r);
+  const int64_t windows = fx.windows();
+  CHECK(j["windows"] == windows);
+  CHECK(j["tokens"] == windows * fx.dims.T);
+  CHECK(j["step"] == 0);
+  const double loss = j["loss"];
+  CHECK(loss == doctest::Approx(std::log(257.0)).epsilon(0.05));
+  CHECK(j["perplexity"].get<double>() == doctest::Approx(std::exp(loss)));
+
+  // Equal to the library's mean over all windows in one batch.
+  const ParamLayout layout(fx.dims);
+  const CheckpointData d = read_checkpoint(fx.ckpt, layout, false);
+  auto backend = make_cpu_backend(1);
+  Gpt gpt(layout, *backend, windows);
+  std::vector<int32_t> all(static_cast<size_t>(windows * (fx.dims.T + 1)));
+  const TokenFile tf = TokenFile::open(fx.tok);
+  for (int64_t w = 0; w < windows; ++w) {
+    tf.window(w, fx.dims.T,
+              std::span<int32_t>(all).subspan(static_cast<size_t>(w * (fx.dims.T + 1)),
+                                              static_cast<size_t>(fx.dims.T + 1)));
+  }
+  CHECK(loss == doctest::Approx(gpt.forward_loss(d.params, all, windows, fx.dims.T).mean()).epsilon(1e-5));
+
+  // The human form, and a file without a complete window.
+  r = fx.run({"eval", "--checkpoint", fx.ckpt, "--data", fx.tok});
+  CHECK(r.rc == 0);
+  CHECK(contains(r.out, "perplexity"));
+  const std::string small = fx.path("small.tok");
+  write_token_file(small, 257, std::vector<uint32_t>(10, 65));
+  r = fx.run({"eval", "--checkpoint", fx.ckpt, "--data", small, "--json"});
+  CHECK(r.rc == 5);
+  CHECK_MESSAGE(contains(r.err, small), r.err);
+  CHECK(r.out.empty());
+}
+
+TEST_CASE("tools generate: greedy is deterministic and prints only the continuation") {
+  Fixture fx;
+  fx.init();
+  const std::string prompt = "the lazy";
+  const std::vector<std::string> args{"generate", "--checkpoint", fx.ckpt, "--prompt", prompt,
+                                      "--temperature", "0", "--max-tokens", "5"};
+  const Result a = fx.run(args);
+  REQUIRE_MESSAGE(a.rc == 0, a.err);
+  const Result b = fx.run(args);
+  CHECK(a.out == b.out);
+
+  // Recompute the greedy continuation with the library: argmax over the real vocabulary.
+  const ParamLayout layout(fx.dims);
+  const CheckpointData d = read_checkpoint(fx.ckpt, layout, false);
+  auto backend = make_cpu_backend(1);
+  GptDecoder dec(layout, *backend);
+  std::span<const float> logits;
+  for (unsigned char c : prompt) logits = dec.step(d.params, c);
+  std::string expect;
+  for (int i = 0; i < 5; ++i) {
+    int32_t best = 0;
+    for (int32_t v = 1; v < 257; ++v) {
+      if (logits[v] > logits[best]) best = v;
+    }
+    if (best == 256) break;  // <|endoftext|>: stop, print nothing for it
+    expect.push_back(static_cast<char>(best));
+    if (i < 4) logits = dec.step(d.params, best);
+  }
+  CHECK(a.out == expect);
+
+  // Sampling with a seed is reproducible; the context limit is said on stderr.
+  const std::vector<std::string> sampled{"generate", "--checkpoint", fx.ckpt, "--prompt", prompt,
+                                         "--temperature", "1.5", "--top-k", "20", "--seed", "11",
+                                         "--max-tokens", "100"};
+  const Result s1 = fx.run(sampled);
+  const Result s2 = fx.run(sampled);
+  REQUIRE_MESSAGE(s1.rc == 0, s1.err);
+  CHECK(s1.out == s2.out);
+  CHECK(s1.out.size() <= static_cast<size_t>(fx.dims.T + 1 - prompt.size()));
+  if (s1.out.size() == static_cast<size_t>(fx.dims.T + 1 - prompt.size())) {
+    CHECK(contains(s1.err, "seq_len"));
+  }
+  // An empty prompt starts from <|endoftext|>.
+  const Result e = fx.run({"generate", "--checkpoint", fx.ckpt, "--prompt", "", "--temperature",
+                           "0", "--max-tokens", "3"});
+  CHECK_MESSAGE(e.rc == 0, e.err);
+  CHECK(e.out.size() <= 3);
+  // Bad values are usage errors; a prompt longer than the context is refused.
+  CHECK(fx.run({"generate", "--checkpoint", fx.ckpt, "--prompt", "x", "--temperature", "-1"}).rc == 2);
+  CHECK(fx.run({"generate", "--checkpoint", fx.ckpt, "--prompt", "x", "--top-k", "-3"}).rc == 2);
+  const Result longp = fx.run({"generate", "--checkpoint", fx.ckpt, "--prompt", std::string(40, 'a')});
+  CHECK(longp.rc == 2);
+  CHECK(contains(longp.err, "seq_len"));
+}
+
+TEST_CASE("tools inspect --diff: relative change per tensor; a different layout is refused") {
+  Fixture fx;
+  fx.init();
+  const std::string other = fx.path("other.h5");
+  REQUIRE(fx.run({"init", fx.config, "--set", "run.seed=8", "--out", other}).rc == 0);
+  Result r = fx.run({"inspect", fx.ckpt, "--diff", fx.ckpt, "--json"});
+  REQUIRE_MESSAGE(r.rc == 0, r.err);
+  nlohmann::json j = parse_one_json(r);
+  for (const auto& t : j["tensors"]) CHECK(t["rel_change"] == 0.0);
+  CHECK(j["diff"]["rel_change"] == 0.0);
+
+  r = fx.run({"inspect", fx.ckpt, "--diff", other, "--json"});
+  REQUIRE_MESSAGE(r.rc == 0, r.err);
+  j = parse_one_json(r);
+  for (const auto& t : j["tensors"]) {
+    const std::string name = t["name"];
+    if (contains(name, "ln_") || contains(name, ".bias")) {
+      CHECK_MESSAGE(t["rel_change"] == 0.0, name);  // ones and zeros whatever the seed
+    } else {
+      // Two independent N(0, s) draws: ‖A−B‖/‖B‖ ≈ sqrt(2).
+      CHECK_MESSAGE(t["rel_change"].get<double>() == doctest::Approx(std::sqrt(2.0)).epsilon(0.25),
+                    name);
+    }
+  }
+  r = fx.run({"inspect", fx.ckpt, "--diff", other});
+  CHECK(r.rc == 0);
+  CHECK(contains(r.out, "rel_change"));
+
+  const std::string wide = fx.path("wide.h5");
+  REQUIRE(fx.run({"init", fx.config, "--set", "model.n_embd=32", "--out", wide}).rc == 0);
+  r = fx.run({"inspect", fx.ckpt, "--diff", wide, "--json"});
+  CHECK(r.rc == 6);
+  CHECK(contains(r.err, "layout"));
+  CHECK(contains(r.err, wide));
+  CHECK(r.out.empty());
+}
+
+TEST_CASE("tools: every tool refuses a damaged or missing checkpoint, naming it") {
+  Fixture fx;
+  fx.init();
+  damage(fx.ckpt, "optimizer/m/transformer.wpe.weight");
+  // Moments are checked where they are read (inspect --optimizer); the weights still serve eval.
+  Result r = fx.run({"inspect", fx.ckpt, "--optimizer"});
+  CHECK(r.rc == 6);
+  CHECK_MESSAGE(contains(r.err, "optimizer/m/transformer.wpe.weight"), r.err);
+  CHECK(fx.run({"eval", "--checkpoint", fx.ckpt, "--data", fx.tok}).rc == 0);
+
+  damage(fx.ckpt, "model/transformer.wte.weight");
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"inspect", fx.ckpt},
+           {"eval", "--checkpoint", fx.ckpt, "--data", fx.tok},
+           {"generate", "--checkpoint", fx.ckpt, "--prompt", "x"}}) {
+    r = fx.run(args);
+    CHECK_MESSAGE(r.rc == 6, args[0]);
+    CHECK_MESSAGE(contains(r.err, "model/transformer.wte.weight"), r.err);
+    CHECK_MESSAGE(contains(r.err, fx.ckpt), r.err);
+    CHECK(r.out.empty());
+  }
+  const std::string cut = fx.path("cut.h5");
+  fs::copy_file(fx.ckpt, cut);
+  fs::resize_file(cut, fs::file_size(cut) / 2);
+  r = fx.run({"inspect", cut, "--json"});
+  CHECK(r.rc == 6);
+  CHECK(contains(r.err, "truncated or damaged"));
+  CHECK(r.out.empty());
+  r = fx.run({"eval", "--checkpoint", fx.path("missing.h5"), "--data", fx.tok});
+  CHECK(r.rc == 4);
+  CHECK(contains(r.err, "missing.h5"));
+}
+
+TEST_CASE("tools: scripts/check_checkpoint.py accepts what init writes") {
+  const std::string py = PTRAIN_TORCH_PYTHON;
+  if (py.empty() || std::system((py + " -c 'import h5py, numpy' >/dev/null 2>&1").c_str()) != 0) {
+    MESSAGE("skipped: no h5py for " << py);
+    return;
+  }
+  Fixture fx;
+  fx.init();
+  const std::string script = std::string(PTRAIN_TEST_SCRIPTS) + "/check_checkpoint.py";
+  Result r = run_ptrain({"inspect", fx.ckpt}, fx.dir);  // warm: the file is closed and complete
+  REQUIRE(r.rc == 0);
+  const int rc = std::system((py + " " + script + " --json " + fx.ckpt + " > " +
+                              fx.path("check.json") + " 2>&1").c_str());
+  CHECK(WIFEXITED(rc));
+  CHECK(WEXITSTATUS(rc) == 0);
+  const nlohmann::json j = nlohmann::json::parse(slurp(fx.path("check.json")));
+  CHECK(j["ok"] == true);
+  CHECK(j["layout_hash"] == ParamLayout(fx.dims).hash());
+  CHECK(j["parameters"] == ParamLayout(fx.dims).total());
+}

@@ -1,0 +1,312 @@
+// The frame codec (common/proto/codec.hpp): every message round-trips bit for bit, and every bad
+// frame is refused with a reason — bad magic, another protocol version (naming both), a CRC
+// mismatch, an oversized length (refused from the header alone, before any allocation), unknown
+// flags and types, malformed payloads — while a truncated frame is "need more", byte by byte.
+#include "common/proto/codec.hpp"
+#include "common/proto/messages.hpp"
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+
+using namespace ptrain;
+using namespace ptrain::proto;
+
+namespace {
+
+std::vector<float> ramp(size_t n, float scale) {
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = scale * static_cast<float>(i) - 0.5f;
+  return v;
+}
+
+// One of each message, with non-default values in every field.
+std::vector<Message> samples() {
+  std::vector<Message> out;
+  out.push_back(LoadShard{7, 2, {16, 21}, ramp(5, 0.25f), ramp(5, 1e-3f), ramp(5, 1e-6f)});
+  out.push_back(StepBegin{12, 3, {5, 99, 0, 1ll << 40}});
+  out.push_back(PullRequest{0xFFFFFFFFFFull, 12, {0, 1024}});
+  PullReply pr{42, 12, {3, 6}, {1.0f, -0.0f, std::numeric_limits<float>::infinity()}};
+  out.push_back(pr);
+  out.push_back(GradPush{12, 3, 1, 4096, {100, 104}, {1e-30f, -2.5f, 3.0f, 1e30f}});
+  out.push_back(PushReceived{1, 12, 3, 4096});
+  out.push_back(WorkerStepDone{2, 12, 12345.678, 4096, 0.01, 1.5, 0.02});
+  out.push_back(StepContributors{12, 3, {0, 1, 3}});
+  out.push_back(NormReport{1, 12, 3.25e-3, 4096, -1});
+  out.push_back(StepCommit{12, {0, 1, 3}, 2.5, 0.4f});
+  out.push_back(StepApplied{1, 12, 13, 6e-4});
+  out.push_back(CheckpointRequest{9, 13});
+  out.push_back(CheckpointReply{9, 1, 13, {8, 10}, {1, 2}, {3, 4}, {5, 6}});
+  out.push_back(Shutdown{"training finished"});
+  out.push_back(Failure{7, "non-finite \xE2\x9C\x97 gradient"});
+  // Empty vectors and strings.
+  out.push_back(LoadShard{0, 0, {5, 5}, {}, {}, {}});
+  out.push_back(StepBegin{0, 0, {}});
+  out.push_back(Shutdown{""});
+  return out;
+}
+
+template <class T>
+void put_at(std::vector<std::byte>& b, size_t off, T x) {
+  std::memcpy(b.data() + off, &x, sizeof(T));
+}
+
+// Recomputes the CRC after a header edit, so the test reaches the check it means to.
+void reseal(std::vector<std::byte>& f);
+
+}  // namespace
+
+#include "common/util/hash.hpp"
+
+namespace {
+void reseal(std::vector<std::byte>& f) {
+  uint32_t crc = crc32c(f.data(), 20);
+  crc = crc32c(f.data() + kHeaderSize, f.size() - kHeaderSize, crc);
+  put_at(f, 20, crc);
+}
+}  // namespace
+
+TEST_CASE("proto: every message round-trips bit for bit") {
+  for (const Message& m : samples()) {
+    const std::vector<std::byte> f = encode(m);
+    CAPTURE(type_name(type_of(m)));
+    REQUIRE(f.size() >= kHeaderSize);
+    const DecodeResult r = decode_frame(f);
+    REQUIRE(r.status == DecodeStatus::kGood);
+    CHECK(r.consumed == f.size());
+    CHECK(r.header.type == type_of(m));
+    CHECK(r.header.version == kProtocolVersion);
+    const Message back = decode(f);
+    CHECK(back == m);
+    CHECK(encode(back) == f);
+  }
+}
+
+TEST_CASE("proto: the header layout is as documented") {
+  const auto f = encode(Shutdown{"x"});
+  CHECK(std::memcmp(f.data(), "PTRN", 4) == 0);
+  uint16_t version, type;
+  uint64_t len;
+  std::memcpy(&version, f.data() + 4, 2);
+  std::memcpy(&type, f.data() + 6, 2);
+  std::memcpy(&len, f.data() + 12, 8);
+  CHECK(version == kProtocolVersion);
+  CHECK(type == static_cast<uint16_t>(MessageType::kShutdown));
+  CHECK(len == 4 + 1);  // u32 length + "x"
+  CHECK(f.size() == kHeaderSize + len);
+}
+
+TEST_CASE("proto: NaN payloads survive bit for bit") {
+  const float qnan = std::numeric_limits<float>::quiet_NaN();
+  const auto f = encode(GradPush{1, 0, 0, 1, {0, 2}, {qnan, -qnan}});
+  const auto m = std::get<GradPush>(decode(f));
+  uint32_t a, b, c, d;
+  std::memcpy(&a, &m.grads[0], 4);
+  std::memcpy(&b, &qnan, 4);
+  const float nq = -qnan;
+  std::memcpy(&c, &m.grads[1], 4);
+  std::memcpy(&d, &nq, 4);
+  CHECK(a == b);
+  CHECK(c == d);
+}
+
+TEST_CASE("proto: a truncated frame is need-more at every length, never bad") {
+  for (const Message& m : samples()) {
+    const auto f = encode(m);
+    for (size_t n = 0; n < f.size(); ++n) {
+      const DecodeResult r = decode_frame(std::span(f.data(), n));
+      CAPTURE(n);
+      REQUIRE(r.status == DecodeStatus::kNeedMore);
+    }
+  }
+  const auto f = encode(Shutdown{"bye"});
+  CHECK_THROWS_WITH_AS(decode(std::span(f.data(), f.size() - 1)),
+                       doctest::Contains("truncated frame"), ProtocolError);
+}
+
+TEST_CASE("proto: bad magic is refused, from the first four bytes") {
+  auto f = encode(Shutdown{"x"});
+  f[0] = std::byte{'H'};  // e.g. an HTTP client talking to the wrong port
+  const DecodeResult r = decode_frame(f);
+  CHECK(r.status == DecodeStatus::kBad);
+  CHECK(r.error.find("bad magic") != std::string::npos);
+  CHECK(decode_frame(std::span(f.data(), 4)).status == DecodeStatus::kBad);
+  CHECK_THROWS_WITH_AS(decode(f), doctest::Contains("not a ptrain frame"), ProtocolError);
+}
+
+TEST_CASE("proto: another protocol version is refused, naming both versions") {
+  auto f = encode(StepApplied{0, 1, 2, 1e-3});
+  put_at<uint16_t>(f, 4, 7);
+  reseal(f);
+  const DecodeResult r = decode_frame(f);
+  REQUIRE(r.status == DecodeStatus::kBad);
+  CHECK(r.error.find("protocol version 7") != std::string::npos);
+  CHECK(r.error.find(fmt::format("version {}", kProtocolVersion)) != std::string::npos);
+  // Refused from the header alone: no payload needed.
+  CHECK(decode_frame(std::span(f.data(), kHeaderSize)).status == DecodeStatus::kBad);
+}
+
+TEST_CASE("proto: an unknown message type is refused, naming the versions") {
+  for (uint16_t t : {uint16_t{0}, uint16_t{kMaxMessageType + 1}, uint16_t{999}}) {
+    auto f = encode(Shutdown{"x"});
+    put_at<uint16_t>(f, 6, t);
+    reseal(f);
+    const DecodeResult r = decode_frame(f);
+    REQUIRE(r.status == DecodeStatus::kBad);
+    CHECK(r.error.find(fmt::format("unknown message type {}", t)) != std::string::npos);
+    CHECK(r.error.find(fmt::format("protocol version {}", kProtocolVersion)) !=
+          std::string::npos);
+  }
+  CHECK_THROWS_AS(parse_payload(static_cast<MessageType>(999), {}), ProtocolError);
+}
+
+TEST_CASE("proto: unknown flags are refused") {
+  auto f = encode(Shutdown{"x"});
+  put_at<uint32_t>(f, 8, 0x80u);
+  reseal(f);
+  const DecodeResult r = decode_frame(f);
+  REQUIRE(r.status == DecodeStatus::kBad);
+  CHECK(r.error.find("flags") != std::string::npos);
+}
+
+TEST_CASE("proto: a CRC mismatch is refused, in the payload or the header") {
+  auto f = encode(GradPush{1, 0, 0, 1, {0, 3}, {1, 2, 3}});
+  auto g = f;
+  g[f.size() - 2] ^= std::byte{0x01};  // one bit of a float
+  DecodeResult r = decode_frame(g);
+  REQUIRE(r.status == DecodeStatus::kBad);
+  CHECK(r.error.find("CRC32C") != std::string::npos);
+  auto h = f;
+  h[20] ^= std::byte{0xFF};  // the stored CRC itself
+  CHECK(decode_frame(h).status == DecodeStatus::kBad);
+}
+
+TEST_CASE("proto: an oversized length is refused from the header, before allocation") {
+  // A header announcing 2^62 bytes: refused as soon as the 24 header bytes are there (a decoder
+  // that allocated first would throw bad_alloc or take the machine down).
+  auto f = encode(GradPush{1, 0, 0, 1, {0, 1}, {1}});
+  put_at<uint64_t>(f, 12, 1ull << 62);
+  reseal(f);
+  const DecodeResult r = decode_frame(std::span(f.data(), kHeaderSize));
+  REQUIRE(r.status == DecodeStatus::kBad);
+  CHECK(r.error.find("over the") != std::string::npos);
+  CHECK(r.error.find("limit") != std::string::npos);
+
+  // Control messages have a small limit of their own; bulk ones a large one.
+  DecoderLimits small;
+  small.max_control_payload = 64;
+  small.max_bulk_payload = 1024;
+  CHECK(decode_frame(encode(Shutdown{std::string(100, 'x')}), small).status ==
+        DecodeStatus::kBad);
+  CHECK(decode_frame(encode(GradPush{1, 0, 0, 1, {0, 100}, std::vector<float>(100)}), small)
+            .status == DecodeStatus::kGood);
+  CHECK(decode_frame(encode(GradPush{1, 0, 0, 1, {0, 300}, std::vector<float>(300)}), small)
+            .status == DecodeStatus::kBad);
+
+  // The incremental decoder refuses it too, and stays refused.
+  FrameDecoder dec(small);
+  dec.append(std::span(f.data(), kHeaderSize));
+  std::vector<std::byte> frame;
+  std::string err;
+  CHECK(dec.next(frame, err) == DecodeStatus::kBad);
+  CHECK(!err.empty());
+  CHECK(dec.buffered() == 0);
+  dec.append(encode(Shutdown{"later"}));
+  CHECK(dec.next(frame, err) == DecodeStatus::kBad);
+}
+
+TEST_CASE("proto: malformed payloads are refused (counts are checked before allocating)") {
+  SUBCASE("a vector count beyond the payload") {
+    auto f = encode(StepBegin{1, 0, {1, 2}});
+    // StepBegin payload: step(8) epoch(8) count(8) ...: claim 2^60 elements.
+    put_at<uint64_t>(f, kHeaderSize + 16, 1ull << 60);
+    reseal(f);
+    CHECK_THROWS_WITH_AS(decode(f), doctest::Contains("announces"), ProtocolError);
+  }
+  SUBCASE("trailing bytes after the last field") {
+    auto f = encode(Shutdown{"x"});
+    f.push_back(std::byte{0});
+    put_at<uint64_t>(f, 12, f.size() - kHeaderSize);
+    reseal(f);
+    CHECK_THROWS_WITH_AS(decode(f), doctest::Contains("trailing"), ProtocolError);
+  }
+  SUBCASE("a short payload") {
+    auto f = encode(StepApplied{0, 1, 2, 1e-3});
+    f.resize(f.size() - 3);
+    put_at<uint64_t>(f, 12, f.size() - kHeaderSize);
+    reseal(f);
+    CHECK_THROWS_WITH_AS(decode(f), doctest::Contains("malformed StepApplied"), ProtocolError);
+  }
+  SUBCASE("floats that do not match the range") {
+    auto f = encode(GradPush{1, 0, 0, 1, {0, 3}, {1, 2, 3}});
+    put_at<int64_t>(f, kHeaderSize + 8 + 8 + 4 + 8 + 8, 5);  // range.end = 5
+    reseal(f);
+    CHECK_THROWS_WITH_AS(decode(f), doctest::Contains("holds 3 floats"), ProtocolError);
+  }
+  SUBCASE("an inverted range") {
+    auto f = encode(PullRequest{1, 1, {10, 20}});
+    put_at<int64_t>(f, kHeaderSize + 16, 30);  // begin = 30 > end
+    reseal(f);
+    CHECK_THROWS_WITH_AS(decode(f), doctest::Contains("invalid range"), ProtocolError);
+  }
+  SUBCASE("trailing bytes after a whole frame") {
+    auto f = encode(Shutdown{"x"});
+    f.push_back(std::byte{0});
+    CHECK_THROWS_WITH_AS(decode(f), doctest::Contains("trailing bytes after"), ProtocolError);
+  }
+}
+
+TEST_CASE("proto: the incremental decoder cuts a stream fed in arbitrary pieces") {
+  std::vector<std::byte> stream;
+  const auto msgs = samples();
+  for (const auto& m : msgs) {
+    const auto f = encode(m);
+    stream.insert(stream.end(), f.begin(), f.end());
+  }
+  std::mt19937 rng(5);
+  for (int trial = 0; trial < 20; ++trial) {
+    FrameDecoder dec;
+    std::vector<Message> got;
+    size_t at = 0;
+    std::vector<std::byte> frame;
+    std::string err;
+    while (at < stream.size()) {
+      const size_t n = std::min<size_t>(stream.size() - at, 1 + rng() % (trial < 5 ? 3 : 200));
+      dec.append(std::span(stream.data() + at, n));
+      at += n;
+      for (;;) {
+        const DecodeStatus s = dec.next(frame, err);
+        REQUIRE(s != DecodeStatus::kBad);
+        if (s == DecodeStatus::kNeedMore) break;
+        got.push_back(decode(frame));
+      }
+    }
+    REQUIRE(got.size() == msgs.size());
+    for (size_t i = 0; i < msgs.size(); ++i) CHECK(got[i] == msgs[i]);
+    CHECK(dec.buffered() == 0);
+  }
+}
+
+TEST_CASE("proto: random garbage never decodes as good nor crashes") {
+  std::mt19937 rng(11);
+  for (int trial = 0; trial < 2000; ++trial) {
+    std::vector<std::byte> junk(rng() % 64);
+    for (auto& b : junk) b = static_cast<std::byte>(rng());
+    if (junk.size() >= 4 && trial % 2 == 0) std::memcpy(junk.data(), "PTRN", 4);
+    const DecodeResult r = decode_frame(junk);
+    CHECK(r.status != DecodeStatus::kGood);
+  }
+  // Mutations of valid frames: any single flipped bit is caught (CRC or header check).
+  const auto f = encode(CheckpointReply{9, 1, 13, {8, 10}, {1, 2}, {3, 4}, {5, 6}});
+  for (size_t bit = 0; bit < f.size() * 8; ++bit) {
+    auto g = f;
+    g[bit / 8] ^= static_cast<std::byte>(1u << (bit % 8));
+    const DecodeResult r = decode_frame(g);
+    CAPTURE(bit);
+    CHECK(r.status != DecodeStatus::kGood);
+  }
+}

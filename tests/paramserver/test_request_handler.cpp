@@ -1,0 +1,227 @@
+// The server's aggregation and its request handler, driven message by message (no threads):
+// token-weighted mean in worker-id order (independent of arrival order), the fp64 partial norm
+// in fixed chunks (independent of the thread count), the step protocol (push → contributors →
+// norm → commit → applied), pulls that wait for a version, and the refusals.
+#include "common/proto/codec.hpp"
+#include "paramserver/aggregator.hpp"
+#include "paramserver/request_handler.hpp"
+
+#include <doctest/doctest.h>
+#include <omp.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+
+using namespace ptrain;
+using net::coordinator_endpoint;
+using net::worker_endpoint;
+
+namespace {
+
+std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
+
+template <class T>
+const T& only(const std::vector<Outgoing>& out, const net::Endpoint& to) {
+  REQUIRE(out.size() == 1);
+  CHECK(out[0].to == to);
+  REQUIRE(std::holds_alternative<T>(out[0].message));
+  return std::get<T>(out[0].message);
+}
+
+UpdateRule plain_rule(const proto::KeyRange& r) {
+  return UpdateRule(AdamWOptions{0.9, 0.95, 1e-8, 0.0}, LrSchedule{1e-2, 1e-3, 0, 10},
+                    {{r.begin, r.end, true}});
+}
+
+}  // namespace
+
+TEST_CASE("paramserver: the token-weighted mean is (ΣG_w)/(Σtokens), whatever the arrival order") {
+  const size_t n = 1000;
+  const auto g0 = randn(n, 1), g1 = randn(n, 2), g2 = randn(n, 3);
+  GradientAggregator a(n), b(n);
+  CHECK(a.add(0, 30, g0));
+  CHECK(a.add(1, 50, g1));
+  CHECK(a.add(2, 20, g2));
+  CHECK(b.add(2, 20, g2));
+  CHECK(b.add(0, 30, g0));
+  CHECK(b.add(1, 50, g1));
+  CHECK_FALSE(b.add(1, 50, g1));  // a second push from the same worker
+  std::vector<float> ma(n), mb(n), mc(n);
+  CHECK(a.mean(std::vector<int32_t>{0, 1, 2}, ma) == 100);
+  CHECK(b.mean(std::vector<int32_t>{2, 1, 0}, mb) == 100);
+  CHECK(ma == mb);
+  for (size_t i = 0; i < n; ++i) {
+    CHECK(ma[i] == doctest::Approx((double(g0[i]) + g1[i] + g2[i]) / 100.0).epsilon(1e-6));
+  }
+  // A subset (a worker left out of the contributor set): only its tokens count.
+  CHECK(a.mean(std::vector<int32_t>{0, 2}, mc) == 50);
+  CHECK(mc[7] == doctest::Approx((double(g0[7]) + g2[7]) / 50.0).epsilon(1e-6));
+  // Zero tokens: a zero gradient, not a NaN.
+  GradientAggregator z(3);
+  z.add(0, 0, std::vector<float>(3, 0.0f));
+  std::vector<float> mz(3, 1.0f);
+  CHECK(z.mean(std::vector<int32_t>{0}, mz) == 0);
+  CHECK(mz == std::vector<float>(3, 0.0f));
+}
+
+TEST_CASE("paramserver: the partial norm is fp64 in fixed chunks, finds the first non-finite") {
+  const int64_t n = 3 * kNormChunk + 5;
+  std::vector<float> half(static_cast<size_t>(n), 0.5f);
+  const NormPartial p = partial_norm(half);
+  CHECK(p.sum_squares == 0.25 * static_cast<double>(n));  // exact in fp64
+  CHECK(p.first_nonfinite == -1);
+
+  const auto g = randn(static_cast<size_t>(n), 9);
+  omp_set_num_threads(1);
+  const double one = partial_norm(g).sum_squares;
+  omp_set_num_threads(2);
+  const double two = partial_norm(g).sum_squares;
+  CHECK(one == two);  // bitwise: chunking does not depend on threads
+  double ref = 0;
+  for (float x : g) ref += double(x) * x;
+  CHECK(one == doctest::Approx(ref).epsilon(1e-12));
+
+  auto bad = g;
+  bad[static_cast<size_t>(2 * kNormChunk + 3)] = std::numeric_limits<float>::infinity();
+  bad[static_cast<size_t>(kNormChunk + 1)] = std::numeric_limits<float>::quiet_NaN();
+  CHECK(partial_norm(bad).first_nonfinite == kNormChunk + 1);
+  CHECK(partial_norm(std::span<const float>()).sum_squares == 0.0);
+}
+
+TEST_CASE("paramserver: a whole step through the request handler") {
+  const proto::KeyRange r{16, 48};
+  const size_t n = static_cast<size_t>(r.size());
+  RequestHandler h(ServerOptions{1, r}, plain_rule(r));
+  const auto w0 = randn(n, 4);
+
+  // A pull before the shard is loaded waits; LoadShard answers it.
+  CHECK(h.handle(worker_endpoint(0), proto::PullRequest{5, 0, r}).empty());
+  auto out = h.handle(coordinator_endpoint(), proto::LoadShard{0, 0, r, w0,
+                                                               std::vector<float>(n, 0.0f),
+                                                               std::vector<float>(n, 0.0f)});
+  const proto::PullReply reply = only<proto::PullReply>(out, worker_endpoint(0));
+  CHECK(reply.request_id == 5);
+  CHECK(reply.version == 0);
+  CHECK(reply.weights == w0);
+
+  // A sub-range pull; a pull of the next version waits for the commit.
+  out = h.handle(worker_endpoint(1), proto::PullRequest{6, 0, {20, 24}});
+  CHECK(only<proto::PullReply>(out, worker_endpoint(1)).weights ==
+        std::vector<float>(w0.begin() + 4, w0.begin() + 8));
+  CHECK(h.handle(worker_endpoint(1), proto::PullRequest{7, 1, r}).empty());
+
+  const auto g0 = randn(n, 5), g1 = randn(n, 6);
+  out = h.handle(worker_endpoint(1), proto::GradPush{0, 0, 1, 30, r, g1});
+  CHECK(only<proto::PushReceived>(out, coordinator_endpoint()) ==
+        proto::PushReceived{1, 0, 1, 30});
+  out = h.handle(worker_endpoint(0), proto::GradPush{0, 0, 0, 10, r, g0});
+  CHECK(only<proto::PushReceived>(out, coordinator_endpoint()).worker_id == 0);
+
+  out = h.handle(coordinator_endpoint(), proto::StepContributors{0, 0, {1, 0}});
+  const proto::NormReport norm = only<proto::NormReport>(out, coordinator_endpoint());
+  CHECK(norm.server_id == 1);
+  CHECK(norm.tokens == 40);
+  CHECK(norm.first_nonfinite == -1);
+  double ss = 0;
+  std::vector<float> mean(n);
+  for (size_t i = 0; i < n; ++i) {
+    mean[i] = static_cast<float>((double(g0[i]) + double(g1[i])) / 40.0);
+    ss += double(mean[i]) * mean[i];
+  }
+  CHECK(norm.sum_squares == doctest::Approx(ss).epsilon(1e-12));
+
+  out = h.handle(coordinator_endpoint(), proto::StepCommit{0, {0, 1}, 1.0, 0.5f});
+  REQUIRE(out.size() == 2);
+  CHECK(out[0].to == coordinator_endpoint());
+  const auto& applied = std::get<proto::StepApplied>(out[0].message);
+  CHECK(applied.version == 1);
+  CHECK(applied.lr == doctest::Approx(1e-2));
+  const proto::PullReply later = std::get<proto::PullReply>(out[1].message);
+  CHECK(out[1].to == worker_endpoint(1));
+  CHECK(later.request_id == 7);
+  CHECK(later.version == 1);
+  // The weights moved by AdamW's first step: -lr·sign(clipped mean) (no decay in this rule).
+  for (size_t i = 0; i < n; ++i) {
+    const double g = 0.5 * mean[i];
+    CHECK(later.weights[i] ==
+          doctest::Approx(w0[i] - 1e-2 * g / (std::fabs(g) + 1e-8)).epsilon(1e-5));
+  }
+  CHECK(h.store().version() == 1);
+
+  // Checkpoint of the current version: weights and moments.
+  out = h.handle(coordinator_endpoint(), proto::CheckpointRequest{3, 1});
+  const auto& ck = only<proto::CheckpointReply>(out, coordinator_endpoint());
+  CHECK(ck.weights == later.weights);
+  CHECK(ck.range == r);
+  CHECK(ck.m.size() == n);
+  CHECK(ck.m[0] == doctest::Approx(0.1 * 0.5 * mean[0]).epsilon(1e-5));
+  // A checkpoint of a future version waits for it.
+  CHECK(h.handle(coordinator_endpoint(), proto::CheckpointRequest{4, 2}).empty());
+
+  CHECK_FALSE(h.stopped());
+  h.handle(coordinator_endpoint(), proto::Shutdown{"done"});
+  CHECK(h.stopped());
+}
+
+TEST_CASE("paramserver: refusals and protocol violations") {
+  const proto::KeyRange r{0, 8};
+  const size_t n = 8;
+  RequestHandler h(ServerOptions{0, r}, plain_rule(r));
+  h.handle(coordinator_endpoint(),
+           proto::LoadShard{4, 2, r, std::vector<float>(n, 1.0f), std::vector<float>(n, 0.0f),
+                            std::vector<float>(n, 0.0f)});
+  const std::vector<float> g(n, 0.1f);
+
+  auto failure = [](const std::vector<Outgoing>& out, const net::Endpoint& to) {
+    return only<proto::Failure>(out, to).message;
+  };
+  CHECK(failure(h.handle(worker_endpoint(0), proto::GradPush{4, 1, 0, 8, r, g}),
+                worker_endpoint(0))
+            .find("stale push") != std::string::npos);
+  CHECK(failure(h.handle(worker_endpoint(0), proto::GradPush{3, 2, 0, 8, r, g}),
+                worker_endpoint(0))
+            .find("step 3 refused") != std::string::npos);
+  CHECK(failure(h.handle(worker_endpoint(0), proto::GradPush{4, 2, 0, 4, {0, 4}, {1, 2, 3, 4}}),
+                worker_endpoint(0))
+            .find("covers [0, 4)") != std::string::npos);
+  CHECK(failure(h.handle(worker_endpoint(2), proto::PullRequest{1, 4, {4, 12}}),
+                worker_endpoint(2))
+            .find("outside the shard") != std::string::npos);
+  CHECK(failure(h.handle(coordinator_endpoint(), proto::CheckpointRequest{1, 3}),
+                coordinator_endpoint())
+            .find("version 3 requested") != std::string::npos);
+  h.handle(worker_endpoint(0), proto::GradPush{4, 2, 0, 8, r, g});
+  CHECK(failure(h.handle(worker_endpoint(0), proto::GradPush{4, 2, 0, 8, r, g}),
+                worker_endpoint(0))
+            .find("second push") != std::string::npos);
+
+  // Coordinator mistakes throw.
+  CHECK_THROWS_WITH_AS(h.handle(coordinator_endpoint(), proto::StepCommit{4, {0}, 1, 1}),
+                       doctest::Contains("no step is prepared"), proto::ProtocolError);
+  CHECK_THROWS_WITH_AS(h.handle(coordinator_endpoint(), proto::StepContributors{4, 2, {0, 1}}),
+                       doctest::Contains("worker 1 as a contributor"), proto::ProtocolError);
+  h.handle(coordinator_endpoint(), proto::StepContributors{4, 2, {0}});
+  CHECK_THROWS_WITH_AS(h.handle(coordinator_endpoint(), proto::StepCommit{4, {0, 1}, 1, 1}),
+                       doctest::Contains("names contributors"), proto::ProtocolError);
+  CHECK_THROWS_WITH_AS(h.handle(coordinator_endpoint(), proto::LoadShard{0, 0, {0, 4}, {}, {}, {}}),
+                       doctest::Contains("LoadShard for [0, 4)"), proto::ProtocolError);
+  CHECK_THROWS_AS(h.handle(worker_endpoint(0), proto::StepBegin{}), proto::ProtocolError);
+
+  // A non-finite gradient is reported with its flat index.
+  RequestHandler h2(ServerOptions{1, {100, 104}}, plain_rule({100, 104}));
+  h2.handle(coordinator_endpoint(), proto::LoadShard{0, 0, {100, 104}, std::vector<float>(4, 0.f),
+                                                     std::vector<float>(4, 0.f),
+                                                     std::vector<float>(4, 0.f)});
+  h2.handle(worker_endpoint(0),
+            proto::GradPush{0, 0, 0, 1, {100, 104},
+                            {0, 0, std::numeric_limits<float>::quiet_NaN(), 0}});
+  auto out = h2.handle(coordinator_endpoint(), proto::StepContributors{0, 0, {0}});
+  CHECK(only<proto::NormReport>(out, coordinator_endpoint()).first_nonfinite == 102);
+}

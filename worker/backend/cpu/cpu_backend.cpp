@@ -1,0 +1,548 @@
+// CPU backend kernels. Matrix products go to OpenBLAS (row-major cblas_sgemm with the transposes
+// chosen so nothing is copied); everything else is an OpenMP loop whose inner loop is written for
+// the vectoriser (`omp simd`, 16 independent lanes for reductions).
+//
+// Determinism: no OpenMP `reduction` clause anywhere. A reduction over rows (bias gradients,
+// LayerNorm parameter gradients) is done per column block by one thread, rows in order, in
+// 64-row chunks whose partials are added in chunk order; a reduction within a row uses 16 lanes
+// combined in a fixed tree. The order therefore depends only on the shapes.
+// Inside the OpenMP loops over (batch, head), OpenBLAS runs single-threaded (it checks
+// omp_in_parallel()), so those products are deterministic too.
+#include "worker/backend/cpu/cpu_backend.hpp"
+
+#include "common/error.hpp"
+
+#include <cblas.h>
+#include <fmt/format.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <new>
+
+namespace ptrain {
+namespace {
+
+constexpr float kLayerNormEps = 1e-5f;
+constexpr int kLanes = 16;          // accumulators per in-row reduction
+constexpr int64_t kRowChunk = 64;   // rows per partial sum in column reductions
+constexpr int64_t kColBlock = 64;   // columns per task in column reductions
+constexpr int64_t kAttBlock = 64;   // query rows per block in attention (causal blocking)
+constexpr float kGeluS = 0.7978845608028654f;  // sqrt(2/pi)
+constexpr float kGeluK = 0.044715f;
+
+[[gnu::always_inline]] inline float fast_exp(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  // n = round(x·log2 e) by the 1.5·2^23 trick (vectorises; std::floor would be a libm call).
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
+  return p * std::bit_cast<float>(e);
+}
+
+inline float reduce_lanes(float* acc) {
+  for (int w = kLanes / 2; w >= 1; w /= 2) {
+    for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
+  }
+  return acc[0];
+}
+
+inline float row_max(const float* x, int64_t n) {
+  float acc[kLanes];
+  for (int j = 0; j < kLanes; ++j) acc[j] = -std::numeric_limits<float>::infinity();
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+#pragma omp simd
+    for (int j = 0; j < kLanes; ++j) acc[j] = x[i + j] > acc[j] ? x[i + j] : acc[j];
+  }
+  for (; i < n; ++i) acc[0] = x[i] > acc[0] ? x[i] : acc[0];
+  float m = acc[0];
+  for (int j = 1; j < kLanes; ++j) m = acc[j] > m ? acc[j] : m;
+  return m;
+}
+
+inline float row_sum(const float* x, int64_t n) {
+  float acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+#pragma omp simd
+    for (int j = 0; j < kLanes; ++j) acc[j] += x[i + j];
+  }
+  for (; i < n; ++i) acc[i - (n / kLanes) * kLanes] += x[i];
+  return reduce_lanes(acc);
+}
+
+inline float row_dot(const float* a, const float* b, int64_t n) {
+  float acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+#pragma omp simd
+    for (int j = 0; j < kLanes; ++j) acc[j] += a[i + j] * b[i + j];
+  }
+  for (; i < n; ++i) acc[i - (n / kLanes) * kLanes] += a[i] * b[i];
+  return reduce_lanes(acc);
+}
+
+// x[i] = exp(x[i] − mx) for i < n; returns Σ x[i] (lanes, fixed order).
+inline float exp_shift_sum(float* x, float mx, int64_t n) {
+  float acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+#pragma omp simd
+    for (int j = 0; j < kLanes; ++j) {
+      const float e = fast_exp(x[i + j] - mx);
+      x[i + j] = e;
+      acc[j] += e;
+    }
+  }
+  for (; i < n; ++i) {
+    const float e = fast_exp(x[i] - mx);
+    x[i] = e;
+    acc[i - (n / kLanes) * kLanes] += e;
+  }
+  return reduce_lanes(acc);
+}
+
+// Σ exp(x[i] − mx) without storing.
+inline float exp_shift_sum_const(const float* x, float mx, int64_t n) {
+  float acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+#pragma omp simd
+    for (int j = 0; j < kLanes; ++j) acc[j] += fast_exp(x[i + j] - mx);
+  }
+  for (; i < n; ++i) acc[i - (n / kLanes) * kLanes] += fast_exp(x[i] - mx);
+  return reduce_lanes(acc);
+}
+
+inline void scale_row(float* x, float s, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) x[i] *= s;
+}
+
+CBLAS_TRANSPOSE cblas_trans(Trans t) { return t == Trans::kYes ? CblasTrans : CblasNoTrans; }
+
+void sgemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const float* a,
+           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {  // c = beta·c
+    for (int64_t i = 0; i < M; ++i) {
+      for (int64_t j = 0; j < N; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+    }
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, cblas_trans(ta), cblas_trans(tb), static_cast<blasint>(M),
+              static_cast<blasint>(N), static_cast<blasint>(K), alpha, a,
+              static_cast<blasint>(lda), b, static_cast<blasint>(ldb), beta, c,
+              static_cast<blasint>(ldc));
+}
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int threads) : nt_(threads > 0 ? threads : omp_get_num_procs()) {
+    openblas_set_num_threads(nt_);
+  }
+
+  std::string name() const override {
+    return fmt::format("cpu (OpenBLAS {}, {} threads)", openblas_get_corename(), nt_);
+  }
+  int threads() const override { return nt_; }
+  bool host_accessible() const override { return true; }
+
+  void* allocate_bytes(size_t bytes) override {
+    const size_t n = std::max<size_t>(64, (bytes + 63) / 64 * 64);
+    void* p = std::aligned_alloc(64, n);
+    if (p == nullptr) throw std::bad_alloc();
+    return p;
+  }
+  void free_bytes(void* p) noexcept override { std::free(p); }
+  void copy_to_device(void* dst, const void* src, size_t bytes) override {
+    if (bytes) std::memcpy(dst, src, bytes);
+  }
+  void copy_to_host(void* dst, const void* src, size_t bytes) override {
+    if (bytes) std::memcpy(dst, src, bytes);
+  }
+  void copy(float* dst, const float* src, int64_t n) override {
+    if (n > 0) std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+  }
+  void fill(float* dst, float value, int64_t n) override {
+#pragma omp parallel for num_threads(nt_) schedule(static) if (n > (1 << 16))
+    for (int64_t i = 0; i < n; ++i) dst[i] = value;
+  }
+  void fill_columns(float* dst, float value, int64_t rows, int64_t col_begin, int64_t col_end,
+                    int64_t ld) override {
+    if (col_end <= col_begin) return;
+#pragma omp parallel for num_threads(nt_) schedule(static) if (rows > 64)
+    for (int64_t r = 0; r < rows; ++r) {
+      float* row = dst + r * ld;
+      for (int64_t c = col_begin; c < col_end; ++c) row[c] = value;
+    }
+  }
+  void synchronize() override {}
+
+  void gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const float* a,
+            int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+            int64_t ldc) override {
+    sgemm(ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
+
+  void matmul_forward(float* out, const float* inp, const float* w, const float* bias, int64_t N,
+                      int64_t IC, int64_t OC) override {
+    float beta = 0.0f;
+    if (bias != nullptr) {
+#pragma omp parallel for num_threads(nt_) schedule(static) if (N * OC > (1 << 15))
+      for (int64_t n = 0; n < N; ++n) std::memcpy(out + n * OC, bias, OC * sizeof(float));
+      beta = 1.0f;
+    }
+    sgemm(Trans::kNo, Trans::kNo, N, OC, IC, 1.0f, inp, IC, w, OC, beta, out, OC);
+  }
+
+  void matmul_backward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp,
+                       const float* w, int64_t N, int64_t IC, int64_t OC) override {
+    if (dinp != nullptr) sgemm(Trans::kNo, Trans::kYes, N, IC, OC, 1.0f, dout, OC, w, OC, 0.0f, dinp, IC);
+    sgemm(Trans::kYes, Trans::kNo, IC, OC, N, 1.0f, inp, IC, dout, OC, 1.0f, dw, OC);
+    if (dbias != nullptr) column_sums_add(dbias, dout, N, OC, OC);
+  }
+
+  void encoder_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe,
+                       int64_t B, int64_t T, int64_t C) override {
+    const int64_t N = B * T;
+#pragma omp parallel for num_threads(nt_) schedule(static) if (N * C > (1 << 15))
+    for (int64_t n = 0; n < N; ++n) {
+      const float* e = wte + static_cast<int64_t>(tokens[n]) * C;
+      const float* p = wpe + (n % T) * C;
+      float* o = out + n * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) o[c] = e[c] + p[c];
+    }
+  }
+
+  void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
+                        int64_t B, int64_t T, int64_t C) override {
+    // Column blocks in parallel; within a block rows in order n = 0..N-1: fixed summation order.
+    const int64_t N = B * T;
+    const int64_t nblk = (C + kColBlock - 1) / kColBlock;
+#pragma omp parallel for num_threads(nt_) schedule(static) if (N * C > (1 << 14))
+    for (int64_t blk = 0; blk < nblk; ++blk) {
+      const int64_t c0 = blk * kColBlock;
+      const int64_t w = std::min(kColBlock, C - c0);
+      for (int64_t n = 0; n < N; ++n) {
+        const float* d = dout + n * C + c0;
+        float* e = dwte + static_cast<int64_t>(tokens[n]) * C + c0;
+        float* p = dwpe + (n % T) * C + c0;
+#pragma omp simd
+        for (int64_t j = 0; j < w; ++j) {
+          e[j] += d[j];
+          p[j] += d[j];
+        }
+      }
+    }
+  }
+
+  void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* w,
+                         const float* b, int64_t N, int64_t C) override {
+    const float inv_c = 1.0f / static_cast<float>(C);
+#pragma omp parallel for num_threads(nt_) schedule(static) if (N * C > (1 << 14))
+    for (int64_t n = 0; n < N; ++n) {
+      const float* x = inp + n * C;
+      const float m = row_sum(x, C) * inv_c;
+      float acc[kLanes] = {};
+      int64_t i = 0;
+      for (; i + kLanes <= C; i += kLanes) {
+#pragma omp simd
+        for (int j = 0; j < kLanes; ++j) {
+          const float d = x[i + j] - m;
+          acc[j] += d * d;
+        }
+      }
+      for (; i < C; ++i) acc[i - (C / kLanes) * kLanes] += (x[i] - m) * (x[i] - m);
+      const float var = reduce_lanes(acc) * inv_c;
+      const float s = 1.0f / std::sqrt(var + kLayerNormEps);
+      float* o = out + n * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) o[c] = (x[c] - m) * s * w[c] + b[c];
+      if (mean != nullptr) mean[n] = m;
+      if (rstd != nullptr) rstd[n] = s;
+    }
+  }
+
+  void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp,
+                          const float* w, const float* mean, const float* rstd, int64_t N,
+                          int64_t C) override {
+    const float inv_c = 1.0f / static_cast<float>(C);
+    const int64_t nblk = (C + kColBlock - 1) / kColBlock;
+#pragma omp parallel num_threads(nt_) if (N * C > (1 << 14))
+    {
+#pragma omp for schedule(static) nowait
+      for (int64_t n = 0; n < N; ++n) {
+        const float* x = inp + n * C;
+        const float* d = dout + n * C;
+        const float m = mean[n];
+        const float s = rstd[n];
+        float a1[kLanes] = {}, a2[kLanes] = {};
+        int64_t i = 0;
+        for (; i + kLanes <= C; i += kLanes) {
+#pragma omp simd
+          for (int j = 0; j < kLanes; ++j) {
+            const float dn = w[i + j] * d[i + j];
+            a1[j] += dn;
+            a2[j] += dn * (x[i + j] - m) * s;
+          }
+        }
+        for (; i < C; ++i) {
+          const float dn = w[i] * d[i];
+          a1[i - (C / kLanes) * kLanes] += dn;
+          a2[i - (C / kLanes) * kLanes] += dn * (x[i] - m) * s;
+        }
+        const float dn_mean = reduce_lanes(a1) * inv_c;
+        const float dn_xhat_mean = reduce_lanes(a2) * inv_c;
+        float* di = dinp + n * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const float xhat = (x[c] - m) * s;
+          di[c] += (w[c] * d[c] - dn_mean - xhat * dn_xhat_mean) * s;
+        }
+      }
+      // Parameter gradients: column blocks, rows in 64-row chunks, partials in chunk order.
+#pragma omp for schedule(static)
+      for (int64_t blk = 0; blk < nblk; ++blk) {
+        const int64_t c0 = blk * kColBlock;
+        const int64_t cw = std::min(kColBlock, C - c0);
+        float tw[kColBlock] = {}, tb[kColBlock] = {};
+        for (int64_t r0 = 0; r0 < N; r0 += kRowChunk) {
+          float pw[kColBlock] = {}, pb[kColBlock] = {};
+          const int64_t r1 = std::min(N, r0 + kRowChunk);
+          for (int64_t n = r0; n < r1; ++n) {
+            const float* x = inp + n * C + c0;
+            const float* d = dout + n * C + c0;
+            const float m = mean[n];
+            const float s = rstd[n];
+#pragma omp simd
+            for (int64_t j = 0; j < cw; ++j) {
+              pw[j] += d[j] * ((x[j] - m) * s);
+              pb[j] += d[j];
+            }
+          }
+#pragma omp simd
+          for (int64_t j = 0; j < cw; ++j) {
+            tw[j] += pw[j];
+            tb[j] += pb[j];
+          }
+        }
+        for (int64_t j = 0; j < cw; ++j) {
+          dw[c0 + j] += tw[j];
+          db[c0 + j] += tb[j];
+        }
+      }
+    }
+  }
+
+  void residual_forward(float* out, const float* a, const float* b, int64_t n) override {
+#pragma omp parallel for simd num_threads(nt_) schedule(static) if (n > (1 << 15))
+    for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+  }
+
+  // 0.5·(1 + tanh(u)) is written as the logistic σ(2u) = 1/(1 + e^{−2u}): no cancellation for
+  // negative u, where 1 + tanh(u) would lose all its digits.
+  void gelu_forward(float* out, const float* inp, int64_t n) override {
+#pragma omp parallel for simd num_threads(nt_) schedule(static) if (n > (1 << 14))
+    for (int64_t i = 0; i < n; ++i) {
+      const float x = inp[i];
+      const float u = kGeluS * (x + kGeluK * x * x * x);
+      out[i] = x / (1.0f + fast_exp(-2.0f * u));
+    }
+  }
+
+  // d/dx x·σ(2u) = σ + x·σ·(1 − σ)·2·du/dx, with 1 − σ = e·σ for e = e^{−2u}.
+  void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) override {
+#pragma omp parallel for simd num_threads(nt_) schedule(static) if (n > (1 << 14))
+    for (int64_t i = 0; i < n; ++i) {
+      const float x = inp[i];
+      const float u = kGeluS * (x + kGeluK * x * x * x);
+      const float e = fast_exp(-2.0f * u);
+      const float s = 1.0f / (1.0f + e);
+      const float dudx = kGeluS * (1.0f + 3.0f * kGeluK * x * x);
+      const float local = s + 2.0f * x * dudx * s * (e * s);
+      dinp[i] = local * dout[i];
+    }
+  }
+
+  void attention_forward(float* out, float* att, const float* qkv, int64_t B, int64_t T,
+                         int64_t C, int64_t NH) override {
+    const int64_t hd = C / NH;
+    const int64_t C3 = 3 * C;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+#pragma omp parallel for collapse(2) num_threads(nt_) schedule(static)
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t h = 0; h < NH; ++h) {
+        const float* q = qkv + b * T * C3 + h * hd;
+        const float* k = q + C;
+        const float* v = q + 2 * C;
+        float* A = att + (b * NH + h) * T * T;
+        float* o = out + b * T * C + h * hd;
+        for (int64_t r0 = 0; r0 < T; r0 += kAttBlock) {
+          const int64_t r1 = std::min(T, r0 + kAttBlock);
+          // Scores for query rows r0..r1-1 against keys 0..r1-1 (the causal lower part).
+          sgemm(Trans::kNo, Trans::kYes, r1 - r0, r1, hd, scale, q + r0 * C3, C3, k, C3, 0.0f,
+                A + r0 * T, T);
+          for (int64_t t = r0; t < r1; ++t) {
+            float* row = A + t * T;
+            const float mx = row_max(row, t + 1);
+            const float sum = exp_shift_sum(row, mx, t + 1);
+            scale_row(row, 1.0f / sum, t + 1);
+            for (int64_t s = t + 1; s < r1; ++s) row[s] = 0.0f;
+          }
+          sgemm(Trans::kNo, Trans::kNo, r1 - r0, hd, r1, 1.0f, A + r0 * T, T, v, C3, 0.0f,
+                o + r0 * C, C);
+        }
+      }
+    }
+  }
+
+  void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
+                          const float* att, int64_t B, int64_t T, int64_t C,
+                          int64_t NH) override {
+    const int64_t hd = C / NH;
+    const int64_t C3 = 3 * C;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+#pragma omp parallel for collapse(2) num_threads(nt_) schedule(static)
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t h = 0; h < NH; ++h) {
+        const float* q = qkv + b * T * C3 + h * hd;
+        const float* k = q + C;
+        const float* v = q + 2 * C;
+        float* dq = dqkv + b * T * C3 + h * hd;
+        float* dk = dq + C;
+        float* dv = dq + 2 * C;
+        const float* A = att + (b * NH + h) * T * T;
+        float* dA = scratch + (b * NH + h) * T * T;
+        const float* dO = dout + b * T * C + h * hd;
+        for (int64_t r0 = 0; r0 < T; r0 += kAttBlock) {
+          const int64_t r1 = std::min(T, r0 + kAttBlock);
+          // d(probabilities) = dO · vᵀ, then through the softmax (scale folded in).
+          sgemm(Trans::kNo, Trans::kYes, r1 - r0, r1, hd, 1.0f, dO + r0 * C, C, v, C3, 0.0f,
+                dA + r0 * T, T);
+          for (int64_t t = r0; t < r1; ++t) {
+            const float* arow = A + t * T;
+            float* drow = dA + t * T;
+            const float dot = row_dot(arow, drow, t + 1);
+#pragma omp simd
+            for (int64_t s = 0; s <= t; ++s) drow[s] = arow[s] * (drow[s] - dot) * scale;
+            for (int64_t s = t + 1; s < r1; ++s) drow[s] = 0.0f;
+          }
+          sgemm(Trans::kNo, Trans::kNo, r1 - r0, hd, r1, 1.0f, dA + r0 * T, T, k, C3, 0.0f,
+                dq + r0 * C3, C3);
+        }
+        // Key/value rows c0..c1-1 receive from query rows c0..T-1 only.
+        for (int64_t c0 = 0; c0 < T; c0 += kAttBlock) {
+          const int64_t c1 = std::min(T, c0 + kAttBlock);
+          sgemm(Trans::kYes, Trans::kNo, c1 - c0, hd, T - c0, 1.0f, dA + c0 * T + c0, T,
+                q + c0 * C3, C3, 0.0f, dk + c0 * C3, C3);
+          sgemm(Trans::kYes, Trans::kNo, c1 - c0, hd, T - c0, 1.0f, A + c0 * T + c0, T,
+                dO + c0 * C, C, 0.0f, dv + c0 * C3, C3);
+        }
+      }
+    }
+  }
+
+  void attention_decode(float* out, float* scratch, const float* q, const float* kcache,
+                        const float* vcache, int64_t npos, int64_t ld, int64_t C,
+                        int64_t NH) override {
+    const int64_t hd = C / NH;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    for (int64_t h = 0; h < NH; ++h) {
+      const float* qh = q + h * hd;
+      for (int64_t j = 0; j < npos; ++j) scratch[j] = row_dot(qh, kcache + j * ld + h * hd, hd) * scale;
+      const float mx = row_max(scratch, npos);
+      const float sum = exp_shift_sum(scratch, mx, npos);
+      scale_row(scratch, 1.0f / sum, npos);
+      float* oh = out + h * hd;
+      for (int64_t i = 0; i < hd; ++i) oh[i] = 0.0f;
+      for (int64_t j = 0; j < npos; ++j) {
+        const float p = scratch[j];
+        const float* vj = vcache + j * ld + h * hd;
+#pragma omp simd
+        for (int64_t i = 0; i < hd; ++i) oh[i] += p * vj[i];
+      }
+    }
+  }
+
+  void crossentropy_forward(float* losses, const float* logits, const int32_t* targets, int64_t N,
+                            int64_t V, int64_t ld) override {
+#pragma omp parallel for num_threads(nt_) schedule(static) if (N * V > (1 << 14))
+    for (int64_t n = 0; n < N; ++n) {
+      const float* row = logits + n * ld;
+      const float mx = row_max(row, V);
+      const float sum = exp_shift_sum_const(row, mx, V);
+      losses[n] = std::log(sum) - (row[targets[n]] - mx);
+    }
+  }
+
+  void crossentropy_forward_backward(float* losses, float* logits, const int32_t* targets,
+                                     float dloss, int64_t N, int64_t V, int64_t ld) override {
+#pragma omp parallel for num_threads(nt_) schedule(static) if (N * V > (1 << 14))
+    for (int64_t n = 0; n < N; ++n) {
+      float* row = logits + n * ld;
+      const int32_t y = targets[n];
+      const float mx = row_max(row, V);
+      const float zy = row[y] - mx;
+      const float sum = exp_shift_sum(row, mx, V);
+      losses[n] = std::log(sum) - zy;
+      scale_row(row, dloss / sum, V);
+      row[y] -= dloss;
+    }
+  }
+
+ private:
+  // dst (OC) += Σ_n src[n·ld + c]: column blocks in parallel, each summed over rows in 64-row
+  // chunks, chunk partials added in order.
+  void column_sums_add(float* dst, const float* src, int64_t N, int64_t OC, int64_t ld) {
+    const int64_t nblk = (OC + kColBlock - 1) / kColBlock;
+#pragma omp parallel for num_threads(nt_) schedule(static) if (N * OC > (1 << 14))
+    for (int64_t blk = 0; blk < nblk; ++blk) {
+      const int64_t c0 = blk * kColBlock;
+      const int64_t cw = std::min(kColBlock, OC - c0);
+      float tot[kColBlock] = {};
+      for (int64_t r0 = 0; r0 < N; r0 += kRowChunk) {
+        float part[kColBlock] = {};
+        const int64_t r1 = std::min(N, r0 + kRowChunk);
+        for (int64_t n = r0; n < r1; ++n) {
+          const float* s = src + n * ld + c0;
+#pragma omp simd
+          for (int64_t j = 0; j < cw; ++j) part[j] += s[j];
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < cw; ++j) tot[j] += part[j];
+      }
+      for (int64_t j = 0; j < cw; ++j) dst[c0 + j] += tot[j];
+    }
+  }
+
+  int nt_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int threads) {
+  PTRAIN_ENFORCE(threads >= 0, "thread count must be >= 0, got {}", threads);
+  return std::make_unique<CpuBackend>(threads);
+}
+
+namespace cpu_detail {
+float exp_approx(float x) { return fast_exp(x); }
+}  // namespace cpu_detail
+
+}  // namespace ptrain

@@ -1,0 +1,165 @@
+// The compute backend the GPT model (gpt.cpp) is written against: memory and the handful of layer
+// ops a GPT-2 forward/backward pass needs. The model math lives once in gpt.cpp; a backend only
+// supplies kernels (cpu: OpenBLAS + OpenMP in worker/backend/cpu/; cuda later).
+//
+// Not a tensor library: ops are stateless functions over raw buffers with explicit shapes.
+// Arguments: outputs first, then inputs/weights, then dimensions. Every pointer is backend memory
+// (a Buffer, or host memory when host_accessible()). Shape letters: B batch, T sequence, C channels,
+// N = B·T rows, V vocab (real tokens), Vp padded vocab, NH heads, hd = C/NH.
+//
+// Gradient convention of every *_backward op (gpt.cpp relies on it):
+//   parameter gradients (dweight, dbias, dwte, dwpe) are ACCUMULATED (+=);
+//   activation gradients are WRITTEN (=), except layernorm_backward's dinp, which is ACCUMULATED
+//   because it feeds the residual stream.
+// Reductions (bias and LayerNorm parameter gradients, embedding scatter) are done in a fixed order
+// that does not depend on the thread count, so results are bitwise reproducible run to run.
+//
+// Completion: ops may be asynchronous on a device backend; synchronize() waits for all of them.
+// copy_to_host waits for the work before it. A Backend is used by one thread at a time.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <utility>
+
+namespace ptrain {
+
+class Backend;
+
+// An array of T in a backend's memory, released through that backend. Move-only.
+template <typename T>
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(Backend* owner, T* data, int64_t size) : owner_(owner), data_(data), size_(size) {}
+  Buffer(Buffer&& o) noexcept { swap(o); }
+  Buffer& operator=(Buffer&& o) noexcept {
+    Buffer tmp(std::move(o));
+    swap(tmp);
+    return *this;
+  }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer();
+
+  T* data() const { return data_; }
+  int64_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  // Only meaningful when the owning backend is host_accessible().
+  std::span<T> span() const { return {data_, static_cast<size_t>(size_)}; }
+
+ private:
+  void swap(Buffer& o) noexcept {
+    std::swap(owner_, o.owner_);
+    std::swap(data_, o.data_);
+    std::swap(size_, o.size_);
+  }
+  Backend* owner_ = nullptr;
+  T* data_ = nullptr;
+  int64_t size_ = 0;
+};
+
+enum class Trans { kNo, kYes };
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual std::string name() const = 0;  // e.g. "cpu (OpenBLAS, 2 threads)"
+  virtual int threads() const = 0;
+  // True when backend memory is ordinary host memory: host spans may be passed to ops directly.
+  virtual bool host_accessible() const = 0;
+
+  // ---- memory ------------------------------------------------------------------------------
+  template <typename T>
+  Buffer<T> alloc(int64_t count) {
+    void* p = allocate_bytes(static_cast<size_t>(count > 0 ? count : 0) * sizeof(T));
+    return Buffer<T>(this, static_cast<T*>(p), count);
+  }
+  // Contents unspecified; 64-byte aligned. Throws on failure.
+  virtual void* allocate_bytes(size_t bytes) = 0;
+  virtual void free_bytes(void* p) noexcept = 0;
+  virtual void copy_to_device(void* dst, const void* src_host, size_t bytes) = 0;
+  virtual void copy_to_host(void* dst_host, const void* src, size_t bytes) = 0;
+  virtual void copy(float* dst, const float* src, int64_t n) = 0;  // device to device
+  virtual void fill(float* dst, float value, int64_t n) = 0;
+  // dst[r·ld + c] = value for r < rows, c in [col_begin, col_end) (e.g. -inf on padded logits).
+  virtual void fill_columns(float* dst, float value, int64_t rows, int64_t col_begin,
+                            int64_t col_end, int64_t ld) = 0;
+  virtual void synchronize() = 0;
+
+  // ---- dense algebra -----------------------------------------------------------------------
+  // Row-major GEMM: c (M,N; ld ldc) = alpha · op(a) · op(b) + beta · c, op(a) (M,K), op(b) (K,N).
+  virtual void gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
+                    const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                    int64_t ldc) = 0;
+
+  // out (N,OC) = inp (N,IC) · w (IC,OC) + bias (OC; may be null).
+  virtual void matmul_forward(float* out, const float* inp, const float* w, const float* bias,
+                              int64_t N, int64_t IC, int64_t OC) = 0;
+  // dinp (N,IC) = dout · wᵀ  (skipped when dinp is null); dw (IC,OC) += inpᵀ · dout;
+  // dbias (OC) += Σ_rows dout (skipped when null).
+  virtual void matmul_backward(float* dinp, float* dw, float* dbias, const float* dout,
+                               const float* inp, const float* w, int64_t N, int64_t IC,
+                               int64_t OC) = 0;
+
+  // ---- elementwise / row ops ---------------------------------------------------------------
+  // out (N,C) = wte[tokens[n]] + wpe[n mod T]; tokens (B,T) contiguous, n = b·T + t.
+  virtual void encoder_forward(float* out, const int32_t* tokens, const float* wte,
+                               const float* wpe, int64_t B, int64_t T, int64_t C) = 0;
+  // dwte[tokens[n]] += dout[n]; dwpe[t] += Σ_b dout[b,t]. Rows of dwte not named by a token are
+  // untouched (so padded vocabulary rows keep an exactly-zero gradient).
+  virtual void encoder_backward(float* dwte, float* dwpe, const float* dout,
+                                const int32_t* tokens, int64_t B, int64_t T, int64_t C) = 0;
+
+  // out (N,C) = (inp − mean)·rstd·w + b per row, eps 1e-5, biased variance. mean/rstd (N) are
+  // saved for backward; either may be null (not saved).
+  virtual void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
+                                 const float* w, const float* b, int64_t N, int64_t C) = 0;
+  // dinp (N,C) += ..., dw (C) += ..., db (C) += ...
+  virtual void layernorm_backward(float* dinp, float* dw, float* db, const float* dout,
+                                  const float* inp, const float* w, const float* mean,
+                                  const float* rstd, int64_t N, int64_t C) = 0;
+
+  // out = a + b, n elements (out may alias a or b).
+  virtual void residual_forward(float* out, const float* a, const float* b, int64_t n) = 0;
+
+  // tanh-approximation GELU: out = 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+  virtual void gelu_forward(float* out, const float* inp, int64_t n) = 0;
+  // dinp = dout · gelu'(inp); dinp may alias dout.
+  virtual void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) = 0;
+
+  // ---- attention (causal, softmax(q·kᵀ/√hd)·v per head) ------------------------------------
+  // qkv (B,T,3C) with columns [Q|K|V], head h owning columns h·hd..(h+1)·hd of each block.
+  // out (B,T,C); att (B,NH,T,T) the softmax probabilities, saved for backward (entries above the
+  // diagonal are unspecified).
+  virtual void attention_forward(float* out, float* att, const float* qkv, int64_t B, int64_t T,
+                                 int64_t C, int64_t NH) = 0;
+  // dqkv (B,T,3C) = ...; scratch (B,NH,T,T) is overwritten.
+  virtual void attention_backward(float* dqkv, float* scratch, const float* dout,
+                                  const float* qkv, const float* att, int64_t B, int64_t T,
+                                  int64_t C, int64_t NH) = 0;
+  // One query against a KV cache (decoding): out (C) for query q (C) attending to positions
+  // 0..npos-1 of kcache/vcache (rows of C floats, row stride ld). scratch: at least npos floats.
+  virtual void attention_decode(float* out, float* scratch, const float* q, const float* kcache,
+                                const float* vcache, int64_t npos, int64_t ld, int64_t C,
+                                int64_t NH) = 0;
+
+  // ---- loss --------------------------------------------------------------------------------
+  // losses (N) = −log softmax(logits[n, 0..V))[targets[n]]; logits rows have stride ld (≥ V).
+  virtual void crossentropy_forward(float* losses, const float* logits, const int32_t* targets,
+                                    int64_t N, int64_t V, int64_t ld) = 0;
+  // The same, and overwrites logits[n, 0..V) in place with d(dloss · Σ losses)/dlogits
+  // = dloss · (softmax − onehot(target)). Columns V..ld-1 are not touched.
+  virtual void crossentropy_forward_backward(float* losses, float* logits, const int32_t* targets,
+                                             float dloss, int64_t N, int64_t V, int64_t ld) = 0;
+};
+
+template <typename T>
+Buffer<T>::~Buffer() {
+  if (owner_ != nullptr && data_ != nullptr) owner_->free_bytes(data_);
+}
+
+}  // namespace ptrain

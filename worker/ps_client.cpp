@@ -1,0 +1,122 @@
+#include "worker/ps_client.hpp"
+
+#include "common/error.hpp"
+
+#include <fmt/format.h>
+
+#include <cstring>
+
+namespace ptrain {
+
+PsClient::PsClient(net::Transport& transport, std::vector<proto::KeyRange> server_ranges)
+    : transport_(transport), ranges_(std::move(server_ranges)) {
+  PTRAIN_ENFORCE(!ranges_.empty(), "a PsClient needs at least one server");
+  int64_t at = 0;
+  for (size_t k = 0; k < ranges_.size(); ++k) {
+    PTRAIN_ENFORCE(ranges_[k].begin == at && ranges_[k].end >= at,
+                   "server {} range [{}, {}) does not continue at {}", k, ranges_[k].begin,
+                   ranges_[k].end, at);
+    at = ranges_[k].end;
+  }
+  total_ = at;
+}
+
+PsClient::Ticket PsClient::pull(int64_t version, std::span<float> dst) {
+  PTRAIN_ENFORCE(static_cast<int64_t>(dst.size()) == total_, "pull into {} floats, need {}",
+                 dst.size(), total_);
+  const Ticket t = next_ticket_++;
+  pulls_[t] = PullState{version, dst, static_cast<int>(ranges_.size())};
+  for (size_t k = 0; k < ranges_.size(); ++k) {
+    transport_.send(net::server_endpoint(static_cast<int32_t>(k)),
+                    proto::PullRequest{t, version, ranges_[k]});
+  }
+  return t;
+}
+
+PsClient::Ticket PsClient::push(const PushMeta& meta, std::span<const float> grads) {
+  PTRAIN_ENFORCE(static_cast<int64_t>(grads.size()) == total_, "push of {} floats, need {}",
+                 grads.size(), total_);
+  for (size_t k = 0; k < ranges_.size(); ++k) {
+    const auto& r = ranges_[k];
+    proto::GradPush m;
+    m.step = meta.step;
+    m.membership_epoch = meta.membership_epoch;
+    m.worker_id = meta.worker_id;
+    m.tokens = meta.tokens;
+    m.range = r;
+    m.grads.assign(grads.begin() + r.begin, grads.begin() + r.end);
+    transport_.send(net::server_endpoint(static_cast<int32_t>(k)), m);
+  }
+  return next_ticket_++;  // sends complete synchronously: nothing to wait for
+}
+
+void PsClient::dispatch(net::Envelope&& env) {
+  if (auto* reply = std::get_if<proto::PullReply>(&env.message)) {
+    auto it = pulls_.find(reply->request_id);
+    if (it == pulls_.end()) {
+      throw Error(ExitCode::kIo, fmt::format("{}: pull reply for unknown request {} from {}",
+                                             transport_.self().str(), reply->request_id,
+                                             env.from.str()));
+    }
+    PullState& st = it->second;
+    if (reply->version != st.version) {
+      throw Error(ExitCode::kIo,
+                  fmt::format("{}: asked {} for weights version {}, it sent version {}",
+                              transport_.self().str(), env.from.str(), st.version,
+                              reply->version));
+    }
+    const auto& r = reply->range;
+    PTRAIN_ENFORCE(r.begin >= 0 && r.end <= total_ &&
+                       static_cast<int64_t>(reply->weights.size()) == r.size(),
+                   "pull reply range [{}, {}) with {} floats", r.begin, r.end,
+                   reply->weights.size());
+    if (r.size() > 0) {
+      std::memcpy(st.dst.data() + r.begin, reply->weights.data(),
+                  static_cast<size_t>(r.size()) * sizeof(float));
+    }
+    --st.remaining;
+    return;
+  }
+  if (auto* f = std::get_if<proto::Failure>(&env.message);
+      f && env.from.role == net::Role::kServer) {
+    throw Error(static_cast<ExitCode>(f->code),
+                fmt::format("{} refused a request: {}", env.from.str(), f->message));
+  }
+  others_.push_back(std::move(env));
+}
+
+void PsClient::wait(Ticket ticket, std::chrono::milliseconds timeout) {
+  auto it = pulls_.find(ticket);
+  if (it == pulls_.end()) return;  // a push, or already complete
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (it->second.remaining > 0) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= deadline) {
+      throw Error(ExitCode::kIo,
+                  fmt::format("{}: {} of {} servers did not send weights version {} within {} s",
+                              transport_.self().str(), it->second.remaining, ranges_.size(),
+                              it->second.version,
+                              std::chrono::duration_cast<std::chrono::seconds>(timeout).count()));
+    }
+    auto env = transport_.receive(
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now));
+    if (env) dispatch(std::move(*env));
+  }
+  pulls_.erase(it);
+}
+
+std::optional<net::Envelope> PsClient::next_other(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (others_.empty()) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= deadline) return std::nullopt;
+    auto env = transport_.receive(
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now));
+    if (env) dispatch(std::move(*env));
+  }
+  net::Envelope e = std::move(others_.front());
+  others_.pop_front();
+  return e;
+}
+
+}  // namespace ptrain

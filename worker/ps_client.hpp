@@ -1,0 +1,68 @@
+// The worker's side of the parameter servers, as small as ps-lite's KVWorker:
+//   pull(version, dst) → ticket    push(meta, grads) → ticket    wait(ticket)
+// Ranges are whole server slices of the flat parameter vector (few large messages). Any message
+// that is not a pull reply (the coordinator's StepBegin, Shutdown, ...) is kept, in arrival order,
+// for the owner's loop: next_other(). Single-threaded: one PsClient per role thread.
+#pragma once
+
+#include "common/net/transport.hpp"
+#include "common/proto/messages.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <optional>
+#include <span>
+#include <vector>
+
+namespace ptrain {
+
+struct PushMeta {
+  int64_t step = 0;
+  int64_t membership_epoch = 0;
+  int32_t worker_id = 0;
+  int64_t tokens = 0;
+};
+
+class PsClient {
+ public:
+  using Ticket = uint64_t;
+
+  // server_ranges[k] = server k's slice; together they tile [0, total).
+  PsClient(net::Transport& transport, std::vector<proto::KeyRange> server_ranges);
+
+  // Requests every server's slice at `version` into `dst` (the whole flat vector, total floats).
+  // `dst` must stay alive until wait() returns.
+  Ticket pull(int64_t version, std::span<float> dst);
+
+  // Sends each server its slice of `grads` (the whole flat vector). Complete once sent.
+  Ticket push(const PushMeta& meta, std::span<const float> grads);
+
+  // Blocks until the ticket's replies are in. Throws (naming the server) when a server answers
+  // with a Failure or another version than asked, and TimeoutError-like Error after `timeout`.
+  void wait(Ticket ticket, std::chrono::milliseconds timeout);
+
+  // The next message that is not a pull reply: from the queue, else from the transport.
+  std::optional<net::Envelope> next_other(std::chrono::milliseconds timeout);
+
+  const std::vector<proto::KeyRange>& server_ranges() const { return ranges_; }
+  int64_t total() const { return total_; }
+
+ private:
+  struct PullState {
+    int64_t version = 0;
+    std::span<float> dst;
+    int remaining = 0;
+  };
+  void dispatch(net::Envelope&& env);
+
+  net::Transport& transport_;
+  std::vector<proto::KeyRange> ranges_;
+  int64_t total_ = 0;
+  Ticket next_ticket_ = 1;
+  std::map<Ticket, PullState> pulls_;
+  std::deque<net::Envelope> others_;
+};
+
+}  // namespace ptrain

@@ -1,0 +1,41 @@
+// The worker role's loop (bsp): wait for the coordinator's StepBegin, pull the weights of that
+// version from every server, forward/backward over the step's windows in micro-batches
+// (gradients accumulate as token SUMS: grad_scale 1; each micro-batch's gradient is computed
+// from zero and folded into the step's sum in fp32, in window order — the fold the servers apply
+// to workers' pushes), push each server its slice with the token count, report the loss to the
+// coordinator. Repeats until Shutdown.
+// The model never sees the network: it fills a gradient buffer; this loop decides what to send.
+#pragma once
+
+#include "common/net/transport.hpp"
+#include "common/proto/messages.hpp"
+#include "common/tensor/param_layout.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace ptrain {
+
+class Backend;
+
+struct WorkerOptions {
+  int32_t worker_id = 0;
+  std::string train_path;    // data.train (.tok)
+  int64_t micro_batch = 1;   // sequences per forward/backward
+  int threads = 1;           // OpenMP/OpenBLAS threads of this worker (set in its thread)
+  // Longest wait for the coordinator's next message or for weights (a peer that is gone).
+  std::chrono::milliseconds timeout{std::chrono::hours(1)};
+  // The compute backend; empty = the CPU backend with `threads` threads.
+  std::function<std::unique_ptr<Backend>(int threads)> make_backend;
+};
+
+// Runs until Shutdown. On an error it sends a Failure to the coordinator (if it can) and
+// rethrows; throws TransportClosed when the job is stopping.
+void run_worker(const WorkerOptions& options, const ParamLayout& layout,
+                std::vector<proto::KeyRange> server_ranges, net::Transport& transport);
+
+}  // namespace ptrain
