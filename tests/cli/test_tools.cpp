@@ -240,7 +240,7 @@ TEST_CASE("tools init: a failed init leaves no file and keeps an existing one") 
   CHECK(no_temporaries(fx.dir));
 }
 
-TEST_CASE("tools grad: /inputs, /loss and /grad at full shape; padded rows have zero gradient") {
+TEST_CASE("tools grad: /inputs /loss and /grad at full shape with zero gradient on padded rows") {
   Fixture fx;
   fx.init();
   const ParamLayout layout(fx.dims);
@@ -338,7 +338,7 @@ TEST_CASE("tools grad: refusals name the file and leave no output") {
   CHECK(no_temporaries(fx.dir));
 }
 
-TEST_CASE("tools eval: --json prints one object; loss over every complete window") {
+TEST_CASE("tools eval: --json prints one object with the loss over every complete window") {
   Fixture fx;
   fx.init();
   Result r = fx.run({"eval", "--checkpoint", fx.ckpt, "--data", fx.tok, "--json"});
@@ -433,7 +433,7 @@ TEST_CASE("tools generate: greedy is deterministic and prints only the continuat
   CHECK(contains(longp.err, "seq_len"));
 }
 
-TEST_CASE("tools inspect --diff: relative change per tensor; a different layout is refused") {
+TEST_CASE("tools inspect --diff: relative change per tensor and a different layout refused") {
   Fixture fx;
   fx.init();
   const std::string other = fx.path("other.h5");
@@ -470,7 +470,7 @@ TEST_CASE("tools inspect --diff: relative change per tensor; a different layout 
   CHECK(r.out.empty());
 }
 
-TEST_CASE("tools: every tool refuses a damaged or missing checkpoint, naming it") {
+TEST_CASE("tools: every tool refuses a damaged or missing checkpoint and names it") {
   Fixture fx;
   fx.init();
   damage(fx.ckpt, "optimizer/m/transformer.wpe.weight");

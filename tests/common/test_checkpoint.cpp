@@ -118,7 +118,7 @@ std::string read_link(const fs::path& p) { return fs::read_symlink(p).string(); 
 
 }  // namespace
 
-TEST_CASE("checkpoint: round trip is bitwise equal, attributes have the contract's types") {
+TEST_CASE("checkpoint: round trip is bitwise equal and attributes have the contract's types") {
   TempDir dir;
   ParamLayout layout(tiny_dims());
   const CheckpointData d = sample_data(layout, 42, 7);
@@ -211,7 +211,7 @@ TEST_CASE("checkpoint: atomic write leaves no partial file and keeps the old one
   CHECK(entries == 1);
 }
 
-TEST_CASE("checkpoint: refuses a missing file, a non-HDF5 file and a truncated file") {
+TEST_CASE("checkpoint: refuses a missing file or a non-HDF5 file or a truncated file") {
   TempDir dir;
   ParamLayout layout(tiny_dims());
   const std::string file = dir / "c.h5";
@@ -276,7 +276,7 @@ TEST_CASE("checkpoint: refuses a wrong format and a wrong format_version") {
   CHECK_MESSAGE(msg.find("not a ptrain checkpoint") != std::string::npos, msg);
 }
 
-TEST_CASE("checkpoint: refuses a layout from a different config, showing both hashes") {
+TEST_CASE("checkpoint: refuses a layout from a different config showing both hashes") {
   TempDir dir;
   ParamLayout layout(tiny_dims(8));
   ParamLayout other(tiny_dims(12));
@@ -290,7 +290,7 @@ TEST_CASE("checkpoint: refuses a layout from a different config, showing both ha
   CHECK_MESSAGE(msg.find(file) != std::string::npos, msg);
 }
 
-TEST_CASE("checkpoint: refuses a missing tensor, a wrong shape, a wrong dtype") {
+TEST_CASE("checkpoint: refuses a missing tensor or a wrong shape or dtype") {
   TempDir dir;
   ParamLayout layout(tiny_dims());
   const std::string file = dir / "c.h5";
@@ -332,7 +332,7 @@ TEST_CASE("checkpoint: refuses a missing tensor, a wrong shape, a wrong dtype") 
                 msg);
 }
 
-TEST_CASE("checkpoint: refuses a CRC mismatch, naming the tensor") {
+TEST_CASE("checkpoint: refuses a CRC mismatch naming the tensor") {
   TempDir dir;
   ParamLayout layout(tiny_dims());
   const std::string file = dir / "c.h5";
@@ -357,7 +357,7 @@ TEST_CASE("checkpoint: refuses a CRC mismatch, naming the tensor") {
                 msg);
 }
 
-TEST_CASE("checkpoint publish: latest is a relative symlink, keep-K prunes, no temporaries") {
+TEST_CASE("checkpoint publish: latest is a relative symlink and keep-K prunes and no temporaries remain") {
   TempDir run;
   ParamLayout layout(tiny_dims());
   const fs::path ck = run.path / "checkpoints";

@@ -66,7 +66,8 @@ TEST_CASE("coordinator job: 1 worker vs 2 workers at the same batch size, after 
   MESSAGE("1 vs 3 workers (micro-batches cut differently): worst per-tensor relative L2 "
           << w3.value << " (" << w3.tensor << ")");
   Worst w3_rest;
-  for (const auto& t : layout_for(one).tensors()) {
+  const ParamLayout layout = layout_for(one);
+  for (const auto& t : layout.tensors()) {
     if (t.name.find("c_attn.bias") != std::string::npos) continue;
     const double e = rel_l2(c.params.data() + t.offset, a.params.data() + t.offset, t.count);
     if (e > w3_rest.value) w3_rest = {e, t.name};

@@ -211,7 +211,7 @@ TEST_CASE("cpu_backend exp_approx is within 2e-7 relative of exp") {
 TEST_CASE("cpu_backend gemm and matmul match naive products") {
   auto be = make_cpu_backend(2);
   for (auto [N, IC, OC] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {7, 13, 5},
-                           {37, 36, 108}, {130, 20, 67}}) {
+                           {37, 36, 108}, {130, 20, 67}, {300, 64, 200}, {130, 96, 1000}}) {
     CAPTURE(N);
     CAPTURE(IC);
     CAPTURE(OC);
@@ -230,6 +230,15 @@ TEST_CASE("cpu_backend gemm and matmul match naive products") {
     expect_close("matmul_forward", out, ref, 1e-5, 1e-5);
     be->matmul_forward(out.data(), inp.data(), w.data(), nullptr, N, IC, OC);
     expect_close("matmul_forward (no bias)", out, ref_nb, 1e-5, 1e-5);
+    const Vec res = randn(N * OC, 8);
+    DVec ref_res(N * OC);
+    for (int64_t i = 0; i < N * OC; ++i) ref_res[i] = ref[i] + res[i];
+    be->matmul_residual_forward(out.data(), res.data(), inp.data(), w.data(), bias.data(), N, IC, OC);
+    expect_close("matmul_residual_forward", out, ref_res, 1e-5, 1e-5);
+    Vec inplace = res;  // out aliasing the residual
+    be->matmul_residual_forward(inplace.data(), inplace.data(), inp.data(), w.data(), bias.data(), N,
+                                IC, OC);
+    expect_close("matmul_residual_forward in place", inplace, ref_res, 1e-5, 1e-5);
 
     // Backward: dinp written, dw and dbias accumulated onto what is there.
     Vec dinp(N * IC, 123.0f), dw(IC * OC, 0.5f), db(OC, -0.25f);
@@ -250,7 +259,8 @@ TEST_CASE("cpu_backend gemm and matmul match naive products") {
     expect_close("matmul_backward dbias", db, rdb, 1e-5, 1e-5);
   }
   // gemm with every transpose combination and leading dimensions larger than the width.
-  const int64_t M = 9, N = 11, K = 7, pad = 3;
+  for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{9, 11, 7}, {200, 90, 30}, {40, 300, 50}}) {
+  const int64_t pad = 3;
   for (Trans ta : {Trans::kNo, Trans::kYes}) {
     for (Trans tb : {Trans::kNo, Trans::kYes}) {
       const int64_t lda = (ta == Trans::kNo ? K : M) + pad, ldb = (tb == Trans::kNo ? N : K) + pad;
@@ -269,8 +279,9 @@ TEST_CASE("cpu_backend gemm and matmul match naive products") {
           ref[i * ldc + j] = 0.5 * s + 2.0 * ref[i * ldc + j];
         }
       be->gemm(ta, tb, M, N, K, 0.5f, a.data(), lda, b.data(), ldb, 2.0f, c.data(), ldc);
-      expect_close(fmt::format("gemm ta={} tb={}", int(ta), int(tb)), c, ref, 1e-5, 1e-5);
+      expect_close(fmt::format("gemm {}x{}x{} ta={} tb={}", M, N, K, int(ta), int(tb)), c, ref, 1e-5, 1e-5);
     }
+  }
   }
 }
 

@@ -99,6 +99,10 @@ class Backend {
   // out (N,OC) = inp (N,IC) · w (IC,OC) + bias (OC; may be null).
   virtual void matmul_forward(float* out, const float* inp, const float* w, const float* bias,
                               int64_t N, int64_t IC, int64_t OC) = 0;
+  // out (N,OC) = residual (N,OC) + inp · w + bias (may be null); out may alias residual.
+  virtual void matmul_residual_forward(float* out, const float* residual, const float* inp,
+                                       const float* w, const float* bias, int64_t N, int64_t IC,
+                                       int64_t OC) = 0;
   // dinp (N,IC) = dout · wᵀ  (skipped when dinp is null); dw (IC,OC) += inpᵀ · dout;
   // dbias (OC) += Σ_rows dout (skipped when null).
   virtual void matmul_backward(float* dinp, float* dw, float* dbias, const float* dout,

@@ -226,14 +226,13 @@ struct Gpt::Impl {
       be.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, res, w.ln_1_w, w.ln_1_b, N, C);
       be.matmul_forward(a.qkv, a.ln1, w.c_attn_w, w.c_attn_b, N, C, 3 * C);
       be.attention_forward(a.atty, a.att, a.qkv, B, T, C, d.NH);
-      be.matmul_forward(a.res2, a.atty, w.attn_proj_w, w.attn_proj_b, N, C, C);
-      be.residual_forward(a.res2, a.res2, res, N * C);
+      be.matmul_residual_forward(a.res2, res, a.atty, w.attn_proj_w, w.attn_proj_b, N, C, C);
       // MLP branch: res3 = res2 + c_proj(gelu(c_fc(ln_2(res2)))).
       be.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, w.ln_2_w, w.ln_2_b, N, C);
       be.matmul_forward(a.fch, a.ln2, w.c_fc_w, w.c_fc_b, N, C, 4 * C);
       be.gelu_forward(a.fch_gelu, a.fch, N * 4 * C);
-      be.matmul_forward(a.res3, a.fch_gelu, w.mlp_proj_w, w.mlp_proj_b, N, 4 * C, C);
-      be.residual_forward(a.res3, a.res3, a.res2, N * C);
+      be.matmul_residual_forward(a.res3, a.res2, a.fch_gelu, w.mlp_proj_w, w.mlp_proj_b, N, 4 * C,
+                                 C);
       res = a.res3;
     }
     be.layernorm_forward(lnf, lnf_mean, lnf_rstd, res, P + layout.ln_f_w(), P + layout.ln_f_b(), N,
@@ -367,14 +366,13 @@ struct GptDecoder::Impl {
     const int64_t C = d.C;
     kcache = be.alloc<float>(d.L * d.T * C);
     vcache = be.alloc<float>(d.L * d.T * C);
-    work = be.alloc<float>(C /*x*/ + C /*ln*/ + 3 * C /*qkv*/ + C /*atty*/ + C /*tmp*/ +
+    work = be.alloc<float>(C /*x*/ + C /*ln*/ + 3 * C /*qkv*/ + C /*atty*/ +
                            4 * C /*fch*/ + 4 * C /*fcg*/ + d.Vp /*logits*/ + d.T /*scratch*/);
     float* p = work.data();
     x = p, p += C;
     ln = p, p += C;
     qkv = p, p += 3 * C;
     atty = p, p += C;
-    tmp = p, p += C;
     fch = p, p += 4 * C;
     fcg = p, p += 4 * C;
     logits = p, p += d.Vp;
@@ -390,7 +388,7 @@ struct GptDecoder::Impl {
   Buffer<float> kcache, vcache;  // (L, T, C) each
   Buffer<float> work;
   Buffer<int32_t> token;
-  float *x, *ln, *qkv, *atty, *tmp, *fch, *fcg, *logits, *scratch;
+  float *x, *ln, *qkv, *atty, *fch, *fcg, *logits, *scratch;
   Buffer<float> dev_params;
   std::vector<float> host_logits;
 };
@@ -434,13 +432,11 @@ std::span<const float> GptDecoder::step(std::span<const float> params, int32_t t
     m.be.copy(kc + m.pos * C, m.qkv + C, C);
     m.be.copy(vc + m.pos * C, m.qkv + 2 * C, C);
     m.be.attention_decode(m.atty, m.scratch, m.qkv, kc, vc, m.pos + 1, C, C, d.NH);
-    m.be.matmul_forward(m.tmp, m.atty, w.attn_proj_w, w.attn_proj_b, 1, C, C);
-    m.be.residual_forward(m.x, m.x, m.tmp, C);
+    m.be.matmul_residual_forward(m.x, m.x, m.atty, w.attn_proj_w, w.attn_proj_b, 1, C, C);
     m.be.layernorm_forward(m.ln, nullptr, nullptr, m.x, w.ln_2_w, w.ln_2_b, 1, C);
     m.be.matmul_forward(m.fch, m.ln, w.c_fc_w, w.c_fc_b, 1, C, 4 * C);
     m.be.gelu_forward(m.fcg, m.fch, 4 * C);
-    m.be.matmul_forward(m.tmp, m.fcg, w.mlp_proj_w, w.mlp_proj_b, 1, 4 * C, C);
-    m.be.residual_forward(m.x, m.x, m.tmp, C);
+    m.be.matmul_residual_forward(m.x, m.x, m.fcg, w.mlp_proj_w, w.mlp_proj_b, 1, 4 * C, C);
   }
   m.be.layernorm_forward(m.ln, nullptr, nullptr, m.x, P + m.layout.ln_f_w(), P + m.layout.ln_f_b(),
                          1, C);

@@ -32,6 +32,9 @@ constexpr int kLanes = 16;          // accumulators per in-row reduction
 constexpr int64_t kRowChunk = 64;   // rows per partial sum in column reductions
 constexpr int64_t kColBlock = 64;   // columns per task in column reductions
 constexpr int64_t kAttBlock = 64;   // query rows per block in attention (causal blocking)
+constexpr int64_t kRowAlign = 16;   // row blocks of a product per thread are multiples of this
+constexpr int64_t kColAlign = 64;   // column blocks likewise (also the column-sum block width)
+constexpr int64_t kSerialGemm = int64_t{1} << 18;  // M·N·K below which a product runs on one thread
 constexpr float kGeluS = 0.7978845608028654f;  // sqrt(2/pi)
 constexpr float kGeluK = 0.044715f;
 
@@ -133,6 +136,19 @@ inline void scale_row(float* x, float s, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] *= s;
 }
 
+struct Range {
+  int64_t begin = 0, end = 0;
+  int64_t size() const { return end - begin; }
+  bool empty() const { return end <= begin; }
+};
+
+// This thread's share of [0, n) in the current OpenMP region: balanced, in units of `align`.
+Range part(int64_t n, int64_t align) {
+  const int64_t parts = omp_get_num_threads(), idx = omp_get_thread_num();
+  const int64_t units = (n + align - 1) / align;
+  return {std::min(n, units * idx / parts * align), std::min(n, units * (idx + 1) / parts * align)};
+}
+
 CBLAS_TRANSPOSE cblas_trans(Trans t) { return t == Trans::kYes ? CblasTrans : CblasNoTrans; }
 
 void sgemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const float* a,
@@ -193,28 +209,93 @@ class CpuBackend final : public Backend {
   }
   void synchronize() override {}
 
+  // Every product is split into one block of rows or columns of c per thread, each block a
+  // single-threaded sgemm (OpenBLAS does not thread inside an OpenMP region): one barrier per
+  // product instead of OpenBLAS's per-panel synchronisation, which costs a third of the CPU time
+  // at these sizes (docs/benchmarks.md). Each element of c is computed by one call over the whole
+  // K, so the result does not depend on the partition.
   void gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const float* a,
             int64_t lda, const float* b, int64_t ldb, float beta, float* c,
             int64_t ldc) override {
-    sgemm(ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
+    if (M * N * K < kSerialGemm || nt_ == 1) {
+      sgemm(ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
+      return;
+    }
+    const bool by_rows = M >= N;
+#pragma omp parallel num_threads(nt_)
+    {
+      if (by_rows) {
+        const Range r = part(M, kRowAlign);
+        if (!r.empty()) {
+          sgemm(ta, tb, r.size(), N, K, alpha, ta == Trans::kNo ? a + r.begin * lda : a + r.begin,
+                lda, b, ldb, beta, c + r.begin * ldc, ldc);
+        }
+      } else {
+        const Range r = part(N, kColAlign);
+        if (!r.empty()) {
+          sgemm(ta, tb, M, r.size(), K, alpha, a, lda,
+                tb == Trans::kNo ? b + r.begin : b + r.begin * ldb, ldb, beta, c + r.begin, ldc);
+        }
+      }
+    }
   }
 
   void matmul_forward(float* out, const float* inp, const float* w, const float* bias, int64_t N,
                       int64_t IC, int64_t OC) override {
-    float beta = 0.0f;
-    if (bias != nullptr) {
-#pragma omp parallel for num_threads(nt_) schedule(static) if (N * OC > (1 << 15))
-      for (int64_t n = 0; n < N; ++n) std::memcpy(out + n * OC, bias, OC * sizeof(float));
-      beta = 1.0f;
+    matmul_residual_forward(out, nullptr, inp, w, bias, N, IC, OC);
+  }
+
+  void matmul_residual_forward(float* out, const float* residual, const float* inp, const float* w,
+                               const float* bias, int64_t N, int64_t IC, int64_t OC) override {
+    // Rows split across threads; each thread presets its rows of out to bias (+ residual) and
+    // accumulates its product onto them (beta = 1).
+    const bool serial = N * IC * OC < kSerialGemm || nt_ == 1;
+#pragma omp parallel num_threads(serial ? 1 : nt_)
+    {
+      const Range r = part(N, kRowAlign);
+      if (!r.empty()) {
+        float beta = 0.0f;
+        if (bias != nullptr || residual != nullptr) {
+          for (int64_t n = r.begin; n < r.end; ++n) {
+            float* o = out + n * OC;
+            if (residual != nullptr && bias != nullptr) {
+              const float* x = residual + n * OC;
+#pragma omp simd
+              for (int64_t c = 0; c < OC; ++c) o[c] = x[c] + bias[c];
+            } else if (residual != nullptr) {
+              if (o != residual + n * OC) std::memcpy(o, residual + n * OC, OC * sizeof(float));
+            } else {
+              std::memcpy(o, bias, OC * sizeof(float));
+            }
+          }
+          beta = 1.0f;
+        }
+        sgemm(Trans::kNo, Trans::kNo, r.size(), OC, IC, 1.0f, inp + r.begin * IC, IC, w, OC, beta,
+              out + r.begin * OC, OC);
+      }
     }
-    sgemm(Trans::kNo, Trans::kNo, N, OC, IC, 1.0f, inp, IC, w, OC, beta, out, OC);
   }
 
   void matmul_backward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp,
                        const float* w, int64_t N, int64_t IC, int64_t OC) override {
-    if (dinp != nullptr) sgemm(Trans::kNo, Trans::kYes, N, IC, OC, 1.0f, dout, OC, w, OC, 0.0f, dinp, IC);
-    sgemm(Trans::kYes, Trans::kNo, IC, OC, N, 1.0f, inp, IC, dout, OC, 1.0f, dw, OC);
-    if (dbias != nullptr) column_sums_add(dbias, dout, N, OC, OC);
+    // dinp by rows of N; dw and dbias by columns of OC (each column's sum stays with one thread).
+    const bool serial = N * IC * OC < kSerialGemm || nt_ == 1;
+#pragma omp parallel num_threads(serial ? 1 : nt_)
+    {
+      if (dinp != nullptr) {
+        const Range r = part(N, kRowAlign);
+        if (!r.empty()) {
+          sgemm(Trans::kNo, Trans::kYes, r.size(), IC, OC, 1.0f, dout + r.begin * OC, OC, w, OC,
+                0.0f, dinp + r.begin * IC, IC);
+        }
+      }
+      const Range c = part(OC, kColAlign);
+      if (!c.empty()) {
+        sgemm(Trans::kYes, Trans::kNo, IC, c.size(), N, 1.0f, inp, IC, dout + c.begin, OC, 1.0f,
+              dw + c.begin, OC);
+        if (dbias != nullptr) column_sums_add(dbias, dout, N, c.begin, c.end, OC);
+      }
+    }
   }
 
   void encoder_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe,
@@ -507,25 +588,23 @@ class CpuBackend final : public Backend {
   }
 
  private:
-  // dst (OC) += Σ_n src[n·ld + c]: column blocks in parallel, each summed over rows in 64-row
-  // chunks, chunk partials added in order.
-  void column_sums_add(float* dst, const float* src, int64_t N, int64_t OC, int64_t ld) {
-    const int64_t nblk = (OC + kColBlock - 1) / kColBlock;
-#pragma omp parallel for num_threads(nt_) schedule(static) if (N * OC > (1 << 14))
-    for (int64_t blk = 0; blk < nblk; ++blk) {
-      const int64_t c0 = blk * kColBlock;
-      const int64_t cw = std::min(kColBlock, OC - c0);
+  // dst[c] += Σ_n src[n·ld + c] for c in [c_begin, c_end), by the calling thread: 64-column
+  // blocks, rows in 64-row chunks, chunk partials added in order.
+  static void column_sums_add(float* dst, const float* src, int64_t N, int64_t c_begin,
+                              int64_t c_end, int64_t ld) {
+    for (int64_t c0 = c_begin; c0 < c_end; c0 += kColBlock) {
+      const int64_t cw = std::min(kColBlock, c_end - c0);
       float tot[kColBlock] = {};
       for (int64_t r0 = 0; r0 < N; r0 += kRowChunk) {
-        float part[kColBlock] = {};
+        float part_sum[kColBlock] = {};
         const int64_t r1 = std::min(N, r0 + kRowChunk);
         for (int64_t n = r0; n < r1; ++n) {
           const float* s = src + n * ld + c0;
 #pragma omp simd
-          for (int64_t j = 0; j < cw; ++j) part[j] += s[j];
+          for (int64_t j = 0; j < cw; ++j) part_sum[j] += s[j];
         }
 #pragma omp simd
-        for (int64_t j = 0; j < cw; ++j) tot[j] += part[j];
+        for (int64_t j = 0; j < cw; ++j) tot[j] += part_sum[j];
       }
       for (int64_t j = 0; j < cw; ++j) dst[c0 + j] += tot[j];
     }
