@@ -56,9 +56,12 @@ DataPlan::DataPlan(int64_t num_windows, DataState start) : n_(num_windows), stat
   if (n_ < 1) {
     throw DataError("data.train has no complete window (a window is model.seq_len + 1 tokens)");
   }
-  PTRAIN_ENFORCE(state_.epoch >= 0 && state_.position >= 0 && state_.position <= n_,
-                 "data cursor epoch {} position {} for {} windows", state_.epoch,
-                 state_.position, n_);
+  if (state_.epoch < 0 || state_.position < 0 || state_.position > n_) {
+    throw DataError(fmt::format(
+        "the data cursor (epoch {}, position {}) does not fit data.train's {} windows: was the "
+        "checkpoint written for another token file or model.seq_len?",
+        state_.epoch, state_.position, n_));
+  }
   if (state_.position == n_) {
     ++state_.epoch;
     state_.position = 0;

@@ -137,12 +137,30 @@ def run_json(cmd):
     return json.loads(out.strip().splitlines()[-1])
 
 
+def loaded_blas():
+    """The BLAS/LAPACK shared objects this process (torch) has mapped, e.g. OpenBLAS via
+    Debian's libblas.so.3 alternative (torch's build says only BLAS_INFO=generic)."""
+    torch.ones(64, 64) @ torch.ones(64, 64)
+    libs = set()
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split()[-1]
+                name = os.path.basename(path)
+                if any(k in name for k in ("blas", "lapack", "mkl", "gomp", "omp")) and "/" in path:
+                    libs.add(os.path.realpath(path))
+    except OSError:
+        pass
+    return sorted(libs)
+
+
 def torch_info():
     cfg = torch.__config__.show()
     blas = [s.strip() for s in cfg.replace(",", "\n").splitlines()
             if "BLAS_INFO" in s or "LAPACK_INFO" in s or "CPU capability" in s]
     return {"torch_version": torch.__version__, "blas": "; ".join(blas),
             "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+            "blas_libraries": loaded_blas(),
             "parallel": torch.__config__.parallel_info().strip().splitlines()[:4]}
 
 
@@ -182,11 +200,14 @@ def main():
 
     info = torch_info()
     ratio = pt["tokens_per_s"] / best["tokens_per_s"]
+    ratio_best = best["ms_per_step_best"] / pt["ms_per_step_best"]
     frac = pt["gflops"] / sg["gflops_best"]
+    frac_best = pt["gflops"] * pt["ms_per_step"] / pt["ms_per_step_best"] / sg["gflops_best"]
     result = {"config": args.config, "model": {k: pt[k] for k in ("V", "Vp", "T", "L", "NH", "C",
                                                                   "batch_size", "micro_batch")},
               "threads": threads, "torch": {**info, **best}, "ptrain": pt, "sgemm": sg,
-              "ratio_tokens_per_s": ratio, "ptrain_fraction_of_sgemm": frac,
+              "ratio_tokens_per_s": ratio, "ratio_best_step": ratio_best,
+              "ptrain_fraction_of_sgemm": frac, "ptrain_best_step_fraction_of_sgemm": frac_best,
               "load_avg_1min": [load_before, load_after]}
     if args.json:
         print(json.dumps(result))
@@ -194,14 +215,18 @@ def main():
     print(f"model        V {pt['V']} T {pt['T']} L {pt['L']} NH {pt['NH']} C {pt['C']}, "
           f"batch {pt['batch_size']} (micro-batch {pt['micro_batch']}), {pt['params']} parameters")
     print(f"torch        {info['torch_version']}; {info['blas']}")
+    print(f"             loaded: {', '.join(info['blas_libraries'])}")
     print(f"             threads {info['threads']} (interop {info['interop_threads']}); "
           f"{' | '.join(info['parallel'])}")
-    print(f"torch        {best['ms_per_step']:.1f} ms/step, {best['tokens_per_s']:.0f} tokens/s "
+    print(f"torch        {best['ms_per_step']:.1f} ms/step (best {best['ms_per_step_best']:.1f}), "
+          f"{best['tokens_per_s']:.0f} tokens/s "
           f"(AdamW foreach={best['foreach']})")
-    print(f"ptrain       {pt['ms_per_step']:.1f} ms/step, {pt['tokens_per_s']:.0f} tokens/s, "
+    print(f"ptrain       {pt['ms_per_step']:.1f} ms/step (best {pt['ms_per_step_best']:.1f}), "
+          f"{pt['tokens_per_s']:.0f} tokens/s, "
           f"{pt['gflops']:.1f} GFLOP/s, {pt['threads']} threads")
     print(f"sgemm 2048^3 {sg['gflops_best']:.1f} GFLOP/s (best of {sg['reps']}, {sg['threads']} threads)")
-    print(f"ratio        ptrain/torch tokens/s = {ratio:.2f}x; ptrain = {100 * frac:.0f}% of sgemm")
+    print(f"ratio        ptrain/torch tokens/s = {ratio:.2f}x (best steps {ratio_best:.2f}x); "
+          f"ptrain = {100 * frac:.0f}% of sgemm (best step {100 * frac_best:.0f}%)")
     print(f"load avg     {load_before:.2f} before, {load_after:.2f} after (1 min)")
     return 0
 

@@ -95,6 +95,8 @@ TEST_CASE("coordinator: steps take consecutive positions and roll over epochs") 
   CHECK(big.state().epoch == 2);
   CHECK(big.state().position == 1);
   CHECK_THROWS_AS(DataPlan(0, DataState{1, 0, 0}), DataError);
+  CHECK_THROWS_WITH_AS(DataPlan(10, DataState{1, 0, 11}), doctest::Contains("does not fit"),
+                       DataError);
 }
 
 TEST_CASE("coordinator: the cursor resumes exactly") {

@@ -33,10 +33,14 @@ std::vector<nlohmann::json> log_lines(const Config& c) {
 
 TEST_CASE("coordinator job: 1 worker vs 2 workers at the same batch size, after 5 steps") {
   TempDir dir;
+  // One compute thread per worker in both runs, so only the parameter-server side differs (the
+  // CPU backend's own results may depend on its thread count at some sizes).
   Config one = small_config(dir);  // B = 8, micro_batch = 4
+  one.run.threads = 1;
   Config two = one;
   two.run.dir = dir / "run2";
   two.cluster.workers = 2;
+  two.run.threads = 2;
   const RunSummary s1 = run_threads_job(one);
   const RunSummary s2 = run_threads_job(two);
   CHECK(s1.final_step == 5);
@@ -60,6 +64,7 @@ TEST_CASE("coordinator job: 1 worker vs 2 workers at the same batch size, after 
   Config three = one;
   three.run.dir = dir / "run3";
   three.cluster.workers = 3;
+  three.run.threads = 3;
   const RunSummary s3 = run_threads_job(three);
   const auto c = final_state(three, s3);
   const Worst w3 = worst_rel_l2(layout_for(one), c.params, a.params);
@@ -77,24 +82,52 @@ TEST_CASE("coordinator job: 1 worker vs 2 workers at the same batch size, after 
   CHECK(w3.value <= 1e-3);
 }
 
+TEST_CASE("coordinator job: 1 vs 2 workers on the quickstart model, same run.threads") {
+  // configs/quickstart.yaml's model and batch (T 128, C 128, L 4, NH 4, B 16, micro 8) at
+  // run.threads 2: 1 worker x 2 threads vs 2 workers x 1 thread.
+  TempDir dir;
+  write_corpus(dir / "train.tok", 60000, 4);
+  Config one = small_config(dir);
+  one.model.seq_len = 128;
+  one.model.n_embd = 128;
+  one.model.n_layer = 4;
+  one.model.n_head = 4;
+  one.train.batch_size = 16;
+  one.train.micro_batch = 8;
+  one.optim.lr = 3e-3;
+  one.run.threads = 2;
+  Config two = one;
+  two.run.dir = dir / "run2";
+  two.cluster.workers = 2;
+  two.cluster.servers = 2;
+  const RunSummary s1 = run_threads_job(one);
+  const RunSummary s2 = run_threads_job(two);
+  const Worst w = worst_rel_l2(layout_for(one), final_state(two, s2).params,
+                               final_state(one, s1).params);
+  MESSAGE("quickstart model, 1 worker/1 server vs 2 workers/2 servers: worst per-tensor relative "
+          "L2 " << w.value << " (" << w.tensor << "); " << s1.mean_step_s << " vs "
+                << s2.mean_step_s << " s/step");
+  CHECK(w.value <= 1e-5);
+}
+
 TEST_CASE("coordinator job: 1 server vs 2 and 3 servers") {
   TempDir dir;
   Config one = small_config(dir);
+  one.cluster.workers = 2;
   const RunSummary s1 = run_threads_job(one);
   const auto a = final_state(one, s1);
   for (int64_t S : {2, 3}) {
     Config many = one;
     many.run.dir = dir / ("run-s" + std::to_string(S));
     many.cluster.servers = S;
-    many.cluster.workers = 2;
     const auto b = final_state(many, run_threads_job(many));
     const Worst w = worst_rel_l2(layout_for(one), b.params, a.params);
     MESSAGE("1 vs " << S << " servers (2 workers): worst per-tensor relative L2 " << w.value
                     << " (" << w.tensor << "), bitwise equal: " << (b.params == a.params));
     CHECK(w.value <= 1e-5);
   }
-  // With the same workers, splitting the servers changes only the order of the fp64 norm sum:
-  // with clipping off the update is element-wise and the weights are bitwise equal.
+  // Splitting the servers changes only the order of the fp64 norm sum: with clipping off the
+  // update is element-wise and the weights are bitwise equal.
   Config c1 = one;
   c1.optim.grad_clip = 0;
   c1.run.dir = dir / "noclip-1";

@@ -15,6 +15,10 @@
 //   5. decode() on the whole input throws ProtocolError or agrees with parse_payload.
 //   6. decode_auth never claims more than kMaxAuthFrame bytes, and a good Hello, Challenge or
 //      Proof re-encodes to the same bytes.
+// A random mutation almost never carries a valid CRC32C, which would leave the payload parser
+// unexplored behind the checksum. So each input is also run (a) with the CRC of every complete
+// frame in it recomputed, through all of the above, and (b) as a bare payload: parse_payload(type
+// = 1 + first byte % 15, the rest), which must throw ProtocolError or re-encode to the same bytes.
 //
 // Extra flag (removed before libFuzzer sees argv): -write_seeds=DIR writes a seed corpus of
 // valid frames (one per message type, a stream of several, auth frames) into DIR first.
@@ -204,6 +208,11 @@ void write_seeds(const std::filesystem::path& dir) {
   for (const auto& m : seed_messages()) {
     const auto frame = encode(m);
     write_seed(dir, std::string("seed-") + type_name(type_of(m)), frame);
+    // The bare-payload form: one byte selecting the type, then the payload.
+    std::vector<std::byte> bare{std::byte(static_cast<uint8_t>(
+        static_cast<uint16_t>(type_of(m)) - kMinMessageType))};
+    bare.insert(bare.end(), frame.begin() + kHeaderSize, frame.end());
+    write_seed(dir, std::string("seed-payload-") + type_name(type_of(m)), bare);
     if (stream.size() < 600) stream.insert(stream.end(), frame.begin(), frame.end());
   }
   write_seed(dir, "seed-stream", stream);
@@ -217,6 +226,63 @@ void write_seeds(const std::filesystem::path& dir) {
              net::encode_auth(net::AuthChallenge{net::Role::kCoordinator, n, net::Proof{4, 5}}));
   write_seed(dir, "seed-auth-proof", net::encode_auth(net::AuthProof{net::Proof{6, 7}}));
   write_seed(dir, "seed-auth-result", net::encode_auth(net::AuthResult{false, "wrong secret"}));
+}
+
+// Invariants 1-5 on one byte stream.
+void fuzz_stream(std::span<const std::byte> in) {
+  const DecoderLimits limits = fuzz_limits();
+
+  const Outcome whole = walk_whole(in, limits);
+  const Outcome chunked = feed_chunked(in, limits, crc32c(in.data(), in.size()) ^ in.size());
+  // 1. Chunking does not matter.
+  FUZZ_CHECK(whole.frames == chunked.frames);
+  FUZZ_CHECK(whole.last == chunked.last);
+  FUZZ_CHECK(whole.error == chunked.error, whole.error + " | " + chunked.error);
+
+  for (const auto& f : whole.frames) check_frame(f);
+
+  // 5. decode() on the whole input: a ProtocolError or a message.
+  try {
+    const Message m = decode(in, limits);
+    FUZZ_CHECK(whole.frames.size() == 1 && whole.frames[0].size() == in.size());
+    (void)m;
+  } catch (const ProtocolError&) {
+  }
+}
+
+// A copy of `in` with the CRC of every complete frame (by its announced length) recomputed.
+std::vector<std::byte> with_fixed_crcs(std::span<const std::byte> in) {
+  std::vector<std::byte> out(in.begin(), in.end());
+  size_t off = 0;
+  while (out.size() - off >= kHeaderSize) {
+    uint64_t len;
+    std::memcpy(&len, out.data() + off + 12, 8);
+    if (len > out.size() - off - kHeaderSize) break;
+    uint32_t crc = crc32c(out.data() + off, 20);
+    crc = crc32c(out.data() + off + kHeaderSize, len, crc);
+    std::memcpy(out.data() + off + 20, &crc, 4);
+    off += kHeaderSize + len;
+  }
+  return out;
+}
+
+// The payload parser on its own: a ProtocolError or a canonical re-encoding.
+void fuzz_payload(std::span<const std::byte> in) {
+  if (in.empty()) return;
+  const auto type = static_cast<MessageType>(kMinMessageType +
+                                             static_cast<uint8_t>(in[0]) % kMaxMessageType);
+  const auto payload = in.subspan(1);
+  Message msg;
+  try {
+    msg = parse_payload(type, payload);
+  } catch (const ProtocolError&) {
+    return;
+  }
+  FUZZ_CHECK(type_of(msg) == type);
+  const std::vector<std::byte> frame = encode(msg);
+  FUZZ_CHECK(frame.size() == kHeaderSize + payload.size() &&
+                 std::memcmp(frame.data() + kHeaderSize, payload.data(), payload.size()) == 0,
+             type_name(type));
 }
 
 }  // namespace
@@ -239,25 +305,10 @@ extern "C" int LLVMFuzzerInitialize(int* argc, char*** argv) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::span<const std::byte> in(reinterpret_cast<const std::byte*>(data), size);
-  const DecoderLimits limits = fuzz_limits();
-
-  const Outcome whole = walk_whole(in, limits);
-  const Outcome chunked = feed_chunked(in, limits, crc32c(data, size) ^ size);
-  // 1. Chunking does not matter.
-  FUZZ_CHECK(whole.frames == chunked.frames);
-  FUZZ_CHECK(whole.last == chunked.last);
-  FUZZ_CHECK(whole.error == chunked.error, whole.error + " | " + chunked.error);
-
-  for (const auto& f : whole.frames) check_frame(f);
-
-  // 5. decode() on the whole input: a ProtocolError or a message.
-  try {
-    const Message m = decode(in, limits);
-    FUZZ_CHECK(whole.frames.size() == 1 && whole.frames[0].size() == size);
-    (void)m;
-  } catch (const ProtocolError&) {
-  }
-
+  fuzz_stream(in);
+  const std::vector<std::byte> fixed = with_fixed_crcs(in);
+  if (fixed != std::vector<std::byte>(in.begin(), in.end())) fuzz_stream(fixed);
+  fuzz_payload(in);
   fuzz_auth(in);
   return 0;
 }

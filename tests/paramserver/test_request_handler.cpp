@@ -42,7 +42,7 @@ UpdateRule plain_rule(const proto::KeyRange& r) {
 
 }  // namespace
 
-TEST_CASE("paramserver: the token-weighted mean is (ΣG_w)/(Σtokens), whatever the arrival order") {
+TEST_CASE("paramserver: the token-weighted mean is (sum of G_w)/(sum of tokens), whatever the arrival order") {
   const size_t n = 1000;
   const auto g0 = randn(n, 1), g1 = randn(n, 2), g2 = randn(n, 3);
   GradientAggregator a(n), b(n);
@@ -59,6 +59,8 @@ TEST_CASE("paramserver: the token-weighted mean is (ΣG_w)/(Σtokens), whatever 
   CHECK(ma == mb);
   for (size_t i = 0; i < n; ++i) {
     CHECK(ma[i] == doctest::Approx((double(g0[i]) + g1[i] + g2[i]) / 100.0).epsilon(1e-6));
+    const float folded = (g0[i] + g1[i]) + g2[i];  // exactly: fp32 left fold by worker id
+    CHECK(ma[i] == static_cast<float>(double(folded) / 100.0));
   }
   // A subset (a worker left out of the contributor set): only its tokens count.
   CHECK(a.mean(std::vector<int32_t>{0, 2}, mc) == 50);
@@ -132,7 +134,8 @@ TEST_CASE("paramserver: a whole step through the request handler") {
   double ss = 0;
   std::vector<float> mean(n);
   for (size_t i = 0; i < n; ++i) {
-    mean[i] = static_cast<float>((double(g0[i]) + double(g1[i])) / 40.0);
+    const float folded = g0[i] + g1[i];  // fp32 fold in worker-id order
+    mean[i] = static_cast<float>(double(folded) / 40.0);
     ss += double(mean[i]) * mean[i];
   }
   CHECK(norm.sum_squares == doctest::Approx(ss).epsilon(1e-12));

@@ -410,10 +410,12 @@ TEST_CASE("model init_gpt_params: GPT-2 statistics, padded rows zero, determinis
   ModelDims d{1000, 1024, 64, 3, 4, 64};
   ParamLayout layout(d);
   std::vector<float> p(static_cast<size_t>(layout.total())), q(p.size()), r(p.size());
+  const int saved_threads = omp_get_max_threads();
   omp_set_num_threads(1);
   init_gpt_params(layout, 42, p);
   omp_set_num_threads(2);
   init_gpt_params(layout, 42, q);
+  omp_set_num_threads(saved_threads);
   init_gpt_params(layout, 43, r);
   CHECK(std::memcmp(p.data(), q.data(), p.size() * sizeof(float)) == 0);  // thread-independent
   CHECK(p != r);

@@ -60,17 +60,19 @@ struct LayerActs {
   float* res3;      // (N,C) residual after the MLP branch (the block's output)
 };
 
-// Pointers to one block's parameters (or gradients) inside a flat vector.
-struct LayerParams {
-  float *ln_1_w, *ln_1_b, *c_attn_w, *c_attn_b, *attn_proj_w, *attn_proj_b;
-  float *ln_2_w, *ln_2_b, *c_fc_w, *c_fc_b, *mlp_proj_w, *mlp_proj_b;
+// Pointers to one block's parameters (F = const float) or gradients (F = float) in a flat vector.
+template <typename F>
+struct LayerPtrs {
+  F *ln_1_w, *ln_1_b, *c_attn_w, *c_attn_b, *attn_proj_w, *attn_proj_b;
+  F *ln_2_w, *ln_2_b, *c_fc_w, *c_fc_b, *mlp_proj_w, *mlp_proj_b;
 };
 
-LayerParams layer_params(const ParamLayout& layout, int64_t l, float* base) {
+template <typename F>
+LayerPtrs<F> layer_ptrs(const ParamLayout& layout, int64_t l, F* base) {
   const auto& o = layout.layer(l);
-  return {base + o.ln_1_w,   base + o.ln_1_b, base + o.c_attn_w, base + o.c_attn_b,
+  return {base + o.ln_1_w,      base + o.ln_1_b,      base + o.c_attn_w, base + o.c_attn_b,
           base + o.attn_proj_w, base + o.attn_proj_b, base + o.ln_2_w,   base + o.ln_2_b,
-          base + o.c_fc_w,   base + o.c_fc_b, base + o.mlp_proj_w, base + o.mlp_proj_b};
+          base + o.c_fc_w,      base + o.c_fc_b,      base + o.mlp_proj_w, base + o.mlp_proj_b};
 }
 
 // Splits (B, T+1) windows into inputs and targets (B, T), checking every id against V.
@@ -140,8 +142,8 @@ struct Gpt::Impl {
   void allocate_activations() {
     const int64_t N = max_batch * d.T, C = d.C;
     const int64_t att = max_batch * d.NH * d.T * d.T;
-    const int64_t per_layer = 3 * N * C + 3 * N * C + att + 2 * N * C + N * C + 2 * N * 4 * C +
-                              N * C + 4 * N;
+    // ln1, qkv (3), atty, res2, ln2, res3; fch, fch_gelu (4 each); 4 row statistics; att.
+    const int64_t per_layer = 8 * N * C + 8 * N * C + 4 * N + att;
     const int64_t total = N * C + d.L * per_layer + N * C + 2 * N + N * d.Vp + N;
     act_mem = be.alloc<float>(total);
     tokens = be.alloc<int32_t>(N);
@@ -220,7 +222,7 @@ struct Gpt::Impl {
     be.encoder_forward(encoded, tokens.data(), P + layout.wte(), P + layout.wpe(), B, T, C);
     const float* res = encoded;
     for (int64_t l = 0; l < d.L; ++l) {
-      const LayerParams w = layer_params(layout, l, const_cast<float*>(P));
+      const auto w = layer_ptrs(layout, l, P);
       LayerActs& a = layers[static_cast<size_t>(l)];
       // Attention branch: res2 = res + c_proj(attention(c_attn(ln_1(res)))).
       be.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, res, w.ln_1_w, w.ln_1_b, N, C);
@@ -264,8 +266,8 @@ struct Gpt::Impl {
     be.layernorm_backward(d_res, G + layout.ln_f_w(), G + layout.ln_f_b(), d_ln, res_top,
                           P + layout.ln_f_w(), lnf_mean, lnf_rstd, N, C);
     for (int64_t l = d.L - 1; l >= 0; --l) {
-      const LayerParams w = layer_params(layout, l, const_cast<float*>(P));
-      const LayerParams g = layer_params(layout, l, G);
+      const auto w = layer_ptrs(layout, l, P);
+      const auto g = layer_ptrs(layout, l, G);
       const LayerActs& a = layers[static_cast<size_t>(l)];
       const float* res_in = l == 0 ? encoded : layers[static_cast<size_t>(l - 1)].res3;
       // MLP branch.
@@ -424,7 +426,7 @@ std::span<const float> GptDecoder::step(std::span<const float> params, int32_t t
   m.be.encoder_forward(m.x, m.token.data(), P + m.layout.wte(), P + m.layout.wpe() + m.pos * C, 1,
                        1, C);
   for (int64_t l = 0; l < d.L; ++l) {
-    const LayerParams w = layer_params(m.layout, l, const_cast<float*>(P));
+    const auto w = layer_ptrs(m.layout, l, P);
     float* kc = m.kcache.data() + l * d.T * C;
     float* vc = m.vcache.data() + l * d.T * C;
     m.be.layernorm_forward(m.ln, nullptr, nullptr, m.x, w.ln_1_w, w.ln_1_b, 1, C);

@@ -1,0 +1,225 @@
+// The worker loop against real parameter-server threads, with the test playing the coordinator
+// over the in-process transport: pull from two servers → forward/backward over micro-batches →
+// push each server its slice as token sums → WorkerStepDone. The pushed gradient equals the
+// model's own gradient of those windows (the same micro-batch fold), the reported loss and token
+// count are the model's, and a bad window is reported to the coordinator as a Failure that names
+// the token file.
+#include "common/error.hpp"
+#include "common/io/token_file.hpp"
+#include "common/net/inproc_transport.hpp"
+#include "coordinator/job_test_util.hpp"
+#include "paramserver/aggregator.hpp"
+#include "paramserver/param_server.hpp"
+#include "worker/backend/cpu/cpu_backend.hpp"
+#include "worker/batch_loader.hpp"
+#include "worker/model/backend.hpp"
+#include "worker/model/gpt.hpp"
+#include "worker/ps_client.hpp"
+#include "worker/worker.hpp"
+
+#include <doctest/doctest.h>
+
+#include <thread>
+
+using namespace ptrain;
+using namespace ptrain::testing;
+using namespace std::chrono_literals;
+
+namespace {
+
+// Two servers and one worker as threads; the test thread is the coordinator.
+struct Rig {
+  ParamLayout layout{ModelDims{257, 260, 12, 2, 2, 16}};
+  TempDir dir{"worker-loop"};
+  std::string train = dir / "train.tok";
+  std::shared_ptr<net::InprocFabric> fabric = std::make_shared<net::InprocFabric>();
+  net::InprocTransport coord{net::coordinator_endpoint(), fabric};
+  std::vector<proto::KeyRange> ranges;
+  std::vector<std::thread> threads;
+  std::vector<std::string> errors;
+  std::mutex mu;
+
+  explicit Rig(int64_t micro_batch) {
+    write_corpus(train, 2000, 3);
+    for (const auto& [b, e] : layout.shard_ranges(2)) ranges.push_back({b, e});
+    for (int32_t k = 0; k < 2; ++k) {
+      ParamServerOptions so;
+      so.server = {k, ranges[static_cast<size_t>(k)]};
+      so.poll = 50ms;
+      UpdateRule rule(AdamWOptions{}, LrSchedule{1e-3, 1e-4, 0, 10},
+                      decay_segments(layout, so.server.range));
+      threads.emplace_back([this, so, rule]() mutable {
+        guard([&] {
+          net::InprocTransport t(net::server_endpoint(so.server.server_id), fabric);
+          run_param_server(so, std::move(rule), t);
+        });
+      });
+    }
+    WorkerOptions wo;
+    wo.worker_id = 0;
+    wo.train_path = train;
+    wo.micro_batch = micro_batch;
+    wo.threads = 1;
+    wo.timeout = 30s;
+    threads.emplace_back([this, wo] {
+      guard([&] {
+        net::InprocTransport t(net::worker_endpoint(0), fabric);
+        run_worker(wo, layout, ranges, t);
+      });
+    });
+  }
+  template <class F>
+  void guard(F&& f) {
+    try {
+      f();
+    } catch (const std::exception& e) {
+      std::lock_guard lock(mu);
+      errors.push_back(e.what());
+    }
+  }
+  ~Rig() {
+    fabric->close("test over");
+    for (auto& t : threads) t.join();
+  }
+  template <class T>
+  T expect(const std::string& what) {
+    auto env = coord.receive(30s);
+    REQUIRE_MESSAGE(env, "nothing arrived while waiting for " << what);
+    if (!std::holds_alternative<T>(env->message)) {
+      FAIL("expected " << what << ", got " << proto::type_name(proto::type_of(env->message))
+                       << " from " << env->from.str());
+    }
+    return std::get<T>(env->message);
+  }
+  void load(const std::vector<float>& params) {
+    const auto n = static_cast<size_t>(layout.total());
+    for (int32_t k = 0; k < 2; ++k) {
+      const auto& r = ranges[static_cast<size_t>(k)];
+      coord.send(net::server_endpoint(k),
+                 proto::LoadShard{0, 0, r,
+                                  std::vector<float>(params.begin() + r.begin,
+                                                     params.begin() + r.end),
+                                  std::vector<float>(static_cast<size_t>(r.size()), 0.0f),
+                                  std::vector<float>(static_cast<size_t>(r.size()), 0.0f)});
+    }
+    (void)n;
+  }
+  void shutdown() {
+    for (int32_t k = 0; k < 2; ++k) coord.send(net::server_endpoint(k), proto::Shutdown{"end"});
+    coord.send(net::worker_endpoint(0), proto::Shutdown{"end"});
+    for (auto& t : threads) t.join();
+    threads.clear();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("worker loop: one step pushes the model's token-sum gradient to each server") {
+  Rig rig(/*micro_batch=*/2);
+  const auto n = static_cast<size_t>(rig.layout.total());
+  std::vector<float> params(n);
+  init_gpt_params(rig.layout, 77, params);
+  rig.load(params);
+  const std::vector<int64_t> windows{3, 7, 1, 50, 20};
+  rig.coord.send(net::worker_endpoint(0), proto::StepBegin{0, 0, windows});
+
+  int pushes = 0;
+  proto::WorkerStepDone done;
+  for (int got = 0; got < 3; ++got) {
+    auto env = rig.coord.receive(30s);
+    REQUIRE(env);
+    if (auto* p = std::get_if<proto::PushReceived>(&env->message)) {
+      CHECK(p->worker_id == 0);
+      CHECK(p->step == 0);
+      CHECK(p->tokens == 5 * 12);
+      ++pushes;
+    } else {
+      REQUIRE(std::holds_alternative<proto::WorkerStepDone>(env->message));
+      done = std::get<proto::WorkerStepDone>(env->message);
+    }
+  }
+  CHECK(pushes == 2);
+  CHECK(done.tokens == 5 * 12);
+
+  // The same windows through the model directly: micro-batches {3,7} {1,50} {20}, folded in fp32.
+  auto backend = make_cpu_backend(1);
+  Gpt gpt(rig.layout, *backend, 2);
+  const TokenFile file = TokenFile::open(rig.train);
+  BatchLoader loader(file, 12);
+  std::vector<float> grads(n, 0.0f), mb(n);
+  std::vector<int32_t> toks;
+  LossSum want;
+  for (const auto& [b, e] : micro_batches(5, 2)) {
+    loader.load(std::span<const int64_t>(windows.data() + b, static_cast<size_t>(e - b)), toks);
+    std::fill(mb.begin(), mb.end(), 0.0f);
+    const LossSum ls = gpt.forward_backward(params, mb, toks, e - b, 12, 1.0f);
+    for (size_t i = 0; i < n; ++i) grads[i] += mb[i];
+    want.loss_sum += ls.loss_sum;
+    want.tokens += ls.tokens;
+  }
+  CHECK(done.loss_sum == want.loss_sum);
+  CHECK(done.tokens == want.tokens);
+
+  // Each server's norm report is the norm of its slice of grads / tokens.
+  for (int32_t k = 0; k < 2; ++k) {
+    rig.coord.send(net::server_endpoint(k), proto::StepContributors{0, 0, {0}});
+  }
+  for (int got = 0; got < 2; ++got) {
+    const auto norm = rig.expect<proto::NormReport>("a norm report");
+    const auto& r = rig.ranges[static_cast<size_t>(norm.server_id)];
+    std::vector<float> mean(static_cast<size_t>(r.size()));
+    for (int64_t i = r.begin; i < r.end; ++i) {
+      mean[static_cast<size_t>(i - r.begin)] =
+          static_cast<float>(double(grads[static_cast<size_t>(i)]) / double(want.tokens));
+    }
+    CHECK(norm.sum_squares == partial_norm(mean).sum_squares);  // bitwise
+    CHECK(norm.tokens == want.tokens);
+  }
+  // Commit; a pull of version 1 (through a PsClient, as the coordinator's evaluation does)
+  // assembles both slices.
+  for (int32_t k = 0; k < 2; ++k) {
+    rig.coord.send(net::server_endpoint(k), proto::StepCommit{0, {0}, 1.0, 1.0f});
+  }
+  PsClient client(rig.coord, rig.ranges);
+  std::vector<float> after(n);
+  const auto ticket = client.pull(1, after);
+  client.wait(ticket, 30s);
+  int applied = 0;
+  while (auto env = client.next_other(10ms)) {
+    applied += std::holds_alternative<proto::StepApplied>(env->message);
+  }
+  CHECK(applied == 2);
+  CHECK(after != params);
+  // A tied embedding element that had a gradient moved by about lr (AdamW's first step).
+  const auto wte = static_cast<size_t>(rig.layout.wte() + 32 * 16);
+  CHECK(std::fabs(after[wte] - params[wte]) == doctest::Approx(1e-3).epsilon(0.01));
+  rig.shutdown();
+  CHECK(rig.errors.empty());
+}
+
+TEST_CASE("worker loop: a bad window is reported to the coordinator, naming the file") {
+  Rig rig(4);
+  std::vector<float> params(static_cast<size_t>(rig.layout.total()));
+  init_gpt_params(rig.layout, 1, params);
+  rig.load(params);
+  rig.coord.send(net::worker_endpoint(0), proto::StepBegin{0, 0, {1, 1000000}});
+  const auto f = rig.expect<proto::Failure>("the worker's failure");
+  CHECK(f.code == static_cast<int32_t>(ExitCode::kData));
+  CHECK(f.message.find(rig.train) != std::string::npos);
+  CHECK(f.message.find("window 1000000") != std::string::npos);
+}
+
+TEST_CASE("worker loop: a server refusing the pull fails the worker, not a hang") {
+  Rig rig(4);
+  // Server 0 is never loaded, server 1 answers with a version mismatch once loaded at version 5.
+  const auto& r = rig.ranges[1];
+  rig.coord.send(net::server_endpoint(1),
+                 proto::LoadShard{5, 0, r, std::vector<float>(static_cast<size_t>(r.size())),
+                                  std::vector<float>(static_cast<size_t>(r.size())),
+                                  std::vector<float>(static_cast<size_t>(r.size()))});
+  rig.coord.send(net::worker_endpoint(0), proto::StepBegin{0, 0, {1}});
+  // Server 1 holds version 5 > 0: it answers with version 5, which the worker refuses.
+  const auto f = rig.expect<proto::Failure>("the worker's failure");
+  CHECK(f.message.find("asked server 1 for weights version 0, it sent version 5") !=
+        std::string::npos);
+}
