@@ -140,11 +140,15 @@ class TimingBackend final : public Backend {
           [&] { in_.crossentropy_forward_backward(losses, logits, y, dloss, N, V, ld); });
   }
 
+  struct Cost {
+    double wall = 0, cpu = 0;  // seconds; cpu = process CPU time (all threads)
+  };
   void reset() { totals_.clear(); }
-  // (op, seconds) sorted by time, descending.
-  std::vector<std::pair<std::string, double>> totals() const {
-    std::vector<std::pair<std::string, double>> v(totals_.begin(), totals_.end());
-    std::sort(v.begin(), v.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+  // (op, cost) sorted by wall time, descending.
+  std::vector<std::pair<std::string, Cost>> totals() const {
+    std::vector<std::pair<std::string, Cost>> v(totals_.begin(), totals_.end());
+    std::sort(v.begin(), v.end(),
+              [](const auto& a, const auto& b) { return a.second.wall > b.second.wall; });
     return v;
   }
 
@@ -152,11 +156,14 @@ class TimingBackend final : public Backend {
   template <typename F>
   void timed(const char* op, F&& f) {
     const auto t0 = Clock::now();
+    const double c0 = process_cpu_seconds();
     f();
-    totals_[op] += seconds_since(t0);
+    Cost& c = totals_[op];
+    c.cpu += process_cpu_seconds() - c0;
+    c.wall += seconds_since(t0);
   }
   Backend& in_;
-  std::map<std::string, double> totals_;
+  std::map<std::string, Cost> totals_;
 };
 
 // L2 norm of `g` in fp64: fixed 64Ki-element chunks summed in parallel, then in chunk order.
@@ -288,9 +295,11 @@ int run_bench_train(const TrainBenchArgs& args) {
                                  12.0 * static_cast<double>(dims.L * T * dims.C);
   const double gflops = flops_per_token * tokens_per_s / 1e9;
   if (timing) {
-    spdlog::info("per-op time per step (ms), {} timed steps:", timed.size());
-    for (const auto& [op, sec] : timing->totals()) {
-      spdlog::info("  {:32s} {:8.1f}  {:5.1f}%", op, sec / k * 1e3, 100.0 * sec / total);
+    spdlog::info("per-op time per step, {} timed steps: {:32s} {:>9s} {:>6s} {:>9s}", timed.size(),
+                 "op", "wall ms", "wall%", "cpu ms");
+    for (const auto& [op, cost] : timing->totals()) {
+      spdlog::info("  {:32s} {:9.1f} {:5.1f}% {:9.1f}", op, cost.wall / k * 1e3,
+                   100.0 * cost.wall / total, cost.cpu / k * 1e3);
     }
   }
 

@@ -3,6 +3,7 @@
 #include "common/error.hpp"
 #include "common/io/checkpoint.hpp"
 #include "common/io/token_file.hpp"
+#include "common/proto/codec.hpp"
 #include "coordinator/checkpoint_scheduler.hpp"
 #include "coordinator/data_plan.hpp"
 #include "coordinator/evaluator.hpp"
@@ -102,7 +103,7 @@ net::Envelope CoordinatorRun::next(const std::string& waiting_for) {
                             waiting_for));
   }
   if (auto* f = std::get_if<proto::Failure>(&env->message)) {
-    throw Error(static_cast<ExitCode>(f->code), fmt::format("{} failed: {}", env->from.str(),
+    throw Error(proto::failure_code(*f), fmt::format("{} failed: {}", env->from.str(),
                                                             f->message));
   }
   return std::move(*env);
@@ -123,6 +124,7 @@ void CoordinatorRun::start_servers(StartState& st) {
 }
 
 void CoordinatorRun::run_step(int64_t t) {
+  const auto step_start = Clock::now();
   const std::vector<int64_t> windows = plan_->next_step(cfg_.train.batch_size);
   const auto split = split_batch(cfg_.train.batch_size, num_workers_);
   ctl_->begin(t);
@@ -178,6 +180,9 @@ void CoordinatorRun::run_step(int64_t t) {
           proto::type_name(proto::type_of(env.message)), env.from.str(), what));
     }
   }
+  spdlog::debug("step {}: slowest worker pull {:.4f} s, compute {:.4f} s; step {:.4f} s", t + 1,
+                ctl_->max_pull_s(), ctl_->max_compute_s(),
+                std::chrono::duration<double>(Clock::now() - step_start).count());
   last_step_tokens_ = ctl_->tokens();
   summary_.tokens_seen += last_step_tokens_;
   summary_.final_loss = ctl_->loss();
@@ -236,8 +241,9 @@ void CoordinatorRun::evaluate(int64_t step) {
   spdlog::info("step {}/{} | val_loss {:.4f} ({} windows of {})", step, steps_, val,
                evaluator_->windows(), cfg_.data.val);
   summary_.final_val_loss = val;
-  // The evaluation's time is not training throughput.
+  // The evaluation's time is not training throughput: the next rate starts after it.
   t_last_log_ = Clock::now();
+  tokens_at_last_log_ = summary_.tokens_seen;
 }
 
 void CoordinatorRun::checkpoint(int64_t step) {
@@ -268,6 +274,7 @@ void CoordinatorRun::checkpoint(int64_t step) {
       publish_checkpoint(cfg_.run.dir, layout_, data, cfg_.checkpoint.keep);
   spdlog::info("step {}/{} | checkpoint {}", step, steps_, summary_.last_checkpoint);
   t_last_log_ = Clock::now();
+  tokens_at_last_log_ = summary_.tokens_seen;
 }
 
 void CoordinatorRun::broadcast_shutdown(const std::string& reason) {

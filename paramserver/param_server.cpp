@@ -3,7 +3,8 @@
 #include "common/error.hpp"
 
 #include <omp.h>
-#include <spdlog/spdlog.h>
+
+#include <algorithm>
 
 namespace ptrain {
 
@@ -21,10 +22,11 @@ void run_param_server(const ParamServerOptions& options, UpdateRule rule,
     }
   } catch (const net::TransportClosed&) {
     throw;
-  } catch (const Error& e) {
+  } catch (const std::exception& e) {
+    const auto* err = dynamic_cast<const Error*>(&e);
+    const auto code = static_cast<int32_t>(err ? err->code() : ExitCode::kInternal);
     try {
-      transport.send(net::coordinator_endpoint(),
-                     proto::Failure{static_cast<int32_t>(e.code()), e.what()});
+      transport.send(net::coordinator_endpoint(), proto::Failure{code, e.what()});
     } catch (const std::exception&) {
     }
     throw;

@@ -79,7 +79,7 @@ void PsClient::dispatch(net::Envelope&& env) {
   }
   if (auto* f = std::get_if<proto::Failure>(&env.message);
       f && env.from.role == net::Role::kServer) {
-    throw Error(static_cast<ExitCode>(f->code),
+    throw Error(proto::failure_code(*f),
                 fmt::format("{} refused a request: {}", env.from.str(), f->message));
   }
   others_.push_back(std::move(env));

@@ -2,6 +2,7 @@
 
 #include "common/error.hpp"
 #include "common/io/token_file.hpp"
+#include "common/proto/codec.hpp"
 #include "worker/backend/cpu/cpu_backend.hpp"
 #include "worker/batch_loader.hpp"
 #include "worker/model/backend.hpp"
@@ -59,7 +60,7 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
     }
     if (std::holds_alternative<proto::Shutdown>(env->message)) return;
     if (auto* f = std::get_if<proto::Failure>(&env->message)) {
-      throw Error(static_cast<ExitCode>(f->code), fmt::format("{}: {}", env->from.str(), f->message));
+      throw Error(proto::failure_code(*f), fmt::format("{}: {}", env->from.str(), f->message));
     }
     auto* begin = std::get_if<proto::StepBegin>(&env->message);
     if (begin == nullptr) {
@@ -112,10 +113,11 @@ void run_worker(const WorkerOptions& options, const ParamLayout& layout,
     worker_loop(options, layout, std::move(server_ranges), transport);
   } catch (const net::TransportClosed&) {
     throw;
-  } catch (const Error& e) {
+  } catch (const std::exception& e) {
+    const auto* err = dynamic_cast<const Error*>(&e);
+    const auto code = static_cast<int32_t>(err ? err->code() : ExitCode::kInternal);
     try {
-      transport.send(net::coordinator_endpoint(),
-                     proto::Failure{static_cast<int32_t>(e.code()), e.what()});
+      transport.send(net::coordinator_endpoint(), proto::Failure{code, e.what()});
     } catch (const std::exception&) {
     }
     throw;

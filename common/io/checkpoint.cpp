@@ -3,9 +3,15 @@
 //
 // Reading is defensive: every refusal is a CheckpointError that names the file and what is wrong
 // (not HDF5, truncated or damaged, wrong format, wrong format_version, different layout, missing
-// tensor, wrong shape or type, checksum mismatch). Tensors are read through plain H5Dread, so a
-// /model dataset may later be a virtual dataset over shard files; read_tensor() already checks
-// that every source file of a virtual dataset is present (a missing one would read as zeros).
+// tensor, wrong shape or type, checksum mismatch) and, for a sharded checkpoint, the shard.
+//
+// Sharded checkpoints (root attribute `shard_count` > 0): the tensors of checkpoint.h5 are
+// virtual datasets over shard-K.h5 in the same folder. Readers here open every shard themselves
+// (path = the index's real folder / shard-K.h5), check its header against the index, check that
+// each virtual dataset's mappings are exactly the row blocks the shards' ranges imply, and read
+// the pieces from the shards directly, checking each piece's CRC32C and the whole tensor's
+// (continued piece by piece). HDF5's own resolution of virtual sources (HDF5_VDS_PREFIX, the
+// dataset access prefix, the index's folder, the cwd) is only used by other readers (h5py).
 #include "common/io/checkpoint.hpp"
 
 #include "common/error.hpp"
@@ -29,6 +35,7 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <limits>
 
 static_assert(std::endian::native == std::endian::little,
               "checkpoint CRCs are over little-endian bytes; add byte swapping for this CPU");
@@ -39,7 +46,11 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kFormat = "ptrain-checkpoint";
+constexpr const char* kShardFormat = "ptrain-checkpoint-shard";
 constexpr const char* kFileName = "checkpoint.h5";
+constexpr int64_t kMaxShards = 1 << 16;
+// Floats read at a time when a tensor is only verified (bounds the buffer).
+constexpr int64_t kVerifyChunkFloats = int64_t{1} << 20;
 const char* const kTensorGroups[] = {"model", "optimizer/m", "optimizer/v"};
 
 std::string utc_now_iso8601() {
@@ -95,6 +106,12 @@ void check_header(const h5::File& f, const std::string& file) {
         fmt::format("{}: not a ptrain checkpoint (no `format` attribute on the root group)", file));
   }
   const std::string format = f.attr_string("format");
+  if (format == kShardFormat) {
+    throw CheckpointError(fmt::format(
+        "{}: this is one shard of a sharded checkpoint; give its folder or the checkpoint.h5 "
+        "next to it",
+        file));
+  }
   if (format != kFormat) {
     throw CheckpointError(fmt::format("{}: not a ptrain checkpoint (`format` is \"{}\", expected \"{}\")",
                                       file, format, kFormat));
@@ -196,15 +213,7 @@ void write_tensor(h5::Group& g, const TensorSpec& t, std::span<const float> v) {
   ds.set_attr("crc32c", crc_of(v));
 }
 
-void write_checkpoint(h5::File& f, const ParamLayout& layout, const CheckpointData& data) {
-  const auto total = static_cast<size_t>(layout.total());
-  PTRAIN_ENFORCE(data.params.size() == total, "checkpoint params: {} floats, the layout has {}",
-                 data.params.size(), total);
-  PTRAIN_ENFORCE(data.m.empty() || data.m.size() == total, "checkpoint m: {} floats, layout {}",
-                 data.m.size(), total);
-  PTRAIN_ENFORCE(data.v.empty() || data.v.size() == total, "checkpoint v: {} floats, layout {}",
-                 data.v.size(), total);
-  const CheckpointMeta& meta = data.meta;
+void write_root_attrs(h5::File& f, const ParamLayout& layout, const CheckpointMeta& meta) {
   f.set_attr("format", kFormat);
   f.set_attr("format_version", kCheckpointFormatVersion);
   f.set_attr("step", meta.step);
@@ -213,6 +222,32 @@ void write_checkpoint(h5::File& f, const ParamLayout& layout, const CheckpointDa
   f.set_attr("layout_hash", layout.hash());
   f.set_attr("ptrain_version", PTRAIN_VERSION);
   f.set_attr("created_utc", utc_now_iso8601());
+}
+
+void write_tokenizer_and_data(h5::File& f, const CheckpointMeta& meta) {
+  {
+    const std::string& j = meta.tokenizer_json;
+    h5::Dataset tok = f.create_dataset("tokenizer", h5::DType::kUInt8,
+                                       {static_cast<int64_t>(j.size())});
+    tok.write(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(j.data()), j.size()));
+  }
+  {
+    h5::Group d = f.create_group("data");
+    d.set_attr("seed", static_cast<uint64_t>(meta.data.seed));
+    d.set_attr("epoch", static_cast<int64_t>(meta.data.epoch));
+    d.set_attr("position", static_cast<int64_t>(meta.data.position));
+  }
+}
+
+void write_checkpoint(h5::File& f, const ParamLayout& layout, const CheckpointData& data) {
+  const auto total = static_cast<size_t>(layout.total());
+  PTRAIN_ENFORCE(data.params.size() == total, "checkpoint params: {} floats, the layout has {}",
+                 data.params.size(), total);
+  PTRAIN_ENFORCE(data.m.empty() || data.m.size() == total, "checkpoint m: {} floats, layout {}",
+                 data.m.size(), total);
+  PTRAIN_ENFORCE(data.v.empty() || data.v.size() == total, "checkpoint v: {} floats, layout {}",
+                 data.v.size(), total);
+  write_root_attrs(f, layout, data.meta);
 
   {
     h5::Group g = f.create_group("model");
@@ -236,18 +271,7 @@ void write_checkpoint(h5::File& f, const ParamLayout& layout, const CheckpointDa
       }
     }
   }
-  {
-    const std::string& j = meta.tokenizer_json;
-    h5::Dataset tok = f.create_dataset("tokenizer", h5::DType::kUInt8,
-                                       {static_cast<int64_t>(j.size())});
-    tok.write(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(j.data()), j.size()));
-  }
-  {
-    h5::Group d = f.create_group("data");
-    d.set_attr("seed", static_cast<uint64_t>(meta.data.seed));
-    d.set_attr("epoch", static_cast<int64_t>(meta.data.epoch));
-    d.set_attr("position", static_cast<int64_t>(meta.data.position));
-  }
+  write_tokenizer_and_data(f, data.meta);
 }
 
 std::string step_dir_name(int64_t step) { return fmt::format("step-{:08d}", step); }
@@ -292,6 +316,411 @@ void remove_tree(const fs::path& p) {
   if (ec) throw IoError(fmt::format("cannot remove {}: {}", p.string(), ec.message()));
 }
 
+
+// ---- Sharded checkpoints: shared by the writer (finish) and the readers ----------------------
+
+using Range = std::pair<int64_t, int64_t>;
+
+// Root attribute `shard_count` of an index (0: a single-file checkpoint).
+int64_t index_shard_count(const h5::File& f, const std::string& file) {
+  if (!f.has_attr("shard_count")) return 0;
+  const int64_t n = f.attr_int64("shard_count");
+  if (n < 1 || n > kMaxShards) {
+    throw CheckpointError(fmt::format("{}: attribute `shard_count` is {}, expected 1 to {}", file,
+                                      n, kMaxShards));
+  }
+  return n;
+}
+
+// The folder that holds the shards of `file`: the index's own folder, symlinks resolved once (a
+// `latest` that moves while we read must not mix two checkpoints).
+fs::path shard_dir_of(const std::string& file) {
+  std::error_code ec;
+  fs::path p = fs::weakly_canonical(fs::absolute(file, ec), ec);
+  if (ec || p.empty()) p = fs::absolute(file);
+  return p.parent_path();
+}
+
+struct Shard {
+  int64_t k = 0;
+  std::string name;  // shard-K.h5
+  std::string path;  // DIR/shard-K.h5, used in messages
+  int64_t begin = 0, end = 0;
+  h5::File file;
+};
+
+// Runs `f` on shard `s`; an HDF5 failure becomes "shard PATH is truncated or damaged".
+template <class F>
+auto shard_guard(const std::string& label, const std::string& shard_path, F&& f) {
+  try {
+    return f();
+  } catch (const IoError& e) {
+    throw CheckpointError(
+        fmt::format("{}: shard {} is truncated or damaged: {}", label, shard_path, e.what()));
+  }
+}
+
+// Opens shard-0 … shard-(n-1) in `dir` and checks each header against what the index (or the
+// writer) expects: format, format_version, shard_index, shard_count, layout_hash, step, and that
+// the ranges tile [0, total) in order (`total` < 0: not known here, checked later). `label` names
+// the checkpoint in messages.
+std::vector<Shard> open_shards(const std::string& label, const fs::path& dir, int64_t n,
+                               const std::string& layout_hash, int64_t step, int64_t total) {
+  std::vector<Shard> shards;
+  int64_t expect_begin = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    Shard s;
+    s.k = k;
+    s.name = shard_file_name(k);
+    s.path = (dir / s.name).string();
+    std::error_code ec;
+    const auto st = fs::status(s.path, ec);
+    if (!fs::exists(st)) {
+      throw CheckpointError(fmt::format(
+          "{}: shard {} of {} is missing ({}); without it its tensors would read as the fill "
+          "value",
+          label, s.name, n, s.path));
+    }
+    if (!fs::is_regular_file(st)) {
+      throw CheckpointError(fmt::format("{}: shard {} is not a regular file", label, s.path));
+    }
+    if (!h5::has_hdf5_signature(s.path)) {
+      throw CheckpointError(fmt::format(
+          "{}: shard {} is not an HDF5 file (no HDF5 signature at its start; truncated or damaged)",
+          label, s.path));
+    }
+    try {
+      s.file = h5::File::open(s.path, h5::Access::kReadOnly);
+    } catch (const IoError& e) {
+      const std::string what = e.what();
+      if (what.find("unable to lock") != std::string::npos) {
+        throw IoError(fmt::format(
+            "{}: cannot open shard {}, the file is locked (is it being written?). On file "
+            "systems without locking set HDF5_USE_FILE_LOCKING=FALSE. {}",
+            label, s.path, what));
+      }
+      throw CheckpointError(
+          fmt::format("{}: shard {} is truncated or damaged: {}", label, s.path, what));
+    }
+    shard_guard(label, s.path, [&] {
+      const h5::File& f = s.file;
+      auto refuse = [&](const std::string& why) {
+        throw CheckpointError(fmt::format("{}: shard {} {}", label, s.path, why));
+      };
+      if (!f.has_attr("format") || f.attr_string("format") != kShardFormat) {
+        refuse(fmt::format("is not a ptrain checkpoint shard (attribute `format` is not \"{}\")",
+                           kShardFormat));
+      }
+      const int64_t version = f.attr_int64("format_version");
+      if (version != kCheckpointFormatVersion) {
+        refuse(fmt::format("has format_version {}, this ptrain reads {}", version,
+                           kCheckpointFormatVersion));
+      }
+      const int64_t index = f.attr_int64("shard_index");
+      const int64_t count = f.attr_int64("shard_count");
+      if (index != k || count != n) {
+        refuse(fmt::format("says it is shard {} of {}, expected {} of {}", index, count, k, n));
+      }
+      const std::string hash = f.attr_string("layout_hash");
+      if (hash != layout_hash) {
+        refuse(fmt::format("has layout hash {}, the checkpoint's is {}: it was written for a "
+                           "different model config",
+                           hash, layout_hash));
+      }
+      const int64_t shard_step = f.attr_int64("step");
+      if (shard_step != step) {
+        refuse(fmt::format("is of step {}, the checkpoint is of step {}: it belongs to another "
+                           "checkpoint",
+                           shard_step, step));
+      }
+      s.begin = f.attr_int64("range_begin");
+      s.end = f.attr_int64("range_end");
+      if (s.begin != expect_begin || s.end < s.begin || (total >= 0 && s.end > total)) {
+        refuse(fmt::format("has range [{}, {}), expected one starting at {}{}", s.begin, s.end,
+                           expect_begin,
+                           total >= 0 ? fmt::format(" within [0, {})", total) : std::string()));
+      }
+      return 0;
+    });
+    expect_begin = s.end;
+    shards.push_back(std::move(s));
+  }
+  if (total >= 0 && expect_begin != total) {
+    throw CheckpointError(fmt::format("{}: the {} shards cover [0, {}), the layout has {} floats",
+                                      label, n, expect_begin, total));
+  }
+  return shards;
+}
+
+// One tensor's piece in one shard: rows [row_begin, row_begin + rows) of the tensor.
+struct Piece {
+  int64_t shard = 0;
+  int64_t row_begin = 0;
+  int64_t rows = 0;
+  bool operator==(const Piece&) const = default;
+};
+
+int64_t rows_of(const std::vector<int64_t>& shape) { return shape.empty() ? 1 : shape[0]; }
+int64_t row_size_of(const std::vector<int64_t>& shape) {
+  int64_t r = 1;
+  for (size_t i = 1; i < shape.size(); ++i) r *= shape[i];
+  return r;
+}
+
+// The pieces of tensor `t` implied by the shards' ranges (in shard order = row order). Throws
+// CheckpointError when a range boundary cuts a row of `t`.
+std::vector<Piece> expected_pieces(const std::string& label, const TensorSpec& t,
+                                   const std::vector<Shard>& shards) {
+  std::vector<Piece> out;
+  const int64_t row = t.row_size();
+  for (const Shard& s : shards) {
+    const int64_t lo = std::max(s.begin, t.offset);
+    const int64_t hi = std::min(s.end, t.offset + t.count);
+    if (lo >= hi) continue;
+    if ((lo - t.offset) % row != 0 || (hi - t.offset) % row != 0) {
+      throw CheckpointError(fmt::format(
+          "{}: shard {} has range [{}, {}), which cuts a row of {} (rows of {} floats): sharded "
+          "checkpoints need row-aligned ranges",
+          label, s.path, s.begin, s.end, t.name, row));
+    }
+    out.push_back(Piece{s.k, (lo - t.offset) / row, (hi - lo) / row});
+  }
+  return out;
+}
+
+// The dataset path a piece has in its shard and the index's mappings name: "/model/<name>".
+std::string source_dataset(const std::string& rel) { return "/" + rel; }
+
+// Pieces as the index's virtual dataset `ds` (group/name `rel`, shape `shape`) maps them,
+// checked: every mapping a full-width block of whole rows read from the whole of `/rel` in a
+// shard-K.h5 (bare name, K < n), together tiling the rows in order.
+std::vector<Piece> mapped_pieces(const std::string& file, const h5::Dataset& ds,
+                                 const std::string& rel, const std::vector<int64_t>& shape,
+                                 int64_t n) {
+  if (!ds.is_virtual()) {
+    throw CheckpointError(fmt::format(
+        "{}: tensor {} is not a virtual dataset, but the checkpoint is sharded", file, rel));
+  }
+  auto refuse = [&](const std::string& why) {
+    throw CheckpointError(fmt::format("{}: tensor {}: {}", file, rel, why));
+  };
+  std::vector<Piece> out;
+  for (const h5::VirtualMapping& m : ds.virtual_mappings()) {
+    int64_t k = -1;
+    for (int64_t j = 0; j < n; ++j) {
+      if (m.file == shard_file_name(j)) k = j;
+    }
+    if (k < 0) refuse(fmt::format("a mapping reads from \"{}\", not one of shard-0.h5 … shard-{}.h5", m.file, n - 1));
+    if (m.dataset != source_dataset(rel) && m.dataset != rel) {
+      refuse(fmt::format("a mapping reads {}:{}, expected {}", m.file, m.dataset, source_dataset(rel)));
+    }
+    if (!m.block || !m.source_all || m.start.size() != shape.size() ||
+        m.count.size() != shape.size()) {
+      refuse(fmt::format("the mapping from {} is not a block of whole rows", m.file));
+    }
+    for (size_t d = 1; d < shape.size(); ++d) {
+      if (m.start[d] != 0 || m.count[d] != shape[d]) {
+        refuse(fmt::format("the mapping from {} is not a block of whole rows", m.file));
+      }
+    }
+    out.push_back(Piece{k, m.start[0], m.count[0]});
+  }
+  std::sort(out.begin(), out.end(),
+            [](const Piece& a, const Piece& b) { return a.row_begin < b.row_begin; });
+  int64_t next = 0;
+  for (const Piece& p : out) {
+    if (p.row_begin != next || p.rows <= 0) {
+      refuse(fmt::format("the mappings do not tile its rows (a block starts at row {}, expected "
+                         "{})",
+                         p.row_begin, next));
+    }
+    next += p.rows;
+  }
+  if (next != rows_of(shape)) {
+    refuse(fmt::format("the mappings cover {} of its {} rows", next, rows_of(shape)));
+  }
+  return out;
+}
+
+// Reads tensor `rel` of shape `shape` piece by piece from the shards, checking each piece's
+// dataset (float32, shape, row_begin, crc32c). Into `dst` (the whole tensor) when it is not
+// empty, else through a bounded buffer (verification). Adds each piece's floats to
+// floats_per_shard. Returns the CRC32C of the whole tensor (pieces in row order).
+uint32_t read_pieces(const std::string& label, std::vector<Shard>& shards, const std::string& rel,
+                     const std::vector<int64_t>& shape, const std::vector<Piece>& pieces,
+                     std::span<float> dst, std::vector<int64_t>& floats_per_shard) {
+  const int64_t row = row_size_of(shape);
+  uint32_t whole = 0;
+  std::vector<float> buf;
+  for (const Piece& p : pieces) {
+    Shard& s = shards[static_cast<size_t>(p.shard)];
+    shard_guard(label, s.path, [&] {
+      auto refuse = [&](const std::string& why) {
+        throw CheckpointError(fmt::format("{}: shard {}: tensor {} (rows {} to {}) {}", label,
+                                          s.path, rel, p.row_begin, p.row_begin + p.rows, why));
+      };
+      if (s.file.kind(rel) != h5::ObjectKind::kDataset) refuse("is missing");
+      const h5::Dataset ds = s.file.open_dataset(rel);
+      const h5::TypeInfo type = ds.type();
+      if (type.dtype != h5::DType::kFloat32) {
+        refuse(fmt::format("is {}, expected float32", type.describe()));
+      }
+      std::vector<int64_t> want = shape;
+      if (want.empty()) want.push_back(1);
+      want[0] = p.rows;
+      const std::vector<int64_t> got = ds.shape();
+      if (got != want) {
+        refuse(fmt::format("has shape [{}], expected [{}]", fmt::join(got, ", "),
+                           fmt::join(want, ", ")));
+      }
+      if (!ds.has_attr("row_begin") || ds.attr_int64("row_begin") != p.row_begin) {
+        refuse("has a missing or wrong row_begin attribute");
+      }
+      if (!ds.has_attr("crc32c")) refuse("has no crc32c attribute");
+      const uint64_t stored = ds.attr_uint64("crc32c");
+      uint32_t piece = 0;
+      if (!dst.empty()) {
+        std::span<float> out = dst.subspan(static_cast<size_t>(p.row_begin * row),
+                                           static_cast<size_t>(p.rows * row));
+        ds.read_rows(0, p.rows, out);
+        piece = crc32c(out.data(), out.size_bytes());
+        whole = crc32c(out.data(), out.size_bytes(), whole);
+      } else {
+        const int64_t step_rows = std::max<int64_t>(1, kVerifyChunkFloats / std::max<int64_t>(1, row));
+        for (int64_t r = 0; r < p.rows; r += step_rows) {
+          const int64_t nr = std::min(step_rows, p.rows - r);
+          buf.resize(static_cast<size_t>(nr * row));
+          ds.read_rows(r, nr, buf);
+          piece = crc32c(buf.data(), buf.size() * sizeof(float), piece);
+          whole = crc32c(buf.data(), buf.size() * sizeof(float), whole);
+        }
+      }
+      if (stored != piece) {
+        refuse(fmt::format("fails its checksum (crc32c stored {:#010x}, computed {:#010x}): the "
+                           "shard is damaged",
+                           stored, piece));
+      }
+      return 0;
+    });
+    floats_per_shard[static_cast<size_t>(p.shard)] += p.rows * row;
+  }
+  return whole;
+}
+
+// The index's dataset `rel` must be float32 of `shape` with a crc32c attribute; returns it.
+uint64_t index_tensor_crc(const h5::File& f, const std::string& file, const std::string& rel,
+                          const std::vector<int64_t>* expect_shape, h5::Dataset& ds) {
+  if (f.kind(rel) != h5::ObjectKind::kDataset) {
+    throw CheckpointError(fmt::format("{}: tensor {} is missing", file, rel));
+  }
+  ds = f.open_dataset(rel);
+  const h5::TypeInfo type = ds.type();
+  if (type.dtype != h5::DType::kFloat32) {
+    throw CheckpointError(
+        fmt::format("{}: tensor {} is {}, expected float32", file, rel, type.describe()));
+  }
+  const std::vector<int64_t> shape = ds.shape();
+  if (expect_shape != nullptr && shape != *expect_shape) {
+    throw CheckpointError(fmt::format("{}: tensor {} has shape [{}], expected [{}]", file, rel,
+                                      fmt::join(shape, ", "), fmt::join(*expect_shape, ", ")));
+  }
+  if (shape.empty()) {
+    throw CheckpointError(fmt::format("{}: tensor {} is a scalar", file, rel));
+  }
+  if (!ds.has_attr("crc32c")) {
+    throw CheckpointError(fmt::format("{}: tensor {} has no crc32c attribute", file, rel));
+  }
+  return ds.attr_uint64("crc32c");
+}
+
+void check_whole_crc(const std::string& file, const std::string& rel, uint64_t stored,
+                     uint32_t actual) {
+  if (stored != actual) {
+    throw CheckpointError(fmt::format(
+        "{}: tensor {} fails its checksum (crc32c stored {:#010x}, computed over its shards "
+        "{:#010x}): the checkpoint is damaged",
+        file, rel, stored, actual));
+  }
+}
+
+// read_checkpoint for a sharded index: tensors of `layout` from the shards, every check.
+void read_sharded(const h5::File& f, const std::string& file, const ParamLayout& layout,
+                  int64_t n, CheckpointData& d, bool with_optimizer) {
+  std::vector<Shard> shards = open_shards(file, shard_dir_of(file), n, d.meta.layout_hash,
+                                          d.meta.step, layout.total());
+  const auto total = static_cast<size_t>(layout.total());
+  std::vector<int64_t> floats(static_cast<size_t>(n), 0);
+  for (const char* group : kTensorGroups) {
+    const bool is_model = std::strcmp(group, "model") == 0;
+    if (!is_model && !with_optimizer) continue;
+    std::vector<float>& out = is_model                                        ? d.params
+                              : std::strcmp(group, "optimizer/m") == 0 ? d.m
+                                                                        : d.v;
+    out.resize(total);
+    for (const TensorSpec& t : layout.tensors()) {
+      const std::string rel = std::string(group) + "/" + t.name;
+      h5::Dataset ds;
+      const uint64_t stored = index_tensor_crc(f, file, rel, &t.shape, ds);
+      const std::vector<Piece> mapped = mapped_pieces(file, ds, rel, t.shape, n);
+      const std::vector<Piece> expected = expected_pieces(file, t, shards);
+      if (mapped != expected) {
+        throw CheckpointError(fmt::format(
+            "{}: tensor {}: its virtual dataset's mappings do not match the shards' ranges", file,
+            rel));
+      }
+      const uint32_t actual = read_pieces(
+          file, shards, rel, t.shape, mapped,
+          std::span<float>(out).subspan(static_cast<size_t>(t.offset), static_cast<size_t>(t.count)),
+          floats);
+      check_whole_crc(file, rel, stored, actual);
+    }
+  }
+}
+
+// verify_checkpoint for a sharded index: no layout; tensors as the index lists them.
+void verify_sharded(const h5::File& f, const std::string& file, const CheckpointMeta& meta,
+                    int64_t n) {
+  std::vector<Shard> shards =
+      open_shards(file, shard_dir_of(file), n, meta.layout_hash, meta.step, -1);
+  std::vector<std::string> names;
+  for (const char* group : kTensorGroups) {
+    if (f.kind(group) != h5::ObjectKind::kGroup) {
+      throw CheckpointError(fmt::format("{}: group /{} is missing", file, group));
+    }
+    const std::vector<std::string> here = f.open_group(group).children();
+    if (group == kTensorGroups[0]) {
+      names = here;
+      if (names.empty()) throw CheckpointError(fmt::format("{}: /model holds no tensors", file));
+    } else if (here != names) {
+      throw CheckpointError(
+          fmt::format("{}: /{} does not hold the same tensors as /model", file, group));
+    }
+    std::vector<int64_t> floats(static_cast<size_t>(n), 0);
+    int64_t sum = 0;
+    for (const auto& name : here) {
+      const std::string rel = std::string(group) + "/" + name;
+      h5::Dataset ds;
+      const uint64_t stored = index_tensor_crc(f, file, rel, nullptr, ds);
+      const std::vector<int64_t> shape = ds.shape();
+      const std::vector<Piece> mapped = mapped_pieces(file, ds, rel, shape, n);
+      check_whole_crc(file, rel, stored, read_pieces(file, shards, rel, shape, mapped, {}, floats));
+      sum += rows_of(shape) * row_size_of(shape);
+    }
+    for (const Shard& s : shards) {
+      if (floats[static_cast<size_t>(s.k)] != s.end - s.begin) {
+        throw CheckpointError(fmt::format(
+            "{}: shard {} has range [{}, {}) ({} floats), but /{} maps {} floats to it", file,
+            s.path, s.begin, s.end, s.end - s.begin, group, floats[static_cast<size_t>(s.k)]));
+      }
+    }
+    if (shards.back().end != sum) {
+      throw CheckpointError(fmt::format("{}: the shards cover [0, {}), the tensors of /{} hold {} "
+                                        "floats",
+                                        file, shards.back().end, group, sum));
+    }
+  }
+}
+
 }  // namespace
 
 std::string checkpoint_file(const std::string& path) {
@@ -317,7 +746,21 @@ CheckpointMeta read_checkpoint_meta(const std::string& path) {
   h5::File f = open_checkpoint(file);
   return damaged_guard(file, [&] {
     check_header(f, file);
-    return read_meta(f, file);
+    CheckpointMeta m = read_meta(f, file);
+    // A sharded checkpoint: every shard present, readable, and of this checkpoint (headers only).
+    if (const int64_t n = index_shard_count(f, file); n > 0) {
+      (void)open_shards(file, shard_dir_of(file), n, m.layout_hash, m.step, -1);
+    }
+    return m;
+  });
+}
+
+int64_t checkpoint_shard_count(const std::string& path) {
+  const std::string file = checkpoint_file(path);
+  h5::File f = open_checkpoint(file);
+  return damaged_guard(file, [&] {
+    check_header(f, file);
+    return index_shard_count(f, file);
   });
 }
 
@@ -326,7 +769,11 @@ void verify_checkpoint(const std::string& path) {
   h5::File f = open_checkpoint(file);
   damaged_guard(file, [&] {
     check_header(f, file);
-    (void)read_meta(f, file);
+    const CheckpointMeta meta = read_meta(f, file);
+    if (const int64_t n = index_shard_count(f, file); n > 0) {
+      verify_sharded(f, file, meta, n);
+      return 0;
+    }
     std::vector<std::string> names;
     std::vector<float> buf;
     for (const char* group : kTensorGroups) {
@@ -374,6 +821,10 @@ CheckpointData read_checkpoint(const std::string& path, const ParamLayout& layou
           "different model config",
           file, d.meta.layout_hash, layout.hash()));
     }
+    if (const int64_t n = index_shard_count(f, file); n > 0) {
+      read_sharded(f, file, layout, n, d, with_optimizer);
+      return d;
+    }
     const auto total = static_cast<size_t>(layout.total());
     d.params.resize(total);
     for (const auto& t : layout.tensors()) {
@@ -391,29 +842,13 @@ CheckpointData read_checkpoint(const std::string& path, const ParamLayout& layou
   });
 }
 
-std::string publish_checkpoint(const std::string& run_dir, const ParamLayout& layout,
-                               const CheckpointData& data, int64_t keep) {
-  PTRAIN_ENFORCE(data.meta.step >= 0, "checkpoint step must be >= 0, got {}", data.meta.step);
-  const fs::path dir = fs::path(run_dir) / "checkpoints";
-  make_dirs(dir.string());
-  const std::string name = step_dir_name(data.meta.step);
+namespace {
+
+// Steps 2-4 of a publish: `tmp_dir` (complete, fsync'd) becomes DIR/name, `latest` moves to it,
+// old ones beyond `keep` are removed.
+void publish_dir(const fs::path& dir, const std::string& name, const fs::path& tmp_dir,
+                 int64_t keep) {
   const fs::path final_dir = dir / name;
-  const fs::path tmp_dir = dir / (name + ".tmp");
-
-  // 1. Write into step-N.tmp/, close, fsync the file and its folder.
-  remove_tree(tmp_dir);  // a stale one from a killed run
-  make_dirs(tmp_dir.string());
-  const std::string tmp_file = (tmp_dir / kFileName).string();
-  try {
-    write_checkpoint_file(tmp_file, layout, data);
-    fsync_path(tmp_file);
-    fsync_path(tmp_dir.string());
-  } catch (...) {
-    std::error_code ec;
-    fs::remove_all(tmp_dir, ec);
-    throw;
-  }
-
   // 2. Rename into place. A re-publish of the same step swaps the two directories atomically
   //    (RENAME_EXCHANGE), so `latest` never points at a missing or half directory.
   std::error_code ec;
@@ -466,7 +901,270 @@ std::string publish_checkpoint(const std::string& run_dir, const ParamLayout& la
       if (rec) spdlog::warn("cannot remove old checkpoint {}: {}", path.string(), rec.message());
     }
   }
+}
+
+}  // namespace
+
+std::string publish_checkpoint(const std::string& run_dir, const ParamLayout& layout,
+                               const CheckpointData& data, int64_t keep) {
+  PTRAIN_ENFORCE(data.meta.step >= 0, "checkpoint step must be >= 0, got {}", data.meta.step);
+  const fs::path dir = fs::path(run_dir) / "checkpoints";
+  make_dirs(dir.string());
+  const std::string name = step_dir_name(data.meta.step);
+  const fs::path final_dir = dir / name;
+  const fs::path tmp_dir = dir / (name + ".tmp");
+
+  // 1. Write into step-N.tmp/, close, fsync the file and its folder.
+  remove_tree(tmp_dir);  // a stale one from a killed run
+  make_dirs(tmp_dir.string());
+  const std::string tmp_file = (tmp_dir / kFileName).string();
+  try {
+    write_checkpoint_file(tmp_file, layout, data);
+    fsync_path(tmp_file);
+    fsync_path(tmp_dir.string());
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(tmp_dir, ec);
+    throw;
+  }
+  // 2-4.
+  publish_dir(dir, name, tmp_dir, keep);
   return final_dir.string();
+}
+
+// ---- Sharded checkpoints -----------------------------------------------------------------------
+
+std::string checkpoint_tmp_dir(const std::string& run_dir, int64_t step) {
+  PTRAIN_ENFORCE(step >= 0, "checkpoint step must be >= 0, got {}", step);
+  return (fs::path(run_dir) / "checkpoints" / (step_dir_name(step) + ".tmp")).string();
+}
+
+std::string begin_checkpoint(const std::string& run_dir, int64_t step) {
+  const std::string tmp = checkpoint_tmp_dir(run_dir, step);
+  make_dirs(fs::path(tmp).parent_path().string());
+  remove_tree(tmp);  // a stale one from a killed run
+  make_dirs(tmp);
+  fsync_path(fs::path(tmp).parent_path().string());
+  return tmp;
+}
+
+std::string shard_file_name(int64_t k) { return fmt::format("shard-{}.h5", k); }
+
+void write_checkpoint_shard(const std::string& tmp_dir, int64_t k, int64_t n_shards,
+                            const ParamLayout& layout, std::pair<int64_t, int64_t> range,
+                            std::span<const float> weights, std::span<const float> m,
+                            std::span<const float> v, int64_t step) {
+  const auto [begin, end] = range;
+  PTRAIN_ENFORCE(n_shards >= 1 && n_shards <= kMaxShards, "shard count {} outside 1..{}",
+                 n_shards, kMaxShards);
+  PTRAIN_ENFORCE(k >= 0 && k < n_shards, "shard index {} outside 0..{}", k, n_shards - 1);
+  PTRAIN_ENFORCE(step >= 0, "checkpoint step must be >= 0, got {}", step);
+  PTRAIN_ENFORCE(0 <= begin && begin <= end && end <= layout.total(),
+                 "shard {} range [{}, {}) outside [0, {})", k, begin, end, layout.total());
+  PTRAIN_ENFORCE(layout.is_row_boundary(begin) && layout.is_row_boundary(end),
+                 "shard {} range [{}, {}) cuts a row of a tensor (use ParamLayout::shard_ranges)",
+                 k, begin, end);
+  const auto size = static_cast<size_t>(end - begin);
+  PTRAIN_ENFORCE(weights.size() == size, "shard {}: {} weights, its range has {}", k,
+                 weights.size(), size);
+  PTRAIN_ENFORCE(m.empty() || m.size() == size, "shard {}: {} m, its range has {}", k, m.size(),
+                 size);
+  PTRAIN_ENFORCE(v.empty() || v.size() == size, "shard {}: {} v, its range has {}", k, v.size(),
+                 size);
+  std::error_code ec;
+  if (!fs::is_directory(tmp_dir, ec)) {
+    throw IoError(fmt::format("{}: no such checkpoint folder (begin_checkpoint creates it)",
+                              tmp_dir));
+  }
+  const std::string path = (fs::path(tmp_dir) / shard_file_name(k)).string();
+  h5::write_file_atomically(path, [&](h5::File& f) {
+    f.set_attr("format", kShardFormat);
+    f.set_attr("format_version", kCheckpointFormatVersion);
+    f.set_attr("shard_index", static_cast<int32_t>(k));
+    f.set_attr("shard_count", static_cast<int32_t>(n_shards));
+    f.set_attr("range_begin", begin);
+    f.set_attr("range_end", end);
+    f.set_attr("layout_hash", layout.hash());
+    f.set_attr("step", step);
+    f.set_attr("ptrain_version", PTRAIN_VERSION);
+    f.set_attr("created_utc", utc_now_iso8601());
+    h5::Group model = f.create_group("model");
+    h5::Group opt = f.create_group("optimizer");
+    h5::Group gm = opt.create_group("m");
+    h5::Group gv = opt.create_group("v");
+    std::vector<float> zeros;
+    for (const TensorSpec& t : layout.tensors()) {
+      const int64_t lo = std::max(begin, t.offset);
+      const int64_t hi = std::min(end, t.offset + t.count);
+      if (lo >= hi) continue;
+      const int64_t row = t.row_size();
+      std::vector<int64_t> shape = t.shape;
+      shape[0] = (hi - lo) / row;
+      const auto off = static_cast<size_t>(lo - begin);
+      const auto cnt = static_cast<size_t>(hi - lo);
+      auto put = [&](h5::Group& g, std::span<const float> src) {
+        std::span<const float> piece;
+        if (src.empty()) {
+          zeros.assign(cnt, 0.0f);
+          piece = zeros;
+        } else {
+          piece = src.subspan(off, cnt);
+        }
+        h5::Dataset ds = g.create_dataset(t.name, h5::DType::kFloat32, shape);
+        ds.write(piece);
+        ds.set_attr("row_begin", (lo - t.offset) / row);
+        ds.set_attr("crc32c", crc_of(piece));
+      };
+      put(model, weights);
+      put(gm, m);
+      put(gv, v);
+    }
+  });
+}
+
+std::string finish_sharded_checkpoint(const std::string& run_dir, const std::string& tmp_dir,
+                                      const ParamLayout& layout, const CheckpointMeta& meta,
+                                      int64_t n_shards, int64_t keep) {
+  PTRAIN_ENFORCE(n_shards >= 1 && n_shards <= kMaxShards, "shard count {} outside 1..{}",
+                 n_shards, kMaxShards);
+  const fs::path dir = fs::path(run_dir) / "checkpoints";
+  const std::string name = step_dir_name(meta.step);
+  const fs::path expect = checkpoint_tmp_dir(run_dir, meta.step);
+  std::error_code ec;
+  if (!fs::is_directory(tmp_dir, ec)) {
+    throw IoError(fmt::format("{}: no such checkpoint folder (begin_checkpoint creates it)",
+                              tmp_dir));
+  }
+  PTRAIN_ENFORCE(fs::equivalent(tmp_dir, expect, ec),
+                 "finish_sharded_checkpoint: {} is not the temp folder of step {} ({})", tmp_dir,
+                 meta.step, expect.string());
+  const std::string label = tmp_dir;
+  const std::string index = (fs::path(tmp_dir) / kFileName).string();
+  try {
+    // 1. Read every shard back: header against this layout and step, every piece's CRC32C; the
+    //    whole-tensor CRC32C continued piece by piece in row order.
+    std::vector<std::vector<uint32_t>> crcs;  // [group][tensor]
+    std::vector<std::vector<std::vector<Piece>>> pieces;
+    {
+      std::vector<Shard> shards =
+          open_shards(label, tmp_dir, n_shards, layout.hash(), meta.step, layout.total());
+      std::vector<int64_t> floats(static_cast<size_t>(n_shards), 0);
+      for (const char* group : kTensorGroups) {
+        crcs.emplace_back();
+        pieces.emplace_back();
+        for (const TensorSpec& t : layout.tensors()) {
+          const std::string rel = std::string(group) + "/" + t.name;
+          pieces.back().push_back(expected_pieces(label, t, shards));
+          crcs.back().push_back(
+              read_pieces(label, shards, rel, t.shape, pieces.back().back(), {}, floats));
+        }
+      }
+      for (Shard& s : shards) s.file.close();
+    }
+
+    // 2. The index: attributes, virtual datasets over the shards, tokenizer, data plan.
+    h5::write_file_atomically(index, [&](h5::File& f) {
+      write_root_attrs(f, layout, meta);
+      f.set_attr("shard_count", static_cast<int32_t>(n_shards));
+      const float nan = std::numeric_limits<float>::quiet_NaN();
+      h5::Group model = f.create_group("model");
+      h5::Group opt = f.create_group("optimizer");
+      h5::Group gm = opt.create_group("m");
+      h5::Group gv = opt.create_group("v");
+      h5::Group* groups[] = {&model, &gm, &gv};
+      for (size_t g = 0; g < 3; ++g) {
+        for (size_t i = 0; i < layout.tensors().size(); ++i) {
+          const TensorSpec& t = layout.tensors()[i];
+          const std::string rel = std::string(kTensorGroups[g]) + "/" + t.name;
+          std::vector<h5::VirtualMapping> maps;
+          for (const Piece& p : pieces[g][i]) {
+            h5::VirtualMapping vm;
+            vm.file = shard_file_name(p.shard);
+            vm.dataset = source_dataset(rel);
+            vm.start.assign(t.shape.size(), 0);
+            vm.start[0] = p.row_begin;
+            vm.count = t.shape;
+            vm.count[0] = p.rows;
+            maps.push_back(std::move(vm));
+          }
+          h5::Dataset ds =
+              groups[g]->create_virtual_dataset(t.name, h5::DType::kFloat32, t.shape, maps, nan);
+          ds.set_attr("crc32c", crcs[g][i]);
+        }
+      }
+      write_tokenizer_and_data(f, meta);
+    });
+
+    // 3. The index reads back: header, meta, every mapping exactly the pieces above.
+    {
+      h5::File f = open_checkpoint(index);
+      damaged_guard(index, [&] {
+        check_header(f, index);
+        const CheckpointMeta back = read_meta(f, index);
+        PTRAIN_ENFORCE(back.step == meta.step && back.layout_hash == layout.hash(),
+                       "{}: the index does not read back", index);
+        PTRAIN_ENFORCE(index_shard_count(f, index) == n_shards, "{}: shard_count differs", index);
+        for (size_t g = 0; g < 3; ++g) {
+          for (size_t i = 0; i < layout.tensors().size(); ++i) {
+            const TensorSpec& t = layout.tensors()[i];
+            const std::string rel = std::string(kTensorGroups[g]) + "/" + t.name;
+            h5::Dataset ds;
+            const uint64_t stored = index_tensor_crc(f, index, rel, &t.shape, ds);
+            if (stored != crcs[g][i] || mapped_pieces(index, ds, rel, t.shape, n_shards) != pieces[g][i]) {
+              throw CheckpointError(fmt::format("{}: tensor {} does not read back", index, rel));
+            }
+          }
+        }
+        return 0;
+      });
+      f.close();
+    }
+
+    // 4. Durable: every shard (their writers fsync'd them too), the index, the folder.
+    for (int64_t k = 0; k < n_shards; ++k) {
+      fsync_path((fs::path(tmp_dir) / shard_file_name(k)).string());
+    }
+    fsync_path(index);
+    fsync_path(tmp_dir);
+  } catch (...) {
+    std::error_code rec;
+    fs::remove_all(tmp_dir, rec);
+    throw;
+  }
+  // 5. Rename, `latest`, keep-K: as publish_checkpoint.
+  publish_dir(dir, name, fs::path(tmp_dir), keep);
+  return (dir / name).string();
+}
+
+std::string publish_sharded_checkpoint(const std::string& run_dir, const ParamLayout& layout,
+                                       const CheckpointData& data, int64_t n_shards,
+                                       int64_t keep) {
+  const auto total = static_cast<size_t>(layout.total());
+  PTRAIN_ENFORCE(data.params.size() == total, "checkpoint params: {} floats, the layout has {}",
+                 data.params.size(), total);
+  PTRAIN_ENFORCE(data.m.empty() || data.m.size() == total, "checkpoint m: {} floats, layout {}",
+                 data.m.size(), total);
+  PTRAIN_ENFORCE(data.v.empty() || data.v.size() == total, "checkpoint v: {} floats, layout {}",
+                 data.v.size(), total);
+  const std::string tmp = begin_checkpoint(run_dir, data.meta.step);
+  try {
+    const auto ranges = layout.shard_ranges(n_shards);
+    for (int64_t k = 0; k < n_shards; ++k) {
+      const auto [b, e] = ranges[static_cast<size_t>(k)];
+      auto slice = [&](const std::vector<float>& x) {
+        return x.empty() ? std::span<const float>()
+                         : std::span<const float>(x).subspan(static_cast<size_t>(b),
+                                                             static_cast<size_t>(e - b));
+      };
+      write_checkpoint_shard(tmp, k, n_shards, layout, ranges[static_cast<size_t>(k)],
+                             slice(data.params), slice(data.m), slice(data.v), data.meta.step);
+    }
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+  return finish_sharded_checkpoint(run_dir, tmp, layout, data.meta, n_shards, keep);
 }
 
 std::optional<std::string> find_latest_checkpoint(const std::string& run_dir) {

@@ -2,13 +2,25 @@
 // checkpoints/ folder: atomic publish (tmp dir, fsync, rename, then `latest`), keep-last-K,
 // fallback when `latest` is damaged. Readers refuse a wrong format version, a different layout
 // hash, a checksum mismatch or a truncated file, naming which (CheckpointError).
+//
+// Two forms, read by the same functions:
+// - single file: checkpoint.h5 holds every tensor (ptrain init, tools, publish_checkpoint);
+// - sharded: parameter server k writes shard-K.h5 (its slice of the weights and moments, as
+//   blocks of whole rows) and the coordinator writes checkpoint.h5 with the attributes,
+//   /tokenizer, /data and every tensor as an HDF5 virtual dataset over the shards (bare
+//   relative source names), so h5py/h5dump see the same file as the single-file form.
+//   ptrain's readers open and verify every shard themselves (a missing source would otherwise
+//   read as the fill value) and read the tensors from the shards, not through HDF5's virtual
+//   dataset resolution (so neither the cwd nor HDF5_VDS_PREFIX matters to them).
 #pragma once
 
 #include "common/tensor/param_layout.hpp"
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace ptrain {
@@ -75,5 +87,59 @@ std::string publish_checkpoint(const std::string& run_dir, const ParamLayout& la
 // *.tmp directories. nullopt when there is no checkpoint at all; CheckpointError when there are
 // step directories but none reads back (starting afresh would silently discard a run).
 std::optional<std::string> find_latest_checkpoint(const std::string& run_dir);
+
+// ---- Sharded checkpoints ------------------------------------------------------------------
+//
+// The order of calls for step N with S servers (one consistent cut: every server's state at
+// version N):
+//   coordinator: tmp = begin_checkpoint(run_dir, N);                   // creates the temp dir
+//   server k   : write_checkpoint_shard(tmp, k, S, layout, range_k, w, m, v, N);   // in parallel
+//   coordinator: (after every server reported success)
+//                finish_sharded_checkpoint(run_dir, tmp, layout, meta, S, keep);  // → published dir
+// A server on another host computes the same `tmp` with checkpoint_tmp_dir(run_dir, N) (a shared
+// file system) or is told it by the coordinator. Nothing is visible to readers before
+// finish_sharded_checkpoint renames the folder; a crash anywhere before leaves a *.tmp folder that
+// find_latest_checkpoint removes, and the previous `latest` untouched.
+
+// RUN_DIR/checkpoints/step-%08d.tmp (a pure function; creates nothing).
+std::string checkpoint_tmp_dir(const std::string& run_dir, int64_t step);
+
+// Coordinator: creates checkpoint_tmp_dir(run_dir, step) empty (removing a stale one left by a
+// killed run) and returns it.
+std::string begin_checkpoint(const std::string& run_dir, int64_t step);
+
+// "shard-K.h5".
+std::string shard_file_name(int64_t k);
+
+// Server k of n: writes TMP_DIR/shard-K.h5 atomically (shard-K.h5.tmp.<pid>, fsync, rename, fsync
+// the folder) with its slice [range.first, range.second) of the flat vector. `weights`, `m`, `v`
+// hold that slice (range size floats each; m and v may be empty: written as zeros). Every range
+// boundary must be a row boundary of the layout (ParamLayout::shard_ranges gives such ranges).
+// Safe to call from several threads at once (different k) or from several processes. TMP_DIR
+// must exist (begin_checkpoint). Throws IoError / InternalError; a failure leaves no shard-K.h5.
+void write_checkpoint_shard(const std::string& tmp_dir, int64_t k, int64_t n_shards,
+                            const ParamLayout& layout, std::pair<int64_t, int64_t> range,
+                            std::span<const float> weights, std::span<const float> m,
+                            std::span<const float> v, int64_t step);
+
+// Coordinator, once every shard is written: opens every shard and reads it back (header: index,
+// count, layout hash, step; every tensor piece's CRC32C), writes TMP_DIR/checkpoint.h5 (the
+// attributes from `meta` as write_checkpoint_file does, shard_count, /tokenizer, /data and the
+// virtual datasets with the whole-tensor crc32c), checks the index's mappings read back, fsyncs
+// everything and publishes the folder as publish_checkpoint does (rename, `latest`, keep-K).
+// Returns the published directory. On any problem throws CheckpointError naming the shard (or
+// IoError), removes TMP_DIR and leaves `latest` and every published checkpoint as they were.
+std::string finish_sharded_checkpoint(const std::string& run_dir, const std::string& tmp_dir,
+                                      const ParamLayout& layout, const CheckpointMeta& meta,
+                                      int64_t n_shards, int64_t keep);
+
+// Everything above in one process, from full vectors (tests, tools, the threads launcher): the
+// ranges are layout.shard_ranges(n_shards); shards are written one after another.
+std::string publish_sharded_checkpoint(const std::string& run_dir, const ParamLayout& layout,
+                                       const CheckpointData& data, int64_t n_shards, int64_t keep);
+
+// Number of shards of the checkpoint at `path` (0 for a single-file checkpoint). Reads the header
+// only.
+int64_t checkpoint_shard_count(const std::string& path);
 
 }  // namespace ptrain

@@ -391,6 +391,33 @@ void Dataset::read(std::span<uint8_t> d) const {
   dataset_io(*this, H5T_NATIVE_UINT8, d.data(), d.size(), false);
 }
 
+void Dataset::read_rows(int64_t row_begin, int64_t rows, std::span<float> out) const {
+  const std::vector<int64_t> dims = shape();
+  if (dims.empty()) throw InternalError(fmt::format("{}: read_rows on a scalar dataset", path_));
+  int64_t row = 1;
+  for (size_t i = 1; i < dims.size(); ++i) row *= dims[i];
+  if (row_begin < 0 || rows < 0 || row_begin + rows > dims[0] ||
+      static_cast<int64_t>(out.size()) != rows * row) {
+    throw InternalError(fmt::format("{}: reading rows [{}, {}) into {} floats; the dataset has {} "
+                                    "rows of {}",
+                                    path_, row_begin, row_begin + rows, out.size(), dims[0], row));
+  }
+  if (rows == 0) return;
+  std::vector<hsize_t> start(dims.size(), 0), count(dims.begin(), dims.end());
+  start[0] = static_cast<hsize_t>(row_begin);
+  count[0] = static_cast<hsize_t>(rows);
+  Temp file_space(PTRAIN_H5_CHECK(H5Dget_space(id_), "cannot read {}", path_), H5Sclose);
+  PTRAIN_H5_CHECK(H5Sselect_hyperslab(file_space.id, H5S_SELECT_SET, start.data(), nullptr,
+                                      count.data(), nullptr),
+                  "cannot select rows [{}, {}) of {}", row_begin, row_begin + rows, path_);
+  const hsize_t n = static_cast<hsize_t>(out.size());
+  Temp mem_space(PTRAIN_H5_CHECK(H5Screate_simple(1, &n, nullptr), "cannot read {}", path_),
+                 H5Sclose);
+  PTRAIN_H5_CHECK(H5Dread(id_, H5T_NATIVE_FLOAT, mem_space.id, file_space.id, H5P_DEFAULT,
+                          out.data()),
+                  "cannot read rows [{}, {}) of {}", row_begin, row_begin + rows, path_);
+}
+
 bool Dataset::is_virtual() const {
   Temp dcpl(PTRAIN_H5_CHECK(H5Dget_create_plist(id_), "cannot read the layout of {}", path_),
             H5Pclose);
@@ -416,6 +443,64 @@ std::vector<std::string> Dataset::virtual_sources() const {
                     "cannot read the mappings of {}", path_);
     name.resize(static_cast<size_t>(len));
     out.push_back(std::move(name));
+  }
+  return out;
+}
+
+std::vector<VirtualMapping> Dataset::virtual_mappings() const {
+  std::vector<VirtualMapping> out;
+  Temp dcpl(PTRAIN_H5_CHECK(H5Dget_create_plist(id_), "cannot read the layout of {}", path_),
+            H5Pclose);
+  if (PTRAIN_H5_CHECK(H5Pget_layout(dcpl.id), "cannot read the layout of {}", path_) !=
+      H5D_VIRTUAL) {
+    return out;
+  }
+  size_t count = 0;
+  PTRAIN_H5_CHECK(H5Pget_virtual_count(dcpl.id, &count), "cannot read the mappings of {}", path_);
+  auto get_string = [&](auto getter, size_t i) {
+    const ssize_t len = PTRAIN_H5_CHECK(getter(dcpl.id, i, nullptr, 0),
+                                        "cannot read the mappings of {}", path_);
+    std::string s(static_cast<size_t>(len) + 1, '\0');
+    PTRAIN_H5_CHECK(getter(dcpl.id, i, s.data(), s.size()), "cannot read the mappings of {}",
+                    path_);
+    s.resize(static_cast<size_t>(len));
+    return s;
+  };
+  for (size_t i = 0; i < count; ++i) {
+    VirtualMapping m;
+    m.file = get_string(H5Pget_virtual_filename, i);
+    m.dataset = get_string(H5Pget_virtual_dsetname, i);
+    Temp vspace(PTRAIN_H5_CHECK(H5Pget_virtual_vspace(dcpl.id, i),
+                                "cannot read the mappings of {}", path_),
+                H5Sclose);
+    const int rank = PTRAIN_H5_CHECK(H5Sget_simple_extent_ndims(vspace.id),
+                                     "cannot read the mappings of {}", path_);
+    std::vector<hsize_t> lo(static_cast<size_t>(rank)), hi(static_cast<size_t>(rank));
+    const H5S_sel_type sel = H5Sget_select_type(vspace.id);
+    hssize_t points = PTRAIN_H5_CHECK(H5Sget_select_npoints(vspace.id),
+                                      "cannot read the mappings of {}", path_);
+    if (rank > 0 && points > 0) {
+      PTRAIN_H5_CHECK(H5Sget_select_bounds(vspace.id, lo.data(), hi.data()),
+                      "cannot read the mappings of {}", path_);
+    }
+    hssize_t box = 1;
+    for (int d = 0; d < rank; ++d) {
+      m.start.push_back(static_cast<int64_t>(lo[static_cast<size_t>(d)]));
+      const int64_t ext = points > 0 ? static_cast<int64_t>(hi[static_cast<size_t>(d)] -
+                                                            lo[static_cast<size_t>(d)] + 1)
+                                     : 0;
+      m.count.push_back(ext);
+      box *= ext;
+    }
+    m.block = (sel == H5S_SEL_HYPERSLABS || sel == H5S_SEL_ALL) && points == box;
+    Temp sspace(PTRAIN_H5_CHECK(H5Pget_virtual_srcspace(dcpl.id, i),
+                                "cannot read the mappings of {}", path_),
+                H5Sclose);
+    const H5S_sel_type ssel = H5Sget_select_type(sspace.id);
+    const hssize_t spoints = H5Sget_select_npoints(sspace.id);
+    const hssize_t sextent = H5Sget_simple_extent_npoints(sspace.id);
+    m.source_all = ssel == H5S_SEL_ALL || (spoints >= 0 && spoints == sextent);
+    out.push_back(std::move(m));
   }
   return out;
 }
@@ -495,6 +580,44 @@ Dataset Location::create_dataset(const std::string& name, DType dtype,
   hid_t d = PTRAIN_H5_CHECK(H5Dcreate2(id_, name.c_str(), file_type(dtype), space.id, H5P_DEFAULT,
                                        H5P_DEFAULT, H5P_DEFAULT),
                             "cannot create dataset {}", p);
+  return Dataset(d, p);
+}
+
+Dataset Location::create_virtual_dataset(const std::string& name, DType dtype,
+                                         const std::vector<int64_t>& shape,
+                                         const std::vector<VirtualMapping>& mappings, double fill) {
+  const std::string p = join_path(path_, name);
+  if (shape.empty()) throw InternalError(fmt::format("{}: a virtual dataset needs a shape", p));
+  const std::vector<hsize_t> dims(shape.begin(), shape.end());
+  const int rank = static_cast<int>(dims.size());
+  Temp space(PTRAIN_H5_CHECK(H5Screate_simple(rank, dims.data(), nullptr),
+                             "cannot create a dataspace for {}", p),
+             H5Sclose);
+  Temp dcpl(PTRAIN_H5_CHECK(H5Pcreate(H5P_DATASET_CREATE), "cannot create {}", p), H5Pclose);
+  const hid_t ftype = file_type(dtype);
+  PTRAIN_H5_CHECK(H5Pset_fill_value(dcpl.id, H5T_NATIVE_DOUBLE, &fill),
+                  "cannot set the fill value of {}", p);
+  for (const VirtualMapping& m : mappings) {
+    if (m.start.size() != dims.size() || m.count.size() != dims.size()) {
+      throw InternalError(fmt::format("{}: a mapping from {}:{} has the wrong rank", p, m.file,
+                                      m.dataset));
+    }
+    const std::vector<hsize_t> start(m.start.begin(), m.start.end());
+    const std::vector<hsize_t> count(m.count.begin(), m.count.end());
+    Temp vspace(PTRAIN_H5_CHECK(H5Scopy(space.id), "cannot create {}", p), H5Sclose);
+    PTRAIN_H5_CHECK(H5Sselect_hyperslab(vspace.id, H5S_SELECT_SET, start.data(), nullptr,
+                                        count.data(), nullptr),
+                    "cannot select the block of {} read from {}:{}", p, m.file, m.dataset);
+    Temp sspace(PTRAIN_H5_CHECK(H5Screate_simple(rank, count.data(), nullptr),
+                                "cannot create {}", p),
+                H5Sclose);
+    PTRAIN_H5_CHECK(H5Pset_virtual(dcpl.id, vspace.id, m.file.c_str(), m.dataset.c_str(),
+                                   sspace.id),
+                    "cannot map {} to {}:{}", p, m.file, m.dataset);
+  }
+  hid_t d = PTRAIN_H5_CHECK(H5Dcreate2(id_, name.c_str(), ftype, space.id, H5P_DEFAULT, dcpl.id,
+                                       H5P_DEFAULT),
+                            "cannot create virtual dataset {}", p);
   return Dataset(d, p);
 }
 

@@ -79,6 +79,18 @@ class Object : public Handle {
   uint64_t attr_uint64(const std::string& name) const;
 };
 
+// One mapping of a virtual dataset: the block of the virtual dataset starting at `start` with
+// extent `count` (one entry per dimension) reads from dataset `dataset` of file `file`.
+struct VirtualMapping {
+  std::string file;              // source file name as stored ("." = the same file)
+  std::string dataset;           // source dataset path, e.g. "/model/transformer.wte.weight"
+  std::vector<int64_t> start;    // virtual block origin
+  std::vector<int64_t> count;    // virtual block extent
+  bool source_all = true;        // reading: the source selection is the whole source dataset
+  bool block = true;             // reading: the virtual selection is one rectangular block
+  bool operator==(const VirtualMapping&) const = default;
+};
+
 class Dataset : public Object {
  public:
   using Object::Object;
@@ -96,10 +108,16 @@ class Dataset : public Object {
   void read(std::span<int32_t> out) const;
   void read(std::span<uint8_t> out) const;
 
-  // Virtual datasets (later: sharded checkpoints). The source file names of its mappings as
-  // stored ("." = this file); empty for a non-virtual dataset.
+  // Reads `rows` whole rows (dimension 0) starting at row `row_begin`; out.size() must be
+  // rows × (product of the other dimensions). For a 1-D dataset a row is one element.
+  void read_rows(int64_t row_begin, int64_t rows, std::span<float> out) const;
+
+  // Virtual datasets (sharded checkpoints). The source file names of its mappings as stored
+  // ("." = this file); empty for a non-virtual dataset.
   bool is_virtual() const;
   std::vector<std::string> virtual_sources() const;
+  // Every mapping, in stored order; empty for a non-virtual dataset.
+  std::vector<VirtualMapping> virtual_mappings() const;
 };
 
 enum class ObjectKind { kMissing, kGroup, kDataset, kOther };
@@ -123,6 +141,15 @@ class Location : public Object {
   // A contiguous dataset; `shape` {} makes a scalar.
   Dataset create_dataset(const std::string& name, DType dtype, const std::vector<int64_t>& shape);
   Dataset open_dataset(const std::string& rel) const;
+  // A virtual dataset of `shape` whose blocks read from other datasets (each mapping's source
+  // selection is its whole source dataset, whose shape must equal the mapping's `count`). Source
+  // file names are stored as given: a bare name ("shard-0.h5") is found, when read, in the
+  // folder of the file holding the virtual dataset (HDF5 1.10 resolution order: see
+  // docs/formats.md). Elements no mapping covers, or whose source cannot be opened, read as
+  // `fill` (HDF5 does not report a missing source file).
+  Dataset create_virtual_dataset(const std::string& name, DType dtype,
+                                 const std::vector<int64_t>& shape,
+                                 const std::vector<VirtualMapping>& mappings, double fill);
   // Unlinks `rel` (the space is not reclaimed; used by tests and in-place repairs).
   void remove(const std::string& rel);
 };

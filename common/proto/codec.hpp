@@ -35,6 +35,12 @@ class ProtocolError : public Error {
   explicit ProtocolError(const std::string& what) : Error(ExitCode::kIo, what) {}
 };
 
+// The exit code a Failure message carries, trusted only within 1..127 (else kInternal): a
+// peer's failure must never turn into "success" or an out-of-range status here.
+inline ExitCode failure_code(const Failure& f) {
+  return f.code >= 1 && f.code <= 127 ? static_cast<ExitCode>(f.code) : ExitCode::kInternal;
+}
+
 struct DecoderLimits {
   uint64_t max_control_payload = 1ull << 20;  // non-bulk messages (small; 1 MiB)
   uint64_t max_bulk_payload = 16ull << 30;    // weights/gradients/moments (16 GiB)

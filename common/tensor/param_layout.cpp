@@ -7,6 +7,9 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
+#include <iterator>
+
 namespace ptrain {
 
 ModelDims model_dims(const ModelConfig& model, int64_t tokenizer_vocab) {
@@ -83,14 +86,43 @@ const TensorSpec& ParamLayout::find(const std::string& name) const {
   return *t;
 }
 
+int64_t TensorSpec::row_size() const {
+  if (shape.size() < 2 || shape[0] <= 0) return 1;
+  return count / shape[0];
+}
+
+int64_t ParamLayout::nearest_row_boundary(int64_t x) const {
+  PTRAIN_ENFORCE(x >= 0 && x <= total_, "offset {} outside [0, {}]", x, total_);
+  // The tensor whose [offset, offset + count) holds x (x == total: none; it is a boundary).
+  auto it = std::upper_bound(tensors_.begin(), tensors_.end(), x,
+                             [](int64_t v, const TensorSpec& t) { return v < t.offset; });
+  if (it == tensors_.begin()) return x;
+  const TensorSpec& t = *std::prev(it);
+  if (x >= t.offset + t.count) return x;  // x == total
+  const int64_t row = t.row_size();
+  const int64_t below = t.offset + (x - t.offset) / row * row;
+  const int64_t above = std::min(below + row, t.offset + t.count);
+  return (x - below <= above - x) ? below : above;
+}
+
+bool ParamLayout::is_row_boundary(int64_t x) const {
+  return x >= 0 && x <= total_ && nearest_row_boundary(x) == x;
+}
+
 std::vector<std::pair<int64_t, int64_t>> ParamLayout::shard_ranges(int64_t n) const {
   PTRAIN_ENFORCE(n >= 1, "shard count must be >= 1, got {}", n);
-  // Balanced by size; boundaries aligned to 16 floats (64 bytes) so shards start on cache lines.
+  // Balanced by size: boundary k is the row boundary nearest to the ideal total·k/n, so every
+  // boundary cuts the tensor it falls in between whole rows (sharded checkpoints store each
+  // server's piece of a tensor as a block of rows: a rectangular selection for HDF5's virtual
+  // datasets). A boundary is never more than half a row of that tensor from the ideal.
   std::vector<std::pair<int64_t, int64_t>> ranges;
   int64_t begin = 0;
   for (int64_t k = 0; k < n; ++k) {
-    int64_t end = (k + 1 == n) ? total_ : ((total_ * (k + 1)) / n) / 16 * 16;
-    if (end < begin) end = begin;
+    int64_t end = total_;
+    if (k + 1 < n) {
+      const int64_t ideal = static_cast<int64_t>((static_cast<__int128>(total_) * (k + 1)) / n);
+      end = std::max(begin, nearest_row_boundary(ideal));
+    }
     ranges.emplace_back(begin, end);
     begin = end;
   }

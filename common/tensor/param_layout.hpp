@@ -32,6 +32,10 @@ struct TensorSpec {
   int64_t offset = 0;          // into the flat vector, in floats
   int64_t count = 0;           // product of shape
   bool decay = false;          // AdamW weight decay applies (tensors with >= 2 dims)
+
+  // Floats in one row: the product of the dimensions after the first (1 for a 1-D tensor, whose
+  // "rows" are single elements). Shard boundaries fall between rows.
+  int64_t row_size() const;
 };
 
 class ParamLayout {
@@ -59,7 +63,14 @@ class ParamLayout {
   int64_t ln_f_b() const { return ln_f_b_; }
 
   // Splits [0,total) into `n` contiguous ranges balanced by size; range k is server k's shard.
+  // Every boundary falls on a row boundary of the tensor it cuts (see TensorSpec::row_size; a
+  // tensor's start and end are row boundaries), at most half a row of that tensor from the ideal
+  // total·k/n. Ranges may be empty when n exceeds the number of rows.
   std::vector<std::pair<int64_t, int64_t>> shard_ranges(int64_t n) const;
+  // The row boundary nearest to flat offset x in [0, total] (ties go down).
+  int64_t nearest_row_boundary(int64_t x) const;
+  // Whether flat offset x is a row boundary of the tensor holding it (0 and total are).
+  bool is_row_boundary(int64_t x) const;
 
  private:
   ModelDims dims_;
