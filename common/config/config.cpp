@@ -100,11 +100,14 @@ const Key kKeys[] = {
     {"cluster.launch", field<&Config::cluster, &ClusterConfig::launch>},
     {"cluster.sync", field<&Config::cluster, &ClusterConfig::sync>},
     {"cluster.staleness", field<&Config::cluster, &ClusterConfig::staleness>, at_least(0)},
+    {"cluster.heartbeat_s", field<&Config::cluster, &ClusterConfig::heartbeat_s>, above(0)},
+    {"cluster.peer_timeout_s", field<&Config::cluster, &ClusterConfig::peer_timeout_s>, above(0)},
     {"checkpoint.every_steps", field<&Config::checkpoint, &CheckpointConfig::every_steps>,
      at_least(0)},
     {"checkpoint.keep", field<&Config::checkpoint, &CheckpointConfig::keep>, at_least(1)},
     {"checkpoint.resume", field<&Config::checkpoint, &CheckpointConfig::resume>, {},
      {"auto", "never"}},
+    {"status.port", field<&Config::status, &StatusConfig::port>, Bounds{0, false, 65535, false}},
 };
 
 // Enum spellings; `built` = usable now. The others are refused with "not implemented yet" rather
@@ -116,7 +119,7 @@ struct Choice {
   bool built;
 };
 constexpr Choice<Launch> kLaunchChoices[] = {{Launch::kThreads, "threads", true},
-                                             {Launch::kProcesses, "processes", false}};
+                                             {Launch::kProcesses, "processes", true}};
 constexpr Choice<SyncMode> kSyncChoices[] = {{SyncMode::kBsp, "bsp", true},
                                              {SyncMode::kSsp, "ssp", false},
                                              {SyncMode::kAsync, "async", false}};
@@ -527,6 +530,12 @@ class Loader {
                        "at least one sequence per step",
                        c.train.batch_size, c.cluster.workers));
     }
+    if (c.cluster.peer_timeout_s < 2 * c.cluster.heartbeat_s) {
+      fail(where_of({"cluster.peer_timeout_s", "cluster.heartbeat_s"}),
+           fmt::format("cluster.peer_timeout_s ({}) must be >= 2 x cluster.heartbeat_s ({}): a "
+                       "peer would be declared lost between two heartbeats",
+                       c.cluster.peer_timeout_s, c.cluster.heartbeat_s));
+    }
     if (c.cluster.sync == SyncMode::kBsp && c.cluster.staleness != 0) {
       fail(where_of({"cluster.staleness"}),
            fmt::format("cluster.staleness: {} is not implemented yet (valid now: 0; bsp waits for "
@@ -561,7 +570,8 @@ std::string Config::to_yaml() const {
 
 bool Config::operator==(const Config& o) const {
   return run == o.run && data == o.data && model == o.model && train == o.train &&
-         optim == o.optim && cluster == o.cluster && checkpoint == o.checkpoint;
+         optim == o.optim && cluster == o.cluster && checkpoint == o.checkpoint &&
+         status == o.status;
 }
 
 Config parse_config_text(const std::string& yaml_text, const std::string& origin,

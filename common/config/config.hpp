@@ -65,9 +65,11 @@ struct OptimConfig {
 struct ClusterConfig {
   int64_t workers = 1;
   int64_t servers = 1;
-  Launch launch = Launch::kThreads;
+  Launch launch = Launch::kProcesses;
   SyncMode sync = SyncMode::kBsp;
   int64_t staleness = 0;
+  double heartbeat_s = 1.0;      // TCP roles: a heartbeat each way every this many seconds
+  double peer_timeout_s = 10.0;  // TCP roles: a peer silent this long is lost (the job stops)
 
   bool operator==(const ClusterConfig&) const = default;
 };
@@ -80,6 +82,12 @@ struct CheckpointConfig {
   bool operator==(const CheckpointConfig&) const = default;
 };
 
+struct StatusConfig {
+  int64_t port = 0;  // the coordinator's HTTP status port; 0 = a free port (RUN_DIR/status.addr)
+
+  bool operator==(const StatusConfig&) const = default;
+};
+
 struct Config {
   RunConfig run;
   DataConfig data;
@@ -88,6 +96,7 @@ struct Config {
   OptimConfig optim;
   ClusterConfig cluster;
   CheckpointConfig checkpoint;
+  StatusConfig status;
 
   std::string source;  // where it came from (file path, or "<checkpoint>" ...), for messages
 

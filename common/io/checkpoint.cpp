@@ -75,28 +75,34 @@ auto damaged_guard(const std::string& file, F&& f) {
   }
 }
 
-h5::File open_checkpoint(const std::string& file) {
-  std::error_code ec;
-  const auto st = fs::status(file, ec);
-  if (!fs::exists(st)) throw IoError(fmt::format("{}: no such checkpoint file", file));
-  if (!fs::is_regular_file(st)) throw IoError(fmt::format("{}: not a regular file", file));
-  if (!h5::has_hdf5_signature(file)) {
+// Opens an existing HDF5 file read-only; `who` starts every message ("FILE", or "INDEX: shard
+// PATH"). No signature or an HDF5 open failure: CheckpointError; a lock held by a writer: IoError.
+h5::File open_readonly(const std::string& path, const std::string& who) {
+  if (!h5::has_hdf5_signature(path)) {
     throw CheckpointError(fmt::format(
         "{}: not an HDF5 file (no HDF5 signature at its start; truncated or not a checkpoint)",
-        file));
+        who));
   }
   try {
-    return h5::File::open(file, h5::Access::kReadOnly);
+    return h5::File::open(path, h5::Access::kReadOnly);
   } catch (const IoError& e) {
     const std::string what = e.what();
     if (what.find("unable to lock") != std::string::npos) {
       throw IoError(fmt::format(
           "{}: cannot open, the file is locked (is it being written?). On file systems without "
           "locking set HDF5_USE_FILE_LOCKING=FALSE. {}",
-          file, what));
+          who, what));
     }
-    throw CheckpointError(fmt::format("{}: truncated or damaged: {}", file, what));
+    throw CheckpointError(fmt::format("{}: truncated or damaged: {}", who, what));
   }
+}
+
+h5::File open_checkpoint(const std::string& file) {
+  std::error_code ec;
+  const auto st = fs::status(file, ec);
+  if (!fs::exists(st)) throw IoError(fmt::format("{}: no such checkpoint file", file));
+  if (!fs::is_regular_file(st)) throw IoError(fmt::format("{}: not a regular file", file));
+  return open_readonly(file, file);
 }
 
 // format + format_version, the first things checked.
@@ -174,37 +180,54 @@ void check_virtual_sources(const h5::Dataset& ds, const std::string& file, const
   }
 }
 
-// Reads group/name into `dst`, checking presence, dtype, shape and CRC32C.
-void read_tensor(const h5::File& f, const std::string& file, const std::string& group,
-                 const TensorSpec& t, std::span<float> dst) {
-  const std::string rel = group + "/" + t.name;
+// Opens tensor `rel` ("model/<name>") of a checkpoint: present, float32, of `expect_shape` (when
+// given), with a crc32c attribute (returned in `stored`).
+h5::Dataset open_tensor(const h5::File& f, const std::string& file, const std::string& rel,
+                        const std::vector<int64_t>* expect_shape, uint64_t& stored) {
   if (f.kind(rel) != h5::ObjectKind::kDataset) {
     throw CheckpointError(fmt::format("{}: tensor {} is missing", file, rel));
   }
-  const h5::Dataset ds = f.open_dataset(rel);
+  h5::Dataset ds = f.open_dataset(rel);
   const h5::TypeInfo type = ds.type();
   if (type.dtype != h5::DType::kFloat32) {
     throw CheckpointError(
         fmt::format("{}: tensor {} is {}, expected float32", file, rel, type.describe()));
   }
-  const std::vector<int64_t> shape = ds.shape();
-  if (shape != t.shape) {
-    throw CheckpointError(fmt::format("{}: tensor {} has shape [{}], expected [{}]", file, rel,
-                                      fmt::join(shape, ", "), fmt::join(t.shape, ", ")));
+  if (expect_shape != nullptr) {
+    const std::vector<int64_t> shape = ds.shape();
+    if (shape != *expect_shape) {
+      throw CheckpointError(fmt::format("{}: tensor {} has shape [{}], expected [{}]", file, rel,
+                                        fmt::join(shape, ", "), fmt::join(*expect_shape, ", ")));
+    }
   }
   if (!ds.has_attr("crc32c")) {
     throw CheckpointError(fmt::format("{}: tensor {} has no crc32c attribute", file, rel));
   }
-  const uint64_t stored = ds.attr_uint64("crc32c");
-  check_virtual_sources(ds, file, rel);
-  ds.read(dst);
-  const uint32_t actual = crc_of(dst);
+  stored = ds.attr_uint64("crc32c");
+  return ds;
+}
+
+// `actual`, the CRC32C of the whole tensor `rel`, must be the stored one.
+void check_crc(const std::string& file, const std::string& rel, uint64_t stored, uint32_t actual,
+               bool sharded) {
   if (stored != actual) {
     throw CheckpointError(fmt::format(
-        "{}: tensor {} fails its checksum (crc32c stored {:#010x}, computed {:#010x}): the file is "
+        "{}: tensor {} fails its checksum (crc32c stored {:#010x}, computed {}{:#010x}): the {} is "
         "damaged",
-        file, rel, stored, actual));
+        file, rel, stored, sharded ? "over its shards " : "", actual,
+        sharded ? "checkpoint" : "file"));
   }
+}
+
+// Reads group/name of a single-file checkpoint into `dst`, checking presence, dtype, shape and
+// CRC32C.
+void read_tensor(const h5::File& f, const std::string& file, const std::string& rel,
+                 const std::vector<int64_t>& shape, std::span<float> dst) {
+  uint64_t stored = 0;
+  const h5::Dataset ds = open_tensor(f, file, rel, &shape, stored);
+  check_virtual_sources(ds, file, rel);
+  ds.read(dst);
+  check_crc(file, rel, stored, crc_of(dst), false);
 }
 
 void write_tensor(h5::Group& g, const TensorSpec& t, std::span<const float> v) {
@@ -239,7 +262,8 @@ void write_tokenizer_and_data(h5::File& f, const CheckpointMeta& meta) {
   }
 }
 
-void write_checkpoint(h5::File& f, const ParamLayout& layout, const CheckpointData& data) {
+// params: layout.total() floats; m and v the same or empty.
+void check_sizes(const ParamLayout& layout, const CheckpointData& data) {
   const auto total = static_cast<size_t>(layout.total());
   PTRAIN_ENFORCE(data.params.size() == total, "checkpoint params: {} floats, the layout has {}",
                  data.params.size(), total);
@@ -247,6 +271,10 @@ void write_checkpoint(h5::File& f, const ParamLayout& layout, const CheckpointDa
                  data.m.size(), total);
   PTRAIN_ENFORCE(data.v.empty() || data.v.size() == total, "checkpoint v: {} floats, layout {}",
                  data.v.size(), total);
+}
+
+void write_checkpoint(h5::File& f, const ParamLayout& layout, const CheckpointData& data) {
+  check_sizes(layout, data);
   write_root_attrs(f, layout, data.meta);
 
   {
@@ -384,24 +412,7 @@ std::vector<Shard> open_shards(const std::string& label, const fs::path& dir, in
     if (!fs::is_regular_file(st)) {
       throw CheckpointError(fmt::format("{}: shard {} is not a regular file", label, s.path));
     }
-    if (!h5::has_hdf5_signature(s.path)) {
-      throw CheckpointError(fmt::format(
-          "{}: shard {} is not an HDF5 file (no HDF5 signature at its start; truncated or damaged)",
-          label, s.path));
-    }
-    try {
-      s.file = h5::File::open(s.path, h5::Access::kReadOnly);
-    } catch (const IoError& e) {
-      const std::string what = e.what();
-      if (what.find("unable to lock") != std::string::npos) {
-        throw IoError(fmt::format(
-            "{}: cannot open shard {}, the file is locked (is it being written?). On file "
-            "systems without locking set HDF5_USE_FILE_LOCKING=FALSE. {}",
-            label, s.path, what));
-      }
-      throw CheckpointError(
-          fmt::format("{}: shard {} is truncated or damaged: {}", label, s.path, what));
-    }
+    s.file = open_readonly(s.path, fmt::format("{}: shard {}", label, s.path));
     shard_guard(label, s.path, [&] {
       const h5::File& f = s.file;
       auto refuse = [&](const std::string& why) {
@@ -467,23 +478,31 @@ int64_t row_size_of(const std::vector<int64_t>& shape) {
   return r;
 }
 
-// The pieces of tensor `t` implied by the shards' ranges (in shard order = row order). Throws
-// CheckpointError when a range boundary cuts a row of `t`.
+// The rows of tensor `t` that flat range [begin, end) holds, as a piece of shard k (rows == 0:
+// none). Throws CheckpointError naming `who` when the range cuts a row of `t`.
+Piece piece_in_range(const TensorSpec& t, int64_t k, int64_t begin, int64_t end,
+                     const std::string& who) {
+  const int64_t lo = std::max(begin, t.offset);
+  const int64_t hi = std::min(end, t.offset + t.count);
+  if (lo >= hi) return Piece{k, 0, 0};
+  const int64_t row = t.row_size();
+  if ((lo - t.offset) % row != 0 || (hi - t.offset) % row != 0) {
+    throw CheckpointError(fmt::format(
+        "{} has range [{}, {}), which cuts a row of {} (rows of {} floats): sharded checkpoints "
+        "need row-aligned ranges",
+        who, begin, end, t.name, row));
+  }
+  return Piece{k, (lo - t.offset) / row, (hi - lo) / row};
+}
+
+// The pieces of tensor `t` implied by the shards' ranges, in shard order (= row order).
 std::vector<Piece> expected_pieces(const std::string& label, const TensorSpec& t,
                                    const std::vector<Shard>& shards) {
   std::vector<Piece> out;
-  const int64_t row = t.row_size();
   for (const Shard& s : shards) {
-    const int64_t lo = std::max(s.begin, t.offset);
-    const int64_t hi = std::min(s.end, t.offset + t.count);
-    if (lo >= hi) continue;
-    if ((lo - t.offset) % row != 0 || (hi - t.offset) % row != 0) {
-      throw CheckpointError(fmt::format(
-          "{}: shard {} has range [{}, {}), which cuts a row of {} (rows of {} floats): sharded "
-          "checkpoints need row-aligned ranges",
-          label, s.path, s.begin, s.end, t.name, row));
-    }
-    out.push_back(Piece{s.k, (lo - t.offset) / row, (hi - lo) / row});
+    const Piece p =
+        piece_in_range(t, s.k, s.begin, s.end, fmt::format("{}: shard {}", label, s.path));
+    if (p.rows > 0) out.push_back(p);
   }
   return out;
 }
@@ -510,9 +529,13 @@ std::vector<Piece> mapped_pieces(const std::string& file, const h5::Dataset& ds,
     for (int64_t j = 0; j < n; ++j) {
       if (m.file == shard_file_name(j)) k = j;
     }
-    if (k < 0) refuse(fmt::format("a mapping reads from \"{}\", not one of shard-0.h5 … shard-{}.h5", m.file, n - 1));
+    if (k < 0) {
+      refuse(fmt::format("a mapping reads from \"{}\", not one of shard-0.h5 … shard-{}.h5",
+                         m.file, n - 1));
+    }
     if (m.dataset != source_dataset(rel) && m.dataset != rel) {
-      refuse(fmt::format("a mapping reads {}:{}, expected {}", m.file, m.dataset, source_dataset(rel)));
+      refuse(fmt::format("a mapping reads {}:{}, expected {}", m.file, m.dataset,
+                         source_dataset(rel)));
     }
     if (!m.block || !m.source_all || m.start.size() != shape.size() ||
         m.count.size() != shape.size()) {
@@ -586,7 +609,8 @@ uint32_t read_pieces(const std::string& label, std::vector<Shard>& shards, const
         piece = crc32c(out.data(), out.size_bytes());
         whole = crc32c(out.data(), out.size_bytes(), whole);
       } else {
-        const int64_t step_rows = std::max<int64_t>(1, kVerifyChunkFloats / std::max<int64_t>(1, row));
+        const int64_t step_rows =
+            std::max<int64_t>(1, kVerifyChunkFloats / std::max<int64_t>(1, row));
         for (int64_t r = 0; r < p.rows; r += step_rows) {
           const int64_t nr = std::min(step_rows, p.rows - r);
           buf.resize(static_cast<size_t>(nr * row));
@@ -607,118 +631,40 @@ uint32_t read_pieces(const std::string& label, std::vector<Shard>& shards, const
   return whole;
 }
 
-// The index's dataset `rel` must be float32 of `shape` with a crc32c attribute; returns it.
-uint64_t index_tensor_crc(const h5::File& f, const std::string& file, const std::string& rel,
-                          const std::vector<int64_t>* expect_shape, h5::Dataset& ds) {
-  if (f.kind(rel) != h5::ObjectKind::kDataset) {
-    throw CheckpointError(fmt::format("{}: tensor {} is missing", file, rel));
+// The per-shard float counts of one tensor group must be the shards' range sizes, and the shards
+// must cover exactly the group's `total` floats.
+void check_shard_totals(const std::string& file, const std::vector<Shard>& shards,
+                        const std::vector<int64_t>& floats, const char* group, int64_t total) {
+  for (const Shard& s : shards) {
+    if (floats[static_cast<size_t>(s.k)] != s.end - s.begin) {
+      throw CheckpointError(fmt::format(
+          "{}: shard {} has range [{}, {}) ({} floats), but /{} maps {} floats to it", file,
+          s.path, s.begin, s.end, s.end - s.begin, group, floats[static_cast<size_t>(s.k)]));
+    }
   }
-  ds = f.open_dataset(rel);
-  const h5::TypeInfo type = ds.type();
-  if (type.dtype != h5::DType::kFloat32) {
-    throw CheckpointError(
-        fmt::format("{}: tensor {} is {}, expected float32", file, rel, type.describe()));
+  if (shards.back().end != total) {
+    throw CheckpointError(fmt::format("{}: the shards cover [0, {}), the tensors of /{} hold {} "
+                                      "floats",
+                                      file, shards.back().end, group, total));
   }
-  const std::vector<int64_t> shape = ds.shape();
-  if (expect_shape != nullptr && shape != *expect_shape) {
-    throw CheckpointError(fmt::format("{}: tensor {} has shape [{}], expected [{}]", file, rel,
-                                      fmt::join(shape, ", "), fmt::join(*expect_shape, ", ")));
-  }
-  if (shape.empty()) {
-    throw CheckpointError(fmt::format("{}: tensor {} is a scalar", file, rel));
-  }
-  if (!ds.has_attr("crc32c")) {
-    throw CheckpointError(fmt::format("{}: tensor {} has no crc32c attribute", file, rel));
-  }
-  return ds.attr_uint64("crc32c");
 }
 
-void check_whole_crc(const std::string& file, const std::string& rel, uint64_t stored,
-                     uint32_t actual) {
-  if (stored != actual) {
+// Reads tensor `rel` of a sharded checkpoint into `dst` from the shards: the index's mappings
+// must be exactly the pieces the shards' ranges imply; every piece's and the whole CRC32C is
+// checked.
+void read_sharded_tensor(const h5::File& f, const std::string& file, std::vector<Shard>& shards,
+                         const std::string& rel, const TensorSpec& t, std::span<float> dst,
+                         std::vector<int64_t>& floats) {
+  uint64_t stored = 0;
+  const h5::Dataset ds = open_tensor(f, file, rel, &t.shape, stored);
+  const auto n = static_cast<int64_t>(shards.size());
+  const std::vector<Piece> mapped = mapped_pieces(file, ds, rel, t.shape, n);
+  if (mapped != expected_pieces(file, t, shards)) {
     throw CheckpointError(fmt::format(
-        "{}: tensor {} fails its checksum (crc32c stored {:#010x}, computed over its shards "
-        "{:#010x}): the checkpoint is damaged",
-        file, rel, stored, actual));
+        "{}: tensor {}: its virtual dataset's mappings do not match the shards' ranges", file,
+        rel));
   }
-}
-
-// read_checkpoint for a sharded index: tensors of `layout` from the shards, every check.
-void read_sharded(const h5::File& f, const std::string& file, const ParamLayout& layout,
-                  int64_t n, CheckpointData& d, bool with_optimizer) {
-  std::vector<Shard> shards = open_shards(file, shard_dir_of(file), n, d.meta.layout_hash,
-                                          d.meta.step, layout.total());
-  const auto total = static_cast<size_t>(layout.total());
-  std::vector<int64_t> floats(static_cast<size_t>(n), 0);
-  for (const char* group : kTensorGroups) {
-    const bool is_model = std::strcmp(group, "model") == 0;
-    if (!is_model && !with_optimizer) continue;
-    std::vector<float>& out = is_model                                        ? d.params
-                              : std::strcmp(group, "optimizer/m") == 0 ? d.m
-                                                                        : d.v;
-    out.resize(total);
-    for (const TensorSpec& t : layout.tensors()) {
-      const std::string rel = std::string(group) + "/" + t.name;
-      h5::Dataset ds;
-      const uint64_t stored = index_tensor_crc(f, file, rel, &t.shape, ds);
-      const std::vector<Piece> mapped = mapped_pieces(file, ds, rel, t.shape, n);
-      const std::vector<Piece> expected = expected_pieces(file, t, shards);
-      if (mapped != expected) {
-        throw CheckpointError(fmt::format(
-            "{}: tensor {}: its virtual dataset's mappings do not match the shards' ranges", file,
-            rel));
-      }
-      const uint32_t actual = read_pieces(
-          file, shards, rel, t.shape, mapped,
-          std::span<float>(out).subspan(static_cast<size_t>(t.offset), static_cast<size_t>(t.count)),
-          floats);
-      check_whole_crc(file, rel, stored, actual);
-    }
-  }
-}
-
-// verify_checkpoint for a sharded index: no layout; tensors as the index lists them.
-void verify_sharded(const h5::File& f, const std::string& file, const CheckpointMeta& meta,
-                    int64_t n) {
-  std::vector<Shard> shards =
-      open_shards(file, shard_dir_of(file), n, meta.layout_hash, meta.step, -1);
-  std::vector<std::string> names;
-  for (const char* group : kTensorGroups) {
-    if (f.kind(group) != h5::ObjectKind::kGroup) {
-      throw CheckpointError(fmt::format("{}: group /{} is missing", file, group));
-    }
-    const std::vector<std::string> here = f.open_group(group).children();
-    if (group == kTensorGroups[0]) {
-      names = here;
-      if (names.empty()) throw CheckpointError(fmt::format("{}: /model holds no tensors", file));
-    } else if (here != names) {
-      throw CheckpointError(
-          fmt::format("{}: /{} does not hold the same tensors as /model", file, group));
-    }
-    std::vector<int64_t> floats(static_cast<size_t>(n), 0);
-    int64_t sum = 0;
-    for (const auto& name : here) {
-      const std::string rel = std::string(group) + "/" + name;
-      h5::Dataset ds;
-      const uint64_t stored = index_tensor_crc(f, file, rel, nullptr, ds);
-      const std::vector<int64_t> shape = ds.shape();
-      const std::vector<Piece> mapped = mapped_pieces(file, ds, rel, shape, n);
-      check_whole_crc(file, rel, stored, read_pieces(file, shards, rel, shape, mapped, {}, floats));
-      sum += rows_of(shape) * row_size_of(shape);
-    }
-    for (const Shard& s : shards) {
-      if (floats[static_cast<size_t>(s.k)] != s.end - s.begin) {
-        throw CheckpointError(fmt::format(
-            "{}: shard {} has range [{}, {}) ({} floats), but /{} maps {} floats to it", file,
-            s.path, s.begin, s.end, s.end - s.begin, group, floats[static_cast<size_t>(s.k)]));
-      }
-    }
-    if (shards.back().end != sum) {
-      throw CheckpointError(fmt::format("{}: the shards cover [0, {}), the tensors of /{} hold {} "
-                                        "floats",
-                                        file, shards.back().end, group, sum));
-    }
-  }
+  check_crc(file, rel, stored, read_pieces(file, shards, rel, t.shape, mapped, dst, floats), true);
 }
 
 }  // namespace
@@ -770,10 +716,9 @@ void verify_checkpoint(const std::string& path) {
   damaged_guard(file, [&] {
     check_header(f, file);
     const CheckpointMeta meta = read_meta(f, file);
-    if (const int64_t n = index_shard_count(f, file); n > 0) {
-      verify_sharded(f, file, meta, n);
-      return 0;
-    }
+    const int64_t n = index_shard_count(f, file);
+    std::vector<Shard> shards;
+    if (n > 0) shards = open_shards(file, shard_dir_of(file), n, meta.layout_hash, meta.step, -1);
     std::vector<std::string> names;
     std::vector<float> buf;
     for (const char* group : kTensorGroups) {
@@ -789,19 +734,31 @@ void verify_checkpoint(const std::string& path) {
         throw CheckpointError(
             fmt::format("{}: /{} does not hold the same tensors as /model", file, group));
       }
+      std::vector<int64_t> floats(static_cast<size_t>(n), 0);
+      int64_t group_total = 0;
       for (const auto& name : here) {
         const std::string rel = std::string(group) + "/" + name;
         if (f.kind(rel) != h5::ObjectKind::kDataset) {
           throw CheckpointError(fmt::format("{}: {} is not a dataset", file, rel));
         }
-        TensorSpec t;
-        t.name = name;
-        t.shape = f.open_dataset(rel).shape();
-        t.count = 1;
-        for (int64_t d : t.shape) t.count *= d;
-        buf.resize(static_cast<size_t>(t.count));
-        read_tensor(f, file, group, t, buf);
+        const std::vector<int64_t> shape = f.open_dataset(rel).shape();
+        int64_t count = 1;
+        for (int64_t d : shape) count *= d;
+        group_total += count;
+        if (n == 0) {
+          buf.resize(static_cast<size_t>(count));
+          read_tensor(f, file, rel, shape, buf);
+          continue;
+        }
+        // Sharded, no layout at hand: the index's mappings say where each piece is; they are
+        // checked to tile the tensor and, below, to add up to each shard's range.
+        uint64_t stored = 0;
+        const h5::Dataset ds = open_tensor(f, file, rel, &shape, stored);
+        const std::vector<Piece> mapped = mapped_pieces(file, ds, rel, shape, n);
+        check_crc(file, rel, stored, read_pieces(file, shards, rel, shape, mapped, {}, floats),
+                  true);
       }
+      if (n > 0) check_shard_totals(file, shards, floats, group, group_total);
     }
     return 0;
   });
@@ -821,22 +778,29 @@ CheckpointData read_checkpoint(const std::string& path, const ParamLayout& layou
           "different model config",
           file, d.meta.layout_hash, layout.hash()));
     }
-    if (const int64_t n = index_shard_count(f, file); n > 0) {
-      read_sharded(f, file, layout, n, d, with_optimizer);
-      return d;
+    const int64_t n = index_shard_count(f, file);
+    std::vector<Shard> shards;
+    if (n > 0) {
+      shards = open_shards(file, shard_dir_of(file), n, d.meta.layout_hash, d.meta.step,
+                           layout.total());
     }
-    const auto total = static_cast<size_t>(layout.total());
-    d.params.resize(total);
-    for (const auto& t : layout.tensors()) {
-      read_tensor(f, file, "model", t, std::span<float>(d.params).subspan(t.offset, t.count));
-    }
-    if (with_optimizer) {
-      d.m.resize(total);
-      d.v.resize(total);
+    std::vector<int64_t> floats(static_cast<size_t>(n), 0);
+    auto read_group = [&](const std::string& group, std::vector<float>& out) {
+      out.resize(static_cast<size_t>(layout.total()));
       for (const auto& t : layout.tensors()) {
-        read_tensor(f, file, "optimizer/m", t, std::span<float>(d.m).subspan(t.offset, t.count));
-        read_tensor(f, file, "optimizer/v", t, std::span<float>(d.v).subspan(t.offset, t.count));
+        const std::string rel = group + "/" + t.name;
+        const std::span<float> dst = std::span<float>(out).subspan(t.offset, t.count);
+        if (n == 0) {
+          read_tensor(f, file, rel, t.shape, dst);
+        } else {
+          read_sharded_tensor(f, file, shards, rel, t, dst, floats);
+        }
       }
+    };
+    read_group("model", d.params);
+    if (with_optimizer) {
+      read_group("optimizer/m", d.m);
+      read_group("optimizer/v", d.v);
     }
     return d;
   });
@@ -988,36 +952,32 @@ void write_checkpoint_shard(const std::string& tmp_dir, int64_t k, int64_t n_sha
     f.set_attr("step", step);
     f.set_attr("ptrain_version", PTRAIN_VERSION);
     f.set_attr("created_utc", utc_now_iso8601());
-    h5::Group model = f.create_group("model");
-    h5::Group opt = f.create_group("optimizer");
-    h5::Group gm = opt.create_group("m");
-    h5::Group gv = opt.create_group("v");
+    f.create_group("optimizer");
+    const std::span<const float> sources[] = {weights, m, v};  // in kTensorGroups' order
+    std::vector<h5::Group> groups;
+    for (const char* g : kTensorGroups) groups.push_back(f.create_group(g));
     std::vector<float> zeros;
     for (const TensorSpec& t : layout.tensors()) {
-      const int64_t lo = std::max(begin, t.offset);
-      const int64_t hi = std::min(end, t.offset + t.count);
-      if (lo >= hi) continue;
+      const Piece p = piece_in_range(t, k, begin, end, path);
+      if (p.rows == 0) continue;
       const int64_t row = t.row_size();
       std::vector<int64_t> shape = t.shape;
-      shape[0] = (hi - lo) / row;
-      const auto off = static_cast<size_t>(lo - begin);
-      const auto cnt = static_cast<size_t>(hi - lo);
-      auto put = [&](h5::Group& g, std::span<const float> src) {
+      shape[0] = p.rows;
+      const auto offset = static_cast<size_t>(t.offset + p.row_begin * row - begin);
+      const auto count = static_cast<size_t>(p.rows * row);
+      for (size_t g = 0; g < groups.size(); ++g) {
         std::span<const float> piece;
-        if (src.empty()) {
-          zeros.assign(cnt, 0.0f);
+        if (sources[g].empty()) {
+          zeros.assign(count, 0.0f);
           piece = zeros;
         } else {
-          piece = src.subspan(off, cnt);
+          piece = sources[g].subspan(offset, count);
         }
-        h5::Dataset ds = g.create_dataset(t.name, h5::DType::kFloat32, shape);
+        h5::Dataset ds = groups[g].create_dataset(t.name, h5::DType::kFloat32, shape);
         ds.write(piece);
-        ds.set_attr("row_begin", (lo - t.offset) / row);
+        ds.set_attr("row_begin", p.row_begin);
         ds.set_attr("crc32c", crc_of(piece));
-      };
-      put(model, weights);
-      put(gm, m);
-      put(gv, v);
+      }
     }
   });
 }
@@ -1043,95 +1003,81 @@ std::string finish_sharded_checkpoint(const std::string& run_dir, const std::str
   try {
     // 1. Read every shard back: header against this layout and step, every piece's CRC32C; the
     //    whole-tensor CRC32C continued piece by piece in row order.
-    std::vector<std::vector<uint32_t>> crcs;  // [group][tensor]
-    std::vector<std::vector<std::vector<Piece>>> pieces;
+    struct Entry {
+      size_t group;  // into kTensorGroups
+      const TensorSpec* t;
+      std::string rel;
+      std::vector<Piece> pieces;
+      uint32_t crc;
+    };
+    std::vector<Entry> entries;
     {
       std::vector<Shard> shards =
           open_shards(label, tmp_dir, n_shards, layout.hash(), meta.step, layout.total());
       std::vector<int64_t> floats(static_cast<size_t>(n_shards), 0);
-      for (const char* group : kTensorGroups) {
-        crcs.emplace_back();
-        pieces.emplace_back();
+      for (size_t g = 0; g < std::size(kTensorGroups); ++g) {
         for (const TensorSpec& t : layout.tensors()) {
-          const std::string rel = std::string(group) + "/" + t.name;
-          pieces.back().push_back(expected_pieces(label, t, shards));
-          crcs.back().push_back(
-              read_pieces(label, shards, rel, t.shape, pieces.back().back(), {}, floats));
+          Entry e{g, &t, std::string(kTensorGroups[g]) + "/" + t.name, {}, 0};
+          e.pieces = expected_pieces(label, t, shards);
+          e.crc = read_pieces(label, shards, e.rel, t.shape, e.pieces, {}, floats);
+          entries.push_back(std::move(e));
         }
       }
-      for (Shard& s : shards) s.file.close();
     }
 
-    // 2. The index: attributes, virtual datasets over the shards, tokenizer, data plan.
+    // 2. The index (written, fsync'd and renamed into the folder atomically): attributes,
+    //    virtual datasets over the shards, tokenizer, data plan.
     h5::write_file_atomically(index, [&](h5::File& f) {
       write_root_attrs(f, layout, meta);
       f.set_attr("shard_count", static_cast<int32_t>(n_shards));
-      const float nan = std::numeric_limits<float>::quiet_NaN();
-      h5::Group model = f.create_group("model");
-      h5::Group opt = f.create_group("optimizer");
-      h5::Group gm = opt.create_group("m");
-      h5::Group gv = opt.create_group("v");
-      h5::Group* groups[] = {&model, &gm, &gv};
-      for (size_t g = 0; g < 3; ++g) {
-        for (size_t i = 0; i < layout.tensors().size(); ++i) {
-          const TensorSpec& t = layout.tensors()[i];
-          const std::string rel = std::string(kTensorGroups[g]) + "/" + t.name;
-          std::vector<h5::VirtualMapping> maps;
-          for (const Piece& p : pieces[g][i]) {
-            h5::VirtualMapping vm;
-            vm.file = shard_file_name(p.shard);
-            vm.dataset = source_dataset(rel);
-            vm.start.assign(t.shape.size(), 0);
-            vm.start[0] = p.row_begin;
-            vm.count = t.shape;
-            vm.count[0] = p.rows;
-            maps.push_back(std::move(vm));
-          }
-          h5::Dataset ds =
-              groups[g]->create_virtual_dataset(t.name, h5::DType::kFloat32, t.shape, maps, nan);
-          ds.set_attr("crc32c", crcs[g][i]);
+      f.create_group("optimizer");
+      std::vector<h5::Group> groups;
+      for (const char* g : kTensorGroups) groups.push_back(f.create_group(g));
+      for (const Entry& e : entries) {
+        std::vector<h5::VirtualMapping> maps;
+        for (const Piece& p : e.pieces) {
+          h5::VirtualMapping vm;
+          vm.file = shard_file_name(p.shard);
+          vm.dataset = source_dataset(e.rel);
+          vm.start.assign(e.t->shape.size(), 0);
+          vm.start[0] = p.row_begin;
+          vm.count = e.t->shape;
+          vm.count[0] = p.rows;
+          maps.push_back(std::move(vm));
         }
+        h5::Dataset ds = groups[e.group].create_virtual_dataset(
+            e.t->name, h5::DType::kFloat32, e.t->shape, maps,
+            std::numeric_limits<double>::quiet_NaN());
+        ds.set_attr("crc32c", e.crc);
       }
       write_tokenizer_and_data(f, meta);
     });
 
-    // 3. The index reads back: header, meta, every mapping exactly the pieces above.
-    {
-      h5::File f = open_checkpoint(index);
-      damaged_guard(index, [&] {
-        check_header(f, index);
-        const CheckpointMeta back = read_meta(f, index);
-        PTRAIN_ENFORCE(back.step == meta.step && back.layout_hash == layout.hash(),
-                       "{}: the index does not read back", index);
-        PTRAIN_ENFORCE(index_shard_count(f, index) == n_shards, "{}: shard_count differs", index);
-        for (size_t g = 0; g < 3; ++g) {
-          for (size_t i = 0; i < layout.tensors().size(); ++i) {
-            const TensorSpec& t = layout.tensors()[i];
-            const std::string rel = std::string(kTensorGroups[g]) + "/" + t.name;
-            h5::Dataset ds;
-            const uint64_t stored = index_tensor_crc(f, index, rel, &t.shape, ds);
-            if (stored != crcs[g][i] || mapped_pieces(index, ds, rel, t.shape, n_shards) != pieces[g][i]) {
-              throw CheckpointError(fmt::format("{}: tensor {} does not read back", index, rel));
-            }
-          }
+    // 3. The index reads back: header, meta, every tensor's crc32c and mappings as written.
+    h5::File f = open_checkpoint(index);
+    damaged_guard(index, [&] {
+      check_header(f, index);
+      const CheckpointMeta back = read_meta(f, index);
+      for (const Entry& e : entries) {
+        uint64_t stored = 0;
+        const h5::Dataset ds = open_tensor(f, index, e.rel, &e.t->shape, stored);
+        if (stored != e.crc || mapped_pieces(index, ds, e.rel, e.t->shape, n_shards) != e.pieces) {
+          throw CheckpointError(fmt::format("{}: tensor {} does not read back", index, e.rel));
         }
-        return 0;
-      });
-      f.close();
-    }
-
-    // 4. Durable: every shard (their writers fsync'd them too), the index, the folder.
-    for (int64_t k = 0; k < n_shards; ++k) {
-      fsync_path((fs::path(tmp_dir) / shard_file_name(k)).string());
-    }
-    fsync_path(index);
-    fsync_path(tmp_dir);
+      }
+      if (back.step != meta.step || index_shard_count(f, index) != n_shards) {
+        throw CheckpointError(fmt::format("{}: the index does not read back", index));
+      }
+      return 0;
+    });
+    f.close();
   } catch (...) {
     std::error_code rec;
     fs::remove_all(tmp_dir, rec);
     throw;
   }
-  // 5. Rename, `latest`, keep-K: as publish_checkpoint.
+  // 4. Rename, `latest`, keep-K: as publish_checkpoint. (The shards were fsync'd, with the
+  //    folder, by their writers; the index by write_file_atomically.)
   publish_dir(dir, name, fs::path(tmp_dir), keep);
   return (dir / name).string();
 }
@@ -1139,13 +1085,7 @@ std::string finish_sharded_checkpoint(const std::string& run_dir, const std::str
 std::string publish_sharded_checkpoint(const std::string& run_dir, const ParamLayout& layout,
                                        const CheckpointData& data, int64_t n_shards,
                                        int64_t keep) {
-  const auto total = static_cast<size_t>(layout.total());
-  PTRAIN_ENFORCE(data.params.size() == total, "checkpoint params: {} floats, the layout has {}",
-                 data.params.size(), total);
-  PTRAIN_ENFORCE(data.m.empty() || data.m.size() == total, "checkpoint m: {} floats, layout {}",
-                 data.m.size(), total);
-  PTRAIN_ENFORCE(data.v.empty() || data.v.size() == total, "checkpoint v: {} floats, layout {}",
-                 data.v.size(), total);
+  check_sizes(layout, data);
   const std::string tmp = begin_checkpoint(run_dir, data.meta.step);
   try {
     const auto ranges = layout.shard_ranges(n_shards);

@@ -95,7 +95,7 @@ std::optional<std::string> find_latest_checkpoint(const std::string& run_dir);
 //   coordinator: tmp = begin_checkpoint(run_dir, N);                   // creates the temp dir
 //   server k   : write_checkpoint_shard(tmp, k, S, layout, range_k, w, m, v, N);   // in parallel
 //   coordinator: (after every server reported success)
-//                finish_sharded_checkpoint(run_dir, tmp, layout, meta, S, keep);  // → published dir
+//                dir = finish_sharded_checkpoint(run_dir, tmp, layout, meta, S, keep);
 // A server on another host computes the same `tmp` with checkpoint_tmp_dir(run_dir, N) (a shared
 // file system) or is told it by the coordinator. Nothing is visible to readers before
 // finish_sharded_checkpoint renames the folder; a crash anywhere before leaves a *.tmp folder that

@@ -36,6 +36,10 @@ const char* type_name(MessageType t) {
     case MessageType::kCheckpointReply: return "CheckpointReply";
     case MessageType::kShutdown: return "Shutdown";
     case MessageType::kFailure: return "Failure";
+    case MessageType::kRegister: return "Register";
+    case MessageType::kWelcome: return "Welcome";
+    case MessageType::kPeerHello: return "PeerHello";
+    case MessageType::kHeartbeat: return "Heartbeat";
   }
   return "unknown";
 }
@@ -186,6 +190,15 @@ void fields(IO&& io, M& m) {
     io(m.reason);
   } else if constexpr (std::is_same_v<T, Failure>) {
     io(m.code), io(m.message);
+  } else if constexpr (std::is_same_v<T, Register>) {
+    io(m.role), io(m.listen_address), io(m.host);
+  } else if constexpr (std::is_same_v<T, Welcome>) {
+    io(m.id), io(m.membership_epoch), io(m.config_yaml), io(m.layout_hash), io(m.tokenizer_json),
+        io(m.server_addresses);
+  } else if constexpr (std::is_same_v<T, PeerHello>) {
+    io(m.role), io(m.id), io(m.membership_epoch);
+  } else if constexpr (std::is_same_v<T, Heartbeat>) {
+    io(m.sent_unix_ms);
   } else {
     static_assert(sizeof(T) == 0, "message without a field list");
   }
@@ -370,6 +383,10 @@ Message parse_payload(MessageType type, std::span<const std::byte> payload) {
     case MessageType::kCheckpointReply: parse.operator()<CheckpointReply>(); break;
     case MessageType::kShutdown: parse.operator()<Shutdown>(); break;
     case MessageType::kFailure: parse.operator()<Failure>(); break;
+    case MessageType::kRegister: parse.operator()<Register>(); break;
+    case MessageType::kWelcome: parse.operator()<Welcome>(); break;
+    case MessageType::kPeerHello: parse.operator()<PeerHello>(); break;
+    case MessageType::kHeartbeat: parse.operator()<Heartbeat>(); break;
     default:
       throw ProtocolError(fmt::format("unknown message type {} (this build speaks protocol "
                                       "version {}, types {}..{})",
@@ -432,10 +449,8 @@ DecodeStatus FrameDecoder::next(std::vector<std::byte>& frame, std::string& erro
       pos_ = 0;
       return DecodeStatus::kBad;
     case DecodeStatus::kNeedMore:
-      if (avail.size() >= kHeaderSize) {
-        // The length passed its limit: now it is safe to make room for the whole frame.
-        buf_.reserve(pos_ + kHeaderSize + static_cast<size_t>(r.header.payload_length));
-      }
+      // No reserve of the announced length here: a peer could announce the limit and send
+      // nothing. The buffer grows (geometrically, in append) only as bytes really arrive.
       return DecodeStatus::kNeedMore;
     case DecodeStatus::kGood:
       break;

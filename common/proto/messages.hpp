@@ -45,9 +45,14 @@ enum class MessageType : uint16_t {
   kCheckpointReply = 13,
   kShutdown = 14,
   kFailure = 15,
+  // Issue 3 (TCP roles): registration, peer identification and liveness.
+  kRegister = 16,
+  kWelcome = 17,
+  kPeerHello = 18,
+  kHeartbeat = 19,
 };
 inline constexpr uint16_t kMinMessageType = 1;
-inline constexpr uint16_t kMaxMessageType = 15;
+inline constexpr uint16_t kMaxMessageType = 19;
 
 // A contiguous range [begin, end) of the flat parameter vector, in floats.
 struct KeyRange {
@@ -211,9 +216,51 @@ struct Failure {
   bool operator==(const Failure&) const = default;
 };
 
+// ---- TCP roles (issue 3): sent only over TCP, after the HMAC handshake (common/net/auth.hpp) ----
+
+// server|worker → coordinator, the first frame on its connection: "give me an id". Servers name
+// the HOST:PORT where workers reach them; workers send "".
+struct Register {
+  static constexpr MessageType kType = MessageType::kRegister;
+  uint8_t role = 2;            // net::Role value (1 server, 2 worker)
+  std::string listen_address;  // servers: HOST:PORT of their data listener
+  std::string host;            // the peer's host name (for logs and /status)
+  bool operator==(const Register&) const = default;
+};
+
+// coordinator → server|worker once every role has registered: who you are and everything about
+// the job. The receiver computes the layout from config + tokenizer and compares its hash.
+struct Welcome {
+  static constexpr MessageType kType = MessageType::kWelcome;
+  int32_t id = 0;                   // server id (0..S-1) or worker id (0..W-1), arrival order
+  int64_t membership_epoch = 0;
+  std::string config_yaml;          // the resolved config (paths absolute)
+  std::string layout_hash;          // ParamLayout::hash() on the coordinator
+  std::string tokenizer_json;       // Tokenizer::to_json()
+  std::string server_addresses;     // server k's HOST:PORT on line k ('\n'-separated)
+  bool operator==(const Welcome&) const = default;
+};
+
+// worker → server, the first frame on a data connection: which worker this connection is.
+struct PeerHello {
+  static constexpr MessageType kType = MessageType::kPeerHello;
+  uint8_t role = 2;  // net::Role value
+  int32_t id = 0;
+  int64_t membership_epoch = 0;
+  bool operator==(const PeerHello&) const = default;
+};
+
+// Both ways on every TCP connection, every cluster.heartbeat_s; consumed by the transport.
+struct Heartbeat {
+  static constexpr MessageType kType = MessageType::kHeartbeat;
+  int64_t sent_unix_ms = 0;
+  bool operator==(const Heartbeat&) const = default;
+};
+
 using Message = std::variant<LoadShard, StepBegin, PullRequest, PullReply, GradPush, PushReceived,
                              WorkerStepDone, StepContributors, NormReport, StepCommit, StepApplied,
-                             CheckpointRequest, CheckpointReply, Shutdown, Failure>;
+                             CheckpointRequest, CheckpointReply, Shutdown, Failure, Register,
+                             Welcome, PeerHello, Heartbeat>;
 
 MessageType type_of(const Message& m);
 // "GradPush", "PullReply", ... ("unknown(N)" for a value outside the enum).

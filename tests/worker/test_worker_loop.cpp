@@ -92,7 +92,6 @@ struct Rig {
     return std::get<T>(env->message);
   }
   void load(const std::vector<float>& params) {
-    const auto n = static_cast<size_t>(layout.total());
     for (int32_t k = 0; k < 2; ++k) {
       const auto& r = ranges[static_cast<size_t>(k)];
       coord.send(net::server_endpoint(k),
@@ -102,7 +101,6 @@ struct Rig {
                                   std::vector<float>(static_cast<size_t>(r.size()), 0.0f),
                                   std::vector<float>(static_cast<size_t>(r.size()), 0.0f)});
     }
-    (void)n;
   }
   void shutdown() {
     for (int32_t k = 0; k < 2; ++k) coord.send(net::server_endpoint(k), proto::Shutdown{"end"});

@@ -1,0 +1,507 @@
+// TcpNode / TcpTransport (tcp_transport.hpp). The only Asio-heavy translation unit of the
+// transports. Threading: every Session field is touched only on the node's I/O thread, except the
+// endpoint → session map, the inbox and the counters, which are guarded by Impl::mu (or atomic).
+#include "common/net/tcp_transport.hpp"
+
+#include "common/net/asio.hpp"
+#include "common/proto/codec.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <future>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <variant>
+
+namespace ptrain::net {
+
+namespace {
+
+struct Lost {
+  std::string message;
+};
+using InboxItem = std::variant<RawFrame, Lost>;
+
+int64_t unix_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+double secs(std::chrono::milliseconds d) { return static_cast<double>(d.count()) / 1000.0; }
+
+}  // namespace
+
+struct Session {
+  Session(tcp::socket s, std::string address)
+      : sock(std::move(s)), addr(std::move(address)), wake(sock.get_executor()),
+        tick(sock.get_executor()) {
+    wake.expires_at(asio::steady_timer::time_point::max());
+  }
+  tcp::socket sock;
+  std::string addr;          // the peer's HOST:PORT
+  std::string local_host;    // this side's IP on the connection
+  asio::steady_timer wake;   // the writer sleeps on it; cancel() = "queue not empty"
+  asio::steady_timer tick;   // heartbeats and the watchdog
+  std::deque<std::vector<std::byte>> queue;
+  std::optional<Endpoint> peer;
+  Clock::time_point last_rx = Clock::now();
+  bool open = true;
+  bool goodbye = false;  // a Shutdown went either way: a later disconnect is expected
+  std::string label() const { return peer ? fmt::format("{} ({})", peer->str(), addr) : addr; }
+};
+using SessionPtr = std::shared_ptr<Session>;
+
+struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
+  Impl(Secret s, TcpNodeOptions o) : secret(std::move(s)), opt(std::move(o)) {}
+
+  Secret secret;
+  TcpNodeOptions opt;
+  asio::io_context io{1};
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> guard;
+  std::thread thread;
+  std::optional<tcp::acceptor> acceptor;
+  IdentifyFn identify;
+  std::set<SessionPtr> sessions;  // I/O thread only
+
+  mutable std::mutex mu;
+  std::condition_variable cv;
+  std::map<Endpoint, SessionPtr> bound;
+  std::map<Endpoint, std::pair<std::string, std::string>> addresses;  // endpoint → (remote, local)
+  std::deque<InboxItem> inbox;
+  bool closed = false;
+  std::atomic<bool> closing{false};
+  std::atomic<int64_t> queued_bytes{0};
+
+  void push(InboxItem item) {
+    std::lock_guard lock(mu);
+    inbox.push_back(std::move(item));
+    cv.notify_one();
+  }
+
+  // ---- I/O thread ----
+
+  void enqueue(const SessionPtr& s, std::vector<std::byte> frame) {
+    if (!s->open) {
+      queued_bytes -= static_cast<int64_t>(frame.size());
+      return;
+    }
+    if (proto::kHeaderSize <= frame.size()) {
+      uint16_t type = 0;
+      std::memcpy(&type, frame.data() + 6, 2);
+      if (type == static_cast<uint16_t>(proto::MessageType::kShutdown)) s->goodbye = true;
+    }
+    s->queue.push_back(std::move(frame));
+    s->wake.cancel();
+  }
+
+  void drop(const SessionPtr& s, const std::string& reason) {
+    if (!s->open) return;
+    s->open = false;
+    boost::system::error_code ignored;
+    s->sock.shutdown(tcp::socket::shutdown_both, ignored);
+    s->sock.close(ignored);
+    s->wake.cancel();
+    s->tick.cancel();
+    for (auto& f : s->queue) queued_bytes -= static_cast<int64_t>(f.size());
+    s->queue.clear();
+    sessions.erase(s);
+    bool fatal = false;
+    if (s->peer) {
+      std::lock_guard lock(mu);
+      auto it = bound.find(*s->peer);
+      if (it != bound.end() && it->second == s) bound.erase(it);
+      fatal = !s->goodbye && !closing && (!opt.fatal_peer || opt.fatal_peer(*s->peer));
+    }
+    const std::string what = fmt::format("{} {}", s->label(), reason);
+    if (closing || s->goodbye) {
+      spdlog::debug("{}", what);
+    } else if (fatal) {
+      spdlog::error("{}", what);
+      push(Lost{what});
+    } else {
+      spdlog::warn("{}; connection dropped, the job continues", what);
+    }
+  }
+
+  awaitable<AuthFrame> read_auth(const SessionPtr& s) {
+    std::array<std::byte, kMaxAuthFrame> buf{};
+    co_await asio::async_read(s->sock, asio::buffer(buf.data(), kAuthHeaderSize), use_awaitable);
+    AuthDecodeResult r = decode_auth(std::span(buf.data(), kAuthHeaderSize));
+    if (r.status == proto::DecodeStatus::kNeedMore && r.frame_size > kAuthHeaderSize &&
+        r.frame_size <= kMaxAuthFrame) {
+      co_await asio::async_read(
+          s->sock, asio::buffer(buf.data() + kAuthHeaderSize, r.frame_size - kAuthHeaderSize),
+          use_awaitable);
+      r = decode_auth(std::span(buf.data(), r.frame_size));
+    }
+    if (r.status != proto::DecodeStatus::kGood) {
+      throw IoError(r.error.empty() ? "an unreadable auth frame" : r.error);
+    }
+    co_return r.frame;
+  }
+
+  awaitable<void> write_bytes(const SessionPtr& s, const std::vector<std::byte>& b) {
+    co_await asio::async_write(s->sock, asio::buffer(b), use_awaitable);
+  }
+
+  awaitable<void> server_handshake(SessionPtr s) {
+    ServerHandshake hs(secret, opt.self_role);
+    for (;;) {
+      AuthFrame f = co_await read_auth(s);
+      AuthStep step = hs.on_frame(f);
+      if (!step.send.empty()) co_await write_bytes(s, step.send);
+      if (step.state == AuthState::kAccepted) co_return;
+      if (step.state == AuthState::kRefused) throw IoError(step.reason);
+    }
+  }
+
+  awaitable<void> client_handshake(SessionPtr s) {
+    ClientHandshake hs(secret, opt.self_role);
+    co_await write_bytes(s, hs.hello());
+    for (;;) {
+      AuthFrame f = co_await read_auth(s);
+      AuthStep step = hs.on_frame(f);
+      if (!step.send.empty()) co_await write_bytes(s, step.send);
+      if (step.state == AuthState::kAccepted) co_return;
+      if (step.state == AuthState::kRefused) throw IoError(step.reason);
+    }
+  }
+
+  awaitable<void> writer(SessionPtr s) {
+    while (s->open) {
+      if (s->queue.empty()) {
+        s->wake.expires_at(asio::steady_timer::time_point::max());
+        co_await s->wake.async_wait(nothrow_awaitable);
+        continue;
+      }
+      std::vector<std::byte>& f = s->queue.front();
+      auto [ec, n] = co_await asio::async_write(s->sock, asio::buffer(f), nothrow_awaitable);
+      if (!s->open) co_return;
+      queued_bytes -= static_cast<int64_t>(f.size());
+      s->queue.pop_front();
+      if (ec) {
+        drop(s, fmt::format("could not be written to ({})", ec.message()));
+        co_return;
+      }
+    }
+  }
+
+  awaitable<void> ticker(SessionPtr s) {
+    while (s->open) {
+      s->tick.expires_after(opt.heartbeat);
+      co_await s->tick.async_wait(nothrow_awaitable);
+      if (!s->open) co_return;
+      if (Clock::now() - s->last_rx > opt.peer_timeout) {
+        drop(s, fmt::format("missed heartbeats for {:g} s", secs(opt.peer_timeout)));
+        co_return;
+      }
+      std::vector<std::byte> hb = proto::encode(proto::Heartbeat{unix_ms()});
+      queued_bytes += static_cast<int64_t>(hb.size());
+      enqueue(s, std::move(hb));
+    }
+  }
+
+  // One whole frame from an authenticated connection. Throws Error to drop the peer.
+  awaitable<void> handle(const SessionPtr& s, std::vector<std::byte>&& frame) {
+    uint16_t type = 0;
+    std::memcpy(&type, frame.data() + 6, 2);
+    const auto t = static_cast<proto::MessageType>(type);
+    if (t == proto::MessageType::kHeartbeat) co_return;
+    if (t == proto::MessageType::kShutdown) s->goodbye = true;
+    if (s->peer) {
+      push(RawFrame{*s->peer, std::move(frame)});
+      co_return;
+    }
+    // Not identified yet: only a small control frame that decodes and identifies the peer.
+    if (proto::is_bulk(t)) {
+      throw proto::ProtocolError(fmt::format(
+          "sent a {} frame before identifying itself", proto::type_name(t)));
+    }
+    const proto::Message m = proto::decode(frame, opt.limits);
+    Identity id;
+    try {
+      if (!identify) throw proto::ProtocolError("this node accepts no connections");
+      id = identify(m, s->addr);
+    } catch (const Error& e) {
+      const auto reply = proto::encode(proto::Failure{static_cast<int32_t>(e.code()), e.what()});
+      auto [ec, n] = co_await asio::async_write(s->sock, asio::buffer(reply), nothrow_awaitable);
+      throw;
+    }
+    {
+      std::lock_guard lock(mu);
+      if (bound.count(id.endpoint)) {
+        throw proto::ProtocolError(
+            fmt::format("claims to be {}, which is already connected", id.endpoint.str()));
+      }
+      bound[id.endpoint] = s;
+      boost::system::error_code ec;
+      const auto local = s->sock.local_endpoint(ec);
+      addresses[id.endpoint] = {s->addr, ec ? std::string() : local.address().to_string()};
+    }
+    s->peer = id.endpoint;
+    spdlog::info("{} connected from {}", id.endpoint.str(), s->addr);
+    if (id.deliver) push(RawFrame{id.endpoint, std::move(frame)});
+  }
+
+  awaitable<void> reader(SessionPtr s) {
+    proto::FrameDecoder dec(opt.limits);
+    std::vector<std::byte> buf(256 * 1024);
+    std::vector<std::byte> frame;
+    std::string err;
+    std::string reason;
+    try {
+      while (s->open) {
+        auto [ec, n] = co_await s->sock.async_read_some(asio::buffer(buf), nothrow_awaitable);
+        if (!s->open) co_return;
+        if (ec) {
+          if (ec == asio::error::eof) {
+            reason = dec.buffered() > 0
+                         ? fmt::format("closed the connection in the middle of a frame ({} bytes "
+                                       "of a truncated frame)",
+                                       dec.buffered())
+                         : "closed the connection";
+          } else {
+            reason = fmt::format("lost the connection ({})", ec.message());
+          }
+          break;
+        }
+        s->last_rx = Clock::now();
+        dec.append(std::span(buf.data(), n));
+        for (;;) {
+          const proto::DecodeStatus st = dec.next(frame, err);
+          if (st == proto::DecodeStatus::kNeedMore) break;
+          if (st == proto::DecodeStatus::kBad) throw proto::ProtocolError(err);
+          co_await handle(s, std::move(frame));
+          frame = {};
+        }
+      }
+    } catch (const std::exception& e) {
+      reason = fmt::format("sent a bad frame: {}", e.what());
+    }
+    drop(s, reason);
+  }
+
+  void start(const SessionPtr& s) {
+    sessions.insert(s);
+    auto self = shared_from_this();
+    asio::co_spawn(io, [self, s]() { return self->writer(s); }, asio::detached);
+    asio::co_spawn(io, [self, s]() { return self->ticker(s); }, asio::detached);
+    asio::co_spawn(io, [self, s]() { return self->reader(s); }, asio::detached);
+  }
+
+  awaitable<void> serve_accepted(SessionPtr s) {
+    try {
+      co_await with_deadline(server_handshake(s), opt.handshake_timeout,
+                             fmt::format("authenticating {}", s->addr));
+    } catch (const std::exception& e) {
+      spdlog::warn("refused a connection from {}: {}; the job continues", s->addr, e.what());
+      boost::system::error_code ignored;
+      s->sock.close(ignored);
+      co_return;
+    }
+    spdlog::debug("authenticated a connection from {}", s->addr);
+    s->last_rx = Clock::now();
+    start(s);
+  }
+
+  awaitable<void> accept_loop() {
+    for (;;) {
+      auto [ec, sock] = co_await acceptor->async_accept(nothrow_awaitable);
+      if (closing || !acceptor->is_open()) co_return;
+      if (ec) {
+        spdlog::warn("accept failed: {}", ec.message());
+        continue;
+      }
+      boost::system::error_code e2;
+      const auto remote = sock.remote_endpoint(e2);
+      sock.set_option(tcp::no_delay(true), e2);
+      auto s = std::make_shared<Session>(std::move(sock),
+                                         e2 ? std::string("?") : format_endpoint(remote));
+      asio::co_spawn(io, serve_accepted(s), asio::detached);
+    }
+  }
+};
+
+TcpNode::TcpNode(Secret secret, TcpNodeOptions options)
+    : impl_(std::make_shared<Impl>(std::move(secret), std::move(options))) {
+  impl_->guard.emplace(impl_->io.get_executor());
+  impl_->thread = std::thread([impl = impl_.get()] {
+    for (;;) {
+      try {
+        impl->io.run();
+        return;
+      } catch (const std::exception& e) {
+        spdlog::error("network thread: {}", e.what());
+      }
+    }
+  });
+}
+
+TcpNode::~TcpNode() { close(); }
+
+std::string TcpNode::listen(const std::string& host, uint16_t port, IdentifyFn identify) {
+  Impl& im = *impl_;
+  std::promise<std::string> done;
+  auto fut = done.get_future();
+  asio::post(im.io, [&] {
+    try {
+      boost::system::error_code ec;
+      const auto addr = asio::ip::make_address(host == "localhost" ? "127.0.0.1" : host, ec);
+      if (ec) throw IoError(fmt::format("cannot listen on {}:{}: '{}' is not an IP address", host,
+                                        port, host));
+      im.identify = std::move(identify);
+      im.acceptor.emplace(im.io);
+      const tcp::endpoint ep(addr, port);
+      im.acceptor->open(ep.protocol());
+      im.acceptor->set_option(tcp::acceptor::reuse_address(true));
+      im.acceptor->bind(ep, ec);
+      if (ec) throw IoError(fmt::format("cannot listen on {}:{}: {}", host, port, ec.message()));
+      im.acceptor->listen();
+      asio::co_spawn(im.io, im.accept_loop(), asio::detached);
+      done.set_value(advertised_endpoint(im.acceptor->local_endpoint()));
+    } catch (...) {
+      done.set_exception(std::current_exception());
+    }
+  });
+  return fut.get();
+}
+
+void TcpNode::connect(const std::string& host_port, const Endpoint& peer,
+                      const proto::Message& first, std::chrono::milliseconds timeout) {
+  Impl& im = *impl_;
+  const HostPort hp = parse_host_port(host_port, peer.str());
+  std::vector<std::byte> hello = proto::encode(first);
+  auto self = impl_;
+  auto op = [self, hp, host_port, peer, timeout,
+             hello = std::move(hello)]() mutable -> awaitable<void> {
+    Impl& im = *self;
+    tcp::resolver resolver(im.io);
+    auto results = co_await with_deadline(
+        resolver.async_resolve(hp.host, std::to_string(hp.port), use_awaitable), timeout,
+        "resolving the address");
+    tcp::socket sock(im.io);
+    co_await with_deadline(asio::async_connect(sock, results, use_awaitable), timeout,
+                           "connecting");
+    sock.set_option(tcp::no_delay(true));
+    auto s = std::make_shared<Session>(std::move(sock), host_port);
+    co_await with_deadline(im.client_handshake(s), im.opt.handshake_timeout, "authenticating");
+    s->local_host = s->sock.local_endpoint().address().to_string();
+    s->peer = peer;
+    s->last_rx = Clock::now();
+    {
+      std::lock_guard lock(im.mu);
+      im.bound[peer] = s;
+      im.addresses[peer] = {host_port, s->local_host};
+    }
+    im.start(s);
+    im.queued_bytes += static_cast<int64_t>(hello.size());
+    im.enqueue(s, std::move(hello));
+  };
+  auto fut = asio::co_spawn(im.io, std::move(op), asio::use_future);
+  try {
+    fut.get();
+  } catch (const std::exception& e) {
+    throw IoError(fmt::format("cannot connect to {} at {}: {}", peer.str(), host_port, e.what()));
+  }
+}
+
+void TcpNode::set_liveness(std::chrono::milliseconds heartbeat,
+                           std::chrono::milliseconds peer_timeout) {
+  asio::post(impl_->io, [impl = impl_, heartbeat, peer_timeout] {
+    impl->opt.heartbeat = heartbeat;
+    impl->opt.peer_timeout = peer_timeout;
+  });
+}
+
+std::string TcpNode::local_host_of(const Endpoint& peer) const {
+  std::lock_guard lock(impl_->mu);
+  auto it = impl_->addresses.find(peer);
+  return it == impl_->addresses.end() ? std::string() : it->second.second;
+}
+
+std::string TcpNode::address_of(const Endpoint& peer) const {
+  std::lock_guard lock(impl_->mu);
+  auto it = impl_->addresses.find(peer);
+  return it == impl_->addresses.end() ? std::string() : it->second.first;
+}
+
+void TcpNode::send_frame(const Endpoint& to, std::vector<std::byte> frame) {
+  Impl& im = *impl_;
+  SessionPtr s;
+  {
+    std::lock_guard lock(im.mu);
+    if (im.closed || im.closing) throw TransportClosed(fmt::format("cannot send to {}: closed", to.str()));
+    auto it = im.bound.find(to);
+    if (it == im.bound.end()) {
+      throw PeerLost(fmt::format("cannot send to {}: not connected", to.str()));
+    }
+    s = it->second;
+  }
+  im.queued_bytes += static_cast<int64_t>(frame.size());
+  asio::post(im.io, [impl = impl_, s, f = std::move(frame)]() mutable {
+    impl->enqueue(s, std::move(f));
+  });
+}
+
+std::optional<RawFrame> TcpNode::take(std::chrono::milliseconds timeout) {
+  Impl& im = *impl_;
+  std::unique_lock lock(im.mu);
+  const bool ready = im.cv.wait_for(lock, timeout, [&] { return im.closed || !im.inbox.empty(); });
+  if (im.closed) throw TransportClosed("the network endpoint is closed");
+  if (!ready) return std::nullopt;
+  InboxItem item = std::move(im.inbox.front());
+  im.inbox.pop_front();
+  if (auto* lost = std::get_if<Lost>(&item)) throw PeerLost(lost->message);
+  return std::move(std::get<RawFrame>(item));
+}
+
+void TcpNode::close() {
+  Impl& im = *impl_;
+  if (!im.thread.joinable()) return;
+  im.closing = true;
+  // Let queued frames (a final Shutdown, a reply) reach the wire.
+  const auto deadline = Clock::now() + std::chrono::seconds(3);
+  while (im.queued_bytes.load() > 0 && Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  asio::post(im.io, [impl = impl_] {
+    boost::system::error_code ignored;
+    if (impl->acceptor) impl->acceptor->close(ignored);
+    auto all = impl->sessions;
+    for (const auto& s : all) impl->drop(s, "closed (this role is stopping)");
+  });
+  im.guard.reset();
+  const auto stop_by = Clock::now() + std::chrono::seconds(2);
+  while (!im.io.stopped() && Clock::now() < stop_by) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  im.io.stop();
+  im.thread.join();
+  std::lock_guard lock(im.mu);
+  im.closed = true;
+  im.bound.clear();
+  im.cv.notify_all();
+}
+
+TcpTransport::TcpTransport(Endpoint self, std::shared_ptr<TcpNode> node,
+                           proto::DecoderLimits limits)
+    : Transport(self, limits), node_(std::move(node)) {}
+
+void TcpTransport::close() { node_->close(); }
+
+void TcpTransport::send_frame(const Endpoint& to, std::vector<std::byte> frame) {
+  node_->send_frame(to, std::move(frame));
+}
+
+std::optional<RawFrame> TcpTransport::receive_frame(std::chrono::milliseconds timeout) {
+  return node_->take(timeout);
+}
+
+}  // namespace ptrain::net

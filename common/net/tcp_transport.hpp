@@ -1,0 +1,111 @@
+// The TCP transport: roles in separate processes (or hosts) exchange the same encoded frames as
+// the in-process transport, over Boost.Asio TCP. Two pieces:
+//   - TcpNode: one process's network endpoint — an io_context on its own thread, an optional
+//     listener, and one session per connection. Every connection runs the HMAC handshake
+//     (auth.hpp) before any protocol frame; then frames are cut with proto::FrameDecoder, one
+//     writer coroutine per socket drains a queue of whole encoded frames (moved in, never copied),
+//     and a ticker sends heartbeats and drops a peer silent for peer_timeout. A peer that fails
+//     authentication, sends garbage, a truncated/oversized/wrong-version frame, or is not
+//     identified by its first frame, is dropped with a logged reason naming its address; the
+//     listener keeps going.
+//   - TcpTransport: the Transport (transport.hpp) of one role over a node. Several may share one
+//     node (a provisional one for registration, then the role's own).
+// A connection carries frames both ways; it is bound to the peer's Endpoint: by the connecting
+// side when it connects (it knows whom it dials), by the accepting side from the first frame
+// (the node's IdentifyFn: Register on the coordinator, PeerHello on a server).
+//
+// Losing a peer: the session is dropped and logged; if `fatal_peer(endpoint)` says so (and no
+// Shutdown went either way on that connection, and the node is not closing), the next receive()
+// throws PeerLost("worker 1 (127.0.0.1:41234) missed heartbeats for 10 s"). send() to a peer that
+// is not connected throws PeerLost.
+//
+// This header does not include Asio; only tcp_transport.cpp does.
+#pragma once
+
+#include "common/net/auth.hpp"
+#include "common/net/transport.hpp"
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+
+namespace ptrain::net {
+
+struct TcpNodeOptions {
+  Role self_role = Role::kWorker;  // proven in the handshake
+  std::chrono::milliseconds heartbeat{1000};
+  std::chrono::milliseconds peer_timeout{10'000};
+  std::chrono::milliseconds handshake_timeout{5'000};
+  proto::DecoderLimits limits;
+  // Whose loss stops this role (receive() throws PeerLost). Empty = everyone's.
+  std::function<bool(const Endpoint&)> fatal_peer;
+};
+
+// Who an accepted connection is, from its first frame. `deliver`: also hand that frame up to
+// receive() (Register, so the coordinator sees registrations).
+struct Identity {
+  Endpoint endpoint;
+  bool deliver = false;
+};
+// Called on the I/O thread with the first (decoded) frame of an authenticated accepted connection
+// and the peer's "HOST:PORT". Throws Error to refuse it (the reason is logged and sent to the
+// peer in a Failure frame).
+using IdentifyFn = std::function<Identity(const proto::Message& first, const std::string& peer)>;
+
+class TcpNode {
+ public:
+  TcpNode(Secret secret, TcpNodeOptions options);
+  ~TcpNode();  // close()
+  TcpNode(const TcpNode&) = delete;
+  TcpNode& operator=(const TcpNode&) = delete;
+
+  // Binds HOST:PORT (port 0 = a free one) and accepts connections. Returns the bound address as
+  // others should dial it (advertised_endpoint: never 0.0.0.0). Throws IoError naming HOST:PORT.
+  std::string listen(const std::string& host, uint16_t port, IdentifyFn identify);
+
+  // Dials HOST:PORT, authenticates, binds the connection to `peer` and sends `first`. Blocks up to
+  // `timeout`. Throws IoError naming the address and why (refused, wrong secret, timeout...).
+  void connect(const std::string& host_port, const Endpoint& peer, const proto::Message& first,
+               std::chrono::milliseconds timeout);
+
+  // The local IP address of the connection to `peer` (what this host is called on that network).
+  std::string local_host_of(const Endpoint& peer) const;
+  // The remote "HOST:PORT" of `peer`'s connection ("" when not connected).
+  std::string address_of(const Endpoint& peer) const;
+
+  // Queues a whole frame for `peer` (thread-safe). Throws TransportClosed / PeerLost.
+  void send_frame(const Endpoint& to, std::vector<std::byte> frame);
+  // The next frame from any peer, up to `timeout`. Throws TransportClosed once closed, PeerLost
+  // once for a fatal peer's loss.
+  std::optional<RawFrame> take(std::chrono::milliseconds timeout);
+
+  // Heartbeat interval and peer timeout, once known (servers and workers learn them from the
+  // coordinator's Welcome).
+  void set_liveness(std::chrono::milliseconds heartbeat, std::chrono::milliseconds peer_timeout);
+
+  // Flushes queued frames (up to 3 s), closes every connection, stops the I/O thread. Idempotent.
+  void close();
+
+  struct Impl;
+
+ private:
+  std::shared_ptr<Impl> impl_;
+};
+
+class TcpTransport final : public Transport {
+ public:
+  TcpTransport(Endpoint self, std::shared_ptr<TcpNode> node, proto::DecoderLimits limits = {});
+  // Closes the node (every transport over it).
+  void close() override;
+  TcpNode& node() { return *node_; }
+
+ protected:
+  void send_frame(const Endpoint& to, std::vector<std::byte> frame) override;
+  std::optional<RawFrame> receive_frame(std::chrono::milliseconds timeout) override;
+
+ private:
+  std::shared_ptr<TcpNode> node_;
+};
+
+}  // namespace ptrain::net

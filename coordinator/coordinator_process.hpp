@@ -1,0 +1,27 @@
+// `ptrain coordinator`: the coordinator as its own process. Listens (TCP, HMAC-authenticated),
+// writes RUN_DIR/coordinator.addr, registers cluster.servers servers and cluster.workers workers
+// in arrival order (ids 0..S-1, 0..W-1), sends each a Welcome (id, resolved config, layout hash,
+// tokenizer, server address map, membership epoch), then runs run_coordinator over TCP. A peer
+// lost (connection closed, heartbeats missed) stops the job with PeerLost naming it; the last
+// complete checkpoint stays `latest`.
+#pragma once
+
+#include "common/config/config.hpp"
+#include "common/net/auth.hpp"
+#include "coordinator/coordinator.hpp"
+
+#include <functional>
+#include <string>
+
+namespace ptrain {
+
+struct CoordinatorProcessOptions {
+  Config config;
+  std::string listen = "127.0.0.1:0";  // HOST:PORT; port 0 = a free one
+  // Polled while waiting for registrations and after every step (SIGINT/SIGTERM).
+  std::function<bool()> stop_requested;
+};
+
+RunSummary run_coordinator_process(const CoordinatorProcessOptions& options, net::Secret secret);
+
+}  // namespace ptrain

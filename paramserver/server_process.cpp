@@ -1,0 +1,67 @@
+#include "paramserver/server_process.hpp"
+
+#include "common/error.hpp"
+#include "common/net/cluster_join.hpp"
+#include "common/proto/codec.hpp"
+#include "common/tensor/param_layout.hpp"
+#include "paramserver/param_server.hpp"
+#include "paramserver/update_rule.hpp"
+
+#include <omp.h>
+#include <spdlog/spdlog.h>
+
+namespace ptrain {
+
+void run_server_process(const ServerProcessOptions& o, net::Secret secret) {
+  auto node = std::make_shared<net::TcpNode>(std::move(secret),
+                                             net::member_node_options(net::Role::kServer));
+  const size_t colon = o.listen.rfind(':');
+  if (colon == std::string::npos) throw UsageError(fmt::format("--listen: '{}' is not HOST:PORT", o.listen));
+  std::string host = o.listen.substr(0, colon);
+  const int port = std::atoi(o.listen.substr(colon + 1).c_str());
+  const std::string bound = node->listen(
+      host, static_cast<uint16_t>(port),
+      [](const proto::Message& m, const std::string&) -> net::Identity {
+        const auto* h = std::get_if<proto::PeerHello>(&m);
+        if (h == nullptr || h->role != static_cast<uint8_t>(net::Role::kWorker) || h->id < 0) {
+          throw proto::ProtocolError(fmt::format(
+              "the first frame on a data connection must be a worker's PeerHello, not {}",
+              proto::type_name(proto::type_of(m))));
+        }
+        return {net::worker_endpoint(h->id), false};
+      });
+  // An unspecified listen host: the coordinator fills in the address it sees us at.
+  const bool any = host == "0.0.0.0" || host == "::" || host == "[::]" || host.empty();
+  const std::string advertised = any ? bound.substr(bound.rfind(':')) : bound;
+  net::Joined j = net::join_cluster(node, {o.coordinator, net::Role::kServer, advertised});
+  const Config& cfg = j.config;
+  const ParamLayout layout(model_dims(cfg.model, j.tokenizer->vocab_size()));
+  const auto shards = layout.shard_ranges(cfg.cluster.servers);
+  const int32_t id = j.welcome.id;
+  if (id < 0 || id >= static_cast<int32_t>(shards.size())) {
+    throw proto::ProtocolError(fmt::format("the coordinator gave this server id {} of {}", id,
+                                           shards.size()));
+  }
+  spdlog::info("server {}: listening on {} for workers, range [{}, {})", id, bound,
+               shards[static_cast<size_t>(id)].first, shards[static_cast<size_t>(id)].second);
+  int threads = static_cast<int>(cfg.run.threads);
+  if (threads <= 0) threads = std::max(1, omp_get_num_procs());
+  ParamServerOptions so;
+  so.server.server_id = id;
+  so.server.range = {shards[static_cast<size_t>(id)].first, shards[static_cast<size_t>(id)].second};
+  so.omp_threads = std::max<int>(1, threads / static_cast<int>(cfg.cluster.servers));
+  const AdamWOptions adamw{cfg.optim.beta1, cfg.optim.beta2, cfg.optim.eps, cfg.optim.weight_decay};
+  const LrSchedule schedule{cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps, cfg.train.steps};
+  UpdateRule rule(adamw, schedule, decay_segments(layout, so.server.range));
+  net::TcpTransport transport(net::server_endpoint(id), node);
+  try {
+    run_param_server(so, std::move(rule), transport);
+  } catch (...) {
+    node->close();
+    throw;
+  }
+  node->close();
+  spdlog::info("server {}: stopped", id);
+}
+
+}  // namespace ptrain

@@ -1,0 +1,19 @@
+// `ptrain server`: a parameter server as its own process. Listens for workers' data connections,
+// joins the job through the coordinator (common/net/cluster_join.hpp), then runs
+// run_param_server over TCP until Shutdown. Only the coordinator's loss is fatal here.
+#pragma once
+
+#include "common/net/auth.hpp"
+
+#include <string>
+
+namespace ptrain {
+
+struct ServerProcessOptions {
+  std::string coordinator;          // HOST:PORT
+  std::string listen = "0.0.0.0:0";  // data listener for workers (HOST:PORT, 0 = a free port)
+};
+
+void run_server_process(const ServerProcessOptions& options, net::Secret secret);
+
+}  // namespace ptrain

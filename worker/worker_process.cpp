@@ -1,0 +1,52 @@
+#include "worker/worker_process.hpp"
+
+#include "common/error.hpp"
+#include "common/net/cluster_join.hpp"
+#include "common/tensor/param_layout.hpp"
+#include "worker/worker.hpp"
+
+#include <omp.h>
+#include <spdlog/spdlog.h>
+
+namespace ptrain {
+
+void run_worker_process(const WorkerProcessOptions& o, net::Secret secret) {
+  auto node = std::make_shared<net::TcpNode>(std::move(secret),
+                                             net::member_node_options(net::Role::kWorker));
+  net::Joined j = net::join_cluster(node, {o.coordinator, net::Role::kWorker, ""});
+  const Config& cfg = j.config;
+  const ParamLayout layout(model_dims(cfg.model, j.tokenizer->vocab_size()));
+  const int32_t id = j.welcome.id;
+  const auto S = cfg.cluster.servers;
+  if (static_cast<int64_t>(j.server_addresses.size()) != S) {
+    throw proto::ProtocolError(fmt::format("the coordinator sent {} server addresses for {} servers",
+                                           j.server_addresses.size(), S));
+  }
+  for (int32_t k = 0; k < S; ++k) {
+    node->connect(j.server_addresses[static_cast<size_t>(k)], net::server_endpoint(k),
+                  proto::PeerHello{static_cast<uint8_t>(net::Role::kWorker), id,
+                                   j.welcome.membership_epoch},
+                  std::chrono::milliseconds(30'000));
+  }
+  std::vector<proto::KeyRange> ranges;
+  for (const auto& [b, e] : layout.shard_ranges(S)) ranges.push_back({b, e});
+  int threads = static_cast<int>(cfg.run.threads);
+  if (threads <= 0) threads = std::max(1, omp_get_num_procs());
+  WorkerOptions wo;
+  wo.worker_id = id;
+  wo.train_path = cfg.data.train;
+  wo.micro_batch = cfg.train.micro_batch;
+  wo.threads = std::max<int>(1, threads / static_cast<int>(cfg.cluster.workers));
+  spdlog::info("worker {}: connected to {} server(s), {} thread(s)", id, S, wo.threads);
+  net::TcpTransport transport(net::worker_endpoint(id), node);
+  try {
+    run_worker(wo, layout, std::move(ranges), transport);
+  } catch (...) {
+    node->close();
+    throw;
+  }
+  node->close();
+  spdlog::info("worker {}: stopped", id);
+}
+
+}  // namespace ptrain

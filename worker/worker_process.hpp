@@ -1,0 +1,18 @@
+// `ptrain worker`: a worker as its own process. Joins the job through the coordinator
+// (common/net/cluster_join.hpp), connects to every server (PeerHello), then runs run_worker over
+// TCP until Shutdown. Only the coordinator's loss is fatal here (it stops the job for any other).
+#pragma once
+
+#include "common/net/auth.hpp"
+
+#include <string>
+
+namespace ptrain {
+
+struct WorkerProcessOptions {
+  std::string coordinator;  // HOST:PORT
+};
+
+void run_worker_process(const WorkerProcessOptions& options, net::Secret secret);
+
+}  // namespace ptrain
