@@ -236,7 +236,7 @@ int run_bench_train(const TrainBenchArgs& args) {
   auto step = [&](int64_t t) {
     StepTimes st;
     const auto t0 = Clock::now();
-    std::fill(grads.begin(), grads.end(), 0.0f);
+    backend->fill(grads.data(), 0.0f, layout.total());
     LossSum loss;
     for (int64_t b0 = 0; b0 < B; b0 += mb) {
       const int64_t nb = std::min(mb, B - b0);

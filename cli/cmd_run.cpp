@@ -2,6 +2,7 @@
 // `cluster.launch: threads` the coordinator, servers and workers are threads of this process
 // (coordinator/threads_job.hpp); `processes` is refused as not implemented yet. Only parsing here.
 #include "cli/commands.hpp"
+#include "coordinator/process_job.hpp"
 #include "coordinator/threads_job.hpp"
 
 #include <spdlog/spdlog.h>
@@ -44,6 +45,13 @@ void add_run_command(CLI::App& app, Action& action) {
     action = [args] {
       const Config config = load_config_with_sets(args->config, args->sets);
       install_stop_handlers();
+      if (config.cluster.launch == Launch::kProcesses) {
+        ProcessJobOptions po;
+        po.config_path = args->config;
+        po.sets = args->sets;
+        po.stop_requested = [] { return g_stop.load(); };
+        return run_processes_job(config, po);
+      }
       ThreadsJobOptions options;
       options.stop_requested = [](int64_t) { return g_stop.load(); };
       const RunSummary s = run_threads_job(config, options);

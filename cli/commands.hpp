@@ -23,6 +23,13 @@ void add_eval_command(CLI::App& app, Action& action);
 void add_generate_command(CLI::App& app, Action& action);
 void add_inspect_command(CLI::App& app, Action& action);
 void add_bench_command(CLI::App& app, Action& action);
+void add_coordinator_command(CLI::App& app, Action& action);
+void add_server_command(CLI::App& app, Action& action);
+void add_worker_command(CLI::App& app, Action& action);
+
+// The job secret's file for a role: --secret-file, else $PTRAIN_SECRET_FILE (the only place that
+// reads it). UsageError when neither is given.
+std::string secret_file_path(const std::string& flag_value);
 
 // `--set a.b=value` (repeatable) on a subcommand that takes a config.
 void add_set_option(CLI::App* sub, std::vector<std::string>& sets);

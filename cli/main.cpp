@@ -21,6 +21,9 @@ int main(int argc, char** argv) {
   ptrain::cli::add_generate_command(app, action);
   ptrain::cli::add_inspect_command(app, action);
   ptrain::cli::add_bench_command(app, action);
+  ptrain::cli::add_coordinator_command(app, action);
+  ptrain::cli::add_server_command(app, action);
+  ptrain::cli::add_worker_command(app, action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

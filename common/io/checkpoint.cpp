@@ -347,8 +347,6 @@ void remove_tree(const fs::path& p) {
 
 // ---- Sharded checkpoints: shared by the writer (finish) and the readers ----------------------
 
-using Range = std::pair<int64_t, int64_t>;
-
 // Root attribute `shard_count` of an index (0: a single-file checkpoint).
 int64_t index_shard_count(const h5::File& f, const std::string& file) {
   if (!f.has_attr("shard_count")) return 0;
@@ -377,7 +375,8 @@ struct Shard {
   h5::File file;
 };
 
-// Runs `f` on shard `s`; an HDF5 failure becomes "shard PATH is truncated or damaged".
+// Runs `f` on the shard at `shard_path`; an HDF5 failure becomes "shard PATH is truncated or
+// damaged".
 template <class F>
 auto shard_guard(const std::string& label, const std::string& shard_path, F&& f) {
   try {
@@ -472,11 +471,6 @@ struct Piece {
 };
 
 int64_t rows_of(const std::vector<int64_t>& shape) { return shape.empty() ? 1 : shape[0]; }
-int64_t row_size_of(const std::vector<int64_t>& shape) {
-  int64_t r = 1;
-  for (size_t i = 1; i < shape.size(); ++i) r *= shape[i];
-  return r;
-}
 
 // The rows of tensor `t` that flat range [begin, end) holds, as a piece of shard k (rows == 0:
 // none). Throws CheckpointError naming `who` when the range cuts a row of `t`.
@@ -569,14 +563,15 @@ std::vector<Piece> mapped_pieces(const std::string& file, const h5::Dataset& ds,
 // dataset (float32, shape, row_begin, crc32c). Into `dst` (the whole tensor) when it is not
 // empty, else through a bounded buffer (verification). Adds each piece's floats to
 // floats_per_shard. Returns the CRC32C of the whole tensor (pieces in row order).
-uint32_t read_pieces(const std::string& label, std::vector<Shard>& shards, const std::string& rel,
+uint32_t read_pieces(const std::string& label, const std::vector<Shard>& shards,
+                     const std::string& rel,
                      const std::vector<int64_t>& shape, const std::vector<Piece>& pieces,
                      std::span<float> dst, std::vector<int64_t>& floats_per_shard) {
-  const int64_t row = row_size_of(shape);
+  const int64_t row = shape_row_size(shape);
   uint32_t whole = 0;
   std::vector<float> buf;
   for (const Piece& p : pieces) {
-    Shard& s = shards[static_cast<size_t>(p.shard)];
+    const Shard& s = shards[static_cast<size_t>(p.shard)];
     shard_guard(label, s.path, [&] {
       auto refuse = [&](const std::string& why) {
         throw CheckpointError(fmt::format("{}: shard {}: tensor {} (rows {} to {}) {}", label,
@@ -652,7 +647,8 @@ void check_shard_totals(const std::string& file, const std::vector<Shard>& shard
 // Reads tensor `rel` of a sharded checkpoint into `dst` from the shards: the index's mappings
 // must be exactly the pieces the shards' ranges imply; every piece's and the whole CRC32C is
 // checked.
-void read_sharded_tensor(const h5::File& f, const std::string& file, std::vector<Shard>& shards,
+void read_sharded_tensor(const h5::File& f, const std::string& file,
+                         const std::vector<Shard>& shards,
                          const std::string& rel, const TensorSpec& t, std::span<float> dst,
                          std::vector<int64_t>& floats) {
   uint64_t stored = 0;

@@ -125,8 +125,9 @@ void write_checkpoint_shard(const std::string& tmp_dir, int64_t k, int64_t n_sha
 // Coordinator, once every shard is written: opens every shard and reads it back (header: index,
 // count, layout hash, step; every tensor piece's CRC32C), writes TMP_DIR/checkpoint.h5 (the
 // attributes from `meta` as write_checkpoint_file does, shard_count, /tokenizer, /data and the
-// virtual datasets with the whole-tensor crc32c), checks the index's mappings read back, fsyncs
-// everything and publishes the folder as publish_checkpoint does (rename, `latest`, keep-K).
+// virtual datasets with the whole-tensor crc32c; temp name, fsync, rename), checks the index's
+// mappings read back and publishes the folder as publish_checkpoint does (rename, `latest`,
+// keep-K). The shards are durable already: their writers fsync'd them and the folder.
 // Returns the published directory. On any problem throws CheckpointError naming the shard (or
 // IoError), removes TMP_DIR and leaves `latest` and every published checkpoint as they were.
 std::string finish_sharded_checkpoint(const std::string& run_dir, const std::string& tmp_dir,

@@ -226,13 +226,18 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
     }
     const proto::Message m = proto::decode(frame, opt.limits);
     Identity id;
+    std::exception_ptr refused;
+    std::vector<std::byte> reply;
     try {
       if (!identify) throw proto::ProtocolError("this node accepts no connections");
       id = identify(m, s->addr);
     } catch (const Error& e) {
-      const auto reply = proto::encode(proto::Failure{static_cast<int32_t>(e.code()), e.what()});
+      reply = proto::encode(proto::Failure{static_cast<int32_t>(e.code()), e.what()});
+      refused = std::current_exception();
+    }
+    if (refused) {  // tell the peer why before dropping it
       auto [ec, n] = co_await asio::async_write(s->sock, asio::buffer(reply), nothrow_awaitable);
-      throw;
+      std::rethrow_exception(refused);
     }
     {
       std::lock_guard lock(mu);

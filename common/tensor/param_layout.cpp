@@ -86,9 +86,10 @@ const TensorSpec& ParamLayout::find(const std::string& name) const {
   return *t;
 }
 
-int64_t TensorSpec::row_size() const {
-  if (shape.size() < 2 || shape[0] <= 0) return 1;
-  return count / shape[0];
+int64_t shape_row_size(const std::vector<int64_t>& shape) {
+  int64_t r = 1;
+  for (size_t i = 1; i < shape.size(); ++i) r *= shape[i];
+  return r;
 }
 
 int64_t ParamLayout::nearest_row_boundary(int64_t x) const {

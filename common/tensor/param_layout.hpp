@@ -22,6 +22,10 @@ struct ModelDims {
   int64_t C = 0;
 };
 
+// Floats in one row of a tensor of `shape`: the product of the dimensions after the first (1 for
+// a 1-D tensor, whose "rows" are single elements). Shard boundaries fall between rows.
+int64_t shape_row_size(const std::vector<int64_t>& shape);
+
 // Resolves `model.vocab_size` (0 = auto) against the tokenizer's size. Throws ConfigError when
 // the configured size is smaller than the tokenizer's.
 ModelDims model_dims(const ModelConfig& model, int64_t tokenizer_vocab);
@@ -33,9 +37,7 @@ struct TensorSpec {
   int64_t count = 0;           // product of shape
   bool decay = false;          // AdamW weight decay applies (tensors with >= 2 dims)
 
-  // Floats in one row: the product of the dimensions after the first (1 for a 1-D tensor, whose
-  // "rows" are single elements). Shard boundaries fall between rows.
-  int64_t row_size() const;
+  int64_t row_size() const { return shape_row_size(shape); }  // floats in one row
 };
 
 class ParamLayout {

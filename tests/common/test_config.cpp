@@ -382,7 +382,7 @@ TEST_CASE("config: to_yaml emits every key and parses back to an equal config") 
   // Struct value 0 is written as `auto`, and enum values by name.
   const std::string defaults = parse(kTrain).to_yaml();
   CHECK(contains(defaults, "  vocab_size: auto\n"));
-  CHECK(contains(defaults, "  launch: threads\n"));
+  CHECK(contains(defaults, "  launch: processes         #"));
   CHECK(contains(defaults, "  sync: bsp\n"));
   CHECK(contains(defaults, "  resume: auto\n"));
   CHECK(contains(defaults, "  tokenizer: byte\n"));

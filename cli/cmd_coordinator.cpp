@@ -1,0 +1,76 @@
+// `ptrain coordinator CONFIG [--set k=v]... [--listen HOST:PORT] [--secret-file PATH]`: the
+// coordinator role as its own process (coordinator/coordinator_process.hpp). Only parsing here.
+#include "cli/commands.hpp"
+#include "common/error.hpp"
+#include "coordinator/coordinator_process.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdlib>
+#include <memory>
+
+namespace ptrain::cli {
+namespace {
+
+std::atomic<bool> g_stop{false};
+extern "C" void on_coordinator_stop(int) { g_stop.store(true); }
+
+}  // namespace
+
+std::string secret_file_path(const std::string& flag_value) {
+  if (!flag_value.empty()) return flag_value;
+  if (const char* env = std::getenv("PTRAIN_SECRET_FILE"); env != nullptr && *env != '\0') {
+    return env;
+  }
+  throw UsageError("no job secret: pass --secret-file PATH or set PTRAIN_SECRET_FILE (`ptrain run` "
+                   "writes RUN_DIR/secret)");
+}
+
+void add_coordinator_command(CLI::App& app, Action& action) {
+  struct Args {
+    std::string config;
+    std::vector<std::string> sets;
+    std::string listen = "0.0.0.0:0";
+    std::string secret_file;
+  };
+  auto args = std::make_shared<Args>();
+  auto* sub = app.add_subcommand(
+      "coordinator", "Run the coordinator role: accepts servers and workers over TCP, runs the job");
+  sub->add_option("CONFIG", args->config, "YAML config file")->required();
+  add_set_option(sub, args->sets);
+  sub->add_option("--listen", args->listen, "HOST:PORT to listen on (port 0 = a free port; "
+                                            "written to RUN_DIR/coordinator.addr)");
+  sub->add_option("--secret-file", args->secret_file,
+                  "The job secret (mode 0600); default $PTRAIN_SECRET_FILE");
+  sub->callback([&action, args] {
+    action = [args] {
+      const Config config = load_config_with_sets(args->config, args->sets);
+      net::Secret secret = net::read_secret_file(secret_file_path(args->secret_file));
+      struct sigaction sa {};
+      sa.sa_handler = on_coordinator_stop;
+      sigemptyset(&sa.sa_mask);
+      sa.sa_flags = SA_RESETHAND;
+      sigaction(SIGINT, &sa, nullptr);
+      sigaction(SIGTERM, &sa, nullptr);
+      CoordinatorProcessOptions o;
+      o.config = config;
+      o.listen = args->listen;
+      o.stop_requested = [] { return g_stop.load(); };
+      const RunSummary s = run_coordinator_process(o, std::move(secret));
+      if (s.final_step > s.start_step) {
+        spdlog::info("done: step {} | loss {:.4f} | {:.0f} tok/s | {:.3f} s/step | {}",
+                     s.final_step, s.final_loss, s.tokens_per_s, s.mean_step_s,
+                     s.last_checkpoint.empty() ? "no checkpoint" : s.last_checkpoint);
+      }
+      if (s.interrupted) {
+        spdlog::info("interrupted at step {}; the checkpoint {} resumes it", s.final_step,
+                     s.last_checkpoint);
+      }
+      return 0;
+    };
+  });
+}
+
+}  // namespace ptrain::cli

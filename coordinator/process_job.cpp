@@ -1,0 +1,242 @@
+#include "coordinator/process_job.hpp"
+
+#include "common/error.hpp"
+#include "common/net/auth.hpp"
+#include "common/util/fs.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <thread>
+
+namespace ptrain {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+struct Child {
+  std::string name;  // "coordinator", "server-0", "worker-1"
+  pid_t pid = -1;
+  bool done = false;
+  int status = 0;
+};
+
+// fork + exec `argv` in process group `pgid` (0 = a new group led by the child), output to `log`.
+pid_t spawn(const std::vector<std::string>& argv, pid_t pgid, const std::string& log) {
+  const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw IoError(fmt::format("cannot create {}: {}", log, std::strerror(errno)));
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  const pid_t parent = ::getpid();
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    ::close(fd);
+    throw IoError(fmt::format("fork failed: {}", std::strerror(errno)));
+  }
+  if (pid == 0) {
+    ::setpgid(0, pgid);
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);  // the launcher died before prctl
+    const int devnull = ::open("/dev/null", O_RDONLY);
+    if (devnull >= 0) ::dup2(devnull, 0);
+    ::dup2(fd, 1);
+    ::dup2(fd, 2);
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    ::signal(SIGINT, SIG_DFL);
+    ::signal(SIGTERM, SIG_DFL);
+    ::execv(args[0], args.data());
+    ::_exit(127);
+  }
+  ::setpgid(pid, pgid == 0 ? pid : pgid);  // also from the parent: no race with kill(-pgid)
+  ::close(fd);
+  return pid;
+}
+
+void reap(std::vector<Child>& children) {
+  for (auto& c : children) {
+    if (c.done) continue;
+    int st = 0;
+    if (::waitpid(c.pid, &st, WNOHANG) == c.pid) {
+      c.done = true;
+      c.status = st;
+    }
+  }
+}
+
+bool all_done(const std::vector<Child>& children) {
+  for (const auto& c : children) {
+    if (!c.done) return false;
+  }
+  return true;
+}
+
+int exit_code(int status) {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return 1;
+}
+
+std::string describe(int status) {
+  if (WIFEXITED(status)) return fmt::format("exit {}", WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return fmt::format("killed by signal {}", WTERMSIG(status));
+  return "?";
+}
+
+// The coordinator log's error lines, so the launcher's own stderr says why the job stopped.
+void echo_errors(const std::string& log) {
+  std::ifstream in(log);
+  for (std::string line; std::getline(in, line);) {
+    if (line.find("[error]") != std::string::npos) spdlog::error("coordinator: {}", line);
+  }
+}
+
+}  // namespace
+
+int run_processes_job(const Config& config, const ProcessJobOptions& o) {
+  const fs::path run_dir(config.run.dir);
+  make_dirs(run_dir.string());
+  make_dirs((run_dir / "logs").string());
+  std::string secret_file = o.secret_file;
+  if (secret_file.empty()) {
+    secret_file = (run_dir / "secret").string();
+    std::error_code ec;
+    fs::remove(secret_file, ec);
+    net::write_secret_file(secret_file, net::OverwriteSecret::kYes);
+  }
+  const std::string addr_file = (run_dir / "coordinator.addr").string();
+  {
+    std::error_code ec;
+    fs::remove(addr_file, ec);
+  }
+  std::string binary = o.ptrain_binary;
+  {
+    std::error_code ec;
+    const auto real = fs::read_symlink(binary, ec);
+    if (!ec) binary = real.string();
+  }
+
+  std::vector<Child> children;
+  pid_t pgid = 0;
+  auto kill_all = [&](int sig) {
+    if (pgid > 0) ::kill(-pgid, sig);
+  };
+  auto finish = [&](int rc) {
+    // Everyone gets a grace period to exit on their own, then SIGKILL; all are reaped.
+    const auto grace = Clock::now() + std::chrono::milliseconds(
+                                          static_cast<int64_t>(config.cluster.peer_timeout_s * 1000) + 5000);
+    while (!all_done(children) && Clock::now() < grace) {
+      reap(children);
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    if (!all_done(children)) {
+      spdlog::warn("killing the roles that did not exit");
+      kill_all(SIGKILL);
+      for (auto& c : children) {
+        if (!c.done) {
+          ::waitpid(c.pid, &c.status, 0);
+          c.done = true;
+        }
+      }
+    }
+    for (const auto& c : children) spdlog::debug("{}: {}", c.name, describe(c.status));
+    return rc;
+  };
+
+  try {
+    std::vector<std::string> cargs = {binary, "coordinator", o.config_path, "--listen",
+                                      "127.0.0.1:0", "--secret-file", secret_file};
+    for (const auto& s : o.sets) {
+      cargs.push_back("--set");
+      cargs.push_back(s);
+    }
+    const std::string clog = (run_dir / "logs" / "coordinator-0.log").string();
+    children.push_back({"coordinator", spawn(cargs, 0, clog)});
+    pgid = children[0].pid;
+
+    // The coordinator's address, once it listens.
+    std::string addr;
+    const auto deadline = Clock::now() + std::chrono::seconds(60);
+    while (addr.empty()) {
+      reap(children);
+      if (children[0].done) {
+        echo_errors(clog);
+        throw IoError(fmt::format("the coordinator exited before listening ({}); see {}",
+                                  describe(children[0].status), clog));
+      }
+      if (Clock::now() > deadline) {
+        throw IoError(fmt::format("the coordinator did not write {} within 60 s; see {}",
+                                  addr_file, clog));
+      }
+      std::ifstream in(addr_file);
+      if (in) std::getline(in, addr);
+      if (addr.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    spdlog::info("coordinator at {} (pid {}); starting {} server(s) and {} worker(s); logs in {}",
+                 addr, pgid, config.cluster.servers, config.cluster.workers,
+                 (run_dir / "logs").string());
+    for (int64_t k = 0; k < config.cluster.servers; ++k) {
+      children.push_back({fmt::format("server-{}", k),
+                          spawn({binary, "server", "--coordinator", addr, "--listen",
+                                 "127.0.0.1:0", "--secret-file", secret_file},
+                                pgid, (run_dir / "logs" / fmt::format("server-{}.log", k)).string())});
+    }
+    for (int64_t k = 0; k < config.cluster.workers; ++k) {
+      children.push_back({fmt::format("worker-{}", k),
+                          spawn({binary, "worker", "--coordinator", addr, "--secret-file",
+                                 secret_file},
+                                pgid, (run_dir / "logs" / fmt::format("worker-{}.log", k)).string())});
+    }
+
+    bool forwarded = false;
+    std::optional<Clock::time_point> first_death;
+    for (;;) {
+      reap(children);
+      if (children[0].done) break;
+      if (!forwarded && o.stop_requested && o.stop_requested()) {
+        spdlog::info("stop requested: asking the coordinator to checkpoint and stop");
+        ::kill(children[0].pid, SIGTERM);
+        forwarded = true;
+      }
+      // A role died: the coordinator should notice within the peer timeout; if it does not, the
+      // launcher stops the job itself.
+      for (size_t i = 1; i < children.size(); ++i) {
+        if (children[i].done && !first_death) {
+          first_death = Clock::now();
+          spdlog::warn("{} exited ({})", children[i].name, describe(children[i].status));
+        }
+      }
+      if (first_death && Clock::now() - *first_death >
+                             std::chrono::milliseconds(static_cast<int64_t>(
+                                 config.cluster.peer_timeout_s * 1000) + 10'000)) {
+        spdlog::error("the coordinator did not stop after a role exited; killing the job");
+        kill_all(SIGKILL);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    const int rc = exit_code(children[0].status);
+    if (rc != 0) {
+      echo_errors(clog);
+      spdlog::error("the coordinator stopped the job ({}); logs in {}",
+                    describe(children[0].status), (run_dir / "logs").string());
+    }
+    return finish(rc);
+  } catch (...) {
+    kill_all(SIGKILL);
+    finish(1);
+    throw;
+  }
+}
+
+}  // namespace ptrain

@@ -1,0 +1,371 @@
+// `cluster.launch: processes` end to end (label `dist`): real `ptrain` processes on 127.0.0.1
+// with free ports. Every test kills what it starts (its own process group) and checks that no
+// role is left behind.
+#include "coordinator/job_test_util.hpp"
+
+#include "common/io/checkpoint.hpp"
+#include "common/net/auth.hpp"
+#include "common/proto/codec.hpp"
+
+#include <arpa/inet.h>
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+extern char** environ;
+
+using namespace ptrain;
+using namespace ptrain::testing;
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+struct Proc {
+  pid_t pid = -1;
+};
+
+// `ptrain ARGS...` in a new process group (so the test can kill everything it started).
+Proc start(const std::vector<std::string>& args, const std::string& err_file) {
+  std::vector<std::string> full{PTRAIN_TEST_BINARY};
+  full.insert(full.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : full) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 2, err_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawnattr_t at;
+  posix_spawnattr_init(&at);
+  posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP);
+  posix_spawnattr_setpgroup(&at, 0);
+  Proc p;
+  const int rc = posix_spawn(&p.pid, PTRAIN_TEST_BINARY, &fa, &at, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&at);
+  REQUIRE_MESSAGE(rc == 0, "cannot start " << PTRAIN_TEST_BINARY);
+  return p;
+}
+
+// Waits up to `limit` for the launcher; kills its group if it hangs (then fails the test).
+int wait_exit(const Proc& p, std::chrono::seconds limit = std::chrono::seconds(120)) {
+  const auto deadline = Clock::now() + limit;
+  int status = 0;
+  for (;;) {
+    const pid_t r = waitpid(p.pid, &status, WNOHANG);
+    if (r == p.pid) break;
+    if (Clock::now() > deadline) {
+      kill(-p.pid, SIGKILL);
+      waitpid(p.pid, &status, 0);
+      FAIL("ptrain did not exit within " << limit.count() << " s");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  REQUIRE_MESSAGE(WIFEXITED(status), "ptrain died by signal " << WTERMSIG(status));
+  return WEXITSTATUS(status);
+}
+
+// pids of `ptrain` processes whose command line mentions `needle` (the run's folder).
+std::vector<pid_t> ptrain_processes_with(const std::string& needle) {
+  std::vector<pid_t> out;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const std::string name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream in(e.path() / "cmdline");
+    std::string cmd((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (cmd.find(needle) != std::string::npos && cmd.find("ptrain") != std::string::npos) {
+      out.push_back(std::stoi(name));
+    }
+  }
+  return out;
+}
+
+// Roles started by the launcher carry the secret file's path (RUN_DIR/secret) in argv.
+bool no_roles_left(const std::string& run_dir) {
+  const auto deadline = Clock::now() + std::chrono::seconds(5);
+  while (Clock::now() < deadline) {
+    if (ptrain_processes_with(run_dir + "/secret").empty()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  for (pid_t p : ptrain_processes_with(run_dir + "/secret")) kill(p, SIGKILL);
+  return false;
+}
+
+std::string slurp(const std::string& file) {
+  std::ifstream in(file);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string write_config(const TempDir& dir, int64_t steps, const std::string& launch,
+                         const std::string& rundir = "run") {
+  if (!fs::exists(dir / "train.tok")) write_corpus(dir / "train.tok", 20000, 7);
+  const std::string cfg = dir / (rundir + ".yaml");
+  std::ofstream(cfg) << "run: {dir: " << rundir << ", seed: 5, threads: 2}\n"
+                     << "data: {train: train.tok, tokenizer: byte}\n"
+                        "model: {seq_len: 16, n_layer: 1, n_head: 2, n_embd: 16}\n"
+                        "train: {steps: " << steps << ", batch_size: 4, micro_batch: 2, "
+                     << "eval_every: 0, log_every: 1}\n"
+                        "cluster: {workers: 2, servers: 2, launch: " << launch
+                     << ", heartbeat_s: 0.2, peer_timeout_s: 2}\n"
+                        "checkpoint: {every_steps: 0, resume: auto}\n";
+  return cfg;
+}
+
+ParamLayout tiny_layout() {
+  ModelConfig m;
+  m.seq_len = 16;
+  m.n_layer = 1;
+  m.n_head = 2;
+  m.n_embd = 16;
+  return ParamLayout(model_dims(m, 257));
+}
+
+std::vector<float> final_weights(const std::string& run_dir) {
+  return read_checkpoint(run_dir + "/checkpoints/latest/checkpoint.h5", tiny_layout(), false)
+      .params;
+}
+
+void wait_for_steps(const std::string& run_dir, size_t n) {
+  const auto deadline = Clock::now() + std::chrono::seconds(90);
+  while (read_lines(run_dir + "/train.jsonl").size() < n) {
+    REQUIRE_MESSAGE(Clock::now() < deadline, "no training progress in " << run_dir);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+// A raw TCP client (no Asio) for the hostile-peer tests.
+int dial(const std::string& host_port) {
+  const size_t colon = host_port.rfind(':');
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(std::stoi(host_port.substr(colon + 1))));
+  inet_pton(AF_INET, host_port.substr(0, colon).c_str(), &a.sin_addr);
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  return fd;
+}
+
+void send_all(int fd, const std::vector<std::byte>& b) {
+  size_t off = 0;
+  while (off < b.size()) {
+    const ssize_t n = ::send(fd, b.data() + off, b.size() - off, MSG_NOSIGNAL);
+    if (n <= 0) return;
+    off += static_cast<size_t>(n);
+  }
+}
+
+net::AuthFrame recv_auth(int fd) {
+  std::vector<std::byte> buf;
+  std::byte c[256];
+  for (;;) {
+    const auto r = net::decode_auth(buf);
+    if (r.status == proto::DecodeStatus::kGood) return r.frame;
+    REQUIRE(r.status == proto::DecodeStatus::kNeedMore);
+    const ssize_t n = ::recv(fd, c, sizeof c, 0);
+    REQUIRE(n > 0);
+    buf.insert(buf.end(), c, c + n);
+  }
+}
+
+// Authenticates as a worker with `secret`; true when accepted.
+bool authenticate(int fd, const net::Secret& secret) {
+  net::ClientHandshake hs(secret, net::Role::kWorker);
+  send_all(fd, hs.hello());
+  for (;;) {
+    const net::AuthStep st = hs.on_frame(recv_auth(fd));
+    if (!st.send.empty()) send_all(fd, st.send);
+    if (st.state != net::AuthState::kContinue) return st.state == net::AuthState::kAccepted;
+  }
+}
+
+// true when the peer closed the connection (recv returns 0 or an error) within 5 s.
+bool closed_by_peer(int fd) {
+  std::byte c[4096];
+  for (;;) {
+    const ssize_t n = ::recv(fd, c, sizeof c, 0);
+    if (n <= 0) return true;
+  }
+}
+
+}  // namespace
+
+TEST_CASE("dist: a 2-server/2-worker processes job trains, exits 0, leaves nothing; repeats "
+          "bitwise; matches threads") {
+  TempDir dir("dist-basic");
+  const std::string cfg = write_config(dir, 5, "processes");
+  const Proc p = start({"run", cfg}, dir / "err.txt");
+  CHECK_MESSAGE(wait_exit(p) == 0, slurp(dir / "err.txt"));
+  CHECK(no_roles_left(dir / "run"));
+  CHECK(fs::read_symlink(dir / "run/checkpoints/latest") == "step-00000005");
+  CHECK(read_lines(dir / "run/train.jsonl").size() == 5);
+  CHECK(fs::exists(dir / "run/logs/coordinator-0.log"));
+  CHECK(fs::exists(dir / "run/logs/worker-1.log"));
+  CHECK((fs::status(dir / "run/secret").permissions() & fs::perms::group_all) == fs::perms::none);
+  const std::string addr = slurp(dir / "run/coordinator.addr");
+  CHECK(addr.rfind("127.0.0.1:", 0) == 0);
+  const auto a = final_weights(dir / "run");
+
+  const std::string cfg2 = write_config(dir, 5, "processes", "run2");
+  const Proc q = start({"run", cfg2}, dir / "err2.txt");
+  CHECK(wait_exit(q) == 0);
+  const auto b = final_weights(dir / "run2");
+  REQUIRE(a.size() == b.size());
+  CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+
+  const std::string cfg3 = write_config(dir, 5, "threads", "run3");
+  const Proc r = start({"run", cfg3}, dir / "err3.txt");
+  CHECK(wait_exit(r) == 0);
+  const auto c = final_weights(dir / "run3");
+  const ParamLayout layout = tiny_layout();
+  const Worst w = worst_rel_l2(layout, a, c);
+  INFO("worst tensor " << w.tensor << " rel L2 " << w.value);
+  CHECK(w.value <= 1e-6);
+}
+
+TEST_CASE("dist: wrong secret and hostile peers are dropped, the job continues") {
+  TempDir dir("dist-hostile");
+  const std::string cfg = write_config(dir, 100000, "processes");
+  const Proc p = start({"run", cfg}, dir / "err.txt");
+  wait_for_steps(dir / "run", 2);
+  const std::string addr = [&] {
+    std::string s = slurp(dir / "run/coordinator.addr");
+    return s.substr(0, s.find('\n'));
+  }();
+  const net::Secret good = net::read_secret_file(dir / "run/secret");
+
+  {  // wrong secret
+    const int fd = dial(addr);
+    CHECK_FALSE(authenticate(fd, net::Secret("not-the-secret")));
+    close(fd);
+  }
+  {  // garbage before auth
+    const int fd = dial(addr);
+    send_all(fd, std::vector<std::byte>(64, std::byte{0x41}));
+    CHECK(closed_by_peer(fd));
+    close(fd);
+  }
+  auto after_auth = [&](std::vector<std::byte> bytes, bool then_close) {
+    const int fd = dial(addr);
+    REQUIRE(authenticate(fd, good));
+    send_all(fd, bytes);
+    if (then_close) {
+      shutdown(fd, SHUT_WR);
+    }
+    CHECK(closed_by_peer(fd));
+    close(fd);
+  };
+  std::vector<std::byte> reg = proto::encode(proto::Register{2, "", "test"});
+  {  // garbage after auth
+    after_auth(std::vector<std::byte>(64, std::byte{0x5a}), false);
+  }
+  {  // truncated frame
+    std::vector<std::byte> t(reg.begin(), reg.begin() + static_cast<long>(reg.size() / 2));
+    after_auth(t, true);
+  }
+  {  // oversized length
+    std::vector<std::byte> big = reg;
+    const uint64_t len = 1ull << 40;
+    std::memcpy(big.data() + 12, &len, 8);
+    after_auth(big, false);
+  }
+  {  // wrong protocol version
+    std::vector<std::byte> v = reg;
+    const uint16_t ver = 99;
+    std::memcpy(v.data() + 4, &ver, 2);
+    after_auth(v, false);
+  }
+  {  // a third worker in a 2-worker job
+    after_auth(reg, false);
+  }
+  const size_t before = read_lines(dir / "run/train.jsonl").size();
+  wait_for_steps(dir / "run", before + 3);  // still training
+  kill(p.pid, SIGTERM);
+  CHECK(wait_exit(p) == 0);
+  CHECK(no_roles_left(dir / "run"));
+  const std::string log = slurp(dir / "run/logs/coordinator-0.log");
+  CHECK(log.find("refused a connection from 127.0.0.1:") != std::string::npos);
+  CHECK(log.find("bad magic") != std::string::npos);
+  CHECK(log.find("truncated frame") != std::string::npos);
+  CHECK(log.find("over the") != std::string::npos);
+  CHECK(log.find("protocol version 99") != std::string::npos);
+  CHECK(log.find("already has its 2 worker(s)") != std::string::npos);
+}
+
+TEST_CASE("dist: SIGTERM checkpoints and stops; resume equals a straight run (bitwise)") {
+  TempDir dir("dist-resume");
+  const std::string cfg = write_config(dir, 100000, "processes");
+  const Proc p = start({"run", cfg}, dir / "err.txt");
+  wait_for_steps(dir / "run", 3);
+  kill(p.pid, SIGTERM);
+  CHECK(wait_exit(p) == 0);
+  CHECK(no_roles_left(dir / "run"));
+  const auto lines = read_lines(dir / "run/train.jsonl");
+  const std::string latest = fs::read_symlink(dir / "run/checkpoints/latest").string();
+  const int64_t stopped = std::stoll(latest.substr(5));
+  REQUIRE(stopped >= 3);
+  const int64_t total = stopped + 3;
+  const Proc q = start({"run", cfg, "--set", "train.steps=" + std::to_string(total)},
+                       dir / "err2.txt");
+  CHECK(wait_exit(q) == 0);
+  const auto resumed = final_weights(dir / "run");
+
+  const std::string cfg2 = write_config(dir, total, "processes", "straight");
+  const Proc r = start({"run", cfg2}, dir / "err3.txt");
+  CHECK(wait_exit(r) == 0);
+  const auto straight = final_weights(dir / "straight");
+  REQUIRE(resumed.size() == straight.size());
+  CHECK(std::memcmp(resumed.data(), straight.data(), resumed.size() * sizeof(float)) == 0);
+}
+
+TEST_CASE("dist: kill -9 of a worker or a server stops the job naming it; latest intact") {
+  for (const std::string victim : {"worker", "server"}) {
+    CAPTURE(victim);
+    TempDir dir("dist-kill-" + victim);
+    const std::string cfg = write_config(dir, 100000, "processes");
+    std::string c = slurp(cfg);
+    c.replace(c.find("every_steps: 0"), 14, "every_steps: 2");
+    std::ofstream(cfg) << c;
+    const Proc p = start({"run", cfg}, dir / "err.txt");
+    wait_for_steps(dir / "run", 3);
+    while (!fs::exists(dir / "run/checkpoints/latest")) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    pid_t target = -1;
+    for (pid_t q : ptrain_processes_with(dir / "run/secret")) {
+      std::ifstream in("/proc/" + std::to_string(q) + "/cmdline");
+      std::string cmd((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      if (cmd.find(std::string("\0", 1) + victim + std::string("\0", 1)) != std::string::npos) {
+        target = q;
+      }
+    }
+    REQUIRE(target > 0);
+    const auto t0 = Clock::now();
+    kill(target, SIGKILL);
+    CHECK(wait_exit(p) != 0);
+    CHECK(Clock::now() - t0 < std::chrono::seconds(15));
+    CHECK(no_roles_left(dir / "run"));
+    const std::string err = slurp(dir / "err.txt") + slurp(dir / "run/logs/coordinator-0.log");
+    CHECK(err.find(victim + " ") != std::string::npos);
+    CHECK(err.find("(127.0.0.1:") != std::string::npos);
+    const CheckpointData d =
+        read_checkpoint(dir / "run/checkpoints/latest/checkpoint.h5", tiny_layout(), false);
+    CHECK(d.meta.step >= 2);
+  }
+}
