@@ -63,7 +63,7 @@ expect 3 "type.yaml:[0-9]+.*model.n_layer.*integer" -- "$PTRAIN" init type.yaml 
 expect 3 "optim.lr" -- "$PTRAIN" init good.yaml --set optim.lr=-1 --out x.h5
 expect 3 "n_embd.*n_head|n_head.*n_embd" -- "$PTRAIN" init good.yaml --set model.n_embd=15 --out x.h5
 expect 3 "model.seq_len" -- "$PTRAIN" init good.yaml --set model.seq_len=0 --out x.h5
-expect 3 "cluster.launch.*not implemented yet" -- "$PTRAIN" run good.yaml --set cluster.launch=processes
+expect 3 "cluster.launch.*mpi" -- "$PTRAIN" run good.yaml --set cluster.launch=mpi
 expect 3 "cluster.sync.*not implemented yet" -- "$PTRAIN" run good.yaml --set cluster.sync=async
 expect 4 "missing.yaml" -- "$PTRAIN" run missing.yaml
 expect 2 "--set|set" -- "$PTRAIN" run good.yaml --set nonsense

@@ -119,7 +119,7 @@ TEST_CASE("auth: HMAC-SHA256 matches the RFC 4231 test vectors") {
         "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
 }
 
-TEST_CASE("auth: proofs bind the secret, the side, the role and both nonces") {
+TEST_CASE("auth: proofs bind the secret - the side - the role and both nonces") {
   const Secret s("correct horse battery staple");
   const Nonce a = random_nonce(), b = random_nonce();
   CHECK(a != b);
@@ -138,7 +138,7 @@ TEST_CASE("auth: proofs bind the secret, the side, the role and both nonces") {
   }
 }
 
-TEST_CASE("auth: handshake succeeds with the same secret, both ways proven") {
+TEST_CASE("auth: handshake succeeds with the same secret - both ways proven") {
   const Secret secret = generate_secret();
   CHECK(secret.size() == 64);
   for (Role client_role : {Role::kWorker, Role::kServer}) {
@@ -190,7 +190,7 @@ TEST_CASE("auth: a wrong secret is refused by either side") {
   }
 }
 
-TEST_CASE("auth: tampered, replayed and reflected proofs are refused") {
+TEST_CASE("auth: tampered - replayed and reflected proofs are refused") {
   const Secret secret = generate_secret();
 
   SUBCASE("a bit flipped in the server's proof") {
@@ -336,7 +336,7 @@ TEST_CASE("auth: random bytes never crash the auth decoder") {
   }
 }
 
-TEST_CASE("auth: secret files are 0600, atomic, never overwritten by accident") {
+TEST_CASE("auth: secret files are 0600 - atomic - never overwritten by accident") {
   TempDir dir;
   const std::string path = dir.file("secret");
   const Secret written = write_secret_file(path);

@@ -42,7 +42,7 @@ TEST_CASE("transport: endpoints print as role and id") {
   CHECK(worker_endpoint(0).str() == "worker 0");
 }
 
-TEST_CASE("transport: order from one sender is kept, mailboxes exist before their owner") {
+TEST_CASE("transport: order from one sender is kept - mailboxes exist before their owner") {
   auto fabric = std::make_shared<InprocFabric>();
   InprocTransport a(worker_endpoint(0), fabric);
   for (int64_t i = 0; i < 100; ++i) a.send(coordinator_endpoint(), proto::StepBegin{i, 0, {}});
@@ -100,7 +100,7 @@ TEST_CASE("transport: TCP is refused as not implemented yet") {
                        doctest::Contains("not implemented yet"), NotImplementedError);
 }
 
-TEST_CASE("transport: N sender threads, one receiver, everything arrives (sizes 0, 1, 2, 7)") {
+TEST_CASE("transport: N sender threads - one receiver - everything arrives (sizes 0 - 1 - 2 - 7)") {
   for (int n : {0, 1, 2, 7}) {
     auto fabric = std::make_shared<InprocFabric>();
     InprocTransport sink(coordinator_endpoint(), fabric);

@@ -106,7 +106,7 @@ PrepareOptions many_docs(const TempDir& dir, int n) {
 
 }  // namespace
 
-TEST_CASE("prepare: text, JSONL, separator, binary and symlinked files become the right documents") {
+TEST_CASE("prepare: text - JSONL - separator - binary and symlinked files become the right documents") {
   TempDir dir;
   dir.write("in/a.txt", "hello world\n");
   dir.write("in/b.jsonl", "{\"text\": \"one\"}\n{\"text\": \"\", \"id\": 2}\n\n{\"text\": \"t\\u0000wo\\n\"}\n");
@@ -154,7 +154,7 @@ TEST_CASE("prepare: text, JSONL, separator, binary and symlinked files become th
   CHECK(skipped_with(c3, "in2/loop", "folder already read"));
 }
 
-TEST_CASE("prepare: byte tokenizer end to end, every document once, eot after each") {
+TEST_CASE("prepare: byte tokenizer end to end - every document once - eot after each") {
   TempDir dir;
   PrepareOptions opt = many_docs(dir, 40);
   opt.val_fraction = 0.25;
@@ -262,7 +262,7 @@ TEST_CASE("prepare: bpe end to end decodes back to the documents") {
   CHECK(train[0].rfind("Record ", 0) == 0);
 }
 
-TEST_CASE("prepare: every bad input is refused with a clear error, leaving the output folder as it was") {
+TEST_CASE("prepare: every bad input is refused with a clear error - leaving the output folder as it was") {
   TempDir dir;
   PrepareOptions good = many_docs(dir, 20);
   prepare_corpus(good);

@@ -114,7 +114,7 @@ TEST_CASE("proto: NaN payloads survive bit for bit") {
   CHECK(c == d);
 }
 
-TEST_CASE("proto: a truncated frame is need-more at every length, never bad") {
+TEST_CASE("proto: a truncated frame is need-more at every length - never bad") {
   for (const Message& m : samples()) {
     const auto f = encode(m);
     for (size_t n = 0; n < f.size(); ++n) {
@@ -128,7 +128,7 @@ TEST_CASE("proto: a truncated frame is need-more at every length, never bad") {
                        doctest::Contains("truncated frame"), ProtocolError);
 }
 
-TEST_CASE("proto: bad magic is refused, from the first four bytes") {
+TEST_CASE("proto: bad magic is refused - from the first four bytes") {
   auto f = encode(Shutdown{"x"});
   f[0] = std::byte{'H'};  // e.g. an HTTP client talking to the wrong port
   const DecodeResult r = decode_frame(f);
@@ -138,7 +138,7 @@ TEST_CASE("proto: bad magic is refused, from the first four bytes") {
   CHECK_THROWS_WITH_AS(decode(f), doctest::Contains("not a ptrain frame"), ProtocolError);
 }
 
-TEST_CASE("proto: another protocol version is refused, naming both versions") {
+TEST_CASE("proto: another protocol version is refused - naming both versions") {
   auto f = encode(StepApplied{0, 1, 2, 1e-3});
   put_at<uint16_t>(f, 4, 7);
   reseal(f);
@@ -150,7 +150,7 @@ TEST_CASE("proto: another protocol version is refused, naming both versions") {
   CHECK(decode_frame(std::span(f.data(), kHeaderSize)).status == DecodeStatus::kBad);
 }
 
-TEST_CASE("proto: an unknown message type is refused, naming the versions") {
+TEST_CASE("proto: an unknown message type is refused - naming the versions") {
   for (uint16_t t : {uint16_t{0}, uint16_t{kMaxMessageType + 1}, uint16_t{999}}) {
     auto f = encode(Shutdown{"x"});
     put_at<uint16_t>(f, 6, t);
@@ -173,7 +173,7 @@ TEST_CASE("proto: unknown flags are refused") {
   CHECK(r.error.find("flags") != std::string::npos);
 }
 
-TEST_CASE("proto: a CRC mismatch is refused, in the payload or the header") {
+TEST_CASE("proto: a CRC mismatch is refused - in the payload or the header") {
   auto f = encode(GradPush{1, 0, 0, 1, {0, 3}, {1, 2, 3}});
   auto g = f;
   g[f.size() - 2] ^= std::byte{0x01};  // one bit of a float
@@ -185,7 +185,7 @@ TEST_CASE("proto: a CRC mismatch is refused, in the payload or the header") {
   CHECK(decode_frame(h).status == DecodeStatus::kBad);
 }
 
-TEST_CASE("proto: an oversized length is refused from the header, before allocation") {
+TEST_CASE("proto: an oversized length is refused from the header - before allocation") {
   // A header announcing 2^62 bytes: refused as soon as the 24 header bytes are there (a decoder
   // that allocated first would throw bad_alloc or take the machine down).
   auto f = encode(GradPush{1, 0, 0, 1, {0, 1}, {1}});

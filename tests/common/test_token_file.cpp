@@ -63,7 +63,7 @@ void refused(const std::string& path, const std::string& needle) {
 
 }  // namespace
 
-TEST_CASE("token_file: uint16 round trip, header bytes and windows") {
+TEST_CASE("token_file: uint16 round trip - header bytes and windows") {
   TempDir dir;
   const std::string path = dir / "a.tok";
   std::vector<uint32_t> toks;
@@ -102,7 +102,7 @@ TEST_CASE("token_file: uint16 round trip, header bytes and windows") {
   CHECK(moved.size() == 1000);
 }
 
-TEST_CASE("token_file: uint32 tokens when the vocabulary exceeds 65536, and empty files") {
+TEST_CASE("token_file: uint32 tokens when the vocabulary exceeds 65536 - and empty files") {
   TempDir dir;
   const std::string path = dir / "big.tok";
   const std::vector<uint32_t> toks{0, 65535, 65536, 69999, 12345};
@@ -130,7 +130,7 @@ TEST_CASE("token_file: uint32 tokens when the vocabulary exceeds 65536, and empt
   CHECK(!fs::exists(dir / "bad.tok"));
 }
 
-TEST_CASE("token_file: damaged files are refused, naming the file and the problem") {
+TEST_CASE("token_file: damaged files are refused - naming the file and the problem") {
   TempDir dir;
   const std::string good_path = dir / "good.tok";
   std::vector<uint32_t> toks;

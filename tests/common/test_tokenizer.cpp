@@ -107,7 +107,7 @@ std::vector<BpeMerge> merges_of(const Tokenizer& t) {
 
 }  // namespace
 
-TEST_CASE("tokenizer: byte ids, eot and round trip of any bytes") {
+TEST_CASE("tokenizer: byte ids - eot and round trip of any bytes") {
   auto t = make_byte_tokenizer();
   CHECK(t->kind() == "byte");
   CHECK(t->vocab_size() == 257);
@@ -211,7 +211,7 @@ TEST_CASE("tokenizer: bpe training is deterministic and independent of document 
   CHECK_THROWS_AS(train_bpe_tokenizer(views(docs), 256), UsageError);
 }
 
-TEST_CASE("tokenizer: bpe round trip on random bytes, NULs and invalid UTF-8 included") {
+TEST_CASE("tokenizer: bpe round trip on random bytes - NULs and invalid UTF-8 included") {
   std::mt19937_64 rng(3);
   auto docs = sample_corpus();
   for (int k = 0; k < 30; ++k) docs.push_back(random_bytes(rng, 400));  // so merges involve odd bytes too

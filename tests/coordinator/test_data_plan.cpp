@@ -54,7 +54,7 @@ TEST_CASE("coordinator: an epoch's permutation is a deterministic permutation") 
   CHECK(first_half < 1100);
 }
 
-TEST_CASE("coordinator: the batch split sums to B, contiguous, the first B mod W get one more") {
+TEST_CASE("coordinator: the batch split sums to B - contiguous - the first B mod W get one more") {
   for (int64_t B : {0, 1, 5, 16, 17}) {
     for (int64_t W : {1, 2, 3, 7}) {
       const auto s = split_batch(B, W);

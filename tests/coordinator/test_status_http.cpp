@@ -242,7 +242,7 @@ TEST_CASE("status: /metrics has exactly the contract's metric names and labels")
   CHECK(text.find("# TYPE ptrain_step gauge\n") != std::string::npos);
 }
 
-TEST_CASE("status: an empty job renders NaN loss, zero members and no checkpoint") {
+TEST_CASE("status: an empty job renders NaN loss - zero members and no checkpoint") {
   JobStatus s;
   s.loss = std::nan("");
   s.step_seconds.pull = INFINITY;
@@ -273,7 +273,7 @@ TEST_CASE("status: JSON round trip keeps every figure and member") {
   CHECK_THROWS_AS(parse_status_json("not json"), IoError);
 }
 
-TEST_CASE("status: the HTML page is small, escaped and draws the loss curve") {
+TEST_CASE("status: the HTML page is small - escaped and draws the loss curve") {
   const std::string html = render_status_html(sample_status());
   CHECK(html.find("<polyline") != std::string::npos);
   CHECK(html.find("node-1 &lt;a&gt;") != std::string::npos);
@@ -284,7 +284,7 @@ TEST_CASE("status: the HTML page is small, escaped and draws the loss curve") {
   CHECK(render_status_html(big).size() < 30000);  // thinned to ≤ 500 points
 }
 
-TEST_CASE("status: router answers 404, 405 and ignores the query string") {
+TEST_CASE("status: router answers 404 - 405 and ignores the query string") {
   int calls = 0;
   const std::function<JobStatus()> snap = [&] {
     ++calls;
@@ -385,7 +385,7 @@ TEST_CASE("status: binding a used port fails with a message naming it") {
                        doctest::Contains(where.c_str()), IoError);
 }
 
-TEST_CASE("status: write_addr_file writes one HOST:PORT line, never 0.0.0.0") {
+TEST_CASE("status: write_addr_file writes one HOST:PORT line - never 0.0.0.0") {
   std::string dir = (std::filesystem::temp_directory_path() / "ptrain-addr-XXXXXX").string();
   REQUIRE(::mkdtemp(dir.data()) != nullptr);
   const std::string path = dir + "/status.addr";

@@ -31,7 +31,7 @@ std::vector<nlohmann::json> log_lines(const Config& c) {
 
 }  // namespace
 
-TEST_CASE("coordinator job: 1 worker vs 2 workers at the same batch size, after 5 steps") {
+TEST_CASE("coordinator job: 1 worker vs 2 workers at the same batch size - after 5 steps") {
   TempDir dir;
   // One compute thread per worker in both runs, so only the parameter-server side differs (the
   // CPU backend's own results may depend on its thread count at some sizes).
@@ -78,7 +78,7 @@ TEST_CASE("coordinator job: 1 worker vs 2 workers at the same batch size, after 
   CHECK(key_bias <= 1e-3);
 }
 
-TEST_CASE("coordinator job: 1 vs 2 workers on the quickstart model, same run.threads") {
+TEST_CASE("coordinator job: 1 vs 2 workers on the quickstart model - same run.threads") {
   // configs/quickstart.yaml's model and batch (T 128, C 128, L 4, NH 4, B 16, micro 8) at
   // run.threads 2: 1 worker x 2 threads vs 2 workers x 1 thread.
   TempDir dir;
@@ -134,7 +134,7 @@ TEST_CASE("coordinator job: 1 server vs 2 and 3 servers") {
         final_state(c2, run_threads_job(c2)).params);
 }
 
-TEST_CASE("coordinator job: a run repeats bitwise, and writes train.jsonl and checkpoints") {
+TEST_CASE("coordinator job: a run repeats bitwise - and writes train.jsonl and checkpoints") {
   TempDir dir;
   Config a = small_config(dir);
   a.cluster.workers = 2;
@@ -181,7 +181,7 @@ TEST_CASE("coordinator job: a run repeats bitwise, and writes train.jsonl and ch
   CHECK(lines[3].at("loss").get<double>() < lines[0].at("loss").get<double>());
 }
 
-TEST_CASE("coordinator job: N steps straight == N/2 + stop + resume (auto) + N/2, bitwise") {
+TEST_CASE("coordinator job: N steps straight == N/2 + stop + resume (auto) + N/2 - bitwise") {
   TempDir dir;
   Config straight = small_config(dir);
   straight.train.steps = 6;
@@ -236,7 +236,7 @@ TEST_CASE("coordinator job: N steps straight == N/2 + stop + resume (auto) + N/2
   CHECK(final_state(by_path, fourth).params == want.params);
 }
 
-TEST_CASE("coordinator job: a NaN stops the job naming step and tensor; latest stays good") {
+TEST_CASE("coordinator job: a NaN stops the job naming step and tensor - latest stays good") {
   TempDir dir;
   Config c = small_config(dir);
   c.cluster.workers = 2;

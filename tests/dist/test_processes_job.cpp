@@ -206,8 +206,8 @@ bool closed_by_peer(int fd) {
 
 }  // namespace
 
-TEST_CASE("dist: a 2-server/2-worker processes job trains, exits 0, leaves nothing; repeats "
-          "bitwise; matches threads") {
+TEST_CASE("dist: a 2-server/2-worker processes job trains - exits 0 - leaves nothing - repeats "
+          "bitwise - matches threads") {
   TempDir dir("dist-basic");
   const std::string cfg = write_config(dir, 5, "processes");
   const Proc p = start({"run", cfg}, dir / "err.txt");
@@ -239,7 +239,7 @@ TEST_CASE("dist: a 2-server/2-worker processes job trains, exits 0, leaves nothi
   CHECK(w.value <= 1e-6);
 }
 
-TEST_CASE("dist: wrong secret and hostile peers are dropped, the job continues") {
+TEST_CASE("dist: wrong secret and hostile peers are dropped - the job continues") {
   TempDir dir("dist-hostile");
   const std::string cfg = write_config(dir, 100000, "processes");
   const Proc p = start({"run", cfg}, dir / "err.txt");
@@ -308,7 +308,7 @@ TEST_CASE("dist: wrong secret and hostile peers are dropped, the job continues")
   CHECK(log.find("already has its 2 worker(s)") != std::string::npos);
 }
 
-TEST_CASE("dist: SIGTERM checkpoints and stops; resume equals a straight run (bitwise)") {
+TEST_CASE("dist: SIGTERM checkpoints and stops - resume equals a straight run (bitwise)") {
   TempDir dir("dist-resume");
   const std::string cfg = write_config(dir, 100000, "processes");
   const Proc p = start({"run", cfg}, dir / "err.txt");
@@ -334,7 +334,7 @@ TEST_CASE("dist: SIGTERM checkpoints and stops; resume equals a straight run (bi
   CHECK(std::memcmp(resumed.data(), straight.data(), resumed.size() * sizeof(float)) == 0);
 }
 
-TEST_CASE("dist: kill -9 of a worker or a server stops the job naming it; latest intact") {
+TEST_CASE("dist: kill -9 of a worker or a server stops the job naming it - latest intact") {
   for (const std::string victim : {"worker", "server"}) {
     CAPTURE(victim);
     TempDir dir("dist-kill-" + victim);

@@ -104,7 +104,7 @@ TEST_CASE("paramserver: the schedule is linear warmup then cosine to min_lr") {
   CHECK(all_warmup.at(7) == doctest::Approx(1.0));
 }
 
-TEST_CASE("paramserver: the clip coefficient is min(1, max_norm / (norm + 1e-6))") {
+TEST_CASE("paramserver: the clip coefficient is the smaller of 1 and max_norm / (norm + 1e-6)") {
   CHECK(clip_coefficient(10.0, 1.0) == doctest::Approx(1.0 / (10.0 + 1e-6)).epsilon(1e-14));
   CHECK(clip_coefficient(0.5, 1.0) == 1.0);
   CHECK(clip_coefficient(1.0, 1.0) == doctest::Approx(1.0 / (1.0 + 1e-6)).epsilon(1e-14));
@@ -112,7 +112,7 @@ TEST_CASE("paramserver: the clip coefficient is min(1, max_norm / (norm + 1e-6))
   CHECK(clip_coefficient(0.0, 1.0) == 1.0);
 }
 
-TEST_CASE("paramserver: weight decay follows the layout flag, also across a server boundary") {
+TEST_CASE("paramserver: weight decay follows the layout flag - also across a server boundary") {
   ModelDims d{257, 257, 8, 1, 2, 8};
   const ParamLayout layout(d);
   const auto& wte = layout.find("transformer.wte.weight");

@@ -42,7 +42,7 @@ UpdateRule plain_rule(const proto::KeyRange& r) {
 
 }  // namespace
 
-TEST_CASE("paramserver: the token-weighted mean is (sum of G_w)/(sum of tokens), whatever the arrival order") {
+TEST_CASE("paramserver: the token-weighted mean is (sum of G_w)/(sum of tokens) - whatever the arrival order") {
   const size_t n = 1000;
   const auto g0 = randn(n, 1), g1 = randn(n, 2), g2 = randn(n, 3);
   GradientAggregator a(n), b(n);
@@ -73,7 +73,7 @@ TEST_CASE("paramserver: the token-weighted mean is (sum of G_w)/(sum of tokens),
   CHECK(mz == std::vector<float>(3, 0.0f));
 }
 
-TEST_CASE("paramserver: the partial norm is fp64 in fixed chunks, finds the first non-finite") {
+TEST_CASE("paramserver: the partial norm is fp64 in fixed chunks - finds the first non-finite") {
   const int64_t n = 3 * kNormChunk + 5;
   std::vector<float> half(static_cast<size_t>(n), 0.5f);
   const NormPartial p = partial_norm(half);

@@ -116,6 +116,7 @@ Replay replay(const Fixture& fx, const TempDir& dir, int64_t W, int64_t S, int64
   write_token_file(train, V, tokens);
 
   Config cfg;
+  cfg.cluster.launch = Launch::kThreads;
   cfg.source = "<trajectory test>";
   cfg.run.dir = dir / "run";
   cfg.run.seed = seed;

@@ -445,7 +445,7 @@ TEST_CASE("cpu_backend encoder forward and backward") {
     for (int64_t c = 0; c < C; ++c) REQUIRE(dwte[r * C + c] == 0.5f);  // untouched rows
 }
 
-TEST_CASE("cpu_backend residual, fill and fill_columns") {
+TEST_CASE("cpu_backend residual - fill and fill_columns") {
   auto be = make_cpu_backend(2);
   const int64_t n = 100003;
   const Vec a = randn(n, 80), b = randn(n, 81);

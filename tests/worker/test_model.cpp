@@ -271,7 +271,7 @@ TEST_CASE("model matches PyTorch live (runs scripts/gen_fixtures.py when torch i
   }
 }
 
-TEST_CASE("model refuses a fixture of another format version, with a hint") {
+TEST_CASE("model refuses a fixture of another format version - with a hint") {
   TempDir tmp;
   auto m = nlohmann::json::parse(read_file(fixture_path(PTRAIN_TEST_FIXTURES, "gpt_odd")));
   m["version"] = 999;
@@ -365,7 +365,7 @@ TEST_CASE("model forward_backward is bitwise deterministic") {
   CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
 }
 
-TEST_CASE("model micro-batches accumulate into the gradient (+=, grad_scale)") {
+TEST_CASE("model micro-batches accumulate into the gradient (+= - grad_scale)") {
   ModelDims d{61, 64, 20, 1, 2, 16};
   ParamLayout layout(d);
   const std::vector<float> params = random_params(layout, 9, 3.0f);
@@ -406,7 +406,7 @@ TEST_CASE("model rejects token ids outside the vocabulary") {
   CHECK_THROWS_AS(gpt.forward_loss(params, w, 1, 4), DataError);
 }
 
-TEST_CASE("model init_gpt_params: GPT-2 statistics, padded rows zero, deterministic per seed") {
+TEST_CASE("model init_gpt_params: GPT-2 statistics - padded rows zero - deterministic per seed") {
   ModelDims d{1000, 1024, 64, 3, 4, 64};
   ParamLayout layout(d);
   std::vector<float> p(static_cast<size_t>(layout.total())), q(p.size()), r(p.size());

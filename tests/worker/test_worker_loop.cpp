@@ -195,7 +195,7 @@ TEST_CASE("worker loop: one step pushes the model's token-sum gradient to each s
   CHECK(rig.errors.empty());
 }
 
-TEST_CASE("worker loop: a bad window is reported to the coordinator, naming the file") {
+TEST_CASE("worker loop: a bad window is reported to the coordinator - naming the file") {
   Rig rig(4);
   std::vector<float> params(static_cast<size_t>(rig.layout.total()));
   init_gpt_params(rig.layout, 1, params);
@@ -207,7 +207,7 @@ TEST_CASE("worker loop: a bad window is reported to the coordinator, naming the 
   CHECK(f.message.find("window 1000000") != std::string::npos);
 }
 
-TEST_CASE("worker loop: a server refusing the pull fails the worker, not a hang") {
+TEST_CASE("worker loop: a server refusing the pull fails the worker - not a hang") {
   Rig rig(4);
   // Server 0 is never loaded, server 1 answers with a version mismatch once loaded at version 5.
   const auto& r = rig.ranges[1];
