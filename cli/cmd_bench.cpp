@@ -12,6 +12,7 @@
 // The vocabulary: model.vocab_size when set (all rows real tokens), else data.tokenizer's size
 // (`byte` = 257). docs/benchmarks.md records numbers and the exact commands.
 #include "cli/commands.hpp"
+#include "cli/cmd_bench_ps.hpp"
 #include "common/data/tokenizer.hpp"
 #include "common/error.hpp"
 #include "common/tensor/param_layout.hpp"
@@ -167,7 +168,7 @@ class TimingBackend final : public Backend {
 };
 
 // L2 norm of `g` in fp64: fixed 64Ki-element chunks summed in parallel, then in chunk order.
-double global_norm(const std::vector<float>& g) {
+double global_norm(std::span<const float> g) {
   constexpr int64_t kChunk = int64_t{1} << 16;
   const auto n = static_cast<int64_t>(g.size());
   const int64_t chunks = (n + kChunk - 1) / kChunk;
@@ -219,8 +220,15 @@ int run_bench_train(const TrainBenchArgs& args) {
   if (args.profile) timing = std::make_unique<TimingBackend>(*backend);
   Gpt gpt(layout, timing ? static_cast<Backend&>(*timing) : *backend, mb);
 
-  const auto n = static_cast<size_t>(layout.total());
-  std::vector<float> params(n), grads(n), m(n, 0.0f), v(n, 0.0f);
+  // Weights, gradients and moments in backend memory (huge-page backed on the CPU).
+  auto params_buf = backend->alloc<float>(layout.total());
+  auto grads_buf = backend->alloc<float>(layout.total());
+  auto m_buf = backend->alloc<float>(layout.total());
+  auto v_buf = backend->alloc<float>(layout.total());
+  const std::span<float> params = params_buf.span(), grads = grads_buf.span(), m = m_buf.span(),
+                         v = v_buf.span();
+  backend->fill(m.data(), 0.0f, layout.total());
+  backend->fill(v.data(), 0.0f, layout.total());
   init_gpt_params(layout, config.run.seed, params);
   std::vector<int32_t> windows(static_cast<size_t>(B * (T + 1)));
   std::mt19937_64 rng(config.run.seed);
@@ -255,9 +263,8 @@ int run_bench_train(const TrainBenchArgs& args) {
     const AdamWScalars s = adamw_scalars(opt, config.optim.lr, t + 1);
     for (const TensorSpec& ts : layout.tensors()) {
       const auto off = static_cast<size_t>(ts.offset), cnt = static_cast<size_t>(ts.count);
-      adamw_update(s, ts.decay, scale, std::span(params).subspan(off, cnt),
-                   std::span(m).subspan(off, cnt), std::span(v).subspan(off, cnt),
-                   std::span<const float>(grads).subspan(off, cnt));
+      adamw_update(s, ts.decay, scale, params.subspan(off, cnt), m.subspan(off, cnt),
+                   v.subspan(off, cnt), grads.subspan(off, cnt));
     }
     st.optimizer = seconds_since(t1);
     st.total = seconds_since(t0);
@@ -432,7 +439,14 @@ void add_bench_command(CLI::App& app, Action& action) {
   train->add_option("--warmup", targs->warmup, "Untimed steps first (default 2)");
   train->add_flag("--json", targs->json, "Print one JSON object on stdout");
   train->add_flag("--profile", targs->profile, "Log the time of each backend op (stderr)");
-  train->callback([&action, targs] { action = [targs] { return run_bench_train(*targs); }; });
+  auto compare = add_compare_launch_flag(train);  // cmd_bench_ps.cpp
+  train->callback([&action, targs, compare] {
+    action = [targs, compare] {
+      return *compare ? run_compare_launch(targs->config, targs->sets, targs->steps, targs->warmup,
+                                           targs->json)
+                      : run_bench_train(*targs);
+    };
+  });
 
   auto sargs = std::make_shared<SgemmBenchArgs>();
   auto* sgemm = bench->add_subcommand("sgemm", "OpenBLAS sgemm GFLOP/s at SIZE^3 (the yardstick)");
@@ -441,6 +455,8 @@ void add_bench_command(CLI::App& app, Action& action) {
   sgemm->add_option("--reps", sargs->reps, "Timed repetitions (default 5)");
   sgemm->add_flag("--json", sargs->json, "Print one JSON object on stdout");
   sgemm->callback([&action, sargs] { action = [sargs] { return run_bench_sgemm(*sargs); }; });
+
+  add_bench_ps_commands(bench, action);  // `bench ps` and its hidden helper (cmd_bench_ps.cpp)
 }
 
 }  // namespace ptrain::cli

@@ -1,14 +1,9 @@
-// When the coordinator writes checkpoints and how it assembles one from the servers' slices.
-// A checkpoint of version s (s optimizer steps applied) is a consistent cut: the coordinator asks
-// for it before committing step s+1, and every server answers with version s exactly.
+// When the coordinator writes checkpoints. A checkpoint of version s (s optimizer steps applied)
+// is a consistent cut: the coordinator orders it before beginning step s+1, and every server
+// writes its shard at version s exactly (coordinator.cpp, CheckpointShard).
 #pragma once
 
-#include "common/io/checkpoint.hpp"
-#include "common/proto/messages.hpp"
-#include "common/tensor/param_layout.hpp"
-
 #include <cstdint>
-#include <vector>
 
 namespace ptrain {
 
@@ -25,27 +20,6 @@ class CheckpointScheduler {
  private:
   int64_t every_;
   int64_t total_;
-};
-
-// Collects CheckpointReply messages (one per server) into whole flat vectors.
-class CheckpointAssembler {
- public:
-  CheckpointAssembler(int64_t total, std::vector<proto::KeyRange> server_ranges);
-  void begin(int64_t version, uint64_t request_id);
-  // False for a reply of another request or a duplicate; throws ProtocolError for a reply whose
-  // range is not the server's.
-  bool add(proto::CheckpointReply&& reply);
-  bool complete() const;
-  // The assembled tensors (valid once complete()); meta is the caller's.
-  CheckpointData take(CheckpointMeta meta);
-
- private:
-  int64_t total_;
-  std::vector<proto::KeyRange> ranges_;
-  int64_t version_ = -1;
-  uint64_t request_id_ = 0;
-  std::vector<bool> have_;
-  CheckpointData data_;
 };
 
 }  // namespace ptrain

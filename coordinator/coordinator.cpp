@@ -9,6 +9,7 @@
 #include "coordinator/evaluator.hpp"
 #include "coordinator/run_log.hpp"
 #include "coordinator/start_state.hpp"
+#include "coordinator/status_service.hpp"
 #include "coordinator/step_controller.hpp"
 #include "worker/ps_client.hpp"
 
@@ -17,6 +18,7 @@
 
 #include <cmath>
 #include <limits>
+#include <map>
 #include <numeric>
 
 namespace ptrain {
@@ -54,8 +56,7 @@ class CoordinatorRun {
         num_servers_(static_cast<int64_t>(o.server_ranges.size())),
         num_workers_(cfg_.cluster.workers),
         steps_(cfg_.train.steps),
-        scheduler_(cfg_.checkpoint.every_steps, cfg_.train.steps),
-        assembler_(layout.total(), o.server_ranges) {}
+        scheduler_(cfg_.checkpoint.every_steps, cfg_.train.steps) {}
 
   RunSummary run();
 
@@ -68,6 +69,8 @@ class CoordinatorRun {
   void evaluate(int64_t step);
   void checkpoint(int64_t step);
   void broadcast_shutdown(const std::string& reason);
+  void init_status();
+  void update_status(int64_t step, double step_s);
 
   const CoordinatorOptions& o_;
   const Config& cfg_;
@@ -78,7 +81,6 @@ class CoordinatorRun {
   int64_t num_workers_;
   int64_t steps_;
   CheckpointScheduler scheduler_;
-  CheckpointAssembler assembler_;
   std::optional<DataPlan> plan_;
   std::optional<StepController> ctl_;
   std::optional<RunLog> log_;
@@ -92,6 +94,14 @@ class CoordinatorRun {
   int64_t tokens_at_last_log_ = 0;
   int64_t tokens_at_start_ = 0;
   int64_t last_step_tokens_ = 0;
+
+  // For the status endpoint: the last message from each member, the workers' and servers' last
+  // reports, and when each worker's report arrived (its push was done then).
+  std::map<net::Endpoint, Clock::time_point> last_seen_;
+  std::vector<proto::WorkerStepDone> worker_done_;
+  std::vector<Clock::time_point> worker_done_at_;
+  std::vector<proto::StepApplied> server_applied_;
+  double last_wait_s_ = 0.0;
 };
 
 net::Envelope CoordinatorRun::next(const std::string& waiting_for) {
@@ -102,6 +112,7 @@ net::Envelope CoordinatorRun::next(const std::string& waiting_for) {
                             std::chrono::duration_cast<std::chrono::seconds>(o_.timeout).count(),
                             waiting_for));
   }
+  last_seen_[env->from] = Clock::now();
   if (auto* f = std::get_if<proto::Failure>(&env->message)) {
     throw Error(proto::failure_code(*f), fmt::format("{} failed: {}", env->from.str(),
                                                             f->message));
@@ -144,6 +155,10 @@ void CoordinatorRun::run_step(int64_t t) {
       ok = ctl_->on_push_received(*m);
     } else if (auto* d = std::get_if<proto::WorkerStepDone>(&env.message)) {
       ok = ctl_->on_worker_done(*d);
+      if (ok && d->worker_id >= 0 && d->worker_id < num_workers_) {
+        worker_done_[static_cast<size_t>(d->worker_id)] = *d;
+        worker_done_at_[static_cast<size_t>(d->worker_id)] = Clock::now();
+      }
     }
     if (!ok) {
       throw proto::ProtocolError(fmt::format(
@@ -179,7 +194,17 @@ void CoordinatorRun::run_step(int64_t t) {
           "coordinator: unexpected {} from {} during {}",
           proto::type_name(proto::type_of(env.message)), env.from.str(), what));
     }
+    if (m->server_id >= 0 && m->server_id < num_servers_) {
+      server_applied_[static_cast<size_t>(m->server_id)] = *m;
+    }
   }
+  // "wait": from a worker's report (its pushes done) to the step applied everywhere, averaged.
+  const auto applied_at = Clock::now();
+  double wait_sum = 0.0;
+  for (const auto& at : worker_done_at_) {
+    wait_sum += std::chrono::duration<double>(applied_at - at).count();
+  }
+  last_wait_s_ = num_workers_ > 0 ? wait_sum / static_cast<double>(num_workers_) : 0.0;
   spdlog::debug("step {}: slowest worker pull {:.4f} s, compute {:.4f} s; step {:.4f} s", t + 1,
                 ctl_->max_pull_s(), ctl_->max_compute_s(),
                 std::chrono::duration<double>(Clock::now() - step_start).count());
@@ -187,6 +212,7 @@ void CoordinatorRun::run_step(int64_t t) {
   summary_.tokens_seen += last_step_tokens_;
   summary_.final_loss = ctl_->loss();
   summary_.final_step = t + 1;
+  update_status(t + 1, std::chrono::duration<double>(Clock::now() - step_start).count());
 }
 
 void CoordinatorRun::check_finite(int64_t t) {
@@ -247,20 +273,35 @@ void CoordinatorRun::evaluate(int64_t step) {
 }
 
 void CoordinatorRun::checkpoint(int64_t step) {
+  // A consistent cut: the next step is not begun until every shard is written and published.
   const uint64_t id = next_request_++;
-  assembler_.begin(step, id);
+  const auto t0 = Clock::now();
+  const std::string tmp = begin_checkpoint(cfg_.run.dir, step);
   for (int64_t k = 0; k < num_servers_; ++k) {
     transport_.send(net::server_endpoint(static_cast<int32_t>(k)),
-                    proto::CheckpointRequest{id, step});
+                    proto::CheckpointShard{id, step, tmp});
   }
-  while (!assembler_.complete()) {
-    net::Envelope env = next(fmt::format("checkpoint of step {}", step));
-    auto* m = std::get_if<proto::CheckpointReply>(&env.message);
-    if (m == nullptr || !assembler_.add(std::move(*m))) {
+  std::vector<bool> have(static_cast<size_t>(num_servers_), false);
+  double slowest_s = 0.0;
+  for (int64_t done = 0; done < num_servers_;) {
+    net::Envelope env = next(fmt::format("checkpoint shards of step {}", step));
+    auto* m = std::get_if<proto::CheckpointShardWritten>(&env.message);
+    if (m == nullptr || m->request_id != id || m->version != step || m->server_id < 0 ||
+        m->server_id >= num_servers_ || have[static_cast<size_t>(m->server_id)] ||
+        env.from != net::server_endpoint(m->server_id)) {
       throw proto::ProtocolError(fmt::format(
-          "coordinator: unexpected {} from {} while gathering checkpoint {}",
+          "coordinator: unexpected {} from {} while checkpoint {} is written",
           proto::type_name(proto::type_of(env.message)), env.from.str(), step));
     }
+    const auto& want = o_.server_ranges[static_cast<size_t>(m->server_id)];
+    if (m->range != want) {
+      throw proto::ProtocolError(fmt::format(
+          "server {} wrote checkpoint shard range [{}, {}), its shard is [{}, {})", m->server_id,
+          m->range.begin, m->range.end, want.begin, want.end));
+    }
+    have[static_cast<size_t>(m->server_id)] = true;
+    slowest_s = std::max(slowest_s, m->write_s);
+    ++done;
   }
   CheckpointMeta meta;
   meta.step = step;
@@ -269,12 +310,108 @@ void CoordinatorRun::checkpoint(int64_t step) {
   meta.layout_hash = layout_.hash();
   meta.tokenizer_json = o_.tokenizer_json;
   meta.data = plan_->state();
-  const CheckpointData data = assembler_.take(std::move(meta));
-  summary_.last_checkpoint =
-      publish_checkpoint(cfg_.run.dir, layout_, data, cfg_.checkpoint.keep);
-  spdlog::info("step {}/{} | checkpoint {}", step, steps_, summary_.last_checkpoint);
+  summary_.last_checkpoint = finish_sharded_checkpoint(cfg_.run.dir, tmp, layout_, meta,
+                                                       num_servers_, cfg_.checkpoint.keep);
+  spdlog::info("step {}/{} | checkpoint {} ({} shards; slowest shard {:.3f} s, {:.3f} s in all)",
+               step, steps_, summary_.last_checkpoint, num_servers_, slowest_s,
+               std::chrono::duration<double>(Clock::now() - t0).count());
+  if (o_.status != nullptr) {
+    o_.status->update([step](JobStatus& s) { s.last_checkpoint_step = step; });
+  }
   t_last_log_ = Clock::now();
   tokens_at_last_log_ = summary_.tokens_seen;
+}
+
+void CoordinatorRun::init_status() {
+  worker_done_.assign(static_cast<size_t>(num_workers_), proto::WorkerStepDone{});
+  worker_done_at_.assign(static_cast<size_t>(num_workers_), Clock::now());
+  server_applied_.assign(static_cast<size_t>(num_servers_), proto::StepApplied{});
+  for (int64_t w = 0; w < num_workers_; ++w) worker_done_[static_cast<size_t>(w)].worker_id =
+      static_cast<int32_t>(w);
+  if (o_.status == nullptr) return;
+  const int64_t start = summary_.start_step;
+  o_.status->update([&](JobStatus& s) {
+    s.step = start;
+    s.loss = std::numeric_limits<double>::quiet_NaN();
+    s.membership_epoch = 0;
+    s.members.clear();
+    auto add = [&](net::Endpoint e) {
+      MemberStatus m;
+      m.id = e.id;
+      m.role = e.role;
+      m.host = o_.member_host ? o_.member_host(e) : "local";
+      if (m.host.empty()) m.host = "local";
+      m.step = start;
+      m.loss = std::numeric_limits<double>::quiet_NaN();
+      s.members.push_back(m);
+    };
+    add(net::coordinator_endpoint());
+    for (int64_t k = 0; k < num_servers_; ++k) add(net::server_endpoint(static_cast<int32_t>(k)));
+    for (int64_t w = 0; w < num_workers_; ++w) add(net::worker_endpoint(static_cast<int32_t>(w)));
+  });
+}
+
+void CoordinatorRun::update_status(int64_t step, double step_s) {
+  if (o_.status == nullptr) return;
+  const auto now = Clock::now();
+  const double loss = ctl_->loss();
+  const double tps = step_s > 0 ? static_cast<double>(last_step_tokens_) / step_s : 0.0;
+  StepSeconds phases;
+  uint64_t pushed = 0, pulled = 0;
+  for (const auto& d : worker_done_) {
+    phases.compute += d.compute_s;
+    phases.push += d.push_s;
+    phases.pull += d.pull_s;
+    pushed += d.bytes_pushed;
+    pulled += d.bytes_pulled;
+  }
+  if (num_workers_ > 0) {
+    const auto n = static_cast<double>(num_workers_);
+    phases.compute /= n;
+    phases.push /= n;
+    phases.pull /= n;
+  }
+  phases.wait = last_wait_s_;
+  o_.status->update([&](JobStatus& s) {
+    s.step = step;
+    s.loss = loss;
+    s.tokens_per_second = tps;
+    s.bytes_pushed_total = pushed;
+    s.bytes_pulled_total = pulled;
+    s.step_seconds = phases;
+    s.loss_history.push_back({step, loss});
+    if (s.loss_history.size() > 4096) {  // keep every other point: bounded, still the whole run
+      std::vector<LossPoint> thin;
+      for (size_t i = 0; i < s.loss_history.size(); i += 2) thin.push_back(s.loss_history[i]);
+      s.loss_history = std::move(thin);
+    }
+    for (auto& m : s.members) {
+      const net::Endpoint e{m.role, m.id};
+      const auto seen = last_seen_.find(e);
+      m.heartbeat_age_s =
+          seen == last_seen_.end() ? 0.0 : std::chrono::duration<double>(now - seen->second).count();
+      if (m.role == net::Role::kCoordinator) {
+        m.step = step;
+        m.loss = loss;
+        m.tokens_per_second = tps;
+        m.bytes_pushed = pushed;
+        m.bytes_pulled = pulled;
+      } else if (m.role == net::Role::kWorker && m.id >= 0 && m.id < num_workers_) {
+        const auto& d = worker_done_[static_cast<size_t>(m.id)];
+        m.step = d.step + 1;
+        m.loss = d.tokens > 0 ? d.loss_sum / static_cast<double>(d.tokens)
+                              : std::numeric_limits<double>::quiet_NaN();
+        m.tokens_per_second = step_s > 0 ? static_cast<double>(d.tokens) / step_s : 0.0;
+        m.bytes_pushed = d.bytes_pushed;
+        m.bytes_pulled = d.bytes_pulled;
+      } else if (m.role == net::Role::kServer && m.id >= 0 && m.id < num_servers_) {
+        const auto& a = server_applied_[static_cast<size_t>(m.id)];
+        m.step = a.version;
+        m.bytes_pushed = a.bytes_pushed;
+        m.bytes_pulled = a.bytes_pulled;
+      }
+    }
+  });
 }
 
 void CoordinatorRun::broadcast_shutdown(const std::string& reason) {
@@ -304,6 +441,7 @@ RunSummary CoordinatorRun::run() {
   }
   start_servers(st);
   st = StartState{};  // the servers own the state now
+  init_status();
 
   if (summary_.start_step >= steps_) {
     spdlog::info("nothing to do: the checkpoint is at step {}, train.steps is {}",

@@ -1,7 +1,10 @@
 // The coordinator role (bsp): owns the step clock. For every step it hands each worker its
 // windows (DataPlan), waits until every worker's push reached every server (StepController),
 // fixes the contributor set, gathers the servers' partial norms, computes the clip coefficient,
-// commits the step, then logs, evaluates and checkpoints when due. Starts the servers from a
+// commits the step, then logs, evaluates and checkpoints when due. A checkpoint is sharded: with
+// the next step held (a consistent cut), every server writes its shard-K.h5 into the checkpoint's
+// temp folder in parallel and acks; the coordinator then verifies the shards, writes the index
+// checkpoint.h5 and publishes (finish_sharded_checkpoint). Starts the servers from a
 // fresh initialisation or a checkpoint (StartState) and stops everyone at the end.
 //
 // A NaN/Inf in the loss or in a gradient stops the job with NumericError naming the step and the
@@ -23,6 +26,8 @@
 
 namespace ptrain {
 
+class StatusService;
+
 struct CoordinatorOptions {
   Config config;                               // resolved and validated
   std::vector<proto::KeyRange> server_ranges;  // server k's slice
@@ -34,6 +39,11 @@ struct CoordinatorOptions {
   // SIGTERM: a checkpoint of that step is written and the run returns with `interrupted` set.
   // Empty = never.
   std::function<bool(int64_t)> stop_requested;
+  // Where the figures of the status endpoint go (owned by the caller, who serves them); null =
+  // none. Updated after every step and checkpoint (see docs/status.md for each figure).
+  StatusService* status = nullptr;
+  // The host a member is reached at, for /status ("local" when empty).
+  std::function<std::string(const net::Endpoint&)> member_host;
 };
 
 struct RunSummary {

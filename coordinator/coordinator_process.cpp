@@ -7,6 +7,7 @@
 #include "common/tensor/param_layout.hpp"
 #include "common/util/fs.hpp"
 #include "coordinator/status_http.hpp"
+#include "coordinator/status_service.hpp"
 #include "coordinator/threads_job.hpp"
 
 #include <spdlog/spdlog.h>
@@ -107,6 +108,9 @@ RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secr
         return registrar->identify(m, peer);
       });
   write_addr_file((std::filesystem::path(cfg.run.dir) / "coordinator.addr").string(), addr);
+  // The status endpoint on the same host (its own small io_context thread, as in threads mode).
+  StatusService status(host, static_cast<uint16_t>(cfg.status.port),
+                       (std::filesystem::path(cfg.run.dir) / "status.addr").string());
   spdlog::info("coordinator listening on {}; waiting for {} server(s) and {} worker(s)", addr, S, W);
 
   net::TcpTransport transport(net::coordinator_endpoint(), node);
@@ -150,6 +154,12 @@ RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secr
   co.tokenizer_json = tokenizer->to_json();
   co.threads = resolve_threads(cfg.run.threads);
   if (o.stop_requested) co.stop_requested = [f = o.stop_requested](int64_t) { return f(); };
+  co.status = &status;
+  co.member_host = [&node](const net::Endpoint& e) -> std::string {
+    if (e.role == net::Role::kCoordinator) return "";
+    const std::string a = node->address_of(e);
+    return a.substr(0, a.rfind(':'));
+  };
   RunSummary summary;
   try {
     summary = run_coordinator(co, layout, transport);

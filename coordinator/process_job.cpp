@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -94,13 +95,38 @@ std::string describe(int status) {
   return "?";
 }
 
-// The coordinator log's error lines, so the launcher's own stderr says why the job stopped.
-void echo_errors(const std::string& log) {
-  std::ifstream in(log);
-  for (std::string line; std::getline(in, line);) {
-    if (line.find("[error]") != std::string::npos) spdlog::error("coordinator: {}", line);
+// Follows the coordinator's log onto the launcher's stderr, so `ptrain run` shows the progress
+// lines, evaluations, checkpoints and the error that stopped a job, as the threads launch does.
+// Only whole lines are copied; poll() is called from the launcher's wait loop.
+class LogFollower {
+ public:
+  explicit LogFollower(std::string path) : path_(std::move(path)) {}
+  void poll() {
+    if (!in_.is_open()) {
+      in_.open(path_);
+      if (!in_.is_open()) return;
+    }
+    char buf[4096];
+    for (;;) {
+      in_.read(buf, sizeof buf);
+      const std::streamsize n = in_.gcount();
+      if (n <= 0) break;
+      pending_.append(buf, static_cast<size_t>(n));
+    }
+    in_.clear();  // at EOF for now; the coordinator keeps writing
+    size_t start = 0;
+    for (size_t nl; (nl = pending_.find('\n', start)) != std::string::npos; start = nl + 1) {
+      std::fprintf(stderr, "%.*s\n", static_cast<int>(nl - start), pending_.data() + start);
+    }
+    pending_.erase(0, start);
+    std::fflush(stderr);
   }
-}
+
+ private:
+  std::string path_;
+  std::ifstream in_;
+  std::string pending_;
+};
 
 }  // namespace
 
@@ -164,6 +190,7 @@ int run_processes_job(const Config& config, const ProcessJobOptions& o) {
     const std::string clog = (run_dir / "logs" / "coordinator-0.log").string();
     children.push_back({"coordinator", spawn(cargs, 0, clog)});
     pgid = children[0].pid;
+    LogFollower follow(clog);
 
     // The coordinator's address, once it listens.
     std::string addr;
@@ -171,7 +198,7 @@ int run_processes_job(const Config& config, const ProcessJobOptions& o) {
     while (addr.empty()) {
       reap(children);
       if (children[0].done) {
-        echo_errors(clog);
+        follow.poll();
         throw IoError(fmt::format("the coordinator exited before listening ({}); see {}",
                                   describe(children[0].status), clog));
       }
@@ -202,8 +229,12 @@ int run_processes_job(const Config& config, const ProcessJobOptions& o) {
     bool forwarded = false;
     std::optional<Clock::time_point> first_death;
     for (;;) {
+      follow.poll();
       reap(children);
-      if (children[0].done) break;
+      if (children[0].done) {
+        follow.poll();
+        break;
+      }
       if (!forwarded && o.stop_requested && o.stop_requested()) {
         spdlog::info("stop requested: asking the coordinator to checkpoint and stop");
         ::kill(children[0].pid, SIGTERM);
@@ -227,7 +258,6 @@ int run_processes_job(const Config& config, const ProcessJobOptions& o) {
     }
     const int rc = exit_code(children[0].status);
     if (rc != 0) {
-      echo_errors(clog);
       spdlog::error("the coordinator stopped the job ({}); logs in {}",
                     describe(children[0].status), (run_dir / "logs").string());
     }

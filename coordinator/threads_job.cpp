@@ -5,6 +5,7 @@
 #include "common/io/token_file.hpp"
 #include "common/net/inproc_transport.hpp"
 #include "common/util/fs.hpp"
+#include "coordinator/status_service.hpp"
 #include "paramserver/param_server.hpp"
 #include "paramserver/update_rule.hpp"
 #include "worker/worker.hpp"
@@ -14,6 +15,7 @@
 #include <spdlog/spdlog.h>
 
 #include <exception>
+#include <filesystem>
 #include <mutex>
 #include <thread>
 
@@ -122,6 +124,10 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
                std::max<int64_t>(1, threads / W), config.train.batch_size, layout.dims().T,
                config.train.steps);
 
+  // The status endpoint first (a port in use fails the job before any thread starts).
+  StatusService status("127.0.0.1", static_cast<uint16_t>(config.status.port),
+                       (std::filesystem::path(config.run.dir) / "status.addr").string());
+
   auto fabric = std::make_shared<net::InprocFabric>();
   FirstFailure failure(fabric);
   std::vector<std::thread> threads_;
@@ -135,6 +141,7 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
     so.server.server_id = static_cast<int32_t>(k);
     so.server.range = ranges[static_cast<size_t>(k)];
     so.omp_threads = std::max<int>(1, threads / static_cast<int>(S));
+    so.server.write_shard = make_shard_writer(layout, so.server.server_id, S, so.server.range);
     UpdateRule rule(adamw, schedule, decay_segments(layout, so.server.range));
     threads_.emplace_back([&failure, &fabric, so, rule = std::move(rule)]() mutable {
       failure.guard(fmt::format("server {}", so.server.server_id), [&] {
@@ -166,6 +173,7 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
   co.threads = threads;
   co.timeout = options.timeout;
   co.stop_requested = options.stop_requested;
+  co.status = &status;
   failure.guard("coordinator", [&] {
     net::InprocTransport t(net::coordinator_endpoint(), fabric);
     summary = run_coordinator(co, layout, t);

@@ -7,6 +7,8 @@
 #include "paramserver/request_handler.hpp"
 #include "paramserver/update_rule.hpp"
 
+#include "common/tensor/param_layout.hpp"
+
 #include <chrono>
 
 namespace ptrain {
@@ -20,7 +22,14 @@ struct ParamServerOptions {
 
 // Runs until a Shutdown message arrives. A failure is reported to the coordinator (Failure) when
 // the transport still works, then rethrown. Throws TransportClosed when the job is stopping.
+// StepApplied replies carry this server's transport byte counters (GradPush bytes received,
+// PullReply bytes sent) for the coordinator's status endpoint.
 void run_param_server(const ParamServerOptions& options, UpdateRule rule,
                       net::Transport& transport);
+
+// The ShardWriter of server `server_id` of `n_shards`: write_checkpoint_shard(tmp_dir, id, n,
+// layout, range, ...). Keeps its own copy of the layout.
+ShardWriter make_shard_writer(const ParamLayout& layout, int32_t server_id, int64_t n_shards,
+                              proto::KeyRange range);
 
 }  // namespace ptrain

@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <chrono>
 
 namespace ptrain {
 
@@ -37,6 +38,8 @@ std::vector<Outgoing> RequestHandler::handle(const Endpoint& from, p::Message ms
           on_commit(m, out);
         } else if constexpr (std::is_same_v<T, p::CheckpointRequest>) {
           on_checkpoint(from, m, out);
+        } else if constexpr (std::is_same_v<T, p::CheckpointShard>) {
+          on_checkpoint_shard(from, m, out);
         } else if constexpr (std::is_same_v<T, p::Shutdown>) {
           stopped_ = true;
         } else {
@@ -199,6 +202,42 @@ void RequestHandler::on_checkpoint(const Endpoint& from, const p::CheckpointRequ
   out.push_back({from, std::move(reply)});
 }
 
+void RequestHandler::on_checkpoint_shard(const Endpoint& from, const p::CheckpointShard& m,
+                                         std::vector<Outgoing>& out) {
+  if (!store_.loaded() || m.version > store_.version()) {
+    pending_shards_.emplace_back(from, m);
+    return;
+  }
+  if (m.version < store_.version()) {
+    refuse(from,
+           fmt::format("checkpoint shard of version {} requested, the server holds version {}",
+                       m.version, store_.version()),
+           out);
+    return;
+  }
+  if (!options_.write_shard) {
+    refuse(from, "this server cannot write checkpoint shards (no shard writer)", out);
+    return;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    options_.write_shard(m.tmp_dir, store_.version(), store_.weights(), store_.m(), store_.v());
+  } catch (const std::exception& e) {
+    refuse(from,
+           fmt::format("cannot write checkpoint shard {} of version {} in {}: {}",
+                       options_.server_id, m.version, m.tmp_dir, e.what()),
+           out);
+    return;
+  }
+  p::CheckpointShardWritten ack;
+  ack.request_id = m.request_id;
+  ack.server_id = options_.server_id;
+  ack.version = store_.version();
+  ack.range = options_.range;
+  ack.write_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  out.push_back({from, ack});
+}
+
 void RequestHandler::serve_pending(std::vector<Outgoing>& out) {
   auto pulls = std::move(pending_pulls_);
   pending_pulls_.clear();
@@ -206,6 +245,9 @@ void RequestHandler::serve_pending(std::vector<Outgoing>& out) {
   auto ckpts = std::move(pending_checkpoints_);
   pending_checkpoints_.clear();
   for (auto& [from, req] : ckpts) on_checkpoint(from, req, out);
+  auto shards = std::move(pending_shards_);
+  pending_shards_.clear();
+  for (auto& [from, req] : shards) on_checkpoint_shard(from, req, out);
 }
 
 }  // namespace ptrain

@@ -9,7 +9,9 @@
 // PullRequest{version}: answered at once when the server holds that version, later when it is
 // ahead of the server; a request for an older version gets the current weights (the reply says
 // which version; the client refuses a mismatch). CheckpointRequest{version}: the same, but an
-// older version is refused.
+// older version is refused. CheckpointShard{version, tmp_dir}: the same timing, then the injected
+// ShardWriter writes the shard file (the only I/O, kept outside this class) and the handler answers
+// CheckpointShardWritten; a writer that throws is answered with a Failure naming the shard.
 // A request that cannot be served (range outside the shard, a stale or duplicate push) is
 // answered with a Failure to its sender; a coordinator message that breaks the protocol throws
 // proto::ProtocolError.
@@ -21,15 +23,25 @@
 #include "paramserver/shard_store.hpp"
 #include "paramserver/update_rule.hpp"
 
+#include <functional>
 #include <optional>
+#include <span>
+#include <string>
 #include <utility>
 #include <vector>
 
 namespace ptrain {
 
+// Writes this server's shard file of a sharded checkpoint (write_checkpoint_shard in the roles;
+// a fake in tests): tmp dir, version, and the server's weights, m, v.
+using ShardWriter = std::function<void(const std::string& tmp_dir, int64_t version,
+                                       std::span<const float> weights, std::span<const float> m,
+                                       std::span<const float> v)>;
+
 struct ServerOptions {
   int32_t server_id = 0;
   proto::KeyRange range;  // this server's slice of the flat vector
+  ShardWriter write_shard;  // empty: CheckpointShard is refused
 };
 
 struct Outgoing {
@@ -56,6 +68,8 @@ class RequestHandler {
   void on_commit(const proto::StepCommit& m, std::vector<Outgoing>& out);
   void on_checkpoint(const net::Endpoint& from, const proto::CheckpointRequest& m,
                      std::vector<Outgoing>& out);
+  void on_checkpoint_shard(const net::Endpoint& from, const proto::CheckpointShard& m,
+                           std::vector<Outgoing>& out);
   void serve_pending(std::vector<Outgoing>& out);
   void refuse(const net::Endpoint& to, const std::string& why, std::vector<Outgoing>& out) const;
 
@@ -73,6 +87,7 @@ class RequestHandler {
   std::optional<Prepared> prepared_;
   std::vector<std::pair<net::Endpoint, proto::PullRequest>> pending_pulls_;
   std::vector<std::pair<net::Endpoint, proto::CheckpointRequest>> pending_checkpoints_;
+  std::vector<std::pair<net::Endpoint, proto::CheckpointShard>> pending_shards_;
   bool stopped_ = false;
 };
 

@@ -99,9 +99,15 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
     client.push(PushMeta{begin->step, begin->membership_epoch, o.worker_id, sum.tokens}, grads);
     const double push_s = seconds_since(t2);
 
-    transport.send(net::coordinator_endpoint(),
-                   proto::WorkerStepDone{o.worker_id, begin->step, sum.loss_sum, sum.tokens,
-                                         pull_s, compute_s, push_s});
+    const net::TransportCounters c = transport.counters();
+    transport.send(
+        net::coordinator_endpoint(),
+        proto::WorkerStepDone{o.worker_id, begin->step, sum.loss_sum, sum.tokens, pull_s,
+                              compute_s, push_s,
+                              c.bytes_sent_by_type[static_cast<size_t>(
+                                  proto::MessageType::kGradPush)],
+                              c.bytes_received_by_type[static_cast<size_t>(
+                                  proto::MessageType::kPullReply)]});
   }
 }
 

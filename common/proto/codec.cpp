@@ -40,6 +40,8 @@ const char* type_name(MessageType t) {
     case MessageType::kWelcome: return "Welcome";
     case MessageType::kPeerHello: return "PeerHello";
     case MessageType::kHeartbeat: return "Heartbeat";
+    case MessageType::kCheckpointShard: return "CheckpointShard";
+    case MessageType::kCheckpointShardWritten: return "CheckpointShardWritten";
   }
   return "unknown";
 }
@@ -81,9 +83,9 @@ class Writer {
  private:
   void raw(const void* p, size_t n) {
     if (n == 0) return;
-    const size_t at = out_.size();
-    out_.resize(at + n);
-    std::memcpy(out_.data() + at, p, n);
+    // insert, not resize + memcpy: no zero-filling pass over a bulk payload.
+    const auto* b = static_cast<const std::byte*>(p);
+    out_.insert(out_.end(), b, b + n);
   }
   std::vector<std::byte>& out_;
 };
@@ -172,7 +174,7 @@ void fields(IO&& io, M& m) {
     io(m.server_id), io(m.step), io(m.worker_id), io(m.tokens);
   } else if constexpr (std::is_same_v<T, WorkerStepDone>) {
     io(m.worker_id), io(m.step), io(m.loss_sum), io(m.tokens), io(m.pull_s), io(m.compute_s),
-        io(m.push_s);
+        io(m.push_s), io(m.bytes_pushed), io(m.bytes_pulled);
   } else if constexpr (std::is_same_v<T, StepContributors>) {
     io(m.step), io(m.membership_epoch), io(m.workers);
   } else if constexpr (std::is_same_v<T, NormReport>) {
@@ -180,7 +182,7 @@ void fields(IO&& io, M& m) {
   } else if constexpr (std::is_same_v<T, StepCommit>) {
     io(m.step), io(m.workers), io(m.global_norm), io(m.clip_coef);
   } else if constexpr (std::is_same_v<T, StepApplied>) {
-    io(m.server_id), io(m.step), io(m.version), io(m.lr);
+    io(m.server_id), io(m.step), io(m.version), io(m.lr), io(m.bytes_pushed), io(m.bytes_pulled);
   } else if constexpr (std::is_same_v<T, CheckpointRequest>) {
     io(m.request_id), io(m.version);
   } else if constexpr (std::is_same_v<T, CheckpointReply>) {
@@ -199,6 +201,10 @@ void fields(IO&& io, M& m) {
     io(m.role), io(m.id), io(m.membership_epoch);
   } else if constexpr (std::is_same_v<T, Heartbeat>) {
     io(m.sent_unix_ms);
+  } else if constexpr (std::is_same_v<T, CheckpointShard>) {
+    io(m.request_id), io(m.version), io(m.tmp_dir);
+  } else if constexpr (std::is_same_v<T, CheckpointShardWritten>) {
+    io(m.request_id), io(m.server_id), io(m.version), io(m.range), io(m.write_s);
   } else {
     static_assert(sizeof(T) == 0, "message without a field list");
   }
@@ -387,6 +393,8 @@ Message parse_payload(MessageType type, std::span<const std::byte> payload) {
     case MessageType::kWelcome: parse.operator()<Welcome>(); break;
     case MessageType::kPeerHello: parse.operator()<PeerHello>(); break;
     case MessageType::kHeartbeat: parse.operator()<Heartbeat>(); break;
+    case MessageType::kCheckpointShard: parse.operator()<CheckpointShard>(); break;
+    case MessageType::kCheckpointShardWritten: parse.operator()<CheckpointShardWritten>(); break;
     default:
       throw ProtocolError(fmt::format("unknown message type {} (this build speaks protocol "
                                       "version {}, types {}..{})",
@@ -429,6 +437,17 @@ void FrameDecoder::append(std::span<const std::byte> bytes) {
     buf_.erase(buf_.begin(), buf_.begin() + static_cast<std::ptrdiff_t>(pos_));
     pos_ = 0;
   }
+  // A large frame in progress: once a quarter of it has really arrived, make room for the rest
+  // in one step instead of regrowing (and copying) the buffer geometrically. The announced length
+  // has passed the limits; reserving only after real bytes bounds what a lying peer can cost.
+  if (pos_ == 0 && buf_.size() >= kHeaderSize) {
+    const DecodeResult r = decode_frame(std::span(buf_.data(), kHeaderSize), limits_);
+    const uint64_t total = kHeaderSize + r.header.payload_length;
+    if (r.status == DecodeStatus::kNeedMore && total > buf_.capacity() &&
+        (buf_.size() + bytes.size()) * 4 >= total) {
+      buf_.reserve(static_cast<size_t>(total));
+    }
+  }
   buf_.insert(buf_.end(), bytes.begin(), bytes.end());
 }
 
@@ -454,6 +473,13 @@ DecodeStatus FrameDecoder::next(std::vector<std::byte>& frame, std::string& erro
       return DecodeStatus::kNeedMore;
     case DecodeStatus::kGood:
       break;
+  }
+  if (pos_ == 0 && r.consumed == buf_.size()) {
+    // The buffer holds exactly this frame (the usual case for a large bulk frame): hand the
+    // buffer over instead of copying hundreds of megabytes (bench ps, docs/benchmarks.md).
+    frame = std::move(buf_);
+    buf_ = {};
+    return DecodeStatus::kGood;
   }
   frame.assign(avail.begin(), avail.begin() + static_cast<std::ptrdiff_t>(r.consumed));
   pos_ += r.consumed;

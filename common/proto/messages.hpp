@@ -10,7 +10,10 @@
 //   coordinator → server   StepContributors{worker ids}     (fixes the contributor set)
 //   server → coordinator   NormReport{fp64 partial Σg²}     (of the token-weighted mean gradient)
 //   coordinator → server   StepCommit{clip coefficient}     server → coordinator StepApplied{lr}
-// Checkpoints: CheckpointRequest → CheckpointReply (weights + AdamW moments of the server's range).
+// Checkpoints (sharded, protocol version 2): CheckpointShard{tmp dir} → each server writes its own
+// shard-K.h5 there and answers CheckpointShardWritten (a small ack); the coordinator then writes the
+// index (finish_sharded_checkpoint). CheckpointRequest → CheckpointReply (weights + AdamW moments
+// of the server's range, gathered to the coordinator) remains for tools and tests.
 // Start and resume: LoadShard (coordinator → server). End: Shutdown. A role that fails: Failure.
 //
 // Steps are 0-based indices here: step t uses weights version t (t optimizer updates applied) and,
@@ -27,7 +30,8 @@ namespace ptrain::proto {
 // "PTRN" as the first four bytes of every frame (read as a little-endian uint32).
 inline constexpr uint32_t kMagic = 0x4E525450u;
 // Bumped on any change of the header or of a message's payload layout.
-inline constexpr uint16_t kProtocolVersion = 1;
+// 2: CheckpointShard / CheckpointShardWritten; byte counters in WorkerStepDone and StepApplied.
+inline constexpr uint16_t kProtocolVersion = 2;
 
 enum class MessageType : uint16_t {
   kLoadShard = 1,
@@ -50,9 +54,12 @@ enum class MessageType : uint16_t {
   kWelcome = 17,
   kPeerHello = 18,
   kHeartbeat = 19,
+  // Protocol version 2: sharded checkpoints.
+  kCheckpointShard = 20,
+  kCheckpointShardWritten = 21,
 };
 inline constexpr uint16_t kMinMessageType = 1;
-inline constexpr uint16_t kMaxMessageType = 19;
+inline constexpr uint16_t kMaxMessageType = 21;
 
 // A contiguous range [begin, end) of the flat parameter vector, in floats.
 struct KeyRange {
@@ -135,6 +142,8 @@ struct WorkerStepDone {
   double pull_s = 0.0;    // seconds waiting for weights
   double compute_s = 0.0; // seconds in forward/backward
   double push_s = 0.0;    // seconds sending gradients
+  uint64_t bytes_pushed = 0;  // GradPush frame bytes this worker sent since it started
+  uint64_t bytes_pulled = 0;  // PullReply frame bytes this worker received since it started
   bool operator==(const WorkerStepDone&) const = default;
 };
 
@@ -178,6 +187,8 @@ struct StepApplied {
   int64_t step = 0;
   int64_t version = 0;
   double lr = 0.0;  // learning rate used
+  uint64_t bytes_pushed = 0;  // GradPush frame bytes this server received since it started
+  uint64_t bytes_pulled = 0;  // PullReply frame bytes this server sent since it started
   bool operator==(const StepApplied&) const = default;
 };
 
@@ -257,10 +268,35 @@ struct Heartbeat {
   bool operator==(const Heartbeat&) const = default;
 };
 
+// coordinator → server: write your weights and moments at `version` to TMP_DIR/shard-K.h5
+// (write_checkpoint_shard; K = server id) and answer CheckpointShardWritten. Like
+// CheckpointRequest, it waits until the server holds `version`; an older version is refused.
+// `tmp_dir` is checkpoint_tmp_dir(run.dir, version), a path on a file system every role shares.
+struct CheckpointShard {
+  static constexpr MessageType kType = MessageType::kCheckpointShard;
+  uint64_t request_id = 0;
+  int64_t version = 0;
+  std::string tmp_dir;
+  bool operator==(const CheckpointShard&) const = default;
+};
+
+// server → coordinator: shard `server_id` of `version` is written, fsync'd and renamed in place.
+// A server that cannot write it answers Failure instead.
+struct CheckpointShardWritten {
+  static constexpr MessageType kType = MessageType::kCheckpointShardWritten;
+  uint64_t request_id = 0;
+  int32_t server_id = 0;
+  int64_t version = 0;
+  KeyRange range;           // the slice the shard holds
+  double write_s = 0.0;     // seconds spent writing it
+  bool operator==(const CheckpointShardWritten&) const = default;
+};
+
 using Message = std::variant<LoadShard, StepBegin, PullRequest, PullReply, GradPush, PushReceived,
                              WorkerStepDone, StepContributors, NormReport, StepCommit, StepApplied,
                              CheckpointRequest, CheckpointReply, Shutdown, Failure, Register,
-                             Welcome, PeerHello, Heartbeat>;
+                             Welcome, PeerHello, Heartbeat, CheckpointShard,
+                             CheckpointShardWritten>;
 
 MessageType type_of(const Message& m);
 // "GradPush", "PullReply", ... ("unknown(N)" for a value outside the enum).

@@ -34,15 +34,17 @@ std::vector<Message> samples() {
   out.push_back(pr);
   out.push_back(GradPush{12, 3, 1, 4096, {100, 104}, {1e-30f, -2.5f, 3.0f, 1e30f}});
   out.push_back(PushReceived{1, 12, 3, 4096});
-  out.push_back(WorkerStepDone{2, 12, 12345.678, 4096, 0.01, 1.5, 0.02});
+  out.push_back(WorkerStepDone{2, 12, 12345.678, 4096, 0.01, 1.5, 0.02, 1ull << 33, 77});
   out.push_back(StepContributors{12, 3, {0, 1, 3}});
   out.push_back(NormReport{1, 12, 3.25e-3, 4096, -1});
   out.push_back(StepCommit{12, {0, 1, 3}, 2.5, 0.4f});
-  out.push_back(StepApplied{1, 12, 13, 6e-4});
+  out.push_back(StepApplied{1, 12, 13, 6e-4, 123456789012ull, 5});
   out.push_back(CheckpointRequest{9, 13});
   out.push_back(CheckpointReply{9, 1, 13, {8, 10}, {1, 2}, {3, 4}, {5, 6}});
   out.push_back(Shutdown{"training finished"});
   out.push_back(Failure{7, "non-finite \xE2\x9C\x97 gradient"});
+  out.push_back(CheckpointShard{9, 13, "/shared/run/checkpoints/step-00000013.tmp"});
+  out.push_back(CheckpointShardWritten{9, 1, 13, {8, 10}, 0.125});
   // Empty vectors and strings.
   out.push_back(LoadShard{0, 0, {5, 5}, {}, {}, {}});
   out.push_back(StepBegin{0, 0, {}});

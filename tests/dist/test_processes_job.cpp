@@ -6,6 +6,7 @@
 #include "common/io/checkpoint.hpp"
 #include "common/net/auth.hpp"
 #include "common/proto/codec.hpp"
+#include "coordinator/status_http.hpp"
 
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
@@ -18,6 +19,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -367,5 +370,176 @@ TEST_CASE("dist: kill -9 of a worker or a server stops the job naming it - lates
     const CheckpointData d =
         read_checkpoint(dir / "run/checkpoints/latest/checkpoint.h5", tiny_layout(), false);
     CHECK(d.meta.step >= 2);
+  }
+}
+
+namespace {
+
+std::string http_get(const std::string& host_port, const std::string& target) {
+  const int fd = dial(host_port);
+  const std::string req = "GET " + target + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  send_all(fd, std::vector<std::byte>(reinterpret_cast<const std::byte*>(req.data()),
+                                      reinterpret_cast<const std::byte*>(req.data()) + req.size()));
+  std::string out;
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  return out;
+}
+
+double metric(const std::string& page, const std::string& name) {
+  std::istringstream in(page);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(name + " ", 0) == 0) return std::stod(line.substr(name.size() + 1));
+  }
+  FAIL("no sample " << name << " in\n" << page);
+  return 0;
+}
+
+// `ptrain ARGS...` to completion; its exit code (stderr to `err`).
+int ptrain_cmd(const std::vector<std::string>& args, const std::string& err) {
+  return wait_exit(start(args, err), std::chrono::seconds(60));
+}
+
+bool have_h5py() {
+  return std::system("/usr/bin/python3 -c 'import h5py' >/dev/null 2>&1") == 0;
+}
+
+}  // namespace
+
+TEST_CASE("dist: sharded checkpoint - h5py and the tools read it - status endpoint serves metrics") {
+  TempDir dir("dist-shards");
+  const std::string cfg = write_config(dir, 100000, "processes");
+  std::string c = slurp(cfg);
+  c.replace(c.find("every_steps: 0"), 14, "every_steps: 2");
+  std::ofstream(cfg) << c;
+  const Proc p = start({"run", cfg}, dir / "err.txt");
+  wait_for_steps(dir / "run", 3);
+
+  // The status endpoint, mid-run.
+  REQUIRE(fs::exists(dir / "run/status.addr"));
+  std::string addr = slurp(dir / "run/status.addr");
+  addr = addr.substr(0, addr.find('\n'));
+  CHECK(addr.rfind("127.0.0.1:", 0) == 0);
+  const std::string page = http_get(addr, "/metrics");
+  CHECK(page.find("200 OK") != std::string::npos);
+  for (const char* name :
+       {"ptrain_step", "ptrain_loss", "ptrain_tokens_per_second", "ptrain_membership_epoch",
+        "ptrain_bytes_pushed_total", "ptrain_bytes_pulled_total", "ptrain_last_checkpoint_step",
+        "ptrain_members{role=\"worker\"}", "ptrain_members{role=\"server\"}",
+        "ptrain_step_seconds{phase=\"compute\"}", "ptrain_step_seconds{phase=\"push\"}",
+        "ptrain_step_seconds{phase=\"wait\"}", "ptrain_step_seconds{phase=\"pull\"}"}) {
+    CAPTURE(name);
+    CHECK(page.find(std::string("\n") + name + " ") != std::string::npos);
+  }
+  CHECK(metric(page, "ptrain_step") > 0);
+  CHECK(metric(page, "ptrain_members{role=\"worker\"}") == 2);
+  CHECK(metric(page, "ptrain_members{role=\"server\"}") == 2);
+  CHECK(metric(page, "ptrain_bytes_pushed_total") > 0);
+  CHECK(metric(page, "ptrain_bytes_pulled_total") > 0);
+  CHECK(metric(page, "ptrain_loss") > 0);
+  const std::string st = http_get(addr, "/status");
+  REQUIRE(st.find("\r\n\r\n") != std::string::npos);
+  const JobStatus js = parse_status_json(st.substr(st.find("\r\n\r\n") + 4));
+  CHECK(js.members.size() == 5);
+  CHECK(js.step > 0);
+  for (const auto& m : js.members) {
+    if (m.role != net::Role::kCoordinator) CHECK(m.host == "127.0.0.1");
+  }
+
+  kill(p.pid, SIGTERM);
+  CHECK(wait_exit(p) == 0);
+  CHECK(no_roles_left(dir / "run"));
+
+  const fs::path ck = dir / "run/checkpoints/latest";
+  CHECK(fs::exists(ck / "shard-0.h5"));
+  CHECK(fs::exists(ck / "shard-1.h5"));
+  CHECK(fs::exists(ck / "checkpoint.h5"));
+  CHECK(checkpoint_shard_count(ck.string()) == 2);
+  const CheckpointData d = read_checkpoint(ck.string(), tiny_layout(), false);
+  double sum = 0;
+  for (int64_t i = 0; i < 257 * 16; ++i) sum += std::abs(d.params[static_cast<size_t>(i)]);
+
+  if (have_h5py()) {
+    // h5py resolves the virtual datasets' bare source names against the index file's folder,
+    // whatever the cwd.
+    const std::string out_file = dir / "h5py.txt";
+    const std::string cmd =
+        "cd / && /usr/bin/python3 -c 'import h5py,sys,numpy; f=h5py.File(sys.argv[1],\"r\"); "
+        "w=f[\"model/transformer.wte.weight\"][()]; print(w.shape[0], w.shape[1], "
+        "float(numpy.abs(w.astype(numpy.float64)).sum()))' " +
+        (ck / "checkpoint.h5").string() + " > " + out_file + " 2>&1";
+    CHECK(std::system(cmd.c_str()) == 0);
+    std::istringstream in(slurp(out_file));
+    int64_t r = 0, cols = 0;
+    double s = 0;
+    in >> r >> cols >> s;
+    INFO(slurp(out_file));
+    CHECK(r == 257);
+    CHECK(cols == 16);
+    CHECK(s == doctest::Approx(sum).epsilon(1e-9));
+    CHECK(s > 0);
+  } else {
+    MESSAGE("SKIPPED: /usr/bin/python3 has no h5py; the h5py read of the sharded checkpoint "
+            "was not checked");
+  }
+  const std::string ckf = (ck / "checkpoint.h5").string();
+  CHECK(ptrain_cmd({"inspect", ckf}, dir / "inspect.txt") == 0);
+  CHECK(ptrain_cmd({"eval", "--checkpoint", ckf, "--data", dir / "train.tok"}, dir / "eval.txt") ==
+        0);
+  CHECK(ptrain_cmd({"generate", "--checkpoint", ckf, "--prompt", "ab", "--max-tokens", "4"},
+                   dir / "gen.txt") == 0);
+  CHECK(ptrain_cmd({"grad", "--checkpoint", ckf, "--data", dir / "train.tok", "--batch-size",
+                    "2", "--out", dir / "grad.h5"},
+                   dir / "grad.txt") == 0);
+  CHECK(fs::exists(dir / "grad.h5"));
+}
+
+TEST_CASE("dist: kill -9 of a server while checkpoints are written - latest always verifies") {
+  TempDir dir("dist-kill-ckpt");
+  const std::string cfg = write_config(dir, 100000, "processes");
+  std::string c = slurp(cfg);
+  // A checkpoint after every step; keep them all, so a reader of `latest` never races keep-K's
+  // removal of the folder it is reading (tiny steps publish several checkpoints per second).
+  c.replace(c.find("every_steps: 0"), 14, "every_steps: 1, keep: 100000");
+  std::ofstream(cfg) << c;
+  const Proc p = start({"run", cfg}, dir / "err.txt");
+  wait_for_steps(dir / "run", 2);
+  while (!fs::exists(dir / "run/checkpoints/latest")) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  // While checkpoints are being written one after another, `latest` always reads back.
+  int inspected = 0;
+  for (int i = 0; i < 4; ++i) {
+    const int rc = ptrain_cmd({"inspect", dir / "run/checkpoints/latest"}, dir / "inspect.txt");
+    INFO(slurp(dir / "inspect.txt"));
+    CHECK(rc == 0);
+    ++inspected;
+  }
+  pid_t target = -1;
+  for (pid_t q : ptrain_processes_with(dir / "run/secret")) {
+    std::ifstream in("/proc/" + std::to_string(q) + "/cmdline");
+    std::string cmd((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (cmd.find(std::string("\0server\0", 8)) != std::string::npos) target = q;
+  }
+  REQUIRE(target > 0);
+  kill(target, SIGKILL);
+  CHECK(wait_exit(p) != 0);
+  CHECK(no_roles_left(dir / "run"));
+  CHECK(inspected == 4);
+  // The published `latest` verifies (every shard read back); a half-written step is only a .tmp.
+  CHECK(ptrain_cmd({"inspect", dir / "run/checkpoints/latest"}, dir / "inspect2.txt") == 0);
+  const std::optional<std::string> found = find_latest_checkpoint(dir / "run");
+  REQUIRE(found.has_value());
+  verify_checkpoint(*found);
+  const CheckpointData d = read_checkpoint(*found, tiny_layout(), false);
+  CHECK(d.meta.step >= 2);
+  for (const auto& e : fs::directory_iterator(dir / "run/checkpoints")) {
+    CHECK(e.path().extension() != ".tmp");  // find_latest_checkpoint removed any partial one
   }
 }

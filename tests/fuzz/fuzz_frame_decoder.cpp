@@ -193,6 +193,8 @@ std::vector<Message> seed_messages() {
       CheckpointReply{9, 1, 6, r, {1, 2, 3}, {4, 5, 6}, {7, 8, 9}},
       Shutdown{"done"},
       Failure{4, "disk full"},
+      CheckpointShard{10, 6, "/run/checkpoints/step-00000006.tmp"},
+      CheckpointShardWritten{10, 1, 6, r, 0.5},
   };
 }
 

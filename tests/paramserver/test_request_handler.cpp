@@ -2,6 +2,7 @@
 // token-weighted mean in worker-id order (independent of arrival order), the fp64 partial norm
 // in fixed chunks (independent of the thread count), the step protocol (push → contributors →
 // norm → commit → applied), pulls that wait for a version, and the refusals.
+#include "common/error.hpp"
 #include "common/proto/codec.hpp"
 #include "paramserver/aggregator.hpp"
 #include "paramserver/request_handler.hpp"
@@ -100,7 +101,7 @@ TEST_CASE("paramserver: the partial norm is fp64 in fixed chunks - finds the fir
 TEST_CASE("paramserver: a whole step through the request handler") {
   const proto::KeyRange r{16, 48};
   const size_t n = static_cast<size_t>(r.size());
-  RequestHandler h(ServerOptions{1, r}, plain_rule(r));
+  RequestHandler h(ServerOptions{1, r, {}}, plain_rule(r));
   const auto w0 = randn(n, 4);
 
   // A pull before the shard is loaded waits; LoadShard answers it.
@@ -176,7 +177,7 @@ TEST_CASE("paramserver: a whole step through the request handler") {
 TEST_CASE("paramserver: refusals and protocol violations") {
   const proto::KeyRange r{0, 8};
   const size_t n = 8;
-  RequestHandler h(ServerOptions{0, r}, plain_rule(r));
+  RequestHandler h(ServerOptions{0, r, {}}, plain_rule(r));
   h.handle(coordinator_endpoint(),
            proto::LoadShard{4, 2, r, std::vector<float>(n, 1.0f), std::vector<float>(n, 0.0f),
                             std::vector<float>(n, 0.0f)});
@@ -227,4 +228,47 @@ TEST_CASE("paramserver: refusals and protocol violations") {
                             {0, 0, std::numeric_limits<float>::quiet_NaN(), 0}});
   auto out = h2.handle(coordinator_endpoint(), proto::StepContributors{0, 0, {0}});
   CHECK(only<proto::NormReport>(out, coordinator_endpoint()).first_nonfinite == 102);
+}
+
+TEST_CASE("paramserver: CheckpointShard calls the shard writer at that version and acks - waits for a future one") {
+  const proto::KeyRange r{10, 14};
+  int calls = 0;
+  std::string dir_seen;
+  int64_t version_seen = -1;
+  std::vector<float> w_seen;
+  ServerOptions so;
+  so.server_id = 1;
+  so.range = r;
+  so.write_shard = [&](const std::string& dir, int64_t version, std::span<const float> w,
+                       std::span<const float> m, std::span<const float> v) {
+    ++calls;
+    dir_seen = dir;
+    version_seen = version;
+    w_seen.assign(w.begin(), w.end());
+    CHECK(m.size() == 4);
+    CHECK(v.size() == 4);
+    if (dir == "/fail") throw IoError("disk full");
+  };
+  RequestHandler h(so, plain_rule(r));
+  // Asked before the shard is loaded: waits, then is served by the load.
+  CHECK(h.handle(coordinator_endpoint(), proto::CheckpointShard{5, 3, "/tmp/x.tmp"}).empty());
+  auto out = h.handle(coordinator_endpoint(),
+                      proto::LoadShard{3, 0, r, {1, 2, 3, 4}, {0, 0, 0, 0}, {0, 0, 0, 0}});
+  const auto& ack = only<proto::CheckpointShardWritten>(out, coordinator_endpoint());
+  CHECK(ack.request_id == 5);
+  CHECK(ack.server_id == 1);
+  CHECK(ack.version == 3);
+  CHECK(ack.range == r);
+  CHECK(calls == 1);
+  CHECK(dir_seen == "/tmp/x.tmp");
+  CHECK(version_seen == 3);
+  CHECK(w_seen == std::vector<float>{1, 2, 3, 4});
+  // An older version is refused; a writer that fails is answered with a Failure naming the shard.
+  out = h.handle(coordinator_endpoint(), proto::CheckpointShard{6, 2, "/tmp/y.tmp"});
+  CHECK(only<proto::Failure>(out, coordinator_endpoint()).message.find("version 2") !=
+        std::string::npos);
+  out = h.handle(coordinator_endpoint(), proto::CheckpointShard{7, 3, "/fail"});
+  const auto& f = only<proto::Failure>(out, coordinator_endpoint());
+  CHECK(f.message.find("checkpoint shard 1") != std::string::npos);
+  CHECK(f.message.find("disk full") != std::string::npos);
 }

@@ -1,0 +1,54 @@
+#include "cli/cmd_bench_ps.hpp"
+
+#include "common/error.hpp"
+#include "coordinator/bench_ps.hpp"
+
+#include <memory>
+
+namespace ptrain::cli {
+
+void add_bench_ps_commands(CLI::App* bench, Action& action) {
+  auto a = std::make_shared<BenchPsOptions>();
+  auto* ps = bench->add_subcommand(
+      "ps", "Push+pull throughput of a GPT-2-124M-sized fp32 vector through the TCP transport "
+            "(1-4 server and 1-4 worker processes on loopback) beside a raw TCP copy");
+  ps->add_option("--servers", a->servers, "Server counts to try, e.g. 1,2,4 (default)")
+      ->delimiter(',');
+  ps->add_option("--workers", a->workers, "Worker counts to try, e.g. 1,2,4 (default)")
+      ->delimiter(',');
+  ps->add_option("--floats", a->floats, "Vector length in floats (default 124439808, GPT-2 124M)");
+  ps->add_option("--rounds", a->rounds, "Push+pull rounds per configuration (default 1)");
+  ps->add_flag("--json", a->json, "Print one JSON object on stdout");
+  ps->callback([&action, a] { action = [a] { return run_bench_ps(*a); }; });
+
+  auto p = std::make_shared<BenchPsPeerOptions>();
+  auto* peer = bench->add_subcommand("ps-peer", "");  // hidden: a helper process of `bench ps`
+  peer->group("");
+  peer->add_option("--role", p->role)->required();
+  peer->add_option("--id", p->id);
+  peer->add_option("--servers", p->servers);
+  peer->add_option("--workers", p->workers);
+  peer->add_option("--floats", p->floats);
+  peer->add_option("--rounds", p->rounds);
+  peer->add_option("--secret-file", p->secret_file);
+  peer->add_option("--server-addrs", p->server_addrs);
+  peer->add_option("--raw-addr", p->raw_addr);
+  peer->add_option("--raw-bytes", p->raw_bytes);
+  peer->callback([&action, p] { action = [p] { return run_bench_ps_peer(*p); }; });
+}
+
+std::shared_ptr<bool> add_compare_launch_flag(CLI::App* train) {
+  auto on = std::make_shared<bool>(false);
+  train->add_flag("--compare-launch", *on,
+                  "Instead: run the config's model as a 2-worker/2-server job with cluster.launch "
+                  "threads, then processes (random tokens, temporary run folders), and print the "
+                  "mean step seconds of each and their ratio");
+  return on;
+}
+
+int run_compare_launch(const std::string& config, const std::vector<std::string>& sets,
+                       int64_t steps, int64_t warmup, bool json) {
+  return run_bench_compare_launch({config, sets, steps, warmup, json});
+}
+
+}  // namespace ptrain::cli

@@ -1,0 +1,17 @@
+// `ptrain bench ps`, the hidden `ptrain bench ps-peer` helper and `bench train --compare-launch`
+// (coordinator/bench_ps.hpp), registered on the `bench` subcommand by cmd_bench.cpp.
+#pragma once
+
+#include "cli/commands.hpp"
+
+namespace ptrain::cli {
+
+void add_bench_ps_commands(CLI::App* bench, Action& action);
+
+// Adds --compare-launch to `bench train`; returns true (through *on) when it was given. The train
+// callback then calls run_compare_launch with its own CONFIG, --set, --steps, --warmup, --json.
+std::shared_ptr<bool> add_compare_launch_flag(CLI::App* train);
+int run_compare_launch(const std::string& config, const std::vector<std::string>& sets,
+                       int64_t steps, int64_t warmup, bool json);
+
+}  // namespace ptrain::cli

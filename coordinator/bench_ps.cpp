@@ -1,0 +1,538 @@
+#include "coordinator/bench_ps.hpp"
+
+#include "common/error.hpp"
+#include "common/net/auth.hpp"
+#include "common/net/tcp_transport.hpp"
+#include "common/proto/codec.hpp"
+#include "common/tensor/param_layout.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+namespace ptrain {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+int64_t mono_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::string cur;
+  std::istringstream in(s);
+  while (std::getline(in, cur, sep)) {
+    if (!cur.empty()) out.push_back(cur);
+  }
+  return out;
+}
+
+// ---- helper processes -------------------------------------------------------------------------
+
+struct Child {
+  pid_t pid = -1;
+  int in = -1;   // its stdin (we write)
+  int out = -1;  // its stdout (we read)
+  std::string log;
+  std::string name;
+  std::string pending;  // bytes read past the last line
+};
+
+Child spawn(const std::string& binary, const std::vector<std::string>& args, const std::string& log,
+            const std::string& name) {
+  int pin[2], pout[2];
+  if (pipe2(pin, O_CLOEXEC) != 0 || pipe2(pout, O_CLOEXEC) != 0) {
+    throw IoError(fmt::format("bench ps: pipe: {}", std::strerror(errno)));
+  }
+  std::vector<std::string> full{binary};
+  full.insert(full.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : full) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid < 0) throw IoError(fmt::format("bench ps: fork: {}", std::strerror(errno)));
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);
+    dup2(pin[0], 0);
+    dup2(pout[1], 1);
+    const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) dup2(fd, 2);
+    execv(binary.c_str(), argv.data());
+    _exit(127);
+  }
+  close(pin[0]);
+  close(pout[1]);
+  return Child{pid, pin[1], pout[0], log, name, {}};
+}
+
+std::string log_tail(const Child& c) {
+  std::ifstream in(c.log);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string s = ss.str();
+  if (s.size() > 4000) s = "..." + s.substr(s.size() - 4000);
+  return s;
+}
+
+// One line from the child's stdout, waiting until `deadline`.
+std::string read_line(Child& c, Clock::time_point deadline) {
+  for (;;) {
+    const size_t nl = c.pending.find('\n');
+    if (nl != std::string::npos) {
+      std::string line = c.pending.substr(0, nl);
+      c.pending.erase(0, nl + 1);
+      return line;
+    }
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    if (left.count() <= 0) {
+      throw IoError(fmt::format("bench ps: {} did not answer in time; its log:\n{}", c.name,
+                                log_tail(c)));
+    }
+    pollfd p{c.out, POLLIN, 0};
+    const int r = poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), 1000)));
+    if (r <= 0) continue;
+    char buf[512];
+    const ssize_t n = read(c.out, buf, sizeof buf);
+    if (n <= 0) {
+      throw IoError(fmt::format("bench ps: {} exited early; its log:\n{}", c.name, log_tail(c)));
+    }
+    c.pending.append(buf, static_cast<size_t>(n));
+  }
+}
+
+void go(Child& c) {
+  const char g = 'g';
+  if (write(c.in, &g, 1) != 1) {
+    throw IoError(fmt::format("bench ps: cannot signal {}: {}", c.name, std::strerror(errno)));
+  }
+}
+
+// Waits for every child (killing those still alive at `deadline`); throws when one failed.
+void reap(std::vector<Child>& kids, Clock::time_point deadline) {
+  std::string failed;
+  for (auto& c : kids) {
+    if (c.pid < 0) continue;
+    int status = 0;
+    for (;;) {
+      const pid_t r = waitpid(c.pid, &status, WNOHANG);
+      if (r == c.pid) break;
+      if (Clock::now() > deadline) {
+        kill(c.pid, SIGKILL);
+        waitpid(c.pid, &status, 0);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0) && failed.empty()) {
+      failed = fmt::format("{} failed ({}); its log:\n{}", c.name,
+                           WIFEXITED(status) ? fmt::format("exit {}", WEXITSTATUS(status))
+                                             : fmt::format("signal {}", WTERMSIG(status)),
+                           log_tail(c));
+    }
+    c.pid = -1;
+    close(c.in);
+    close(c.out);
+  }
+  kids.clear();
+  if (!failed.empty()) throw IoError("bench ps: " + failed);
+}
+
+void kill_all(std::vector<Child>& kids) {
+  for (auto& c : kids) {
+    if (c.pid > 0) {
+      kill(c.pid, SIGKILL);
+      waitpid(c.pid, nullptr, 0);
+      close(c.in);
+      close(c.out);
+    }
+  }
+  kids.clear();
+}
+
+// ---- peers --------------------------------------------------------------------------------------
+
+std::vector<proto::KeyRange> ranges_of(int64_t floats, int servers) {
+  std::vector<proto::KeyRange> out;
+  for (int k = 0; k < servers; ++k) {
+    out.push_back({floats * k / servers, floats * (k + 1) / servers});
+  }
+  return out;
+}
+
+void wait_go() {
+  char g = 0;
+  if (read(0, &g, 1) != 1) throw IoError("bench ps-peer: no go signal (the orchestrator is gone)");
+}
+
+int run_server(const BenchPsPeerOptions& o) {
+  net::TcpNodeOptions no;
+  no.self_role = net::Role::kServer;
+  no.fatal_peer = [](const net::Endpoint&) { return false; };
+  auto node = std::make_shared<net::TcpNode>(net::read_secret_file(o.secret_file), no);
+  const std::string addr = node->listen(
+      "127.0.0.1", 0, [](const proto::Message& m, const std::string&) -> net::Identity {
+        const auto* h = std::get_if<proto::PeerHello>(&m);
+        if (h == nullptr) throw proto::ProtocolError("expected a PeerHello");
+        return {net::worker_endpoint(h->id), false};
+      });
+  const proto::KeyRange range = ranges_of(o.floats, o.servers)[static_cast<size_t>(o.id)];
+  std::vector<float> weights(static_cast<size_t>(range.size()), 0.5f);
+  std::printf("%s\n", addr.c_str());
+  std::fflush(stdout);
+  net::TcpTransport t(net::server_endpoint(o.id), node);
+  std::vector<int> pushes(static_cast<size_t>(o.rounds), 0);
+  std::vector<std::pair<net::Endpoint, proto::PullRequest>> waiting;
+  int done = 0;
+  auto answer = [&](const net::Endpoint& to, const proto::PullRequest& r) {
+    t.send(to, proto::PullReply{r.request_id, r.version, range, weights});
+  };
+  while (done < o.workers) {
+    auto env = t.receive(std::chrono::milliseconds(120'000));
+    if (!env) throw IoError("bench ps server: no message for 120 s");
+    if (auto* p = std::get_if<proto::GradPush>(&env->message)) {
+      PTRAIN_ENFORCE(p->range == range && p->step >= 0 && p->step < o.rounds,
+                     "bench ps server: unexpected push");
+      if (++pushes[static_cast<size_t>(p->step)] == o.workers) {
+        for (auto& [to, r] : waiting) answer(to, r);
+        waiting.clear();
+      }
+    } else if (auto* r = std::get_if<proto::PullRequest>(&env->message)) {
+      PTRAIN_ENFORCE(r->version >= 0 && r->version < o.rounds, "bench ps server: bad version");
+      if (pushes[static_cast<size_t>(r->version)] == o.workers) {
+        answer(env->from, *r);
+      } else {
+        waiting.emplace_back(env->from, *r);
+      }
+    } else if (std::holds_alternative<proto::Shutdown>(env->message)) {
+      ++done;
+    }
+  }
+  node->close();
+  return 0;
+}
+
+int run_worker(const BenchPsPeerOptions& o) {
+  net::TcpNodeOptions no;
+  no.self_role = net::Role::kWorker;
+  no.fatal_peer = [](const net::Endpoint&) { return true; };
+  auto node = std::make_shared<net::TcpNode>(net::read_secret_file(o.secret_file), no);
+  const auto addrs = split(o.server_addrs, ',');
+  PTRAIN_ENFORCE(static_cast<int>(addrs.size()) == o.servers, "bench ps worker: {} addresses for {} servers",
+                 addrs.size(), o.servers);
+  for (int k = 0; k < o.servers; ++k) {
+    node->connect(addrs[static_cast<size_t>(k)], net::server_endpoint(k),
+                  proto::PeerHello{static_cast<uint8_t>(net::Role::kWorker), o.id, 0},
+                  std::chrono::milliseconds(30'000));
+  }
+  net::TcpTransport t(net::worker_endpoint(o.id), node);
+  const auto ranges = ranges_of(o.floats, o.servers);
+  std::vector<float> grads(static_cast<size_t>(o.floats), 0.25f);
+  std::vector<float> weights(static_cast<size_t>(o.floats), 0.0f);
+  std::printf("ready\n");
+  std::fflush(stdout);
+  wait_go();
+  int64_t bytes = 0;
+  const int64_t t0 = mono_ns();
+  for (int r = 0; r < o.rounds; ++r) {
+    for (int k = 0; k < o.servers; ++k) {
+      const proto::KeyRange& kr = ranges[static_cast<size_t>(k)];
+      proto::GradPush p{r, 0, o.id, 1, kr,
+                        std::vector<float>(grads.begin() + kr.begin, grads.begin() + kr.end)};
+      t.send(net::server_endpoint(k), p);
+      bytes += kr.size() * 4;
+    }
+    for (int k = 0; k < o.servers; ++k) {
+      t.send(net::server_endpoint(k),
+             proto::PullRequest{static_cast<uint64_t>(r * o.servers + k), r,
+                                ranges[static_cast<size_t>(k)]});
+    }
+    for (int got = 0; got < o.servers;) {
+      auto env = t.receive(std::chrono::milliseconds(120'000));
+      if (!env) throw IoError("bench ps worker: no reply for 120 s");
+      auto* rep = std::get_if<proto::PullReply>(&env->message);
+      if (rep == nullptr) continue;
+      PTRAIN_ENFORCE(rep->version == r &&
+                         static_cast<int64_t>(rep->weights.size()) == rep->range.size(),
+                     "bench ps worker: bad reply");
+      std::memcpy(weights.data() + rep->range.begin, rep->weights.data(),
+                  rep->weights.size() * sizeof(float));
+      bytes += rep->range.size() * 4;
+      ++got;
+    }
+  }
+  const int64_t t1 = mono_ns();
+  PTRAIN_ENFORCE(weights.front() == 0.5f && weights.back() == 0.5f, "bench ps worker: wrong weights");
+  for (int k = 0; k < o.servers; ++k) t.send(net::server_endpoint(k), proto::Shutdown{"done"});
+  std::printf("result %lld %lld %lld\n", static_cast<long long>(t0), static_cast<long long>(t1),
+              static_cast<long long>(bytes));
+  std::fflush(stdout);
+  node->close();
+  return 0;
+}
+
+int run_raw_recv(const BenchPsPeerOptions& o) {
+  const int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (ls < 0 || bind(ls, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || listen(ls, 1) != 0) {
+    throw IoError(fmt::format("bench ps raw: cannot listen: {}", std::strerror(errno)));
+  }
+  socklen_t len = sizeof a;
+  getsockname(ls, reinterpret_cast<sockaddr*>(&a), &len);
+  std::printf("127.0.0.1:%d\n", ntohs(a.sin_port));
+  std::fflush(stdout);
+  const int fd = accept(ls, nullptr, nullptr);
+  if (fd < 0) throw IoError(fmt::format("bench ps raw: accept: {}", std::strerror(errno)));
+  // The bytes land in one buffer of the size of a round's data (as a pull lands in the weights),
+  // reused for later chunks of the same transfer.
+  const int64_t chunk = std::min<int64_t>(o.raw_bytes, std::max<int64_t>(o.floats * 4, 1));
+  std::vector<char> buf(static_cast<size_t>(chunk));
+  int64_t got = 0;
+  while (got < o.raw_bytes) {
+    const int64_t off = got % chunk;
+    const ssize_t n = recv(fd, buf.data() + off, static_cast<size_t>(std::min(chunk - off, o.raw_bytes - got)), 0);
+    if (n <= 0) throw IoError("bench ps raw: the sender stopped early");
+    got += n;
+  }
+  const int64_t t1 = mono_ns();
+  std::printf("result %lld %lld\n", static_cast<long long>(t1), static_cast<long long>(got));
+  std::fflush(stdout);
+  close(fd);
+  close(ls);
+  return 0;
+}
+
+int run_raw_send(const BenchPsPeerOptions& o) {
+  const int64_t chunk = std::min<int64_t>(o.raw_bytes, std::max<int64_t>(o.floats * 4, 1));
+  std::vector<char> buf(static_cast<size_t>(chunk), 1);
+  const size_t colon = o.raw_addr.rfind(':');
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(std::stoi(o.raw_addr.substr(colon + 1))));
+  inet_pton(AF_INET, o.raw_addr.substr(0, colon).c_str(), &a.sin_addr);
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    throw IoError(fmt::format("bench ps raw: cannot connect to {}: {}", o.raw_addr, std::strerror(errno)));
+  }
+  const int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  std::printf("ready\n");
+  std::fflush(stdout);
+  wait_go();
+  const int64_t t0 = mono_ns();
+  int64_t sent = 0;
+  while (sent < o.raw_bytes) {
+    const int64_t off = sent % chunk;
+    const ssize_t n = send(fd, buf.data() + off, static_cast<size_t>(std::min(chunk - off, o.raw_bytes - sent)), MSG_NOSIGNAL);
+    if (n <= 0) throw IoError(fmt::format("bench ps raw: send: {}", std::strerror(errno)));
+    sent += n;
+  }
+  std::printf("result %lld\n", static_cast<long long>(t0));
+  std::fflush(stdout);
+  close(fd);
+  return 0;
+}
+
+// ---- orchestrator -------------------------------------------------------------------------------
+
+struct Measured {
+  int servers = 0, workers = 0;
+  int64_t bytes = 0;
+  double seconds = 0;
+  int64_t raw_bytes = 0;
+  double raw_seconds = 0;
+  double gbps() const { return static_cast<double>(bytes) / seconds / 1e9; }
+  double raw_gbps() const { return static_cast<double>(raw_bytes) / raw_seconds / 1e9; }
+  double ratio() const { return gbps() / raw_gbps(); }
+};
+
+std::vector<std::string> common_args(const BenchPsOptions& o, int S, int W) {
+  return {"bench", "ps-peer", "--servers", std::to_string(S), "--workers", std::to_string(W),
+          "--floats", std::to_string(o.floats), "--rounds", std::to_string(o.rounds)};
+}
+
+void measure_ps(const BenchPsOptions& o, const fs::path& dir, const std::string& secret,
+                Measured& m, std::vector<Child>& kids) {
+  const int S = m.servers, W = m.workers;
+  const auto deadline = Clock::now() + std::chrono::seconds(60);
+  std::vector<std::string> addrs;
+  for (int k = 0; k < S; ++k) {
+    auto args = common_args(o, S, W);
+    args.insert(args.end(), {"--role", "server", "--id", std::to_string(k), "--secret-file", secret});
+    kids.push_back(spawn(o.ptrain_binary, args, (dir / fmt::format("server-{}.log", k)).string(),
+                         fmt::format("server {}", k)));
+    addrs.push_back(read_line(kids.back(), deadline));
+  }
+  std::string joined;
+  for (const auto& a : addrs) joined += (joined.empty() ? "" : ",") + a;
+  for (int w = 0; w < W; ++w) {
+    auto args = common_args(o, S, W);
+    args.insert(args.end(), {"--role", "worker", "--id", std::to_string(w), "--secret-file", secret,
+                             "--server-addrs", joined});
+    kids.push_back(spawn(o.ptrain_binary, args, (dir / fmt::format("worker-{}.log", w)).string(),
+                         fmt::format("worker {}", w)));
+  }
+  for (int w = 0; w < W; ++w) {
+    const std::string l = read_line(kids[static_cast<size_t>(S + w)], deadline);
+    if (l != "ready") throw IoError(fmt::format("bench ps: worker {} said '{}'", w, l));
+  }
+  for (int w = 0; w < W; ++w) go(kids[static_cast<size_t>(S + w)]);
+  const auto run_deadline = Clock::now() + std::chrono::seconds(600);
+  int64_t t0 = INT64_MAX, t1 = 0;
+  for (int w = 0; w < W; ++w) {
+    const std::string l = read_line(kids[static_cast<size_t>(S + w)], run_deadline);
+    long long a = 0, b = 0, n = 0;
+    if (std::sscanf(l.c_str(), "result %lld %lld %lld", &a, &b, &n) != 3) {
+      throw IoError(fmt::format("bench ps: worker {} said '{}'", w, l));
+    }
+    t0 = std::min<int64_t>(t0, a);
+    t1 = std::max<int64_t>(t1, b);
+    m.bytes += n;
+  }
+  m.seconds = static_cast<double>(t1 - t0) * 1e-9;
+  reap(kids, Clock::now() + std::chrono::seconds(30));
+}
+
+void measure_raw(const BenchPsOptions& o, const fs::path& dir, Measured& m,
+                 std::vector<Child>& kids) {
+  const auto deadline = Clock::now() + std::chrono::seconds(60);
+  m.raw_bytes = m.bytes;
+  auto args = common_args(o, 1, 1);
+  args.insert(args.end(), {"--role", "raw-recv", "--raw-bytes", std::to_string(m.raw_bytes)});
+  kids.push_back(spawn(o.ptrain_binary, args, (dir / "raw-recv.log").string(), "raw receiver"));
+  const std::string addr = read_line(kids[0], deadline);
+  args = common_args(o, 1, 1);
+  args.insert(args.end(), {"--role", "raw-send", "--raw-bytes", std::to_string(m.raw_bytes),
+                           "--raw-addr", addr});
+  kids.push_back(spawn(o.ptrain_binary, args, (dir / "raw-send.log").string(), "raw sender"));
+  if (read_line(kids[1], deadline) != "ready") throw IoError("bench ps: the raw sender failed");
+  go(kids[1]);
+  const auto run_deadline = Clock::now() + std::chrono::seconds(600);
+  long long t0 = 0, t1 = 0, n = 0;
+  if (std::sscanf(read_line(kids[1], run_deadline).c_str(), "result %lld", &t0) != 1 ||
+      std::sscanf(read_line(kids[0], run_deadline).c_str(), "result %lld %lld", &t1, &n) != 2 ||
+      n != m.raw_bytes) {
+    throw IoError("bench ps: the raw copy did not complete");
+  }
+  m.raw_seconds = static_cast<double>(t1 - t0) * 1e-9;
+  reap(kids, Clock::now() + std::chrono::seconds(30));
+}
+
+}  // namespace
+
+int run_bench_ps_peer(const BenchPsPeerOptions& o) {
+  if (o.servers < 1 || o.workers < 1 || o.floats < o.servers || o.rounds < 1) {
+    throw UsageError("bench ps-peer: bad sizes");
+  }
+  if (o.role == "server") return run_server(o);
+  if (o.role == "worker") return run_worker(o);
+  if (o.role == "raw-recv") return run_raw_recv(o);
+  if (o.role == "raw-send") return run_raw_send(o);
+  throw UsageError(fmt::format("bench ps-peer: unknown role '{}'", o.role));
+}
+
+int run_bench_ps(const BenchPsOptions& o) {
+  auto bad = [](const std::vector<int>& v) {
+    return v.empty() || std::any_of(v.begin(), v.end(), [](int x) { return x < 1 || x > 4; });
+  };
+  if (bad(o.servers) || bad(o.workers)) {
+    throw UsageError("bench ps: --servers and --workers take counts 1..4 (e.g. 1,2,4)");
+  }
+  const int max_s = *std::max_element(o.servers.begin(), o.servers.end());
+  if (o.floats < max_s || o.rounds < 1) {
+    throw UsageError(fmt::format("bench ps: --floats must be >= {} and --rounds >= 1", max_s));
+  }
+  // A private folder for the secret (0600) and the peers' logs.
+  const fs::path dir = fs::temp_directory_path() /
+                       fmt::format("ptrain-bench-ps-{}-{}", getpid(), mono_ns() % 1000000);
+  fs::create_directories(dir);
+  fs::permissions(dir, fs::perms::owner_all, fs::perm_options::replace);
+  const std::string secret = (dir / "secret").string();
+  net::write_secret_file(secret);
+  std::vector<Measured> results;
+  std::vector<Child> kids;
+  try {
+    for (int S : o.servers) {
+      for (int W : o.workers) {
+        Measured m;
+        m.servers = S;
+        m.workers = W;
+        spdlog::info("bench ps: {} server(s) x {} worker(s), {} floats, {} round(s)", S, W,
+                     o.floats, o.rounds);
+        measure_ps(o, dir, secret, m, kids);
+        measure_raw(o, dir, m, kids);
+        spdlog::info("bench ps: {:.3f} GB/s through the transport, {:.3f} GB/s raw TCP ({:.0f}%)",
+                     m.gbps(), m.raw_gbps(), 100 * m.ratio());
+        results.push_back(m);
+      }
+    }
+  } catch (...) {
+    kill_all(kids);
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+    throw;
+  }
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+
+  if (o.json) {
+    nlohmann::json rows = nlohmann::json::array();
+    for (const auto& m : results) {
+      rows.push_back({{"servers", m.servers},
+                      {"workers", m.workers},
+                      {"bytes", m.bytes},
+                      {"seconds", m.seconds},
+                      {"gb_per_s", m.gbps()},
+                      {"raw_bytes", m.raw_bytes},
+                      {"raw_seconds", m.raw_seconds},
+                      {"raw_gb_per_s", m.raw_gbps()},
+                      {"ratio", m.ratio()}});
+    }
+    nlohmann::json j = {{"bench", "ps"},   {"floats", o.floats}, {"rounds", o.rounds},
+                        {"transport", "tcp"}, {"results", rows}};
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("bench ps: %lld floats (%.1f MB), %d round(s), loopback TCP; bytes = payload pushed "
+                "+ pulled\n",
+                static_cast<long long>(o.floats), static_cast<double>(o.floats) * 4 / 1e6, o.rounds);
+    std::printf("  %7s %7s %14s %9s %8s %9s %8s %7s\n", "servers", "workers", "bytes", "seconds",
+                "GB/s", "raw s", "raw GB/s", "ratio");
+    for (const auto& m : results) {
+      std::printf("  %7d %7d %14lld %9.3f %8.3f %9.3f %8.3f %6.0f%%\n", m.servers, m.workers,
+                  static_cast<long long>(m.bytes), m.seconds, m.gbps(), m.raw_seconds,
+                  m.raw_gbps(), 100 * m.ratio());
+    }
+  }
+  return 0;
+}
+
+}  // namespace ptrain

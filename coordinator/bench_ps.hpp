@@ -1,0 +1,68 @@
+// `ptrain bench ps`: push+pull throughput of a flat fp32 vector over loopback through the real TCP
+// transport (TcpNode/TcpTransport, HMAC handshake, GradPush / PullRequest / PullReply frames),
+// with S server processes and W worker processes, beside a raw TCP copy of the same bytes between
+// two processes (plain blocking sockets, large writes) measured in the same run.
+//
+// Every peer is a separate process: the orchestrator fork+execs `ptrain bench ps-peer --role ...`
+// (PR_SET_PDEATHSIG(SIGKILL), stdin/stdout pipes for "ready"/"go"/results, stderr to a log in a
+// temporary folder that is printed when a peer fails). Per round each worker pushes its gradient
+// slice of every server's range (GradPush) and then pulls the weights of every range back
+// (PullRequest → PullReply, answered once all W pushes of that round reached the server); the
+// worker copies each reply into its full weight vector, as a real worker does. Servers only count
+// what they receive (no aggregation, no optimizer): this measures the transport.
+//
+// bytes = W · rounds · 2 · N · 4 (payload floats pushed + pulled; frame headers not counted).
+// seconds = from the common "go" to the last worker's last reply (CLOCK_MONOTONIC, shared by
+// the processes of one machine). The raw baseline moves the same byte count sender → receiver.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ptrain {
+
+inline constexpr int64_t kGpt2SmallFloats = 124'439'808;  // GPT-2 124M (tied head, V 50257)
+
+struct BenchPsOptions {
+  std::vector<int> servers{1, 2, 4};
+  std::vector<int> workers{1, 2, 4};
+  int64_t floats = kGpt2SmallFloats;
+  int rounds = 1;
+  bool json = false;
+  std::string ptrain_binary = "/proc/self/exe";
+};
+
+// Prints a table (or one JSON object with --json) on stdout. Returns 0; throws UsageError for
+// bad options and IoError when a peer cannot be started or fails (its log is included).
+int run_bench_ps(const BenchPsOptions& options);
+
+// One hidden helper process (`ptrain bench ps-peer`).
+struct BenchPsPeerOptions {
+  std::string role;          // "server", "worker", "raw-send", "raw-recv"
+  int id = 0;
+  int servers = 1;
+  int workers = 1;
+  int64_t floats = 0;
+  int rounds = 1;
+  std::string secret_file;   // server/worker
+  std::string server_addrs;  // worker: comma-separated HOST:PORT of servers 0..S-1
+  std::string raw_addr;      // raw-send: HOST:PORT of the receiver
+  int64_t raw_bytes = 0;     // raw-send / raw-recv
+};
+int run_bench_ps_peer(const BenchPsPeerOptions& options);
+
+// `ptrain bench train CONFIG --compare-launch`: the same 2-worker/2-server job on random tokens
+// (written to a temporary token file) with cluster.launch threads and then processes, through
+// run_threads_job / run_processes_job into temporary run folders; prints the mean step seconds of
+// each (from RUN_DIR/train.jsonl, after `warmup` steps) and their ratio.
+struct CompareLaunchOptions {
+  std::string config;
+  std::vector<std::string> sets;
+  int64_t steps = 5;
+  int64_t warmup = 2;
+  bool json = false;
+};
+int run_bench_compare_launch(const CompareLaunchOptions& options);
+
+}  // namespace ptrain
