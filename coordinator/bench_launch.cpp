@@ -62,9 +62,9 @@ int run_bench_compare_launch(const CompareLaunchOptions& o) {
   std::vector<ConfigOverride> base;
   for (const auto& s : o.sets) base.push_back(parse_override(s));
   const Config probe = load_config(o.config, base);
-  const int64_t vocab = probe.model.vocab_size > 0
-                            ? probe.model.vocab_size
-                            : load_tokenizer(probe.data.tokenizer)->vocab_size();
+  // The token file must carry the tokenizer's vocabulary (the jobs check it); tokens are drawn
+  // below both it and model.vocab_size.
+  const int64_t vocab = load_tokenizer(probe.data.tokenizer)->vocab_size();
   const fs::path dir = fs::temp_directory_path() /
                        fmt::format("ptrain-bench-launch-{}", ::getpid());
   fs::remove_all(dir);
@@ -75,7 +75,7 @@ int run_bench_compare_launch(const CompareLaunchOptions& o) {
   std::vector<uint32_t> toks(static_cast<size_t>(tokens));
   std::mt19937_64 rng(probe.run.seed);
   const auto real_vocab = static_cast<uint64_t>(
-      std::min<int64_t>(vocab, probe.model.vocab_size > 0 ? probe.model.vocab_size : vocab));
+      probe.model.vocab_size > 0 ? std::min<int64_t>(vocab, probe.model.vocab_size) : vocab);
   for (auto& t : toks) t = static_cast<uint32_t>(rng() % real_vocab);
   const std::string train = (dir / "train.tok").string();
   write_token_file(train, vocab, toks);

@@ -437,17 +437,6 @@ void FrameDecoder::append(std::span<const std::byte> bytes) {
     buf_.erase(buf_.begin(), buf_.begin() + static_cast<std::ptrdiff_t>(pos_));
     pos_ = 0;
   }
-  // A large frame in progress: once a quarter of it has really arrived, make room for the rest
-  // in one step instead of regrowing (and copying) the buffer geometrically. The announced length
-  // has passed the limits; reserving only after real bytes bounds what a lying peer can cost.
-  if (pos_ == 0 && buf_.size() >= kHeaderSize) {
-    const DecodeResult r = decode_frame(std::span(buf_.data(), kHeaderSize), limits_);
-    const uint64_t total = kHeaderSize + r.header.payload_length;
-    if (r.status == DecodeStatus::kNeedMore && total > buf_.capacity() &&
-        (buf_.size() + bytes.size()) * 4 >= total) {
-      buf_.reserve(static_cast<size_t>(total));
-    }
-  }
   buf_.insert(buf_.end(), bytes.begin(), bytes.end());
 }
 
