@@ -666,9 +666,13 @@ void read_sharded_tensor(const h5::File& f, const std::string& file,
 }  // namespace
 
 std::string checkpoint_file(const std::string& path) {
+  // Symlinks (`latest`) are resolved here, once: a reader then opens checkpoint.h5 and its shards
+  // in one step-* folder even if `latest` moves to a newer checkpoint while it reads.
   std::error_code ec;
-  if (fs::is_directory(path, ec)) return (fs::path(path) / kFileName).string();
-  return path;
+  const fs::path file =
+      fs::is_directory(path, ec) ? fs::path(path) / kFileName : fs::path(path);
+  const fs::path resolved = fs::weakly_canonical(file, ec);
+  return ec ? file.string() : resolved.string();
 }
 
 void write_checkpoint_file(const std::string& file, const ParamLayout& layout,
