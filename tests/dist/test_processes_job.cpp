@@ -518,7 +518,7 @@ TEST_CASE("dist: kill -9 of a server while checkpoints are written - latest alwa
   for (int i = 0; i < 4; ++i) {
     // Given the `latest` symlink itself: the reader resolves it once, so a checkpoint published
     // meanwhile cannot make it mix checkpoint.h5 of one step with shards of the next.
-    const std::string now = (dir / "run/checkpoints/latest").string();
+    const std::string now = dir / "run/checkpoints/latest";
     const int rc = ptrain_cmd({"inspect", now}, dir / "inspect.txt");
     INFO(slurp(dir / "inspect.txt"));
     CHECK(rc == 0);
