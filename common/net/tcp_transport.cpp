@@ -4,10 +4,13 @@
 #include "common/net/tcp_transport.hpp"
 
 #include "common/net/asio.hpp"
+#include "common/net/frame_pool.hpp"
 #include "common/proto/codec.hpp"
+#include "common/util/hash.hpp"
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstring>
@@ -209,6 +212,7 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
   }
 
   // One whole frame from an authenticated connection. Throws Error to drop the peer.
+  // `frame`'s CRC32C has been checked by the reader.
   awaitable<void> handle(const SessionPtr& s, std::vector<std::byte>&& frame) {
     uint16_t type = 0;
     std::memcpy(&type, frame.data() + 6, 2);
@@ -216,7 +220,7 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
     if (t == proto::MessageType::kHeartbeat) co_return;
     if (t == proto::MessageType::kShutdown) s->goodbye = true;
     if (s->peer) {
-      push(RawFrame{*s->peer, std::move(frame)});
+      push(RawFrame{*s->peer, std::move(frame), true});
       co_return;
     }
     // Not identified yet: only a small control frame that decodes and identifies the peer.
@@ -224,7 +228,7 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
       throw proto::ProtocolError(fmt::format(
           "sent a {} frame before identifying itself", proto::type_name(t)));
     }
-    const proto::Message m = proto::decode(frame, opt.limits);
+    const proto::Message m = proto::decode(frame, opt.limits, /*check_crc=*/false);
     Identity id;
     std::exception_ptr refused;
     std::vector<std::byte> reply;
@@ -252,25 +256,104 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
     }
     s->peer = id.endpoint;
     spdlog::info("{} connected from {}", id.endpoint.str(), s->addr);
-    if (id.deliver) push(RawFrame{id.endpoint, std::move(frame)});
+    if (id.deliver) push(RawFrame{id.endpoint, std::move(frame), true});
   }
 
+  // Reads frames: small ones (up to kReadBuf bytes) through a reused buffer, several per read;
+  // a larger one, once its header is in and passed proto::decode_frame's checks (magic, version,
+  // type, flags, length against the limit), straight into one vector of exactly its size, with
+  // the CRC32C computed piece by piece while each piece is still in cache. No regrowth copies, no
+  // second copy of the frame, no second CRC pass later (RawFrame::crc_checked).
+  static constexpr size_t kReadBuf = 256 * 1024;
+  static constexpr size_t kPiece = 1024 * 1024;
+
   awaitable<void> reader(SessionPtr s) {
-    proto::FrameDecoder dec(opt.limits);
-    std::vector<std::byte> buf(256 * 1024);
-    std::vector<std::byte> frame;
-    std::string err;
+    std::vector<std::byte> buf(kReadBuf);
+    size_t lo = 0, hi = 0;  // unconsumed bytes: buf[lo, hi)
     std::string reason;
     try {
       while (s->open) {
-        auto [ec, n] = co_await s->sock.async_read_some(asio::buffer(buf), nothrow_awaitable);
+        // Every whole frame already buffered.
+        bool direct = false;
+        proto::DecodeResult r;
+        for (;;) {
+          const std::span<const std::byte> avail(buf.data() + lo, hi - lo);
+          r = proto::decode_frame(avail, opt.limits);
+          if (r.status == proto::DecodeStatus::kBad) throw proto::ProtocolError(r.error);
+          if (r.status == proto::DecodeStatus::kNeedMore) {
+            direct = avail.size() >= proto::kHeaderSize &&
+                     proto::kHeaderSize + r.header.payload_length > buf.size();
+            break;
+          }
+          std::vector<std::byte> frame(avail.begin(),
+                                       avail.begin() + static_cast<std::ptrdiff_t>(r.consumed));
+          lo += r.consumed;
+          co_await handle(s, std::move(frame));
+          if (!s->open) co_return;
+        }
+        if (lo == hi) lo = hi = 0;
+        if (direct) {
+          const auto t = r.header.type;
+          // A bulk frame from a peer that has not identified itself is refused from its header
+          // (before its payload is read or anything is allocated for it).
+          if (!s->peer && proto::is_bulk(t)) {
+            throw proto::ProtocolError(fmt::format(
+                "sent a {} frame before identifying itself", proto::type_name(t)));
+          }
+          // The length passed the limit for its type, and the peer is authenticated (the reader
+          // starts after the handshake): allocate the frame once.
+          const size_t total = proto::kHeaderSize + static_cast<size_t>(r.header.payload_length);
+          std::vector<std::byte> frame = take_frame_buffer(total);  // capacity >= total
+          frame.insert(frame.end(), buf.begin() + static_cast<std::ptrdiff_t>(lo),
+                       buf.begin() + static_cast<std::ptrdiff_t>(hi));
+          lo = hi = 0;
+          uint32_t crc = proto::crc_of_header(
+              std::span<const std::byte, proto::kHeaderSize>(frame.data(), proto::kHeaderSize));
+          crc = crc32c(frame.data() + proto::kHeaderSize, frame.size() - proto::kHeaderSize, crc);
+          while (frame.size() < total) {
+            const size_t at = frame.size();
+            const size_t n = std::min(kPiece, total - at);
+            frame.resize(at + n);  // within the reserved capacity; zero-fills a cached piece
+            auto [ec, got] = co_await asio::async_read(s->sock, asio::buffer(frame.data() + at, n),
+                                                       nothrow_awaitable);
+            if (!s->open) co_return;
+            if (ec) {
+              const size_t have = at + got;
+              reason = ec == asio::error::eof
+                           ? fmt::format("closed the connection in the middle of a frame ({} "
+                                         "bytes of a truncated frame)",
+                                         have)
+                           : fmt::format("lost the connection ({})", ec.message());
+              drop(s, reason);
+              co_return;
+            }
+            s->last_rx = Clock::now();
+            crc = crc32c(frame.data() + at, n, crc);
+          }
+          if (crc != r.header.crc) {
+            throw proto::ProtocolError(fmt::format(
+                "{} frame of {} payload bytes fails its CRC32C (0x{:08x} in the header, "
+                "0x{:08x} computed)",
+                proto::type_name(t), r.header.payload_length, r.header.crc, crc));
+          }
+          co_await handle(s, std::move(frame));
+          continue;
+        }
+        // A partial small frame (or header): make room behind what is buffered, read more.
+        if (lo > 0) {
+          std::memmove(buf.data(), buf.data() + lo, hi - lo);
+          hi -= lo;
+          lo = 0;
+        }
+        auto [ec, n] = co_await s->sock.async_read_some(
+            asio::buffer(buf.data() + hi, buf.size() - hi), nothrow_awaitable);
         if (!s->open) co_return;
         if (ec) {
           if (ec == asio::error::eof) {
-            reason = dec.buffered() > 0
+            reason = hi > lo
                          ? fmt::format("closed the connection in the middle of a frame ({} bytes "
                                        "of a truncated frame)",
-                                       dec.buffered())
+                                       hi - lo)
                          : "closed the connection";
           } else {
             reason = fmt::format("lost the connection ({})", ec.message());
@@ -278,14 +361,7 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
           break;
         }
         s->last_rx = Clock::now();
-        dec.append(std::span(buf.data(), n));
-        for (;;) {
-          const proto::DecodeStatus st = dec.next(frame, err);
-          if (st == proto::DecodeStatus::kNeedMore) break;
-          if (st == proto::DecodeStatus::kBad) throw proto::ProtocolError(err);
-          co_await handle(s, std::move(frame));
-          frame = {};
-        }
+        hi += n;
       }
     } catch (const std::exception& e) {
       reason = fmt::format("sent a bad frame: {}", e.what());

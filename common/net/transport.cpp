@@ -1,10 +1,48 @@
 #include "common/net/transport.hpp"
 
+#include "common/net/frame_pool.hpp"
 #include "common/net/inproc_transport.hpp"
+#include "common/util/huge_pages.hpp"
 
 #include <fmt/format.h>
 
+#include <atomic>
+#include <mutex>
+
 namespace ptrain::net {
+
+namespace {
+std::mutex pool_mu;
+std::vector<std::vector<std::byte>> pool;  // guarded by pool_mu
+std::atomic<bool> pool_used{false};
+}  // namespace
+
+std::vector<std::byte> take_frame_buffer(size_t bytes) {
+  pool_used.store(true, std::memory_order_relaxed);
+  if (bytes >= kMinPooledFrame) {
+    std::lock_guard lock(pool_mu);
+    for (auto it = pool.begin(); it != pool.end(); ++it) {
+      if (it->capacity() >= bytes && it->capacity() / 2 <= bytes) {
+        std::vector<std::byte> b = std::move(*it);
+        pool.erase(it);
+        b.clear();
+        return b;
+      }
+    }
+  }
+  std::vector<std::byte> b;
+  b.reserve(bytes);
+  advise_huge_pages(b.data(), bytes);
+  return b;
+}
+
+void give_frame_buffer(std::vector<std::byte>&& buf) {
+  if (buf.capacity() < kMinPooledFrame || !pool_used.load(std::memory_order_relaxed)) return;
+  std::vector<std::byte> b = std::move(buf);
+  std::lock_guard lock(pool_mu);
+  if (pool.size() >= kMaxFrameBuffers) pool.erase(pool.begin());  // keep the most recent
+  pool.push_back(std::move(b));
+}
 
 std::string Endpoint::str() const {
   switch (role) {
@@ -33,7 +71,7 @@ std::optional<Envelope> Transport::receive(std::chrono::milliseconds timeout) {
   const uint64_t n = raw->bytes.size();
   Envelope env{raw->from, {}};
   try {
-    env.message = proto::decode(raw->bytes, limits_);
+    env.message = proto::decode(raw->bytes, limits_, /*check_crc=*/!raw->crc_checked);
   } catch (const proto::ProtocolError& e) {
     throw proto::ProtocolError(
         fmt::format("{}: bad frame from {}: {}", self_.str(), raw->from.str(), e.what()));
@@ -42,6 +80,7 @@ std::optional<Envelope> Transport::receive(std::chrono::milliseconds timeout) {
   bytes_received_.fetch_add(n, std::memory_order_relaxed);
   received_by_type_[static_cast<size_t>(proto::type_of(env.message))].fetch_add(
       n, std::memory_order_relaxed);
+  give_frame_buffer(std::move(raw->bytes));
   return env;
 }
 

@@ -73,6 +73,9 @@ struct TransportCounters {
 struct RawFrame {
   Endpoint from;
   std::vector<std::byte> bytes;
+  // The subclass already checked the frame's CRC32C (the TCP reader does, while the bytes
+  // arrive): receive() then skips its own pass over the payload.
+  bool crc_checked = false;
 };
 
 class Transport {

@@ -74,7 +74,10 @@ std::vector<std::byte> encode(const Message& msg);
 // Looks at the start of `bytes` for one frame. kNeedMore when the frame is not complete yet (a
 // caller must not allocate the announced length before this returns; the length has already
 // been checked against `limits` when it does), kBad with a reason, or kGood with the payload.
-DecodeResult decode_frame(std::span<const std::byte> bytes, const DecoderLimits& limits = {});
+// `check_crc` = false skips the CRC32C pass: only for a frame whose CRC the caller has already
+// verified (the TCP reader checks it while the bytes arrive).
+DecodeResult decode_frame(std::span<const std::byte> bytes, const DecoderLimits& limits = {},
+                          bool check_crc = true);
 
 // Parses a payload of a frame that decode_frame accepted. Throws ProtocolError when it is
 // malformed (short, trailing bytes, counts beyond the payload, inconsistent sizes).
@@ -82,7 +85,12 @@ Message parse_payload(MessageType type, std::span<const std::byte> payload);
 
 // decode_frame + parse_payload on exactly one whole frame. Throws ProtocolError (with the reason)
 // for a bad, incomplete or over-long input.
-Message decode(std::span<const std::byte> frame, const DecoderLimits& limits = {});
+Message decode(std::span<const std::byte> frame, const DecoderLimits& limits = {},
+               bool check_crc = true);
+
+// The CRC32C of a frame as far as its header goes (bytes [0, 20)); continue it over the payload
+// with crc32c(payload, n, crc_of_header(...)) and compare with FrameHeader::crc.
+uint32_t crc_of_header(std::span<const std::byte, kHeaderSize> header);
 
 // Incremental decoding of a byte stream (a socket): append bytes as they arrive, take frames as
 // they complete. After kBad the stream is unusable (the caller drops the peer).
