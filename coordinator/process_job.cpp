@@ -245,7 +245,12 @@ int run_processes_job(const Config& config, const ProcessJobOptions& o) {
       for (size_t i = 1; i < children.size(); ++i) {
         if (children[i].done && !first_death) {
           first_death = Clock::now();
-          spdlog::warn("{} exited ({})", children[i].name, describe(children[i].status));
+          // Roles exit 0 on the coordinator's Shutdown, just before it exits itself.
+          if (exit_code(children[i].status) == 0) {
+            spdlog::debug("{} exited ({})", children[i].name, describe(children[i].status));
+          } else {
+            spdlog::warn("{} exited ({})", children[i].name, describe(children[i].status));
+          }
         }
       }
       if (first_death && Clock::now() - *first_death >
