@@ -6,8 +6,10 @@
 // LayerNorm parameter gradients) is done per column block by one thread, rows in order, in
 // 64-row chunks whose partials are added in chunk order; a reduction within a row uses 16 lanes
 // combined in a fixed tree. The order therefore depends only on the shapes.
-// Inside the OpenMP loops over (batch, head), OpenBLAS runs single-threaded (it checks
-// omp_in_parallel()), so those products are deterministic too.
+// Every sgemm call is made inside an OpenMP region (one output block per thread, or the loop over
+// (batch, head) in attention), where OpenBLAS runs single-threaded (it checks omp_in_parallel()):
+// each output element comes from one call over the whole K, so products are deterministic too.
+// Products below kSerialGemm flops are one plain call (OpenBLAS keeps those single-threaded).
 #include "worker/backend/cpu/cpu_backend.hpp"
 
 #include "common/error.hpp"
@@ -32,7 +34,7 @@ constexpr float kLayerNormEps = 1e-5f;
 constexpr int kLanes = 16;          // accumulators per in-row reduction
 constexpr int64_t kRowChunk = 64;   // rows per partial sum in column reductions
 constexpr int64_t kColBlock = 64;   // columns per task in column reductions
-constexpr int64_t kAttBlock = 64;   // query rows per block in attention (causal blocking)
+constexpr int64_t kAttBlock = 32;   // query rows per block in attention (causal blocking)
 constexpr int64_t kRowAlign = 16;   // row blocks of a product per thread are multiples of this
 constexpr int64_t kColAlign = 64;   // column blocks likewise (also the column-sum block width)
 constexpr int64_t kSerialGemm = int64_t{1} << 18;  // M·N·K below which a product runs on one thread
@@ -150,6 +152,11 @@ Range part(int64_t n, int64_t align) {
   return {std::min(n, units * idx / parts * align), std::min(n, units * (idx + 1) / parts * align)};
 }
 
+// Whether to split an (M,N) product by rows rather than columns across threads: rows unless M is
+// both smaller than N and too short for each thread to get several hundred rows (measured on
+// the benchmark shapes: docs/benchmarks.md).
+bool prefer_rows(int64_t M, int64_t N, int threads) { return M >= N || M >= 512 * threads; }
+
 CBLAS_TRANSPOSE cblas_trans(Trans t) { return t == Trans::kYes ? CblasTrans : CblasNoTrans; }
 
 void sgemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const float* a,
@@ -233,7 +240,7 @@ class CpuBackend final : public Backend {
       sgemm(ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
       return;
     }
-    const bool by_rows = M >= N;
+    const bool by_rows = prefer_rows(M, N, nt_);
 #pragma omp parallel num_threads(nt_)
     {
       if (by_rows) {
@@ -290,7 +297,8 @@ class CpuBackend final : public Backend {
 
   void matmul_backward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp,
                        const float* w, int64_t N, int64_t IC, int64_t OC) override {
-    // dinp by rows of N; dw and dbias by columns of OC (each column's sum stays with one thread).
+    // dinp by rows of N; dw by rows or columns (prefer_rows); dbias by columns of OC (each
+    // column's sum stays with one thread).
     const bool serial = N * IC * OC < kSerialGemm || nt_ == 1;
 #pragma omp parallel num_threads(serial ? 1 : nt_)
     {
@@ -301,11 +309,22 @@ class CpuBackend final : public Backend {
                 0.0f, dinp + r.begin * IC, IC);
         }
       }
-      const Range c = part(OC, kColAlign);
-      if (!c.empty()) {
-        sgemm(Trans::kYes, Trans::kNo, IC, c.size(), N, 1.0f, inp, IC, dout + c.begin, OC, 1.0f,
-              dw + c.begin, OC);
-        if (dbias != nullptr) column_sums_add(dbias, dout, N, c.begin, c.end, OC);
+      if (prefer_rows(IC, OC, nt_)) {
+        const Range r = part(IC, kRowAlign);
+        if (!r.empty()) {
+          sgemm(Trans::kYes, Trans::kNo, r.size(), OC, N, 1.0f, inp + r.begin, IC, dout, OC, 1.0f,
+                dw + r.begin * OC, OC);
+        }
+      } else {
+        const Range c = part(OC, kColAlign);
+        if (!c.empty()) {
+          sgemm(Trans::kYes, Trans::kNo, IC, c.size(), N, 1.0f, inp, IC, dout + c.begin, OC, 1.0f,
+                dw + c.begin, OC);
+        }
+      }
+      if (dbias != nullptr) {
+        const Range c = part(OC, kColAlign);
+        if (!c.empty()) column_sums_add(dbias, dout, N, c.begin, c.end, OC);
       }
     }
   }

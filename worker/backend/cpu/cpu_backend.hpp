@@ -1,5 +1,6 @@
-// The CPU backend: fp32, OpenBLAS sgemm for every matrix product (also the per-head products inside
-// attention, single-threaded there under OpenMP), OpenMP-parallel fused loops for the rest.
+// The CPU backend: fp32, OpenBLAS sgemm for every matrix product — each product split into one
+// output block per OpenMP thread, each block a single-threaded sgemm; attention's per-head products
+// likewise, under an OpenMP loop over (batch, head) — and OpenMP-parallel fused loops for the rest.
 // Reductions run in an order fixed by the shapes alone, so results are bitwise reproducible run
 // to run for the same thread count (and, apart from OpenBLAS's own partitioning, across counts).
 // Not a general tensor library; see worker/model/backend.hpp for the op contracts.
