@@ -1,6 +1,7 @@
 // `ptrain run CONFIG [--set k=v]...`: a whole training job on this machine. With
-// `cluster.launch: threads` the coordinator, servers and workers are threads of this process
-// (coordinator/threads_job.hpp); `processes` is refused as not implemented yet. Only parsing here.
+// `cluster.launch: processes` (default) each role is its own `ptrain` process on 127.0.0.1
+// (coordinator/process_job.hpp); with `threads` the roles are threads of this process
+// (coordinator/threads_job.hpp). Only parsing and dispatch here.
 #include "cli/commands.hpp"
 #include "coordinator/process_job.hpp"
 #include "coordinator/threads_job.hpp"
