@@ -397,6 +397,6 @@ TEST_CASE("config: configs/quickstart.yaml loads") {
   CHECK(c.model.vocab_size == 0);
   CHECK(c.cluster.workers == 2);
   CHECK(c.cluster.servers == 2);
-  CHECK(c.train.steps == 600);
+  CHECK(c.train.steps == 1500);
   CHECK(c.optim.lr == 3e-3);
 }
