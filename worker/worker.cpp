@@ -120,12 +120,7 @@ void run_worker(const WorkerOptions& options, const ParamLayout& layout,
   } catch (const net::TransportClosed&) {
     throw;
   } catch (const std::exception& e) {
-    const auto* err = dynamic_cast<const Error*>(&e);
-    const auto code = static_cast<int32_t>(err ? err->code() : ExitCode::kInternal);
-    try {
-      transport.send(net::coordinator_endpoint(), proto::Failure{code, e.what()});
-    } catch (const std::exception&) {
-    }
+    net::report_failure_to_coordinator(transport, e);
     throw;
   }
 }

@@ -97,6 +97,15 @@ TransportCounters Transport::counters() const {
   return c;
 }
 
+void report_failure_to_coordinator(Transport& transport, const std::exception& e) noexcept {
+  const auto* err = dynamic_cast<const Error*>(&e);
+  const auto code = static_cast<int32_t>(err ? err->code() : ExitCode::kInternal);
+  try {
+    transport.send(coordinator_endpoint(), proto::Failure{code, e.what()});
+  } catch (const std::exception&) {
+  }
+}
+
 std::unique_ptr<Transport> make_transport(const TransportOptions& options) {
   switch (options.kind) {
     case TransportKind::kInproc:

@@ -17,6 +17,7 @@
 #include <atomic>
 #include <chrono>
 #include <compare>
+#include <exception>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -124,6 +125,11 @@ struct TransportOptions {
   // kInproc: the fabric shared by every endpoint of this process (inproc_transport.hpp).
   std::shared_ptr<InprocFabric> fabric;
 };
+
+// A role's last word before it rethrows `e`: tells the coordinator (Failure with the exit code
+// and message) so the job stops naming this role. Best effort: a send that fails is ignored,
+// since the transport may be what broke.
+void report_failure_to_coordinator(Transport& transport, const std::exception& e) noexcept;
 
 // Builds the transport for `options.kind`. kTcp throws NotImplementedError for now.
 std::unique_ptr<Transport> make_transport(const TransportOptions& options);
