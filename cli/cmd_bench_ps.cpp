@@ -1,7 +1,7 @@
 #include "cli/cmd_bench_ps.hpp"
 
 #include "common/error.hpp"
-#include "coordinator/bench_ps.hpp"
+#include "bench/bench_ps.hpp"
 
 #include <memory>
 

@@ -1,5 +1,5 @@
 // `ptrain bench ps`, the hidden `ptrain bench ps-peer` helper and `bench train --compare-launch`
-// (coordinator/bench_ps.hpp), registered on the `bench` subcommand by cmd_bench.cpp.
+// (bench/bench_ps.hpp), registered on the `bench` subcommand by cmd_bench.cpp.
 #pragma once
 
 #include "cli/commands.hpp"

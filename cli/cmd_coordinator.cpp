@@ -1,8 +1,8 @@
 // `ptrain coordinator CONFIG [--set k=v]... [--listen HOST:PORT] [--secret-file PATH]`: the
-// coordinator role as its own process (coordinator/coordinator_process.hpp). Only parsing here.
+// coordinator role as its own process (launch/coordinator_process.hpp). Only parsing here.
 #include "cli/commands.hpp"
 #include "common/error.hpp"
-#include "coordinator/coordinator_process.hpp"
+#include "launch/coordinator_process.hpp"
 
 #include <spdlog/spdlog.h>
 

@@ -1,10 +1,10 @@
 // `ptrain run CONFIG [--set k=v]...`: a whole training job on this machine. With
 // `cluster.launch: processes` (default) each role is its own `ptrain` process on 127.0.0.1
-// (coordinator/process_job.hpp); with `threads` the roles are threads of this process
-// (coordinator/threads_job.hpp). Only parsing and dispatch here.
+// (launch/process_job.hpp); with `threads` the roles are threads of this process
+// (launch/threads_job.hpp). Only parsing and dispatch here.
 #include "cli/commands.hpp"
-#include "coordinator/process_job.hpp"
-#include "coordinator/threads_job.hpp"
+#include "launch/process_job.hpp"
+#include "launch/threads_job.hpp"
 
 #include <spdlog/spdlog.h>
 
@@ -38,7 +38,8 @@ void add_run_command(CLI::App& app, Action& action) {
   };
   auto args = std::make_shared<Args>();
   auto* sub = app.add_subcommand(
-      "run", "Train: coordinator, parameter servers and workers on this machine "
+      "run", "Train: coordinator, parameter servers and workers on this machine, as processes "
+             "(cluster.launch: processes, the default) or threads of this one "
              "(cluster.launch: threads); writes RUN_DIR/train.jsonl and checkpoints");
   sub->add_option("CONFIG", args->config, "YAML config file")->required();
   add_set_option(sub, args->sets);

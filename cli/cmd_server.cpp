@@ -1,7 +1,7 @@
 // `ptrain server --coordinator HOST:PORT [--listen HOST:PORT] [--secret-file PATH]`: a parameter
-// server as its own process (paramserver/server_process.hpp). Only parsing here.
+// server as its own process (launch/server_process.hpp). Only parsing here.
 #include "cli/commands.hpp"
-#include "paramserver/server_process.hpp"
+#include "launch/server_process.hpp"
 
 #include <memory>
 

@@ -1,8 +1,8 @@
 // `ptrain worker --coordinator HOST:PORT [--device cpu] [--secret-file PATH]`: a worker as its own
-// process (worker/worker_process.hpp). Only parsing here.
+// process (launch/worker_process.hpp). Only parsing here.
 #include "cli/commands.hpp"
 #include "common/error.hpp"
-#include "worker/worker_process.hpp"
+#include "launch/worker_process.hpp"
 
 #include <memory>
 

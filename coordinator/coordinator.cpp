@@ -9,7 +9,7 @@
 #include "coordinator/evaluator.hpp"
 #include "coordinator/run_log.hpp"
 #include "coordinator/start_state.hpp"
-#include "coordinator/status_service.hpp"
+#include "status/status_service.hpp"
 #include "coordinator/step_controller.hpp"
 #include "worker/ps_client.hpp"
 

@@ -8,7 +8,7 @@
 //   - every wait on a peer goes through `with_deadline(op, duration, what)` (STYLE.md 14):
 //     timeouts are structure, built from a steady_timer raced against the operation with the
 //     awaitable `||` operator (Asio 1.28 has no cancel_after).
-// It is not: a transport, a session, or a place for Beast (only coordinator/status_http.cpp
+// It is not: a transport, a session, or a place for Beast (only status/status_http.cpp
 // includes Beast). Keep Asio-heavy code in few translation units: each costs ~15 s to compile.
 #pragma once
 

@@ -13,8 +13,8 @@
 #include "common/io/checkpoint.hpp"
 #include "common/io/token_file.hpp"
 #include "coordinator/data_plan.hpp"
-#include "coordinator/job_test_util.hpp"
-#include "coordinator/threads_job.hpp"
+#include "support/job_test_util.hpp"
+#include "launch/threads_job.hpp"
 #include "paramserver/optimizer/lr_schedule.hpp"
 
 #include <doctest/doctest.h>

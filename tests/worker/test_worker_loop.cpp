@@ -7,7 +7,7 @@
 #include "common/error.hpp"
 #include "common/io/token_file.hpp"
 #include "common/net/inproc_transport.hpp"
-#include "coordinator/job_test_util.hpp"
+#include "support/job_test_util.hpp"
 #include "paramserver/aggregator.hpp"
 #include "paramserver/param_server.hpp"
 #include "worker/backend/cpu/cpu_backend.hpp"

@@ -4,8 +4,8 @@
 // stops the job naming the step and the tensor with the last good checkpoint left `latest`.
 #include "common/error.hpp"
 #include "common/io/checkpoint.hpp"
-#include "coordinator/job_test_util.hpp"
-#include "coordinator/threads_job.hpp"
+#include "support/job_test_util.hpp"
+#include "launch/threads_job.hpp"
 
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
@@ -265,8 +265,8 @@ TEST_CASE("coordinator job: settings it cannot run are refused") {
   TempDir dir;
   Config c = small_config(dir);
   c.cluster.launch = Launch::kProcesses;
-  CHECK_THROWS_WITH_AS(run_threads_job(c), doctest::Contains("not implemented yet"),
-                       NotImplementedError);
+  CHECK_THROWS_WITH_AS(run_threads_job(c), doctest::Contains("runs cluster.launch: threads only"),
+                       ConfigError);
   c = small_config(dir);
   c.data.train = dir / "missing.tok";
   CHECK_THROWS_AS(run_threads_job(c), IoError);

@@ -1,4 +1,4 @@
-#include "worker/worker_process.hpp"
+#include "launch/worker_process.hpp"
 
 #include "common/error.hpp"
 #include "common/net/cluster_join.hpp"

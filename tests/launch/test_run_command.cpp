@@ -2,7 +2,7 @@
 // trains and exits 0 with train.jsonl, a progress line and a final checkpoint; launch modes not
 // built yet are refused; SIGTERM stops at the next step with a checkpoint and exit 0, and the
 // next `ptrain run` (checkpoint.resume: auto) continues from it.
-#include "coordinator/job_test_util.hpp"
+#include "support/job_test_util.hpp"
 
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>

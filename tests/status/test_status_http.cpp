@@ -1,7 +1,7 @@
-// The status endpoint (coordinator/status_http): the Prometheus renderer checked line by line
+// The status endpoint (status/status_http): the Prometheus renderer checked line by line
 // against the text format, the JSON round trip, the router, and a live server on 127.0.0.1 with a
 // free port, spoken to through a plain POSIX socket.
-#include "coordinator/status_http.hpp"
+#include "status/status_http.hpp"
 
 #include "common/net/asio.hpp"  // only for the io_context the server runs on
 

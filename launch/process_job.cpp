@@ -1,4 +1,6 @@
-#include "coordinator/process_job.hpp"
+#include "launch/process_job.hpp"
+
+#include "launch/spawn.hpp"
 
 #include "common/error.hpp"
 #include "common/net/auth.hpp"
@@ -33,36 +35,11 @@ struct Child {
 
 // fork + exec `argv` in process group `pgid` (0 = a new group led by the child), output to `log`.
 pid_t spawn(const std::vector<std::string>& argv, pid_t pgid, const std::string& log) {
-  const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw IoError(fmt::format("cannot create {}: {}", log, std::strerror(errno)));
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  const pid_t parent = ::getpid();
-  const pid_t pid = ::fork();
-  if (pid < 0) {
-    ::close(fd);
-    throw IoError(fmt::format("fork failed: {}", std::strerror(errno)));
-  }
-  if (pid == 0) {
-    ::setpgid(0, pgid);
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (::getppid() != parent) ::_exit(127);  // the launcher died before prctl
-    const int devnull = ::open("/dev/null", O_RDONLY);
-    if (devnull >= 0) ::dup2(devnull, 0);
-    ::dup2(fd, 1);
-    ::dup2(fd, 2);
-    sigset_t none;
-    sigemptyset(&none);
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);
-    ::signal(SIGINT, SIG_DFL);
-    ::signal(SIGTERM, SIG_DFL);
-    ::execv(args[0], args.data());
-    ::_exit(127);
-  }
-  ::setpgid(pid, pgid == 0 ? pid : pgid);  // also from the parent: no race with kill(-pgid)
-  ::close(fd);
-  return pid;
+  SpawnOptions o;
+  o.argv = argv;
+  o.log_path = log;
+  o.process_group = pgid;
+  return spawn_process(o).pid;
 }
 
 void reap(std::vector<Child>& children) {

@@ -4,9 +4,9 @@
 #include "common/data/tokenizer.hpp"
 #include "common/error.hpp"
 #include "common/io/token_file.hpp"
-#include "coordinator/bench_ps.hpp"
-#include "coordinator/process_job.hpp"
-#include "coordinator/threads_job.hpp"
+#include "bench/bench_ps.hpp"
+#include "launch/process_job.hpp"
+#include "launch/threads_job.hpp"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>

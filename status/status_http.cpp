@@ -1,5 +1,5 @@
 // The status endpoint: renderers, router and the Beast server (the only Beast user in ptrain).
-#include "coordinator/status_http.hpp"
+#include "status/status_http.hpp"
 
 #include "common/net/asio.hpp"  // first: includes <utility> before Asio
 #include "common/util/fs.hpp"

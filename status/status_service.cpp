@@ -1,4 +1,4 @@
-#include "coordinator/status_service.hpp"
+#include "status/status_service.hpp"
 
 #include "common/net/asio.hpp"  // first: includes <utility> before Asio
 

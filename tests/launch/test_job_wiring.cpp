@@ -2,9 +2,9 @@
 // each server writes shard-K.h5, the coordinator publishes checkpoint.h5 over them; the
 // coordinator serves /metrics and /status on RUN_DIR/status.addr while the job runs.
 #include "common/io/checkpoint.hpp"
-#include "coordinator/job_test_util.hpp"
-#include "coordinator/status_http.hpp"
-#include "coordinator/threads_job.hpp"
+#include "support/job_test_util.hpp"
+#include "status/status_http.hpp"
+#include "launch/threads_job.hpp"
 
 #include <arpa/inet.h>
 #include <doctest/doctest.h>

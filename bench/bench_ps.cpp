@@ -1,4 +1,6 @@
-#include "coordinator/bench_ps.hpp"
+#include "bench/bench_ps.hpp"
+
+#include "launch/spawn.hpp"
 
 #include "common/error.hpp"
 #include "common/net/auth.hpp"
@@ -66,31 +68,13 @@ struct Child {
 
 Child spawn(const std::string& binary, const std::vector<std::string>& args, const std::string& log,
             const std::string& name) {
-  int pin[2], pout[2];
-  if (pipe2(pin, O_CLOEXEC) != 0 || pipe2(pout, O_CLOEXEC) != 0) {
-    throw IoError(fmt::format("bench ps: pipe: {}", std::strerror(errno)));
-  }
-  std::vector<std::string> full{binary};
-  full.insert(full.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : full) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid < 0) throw IoError(fmt::format("bench ps: fork: {}", std::strerror(errno)));
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
-    dup2(pin[0], 0);
-    dup2(pout[1], 1);
-    const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd >= 0) dup2(fd, 2);
-    execv(binary.c_str(), argv.data());
-    _exit(127);
-  }
-  close(pin[0]);
-  close(pout[1]);
-  return Child{pid, pin[1], pout[0], log, name, {}};
+  SpawnOptions o;
+  o.argv.push_back(binary);
+  o.argv.insert(o.argv.end(), args.begin(), args.end());
+  o.log_path = log;
+  o.pipe_stdio = true;
+  const SpawnedProcess p = spawn_process(o);
+  return Child{p.pid, p.stdin_fd, p.stdout_fd, log, name, {}};
 }
 
 std::string log_tail(const Child& c) {

@@ -7,7 +7,7 @@
 // This header does not include Asio.
 #pragma once
 
-#include "coordinator/status_http.hpp"
+#include "status/status_http.hpp"
 
 #include <functional>
 #include <memory>

@@ -1,11 +1,11 @@
-#include "coordinator/threads_job.hpp"
+#include "launch/threads_job.hpp"
 
 #include "common/data/tokenizer.hpp"
 #include "common/error.hpp"
 #include "common/io/token_file.hpp"
 #include "common/net/inproc_transport.hpp"
 #include "common/util/fs.hpp"
-#include "coordinator/status_service.hpp"
+#include "status/status_service.hpp"
 #include "paramserver/param_server.hpp"
 #include "paramserver/update_rule.hpp"
 #include "worker/worker.hpp"
@@ -70,8 +70,10 @@ class FirstFailure {
 
 void check_supported(const Config& c) {
   if (c.cluster.launch != Launch::kThreads) {
-    throw NotImplementedError(
-        "cluster.launch: processes is not implemented yet (use cluster.launch: threads)");
+    throw ConfigError(fmt::format(
+        "cluster.launch: {} is not the threads launch; run_threads_job runs cluster.launch: threads "
+        "only (`ptrain run` chooses the launcher from the config)",
+        c.cluster.launch == Launch::kProcesses ? "processes" : "(other)"));
   }
   if (c.cluster.sync != SyncMode::kBsp) {
     throw NotImplementedError("cluster.sync: only bsp is implemented yet");

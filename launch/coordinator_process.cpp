@@ -1,4 +1,4 @@
-#include "coordinator/coordinator_process.hpp"
+#include "launch/coordinator_process.hpp"
 
 #include "common/data/tokenizer.hpp"
 #include "common/error.hpp"
@@ -6,9 +6,9 @@
 #include "common/proto/codec.hpp"
 #include "common/tensor/param_layout.hpp"
 #include "common/util/fs.hpp"
-#include "coordinator/status_http.hpp"
-#include "coordinator/status_service.hpp"
-#include "coordinator/threads_job.hpp"
+#include "status/status_http.hpp"
+#include "status/status_service.hpp"
+#include "launch/threads_job.hpp"
 
 #include <spdlog/spdlog.h>
 

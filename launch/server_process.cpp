@@ -1,4 +1,4 @@
-#include "paramserver/server_process.hpp"
+#include "launch/server_process.hpp"
 
 #include "common/error.hpp"
 #include "common/net/cluster_join.hpp"

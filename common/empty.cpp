@@ -1,1 +1,0 @@
-// Keeps a role library non-empty while its folder is being filled in.
