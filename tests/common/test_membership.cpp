@@ -71,9 +71,10 @@ TEST_CASE("membership: a fixed membership from a member list checks the ids of e
       CHECK(std::string(e.what()).find(part) != std::string::npos);
     }
   };
-  refused({{worker_endpoint(0)}, {worker_endpoint(0)}}, "lists worker 0 twice");
-  refused({{server_endpoint(0)}, {worker_endpoint(1)}}, "lists worker 1 but not worker 0");
-  refused({{net::coordinator_endpoint()}}, "only servers and workers");
+  auto bare = [](net::Endpoint e) { return net::Member{e, "", "", ""}; };
+  refused({bare(worker_endpoint(0)), bare(worker_endpoint(0))}, "lists worker 0 twice");
+  refused({bare(server_endpoint(0)), bare(worker_endpoint(1))}, "lists worker 1 but not worker 0");
+  refused({bare(net::coordinator_endpoint())}, "only servers and workers");
   CHECK_THROWS_AS(net::FixedMembership(-1, 1, "x"), ConfigError);
 }
 
