@@ -175,7 +175,7 @@ void CoordinatorRun::apply_membership_events(std::vector<net::MembershipEvent> e
       spdlog::info("{} joined (membership epoch {})", ev.member.label(), ev.epoch);
       continue;
     }
-    spdlog::warn("{} (membership epoch {})", ev.reason, ev.epoch);
+    spdlog::warn("{}; membership epoch {}", ev.reason, ev.epoch);
     send(machine_.on_member_lost(ev.member.endpoint, ev.reason));
     if (machine_.failure()) throw_step_failure();
   }
