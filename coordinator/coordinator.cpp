@@ -10,16 +10,17 @@
 #include "coordinator/run_log.hpp"
 #include "coordinator/start_state.hpp"
 #include "status/status_service.hpp"
-#include "coordinator/step_controller.hpp"
+#include "coordinator/step_machine.hpp"
 #include "worker/ps_client.hpp"
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <map>
-#include <numeric>
+#include <utility>
 
 namespace ptrain {
 
@@ -44,24 +45,33 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// How often a wait for a message looks at the membership (a loss must not wait for the timeout).
+constexpr std::chrono::milliseconds kMembershipPoll{50};
+
 // The coordinator's run, as a small object wiring the pieces together for one job.
 class CoordinatorRun {
  public:
-  CoordinatorRun(const CoordinatorOptions& o, const ParamLayout& layout, net::Transport& t)
+  CoordinatorRun(const CoordinatorOptions& o, const ParamLayout& layout, net::Transport& t,
+                 net::Membership& membership)
       : o_(o),
         cfg_(o.config),
         layout_(layout),
         transport_(t),
+        membership_(membership),
         client_(t, o.server_ranges),
         num_servers_(static_cast<int64_t>(o.server_ranges.size())),
-        num_workers_(cfg_.cluster.workers),
         steps_(cfg_.train.steps),
-        scheduler_(cfg_.checkpoint.every_steps, cfg_.train.steps) {}
+        scheduler_(cfg_.checkpoint.every_steps, cfg_.train.steps),
+        machine_(step_machine_options()) {}
 
   RunSummary run();
 
  private:
+  StepMachineOptions step_machine_options() const;
   net::Envelope next(const std::string& waiting_for);
+  void apply_membership_events(std::vector<net::MembershipEvent> events);
+  void send(std::vector<StepOutgoing> out);
+  [[noreturn]] void throw_step_failure();
   void start_servers(StartState& st);
   void run_step(int64_t t);
   void check_finite(int64_t t);
@@ -71,18 +81,22 @@ class CoordinatorRun {
   void broadcast_shutdown(const std::string& reason);
   void init_status();
   void update_status(int64_t step, double step_s);
+  std::vector<MemberStatus> status_members(int64_t step) const;
 
   const CoordinatorOptions& o_;
   const Config& cfg_;
   const ParamLayout& layout_;
   net::Transport& transport_;
+  net::Membership& membership_;
   PsClient client_;
   int64_t num_servers_;
-  int64_t num_workers_;
   int64_t steps_;
   CheckpointScheduler scheduler_;
+  // The step logic and the one place where a lost member's consequence is decided.
+  StepMachine machine_;
+  // Membership changes drained while a message may still be queued (see next()).
+  std::vector<net::MembershipEvent> pending_events_;
   std::optional<DataPlan> plan_;
-  std::optional<StepController> ctl_;
   std::optional<RunLog> log_;
   std::optional<Evaluator> evaluator_;
   std::vector<float> eval_params_;
@@ -96,28 +110,92 @@ class CoordinatorRun {
   int64_t last_step_tokens_ = 0;
 
   // For the status endpoint: the last message from each member, the workers' and servers' last
-  // reports, and when each worker's report arrived (its push was done then).
+  // reports (by id), and when each report of the last step arrived (its push was done then).
   std::map<net::Endpoint, Clock::time_point> last_seen_;
-  std::vector<proto::WorkerStepDone> worker_done_;
-  std::vector<Clock::time_point> worker_done_at_;
-  std::vector<proto::StepApplied> server_applied_;
+  std::map<int32_t, proto::WorkerStepDone> worker_done_;
+  std::map<int32_t, Clock::time_point> worker_done_at_;
+  std::map<int32_t, proto::StepApplied> server_applied_;
   double last_wait_s_ = 0.0;
 };
 
+StepMachineOptions CoordinatorRun::step_machine_options() const {
+  StepMachineOptions so;
+  for (const net::Endpoint& e : membership_.servers()) so.servers.push_back(e.id);
+  std::vector<int32_t> shards(static_cast<size_t>(num_servers_));
+  for (size_t k = 0; k < shards.size(); ++k) shards[k] = static_cast<int32_t>(k);
+  if (so.servers != shards) {
+    throw ConfigError(fmt::format("the membership has {} server(s), the job's parameters are cut "
+                                  "into {} shard(s) (cluster.servers): server k must own shard k",
+                                  so.servers.size(), num_servers_));
+  }
+  so.max_norm = cfg_.optim.grad_clip;
+  // Today's policy: a lost worker stops the job (resume continues from the last checkpoint).
+  so.worker_loss = WorkerLossPolicy::kStopJob;
+  return so;
+}
+
 net::Envelope CoordinatorRun::next(const std::string& waiting_for) {
-  std::optional<net::Envelope> env = client_.next_other(o_.timeout);
-  if (!env) {
-    throw Error(ExitCode::kIo,
-                fmt::format("coordinator: nothing arrived within {} s while waiting for {}",
-                            std::chrono::duration_cast<std::chrono::seconds>(o_.timeout).count(),
-                            waiting_for));
+  const auto deadline = Clock::now() + o_.timeout;
+  for (;;) {
+    // A member's last words (a Failure, with its own exit code and reason) reach the queue before
+    // its connection is seen dropped: membership changes are applied only after a look at the
+    // queue found nothing.
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    const std::chrono::milliseconds wait =
+        pending_events_.empty()
+            ? std::clamp(left, std::chrono::milliseconds(1), kMembershipPoll)
+            : std::chrono::milliseconds(1);
+    std::optional<net::Envelope> env = client_.next_other(wait);
+    if (env) {
+      last_seen_[env->from] = Clock::now();
+      if (auto* f = std::get_if<proto::Failure>(&env->message)) {
+        throw Error(proto::failure_code(*f), fmt::format("{} failed: {}", env->from.str(),
+                                                                f->message));
+      }
+      return std::move(*env);
+    }
+    if (!pending_events_.empty()) {
+      apply_membership_events(std::exchange(pending_events_, {}));
+      continue;
+    }
+    pending_events_ = membership_.take_events();
+    if (pending_events_.empty() && Clock::now() >= deadline) {
+      throw Error(ExitCode::kIo,
+                  fmt::format("coordinator: nothing arrived within {} s while waiting for {}",
+                              std::chrono::duration_cast<std::chrono::seconds>(o_.timeout).count(),
+                              waiting_for));
+    }
   }
-  last_seen_[env->from] = Clock::now();
-  if (auto* f = std::get_if<proto::Failure>(&env->message)) {
-    throw Error(proto::failure_code(*f), fmt::format("{} failed: {}", env->from.str(),
-                                                            f->message));
+}
+
+void CoordinatorRun::apply_membership_events(std::vector<net::MembershipEvent> events) {
+  for (const net::MembershipEvent& ev : events) {
+    if (ev.change == net::MembershipChange::kJoined) {
+      // It takes part from the next step on (run_step reads the members at the step boundary).
+      spdlog::info("{} joined (membership epoch {})", ev.member.label(), ev.epoch);
+      continue;
+    }
+    spdlog::warn("{}; membership epoch {}", ev.reason, ev.epoch);
+    send(machine_.on_member_lost(ev.member.endpoint, ev.reason));
+    if (machine_.failure()) throw_step_failure();
   }
-  return std::move(*env);
+}
+
+void CoordinatorRun::send(std::vector<StepOutgoing> out) {
+  for (StepOutgoing& o : out) {
+    try {
+      transport_.send(o.to, o.message);
+    } catch (const net::PeerLost& e) {
+      // Unreachable: a loss like any other; its membership event decides what follows.
+      membership_.report_lost(o.to, e.what());
+    }
+  }
+}
+
+void CoordinatorRun::throw_step_failure() {
+  const StepFailure& f = *machine_.failure();
+  if (f.kind == StepFailure::Kind::kNonFinite) check_finite(machine_.step());
+  throw net::PeerLost(fmt::format("{}; the last complete checkpoint stays `latest`", f.message));
 }
 
 void CoordinatorRun::start_servers(StartState& st) {
@@ -136,88 +214,52 @@ void CoordinatorRun::start_servers(StartState& st) {
 
 void CoordinatorRun::run_step(int64_t t) {
   const auto step_start = Clock::now();
+  // The step boundary: the workers that are members now take part (a member that joined since
+  // the last step is in, one lost is out), in worker-id order.
+  const std::vector<net::Endpoint> workers = membership_.workers();
+  if (workers.empty()) throw net::PeerLost(fmt::format("step {}: the job has no worker", t + 1));
   const std::vector<int64_t> windows = plan_->next_step(cfg_.train.batch_size);
-  const auto split = split_batch(cfg_.train.batch_size, num_workers_);
-  ctl_->begin(t);
-  for (int64_t w = 0; w < num_workers_; ++w) {
-    const auto [b, e] = split[static_cast<size_t>(w)];
-    proto::StepBegin m;
-    m.step = t;
-    m.membership_epoch = 0;
-    m.windows.assign(windows.begin() + b, windows.begin() + e);
-    transport_.send(net::worker_endpoint(static_cast<int32_t>(w)), m);
+  const auto split = split_batch(cfg_.train.batch_size, static_cast<int64_t>(workers.size()));
+  std::vector<WorkerWork> work;
+  for (size_t i = 0; i < workers.size(); ++i) {
+    const auto [b, e] = split[i];
+    work.push_back({workers[i].id, {windows.begin() + b, windows.begin() + e}});
   }
-  const std::string what = fmt::format("step {}", t + 1);
-  while (!ctl_->gathered()) {
-    net::Envelope env = next(what + ": gradient pushes and worker reports");
-    bool ok = false;
-    if (auto* m = std::get_if<proto::PushReceived>(&env.message)) {
-      ok = ctl_->on_push_received(*m);
-    } else if (auto* d = std::get_if<proto::WorkerStepDone>(&env.message)) {
-      ok = ctl_->on_worker_done(*d);
-      if (ok && d->worker_id >= 0 && d->worker_id < num_workers_) {
-        worker_done_[static_cast<size_t>(d->worker_id)] = *d;
-        worker_done_at_[static_cast<size_t>(d->worker_id)] = Clock::now();
-      }
+  send(machine_.begin_step(t, membership_.epoch(), std::move(work)));
+  worker_done_at_.clear();
+  while (!machine_.applied()) {
+    net::Envelope env = next(fmt::format("step {}: {}", t + 1, phase_name(machine_.phase())));
+    const bool report = std::holds_alternative<proto::WorkerStepDone>(env.message);
+    send(machine_.handle(env.from, env.message));
+    if (report && machine_.reports().count(env.from.id) != 0) {
+      worker_done_at_.emplace(env.from.id, Clock::now());
     }
-    if (!ok) {
-      throw proto::ProtocolError(fmt::format(
-          "coordinator: unexpected {} from {} during {}",
-          proto::type_name(proto::type_of(env.message)), env.from.str(), what));
-    }
+    if (machine_.failure()) throw_step_failure();
   }
-  const std::vector<int32_t> contributors = ctl_->contributors();
-  for (int64_t k = 0; k < num_servers_; ++k) {
-    transport_.send(net::server_endpoint(static_cast<int32_t>(k)),
-                    proto::StepContributors{t, 0, contributors});
-  }
-  while (!ctl_->norms_complete()) {
-    net::Envelope env = next(what + ": partial gradient norms");
-    auto* m = std::get_if<proto::NormReport>(&env.message);
-    if (m == nullptr || !ctl_->on_norm(*m)) {
-      throw proto::ProtocolError(fmt::format(
-          "coordinator: unexpected {} from {} during {}",
-          proto::type_name(proto::type_of(env.message)), env.from.str(), what));
-    }
-  }
-  check_finite(t);
-  const double norm = ctl_->global_norm();
-  for (int64_t k = 0; k < num_servers_; ++k) {
-    transport_.send(net::server_endpoint(static_cast<int32_t>(k)),
-                    proto::StepCommit{t, contributors, norm, ctl_->clip_coef()});
-  }
-  while (!ctl_->applied_complete()) {
-    net::Envelope env = next(what + ": servers applying the update");
-    auto* m = std::get_if<proto::StepApplied>(&env.message);
-    if (m == nullptr || !ctl_->on_applied(*m)) {
-      throw proto::ProtocolError(fmt::format(
-          "coordinator: unexpected {} from {} during {}",
-          proto::type_name(proto::type_of(env.message)), env.from.str(), what));
-    }
-    if (m->server_id >= 0 && m->server_id < num_servers_) {
-      server_applied_[static_cast<size_t>(m->server_id)] = *m;
-    }
-  }
+  for (const auto& [id, d] : machine_.reports()) worker_done_[id] = d;
+  for (const auto& [id, a] : machine_.applied_reports()) server_applied_[id] = a;
   // "wait": from a worker's report (its pushes done) to the step applied everywhere, averaged.
   const auto applied_at = Clock::now();
   double wait_sum = 0.0;
-  for (const auto& at : worker_done_at_) {
+  for (const auto& [id, at] : worker_done_at_) {
     wait_sum += std::chrono::duration<double>(applied_at - at).count();
   }
-  last_wait_s_ = num_workers_ > 0 ? wait_sum / static_cast<double>(num_workers_) : 0.0;
+  last_wait_s_ = worker_done_at_.empty()
+                     ? 0.0
+                     : wait_sum / static_cast<double>(worker_done_at_.size());
   spdlog::debug("step {}: slowest worker pull {:.4f} s, compute {:.4f} s; step {:.4f} s", t + 1,
-                ctl_->max_pull_s(), ctl_->max_compute_s(),
+                machine_.max_pull_s(), machine_.max_compute_s(),
                 std::chrono::duration<double>(Clock::now() - step_start).count());
-  last_step_tokens_ = ctl_->tokens();
+  last_step_tokens_ = machine_.tokens();
   summary_.tokens_seen += last_step_tokens_;
-  summary_.final_loss = ctl_->loss();
+  summary_.final_loss = machine_.loss();
   summary_.final_step = t + 1;
   update_status(t + 1, std::chrono::duration<double>(Clock::now() - step_start).count());
 }
 
 void CoordinatorRun::check_finite(int64_t t) {
-  const double loss = ctl_->loss();
-  const std::optional<int64_t> bad = ctl_->first_nonfinite();
+  const double loss = machine_.loss();
+  const std::optional<int64_t> bad = machine_.first_nonfinite();
   if (!bad && std::isfinite(loss)) return;
   std::string msg = fmt::format("non-finite values at step {}: ", t + 1);
   if (bad) {
@@ -234,8 +276,8 @@ void CoordinatorRun::log_step(int64_t step) {
   const auto now = Clock::now();
   StepRecord r;
   r.step = step;
-  r.loss = ctl_->loss();
-  r.lr = ctl_->lr();
+  r.loss = machine_.loss();
+  r.lr = machine_.lr();
   r.tokens = summary_.tokens_seen;
   r.elapsed_s = std::chrono::duration<double>(now - t_start_).count();
   const double dt = std::chrono::duration<double>(now - t_last_log_).count();
@@ -322,60 +364,95 @@ void CoordinatorRun::checkpoint(int64_t step) {
   tokens_at_last_log_ = summary_.tokens_seen;
 }
 
+std::vector<MemberStatus> CoordinatorRun::status_members(int64_t step) const {
+  std::vector<MemberStatus> out;
+  auto add = [&](const net::Endpoint& e, const std::string& host) {
+    MemberStatus m;
+    m.id = e.id;
+    m.role = e.role;
+    m.host = host.empty() ? "local" : host;
+    m.step = step;
+    m.loss = std::numeric_limits<double>::quiet_NaN();
+    out.push_back(m);
+  };
+  add(net::coordinator_endpoint(), "");
+  for (const net::Member& m : membership_.members()) add(m.endpoint, m.host);
+  return out;
+}
+
 void CoordinatorRun::init_status() {
-  worker_done_.assign(static_cast<size_t>(num_workers_), proto::WorkerStepDone{});
-  worker_done_at_.assign(static_cast<size_t>(num_workers_), Clock::now());
-  server_applied_.assign(static_cast<size_t>(num_servers_), proto::StepApplied{});
-  for (int64_t w = 0; w < num_workers_; ++w) worker_done_[static_cast<size_t>(w)].worker_id =
-      static_cast<int32_t>(w);
   if (o_.status == nullptr) return;
   const int64_t start = summary_.start_step;
+  std::vector<MemberStatus> members = status_members(start);
+  const int64_t epoch = membership_.epoch();
   o_.status->update([&](JobStatus& s) {
     s.step = start;
     s.loss = std::numeric_limits<double>::quiet_NaN();
-    s.membership_epoch = 0;
-    s.members.clear();
-    auto add = [&](net::Endpoint e) {
-      MemberStatus m;
-      m.id = e.id;
-      m.role = e.role;
-      m.host = o_.member_host ? o_.member_host(e) : "local";
-      if (m.host.empty()) m.host = "local";
-      m.step = start;
-      m.loss = std::numeric_limits<double>::quiet_NaN();
-      s.members.push_back(m);
-    };
-    add(net::coordinator_endpoint());
-    for (int64_t k = 0; k < num_servers_; ++k) add(net::server_endpoint(static_cast<int32_t>(k)));
-    for (int64_t w = 0; w < num_workers_; ++w) add(net::worker_endpoint(static_cast<int32_t>(w)));
+    s.membership_epoch = epoch;
+    s.members = std::move(members);
   });
 }
 
 void CoordinatorRun::update_status(int64_t step, double step_s) {
   if (o_.status == nullptr) return;
   const auto now = Clock::now();
-  const double loss = ctl_->loss();
+  const double loss = machine_.loss();
   const double tps = step_s > 0 ? static_cast<double>(last_step_tokens_) / step_s : 0.0;
+  // Phase times: the workers' view of this step, averaged over the workers that reported it.
   StepSeconds phases;
-  uint64_t pushed = 0, pulled = 0;
-  for (const auto& d : worker_done_) {
+  const auto& reports = machine_.reports();
+  for (const auto& [id, d] : reports) {
     phases.compute += d.compute_s;
     phases.push += d.push_s;
     phases.pull += d.pull_s;
-    pushed += d.bytes_pushed;
-    pulled += d.bytes_pulled;
   }
-  if (num_workers_ > 0) {
-    const auto n = static_cast<double>(num_workers_);
+  if (!reports.empty()) {
+    const auto n = static_cast<double>(reports.size());
     phases.compute /= n;
     phases.push /= n;
     phases.pull /= n;
   }
   phases.wait = last_wait_s_;
+  // Byte counters are per worker since it started: the job's total sums every worker's last.
+  uint64_t pushed = 0, pulled = 0;
+  for (const auto& [id, d] : worker_done_) {
+    pushed += d.bytes_pushed;
+    pulled += d.bytes_pulled;
+  }
+  std::vector<MemberStatus> members = status_members(step);
+  for (auto& m : members) {
+    const net::Endpoint e{m.role, m.id};
+    const auto seen = last_seen_.find(e);
+    m.heartbeat_age_s =
+        seen == last_seen_.end() ? 0.0 : std::chrono::duration<double>(now - seen->second).count();
+    if (m.role == net::Role::kCoordinator) {
+      m.loss = loss;
+      m.tokens_per_second = tps;
+      m.bytes_pushed = pushed;
+      m.bytes_pulled = pulled;
+    } else if (const auto d = worker_done_.find(m.id);
+               m.role == net::Role::kWorker && d != worker_done_.end()) {
+      m.step = d->second.step + 1;
+      m.loss = d->second.tokens > 0
+                   ? d->second.loss_sum / static_cast<double>(d->second.tokens)
+                   : std::numeric_limits<double>::quiet_NaN();
+      m.tokens_per_second =
+          step_s > 0 ? static_cast<double>(d->second.tokens) / step_s : 0.0;
+      m.bytes_pushed = d->second.bytes_pushed;
+      m.bytes_pulled = d->second.bytes_pulled;
+    } else if (const auto a = server_applied_.find(m.id);
+               m.role == net::Role::kServer && a != server_applied_.end()) {
+      m.step = a->second.version;
+      m.bytes_pushed = a->second.bytes_pushed;
+      m.bytes_pulled = a->second.bytes_pulled;
+    }
+  }
+  const int64_t epoch = membership_.epoch();
   o_.status->update([&](JobStatus& s) {
     s.step = step;
     s.loss = loss;
     s.tokens_per_second = tps;
+    s.membership_epoch = epoch;
     s.bytes_pushed_total = pushed;
     s.bytes_pulled_total = pulled;
     s.step_seconds = phases;
@@ -385,42 +462,24 @@ void CoordinatorRun::update_status(int64_t step, double step_s) {
       for (size_t i = 0; i < s.loss_history.size(); i += 2) thin.push_back(s.loss_history[i]);
       s.loss_history = std::move(thin);
     }
-    for (auto& m : s.members) {
-      const net::Endpoint e{m.role, m.id};
-      const auto seen = last_seen_.find(e);
-      m.heartbeat_age_s =
-          seen == last_seen_.end() ? 0.0 : std::chrono::duration<double>(now - seen->second).count();
-      if (m.role == net::Role::kCoordinator) {
-        m.step = step;
-        m.loss = loss;
-        m.tokens_per_second = tps;
-        m.bytes_pushed = pushed;
-        m.bytes_pulled = pulled;
-      } else if (m.role == net::Role::kWorker && m.id >= 0 && m.id < num_workers_) {
-        const auto& d = worker_done_[static_cast<size_t>(m.id)];
-        m.step = d.step + 1;
-        m.loss = d.tokens > 0 ? d.loss_sum / static_cast<double>(d.tokens)
-                              : std::numeric_limits<double>::quiet_NaN();
-        m.tokens_per_second = step_s > 0 ? static_cast<double>(d.tokens) / step_s : 0.0;
-        m.bytes_pushed = d.bytes_pushed;
-        m.bytes_pulled = d.bytes_pulled;
-      } else if (m.role == net::Role::kServer && m.id >= 0 && m.id < num_servers_) {
-        const auto& a = server_applied_[static_cast<size_t>(m.id)];
-        m.step = a.version;
-        m.bytes_pushed = a.bytes_pushed;
-        m.bytes_pulled = a.bytes_pulled;
-      }
-    }
+    s.members = std::move(members);
   });
 }
 
+// Every member, servers first (in-process this is also how the roles' threads end).
+void broadcast(net::Transport& transport, const net::Membership& membership,
+               const std::string& reason, bool best_effort) {
+  for (const net::Member& m : membership.members()) {
+    try {
+      transport.send(m.endpoint, proto::Shutdown{reason});
+    } catch (const std::exception&) {
+      if (!best_effort) throw;
+    }
+  }
+}
+
 void CoordinatorRun::broadcast_shutdown(const std::string& reason) {
-  for (int64_t k = 0; k < num_servers_; ++k) {
-    transport_.send(net::server_endpoint(static_cast<int32_t>(k)), proto::Shutdown{reason});
-  }
-  for (int64_t w = 0; w < num_workers_; ++w) {
-    transport_.send(net::worker_endpoint(static_cast<int32_t>(w)), proto::Shutdown{reason});
-  }
+  broadcast(transport_, membership_, reason, /*best_effort=*/false);
 }
 
 RunSummary CoordinatorRun::run() {
@@ -449,9 +508,6 @@ RunSummary CoordinatorRun::run() {
     broadcast_shutdown("nothing to do");
     return summary_;
   }
-  std::vector<int32_t> workers(static_cast<size_t>(num_workers_));
-  std::iota(workers.begin(), workers.end(), 0);
-  ctl_.emplace(num_servers_, workers, cfg_.optim.grad_clip);
   log_.emplace(cfg_.run.dir, /*append=*/summary_.start_step > 0);
   t_last_log_ = Clock::now();
   tokens_at_last_log_ = summary_.tokens_seen;
@@ -491,28 +547,17 @@ RunSummary CoordinatorRun::run() {
 }  // namespace
 
 RunSummary run_coordinator(const CoordinatorOptions& options, const ParamLayout& layout,
-                           net::Transport& transport) {
-  CoordinatorRun run(options, layout, transport);
+                           net::Transport& transport, net::Membership& membership) {
   try {
+    CoordinatorRun run(options, layout, transport, membership);
     return run.run();
   } catch (const net::TransportClosed&) {
     throw;
   } catch (const std::exception& e) {
-    // Tell every role to stop (over TCP this is how they learn; in threads mode the job also
-    // closes the fabric). Best effort: the peer that failed may be gone.
-    const std::string reason = fmt::format("coordinator stopping: {}", e.what());
-    for (int64_t k = 0; k < static_cast<int64_t>(options.server_ranges.size()); ++k) {
-      try {
-        transport.send(net::server_endpoint(static_cast<int32_t>(k)), proto::Shutdown{reason});
-      } catch (const std::exception&) {
-      }
-    }
-    for (int64_t w = 0; w < options.config.cluster.workers; ++w) {
-      try {
-        transport.send(net::worker_endpoint(static_cast<int32_t>(w)), proto::Shutdown{reason});
-      } catch (const std::exception&) {
-      }
-    }
+    // Tell every member to stop (over TCP this is how they learn; in threads mode the job also
+    // closes the fabric). Best effort: the member that failed may be gone.
+    broadcast(transport, membership, fmt::format("coordinator stopping: {}", e.what()),
+              /*best_effort=*/true);
     throw;
   }
 }

@@ -1,7 +1,11 @@
-// The coordinator role (bsp): owns the step clock. For every step it hands each worker its
-// windows (DataPlan), waits until every worker's push reached every server (StepController),
-// fixes the contributor set, gathers the servers' partial norms, computes the clip coefficient,
-// commits the step, then logs, evaluates and checkpoints when due. A checkpoint is sharded: with
+// The coordinator role (bsp): owns the step clock. For every step it hands each worker of the
+// membership its windows (DataPlan), and drives the step's state machine (StepMachine: waits
+// until every worker's push reached every server, fixes the contributor set, gathers the
+// servers' partial norms, computes the clip coefficient, commits the step), then logs,
+// evaluates and checkpoints when due. The loop is a thin driver: receive → machine → send.
+// Membership changes (net::Membership) are drained while it waits; a lost member goes to the
+// machine, which holds the job's policy: today a lost server or worker stops the job (PeerLost
+// naming it and the phase; the last complete checkpoint stays `latest`). A checkpoint is sharded: with
 // the next step held (a consistent cut), every server writes its shard-K.h5 into the checkpoint's
 // temp folder in parallel and acks; the coordinator then verifies the shards, writes the index
 // checkpoint.h5 and publishes (finish_sharded_checkpoint). Starts the servers from a
@@ -13,6 +17,7 @@
 #pragma once
 
 #include "common/config/config.hpp"
+#include "common/net/membership.hpp"
 #include "common/net/transport.hpp"
 #include "common/proto/messages.hpp"
 #include "common/tensor/param_layout.hpp"
@@ -42,8 +47,6 @@ struct CoordinatorOptions {
   // Where the figures of the status endpoint go (owned by the caller, who serves them); null =
   // none. Updated after every step and checkpoint (see docs/status.md for each figure).
   StatusService* status = nullptr;
-  // The host a member is reached at, for /status ("local" when empty).
-  std::function<std::string(const net::Endpoint&)> member_host;
 };
 
 struct RunSummary {
@@ -59,10 +62,11 @@ struct RunSummary {
   bool interrupted = false;     // stopped early by stop_requested (with a checkpoint)
 };
 
-// Runs the job to config.train.steps. The servers and workers are reached through `transport`
-// (server k = server_endpoint(k), worker w = worker_endpoint(w)).
+// Runs the job to config.train.steps. The servers and workers are `membership`'s members
+// (server k owns server_ranges[k]; each step takes the workers that are members at its start),
+// reached through `transport`.
 RunSummary run_coordinator(const CoordinatorOptions& options, const ParamLayout& layout,
-                           net::Transport& transport);
+                           net::Transport& transport, net::Membership& membership);
 
 // "transformer.h.0.attn.c_attn.weight[3, 17]" for a flat index.
 std::string describe_element(const ParamLayout& layout, int64_t flat_index);

@@ -6,6 +6,7 @@
 #include "common/proto/codec.hpp"
 #include "common/tensor/param_layout.hpp"
 #include "common/util/fs.hpp"
+#include "coordinator/registrar.hpp"
 #include "status/status_http.hpp"
 #include "status/status_service.hpp"
 #include "launch/threads_job.hpp"
@@ -13,55 +14,9 @@
 #include <spdlog/spdlog.h>
 
 #include <filesystem>
-#include <mutex>
 
 namespace ptrain {
 namespace {
-
-// Ids in arrival order; refuses roles beyond the job's size. Called on the network thread.
-class Registrar {
- public:
-  Registrar(int64_t servers, int64_t workers) : S_(servers), W_(workers) {}
-
-  net::Identity identify(const proto::Message& first, const std::string& peer) {
-    const auto* reg = std::get_if<proto::Register>(&first);
-    if (reg == nullptr) {
-      throw proto::ProtocolError(fmt::format("the first frame must be Register, not {}",
-                                             proto::type_name(proto::type_of(first))));
-    }
-    std::lock_guard lock(mu_);
-    if (reg->role == static_cast<uint8_t>(net::Role::kServer)) {
-      if (next_server_ >= S_) {
-        throw ConfigError(fmt::format("the job already has its {} server(s) (cluster.servers)", S_));
-      }
-      std::string addr = reg->listen_address;
-      if (!addr.empty() && addr.front() == ':') {  // ":PORT": the host we see it as
-        addr = peer.substr(0, peer.rfind(':')) + addr;  // keeps [brackets] of an IPv6 host
-      }
-      server_addrs_.push_back(addr);
-      return {net::server_endpoint(next_server_++), true};
-    }
-    if (reg->role == static_cast<uint8_t>(net::Role::kWorker)) {
-      if (next_worker_ >= W_) {
-        throw ConfigError(fmt::format("the job already has its {} worker(s) (cluster.workers)", W_));
-      }
-      return {net::worker_endpoint(next_worker_++), true};
-    }
-    throw proto::ProtocolError(fmt::format("Register with an invalid role {}", reg->role));
-  }
-
-  std::vector<std::string> server_addresses() const {
-    std::lock_guard lock(mu_);
-    return server_addrs_;
-  }
-
- private:
-  int64_t S_, W_;
-  mutable std::mutex mu_;
-  int32_t next_server_ = 0;
-  int32_t next_worker_ = 0;
-  std::vector<std::string> server_addrs_;
-};
 
 std::chrono::milliseconds ms(double s) {
   return std::chrono::milliseconds(static_cast<int64_t>(s * 1000));
@@ -82,12 +37,16 @@ RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secr
   const int64_t S = cfg.cluster.servers;
   const int64_t W = cfg.cluster.workers;
 
+  // Who is in the job: registrations join it, dropped connections are losses. The node never
+  // stops the coordinator on a loss itself (fatal_peer false): the coordinator drains the
+  // membership's events and decides.
+  auto registrar = std::make_shared<Registrar>(S, W, ms(cfg.cluster.peer_timeout_s));
   net::TcpNodeOptions no;
   no.self_role = net::Role::kCoordinator;
   no.heartbeat = ms(cfg.cluster.heartbeat_s);
   no.peer_timeout = ms(cfg.cluster.peer_timeout_s);
+  no.fatal_peer = [registrar](const net::Endpoint& e) { return registrar->connection_lost(e); };
   auto node = std::make_shared<net::TcpNode>(std::move(secret), no);
-  auto registrar = std::make_shared<Registrar>(S, W);
   const size_t colon = o.listen.rfind(':');
   if (colon == std::string::npos) {
     throw UsageError(fmt::format("--listen: '{}' is not HOST:PORT", o.listen));
@@ -115,38 +74,45 @@ RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secr
 
   net::TcpTransport transport(net::coordinator_endpoint(), node);
   int64_t registered = 0;
-  while (registered < S + W) {
+  while (registered < registrar->expected()) {
     if (o.stop_requested && o.stop_requested()) {
       throw Error(ExitCode::kInterrupted,
                   fmt::format("stopped before the job started ({} of {} roles registered)",
-                              registered, S + W));
+                              registered, registrar->expected()));
     }
-    std::optional<net::Envelope> env = transport.receive(std::chrono::milliseconds(200));
-    if (!env) continue;
-    if (std::holds_alternative<proto::Register>(env->message)) {
+    // Register frames arrive here too (their registration is already in the membership).
+    if (std::optional<net::Envelope> env = transport.receive(std::chrono::milliseconds(200))) {
+      if (auto* f = std::get_if<proto::Failure>(&env->message)) {
+        throw Error(proto::failure_code(*f),
+                    fmt::format("{} failed: {}", env->from.str(), f->message));
+      }
+      continue;  // a member's Failure, queued before its loss, is seen first
+    }
+    for (const net::MembershipEvent& ev : registrar->take_events()) {
+      if (ev.change != net::MembershipChange::kJoined) {
+        throw net::PeerLost(fmt::format("{} before the job started", ev.reason));
+      }
       ++registered;
-      spdlog::info("{} registered ({} of {})", env->from.str(), registered, S + W);
-    } else if (auto* f = std::get_if<proto::Failure>(&env->message)) {
-      throw Error(proto::failure_code(*f), fmt::format("{} failed: {}", env->from.str(), f->message));
+      spdlog::info("{} registered{} ({} of {})", ev.member.label(),
+                   ev.member.name.empty() ? "" : fmt::format(" from host {}", ev.member.name),
+                   registered, registrar->expected());
     }
   }
+  registrar->start();
   std::string addrs;
   for (const auto& a : registrar->server_addresses()) addrs += a + "\n";
   proto::Welcome w;
-  w.membership_epoch = 0;
+  w.membership_epoch = registrar->epoch();
   w.config_yaml = cfg.to_yaml();
   w.layout_hash = layout.hash();
   w.tokenizer_json = tokenizer->to_json();
   w.server_addresses = addrs;
-  for (int32_t k = 0; k < S; ++k) {
-    w.id = k;
-    transport.send(net::server_endpoint(k), w);
+  for (const net::Member& m : registrar->members()) {
+    w.id = m.endpoint.id;
+    transport.send(m.endpoint, w);
   }
-  for (int32_t k = 0; k < W; ++k) {
-    w.id = k;
-    transport.send(net::worker_endpoint(k), w);
-  }
-  spdlog::info("job started: {} server(s), {} worker(s), membership epoch 0", S, W);
+  spdlog::info("job started: {} server(s), {} worker(s), membership epoch {}", S, W,
+               registrar->epoch());
 
   CoordinatorOptions co;
   co.config = cfg;
@@ -155,14 +121,9 @@ RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secr
   co.threads = resolve_threads(cfg.run.threads);
   if (o.stop_requested) co.stop_requested = [f = o.stop_requested](int64_t) { return f(); };
   co.status = &status;
-  co.member_host = [&node](const net::Endpoint& e) -> std::string {
-    if (e.role == net::Role::kCoordinator) return "";
-    const std::string a = node->address_of(e);
-    return a.substr(0, a.rfind(':'));
-  };
   RunSummary summary;
   try {
-    summary = run_coordinator(co, layout, transport);
+    summary = run_coordinator(co, layout, transport, *registrar);
   } catch (...) {
     node->close();
     throw;

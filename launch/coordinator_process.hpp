@@ -1,9 +1,10 @@
 // `ptrain coordinator`: the coordinator as its own process. Listens (TCP, HMAC-authenticated),
 // writes RUN_DIR/coordinator.addr, registers cluster.servers servers and cluster.workers workers
 // in arrival order (ids 0..S-1, 0..W-1), sends each a Welcome (id, resolved config, layout hash,
-// tokenizer, server address map, membership epoch), then runs run_coordinator over TCP. A peer
-// lost (connection closed, heartbeats missed) stops the job with PeerLost naming it; the last
-// complete checkpoint stays `latest`.
+// tokenizer, server address map, membership epoch), then runs run_coordinator over TCP. The
+// registration is the job's membership (Registrar): a peer lost (connection closed, heartbeats
+// missed) is a membership event, and the coordinator's policy for it today stops the job with
+// PeerLost naming it; the last complete checkpoint stays `latest`.
 #pragma once
 
 #include "common/config/config.hpp"

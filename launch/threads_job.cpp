@@ -4,6 +4,7 @@
 #include "common/error.hpp"
 #include "common/io/token_file.hpp"
 #include "common/net/inproc_transport.hpp"
+#include "common/net/membership.hpp"
 #include "common/util/fs.hpp"
 #include "status/status_service.hpp"
 #include "paramserver/param_server.hpp"
@@ -176,9 +177,12 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
   co.timeout = options.timeout;
   co.stop_requested = options.stop_requested;
   co.status = &status;
+  // Every role is a thread of this process: the membership is fixed (a failing thread stops the
+  // whole job through the fabric, never as a membership change).
+  net::FixedMembership membership(S, W, "local");
   failure.guard("coordinator", [&] {
     net::InprocTransport t(net::coordinator_endpoint(), fabric);
-    summary = run_coordinator(co, layout, t);
+    summary = run_coordinator(co, layout, t, membership);
   });
   for (auto& th : threads_) th.join();
   failure.rethrow_if_any();

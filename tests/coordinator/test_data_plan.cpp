@@ -2,10 +2,9 @@
 // for (seed, epoch) and different across epochs and seeds; steps take consecutive positions and
 // roll over into the next epoch without dropping or repeating a window; the split among workers
 // sums to B, is contiguous in worker-id order, and gives the same windows whatever W is; the
-// cursor resumes exactly. Plus the step controller's bookkeeping.
+// cursor resumes exactly. (The step's bookkeeping is tested in test_step_machine.cpp.)
 #include "common/error.hpp"
 #include "coordinator/data_plan.hpp"
-#include "coordinator/step_controller.hpp"
 
 #include <doctest/doctest.h>
 
@@ -118,41 +117,4 @@ TEST_CASE("coordinator: the same windows whatever the number of workers") {
       CHECK(joined == windows);
     }
   }
-}
-
-TEST_CASE("coordinator: the step controller fixes contributors and combines norms in order") {
-  StepController c(2, {1, 0}, 1.0);
-  c.begin(3);
-  CHECK_FALSE(c.gathered());
-  CHECK(c.on_push_received({0, 3, 0, 10}));
-  CHECK_FALSE(c.on_push_received({0, 3, 0, 10}));  // duplicate
-  CHECK_FALSE(c.on_push_received({0, 2, 1, 10}));  // another step
-  CHECK_FALSE(c.on_push_received({0, 3, 5, 10}));  // not a member
-  CHECK(c.on_push_received({1, 3, 0, 10}));
-  CHECK(c.on_push_received({0, 3, 1, 30}));
-  CHECK(c.contributors() == std::vector<int32_t>{0});  // worker 1 has not reached server 1
-  CHECK(c.on_push_received({1, 3, 1, 30}));
-  CHECK(c.on_worker_done({1, 3, 60.0, 30, 0, 0, 0}));
-  CHECK_FALSE(c.gathered());
-  CHECK(c.on_worker_done({0, 3, 30.0, 10, 0, 0, 0}));
-  CHECK(c.gathered());
-  CHECK(c.contributors() == std::vector<int32_t>{0, 1});
-  CHECK(c.loss() == doctest::Approx(90.0 / 40.0));
-  CHECK(c.tokens() == 40);
-  CHECK(c.on_norm({1, 3, 9.0, 40, -1}));
-  CHECK_FALSE(c.norms_complete());
-  CHECK(c.on_norm({0, 3, 16.0, 40, -1}));
-  CHECK(c.global_norm() == 5.0);
-  CHECK(c.clip_coef() == doctest::Approx(1.0 / (5.0 + 1e-6)));
-  CHECK_FALSE(c.first_nonfinite());
-  CHECK(c.on_applied({1, 3, 4, 1e-3}));
-  CHECK(c.on_applied({0, 3, 4, 2e-3}));
-  CHECK(c.applied_complete());
-  CHECK(c.lr() == 2e-3);
-
-  StepController off(1, {0}, 0.0);
-  off.begin(0);
-  off.on_norm({0, 0, 1e6, 1, 17});
-  CHECK(off.clip_coef() == 1.0f);
-  CHECK(off.first_nonfinite() == 17);
 }

@@ -2,7 +2,7 @@
 // here in double), the warmup+cosine schedule, weight decay per element from the layout's flag
 // (also when a tensor spans two servers), and the clip coefficient of clip_grad_norm_.
 #include "common/tensor/param_layout.hpp"
-#include "coordinator/step_controller.hpp"
+#include "coordinator/step_machine.hpp"
 #include "paramserver/optimizer/adamw.hpp"
 #include "paramserver/optimizer/lr_schedule.hpp"
 #include "paramserver/update_rule.hpp"

@@ -1,0 +1,59 @@
+// Registrar (registrar.hpp).
+#include "coordinator/registrar.hpp"
+
+#include "common/error.hpp"
+#include "common/proto/codec.hpp"
+
+#include <fmt/format.h>
+
+namespace ptrain {
+
+Registrar::Registrar(int64_t servers, int64_t workers, std::chrono::milliseconds peer_timeout)
+    : servers_(servers), workers_(workers), peer_timeout_(peer_timeout) {}
+
+net::Identity Registrar::identify(const proto::Message& first, const std::string& peer) {
+  const auto* reg = std::get_if<proto::Register>(&first);
+  if (reg == nullptr) {
+    throw proto::ProtocolError(fmt::format("the first frame must be Register, not {}",
+                                           proto::type_name(proto::type_of(first))));
+  }
+  // The host part of "HOST:PORT" (keeps the [brackets] of an IPv6 host), as /status shows it.
+  const std::string host = peer.substr(0, peer.rfind(':'));
+  if (reg->role == static_cast<uint8_t>(net::Role::kServer)) {
+    std::lock_guard lock(mu_);  // one server registration at a time: id k ↔ address line k
+    if (added(net::Role::kServer) >= servers_) {
+      throw ConfigError(
+          fmt::format("the job already has its {} server(s) (cluster.servers)", servers_));
+    }
+    std::string addr = reg->listen_address;
+    if (!addr.empty() && addr.front() == ':') addr = host + addr;  // ":PORT": the host we see
+    const net::Member m = add_member(net::Role::kServer, host, peer, reg->host);
+    server_addrs_.push_back(addr);
+    return {m.endpoint, true};
+  }
+  if (reg->role == static_cast<uint8_t>(net::Role::kWorker)) {
+    std::lock_guard lock(mu_);
+    if (added(net::Role::kWorker) >= workers_) {
+      throw ConfigError(
+          fmt::format("the job already has its {} worker(s) (cluster.workers)", workers_));
+    }
+    return {add_member(net::Role::kWorker, host, peer, reg->host).endpoint, true};
+  }
+  throw proto::ProtocolError(fmt::format("Register with an invalid role {}", reg->role));
+}
+
+bool Registrar::connection_lost(const net::Endpoint& e) {
+  if (const std::optional<net::Member> m = find(e)) {
+    report_lost(e, fmt::format("{} was lost (its connection closed or broke, or it sent nothing "
+                               "for {:g} s)",
+                               m->label(), static_cast<double>(peer_timeout_.count()) / 1000.0));
+  }
+  return false;
+}
+
+std::vector<std::string> Registrar::server_addresses() const {
+  std::lock_guard lock(mu_);
+  return server_addrs_;
+}
+
+}  // namespace ptrain
