@@ -293,7 +293,9 @@ TEST_CASE("tools grad: /inputs /loss and /grad at full shape with zero gradient 
   const CheckpointData d = read_checkpoint(fx.ckpt, layout, false);
   auto backend = make_cpu_backend(1);
   Gpt gpt(layout, *backend, B);
-  const LossSum ls = gpt.forward_loss(d.params, windows, B, T);
+  GptState state(layout, *backend);
+  state.upload_params(d.params);
+  const LossSum ls = gpt.forward_loss(state, windows, B, T);
   CHECK(ls.tokens == B * T);
   CHECK(l == doctest::Approx(ls.mean()).epsilon(1e-5));
 }
@@ -357,6 +359,8 @@ TEST_CASE("tools eval: --json prints one object with the loss over every complet
   const CheckpointData d = read_checkpoint(fx.ckpt, layout, false);
   auto backend = make_cpu_backend(1);
   Gpt gpt(layout, *backend, windows);
+  GptState state(layout, *backend);
+  state.upload_params(d.params);
   std::vector<int32_t> all(static_cast<size_t>(windows * (fx.dims.T + 1)));
   const TokenFile tf = TokenFile::open(fx.tok);
   for (int64_t w = 0; w < windows; ++w) {
@@ -364,7 +368,7 @@ TEST_CASE("tools eval: --json prints one object with the loss over every complet
               std::span<int32_t>(all).subspan(static_cast<size_t>(w * (fx.dims.T + 1)),
                                               static_cast<size_t>(fx.dims.T + 1)));
   }
-  CHECK(loss == doctest::Approx(gpt.forward_loss(d.params, all, windows, fx.dims.T).mean()).epsilon(1e-5));
+  CHECK(loss == doctest::Approx(gpt.forward_loss(state, all, windows, fx.dims.T).mean()).epsilon(1e-5));
 
   // The human form, and a file without a complete window.
   r = fx.run({"eval", "--checkpoint", fx.ckpt, "--data", fx.tok});
@@ -393,9 +397,11 @@ TEST_CASE("tools generate: greedy is deterministic and prints only the continuat
   const ParamLayout layout(fx.dims);
   const CheckpointData d = read_checkpoint(fx.ckpt, layout, false);
   auto backend = make_cpu_backend(1);
+  GptState state(layout, *backend);
+  state.upload_params(d.params);
   GptDecoder dec(layout, *backend);
   std::span<const float> logits;
-  for (unsigned char c : prompt) logits = dec.step(d.params, c);
+  for (unsigned char c : prompt) logits = dec.step(state, c);
   std::string expect;
   for (int i = 0; i < 5; ++i) {
     int32_t best = 0;
@@ -404,7 +410,7 @@ TEST_CASE("tools generate: greedy is deterministic and prints only the continuat
     }
     if (best == 256) break;  // <|endoftext|>: stop, print nothing for it
     expect.push_back(static_cast<char>(best));
-    if (i < 4) logits = dec.step(d.params, best);
+    if (i < 4) logits = dec.step(state, best);
   }
   CHECK(a.out == expect);
 
