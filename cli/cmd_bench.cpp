@@ -17,6 +17,7 @@
 #include "common/error.hpp"
 #include "common/tensor/param_layout.hpp"
 #include "paramserver/optimizer/adamw.hpp"
+#include "worker/backend/backend_factory.hpp"
 #include "worker/backend/cpu/cpu_backend.hpp"
 #include "worker/model/backend.hpp"
 #include "worker/model/gpt.hpp"
@@ -214,6 +215,7 @@ int run_bench_train(const TrainBenchArgs& args) {
     throw UsageError(fmt::format("bench train: --steps must be >= 1 and --warmup >= 0 (got {}, {})",
                                  args.steps, args.warmup));
   }
+  if (!args.device.empty()) check_device(args.device, "--device");  // before any work
   const Config config = load_config_with_sets(args.config, args.sets);
   ModelDims dims;
   if (config.model.vocab_size > 0) {

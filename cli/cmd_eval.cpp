@@ -6,6 +6,7 @@
 #include "cli/commands.hpp"
 #include "common/error.hpp"
 #include "common/io/token_file.hpp"
+#include "worker/backend/backend_factory.hpp"
 #include "worker/model/backend.hpp"
 #include "worker/model/gpt.hpp"
 
@@ -34,6 +35,7 @@ void add_eval_command(CLI::App& app, Action& action) {
   sub->add_flag("--json", args->json, "Print one JSON object on stdout");
   sub->callback([&action, args] {
     action = [args] {
+      if (!args->device.empty()) check_device(args->device, "--device");  // before any work
       const CheckpointModel cm = open_checkpoint_model(args->checkpoint);
       const ParamLayout& layout = *cm.layout;
       const int64_t T = layout.dims().T;

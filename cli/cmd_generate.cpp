@@ -12,6 +12,7 @@
 #include "cli/checkpoint_model.hpp"
 #include "cli/commands.hpp"
 #include "common/error.hpp"
+#include "worker/backend/backend_factory.hpp"
 #include "worker/model/backend.hpp"
 #include "worker/model/gpt.hpp"
 
@@ -100,6 +101,7 @@ void add_generate_command(CLI::App& app, Action& action) {
   add_device_option(sub, args->device);
   sub->callback([&action, args] {
     action = [args] {
+      if (!args->device.empty()) check_device(args->device, "--device");  // before any work
       if (args->max_tokens < 0) {
         throw UsageError(fmt::format("--max-tokens must be >= 0, got {}", args->max_tokens));
       }

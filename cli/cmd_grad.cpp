@@ -15,6 +15,7 @@
 #include "common/io/hdf5.hpp"
 #include "common/io/token_file.hpp"
 #include "common/util/hash.hpp"
+#include "worker/backend/backend_factory.hpp"
 #include "worker/model/backend.hpp"
 #include "worker/model/gpt.hpp"
 
@@ -41,6 +42,7 @@ void add_grad_command(CLI::App& app, Action& action) {
   add_device_option(sub, args->device);
   sub->callback([&action, args] {
     action = [args] {
+      if (!args->device.empty()) check_device(args->device, "--device");  // before any work
       if (args->batch_size < 1) {
         throw UsageError(fmt::format("--batch-size must be >= 1, got {}", args->batch_size));
       }

@@ -476,6 +476,39 @@ TEST_CASE("tools inspect --diff: relative change per tensor and a different layo
   CHECK(r.out.empty());
 }
 
+TEST_CASE("tools: --device cpu runs - cuda is not implemented yet - a bad value names the valid ones") {
+  Fixture fx;
+  fx.init();
+  const std::vector<std::vector<std::string>> tools{
+      {"eval", "--checkpoint", fx.ckpt, "--data", fx.tok, "--json"},
+      {"grad", "--checkpoint", fx.ckpt, "--data", fx.tok, "--batch-size", "3", "--out",
+       fx.path("g.h5")},
+      {"generate", "--checkpoint", fx.ckpt, "--prompt", "the", "--temperature", "0",
+       "--max-tokens", "4"},
+      {"bench", "train", fx.config, "--steps", "1", "--warmup", "0", "--json"}};
+  for (const auto& base : tools) {
+    CAPTURE(base[0]);
+    auto with = [&](const std::string& device) {
+      std::vector<std::string> a = base;
+      a.insert(a.end(), {"--device", device});
+      return fx.run(a);
+    };
+    const Result plain = fx.run(base);
+    const Result cpu = with("cpu");
+    REQUIRE_MESSAGE(cpu.rc == 0, cpu.err);
+    if (base[0] != "bench") CHECK(cpu.out == plain.out);  // the stored device.type is cpu
+    const Result cuda = with("cuda:0");
+    CHECK(cuda.rc == 8);
+    CHECK_MESSAGE(contains(cuda.err, "--device 'cuda:0'"), cuda.err);
+    CHECK(contains(cuda.err, "not implemented yet"));
+    CHECK(cuda.out.empty());
+    const Result bad = with("gpu");
+    CHECK(bad.rc == 2);
+    CHECK_MESSAGE(contains(bad.err, "--device 'gpu' is not a device; valid devices: cpu, cuda, cuda:N"),
+                  bad.err);
+  }
+}
+
 TEST_CASE("tools: every tool refuses a damaged or missing checkpoint and names it") {
   Fixture fx;
   fx.init();
