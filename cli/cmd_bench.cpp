@@ -1,9 +1,9 @@
-// `ptrain bench train CONFIG [--set k=v]... [--steps N] [--warmup N] [--json]`: times full training
-// steps of the config's model on random tokens, in this process, with no data files and no
-// parameter-server traffic: per step, forward+backward over train.micro_batch-sized micro-batches
-// summing to train.batch_size sequences (gradient of the mean loss accumulated in one flat vector),
-// the global gradient norm and clipping factor, and an AdamW update of the flat vector
-// (paramserver/optimizer/adamw). Prints ms/step, tokens/s and achieved GFLOP/s with
+// `ptrain bench train CONFIG [--set k=v]... [--steps N] [--warmup N] [--device D] [--json]`: times
+// full training steps of the config's model on random tokens, in this process, with no data files
+// and no parameter-server traffic: per step, an upload of the weights, forward+backward over
+// train.micro_batch-sized micro-batches summing to train.batch_size sequences (gradient of the
+// mean loss folded on the backend), a download of the gradient, the global gradient norm and
+// clipping factor, and an AdamW update of the flat vector (paramserver/optimizer/adamw). Prints ms/step, tokens/s and achieved GFLOP/s with
 // FLOPs/token = 6·N + 12·L·T·C (N = the layout's parameter count, the tied head counted once).
 //
 // `ptrain bench sgemm [--size S] [--threads N] [--reps R] [--json]`: OpenBLAS sgemm S×S×S through
@@ -17,6 +17,7 @@
 #include "common/error.hpp"
 #include "common/tensor/param_layout.hpp"
 #include "paramserver/optimizer/adamw.hpp"
+#include "worker/backend/backend_factory.hpp"
 #include "worker/backend/cpu/cpu_backend.hpp"
 #include "worker/model/backend.hpp"
 #include "worker/model/gpt.hpp"
@@ -62,8 +63,16 @@ class TimingBackend final : public Backend {
   bool host_accessible() const override { return in_.host_accessible(); }
   void* allocate_bytes(size_t bytes) override { return in_.allocate_bytes(bytes); }
   void free_bytes(void* p) noexcept override { in_.free_bytes(p); }
+  void* allocate_host_bytes(size_t bytes) override { return in_.allocate_host_bytes(bytes); }
+  void free_host_bytes(void* p) noexcept override { in_.free_host_bytes(p); }
   void copy_to_device(void* d, const void* s, size_t n) override { in_.copy_to_device(d, s, n); }
   void copy_to_host(void* d, const void* s, size_t n) override { in_.copy_to_host(d, s, n); }
+  void copy_to_device_async(void* d, const void* s, size_t n) override {
+    in_.copy_to_device_async(d, s, n);
+  }
+  void copy_to_host_async(void* d, const void* s, size_t n) override {
+    in_.copy_to_host_async(d, s, n);
+  }
   void copy(float* d, const float* s, int64_t n) override { timed("copy", [&] { in_.copy(d, s, n); }); }
   void fill(float* d, float v, int64_t n) override { timed("fill", [&] { in_.fill(d, v, n); }); }
   void fill_columns(float* d, float v, int64_t r, int64_t b, int64_t e, int64_t ld) override {
@@ -189,6 +198,7 @@ double global_norm(std::span<const float> g) {
 struct TrainBenchArgs {
   std::string config;
   std::vector<std::string> sets;
+  std::string device;  // "" = device.type
   int64_t steps = 5;
   int64_t warmup = 2;
   bool json = false;
@@ -205,6 +215,7 @@ int run_bench_train(const TrainBenchArgs& args) {
     throw UsageError(fmt::format("bench train: --steps must be >= 1 and --warmup >= 0 (got {}, {})",
                                  args.steps, args.warmup));
   }
+  if (!args.device.empty()) check_device(args.device, "--device");  // before any work
   const Config config = load_config_with_sets(args.config, args.sets);
   ModelDims dims;
   if (config.model.vocab_size > 0) {
@@ -215,20 +226,23 @@ int run_bench_train(const TrainBenchArgs& args) {
   const ParamLayout layout(dims);
   const int64_t B = config.train.batch_size, T = dims.T;
   const int64_t mb = std::min(config.train.micro_batch, B);
-  auto backend = make_cpu_backend(config.run.threads);
+  auto backend = tool_backend(args.device, config);
   std::unique_ptr<TimingBackend> timing;
   if (args.profile) timing = std::make_unique<TimingBackend>(*backend);
-  Gpt gpt(layout, timing ? static_cast<Backend&>(*timing) : *backend, mb);
+  Backend& compute = timing ? static_cast<Backend&>(*timing) : *backend;
+  Gpt gpt(layout, compute, mb);
+  GptState state(layout, compute);  // weights and the gradient sum on the backend
 
-  // Weights, gradients and moments in backend memory (huge-page backed on the CPU).
-  auto params_buf = backend->alloc<float>(layout.total());
-  auto grads_buf = backend->alloc<float>(layout.total());
-  auto m_buf = backend->alloc<float>(layout.total());
-  auto v_buf = backend->alloc<float>(layout.total());
+  // The optimizer's weights, gradient and moments in the backend's host transfer memory
+  // (huge-page backed on the CPU).
+  auto params_buf = backend->alloc_host<float>(layout.total());
+  auto grads_buf = backend->alloc_host<float>(layout.total());
+  auto m_buf = backend->alloc_host<float>(layout.total());
+  auto v_buf = backend->alloc_host<float>(layout.total());
   const std::span<float> params = params_buf.span(), grads = grads_buf.span(), m = m_buf.span(),
                          v = v_buf.span();
-  backend->fill(m.data(), 0.0f, layout.total());
-  backend->fill(v.data(), 0.0f, layout.total());
+  std::fill(m.begin(), m.end(), 0.0f);
+  std::fill(v.begin(), v.end(), 0.0f);
   init_gpt_params(layout, config.run.seed, params);
   std::vector<int32_t> windows(static_cast<size_t>(B * (T + 1)));
   std::mt19937_64 rng(config.run.seed);
@@ -244,16 +258,18 @@ int run_bench_train(const TrainBenchArgs& args) {
   auto step = [&](int64_t t) {
     StepTimes st;
     const auto t0 = Clock::now();
-    backend->fill(grads.data(), 0.0f, layout.total());
+    state.upload_params(params);
+    state.zero_grads();
     LossSum loss;
     for (int64_t b0 = 0; b0 < B; b0 += mb) {
       const int64_t nb = std::min(mb, B - b0);
       const std::span<const int32_t> w(windows.data() + b0 * (T + 1),
                                        static_cast<size_t>(nb * (T + 1)));
-      const LossSum l = gpt.forward_backward(params, grads, w, nb, T, inv_tokens);
+      const LossSum l = gpt.forward_backward(state, w, nb, T, inv_tokens);
       loss.loss_sum += l.loss_sum;
       loss.tokens += l.tokens;
     }
+    state.download_grads(grads);
     st.fwd_bwd = seconds_since(t0);
     const auto t1 = Clock::now();
     const double norm = global_norm(grads);
@@ -439,9 +455,14 @@ void add_bench_command(CLI::App& app, Action& action) {
   train->add_option("--warmup", targs->warmup, "Untimed steps first (default 2)");
   train->add_flag("--json", targs->json, "Print one JSON object on stdout");
   train->add_flag("--profile", targs->profile, "Log the time of each backend op (stderr)");
+  add_device_option(train, targs->device);
   auto compare = add_compare_launch_flag(train);  // cmd_bench_ps.cpp
   train->callback([&action, targs, compare] {
     action = [targs, compare] {
+      if (*compare && !targs->device.empty()) {
+        throw UsageError("bench train: --device sets the device of bench train's own step; the "
+                         "jobs of --compare-launch take device.type (use --set device.type=...)");
+      }
       return *compare ? run_compare_launch(targs->config, targs->sets, targs->steps, targs->warmup,
                                            targs->json)
                       : run_bench_train(*targs);

@@ -1,12 +1,13 @@
-// `ptrain eval --checkpoint CKPT --data FILE.tok [--json]`: mean cross-entropy of a checkpoint over
-// every complete window of a token file (file order, T = model.seq_len, batches of
-// train.micro_batch windows), and its perplexity. --json prints one object
+// `ptrain eval --checkpoint CKPT --data FILE.tok [--device D] [--json]`: mean cross-entropy of a
+// checkpoint over every complete window of a token file (file order, T = model.seq_len, batches of
+// train.micro_batch windows), and its perplexity, on --device (default: the stored device.type). --json prints one object
 // {"loss", "perplexity", "windows", "tokens", "step"} on stdout; logs go to stderr.
 #include "cli/checkpoint_model.hpp"
 #include "cli/commands.hpp"
 #include "common/error.hpp"
 #include "common/io/token_file.hpp"
-#include "worker/backend/cpu/cpu_backend.hpp"
+#include "worker/backend/backend_factory.hpp"
+#include "worker/model/backend.hpp"
 #include "worker/model/gpt.hpp"
 
 #include <nlohmann/json.hpp>
@@ -22,7 +23,7 @@ namespace ptrain::cli {
 
 void add_eval_command(CLI::App& app, Action& action) {
   struct Args {
-    std::string checkpoint, data;
+    std::string checkpoint, data, device;
     bool json = false;
   };
   auto args = std::make_shared<Args>();
@@ -30,9 +31,11 @@ void add_eval_command(CLI::App& app, Action& action) {
       "eval", "Mean loss and perplexity of a checkpoint over every complete window of a token file");
   sub->add_option("--checkpoint", args->checkpoint, "Checkpoint .h5 file or its directory")->required();
   sub->add_option("--data", args->data, ".tok file")->required();
+  add_device_option(sub, args->device);
   sub->add_flag("--json", args->json, "Print one JSON object on stdout");
   sub->callback([&action, args] {
     action = [args] {
+      if (!args->device.empty()) check_device(args->device, "--device");  // before any work
       const CheckpointModel cm = open_checkpoint_model(args->checkpoint);
       const ParamLayout& layout = *cm.layout;
       const int64_t T = layout.dims().T;
@@ -43,16 +46,18 @@ void add_eval_command(CLI::App& app, Action& action) {
         throw DataError(fmt::format("{} has {} tokens: no complete window of T+1 = {} tokens", tf.path(),
                                     tf.size(), T + 1));
       }
-      auto backend = make_cpu_backend(cm.config.run.threads);
+      auto backend = tool_backend(args->device, cm.config);
       const int64_t micro = std::clamp<int64_t>(cm.config.train.micro_batch, 1, windows);
       Gpt gpt(layout, *backend, micro);
+      GptState state(layout, *backend);
+      state.upload_params(cm.params);
       const auto t0 = std::chrono::steady_clock::now();
       std::vector<int32_t> batch;
       LossSum total;
       for (int64_t w0 = 0; w0 < windows; w0 += micro) {
         const int64_t n = std::min(micro, windows - w0);
         read_windows(tf, w0, n, T, layout.dims().V, batch);
-        const LossSum ls = gpt.forward_loss(cm.params, batch, n, T);
+        const LossSum ls = gpt.forward_loss(state, batch, n, T);
         total.loss_sum += ls.loss_sum;
         total.tokens += ls.tokens;
       }

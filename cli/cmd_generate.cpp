@@ -1,6 +1,7 @@
 // `ptrain generate --checkpoint CKPT --prompt TEXT [--max-tokens N] [--temperature X] [--top-k K]
-// [--seed S]`: samples a continuation with the KV-cache decoder (GptDecoder) and prints only the
-// continuation's bytes on stdout, as they come. Stops at <|endoftext|> (not printed), after N
+// [--seed S] [--device D]`: samples a continuation with the KV-cache decoder (GptDecoder, on
+// --device, default the stored device.type) and prints only the continuation's bytes on stdout,
+// as they come. Stops at <|endoftext|> (not printed), after N
 // tokens, or when the context reaches the model's seq_len (said on stderr). An empty prompt starts
 // from <|endoftext|>, the document boundary the model was trained on.
 //
@@ -11,7 +12,8 @@
 #include "cli/checkpoint_model.hpp"
 #include "cli/commands.hpp"
 #include "common/error.hpp"
-#include "worker/backend/cpu/cpu_backend.hpp"
+#include "worker/backend/backend_factory.hpp"
+#include "worker/model/backend.hpp"
 #include "worker/model/gpt.hpp"
 
 #include <spdlog/spdlog.h>
@@ -78,7 +80,7 @@ struct Sampler {
 
 void add_generate_command(CLI::App& app, Action& action) {
   struct Args {
-    std::string checkpoint, prompt;
+    std::string checkpoint, prompt, device;
     int64_t max_tokens = 100;
     double temperature = 1.0;
     int64_t top_k = 0;
@@ -96,8 +98,10 @@ void add_generate_command(CLI::App& app, Action& action) {
   sub->add_option("--top-k", args->top_k, "Sample among the K most likely tokens; 0 = all")
       ->capture_default_str();
   sub->add_option("--seed", args->seed, "Sampling seed (default: random, logged)");
+  add_device_option(sub, args->device);
   sub->callback([&action, args] {
     action = [args] {
+      if (!args->device.empty()) check_device(args->device, "--device");  // before any work
       if (args->max_tokens < 0) {
         throw UsageError(fmt::format("--max-tokens must be >= 0, got {}", args->max_tokens));
       }
@@ -133,10 +137,12 @@ void add_generate_command(CLI::App& app, Action& action) {
       }
       sampler.rng.seed(seed);
 
-      auto backend = make_cpu_backend(cm.config.run.threads);
+      auto backend = tool_backend(args->device, cm.config);
+      GptState state(layout, *backend);
+      state.upload_params(cm.params);
       GptDecoder decoder(layout, *backend);
       std::span<const float> logits;
-      for (int32_t id : prompt) logits = decoder.step(cm.params, id);
+      for (int32_t id : prompt) logits = decoder.step(state, id);
 
       int64_t generated = 0;
       std::string stop = "max-tokens";
@@ -157,7 +163,7 @@ void add_generate_command(CLI::App& app, Action& action) {
                        generated, T);
           break;
         }
-        logits = decoder.step(cm.params, next);
+        logits = decoder.step(state, next);
       }
       spdlog::info("generated {} tokens (stop: {})", generated, stop);
       return 0;

@@ -1,7 +1,9 @@
-// `ptrain grad --checkpoint CKPT --data FILE.tok --batch-size B --out OUT.h5`: one gradient, for
-// comparisons with other implementations (PyTorch). Takes the first B windows of FILE.tok in file
-// order (T = model.seq_len), computes the mean cross-entropy over the B·T targets and its gradient
-// (grad_scale 1/(B·T), summed over micro-batches of train.micro_batch sequences), and writes
+// `ptrain grad --checkpoint CKPT --data FILE.tok --batch-size B --out OUT.h5 [--device D]`: one
+// gradient, for comparisons with other implementations (PyTorch). Takes the first B windows of
+// FILE.tok in file order (T = model.seq_len), computes the mean cross-entropy over the B·T targets
+// and its gradient (grad_scale 1/(B·T), micro-batches of train.micro_batch sequences folded in
+// fp32 as a worker folds them, worker/model/gpt_state.hpp), on --device (default: the stored
+// device.type), and writes
 //   /inputs       int32 (B, T+1)   the windows
 //   /loss         float32 scalar   mean loss
 //   /grad/<name>  float32, each tensor at full shape (attr crc32c like a checkpoint's)
@@ -13,7 +15,8 @@
 #include "common/io/hdf5.hpp"
 #include "common/io/token_file.hpp"
 #include "common/util/hash.hpp"
-#include "worker/backend/cpu/cpu_backend.hpp"
+#include "worker/backend/backend_factory.hpp"
+#include "worker/model/backend.hpp"
 #include "worker/model/gpt.hpp"
 
 #include <spdlog/spdlog.h>
@@ -25,7 +28,7 @@ namespace ptrain::cli {
 
 void add_grad_command(CLI::App& app, Action& action) {
   struct Args {
-    std::string checkpoint, data, out;
+    std::string checkpoint, data, out, device;
     int64_t batch_size = 0;
   };
   auto args = std::make_shared<Args>();
@@ -36,8 +39,10 @@ void add_grad_command(CLI::App& app, Action& action) {
       ->required();
   sub->add_option("--batch-size", args->batch_size, "Sequences B")->required();
   sub->add_option("--out", args->out, "HDF5 file to write (/inputs, /loss, /grad/<name>)")->required();
+  add_device_option(sub, args->device);
   sub->callback([&action, args] {
     action = [args] {
+      if (!args->device.empty()) check_device(args->device, "--device");  // before any work
       if (args->batch_size < 1) {
         throw UsageError(fmt::format("--batch-size must be >= 1, got {}", args->batch_size));
       }
@@ -55,22 +60,26 @@ void add_grad_command(CLI::App& app, Action& action) {
       std::vector<int32_t> inputs;
       read_windows(tf, 0, B, T, layout.dims().V, inputs);
 
-      auto backend = make_cpu_backend(cm.config.run.threads);
+      auto backend = tool_backend(args->device, cm.config);
       const int64_t micro = std::clamp<int64_t>(cm.config.train.micro_batch, 1, B);
       Gpt gpt(layout, *backend, micro);
-      std::vector<float> grads(static_cast<size_t>(layout.total()), 0.0f);
+      GptState state(layout, *backend);
+      state.upload_params(cm.params);
+      state.zero_grads();
       const float scale = 1.0f / static_cast<float>(B * T);
       LossSum total;
       for (int64_t b0 = 0; b0 < B; b0 += micro) {
         const int64_t n = std::min(micro, B - b0);
         const LossSum ls = gpt.forward_backward(
-            cm.params, grads,
+            state,
             std::span<const int32_t>(inputs).subspan(static_cast<size_t>(b0 * (T + 1)),
                                                      static_cast<size_t>(n * (T + 1))),
             n, T, scale);
         total.loss_sum += ls.loss_sum;
         total.tokens += ls.tokens;
       }
+      std::vector<float> grads(static_cast<size_t>(layout.total()));
+      state.download_grads(grads);
       const float loss = static_cast<float>(total.mean());
 
       h5::write_file_atomically(args->out, [&](h5::File& f) {

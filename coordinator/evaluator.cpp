@@ -1,3 +1,4 @@
+// Evaluator: validation loss with the coordinator's own model instance (evaluator.hpp).
 #include "coordinator/evaluator.hpp"
 
 #include "common/error.hpp"
@@ -5,6 +6,7 @@
 #include "worker/batch_loader.hpp"
 #include "worker/model/backend.hpp"
 #include "worker/model/gpt.hpp"
+#include "worker/model/gpt_state.hpp"
 
 #include <fmt/format.h>
 #include <omp.h>
@@ -32,7 +34,9 @@ double Evaluator::evaluate(std::span<const float> params) {
   if (!gpt_) {
     backend_ = make_cpu_backend(threads);
     gpt_ = std::make_unique<Gpt>(layout_, *backend_, options_.batch);
+    state_ = std::make_unique<GptState>(layout_, *backend_);
   }
+  state_->upload_params(params);
   const int64_t T = layout_.dims().T;
   BatchLoader loader(file_, T);
   std::vector<int64_t> ids(static_cast<size_t>(count_));
@@ -42,7 +46,7 @@ double Evaluator::evaluate(std::span<const float> params) {
   int64_t n = 0;
   for (const auto& [b, e] : micro_batches(count_, options_.batch)) {
     loader.load(std::span<const int64_t>(ids.data() + b, static_cast<size_t>(e - b)), tokens);
-    const LossSum ls = gpt_->forward_loss(params, tokens, e - b, T);
+    const LossSum ls = gpt_->forward_loss(*state_, tokens, e - b, T);
     loss += ls.loss_sum;
     n += ls.tokens;
   }

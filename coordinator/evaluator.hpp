@@ -15,6 +15,7 @@ namespace ptrain {
 
 class Backend;
 class Gpt;
+class GptState;
 
 struct EvaluatorOptions {
   std::string val_path;
@@ -37,6 +38,7 @@ class Evaluator {
   int64_t count_ = 0;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<Gpt> gpt_;
+  std::unique_ptr<GptState> state_;
 };
 
 }  // namespace ptrain

@@ -159,6 +159,8 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
     wo.train_path = config.data.train;
     wo.micro_batch = config.train.micro_batch;
     wo.threads = std::max<int>(1, threads / static_cast<int>(W));
+    wo.device = device_type_name(config.device.type);
+    wo.make_backend = options.make_backend;
     wo.timeout = options.timeout;
     threads_.emplace_back([&failure, &fabric, &layout, &ranges, wo]() {
       failure.guard(fmt::format("worker {}", wo.worker_id), [&] {

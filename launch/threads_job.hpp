@@ -15,14 +15,20 @@
 
 #include <chrono>
 #include <functional>
+#include <memory>
 
 namespace ptrain {
+
+class Backend;
 
 struct ThreadsJobOptions {
   // Longest wait for any single message (see CoordinatorOptions::timeout).
   std::chrono::milliseconds timeout{std::chrono::hours(1)};
   // See CoordinatorOptions::stop_requested (SIGINT/SIGTERM in `ptrain run`; tests).
   std::function<bool(int64_t)> stop_requested;
+  // Test-only knob: builds every worker's compute backend (given its thread count) instead of
+  // `device.type`, e.g. the tests' fake device backend. Empty = device.type.
+  std::function<std::unique_ptr<Backend>(int threads)> make_backend;
 };
 
 // Throws ConfigError / NotImplementedError for settings this launch cannot run, and whatever the

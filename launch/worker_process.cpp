@@ -37,7 +37,9 @@ void run_worker_process(const WorkerProcessOptions& o, net::Secret secret) {
   wo.train_path = cfg.data.train;
   wo.micro_batch = cfg.train.micro_batch;
   wo.threads = std::max<int>(1, threads / static_cast<int>(cfg.cluster.workers));
-  spdlog::info("worker {}: connected to {} server(s), {} thread(s)", id, S, wo.threads);
+  wo.device = o.device.empty() ? device_type_name(cfg.device.type) : o.device;
+  spdlog::info("worker {}: connected to {} server(s), device {}, {} thread(s)", id, S, wo.device,
+               wo.threads);
   net::TcpTransport transport(net::worker_endpoint(id), node);
   try {
     run_worker(wo, layout, std::move(ranges), transport);

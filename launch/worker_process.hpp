@@ -11,6 +11,7 @@ namespace ptrain {
 
 struct WorkerProcessOptions {
   std::string coordinator;  // HOST:PORT
+  std::string device;       // compute device (`--device`); "" = the job's device.type
 };
 
 void run_worker_process(const WorkerProcessOptions& options, net::Secret secret);

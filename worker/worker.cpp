@@ -3,11 +3,11 @@
 #include "common/error.hpp"
 #include "common/io/token_file.hpp"
 #include "common/proto/codec.hpp"
-#include "worker/backend/cpu/cpu_backend.hpp"
+#include "worker/backend/backend_factory.hpp"
 #include "worker/batch_loader.hpp"
 #include "worker/model/backend.hpp"
-#include "worker/model/gpt.hpp"
 #include "worker/ps_client.hpp"
+#include "worker/train_step.hpp"
 
 #include <fmt/format.h>
 #include <omp.h>
@@ -23,32 +23,17 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// acc += x, element-wise (deterministic whatever the thread count).
-void add_into(std::vector<float>& acc, const std::vector<float>& x) {
-  const auto n = static_cast<int64_t>(acc.size());
-  float* a = acc.data();
-  const float* b = x.data();
-#pragma omp parallel for schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) a[i] += b[i];
-}
-
 // The loop itself; run_worker wraps it with failure reporting.
 void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
                  std::vector<proto::KeyRange> server_ranges, net::Transport& transport) {
   const int threads = std::max(1, o.threads);
   omp_set_num_threads(threads);
   std::unique_ptr<Backend> backend =
-      o.make_backend ? o.make_backend(threads) : make_cpu_backend(threads);
-  const int64_t T = layout.dims().T;
-  Gpt gpt(layout, *backend, o.micro_batch);
+      o.make_backend ? o.make_backend(threads) : make_backend(o.device, threads);
+  TrainStep train(layout, *backend, o.micro_batch);
   TokenFile file = TokenFile::open(o.train_path);
-  BatchLoader loader(file, T);
+  BatchLoader loader(file, layout.dims().T);
   PsClient client(transport, std::move(server_ranges));
-
-  std::vector<float> params(static_cast<size_t>(layout.total()));
-  std::vector<float> grads(static_cast<size_t>(layout.total()));
-  std::vector<float> mb_grads;  // a second micro-batch's gradient, before it is folded in
-  std::vector<int32_t> tokens;
   const std::string me = transport.self().str();
 
   for (;;) {
@@ -69,34 +54,20 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
                                              env->from.str()));
     }
 
+    // The weights arrive straight in the step's pinned buffer and go up once; the step's
+    // token-sum gradient comes back once, into the other pinned buffer, and is pushed from there.
     const auto t0 = Clock::now();
-    client.wait(client.pull(begin->step, params), o.timeout);
+    client.wait(client.pull(begin->step, train.weights_host()), o.timeout);
     const double pull_s = seconds_since(t0);
 
     const auto t1 = Clock::now();
-    loader.load(begin->windows, tokens);
-    const auto n = static_cast<int64_t>(begin->windows.size());
-    const auto batches = micro_batches(n, o.micro_batch);
-    std::fill(grads.begin(), grads.end(), 0.0f);
-    if (batches.size() > 1 && mb_grads.empty()) mb_grads.resize(grads.size());
-    LossSum sum;
-    for (size_t k = 0; k < batches.size(); ++k) {
-      const auto [b, e] = batches[k];
-      const std::span<const int32_t> mb(tokens.data() + b * (T + 1),
-                                        static_cast<size_t>((e - b) * (T + 1)));
-      // Micro-batch k's gradient is computed from zero and folded in (fp32, in order), the way
-      // the servers fold workers' pushes: see paramserver/aggregator.hpp.
-      std::vector<float>& dst = k == 0 ? grads : mb_grads;
-      if (k > 0) std::fill(dst.begin(), dst.end(), 0.0f);
-      const LossSum ls = gpt.forward_backward(params, dst, mb, e - b, T, 1.0f);
-      if (k > 0) add_into(grads, mb_grads);
-      sum.loss_sum += ls.loss_sum;
-      sum.tokens += ls.tokens;
-    }
+    train.upload_weights();
+    const LossSum sum = train.compute(loader, begin->windows);
     const double compute_s = seconds_since(t1);
 
     const auto t2 = Clock::now();
-    client.push(PushMeta{begin->step, begin->membership_epoch, o.worker_id, sum.tokens}, grads);
+    client.push(PushMeta{begin->step, begin->membership_epoch, o.worker_id, sum.tokens},
+                train.grads_host());
     const double push_s = seconds_since(t2);
 
     const net::TransportCounters c = transport.counters();

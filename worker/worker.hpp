@@ -1,8 +1,8 @@
 // The worker role's loop (bsp): wait for the coordinator's StepBegin, pull the weights of that
-// version from every server, forward/backward over the step's windows in micro-batches
-// (gradients accumulate as token SUMS: grad_scale 1; each micro-batch's gradient is computed
-// from zero and folded into the step's sum in fp32, in window order — the fold the servers apply
-// to workers' pushes), push each server its slice with the token count, report the loss to the
+// version from every server, run the step's windows through TrainStep (train_step.hpp: micro-
+// batches on the backend, gradients as token SUMS, each micro-batch's gradient computed from zero
+// and folded into the step's sum in fp32, in window order — the fold the servers apply to
+// workers' pushes), push each server its slice with the token count, report the loss to the
 // coordinator. Repeats until Shutdown.
 // The model never sees the network: it fills a gradient buffer; this loop decides what to send.
 #pragma once
@@ -27,9 +27,11 @@ struct WorkerOptions {
   std::string train_path;    // data.train (.tok)
   int64_t micro_batch = 1;   // sequences per forward/backward
   int threads = 1;           // OpenMP/OpenBLAS threads of this worker (set in its thread)
+  std::string device = "cpu";  // compute device (worker/backend/backend_factory.hpp)
   // Longest wait for the coordinator's next message or for weights (a peer that is gone).
   std::chrono::milliseconds timeout{std::chrono::hours(1)};
-  // The compute backend; empty = the CPU backend with `threads` threads.
+  // Test hook: builds the compute backend instead of `device` (e.g. a fake device backend);
+  // empty = make_backend(device, threads).
   std::function<std::unique_ptr<Backend>(int threads)> make_backend;
 };
 

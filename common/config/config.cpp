@@ -39,7 +39,7 @@ namespace {
 
 // A typed pointer into a Config. Every std::string key is a path (or one of its key's words).
 using FieldRef =
-    std::variant<int64_t*, int*, uint64_t*, double*, std::string*, Launch*, SyncMode*>;
+    std::variant<int64_t*, int*, uint64_t*, double*, std::string*, Launch*, SyncMode*, DeviceType*>;
 
 template <auto Section, auto Member>
 FieldRef field(Config& c) {
@@ -81,6 +81,7 @@ const Key kKeys[] = {
     {"model.n_layer", field<&Config::model, &ModelConfig::n_layer>, at_least(1)},
     {"model.n_head", field<&Config::model, &ModelConfig::n_head>, at_least(1)},
     {"model.n_embd", field<&Config::model, &ModelConfig::n_embd>, at_least(1)},
+    {"device.type", field<&Config::device, &DeviceConfig::type>},
     {"train.steps", field<&Config::train, &TrainConfig::steps>, at_least(1)},
     {"train.batch_size", field<&Config::train, &TrainConfig::batch_size>, at_least(1)},
     {"train.micro_batch", field<&Config::train, &TrainConfig::micro_batch>, at_least(1)},
@@ -123,8 +124,11 @@ constexpr Choice<Launch> kLaunchChoices[] = {{Launch::kThreads, "threads", true}
 constexpr Choice<SyncMode> kSyncChoices[] = {{SyncMode::kBsp, "bsp", true},
                                              {SyncMode::kSsp, "ssp", false},
                                              {SyncMode::kAsync, "async", false}};
+constexpr Choice<DeviceType> kDeviceChoices[] = {{DeviceType::kCpu, "cpu", true},
+                                                 {DeviceType::kCuda, "cuda", false}};
 std::span<const Choice<Launch>> choices_for(const Launch*) { return kLaunchChoices; }
 std::span<const Choice<SyncMode>> choices_for(const SyncMode*) { return kSyncChoices; }
+std::span<const Choice<DeviceType>> choices_for(const DeviceType*) { return kDeviceChoices; }
 
 template <class E>
 std::string choice_names(const E* tag, bool built_only) {
@@ -569,9 +573,18 @@ std::string Config::to_yaml() const {
 }
 
 bool Config::operator==(const Config& o) const {
-  return run == o.run && data == o.data && model == o.model && train == o.train &&
+  return run == o.run && data == o.data && model == o.model && device == o.device &&
+         train == o.train &&
          optim == o.optim && cluster == o.cluster && checkpoint == o.checkpoint &&
          status == o.status;
+}
+
+const char* device_type_name(DeviceType type) {
+  for (const auto& c : kDeviceChoices) {
+    if (c.value == type) return c.name.data();  // string literals: NUL-terminated
+  }
+  PTRAIN_ENFORCE(false, "device type {} has no name", static_cast<int>(type));
+  return "";
 }
 
 Config parse_config_text(const std::string& yaml_text, const std::string& origin,

@@ -11,6 +11,10 @@ namespace ptrain {
 
 enum class Launch { kThreads, kProcesses };
 enum class SyncMode { kBsp, kSsp, kAsync };
+enum class DeviceType { kCpu, kCuda };
+
+// The config spelling of a device type ("cpu", "cuda"): what the worker's backend factory takes.
+const char* device_type_name(DeviceType type);
 
 struct RunConfig {
   std::string dir = "runs/default";  // absolute after resolution
@@ -36,6 +40,12 @@ struct ModelConfig {
   int64_t n_embd = 128;
 
   bool operator==(const ModelConfig&) const = default;
+};
+
+struct DeviceConfig {
+  DeviceType type = DeviceType::kCpu;  // each worker's compute device (`cuda`: not built yet)
+
+  bool operator==(const DeviceConfig&) const = default;
 };
 
 struct TrainConfig {
@@ -92,6 +102,7 @@ struct Config {
   RunConfig run;
   DataConfig data;
   ModelConfig model;
+  DeviceConfig device;
   TrainConfig train;
   OptimConfig optim;
   ClusterConfig cluster;

@@ -84,6 +84,9 @@ expect 5 "no documents" -- "$PTRAIN" prepare --input empty --tokenizer byte --ou
 # ---- token files -----------------------------------------------------------------------------
 head -c 40 data/train.tok > truncated.tok
 expect 5 "truncated.tok" -- "$PTRAIN" eval --checkpoint good.h5 --data truncated.tok
+# A worker's --device is checked before it contacts anyone (nothing listens on port 1).
+expect 8 "--device 'cuda'.*not implemented yet" -- "$PTRAIN" worker --coordinator 127.0.0.1:1 --device cuda
+expect 2 "--device 'tpu' is not a device; valid devices: cpu, cuda, cuda:N" -- "$PTRAIN" worker --coordinator 127.0.0.1:1 --device tpu
 cp data/train.tok flipped.tok
 printf '\xff' | dd of=flipped.tok bs=1 seek=100 conv=notrunc status=none
 expect 5 "flipped.tok.*(CRC|checksum)" -- "$PTRAIN" eval --checkpoint good.h5 --data flipped.tok

@@ -293,7 +293,9 @@ TEST_CASE("tools grad: /inputs /loss and /grad at full shape with zero gradient 
   const CheckpointData d = read_checkpoint(fx.ckpt, layout, false);
   auto backend = make_cpu_backend(1);
   Gpt gpt(layout, *backend, B);
-  const LossSum ls = gpt.forward_loss(d.params, windows, B, T);
+  GptState state(layout, *backend);
+  state.upload_params(d.params);
+  const LossSum ls = gpt.forward_loss(state, windows, B, T);
   CHECK(ls.tokens == B * T);
   CHECK(l == doctest::Approx(ls.mean()).epsilon(1e-5));
 }
@@ -357,6 +359,8 @@ TEST_CASE("tools eval: --json prints one object with the loss over every complet
   const CheckpointData d = read_checkpoint(fx.ckpt, layout, false);
   auto backend = make_cpu_backend(1);
   Gpt gpt(layout, *backend, windows);
+  GptState state(layout, *backend);
+  state.upload_params(d.params);
   std::vector<int32_t> all(static_cast<size_t>(windows * (fx.dims.T + 1)));
   const TokenFile tf = TokenFile::open(fx.tok);
   for (int64_t w = 0; w < windows; ++w) {
@@ -364,7 +368,7 @@ TEST_CASE("tools eval: --json prints one object with the loss over every complet
               std::span<int32_t>(all).subspan(static_cast<size_t>(w * (fx.dims.T + 1)),
                                               static_cast<size_t>(fx.dims.T + 1)));
   }
-  CHECK(loss == doctest::Approx(gpt.forward_loss(d.params, all, windows, fx.dims.T).mean()).epsilon(1e-5));
+  CHECK(loss == doctest::Approx(gpt.forward_loss(state, all, windows, fx.dims.T).mean()).epsilon(1e-5));
 
   // The human form, and a file without a complete window.
   r = fx.run({"eval", "--checkpoint", fx.ckpt, "--data", fx.tok});
@@ -393,9 +397,11 @@ TEST_CASE("tools generate: greedy is deterministic and prints only the continuat
   const ParamLayout layout(fx.dims);
   const CheckpointData d = read_checkpoint(fx.ckpt, layout, false);
   auto backend = make_cpu_backend(1);
+  GptState state(layout, *backend);
+  state.upload_params(d.params);
   GptDecoder dec(layout, *backend);
   std::span<const float> logits;
-  for (unsigned char c : prompt) logits = dec.step(d.params, c);
+  for (unsigned char c : prompt) logits = dec.step(state, c);
   std::string expect;
   for (int i = 0; i < 5; ++i) {
     int32_t best = 0;
@@ -404,7 +410,7 @@ TEST_CASE("tools generate: greedy is deterministic and prints only the continuat
     }
     if (best == 256) break;  // <|endoftext|>: stop, print nothing for it
     expect.push_back(static_cast<char>(best));
-    if (i < 4) logits = dec.step(d.params, best);
+    if (i < 4) logits = dec.step(state, best);
   }
   CHECK(a.out == expect);
 
@@ -468,6 +474,39 @@ TEST_CASE("tools inspect --diff: relative change per tensor and a different layo
   CHECK(contains(r.err, "layout"));
   CHECK(contains(r.err, wide));
   CHECK(r.out.empty());
+}
+
+TEST_CASE("tools: --device cpu runs - cuda is not implemented yet - a bad value names the valid ones") {
+  Fixture fx;
+  fx.init();
+  const std::vector<std::vector<std::string>> tools{
+      {"eval", "--checkpoint", fx.ckpt, "--data", fx.tok, "--json"},
+      {"grad", "--checkpoint", fx.ckpt, "--data", fx.tok, "--batch-size", "3", "--out",
+       fx.path("g.h5")},
+      {"generate", "--checkpoint", fx.ckpt, "--prompt", "the", "--temperature", "0",
+       "--max-tokens", "4"},
+      {"bench", "train", fx.config, "--steps", "1", "--warmup", "0", "--json"}};
+  for (const auto& base : tools) {
+    CAPTURE(base[0]);
+    auto with = [&](const std::string& device) {
+      std::vector<std::string> a = base;
+      a.insert(a.end(), {"--device", device});
+      return fx.run(a);
+    };
+    const Result plain = fx.run(base);
+    const Result cpu = with("cpu");
+    REQUIRE_MESSAGE(cpu.rc == 0, cpu.err);
+    if (base[0] != "bench") CHECK(cpu.out == plain.out);  // the stored device.type is cpu
+    const Result cuda = with("cuda:0");
+    CHECK(cuda.rc == 8);
+    CHECK_MESSAGE(contains(cuda.err, "--device 'cuda:0'"), cuda.err);
+    CHECK(contains(cuda.err, "not implemented yet"));
+    CHECK(cuda.out.empty());
+    const Result bad = with("gpu");
+    CHECK(bad.rc == 2);
+    CHECK_MESSAGE(contains(bad.err, "--device 'gpu' is not a device; valid devices: cpu, cuda, cuda:N"),
+                  bad.err);
+  }
 }
 
 TEST_CASE("tools: every tool refuses a damaged or missing checkpoint and names it") {

@@ -91,7 +91,7 @@ std::vector<std::string> keys_in(const std::string& text) {
 TEST_CASE("config: defaults.yaml lists exactly the keys of config_keys() - in order") {
   const std::string text = read_file((kConfigDir / "defaults.yaml").string());
   CHECK(keys_in(text) == config_keys());
-  CHECK(config_keys().size() == 36);
+  CHECK(config_keys().size() == 37);
 }
 
 TEST_CASE("config: defaults.yaml holds exactly the struct defaults") {
@@ -275,6 +275,13 @@ TEST_CASE("config: values not built yet are refused with 'not implemented yet'")
         "cfg.yaml:4:9: cluster.sync: 'async' is not implemented yet (valid now: bsp)");
   const std::string msg = parse_error(kTrain + "cluster:\n  staleness: 2\n");
   CHECK(starts_with(msg, "cfg.yaml:4:14: cluster.staleness: 2 is not implemented yet (valid now: 0"));
+  CHECK(parse(kTrain).device.type == DeviceType::kCpu);
+  CHECK(parse(kTrain + "device:\n  type: cpu\n").device.type == DeviceType::kCpu);
+  CHECK(parse_error(kTrain + "device:\n  type: cuda\n") ==
+        "cfg.yaml:4:9: device.type: 'cuda' is not implemented yet (valid now: cpu)");
+  CHECK(parse_error(kTrain + "device:\n  type: tpu\n") ==
+        "cfg.yaml:4:9: device.type: expected one of cpu, cuda, got 'tpu'");
+  CHECK(std::string(device_type_name(DeviceType::kCpu)) == "cpu");
 }
 
 TEST_CASE("config: --set overrides apply after the file - with the same checks") {

@@ -131,6 +131,8 @@ Worst check_gpt_fixture(const Fixture& fx) {
   auto backend = make_cpu_backend(2);
   Gpt gpt(layout, *backend, B);
   const std::vector<float> params = fx.flat(layout, "param/");
+  GptState state(layout, *backend);
+  state.upload_params(params);
   const std::vector<int32_t> windows = fx.i32("inputs");
   REQUIRE(static_cast<int64_t>(windows.size()) == B * (T + 1));
 
@@ -139,7 +141,7 @@ Worst check_gpt_fixture(const Fixture& fx) {
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < T; ++t) inputs[b * T + t] = windows[b * (T + 1) + t];
   std::vector<float> logits(static_cast<size_t>(N * d.Vp));
-  gpt.forward_logits(params, inputs, B, T, logits);
+  gpt.forward_logits(state, inputs, B, T, logits);
   const std::vector<float> ref_logits = fx.f32("logits");
   REQUIRE(ref_logits.size() == logits.size());
   double lmax = 0, lerr = 0;
@@ -159,13 +161,15 @@ Worst check_gpt_fixture(const Fixture& fx) {
 
   // Loss, from both entry points.
   const double ref_loss = fx.f32("loss").at(0);
-  const LossSum fl = gpt.forward_loss(params, windows, B, T);
+  const LossSum fl = gpt.forward_loss(state, windows, B, T);
   CHECK(fl.tokens == N);
   CHECK(std::fabs(fl.mean() - ref_loss) / ref_loss <= 1e-5);
 
   // Every gradient of the mean loss.
-  std::vector<float> grads(static_cast<size_t>(layout.total()), 0.0f);
-  const LossSum bl = gpt.forward_backward(params, grads, windows, B, T, 1.0f / static_cast<float>(N));
+  state.zero_grads();
+  const LossSum bl = gpt.forward_backward(state, windows, B, T, 1.0f / static_cast<float>(N));
+  std::vector<float> grads(static_cast<size_t>(layout.total()));
+  state.download_grads(grads);
   CHECK(std::fabs(bl.mean() - ref_loss) / ref_loss <= 1e-5);
   CHECK(bl.loss_sum == fl.loss_sum);
   Worst worst;
@@ -299,8 +303,12 @@ TEST_CASE("model reproduces the first step of the trajectory fixture") {
   const std::vector<float> params = fx.flat(layout, "param0/");
   std::vector<int32_t> windows = fx.i32("inputs");
   windows.resize(static_cast<size_t>(B * (T + 1)));  // batch 0
-  std::vector<float> grads(static_cast<size_t>(layout.total()), 0.0f);
-  const LossSum l = gpt.forward_backward(params, grads, windows, B, T, 1.0f / float(B * T));
+  GptState state(layout, *backend);
+  state.upload_params(params);
+  state.zero_grads();
+  const LossSum l = gpt.forward_backward(state, windows, B, T, 1.0f / float(B * T));
+  std::vector<float> grads(static_cast<size_t>(layout.total()));
+  state.download_grads(grads);
   double sq = 0;
   for (float g : grads) sq += double(g) * g;
   const double ref_loss = fx.f32("loss").at(0), ref_norm = fx.f32("grad_norm").at(0);
@@ -316,14 +324,16 @@ TEST_CASE("model decoder with KV cache equals forward_logits position by positio
   const std::vector<float> params = random_params(layout, 5, 4.0f);
   const std::vector<int32_t> tokens = random_tokens(d.T, d.V, 6);
   Gpt gpt(layout, *backend, 1);
+  GptState state(layout, *backend);
+  state.upload_params(params);
   std::vector<float> full(static_cast<size_t>(d.T * d.Vp));
-  gpt.forward_logits(params, tokens, 1, d.T, full);
+  gpt.forward_logits(state, tokens, 1, d.T, full);
   GptDecoder dec(layout, *backend);
   for (int pass = 0; pass < 2; ++pass) {  // the second pass checks reset()
     dec.reset();
     double worst = 0, scale = 0;
     for (int64_t t = 0; t < d.T; ++t) {
-      const std::span<const float> lg = dec.step(params, tokens[t]);
+      const std::span<const float> lg = dec.step(state, tokens[t]);
       REQUIRE(static_cast<int64_t>(lg.size()) == d.Vp);
       for (int64_t v = 0; v < d.Vp; ++v) {
         const float ref = full[t * d.Vp + v];
@@ -339,7 +349,7 @@ TEST_CASE("model decoder with KV cache equals forward_logits position by positio
     MESSAGE("decoder vs forward_logits: max abs difference " << worst << " (max |logit| " << scale << ")");
     CHECK(worst <= 1e-5 * std::max(1.0, scale));
   }
-  CHECK_THROWS_AS(dec.step(params, tokens[0]), UsageError);  // context full
+  CHECK_THROWS_AS(dec.step(state, tokens[0]), UsageError);  // context full
 }
 
 TEST_CASE("model forward_backward is bitwise deterministic") {
@@ -350,10 +360,15 @@ TEST_CASE("model forward_backward is bitwise deterministic") {
   const std::vector<int32_t> windows = random_tokens(B * (d.T + 1), d.V, 8);
   auto run = [&](Backend& be) {
     Gpt gpt(layout, be, B);
-    std::vector<float> g(static_cast<size_t>(layout.total()), 0.0f);
-    const LossSum l = gpt.forward_backward(params, g, windows, B, d.T, 1.0f);
-    std::vector<float> g2(g.size(), 0.0f);
-    const LossSum l2 = gpt.forward_backward(params, g2, windows, B, d.T, 1.0f);  // same object again
+    GptState state(layout, be);
+    state.upload_params(params);
+    std::vector<float> g(static_cast<size_t>(layout.total())), g2(g.size());
+    state.zero_grads();
+    const LossSum l = gpt.forward_backward(state, windows, B, d.T, 1.0f);
+    state.download_grads(g);
+    state.zero_grads();
+    const LossSum l2 = gpt.forward_backward(state, windows, B, d.T, 1.0f);  // same objects again
+    state.download_grads(g2);
     CHECK(l.loss_sum == l2.loss_sum);
     CHECK(std::memcmp(g.data(), g2.data(), g.size() * sizeof(float)) == 0);
     g.push_back(static_cast<float>(l.loss_sum));
@@ -365,7 +380,7 @@ TEST_CASE("model forward_backward is bitwise deterministic") {
   CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
 }
 
-TEST_CASE("model micro-batches accumulate into the gradient (+= - grad_scale)") {
+TEST_CASE("model micro-batches fold into the gradient sum (grad_scale)") {
   ModelDims d{61, 64, 20, 1, 2, 16};
   ParamLayout layout(d);
   const std::vector<float> params = random_params(layout, 9, 3.0f);
@@ -373,13 +388,26 @@ TEST_CASE("model micro-batches accumulate into the gradient (+= - grad_scale)") 
   const std::vector<int32_t> windows = random_tokens(B * (T + 1), d.V, 10);
   auto backend = make_cpu_backend(2);
   Gpt gpt(layout, *backend, B);
-  std::vector<float> whole(static_cast<size_t>(layout.total()), 0.0f), parts = whole;
+  GptState state(layout, *backend);
+  state.upload_params(params);
+  std::vector<float> whole(static_cast<size_t>(layout.total())), parts(whole.size()),
+      first(whole.size()), second(whole.size());
   const float scale = 0.125f;
-  const LossSum lw = gpt.forward_backward(params, whole, windows, B, T, scale);
+  state.zero_grads();
+  const LossSum lw = gpt.forward_backward(state, windows, B, T, scale);
+  state.download_grads(whole);
   const std::span<const int32_t> w(windows);
   const size_t half = static_cast<size_t>(2 * (T + 1));
-  const LossSum l1 = gpt.forward_backward(params, parts, w.subspan(0, half), 2, T, scale);
-  const LossSum l2 = gpt.forward_backward(params, parts, w.subspan(half, half), 2, T, scale);
+  // Each half alone, then both folded into one sum.
+  state.zero_grads();
+  gpt.forward_backward(state, w.subspan(half, half), 2, T, scale);
+  state.download_grads(second);
+  state.zero_grads();
+  const LossSum l1 = gpt.forward_backward(state, w.subspan(0, half), 2, T, scale);
+  state.download_grads(first);
+  const LossSum l2 = gpt.forward_backward(state, w.subspan(half, half), 2, T, scale);
+  CHECK(state.micro_batches() == 2);
+  state.download_grads(parts);
   CHECK(std::fabs(lw.loss_sum - (l1.loss_sum + l2.loss_sum)) <= 1e-4);
   CHECK(lw.tokens == l1.tokens + l2.tokens);
   double gmax = 0, err = 0;
@@ -388,9 +416,13 @@ TEST_CASE("model micro-batches accumulate into the gradient (+= - grad_scale)") 
     err = std::max(err, std::fabs(double(whole[i]) - parts[i]));
   }
   CHECK(err <= 1e-5 * gmax);
+  // The fold is exactly first + second in fp32, element by element.
+  int64_t mismatches = 0;
+  for (size_t i = 0; i < parts.size(); ++i) mismatches += parts[i] != first[i] + second[i];
+  CHECK(mismatches == 0);
   // A shorter sequence than the model's T is allowed.
   std::vector<int32_t> short_w = random_tokens(2 * 8, d.V, 11);
-  CHECK(gpt.forward_loss(params, short_w, 2, 7).tokens == 14);
+  CHECK(gpt.forward_loss(state, short_w, 2, 7).tokens == 14);
 }
 
 TEST_CASE("model rejects token ids outside the vocabulary") {
@@ -400,10 +432,18 @@ TEST_CASE("model rejects token ids outside the vocabulary") {
   init_gpt_params(layout, 1, params);
   auto backend = make_cpu_backend(1);
   Gpt gpt(layout, *backend, 1);
+  GptState state(layout, *backend);
+  state.upload_params(params);
   std::vector<int32_t> w{1, 2, 10, 3, 4};  // 10 is a padded row, not a token
-  CHECK_THROWS_AS(gpt.forward_loss(params, w, 1, 4), DataError);
+  CHECK_THROWS_AS(gpt.forward_loss(state, w, 1, 4), DataError);
   w[2] = -1;
-  CHECK_THROWS_AS(gpt.forward_loss(params, w, 1, 4), DataError);
+  CHECK_THROWS_AS(gpt.forward_loss(state, w, 1, 4), DataError);
+  // A refused micro-batch leaves the gradient sum usable.
+  state.zero_grads();
+  CHECK_THROWS_AS(gpt.forward_backward(state, w, 1, 4, 1.0f), DataError);
+  w[2] = 3;
+  CHECK(gpt.forward_backward(state, w, 1, 4, 1.0f).tokens == 4);
+  CHECK(state.micro_batches() == 1);
 }
 
 TEST_CASE("model init_gpt_params: GPT-2 statistics - padded rows zero - deterministic per seed") {
@@ -446,8 +486,10 @@ TEST_CASE("model init_gpt_params: GPT-2 statistics - padded rows zero - determin
   // At initialisation the loss is close to ln(V).
   auto backend = make_cpu_backend(2);
   Gpt gpt(layout, *backend, 2);
+  GptState state(layout, *backend);
+  state.upload_params(p);
   const std::vector<int32_t> w = random_tokens(2 * (d.T + 1), d.V, 3);
-  CHECK(std::fabs(gpt.forward_loss(p, w, 2, d.T).mean() - std::log(double(d.V))) < 0.1);
+  CHECK(std::fabs(gpt.forward_loss(state, w, 2, d.T).mean() - std::log(double(d.V))) < 0.1);
 }
 
 }  // namespace ptrain

@@ -140,8 +140,11 @@ TEST_CASE("worker loop: one step pushes the model's token-sum gradient to each s
   CHECK(done.tokens == 5 * 12);
 
   // The same windows through the model directly: micro-batches {3,7} {1,50} {20}, folded in fp32.
+  // Each micro-batch's gradient is downloaded on its own (a fresh sum) and folded on the host.
   auto backend = make_cpu_backend(1);
   Gpt gpt(rig.layout, *backend, 2);
+  GptState state(rig.layout, *backend);
+  state.upload_params(params);
   const TokenFile file = TokenFile::open(rig.train);
   BatchLoader loader(file, 12);
   std::vector<float> grads(n, 0.0f), mb(n);
@@ -149,8 +152,9 @@ TEST_CASE("worker loop: one step pushes the model's token-sum gradient to each s
   LossSum want;
   for (const auto& [b, e] : micro_batches(5, 2)) {
     loader.load(std::span<const int64_t>(windows.data() + b, static_cast<size_t>(e - b)), toks);
-    std::fill(mb.begin(), mb.end(), 0.0f);
-    const LossSum ls = gpt.forward_backward(params, mb, toks, e - b, 12, 1.0f);
+    state.zero_grads();
+    const LossSum ls = gpt.forward_backward(state, toks, e - b, 12, 1.0f);
+    state.download_grads(mb);
     for (size_t i = 0; i < n; ++i) grads[i] += mb[i];
     want.loss_sum += ls.loss_sum;
     want.tokens += ls.tokens;

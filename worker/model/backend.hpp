@@ -3,9 +3,11 @@
 // supplies kernels (cpu: OpenBLAS + OpenMP in worker/backend/cpu/; cuda later).
 //
 // Not a tensor library: ops are stateless functions over raw buffers with explicit shapes.
-// Arguments: outputs first, then inputs/weights, then dimensions. Every pointer is backend memory
-// (a Buffer, or host memory when host_accessible()). Shape letters: B batch, T sequence, C channels,
-// N = B·T rows, V vocab (real tokens), Vp padded vocab, NH heads, hd = C/NH.
+// Arguments: outputs first, then inputs/weights, then dimensions. Every pointer passed to an op is
+// backend memory (a Buffer). Only the CPU backend also takes plain host memory (its own tests use
+// vectors); the model never relies on that, and the tests' fake device backend throws on it. Shape
+// letters: B batch, T sequence, C channels, N = B·T rows, V vocab (real tokens), Vp padded vocab,
+// NH heads, hd = C/NH.
 //
 // Gradient convention of every *_backward op (gpt.cpp relies on it):
 //   parameter gradients (dweight, dbias, dwte, dwpe) are ACCUMULATED (+=);
@@ -14,8 +16,16 @@
 // Reductions (bias and LayerNorm parameter gradients, embedding scatter) are done in a fixed order
 // that does not depend on the thread count, so results are bitwise reproducible run to run.
 //
-// Completion: ops may be asynchronous on a device backend; synchronize() waits for all of them.
-// copy_to_host waits for the work before it. A Backend is used by one thread at a time.
+// Memory: Buffer<T> is backend (device) memory; HostBuffer<T> is host memory allocated by the
+// backend for transfers (pinned / page-locked on a device backend, so asynchronous copies can run
+// by DMA; plain aligned memory on the CPU).
+//
+// Completion (one in-order queue per backend, like one CUDA stream): ops and *_async copies may
+// return before they are done and run in the order they were issued; synchronize() waits for all
+// of them. The synchronous copies (copy_to_device, copy_to_host) wait for every earlier op and are
+// complete when they return. After an *_async copy the host buffer must be left alone until
+// synchronize(): the source of an upload may still be read, the destination of a download is not
+// written yet. A Backend is used by one thread at a time.
 #pragma once
 
 #include <cstddef>
@@ -28,30 +38,35 @@ namespace ptrain {
 
 class Backend;
 
-// An array of T in a backend's memory, released through that backend. Move-only.
-template <typename T>
-class Buffer {
+// Where a backend allocation lives: device memory (ops' operands) or the backend's transfer
+// memory on the host (pinned).
+enum class MemoryKind { kDevice, kHost };
+
+// An array of T allocated by a backend and released through it. Move-only.
+template <typename T, MemoryKind K>
+class BackendArray {
  public:
-  Buffer() = default;
-  Buffer(Backend* owner, T* data, int64_t size) : owner_(owner), data_(data), size_(size) {}
-  Buffer(Buffer&& o) noexcept { swap(o); }
-  Buffer& operator=(Buffer&& o) noexcept {
-    Buffer tmp(std::move(o));
+  BackendArray() = default;
+  BackendArray(Backend* owner, T* data, int64_t size) : owner_(owner), data_(data), size_(size) {}
+  BackendArray(BackendArray&& o) noexcept { swap(o); }
+  BackendArray& operator=(BackendArray&& o) noexcept {
+    BackendArray tmp(std::move(o));
     swap(tmp);
     return *this;
   }
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
-  ~Buffer();
+  BackendArray(const BackendArray&) = delete;
+  BackendArray& operator=(const BackendArray&) = delete;
+  ~BackendArray();
 
   T* data() const { return data_; }
   int64_t size() const { return size_; }
+  int64_t size_bytes() const { return size_ * static_cast<int64_t>(sizeof(T)); }
   bool empty() const { return size_ == 0; }
-  // Only meaningful when the owning backend is host_accessible().
+  // For a HostBuffer: always valid. For a Buffer: only when the backend is host_accessible().
   std::span<T> span() const { return {data_, static_cast<size_t>(size_)}; }
 
  private:
-  void swap(Buffer& o) noexcept {
+  void swap(BackendArray& o) noexcept {
     std::swap(owner_, o.owner_);
     std::swap(data_, o.data_);
     std::swap(size_, o.size_);
@@ -61,6 +76,13 @@ class Buffer {
   int64_t size_ = 0;
 };
 
+// Backend (device) memory: what ops take.
+template <typename T>
+using Buffer = BackendArray<T, MemoryKind::kDevice>;
+// The backend's host transfer memory (pinned): the host side of *_async copies.
+template <typename T>
+using HostBuffer = BackendArray<T, MemoryKind::kHost>;
+
 enum class Trans { kNo, kYes };
 
 class Backend {
@@ -69,7 +91,7 @@ class Backend {
 
   virtual std::string name() const = 0;  // e.g. "cpu (OpenBLAS, 2 threads)"
   virtual int threads() const = 0;
-  // True when backend memory is ordinary host memory: host spans may be passed to ops directly.
+  // True when backend memory is ordinary host memory (Buffer::span() may be read on the host).
   virtual bool host_accessible() const = 0;
 
   // ---- memory ------------------------------------------------------------------------------
@@ -78,11 +100,25 @@ class Backend {
     void* p = allocate_bytes(static_cast<size_t>(count > 0 ? count : 0) * sizeof(T));
     return Buffer<T>(this, static_cast<T*>(p), count);
   }
-  // Contents unspecified; 64-byte aligned. Throws on failure.
+  template <typename T>
+  HostBuffer<T> alloc_host(int64_t count) {
+    void* p = allocate_host_bytes(static_cast<size_t>(count > 0 ? count : 0) * sizeof(T));
+    return HostBuffer<T>(this, static_cast<T*>(p), count);
+  }
+  // Backend memory. Contents unspecified; 64-byte aligned. Throws on failure.
   virtual void* allocate_bytes(size_t bytes) = 0;
   virtual void free_bytes(void* p) noexcept = 0;
+  // Host memory for transfers (pinned on a device backend). Contents unspecified; 64-byte
+  // aligned. Throws on failure.
+  virtual void* allocate_host_bytes(size_t bytes) = 0;
+  virtual void free_host_bytes(void* p) noexcept = 0;
+  // Synchronous: wait for earlier work, copy, return when done. Any host memory.
   virtual void copy_to_device(void* dst, const void* src_host, size_t bytes) = 0;
   virtual void copy_to_host(void* dst_host, const void* src, size_t bytes) = 0;
+  // Queued after earlier work; complete at synchronize(). The host side must be HostBuffer memory
+  // of this backend and must not be touched until then (see "Completion" above).
+  virtual void copy_to_device_async(void* dst, const void* src_host, size_t bytes) = 0;
+  virtual void copy_to_host_async(void* dst_host, const void* src, size_t bytes) = 0;
   virtual void copy(float* dst, const float* src, int64_t n) = 0;  // device to device
   virtual void fill(float* dst, float value, int64_t n) = 0;
   // dst[r·ld + c] = value for r < rows, c in [col_begin, col_end) (e.g. -inf on padded logits).
@@ -127,7 +163,8 @@ class Backend {
                                   const float* inp, const float* w, const float* mean,
                                   const float* rstd, int64_t N, int64_t C) = 0;
 
-  // out = a + b, n elements (out may alias a or b).
+  // out = a + b, n elements (out may alias a or b). Each element is one fp32 addition, so
+  // residual_forward(acc, acc, x, n) is exactly `acc[i] += x[i]` (the gradient fold uses it).
   virtual void residual_forward(float* out, const float* a, const float* b, int64_t n) = 0;
 
   // tanh-approximation GELU: out = 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
@@ -161,9 +198,14 @@ class Backend {
                                              float dloss, int64_t N, int64_t V, int64_t ld) = 0;
 };
 
-template <typename T>
-Buffer<T>::~Buffer() {
-  if (owner_ != nullptr && data_ != nullptr) owner_->free_bytes(data_);
+template <typename T, MemoryKind K>
+BackendArray<T, K>::~BackendArray() {
+  if (owner_ == nullptr || data_ == nullptr) return;
+  if constexpr (K == MemoryKind::kDevice) {
+    owner_->free_bytes(data_);
+  } else {
+    owner_->free_host_bytes(data_);
+  }
 }
 
 }  // namespace ptrain

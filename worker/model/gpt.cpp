@@ -3,8 +3,9 @@
 // the optimizer (paramserver/), or data loading (worker/).
 //
 // ---- Gradient convention (everything below depends on it) -----------------------------------
-//  * Parameter gradients are ACCUMULATED: grads += ...  (micro-batches add up in the caller's
-//    flat gradient vector; the caller zeroes it when a step starts).
+//  * Parameter gradients are ACCUMULATED: G += ...  G is the zeroed buffer GptState hands out for
+//    the micro-batch (gpt_state.hpp: the first micro-batch of a step accumulates straight into the
+//    step's sum, later ones into a buffer that is then folded into the sum in fp32).
 //  * Activation gradients are WRITTEN: d_act = ...  (scratch buffers reused by every layer),
 //    EXCEPT the residual stream d_res: it is zeroed once at the top, LayerNorm backward adds each
 //    branch's contribution into it (+=), and the residual adds pass it through unchanged.
@@ -13,7 +14,9 @@
 //    grad_scale = 1 the token-sum gradient a worker pushes.
 //  * Padded vocabulary rows (V..Vp-1 of wte): their logits are never computed in training (the LM
 //    head GEMM runs over the V real rows only) and no token names them, so their gradient is never
-//    written and stays exactly what the caller passed (0).
+//    written and stays exactly 0.
+//  * Parameters, gradients and activations are all backend memory; the host sees only token ids
+//    going in, and losses or logits coming out.
 //
 // Shapes: B batch, T sequence, C channels, N = B·T rows, V vocab, Vp padded vocab, L layers,
 // NH heads. The LM head is tied: logits (N,V) = lnf (N,C) · wte[0..V)ᵀ.
@@ -98,6 +101,16 @@ void split_windows(std::span<const int32_t> windows, int64_t B, int64_t T, int64
   }
 }
 
+// The state must describe this model (same layout: the same vector) on the same backend (its
+// pointers are that backend's memory).
+void check_state(const GptState& state, const ParamLayout& layout, const Backend& be) {
+  PTRAIN_ENFORCE(&state.backend() == &be, "the GptState belongs to another backend ({})",
+                 state.backend().name());
+  PTRAIN_ENFORCE(state.layout().total() == layout.total() && state.layout().hash() == layout.hash(),
+                 "the GptState has another layout ({} parameters, model {})",
+                 state.layout().total(), layout.total());
+}
+
 }  // namespace
 
 // ---- Gpt -------------------------------------------------------------------------------------
@@ -134,10 +147,9 @@ struct Gpt::Impl {
   float* d_fch = nullptr;   // (N,4C) at the GELU output, then (in place) at its input
   float* d_att = nullptr;   // (B,NH,T,T) attention backward scratch
 
-  // Device copies when the backend's memory is not host memory.
-  Buffer<float> dev_params, dev_grads;
+  // Host staging of token ids and losses.
   std::vector<int32_t> host_inputs, host_targets;
-  std::vector<float> host_losses, host_grads;
+  std::vector<float> host_losses;
 
   void allocate_activations() {
     const int64_t N = max_batch * d.T, C = d.C;
@@ -193,20 +205,12 @@ struct Gpt::Impl {
     d_att = p;
   }
 
-  void check_call(int64_t B, int64_t T) const {
+  void check_call(const GptState& state, int64_t B, int64_t T) const {
+    check_state(state, layout, be);
     PTRAIN_ENFORCE(B >= 1 && B <= max_batch, "batch {} outside [1, {}]", B, max_batch);
     PTRAIN_ENFORCE(T >= 1 && T <= d.T, "sequence length {} outside [1, {}]", T, d.T);
   }
 
-  // Parameters as backend memory (uploaded when the backend is not host-accessible).
-  const float* device_params(std::span<const float> params) {
-    PTRAIN_ENFORCE(static_cast<int64_t>(params.size()) == layout.total(),
-                   "params: expected {} floats, got {}", layout.total(), params.size());
-    if (be.host_accessible()) return params.data();
-    if (dev_params.empty()) dev_params = be.alloc<float>(layout.total());
-    be.copy_to_device(dev_params.data(), params.data(), params.size_bytes());
-    return dev_params.data();
-  }
 
   void upload_tokens(std::span<const int32_t> windows, int64_t B, int64_t T, bool with_targets) {
     split_windows(windows, B, T, d.V, host_inputs, host_targets);
@@ -294,58 +298,42 @@ Gpt::Gpt(const ParamLayout& layout, Backend& backend, int64_t max_batch)
 
 Gpt::~Gpt() = default;
 
-LossSum Gpt::forward_backward(std::span<const float> params, std::span<float> grads,
-                              std::span<const int32_t> windows, int64_t B, int64_t T,
-                              float grad_scale) {
+LossSum Gpt::forward_backward(GptState& state, std::span<const int32_t> windows, int64_t B,
+                              int64_t T, float grad_scale) {
   Impl& m = *impl_;
-  m.check_call(B, T);
-  PTRAIN_ENFORCE(static_cast<int64_t>(grads.size()) == layout_.total(),
-                 "grads: expected {} floats, got {}", layout_.total(), grads.size());
+  m.check_call(state, B, T);
   m.allocate_gradients();
-  const float* P = m.device_params(params);
-  float* G = grads.data();
-  if (!m.be.host_accessible()) {
-    if (m.dev_grads.empty()) m.dev_grads = m.be.alloc<float>(layout_.total());
-    m.be.fill(m.dev_grads.data(), 0.0f, layout_.total());
-    G = m.dev_grads.data();
-  }
-  m.upload_tokens(windows, B, T, true);
+  m.upload_tokens(windows, B, T, true);  // validates the ids before any gradient work
+  const float* P = state.params();
   m.forward(P, B, T);
   const int64_t N = B * T;
   m.be.crossentropy_forward_backward(m.losses, m.logits, m.targets.data(), grad_scale, N, m.d.V,
                                      m.d.Vp);
   const LossSum loss = m.sum_losses(N);
-  m.backward(P, G, B, T);
-  if (!m.be.host_accessible()) {
-    m.host_grads.resize(grads.size());
-    m.be.copy_to_host(m.host_grads.data(), G, grads.size_bytes());
-    for (size_t i = 0; i < grads.size(); ++i) grads[i] += m.host_grads[i];
-  }
-  m.be.synchronize();
+  m.backward(P, state.micro_batch_grads(), B, T);
+  state.fold_micro_batch();
   return loss;
 }
 
-LossSum Gpt::forward_loss(std::span<const float> params, std::span<const int32_t> windows,
-                          int64_t B, int64_t T) {
+LossSum Gpt::forward_loss(const GptState& state, std::span<const int32_t> windows, int64_t B,
+                          int64_t T) {
   Impl& m = *impl_;
-  m.check_call(B, T);
-  const float* P = m.device_params(params);
+  m.check_call(state, B, T);
   m.upload_tokens(windows, B, T, true);
-  m.forward(P, B, T);
+  m.forward(state.params(), B, T);
   const int64_t N = B * T;
   m.be.crossentropy_forward(m.losses, m.logits, m.targets.data(), N, m.d.V, m.d.Vp);
   return m.sum_losses(N);
 }
 
-void Gpt::forward_logits(std::span<const float> params, std::span<const int32_t> inputs, int64_t B,
+void Gpt::forward_logits(const GptState& state, std::span<const int32_t> inputs, int64_t B,
                          int64_t T, std::span<float> logits) {
   Impl& m = *impl_;
-  m.check_call(B, T);
+  m.check_call(state, B, T);
   PTRAIN_ENFORCE(static_cast<int64_t>(inputs.size()) == B * T, "inputs: expected {} ids, got {}",
                  B * T, inputs.size());
   PTRAIN_ENFORCE(static_cast<int64_t>(logits.size()) == B * T * m.d.Vp,
                  "logits: expected {} floats, got {}", B * T * m.d.Vp, logits.size());
-  const float* P = m.device_params(params);
   for (size_t i = 0; i < inputs.size(); ++i) {
     if (inputs[i] < 0 || inputs[i] >= m.d.V) {
       throw DataError(fmt::format("token id {} at input position {} is outside the vocabulary [0, {})",
@@ -353,7 +341,7 @@ void Gpt::forward_logits(std::span<const float> params, std::span<const int32_t>
     }
   }
   m.be.copy_to_device(m.tokens.data(), inputs.data(), inputs.size_bytes());
-  m.forward(P, B, T);
+  m.forward(state.params(), B, T);
   const int64_t N = B * T;
   m.be.fill_columns(m.logits, -std::numeric_limits<float>::infinity(), N, m.d.V, m.d.Vp, m.d.Vp);
   m.be.copy_to_host(logits.data(), m.logits, logits.size_bytes());
@@ -391,7 +379,6 @@ struct GptDecoder::Impl {
   Buffer<float> work;
   Buffer<int32_t> token;
   float *x, *ln, *qkv, *atty, *fch, *fcg, *logits, *scratch;
-  Buffer<float> dev_params;
   std::vector<float> host_logits;
 };
 
@@ -404,7 +391,7 @@ void GptDecoder::reset() { impl_->pos = 0; }
 
 int64_t GptDecoder::position() const { return impl_->pos; }
 
-std::span<const float> GptDecoder::step(std::span<const float> params, int32_t token) {
+std::span<const float> GptDecoder::step(const GptState& state, int32_t token) {
   Impl& m = *impl_;
   const ModelDims& d = m.d;
   const int64_t C = d.C;
@@ -414,14 +401,8 @@ std::span<const float> GptDecoder::step(std::span<const float> params, int32_t t
   if (token < 0 || token >= d.V) {
     throw DataError(fmt::format("token id {} is outside the vocabulary [0, {})", token, d.V));
   }
-  PTRAIN_ENFORCE(static_cast<int64_t>(params.size()) == m.layout.total(),
-                 "params: expected {} floats, got {}", m.layout.total(), params.size());
-  const float* P = params.data();
-  if (!m.be.host_accessible()) {
-    if (m.dev_params.empty()) m.dev_params = m.be.alloc<float>(m.layout.total());
-    m.be.copy_to_device(m.dev_params.data(), params.data(), params.size_bytes());
-    P = m.dev_params.data();
-  }
+  check_state(state, m.layout, m.be);
+  const float* P = state.params();
   m.be.copy_to_device(m.token.data(), &token, sizeof(int32_t));
   m.be.encoder_forward(m.x, m.token.data(), P + m.layout.wte(), P + m.layout.wpe() + m.pos * C, 1,
                        1, C);

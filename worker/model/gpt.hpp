@@ -1,17 +1,17 @@
 // The GPT-2 model, written once against the Backend interface (backend.hpp). It owns activation
-// buffers sized for (max_batch, T); parameters and gradients live in caller-owned flat vectors
-// described by a ParamLayout. Not thread-safe: one Gpt per worker thread.
+// buffers sized for (max_batch, T) in backend memory; parameters and gradients live in a GptState
+// (gpt_state.hpp), also in backend memory, laid out by a ParamLayout. Not thread-safe: one Gpt
+// per worker thread.
 #pragma once
 
 #include "common/tensor/param_layout.hpp"
+#include "worker/model/gpt_state.hpp"
 
 #include <cstdint>
 #include <memory>
 #include <span>
 
 namespace ptrain {
-
-class Backend;
 
 struct LossSum {
   double loss_sum = 0.0;  // sum of per-target cross-entropy (nats)
@@ -27,20 +27,24 @@ class Gpt {
   Gpt(const Gpt&) = delete;
   Gpt& operator=(const Gpt&) = delete;
 
-  // windows: (B, T+1) token ids; inputs are [:, :T], targets [:, 1:]. B <= max_batch, T <= dims.T.
-  // Adds d(grad_scale · Σ token losses)/dθ into `grads` (+=, so micro-batches accumulate).
-  // Gradients of padded vocabulary rows are exactly 0.
-  LossSum forward_backward(std::span<const float> params, std::span<float> grads,
-                           std::span<const int32_t> windows, int64_t B, int64_t T,
+  // Every call reads the parameters in `state` (same layout and backend as this Gpt).
+  // windows: (B, T+1) token ids on the host; inputs are [:, :T], targets [:, 1:].
+  // B <= max_batch, T <= dims.T.
+
+  // One micro-batch of the gradient fold (gpt_state.hpp): d(grad_scale · Σ token losses)/dθ is
+  // computed from zero and folded into state's gradient sum (state.zero_grads() starts a sum).
+  // Gradients of padded vocabulary rows are exactly 0. The loss is downloaded (N floats); the
+  // gradient stays in backend memory.
+  LossSum forward_backward(GptState& state, std::span<const int32_t> windows, int64_t B, int64_t T,
                            float grad_scale);
 
   // Loss only (no gradient work beyond the forward pass).
-  LossSum forward_loss(std::span<const float> params, std::span<const int32_t> windows, int64_t B,
+  LossSum forward_loss(const GptState& state, std::span<const int32_t> windows, int64_t B,
                        int64_t T);
 
-  // logits: (B, T, Vp) for inputs (B, T); padded vocabulary columns are -inf.
-  void forward_logits(std::span<const float> params, std::span<const int32_t> inputs, int64_t B,
-                      int64_t T, std::span<float> logits);
+  // logits: (B, T, Vp) on the host for inputs (B, T); padded vocabulary columns are -inf.
+  void forward_logits(const GptState& state, std::span<const int32_t> inputs, int64_t B, int64_t T,
+                      std::span<float> logits);
 
   const ParamLayout& layout() const { return layout_; }
 
@@ -51,14 +55,15 @@ class Gpt {
 };
 
 // Incremental decoding with a KV cache, for `generate`: feed tokens one at a time, get the
-// next-token logits (Vp, padded columns -inf). At most dims.T positions.
+// next-token logits (Vp, padded columns -inf) on the host. At most dims.T positions. The
+// parameters are read from `state` (same layout and backend) at every step.
 class GptDecoder {
  public:
   GptDecoder(const ParamLayout& layout, Backend& backend);
   ~GptDecoder();
   void reset();
   int64_t position() const;
-  std::span<const float> step(std::span<const float> params, int32_t token);
+  std::span<const float> step(const GptState& state, int32_t token);
 
  private:
   struct Impl;

@@ -204,11 +204,21 @@ class CpuBackend final : public Backend {
     return p;
   }
   void free_bytes(void* p) noexcept override { std::free(p); }
+  // Host and backend memory are the same here: transfer buffers are ordinary allocations, and
+  // every op completes before it returns, so an "asynchronous" copy is a memcpy done at once.
+  void* allocate_host_bytes(size_t bytes) override { return allocate_bytes(bytes); }
+  void free_host_bytes(void* p) noexcept override { std::free(p); }
   void copy_to_device(void* dst, const void* src, size_t bytes) override {
     if (bytes) std::memcpy(dst, src, bytes);
   }
   void copy_to_host(void* dst, const void* src, size_t bytes) override {
     if (bytes) std::memcpy(dst, src, bytes);
+  }
+  void copy_to_device_async(void* dst, const void* src, size_t bytes) override {
+    copy_to_device(dst, src, bytes);
+  }
+  void copy_to_host_async(void* dst, const void* src, size_t bytes) override {
+    copy_to_host(dst, src, bytes);
   }
   void copy(float* dst, const float* src, int64_t n) override {
     if (n > 0) std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
