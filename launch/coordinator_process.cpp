@@ -118,7 +118,7 @@ RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secr
   co.config = cfg;
   co.server_ranges = ranges;
   co.tokenizer_json = tokenizer->to_json();
-  co.threads = resolve_threads(cfg.run.threads);
+  co.threads = threads_per_role(cfg.run.threads, 1);
   if (o.stop_requested) co.stop_requested = [f = o.stop_requested](int64_t) { return f(); };
   co.status = &status;
   RunSummary summary;

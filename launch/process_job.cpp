@@ -1,6 +1,7 @@
 #include "launch/process_job.hpp"
 
 #include "launch/spawn.hpp"
+#include "launch/threads_job.hpp"
 
 #include "common/error.hpp"
 #include "common/net/auth.hpp"
@@ -190,16 +191,20 @@ int run_processes_job(const Config& config, const ProcessJobOptions& o) {
     spdlog::info("coordinator at {} (pid {}); starting {} server(s) and {} worker(s); logs in {}",
                  addr, pgid, config.cluster.servers, config.cluster.workers,
                  (run_dir / "logs").string());
+    // The machine's cores shared as in the threads launch (threads_per_role).
+    const int server_threads = threads_per_role(config.run.threads, config.cluster.servers);
+    const int worker_threads = threads_per_role(config.run.threads, config.cluster.workers);
     for (int64_t k = 0; k < config.cluster.servers; ++k) {
       children.push_back({fmt::format("server-{}", k),
                           spawn({binary, "server", "--coordinator", addr, "--listen",
-                                 "127.0.0.1:0", "--secret-file", secret_file},
+                                 "127.0.0.1:0", "--secret-file", secret_file, "--threads",
+                                 std::to_string(server_threads)},
                                 pgid, (run_dir / "logs" / fmt::format("server-{}.log", k)).string())});
     }
     for (int64_t k = 0; k < config.cluster.workers; ++k) {
       children.push_back({fmt::format("worker-{}", k),
                           spawn({binary, "worker", "--coordinator", addr, "--secret-file",
-                                 secret_file},
+                                 secret_file, "--threads", std::to_string(worker_threads)},
                                 pgid, (run_dir / "logs" / fmt::format("worker-{}.log", k)).string())});
     }
 

@@ -1,5 +1,6 @@
 #include "launch/server_process.hpp"
 
+#include "launch/threads_job.hpp"
 #include "common/error.hpp"
 #include "common/net/cluster_join.hpp"
 #include "common/proto/codec.hpp"
@@ -44,12 +45,10 @@ void run_server_process(const ServerProcessOptions& o, net::Secret secret) {
   }
   spdlog::info("server {}: listening on {} for workers, range [{}, {})", id, bound,
                shards[static_cast<size_t>(id)].first, shards[static_cast<size_t>(id)].second);
-  int threads = static_cast<int>(cfg.run.threads);
-  if (threads <= 0) threads = std::max(1, omp_get_num_procs());
   ParamServerOptions so;
   so.server.server_id = id;
   so.server.range = {shards[static_cast<size_t>(id)].first, shards[static_cast<size_t>(id)].second};
-  so.omp_threads = std::max<int>(1, threads / static_cast<int>(cfg.cluster.servers));
+  so.omp_threads = o.threads > 0 ? o.threads : threads_per_role(cfg.run.threads, 1);
   so.server.write_shard = make_shard_writer(layout, id, cfg.cluster.servers, so.server.range);
   const AdamWOptions adamw{cfg.optim.beta1, cfg.optim.beta2, cfg.optim.eps, cfg.optim.weight_decay};
   const LrSchedule schedule{cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps, cfg.train.steps};

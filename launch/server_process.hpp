@@ -12,6 +12,8 @@ namespace ptrain {
 struct ServerProcessOptions {
   std::string coordinator;          // HOST:PORT
   std::string listen = "0.0.0.0:0";  // data listener for workers (HOST:PORT, 0 = a free port)
+  // Compute threads (`--threads`); 0 = run.threads, and when that is 0 too, all cores.
+  int threads = 0;
 };
 
 void run_server_process(const ServerProcessOptions& options, net::Secret secret);

@@ -22,10 +22,10 @@
 
 namespace ptrain {
 
-int resolve_threads(int configured) {
-  if (configured > 0) return configured;
-  const int n = omp_get_num_procs();
-  return n > 0 ? n : 1;
+int threads_per_role(int64_t configured, int64_t roles_sharing) {
+  if (configured > 0) return static_cast<int>(configured);
+  const int cores = std::max(1, omp_get_num_procs());
+  return std::max<int>(1, cores / static_cast<int>(std::max<int64_t>(1, roles_sharing)));
 }
 
 namespace {
@@ -116,7 +116,7 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
   std::vector<proto::KeyRange> ranges;
   for (const auto& [b, e] : shards) ranges.push_back({b, e});
   check_data(config, layout);
-  const int threads = resolve_threads(config.run.threads);
+  const int threads = threads_per_role(config.run.threads, 1);  // evaluation: all of them
   const auto W = config.cluster.workers;
   const auto S = config.cluster.servers;
   make_dirs(config.run.dir);
@@ -124,7 +124,7 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
   spdlog::info("job: {} parameters in {} tensors, {} server(s), {} worker(s) x {} thread(s), "
                "batch {} x {} tokens, {} steps",
                layout.total(), layout.tensors().size(), S, W,
-               std::max<int64_t>(1, threads / W), config.train.batch_size, layout.dims().T,
+               threads_per_role(config.run.threads, W), config.train.batch_size, layout.dims().T,
                config.train.steps);
 
   // The status endpoint first (a port in use fails the job before any thread starts).
@@ -143,7 +143,7 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
     ParamServerOptions so;
     so.server.server_id = static_cast<int32_t>(k);
     so.server.range = ranges[static_cast<size_t>(k)];
-    so.omp_threads = std::max<int>(1, threads / static_cast<int>(S));
+    so.omp_threads = threads_per_role(config.run.threads, S);
     so.server.write_shard = make_shard_writer(layout, so.server.server_id, S, so.server.range);
     UpdateRule rule(adamw, schedule, decay_segments(layout, so.server.range));
     threads_.emplace_back([&failure, &fabric, so, rule = std::move(rule)]() mutable {
@@ -158,7 +158,7 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
     wo.worker_id = static_cast<int32_t>(w);
     wo.train_path = config.data.train;
     wo.micro_batch = config.train.micro_batch;
-    wo.threads = std::max<int>(1, threads / static_cast<int>(W));
+    wo.threads = threads_per_role(config.run.threads, W);
     wo.device = device_type_name(config.device.type);
     wo.make_backend = options.make_backend;
     wo.timeout = options.timeout;

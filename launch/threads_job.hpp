@@ -2,9 +2,9 @@
 // thread, `cluster.servers` parameter-server threads and `cluster.workers` worker threads, all
 // joined by the in-process transport (the same encoded frames TCP will carry).
 //
-// Threads: run.threads cores (0 = all) are shared: each worker gets max(1, threads / W) OpenMP
-// threads, each server max(1, threads / S) (servers work while workers wait), the coordinator's
-// evaluation all of them (workers are idle then).
+// Threads: each worker and each server gets threads_per_role(run.threads, W or S) OpenMP threads
+// (run.threads each when set; 0 = the machine's cores shared among the workers, and among the
+// servers); the coordinator's evaluation all cores (workers are idle then).
 //
 // The first failure of any thread stops the job: the fabric is closed, every thread ends, and
 // that failure is rethrown here (not the "transport closed" errors it caused elsewhere).
@@ -35,7 +35,10 @@ struct ThreadsJobOptions {
 // job fails with (NumericError for a NaN/Inf, DataError, IoError, CheckpointError, ...).
 RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& options = {});
 
-// run.threads resolved (0 = the machine's cores).
-int resolve_threads(int configured);
+// Compute threads of one worker or server: run.threads when set (> 0); 0 = automatic, the
+// machine's cores shared by `roles_sharing` roles of one kind (at least 1). `ptrain run` passes the
+// number of workers (or servers) it starts on this machine; a role started by hand passes 1 (all
+// cores). Servers and workers each get the share of their kind: servers compute while workers wait.
+int threads_per_role(int64_t configured, int64_t roles_sharing);
 
 }  // namespace ptrain

@@ -1,5 +1,6 @@
 #include "launch/worker_process.hpp"
 
+#include "launch/threads_job.hpp"
 #include "common/error.hpp"
 #include "common/net/cluster_join.hpp"
 #include "common/tensor/param_layout.hpp"
@@ -30,13 +31,11 @@ void run_worker_process(const WorkerProcessOptions& o, net::Secret secret) {
   }
   std::vector<proto::KeyRange> ranges;
   for (const auto& [b, e] : layout.shard_ranges(S)) ranges.push_back({b, e});
-  int threads = static_cast<int>(cfg.run.threads);
-  if (threads <= 0) threads = std::max(1, omp_get_num_procs());
   WorkerOptions wo;
   wo.worker_id = id;
   wo.train_path = cfg.data.train;
   wo.micro_batch = cfg.train.micro_batch;
-  wo.threads = std::max<int>(1, threads / static_cast<int>(cfg.cluster.workers));
+  wo.threads = o.threads > 0 ? o.threads : threads_per_role(cfg.run.threads, 1);
   wo.device = o.device.empty() ? device_type_name(cfg.device.type) : o.device;
   spdlog::info("worker {}: connected to {} server(s), device {}, {} thread(s)", id, S, wo.device,
                wo.threads);

@@ -12,6 +12,8 @@ namespace ptrain {
 struct WorkerProcessOptions {
   std::string coordinator;  // HOST:PORT
   std::string device;       // compute device (`--device`); "" = the job's device.type
+  // Compute threads (`--threads`); 0 = run.threads, and when that is 0 too, all cores.
+  int threads = 0;
 };
 
 void run_worker_process(const WorkerProcessOptions& options, net::Secret secret);
