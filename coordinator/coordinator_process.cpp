@@ -8,7 +8,6 @@
 #include "common/util/fs.hpp"
 #include "coordinator/status_http.hpp"
 #include "coordinator/status_service.hpp"
-#include "coordinator/threads_job.hpp"
 
 #include <spdlog/spdlog.h>
 
@@ -152,7 +151,6 @@ RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secr
   co.config = cfg;
   co.server_ranges = ranges;
   co.tokenizer_json = tokenizer->to_json();
-  co.threads = resolve_threads(cfg.run.threads);
   if (o.stop_requested) co.stop_requested = [f = o.stop_requested](int64_t) { return f(); };
   co.status = &status;
   co.member_host = [&node](const net::Endpoint& e) -> std::string {

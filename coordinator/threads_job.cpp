@@ -142,6 +142,7 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
     so.server.range = ranges[static_cast<size_t>(k)];
     so.omp_threads = std::max<int>(1, threads / static_cast<int>(S));
     so.server.write_shard = make_shard_writer(layout, so.server.server_id, S, so.server.range);
+    so.server.load_shard = make_shard_loader(layout, so.server.range);
     UpdateRule rule(adamw, schedule, decay_segments(layout, so.server.range));
     threads_.emplace_back([&failure, &fabric, so, rule = std::move(rule)]() mutable {
       failure.guard(fmt::format("server {}", so.server.server_id), [&] {
@@ -154,6 +155,7 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
     WorkerOptions wo;
     wo.worker_id = static_cast<int32_t>(w);
     wo.train_path = config.data.train;
+    wo.val_path = config.data.val;
     wo.micro_batch = config.train.micro_batch;
     wo.threads = std::max<int>(1, threads / static_cast<int>(W));
     wo.timeout = options.timeout;
@@ -170,7 +172,6 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
   co.config = config;
   co.server_ranges = ranges;
   co.tokenizer_json = tokenizer->to_json();
-  co.threads = threads;
   co.timeout = options.timeout;
   co.stop_requested = options.stop_requested;
   co.status = &status;

@@ -35,6 +35,7 @@ void run_worker_process(const WorkerProcessOptions& o, net::Secret secret) {
   WorkerOptions wo;
   wo.worker_id = id;
   wo.train_path = cfg.data.train;
+  wo.val_path = cfg.data.val;
   wo.micro_batch = cfg.train.micro_batch;
   wo.threads = std::max<int>(1, threads / static_cast<int>(cfg.cluster.workers));
   spdlog::info("worker {}: connected to {} server(s), {} thread(s)", id, S, wo.threads);

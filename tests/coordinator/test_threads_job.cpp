@@ -10,7 +10,9 @@
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
 
+#include <cstdio>
 #include <filesystem>
+#include <map>
 
 using namespace ptrain;
 using namespace ptrain::testing;
@@ -21,6 +23,19 @@ namespace {
 CheckpointData final_state(const Config& c, const RunSummary& s) {
   REQUIRE(!s.last_checkpoint.empty());
   return read_checkpoint(s.last_checkpoint, layout_for(c), true);
+}
+
+// `ptrain eval --checkpoint CKPT --data DATA --json` through the built binary: its "loss".
+double ptrain_eval_loss(const std::string& ckpt, const std::string& data) {
+  const std::string cmd = std::string("'") + PTRAIN_TEST_BINARY + "' eval --checkpoint '" + ckpt +
+                          "' --data '" + data + "' --json 2>/dev/null";
+  FILE* f = ::popen(cmd.c_str(), "r");
+  REQUIRE(f != nullptr);
+  std::string out;
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) out.append(buf, n);
+  REQUIRE_MESSAGE(::pclose(f) == 0, cmd);
+  return nlohmann::json::parse(out).at("loss").get<double>();
 }
 
 std::vector<nlohmann::json> log_lines(const Config& c) {
@@ -297,4 +312,46 @@ TEST_CASE("coordinator job: evaluation writes val_loss lines") {
   }
   CHECK(eval_steps == std::vector<int64_t>{2, 4, 5});
   CHECK(*s.final_val_loss < std::log(257.0));
+}
+
+TEST_CASE("coordinator job: in-run val_loss equals ptrain eval of the checkpoint at that step - 1 or 2 workers") {
+  // Every window of data.val (eval_windows 0): 3000 tokens = 187 windows of 16 + 1, 47 batches of
+  // micro_batch 4 (the last one short), on 1 worker, or split 24/23 over 2 workers. The per-batch
+  // sums are added in batch order, as `ptrain eval` adds them: the same double, bitwise. The two
+  // runs train bitwise the same weights (one thread per worker, clipping off: see the 1 vs 2
+  // worker and server cases above), so their val_loss lines are bitwise equal too.
+  TempDir dir;
+  write_corpus(dir / "val.tok", 3000, 2);
+  Config one = small_config(dir);
+  one.data.val = dir / "val.tok";
+  one.train.eval_windows = 0;
+  one.train.eval_every = 2;
+  one.checkpoint.every_steps = 2;
+  one.checkpoint.keep = 5;
+  one.run.threads = 1;
+  one.optim.grad_clip = 0;
+  one.cluster.servers = 2;
+  Config two = one;
+  two.run.dir = dir / "run2";
+  two.cluster.workers = 2;
+  two.run.threads = 2;
+  std::map<int64_t, double> by_workers[2];
+  int i = 0;
+  for (const Config* c : {&one, &two}) {
+    const RunSummary s = run_threads_job(*c);
+    for (const auto& j : log_lines(*c)) {
+      if (j.contains("val_loss")) by_workers[i][j.at("step").get<int64_t>()] = j.at("val_loss");
+    }
+    REQUIRE(by_workers[i].size() == 3);  // steps 2, 4 and the final 5
+    CHECK(*s.final_val_loss == by_workers[i].at(5));
+    for (const auto& [step, val] : by_workers[i]) {
+      const std::string ck = c->run.dir + fmt::format("/checkpoints/step-{:08d}", step);
+      const double eval = ptrain_eval_loss(ck, c->data.val);
+      MESSAGE(c->cluster.workers << " worker(s), step " << step << ": val_loss " << val
+                                 << ", ptrain eval " << eval);
+      CHECK(val == eval);  // bitwise, not approximately
+    }
+    ++i;
+  }
+  CHECK(by_workers[0] == by_workers[1]);
 }
