@@ -65,6 +65,6 @@ TEST_CASE("gpt init: independent of the thread count - and pinned by a checksum"
   const ParamLayout small = padded_layout();
   std::vector<float> p(static_cast<size_t>(small.total()));
   init_gpt_params(small, 1234, p);
-  CHECK(crc32c(p.data(), p.size() * sizeof(float)) == PINNED_SMALL);
-  CHECK(crc32c(one.data(), one.size() * sizeof(float)) == PINNED_LARGE);
+  CHECK(crc32c(p.data(), p.size() * sizeof(float)) == 0xa411b3b5u);
+  CHECK(crc32c(one.data(), one.size() * sizeof(float)) == 0x7c5449d5u);
 }

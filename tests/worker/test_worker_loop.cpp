@@ -3,7 +3,8 @@
 // push each server its slice as token sums → WorkerStepDone. The pushed gradient equals the
 // model's own gradient of those windows (the same micro-batch fold), the reported loss and token
 // count are the model's, and a bad window is reported to the coordinator as a Failure that names
-// the token file.
+// the token file. Validation: EvalBegin → EvalDone with the model's loss sum of each val batch.
+// The servers start from LoadShard{seed} (their own slices of the initialisation).
 #include "common/error.hpp"
 #include "common/io/token_file.hpp"
 #include "common/net/inproc_transport.hpp"
