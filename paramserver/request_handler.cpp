@@ -76,12 +76,12 @@ void RequestHandler::on_load(const Endpoint& from, const p::LoadShard& m,
     st = options_.load_shard(m);
   } catch (const std::exception& e) {
     const auto* err = dynamic_cast<const Error*>(&e);
+    const std::string source = m.checkpoint.empty()
+                                   ? fmt::format("a fresh initialisation (seed {})", m.seed)
+                                   : m.checkpoint;
     refuse(from,
            fmt::format("cannot load its shard [{}, {}) at version {} from {}: {}", m.range.begin,
-                       m.range.end, m.version,
-                       m.checkpoint.empty() ? fmt::format("a fresh initialisation (seed {})", m.seed)
-                                            : m.checkpoint,
-                       e.what()),
+                       m.range.end, m.version, source, e.what()),
            out, err != nullptr ? err->code() : ExitCode::kInternal);
     return;
   }

@@ -613,42 +613,33 @@ uint32_t read_piece(const std::string& label, const Shard& s, const std::string&
   });
 }
 
-// Reads tensor `rel` of shape `shape` piece by piece from the shards, checking each piece's
-// dataset (float32, shape, row_begin, crc32c). Into `dst` (the whole tensor) when it is not
-// empty, else through a bounded buffer (verification). Adds each piece's floats to
+// Verifies tensor `rel` of shape `shape` piece by piece from the shards through a bounded buffer,
+// checking each piece's dataset (float32, shape, row_begin, crc32c). Adds each piece's floats to
 // floats_per_shard. Returns the CRC32C of the whole tensor (pieces in row order).
-uint32_t read_pieces(const std::string& label, const std::vector<Shard>& shards,
-                     const std::string& rel,
-                     const std::vector<int64_t>& shape, const std::vector<Piece>& pieces,
-                     std::span<float> dst, std::vector<int64_t>& floats_per_shard) {
+uint32_t verify_pieces(const std::string& label, const std::vector<Shard>& shards,
+                       const std::string& rel, const std::vector<int64_t>& shape,
+                       const std::vector<Piece>& pieces, std::vector<int64_t>& floats_per_shard) {
   const int64_t row = shape_row_size(shape);
   uint32_t whole = 0;
   std::vector<float> buf;
   for (const Piece& p : pieces) {
     const Shard& s = shards[static_cast<size_t>(p.shard)];
-    if (!dst.empty()) {
-      std::span<float> out = dst.subspan(static_cast<size_t>(p.row_begin * row),
-                                         static_cast<size_t>(p.rows * row));
-      read_piece(label, s, rel, shape, p, out);
-      whole = crc32c(out.data(), out.size_bytes(), whole);
-    } else {
-      shard_guard(label, s.path, [&] {
-        uint64_t stored = 0;
-        const h5::Dataset ds = open_piece(label, s, rel, shape, p, stored);
-        uint32_t piece = 0;
-        const int64_t step_rows =
-            std::max<int64_t>(1, kVerifyChunkFloats / std::max<int64_t>(1, row));
-        for (int64_t r = 0; r < p.rows; r += step_rows) {
-          const int64_t nr = std::min(step_rows, p.rows - r);
-          buf.resize(static_cast<size_t>(nr * row));
-          ds.read_rows(r, nr, buf);
-          piece = crc32c(buf.data(), buf.size() * sizeof(float), piece);
-          whole = crc32c(buf.data(), buf.size() * sizeof(float), whole);
-        }
-        check_piece_crc(label, s, rel, p, stored, piece);
-        return 0;
-      });
-    }
+    shard_guard(label, s.path, [&] {
+      uint64_t stored = 0;
+      const h5::Dataset ds = open_piece(label, s, rel, shape, p, stored);
+      uint32_t piece = 0;
+      const int64_t step_rows =
+          std::max<int64_t>(1, kVerifyChunkFloats / std::max<int64_t>(1, row));
+      for (int64_t r = 0; r < p.rows; r += step_rows) {
+        const int64_t nr = std::min(step_rows, p.rows - r);
+        buf.resize(static_cast<size_t>(nr * row));
+        ds.read_rows(r, nr, buf);
+        piece = crc32c(buf.data(), buf.size() * sizeof(float), piece);
+        whole = crc32c(buf.data(), buf.size() * sizeof(float), whole);
+      }
+      check_piece_crc(label, s, rel, p, stored, piece);
+      return 0;
+    });
     floats_per_shard[static_cast<size_t>(p.shard)] += p.rows * row;
   }
   return whole;
@@ -686,18 +677,6 @@ std::vector<Piece> checked_pieces(const h5::File& f, const std::string& file,
         rel));
   }
   return mapped;
-}
-
-// Reads tensor `rel` of a sharded checkpoint into `dst` from the shards: the index's mappings
-// must be exactly the pieces the shards' ranges imply; every piece's and the whole CRC32C is
-// checked.
-void read_sharded_tensor(const h5::File& f, const std::string& file,
-                         const std::vector<Shard>& shards,
-                         const std::string& rel, const TensorSpec& t, std::span<float> dst,
-                         std::vector<int64_t>& floats) {
-  uint64_t stored = 0;
-  const std::vector<Piece> mapped = checked_pieces(f, file, shards, rel, t, stored);
-  check_crc(file, rel, stored, read_pieces(file, shards, rel, t.shape, mapped, dst, floats), true);
 }
 
 // Elements [lo, hi) (offsets within tensor t) of tensor `rel` of a sharded checkpoint into `dst`
@@ -838,7 +817,7 @@ void verify_checkpoint(const std::string& path) {
         uint64_t stored = 0;
         const h5::Dataset ds = open_tensor(f, file, rel, &shape, stored);
         const std::vector<Piece> mapped = mapped_pieces(file, ds, rel, shape, n);
-        check_crc(file, rel, stored, read_pieces(file, shards, rel, shape, mapped, {}, floats),
+        check_crc(file, rel, stored, verify_pieces(file, shards, rel, shape, mapped, floats),
                   true);
       }
       if (n > 0) check_shard_totals(file, shards, floats, group, group_total);
@@ -849,39 +828,9 @@ void verify_checkpoint(const std::string& path) {
 
 CheckpointData read_checkpoint(const std::string& path, const ParamLayout& layout,
                                bool with_optimizer) {
-  const std::string file = checkpoint_file(path);
-  h5::File f = open_checkpoint(file);
-  return damaged_guard(file, [&] {
-    check_header(f, file);
-    CheckpointData d;
-    d.meta = read_meta(f, file);
-    check_layout_hash(file, d.meta, layout);
-    const int64_t n = index_shard_count(f, file);
-    std::vector<Shard> shards;
-    if (n > 0) {
-      shards = open_shards(file, shard_dir_of(file), n, d.meta.layout_hash, d.meta.step,
-                           layout.total());
-    }
-    std::vector<int64_t> floats(static_cast<size_t>(n), 0);
-    auto read_group = [&](const std::string& group, std::vector<float>& out) {
-      out.resize(static_cast<size_t>(layout.total()));
-      for (const auto& t : layout.tensors()) {
-        const std::string rel = group + "/" + t.name;
-        const std::span<float> dst = std::span<float>(out).subspan(t.offset, t.count);
-        if (n == 0) {
-          read_tensor(f, file, rel, t.shape, dst);
-        } else {
-          read_sharded_tensor(f, file, shards, rel, t, dst, floats);
-        }
-      }
-    };
-    read_group("model", d.params);
-    if (with_optimizer) {
-      read_group("optimizer/m", d.m);
-      read_group("optimizer/v", d.v);
-    }
-    return d;
-  });
+  // The whole vector is the range [0, total): every tensor and every shard piece, all checked.
+  CheckpointSlice s = read_checkpoint_range(path, layout, {0, layout.total()}, with_optimizer);
+  return CheckpointData{std::move(s.meta), std::move(s.params), std::move(s.m), std::move(s.v)};
 }
 
 CheckpointSlice read_checkpoint_range(const std::string& path, const ParamLayout& layout,
@@ -1148,7 +1097,7 @@ std::string finish_sharded_checkpoint(const std::string& run_dir, const std::str
         for (const TensorSpec& t : layout.tensors()) {
           Entry e{g, &t, std::string(kTensorGroups[g]) + "/" + t.name, {}, 0};
           e.pieces = expected_pieces(label, t, shards);
-          e.crc = read_pieces(label, shards, e.rel, t.shape, e.pieces, {}, floats);
+          e.crc = verify_pieces(label, shards, e.rel, t.shape, e.pieces, floats);
           entries.push_back(std::move(e));
         }
       }

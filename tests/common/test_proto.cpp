@@ -18,12 +18,6 @@ using namespace ptrain::proto;
 
 namespace {
 
-std::vector<float> ramp(size_t n, float scale) {
-  std::vector<float> v(n);
-  for (size_t i = 0; i < n; ++i) v[i] = scale * static_cast<float>(i) - 0.5f;
-  return v;
-}
-
 // One of each message, with non-default values in every field.
 std::vector<Message> samples() {
   std::vector<Message> out;

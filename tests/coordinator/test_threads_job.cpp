@@ -10,7 +10,6 @@
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
 
-#include <cstdio>
 #include <filesystem>
 #include <map>
 
@@ -23,19 +22,6 @@ namespace {
 CheckpointData final_state(const Config& c, const RunSummary& s) {
   REQUIRE(!s.last_checkpoint.empty());
   return read_checkpoint(s.last_checkpoint, layout_for(c), true);
-}
-
-// `ptrain eval --checkpoint CKPT --data DATA --json` through the built binary: its "loss".
-double ptrain_eval_loss(const std::string& ckpt, const std::string& data) {
-  const std::string cmd = std::string("'") + PTRAIN_TEST_BINARY + "' eval --checkpoint '" + ckpt +
-                          "' --data '" + data + "' --json 2>/dev/null";
-  FILE* f = ::popen(cmd.c_str(), "r");
-  REQUIRE(f != nullptr);
-  std::string out;
-  char buf[4096];
-  for (size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) out.append(buf, n);
-  REQUIRE_MESSAGE(::pclose(f) == 0, cmd);
-  return nlohmann::json::parse(out).at("loss").get<double>();
 }
 
 std::vector<nlohmann::json> log_lines(const Config& c) {

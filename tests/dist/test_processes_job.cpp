@@ -21,7 +21,6 @@
 
 #include <chrono>
 #include <cmath>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -570,15 +569,7 @@ TEST_CASE("dist: in-run val_loss of a processes job equals ptrain eval of its ch
   REQUIRE(vals.size() == 2);  // steps 2 and 4
   for (const auto& [step, val] : vals) {
     const std::string ck = dir / fmt::format("run/checkpoints/step-{:08d}", step);
-    const std::string cmd = std::string("'") + PTRAIN_TEST_BINARY + "' eval --checkpoint '" + ck +
-                            "' --data '" + (dir / "val.tok") + "' --json 2>/dev/null";
-    FILE* f = ::popen(cmd.c_str(), "r");
-    REQUIRE(f != nullptr);
-    std::string out;
-    char buf[4096];
-    for (size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) out.append(buf, n);
-    REQUIRE(::pclose(f) == 0);
-    const double eval = nlohmann::json::parse(out).at("loss").get<double>();
+    const double eval = ptrain_eval_loss(ck, dir / "val.tok");
     MESSAGE("step " << step << ": val_loss " << val << ", ptrain eval " << eval);
     CHECK(val == eval);
   }

@@ -44,7 +44,7 @@ ShardLoader fixed_state(std::vector<float> w, std::vector<float> m, std::vector<
 
 ServerOptions with_state(int32_t id, proto::KeyRange r, std::vector<float> w) {
   const size_t n = w.size();
-  ServerOptions so{id, r, {}};
+  ServerOptions so{id, r, {}, {}};
   so.load_shard = fixed_state(std::move(w), std::vector<float>(n, 0.0f),
                               std::vector<float>(n, 0.0f));
   return so;
@@ -298,7 +298,7 @@ TEST_CASE("paramserver: CheckpointShard calls the shard writer at that version a
 TEST_CASE("paramserver: LoadShard passes the seed or checkpoint to the loader - a failing loader is a Failure naming the file") {
   const proto::KeyRange r{8, 12};
   std::vector<proto::LoadShard> seen;
-  ServerOptions so{2, r, {}};
+  ServerOptions so{2, r, {}, {}};
   so.load_shard = [&](const proto::LoadShard& m) {
     seen.push_back(m);
     if (m.checkpoint == "/bad.h5") throw CheckpointError("/bad.h5: tensor x fails its checksum");
@@ -316,12 +316,13 @@ TEST_CASE("paramserver: LoadShard passes the seed or checkpoint to the loader - 
   CHECK(f.message.find("fails its checksum") != std::string::npos);
   CHECK_FALSE(h.store().loaded());
   // A good load: the loader saw both messages as sent; the waiting pull is answered.
-  out = loaded(h.handle(coordinator_endpoint(), proto::LoadShard{6, 1, r, 99, "/good.h5"}), 2, 6, r);
+  out = loaded(h.handle(coordinator_endpoint(), proto::LoadShard{6, 1, r, 99, "/good.h5"}), 2, 6,
+               r);
   REQUIRE(seen.size() == 2);
   CHECK(seen[1] == proto::LoadShard{6, 1, r, 99, "/good.h5"});
   CHECK(only<proto::PullReply>(out, worker_endpoint(0)).weights == std::vector<float>(4, 0.5f));
   // No loader at all: refused, not ignored.
-  RequestHandler bare(ServerOptions{0, r, {}}, plain_rule(r));
+  RequestHandler bare(ServerOptions{0, r, {}, {}}, plain_rule(r));
   CHECK(only<proto::Failure>(bare.handle(coordinator_endpoint(), proto::LoadShard{0, 0, r, 1, ""}),
                              coordinator_endpoint())
             .message.find("no shard loader") != std::string::npos);

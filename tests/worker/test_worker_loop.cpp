@@ -48,7 +48,8 @@ struct Rig {
     for (const auto& [b, e] : layout.shard_ranges(2)) ranges.push_back({b, e});
     for (int32_t k = 0; k < 2; ++k) {
       ParamServerOptions so;
-      so.server = {k, ranges[static_cast<size_t>(k)]};
+      so.server.server_id = k;
+      so.server.range = ranges[static_cast<size_t>(k)];
       so.server.load_shard = make_shard_loader(layout, so.server.range);
       so.poll = 50ms;
       UpdateRule rule(AdamWOptions{}, LrSchedule{1e-3, 1e-4, 0, 10},
