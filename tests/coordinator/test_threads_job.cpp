@@ -1,7 +1,8 @@
 // Whole `cluster.launch: threads` jobs (coordinator + servers + workers over the in-process
 // transport) on a tiny GPT: 1 vs 2 workers at the same batch size, 1 vs 2 servers, a bitwise
 // repeat, exact resume (N straight == N/2 + stop + resume), train.jsonl, checkpoints, a NaN that
-// stops the job naming the step and the tensor with the last good checkpoint left `latest`.
+// stops the job naming the step and the tensor with the last good checkpoint left `latest`; the
+// workers' validation, whose val_loss equals `ptrain eval` of the step's checkpoint, bitwise.
 #include "common/error.hpp"
 #include "common/io/checkpoint.hpp"
 #include "coordinator/job_test_util.hpp"
