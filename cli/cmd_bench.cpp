@@ -15,6 +15,7 @@
 #include "cli/cmd_bench_ps.hpp"
 #include "common/data/tokenizer.hpp"
 #include "common/error.hpp"
+#include "common/tensor/gpt_init.hpp"
 #include "common/tensor/param_layout.hpp"
 #include "paramserver/optimizer/adamw.hpp"
 #include "worker/backend/backend_factory.hpp"

@@ -1,9 +1,11 @@
 // `ptrain eval --checkpoint CKPT --data FILE.tok [--device D] [--json]`: mean cross-entropy of a
 // checkpoint over every complete window of a token file (file order, T = model.seq_len, batches of
-// train.micro_batch windows), and its perplexity, on --device (default: the stored device.type). --json prints one object
+// train.micro_batch windows, summed as common/data/val_loss.hpp says), and its perplexity, on
+// --device (default: the stored device.type). --json prints one object
 // {"loss", "perplexity", "windows", "tokens", "step"} on stdout; logs go to stderr.
 #include "cli/checkpoint_model.hpp"
 #include "cli/commands.hpp"
+#include "common/data/val_loss.hpp"
 #include "common/error.hpp"
 #include "common/io/token_file.hpp"
 #include "worker/backend/backend_factory.hpp"
@@ -52,15 +54,20 @@ void add_eval_command(CLI::App& app, Action& action) {
       GptState state(layout, *backend);
       state.upload_params(cm.params);
       const auto t0 = std::chrono::steady_clock::now();
+      // The batches and the order of the sum are those of the in-run evaluation
+      // (common/data/val_loss.hpp), so its val_loss at a checkpoint's step is this number.
+      const auto batches = val_batches(windows, micro);
+      std::vector<double> sums(batches.size());
+      std::vector<int64_t> counts(batches.size());
       std::vector<int32_t> batch;
-      LossSum total;
-      for (int64_t w0 = 0; w0 < windows; w0 += micro) {
-        const int64_t n = std::min(micro, windows - w0);
-        read_windows(tf, w0, n, T, layout.dims().V, batch);
-        const LossSum ls = gpt.forward_loss(state, batch, n, T);
-        total.loss_sum += ls.loss_sum;
-        total.tokens += ls.tokens;
+      for (size_t k = 0; k < batches.size(); ++k) {
+        const auto [w0, w1] = batches[k];
+        read_windows(tf, w0, w1 - w0, T, layout.dims().V, batch);
+        const LossSum ls = gpt.forward_loss(state, batch, w1 - w0, T);
+        sums[k] = ls.loss_sum;
+        counts[k] = ls.tokens;
       }
+      const ValLoss total = combine_val_batches(sums, counts);
       const double seconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       const double loss = total.mean();

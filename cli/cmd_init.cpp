@@ -5,8 +5,8 @@
 #include "cli/commands.hpp"
 #include "common/data/tokenizer.hpp"
 #include "common/io/checkpoint.hpp"
+#include "common/tensor/gpt_init.hpp"
 #include "common/tensor/param_layout.hpp"
-#include "worker/model/gpt.hpp"
 
 #include <spdlog/spdlog.h>
 

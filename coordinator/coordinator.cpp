@@ -1,17 +1,16 @@
 #include "coordinator/coordinator.hpp"
 
+#include "common/data/val_loss.hpp"
 #include "common/error.hpp"
 #include "common/io/checkpoint.hpp"
 #include "common/io/token_file.hpp"
 #include "common/proto/codec.hpp"
 #include "coordinator/checkpoint_scheduler.hpp"
 #include "coordinator/data_plan.hpp"
-#include "coordinator/evaluator.hpp"
 #include "coordinator/run_log.hpp"
 #include "coordinator/start_state.hpp"
 #include "status/status_service.hpp"
 #include "coordinator/step_machine.hpp"
-#include "worker/ps_client.hpp"
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -58,7 +57,6 @@ class CoordinatorRun {
         layout_(layout),
         transport_(t),
         membership_(membership),
-        client_(t, o.server_ranges),
         num_servers_(static_cast<int64_t>(o.server_ranges.size())),
         steps_(cfg_.train.steps),
         scheduler_(cfg_.checkpoint.every_steps, cfg_.train.steps),
@@ -72,7 +70,7 @@ class CoordinatorRun {
   void apply_membership_events(std::vector<net::MembershipEvent> events);
   void send(std::vector<StepOutgoing> out);
   [[noreturn]] void throw_step_failure();
-  void start_servers(StartState& st);
+  void start_servers(const StartState& st);
   void run_step(int64_t t);
   void check_finite(int64_t t);
   void log_step(int64_t step);
@@ -88,7 +86,6 @@ class CoordinatorRun {
   const ParamLayout& layout_;
   net::Transport& transport_;
   net::Membership& membership_;
-  PsClient client_;
   int64_t num_servers_;
   int64_t steps_;
   CheckpointScheduler scheduler_;
@@ -98,8 +95,7 @@ class CoordinatorRun {
   std::vector<net::MembershipEvent> pending_events_;
   std::optional<DataPlan> plan_;
   std::optional<RunLog> log_;
-  std::optional<Evaluator> evaluator_;
-  std::vector<float> eval_params_;
+  int64_t val_windows_ = 0;  // windows of data.val per evaluation (0: no data.val)
   uint64_t next_request_ = 1;
 
   RunSummary summary_;
@@ -145,7 +141,7 @@ net::Envelope CoordinatorRun::next(const std::string& waiting_for) {
         pending_events_.empty()
             ? std::clamp(left, std::chrono::milliseconds(1), kMembershipPoll)
             : std::chrono::milliseconds(1);
-    std::optional<net::Envelope> env = client_.next_other(wait);
+    std::optional<net::Envelope> env = transport_.receive(wait);
     if (env) {
       last_seen_[env->from] = Clock::now();
       if (auto* f = std::get_if<proto::Failure>(&env->message)) {
@@ -198,18 +194,41 @@ void CoordinatorRun::throw_step_failure() {
   throw net::PeerLost(fmt::format("{}; the last complete checkpoint stays `latest`", f.message));
 }
 
-void CoordinatorRun::start_servers(StartState& st) {
+// Each server initialises (fresh: from run.seed) or reads (resume: its slice of the checkpoint)
+// its own range; only the seed or the file's path travels. Returns once every server has it.
+void CoordinatorRun::start_servers(const StartState& st) {
+  const auto t0 = Clock::now();
   for (int64_t k = 0; k < num_servers_; ++k) {
-    const auto& r = o_.server_ranges[static_cast<size_t>(k)];
     proto::LoadShard m;
     m.version = st.step;
-    m.membership_epoch = 0;
-    m.range = r;
-    m.weights.assign(st.params.begin() + r.begin, st.params.begin() + r.end);
-    m.m.assign(st.m.begin() + r.begin, st.m.begin() + r.end);
-    m.v.assign(st.v.begin() + r.begin, st.v.begin() + r.end);
+    m.membership_epoch = membership_.epoch();
+    m.range = o_.server_ranges[static_cast<size_t>(k)];
+    m.seed = cfg_.run.seed;
+    m.checkpoint = st.resumed_from;
     transport_.send(net::server_endpoint(static_cast<int32_t>(k)), m);
   }
+  std::vector<bool> have(static_cast<size_t>(num_servers_), false);
+  double slowest_s = 0.0;
+  const std::string what = st.resumed_from.empty()
+                               ? std::string("servers initialising their shards")
+                               : fmt::format("servers reading their shards of {}", st.resumed_from);
+  for (int64_t done = 0; done < num_servers_; ++done) {
+    net::Envelope env = next(what);
+    auto* m = std::get_if<proto::ShardLoaded>(&env.message);
+    if (m == nullptr || m->server_id < 0 || m->server_id >= num_servers_ ||
+        have[static_cast<size_t>(m->server_id)] ||
+        env.from != net::server_endpoint(m->server_id) || m->version != st.step ||
+        m->range != o_.server_ranges[static_cast<size_t>(m->server_id)]) {
+      throw proto::ProtocolError(fmt::format("coordinator: unexpected {} from {} while {}",
+                                             proto::type_name(proto::type_of(env.message)),
+                                             env.from.str(), what));
+    }
+    have[static_cast<size_t>(m->server_id)] = true;
+    slowest_s = std::max(slowest_s, m->load_s);
+  }
+  spdlog::info("{} server(s) {} at step {} (slowest {:.3f} s, {:.3f} s in all)", num_servers_,
+               st.resumed_from.empty() ? "initialised" : "loaded their shards", st.step,
+               slowest_s, std::chrono::duration<double>(Clock::now() - t0).count());
 }
 
 void CoordinatorRun::run_step(int64_t t) {
@@ -293,21 +312,58 @@ void CoordinatorRun::log_step(int64_t step) {
   tokens_at_last_log_ = summary_.tokens_seen;
 }
 
+// Validation of weights version `step`, run by the workers: the val windows are cut into batches
+// of train.micro_batch from window 0, each worker gets a contiguous run of whole batches and
+// answers one loss sum per batch; the sums are added in batch order (common/data/val_loss.hpp),
+// so the result does not depend on the number of workers and equals `ptrain eval` on the
+// checkpoint of that step when every window is evaluated.
 void CoordinatorRun::evaluate(int64_t step) {
-  if (!evaluator_) {
-    EvaluatorOptions eo;
-    eo.val_path = cfg_.data.val;
-    eo.windows = cfg_.train.eval_windows;
-    eo.batch = cfg_.train.micro_batch;
-    eo.threads = o_.threads;
-    evaluator_.emplace(layout_, eo);
-    eval_params_.assign(static_cast<size_t>(layout_.total()), 0.0f);
+  const auto t0 = Clock::now();
+  const uint64_t id = next_request_++;
+  const int64_t batch = cfg_.train.micro_batch;
+  const auto batches = val_batches(val_windows_, batch);
+  const auto n = static_cast<int64_t>(batches.size());
+  std::vector<double> sums(static_cast<size_t>(n), 0.0);
+  std::vector<int64_t> tokens(static_cast<size_t>(n), 0);
+  std::map<int32_t, std::pair<int64_t, int64_t>> assigned;  // worker → its batches [b, e)
+  const std::vector<net::Endpoint> workers = membership_.workers();
+  if (workers.empty()) throw Error(ExitCode::kIo, fmt::format("no worker to run the validation of step {}", step));
+  const auto split = split_batch(n, static_cast<int64_t>(workers.size()));
+  for (size_t w = 0; w < workers.size(); ++w) {
+    const auto [b, e] = split[w];
+    if (b == e) continue;
+    const int32_t worker = workers[w].id;
+    assigned[worker] = {b, e};
+    transport_.send(net::worker_endpoint(worker),
+                    proto::EvalBegin{id, step, batches[static_cast<size_t>(b)].first,
+                                     batches[static_cast<size_t>(e - 1)].second, batch});
   }
-  client_.wait(client_.pull(step, eval_params_), o_.timeout);
-  const double val = evaluator_->evaluate(eval_params_);
+  const std::string what = fmt::format("the validation of step {}", step);
+  double slowest_s = 0.0;
+  while (!assigned.empty()) {
+    net::Envelope env = next(what);
+    auto* d = std::get_if<proto::EvalDone>(&env.message);
+    const auto it = d != nullptr ? assigned.find(d->worker_id) : assigned.end();
+    if (it == assigned.end() || d->request_id != id || d->version != step ||
+        env.from != net::worker_endpoint(d->worker_id) ||
+        d->window_begin != batches[static_cast<size_t>(it->second.first)].first ||
+        static_cast<int64_t>(d->loss_sums.size()) != it->second.second - it->second.first) {
+      throw proto::ProtocolError(fmt::format("coordinator: unexpected {} from {} during {}",
+                                             proto::type_name(proto::type_of(env.message)),
+                                             env.from.str(), what));
+    }
+    std::copy(d->loss_sums.begin(), d->loss_sums.end(), sums.begin() + it->second.first);
+    std::copy(d->tokens.begin(), d->tokens.end(), tokens.begin() + it->second.first);
+    slowest_s = std::max(slowest_s, d->eval_s);
+    assigned.erase(it);
+  }
+  const double val = combine_val_batches(sums, tokens).mean();
   log_->eval(step, val);
-  spdlog::info("step {}/{} | val_loss {:.4f} ({} windows of {})", step, steps_, val,
-               evaluator_->windows(), cfg_.data.val);
+  spdlog::info("step {}/{} | val_loss {:.4f} ({} windows of {} on {} worker(s); slowest {:.2f} s, "
+               "{:.2f} s in all)",
+               step, steps_, val, val_windows_, cfg_.data.val,
+               std::min<int64_t>(n, static_cast<int64_t>(workers.size())),
+               slowest_s, std::chrono::duration<double>(Clock::now() - t0).count());
   summary_.final_val_loss = val;
   // The evaluation's time is not training throughput: the next rate starts after it.
   t_last_log_ = Clock::now();
@@ -498,8 +554,15 @@ RunSummary CoordinatorRun::run() {
     const TokenFile train = TokenFile::open(cfg_.data.train);
     plan_.emplace(train.num_windows(layout_.dims().T), st.data);
   }
+  if (!cfg_.data.val.empty()) {
+    const TokenFile val = TokenFile::open(cfg_.data.val);
+    val_windows_ = val_window_count(val.num_windows(layout_.dims().T), cfg_.train.eval_windows);
+    if (val_windows_ < 1) {
+      throw DataError(fmt::format("{} (data.val) has no complete window of {} tokens",
+                                  cfg_.data.val, layout_.dims().T + 1));
+    }
+  }
   start_servers(st);
-  st = StartState{};  // the servers own the state now
   init_status();
 
   if (summary_.start_step >= steps_) {

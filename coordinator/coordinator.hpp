@@ -9,7 +9,9 @@
 // the next step held (a consistent cut), every server writes its shard-K.h5 into the checkpoint's
 // temp folder in parallel and acks; the coordinator then verifies the shards, writes the index
 // checkpoint.h5 and publishes (finish_sharded_checkpoint). Starts the servers from a
-// fresh initialisation or a checkpoint (StartState) and stops everyone at the end.
+// fresh initialisation or a checkpoint (StartState: the servers initialise or read their own
+// slices; LoadShard names the seed or the file), plans validation, which the workers run
+// (EvalBegin/EvalDone), and stops everyone at the end. It runs no model and holds no weights.
 //
 // A NaN/Inf in the loss or in a gradient stops the job with NumericError naming the step and the
 // tensor, before that step is applied; no checkpoint is written for it, so the last good one
@@ -37,7 +39,6 @@ struct CoordinatorOptions {
   Config config;                               // resolved and validated
   std::vector<proto::KeyRange> server_ranges;  // server k's slice
   std::string tokenizer_json;                  // stored in checkpoints
-  int threads = 1;                             // for evaluation (workers idle meanwhile)
   // Longest wait for any single message (a peer that went silent).
   std::chrono::milliseconds timeout{std::chrono::hours(1)};
   // Asked after every applied step (argument: steps applied); true = stop now, as on SIGINT or

@@ -1,7 +1,9 @@
 // Where a run starts (checkpoint.resume): `auto` = the newest valid checkpoint under RUN_DIR if
 // there is one, else fresh; `never` = fresh; anything else = that checkpoint (file or folder).
-// Fresh = GPT-2 initialisation from run.seed, zero moments, data cursor {run.seed, 0, 0}.
-// From a checkpoint: its weights, moments, step, tokens seen and data cursor — exactly.
+// Fresh = step 0, data cursor {run.seed, 0, 0}; the servers initialise their slices from run.seed.
+// From a checkpoint: its step, tokens seen and data cursor, exactly. The coordinator reads only the
+// checkpoint's meta data (read_checkpoint_meta) and checks its layout hash; the weights and AdamW
+// moments are read by the servers, each its own slice (LoadShard names the file).
 #pragma once
 
 #include "common/config/config.hpp"
@@ -10,7 +12,6 @@
 
 #include <cstdint>
 #include <string>
-#include <vector>
 
 namespace ptrain {
 
@@ -18,8 +19,7 @@ struct StartState {
   int64_t step = 0;         // optimizer steps already applied
   int64_t tokens_seen = 0;
   DataState data;
-  std::vector<float> params, m, v;  // layout.total() each
-  std::string resumed_from;         // checkpoint path; empty for a fresh start
+  std::string resumed_from;  // the checkpoint .h5 file (symlinks resolved); empty = fresh
 };
 
 StartState load_start_state(const Config& config, const ParamLayout& layout);

@@ -9,7 +9,6 @@
 #include "coordinator/registrar.hpp"
 #include "status/status_http.hpp"
 #include "status/status_service.hpp"
-#include "launch/threads_job.hpp"
 
 #include <spdlog/spdlog.h>
 
@@ -118,7 +117,6 @@ RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secr
   co.config = cfg;
   co.server_ranges = ranges;
   co.tokenizer_json = tokenizer->to_json();
-  co.threads = threads_per_role(cfg.run.threads, 1);
   if (o.stop_requested) co.stop_requested = [f = o.stop_requested](int64_t) { return f(); };
   co.status = &status;
   RunSummary summary;

@@ -145,6 +145,7 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
     so.server.range = ranges[static_cast<size_t>(k)];
     so.omp_threads = threads_per_role(config.run.threads, S);
     so.server.write_shard = make_shard_writer(layout, so.server.server_id, S, so.server.range);
+    so.server.load_shard = make_shard_loader(layout, so.server.range);
     UpdateRule rule(adamw, schedule, decay_segments(layout, so.server.range));
     threads_.emplace_back([&failure, &fabric, so, rule = std::move(rule)]() mutable {
       failure.guard(fmt::format("server {}", so.server.server_id), [&] {
@@ -157,6 +158,7 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
     WorkerOptions wo;
     wo.worker_id = static_cast<int32_t>(w);
     wo.train_path = config.data.train;
+    wo.val_path = config.data.val;
     wo.micro_batch = config.train.micro_batch;
     wo.threads = threads_per_role(config.run.threads, W);
     wo.device = device_type_name(config.device.type);
@@ -175,7 +177,6 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
   co.config = config;
   co.server_ranges = ranges;
   co.tokenizer_json = tokenizer->to_json();
-  co.threads = threads;
   co.timeout = options.timeout;
   co.stop_requested = options.stop_requested;
   co.status = &status;

@@ -34,6 +34,7 @@ void run_worker_process(const WorkerProcessOptions& o, net::Secret secret) {
   WorkerOptions wo;
   wo.worker_id = id;
   wo.train_path = cfg.data.train;
+  wo.val_path = cfg.data.val;
   wo.micro_batch = cfg.train.micro_batch;
   wo.threads = o.threads > 0 ? o.threads : threads_per_role(cfg.run.threads, 1);
   wo.device = o.device.empty() ? device_type_name(cfg.device.type) : o.device;

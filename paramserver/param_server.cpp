@@ -2,6 +2,7 @@
 
 #include "common/error.hpp"
 #include "common/io/checkpoint.hpp"
+#include "common/tensor/gpt_init.hpp"
 
 #include <omp.h>
 
@@ -43,6 +44,31 @@ ShardWriter make_shard_writer(const ParamLayout& layout, int32_t server_id, int6
                                          std::span<const float> v) {
     write_checkpoint_shard(tmp_dir, server_id, n_shards, *l, {range.begin, range.end}, w, m, v,
                            version);
+  };
+}
+
+ShardLoader make_shard_loader(const ParamLayout& layout, proto::KeyRange range) {
+  auto l = std::make_shared<const ParamLayout>(layout);
+  return [l, range](const proto::LoadShard& m) {
+    const auto n = static_cast<size_t>(range.size());
+    ShardState s;
+    if (m.checkpoint.empty()) {
+      s.weights.resize(n);
+      init_gpt_params_range(*l, m.seed, range.begin, s.weights);
+      s.m.assign(n, 0.0f);
+      s.v.assign(n, 0.0f);
+      return s;
+    }
+    CheckpointSlice c =
+        read_checkpoint_range(m.checkpoint, *l, {range.begin, range.end}, /*with_optimizer=*/true);
+    if (c.meta.step != m.version) {
+      throw CheckpointError(fmt::format("{} is of step {}, the job resumes at step {}",
+                                        m.checkpoint, c.meta.step, m.version));
+    }
+    s.weights = std::move(c.params);
+    s.m = std::move(c.m);
+    s.v = std::move(c.v);
+    return s;
   };
 }
 

@@ -32,4 +32,10 @@ void run_param_server(const ParamServerOptions& options, UpdateRule rule,
 ShardWriter make_shard_writer(const ParamLayout& layout, int32_t server_id, int64_t n_shards,
                               proto::KeyRange range);
 
+// The ShardLoader of the server owning `range`: LoadShard with no checkpoint = GPT-2
+// initialisation of the range from the seed (init_gpt_params_range: bitwise the slice a full
+// `ptrain init` holds) and zero moments; with a checkpoint = read_checkpoint_range of the range
+// (verified), whose step must be the LoadShard's version. Keeps its own copy of the layout.
+ShardLoader make_shard_loader(const ParamLayout& layout, proto::KeyRange range);
+
 }  // namespace ptrain

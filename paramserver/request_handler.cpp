@@ -27,7 +27,7 @@ std::vector<Outgoing> RequestHandler::handle(const Endpoint& from, p::Message ms
       [&](auto&& m) {
         using T = std::decay_t<decltype(m)>;
         if constexpr (std::is_same_v<T, p::LoadShard>) {
-          on_load(std::move(m), out);
+          on_load(from, m, out);
         } else if constexpr (std::is_same_v<T, p::PullRequest>) {
           on_pull(from, m, out);
         } else if constexpr (std::is_same_v<T, p::GradPush>) {
@@ -52,20 +52,44 @@ std::vector<Outgoing> RequestHandler::handle(const Endpoint& from, p::Message ms
   return out;
 }
 
-void RequestHandler::refuse(const Endpoint& to, const std::string& why,
-                            std::vector<Outgoing>& out) const {
+void RequestHandler::refuse(const Endpoint& to, const std::string& why, std::vector<Outgoing>& out,
+                            ExitCode code) const {
   const std::string text = fmt::format("server {}: {}", options_.server_id, why);
   spdlog::warn("{}", text);
-  out.push_back({to, p::Failure{static_cast<int32_t>(ExitCode::kIo), text}});
+  out.push_back({to, p::Failure{static_cast<int32_t>(code), text}});
 }
 
-void RequestHandler::on_load(p::LoadShard&& m, std::vector<Outgoing>& out) {
+void RequestHandler::on_load(const Endpoint& from, const p::LoadShard& m,
+                             std::vector<Outgoing>& out) {
   if (m.range != options_.range) {
     throw p::ProtocolError(fmt::format("server {}: LoadShard for [{}, {}), the shard is [{}, {})",
                                        options_.server_id, m.range.begin, m.range.end,
                                        options_.range.begin, options_.range.end));
   }
-  store_.load(m.version, std::move(m.weights), std::move(m.m), std::move(m.v));
+  if (!options_.load_shard) {
+    refuse(from, "this server cannot load its shard (no shard loader)", out);
+    return;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  ShardState st;
+  try {
+    st = options_.load_shard(m);
+  } catch (const std::exception& e) {
+    const auto* err = dynamic_cast<const Error*>(&e);
+    const std::string source = m.checkpoint.empty()
+                                   ? fmt::format("a fresh initialisation (seed {})", m.seed)
+                                   : m.checkpoint;
+    refuse(from,
+           fmt::format("cannot load its shard [{}, {}) at version {} from {}: {}", m.range.begin,
+                       m.range.end, m.version, source, e.what()),
+           out, err != nullptr ? err->code() : ExitCode::kInternal);
+    return;
+  }
+  store_.load(m.version, std::move(st.weights), std::move(st.m), std::move(st.v));
+  out.push_back({from, p::ShardLoaded{options_.server_id, m.version, options_.range,
+                                      std::chrono::duration<double>(
+                                          std::chrono::steady_clock::now() - t0)
+                                          .count()}});
   membership_epoch_ = m.membership_epoch;
   aggregator_.clear();
   prepared_.reset();

@@ -1,6 +1,12 @@
 // The parameter server's logic as a pure state machine: one message in, the messages to send out.
 // No I/O and no threads: param_server.cpp feeds it from a Transport, tests feed it directly.
 //
+// Start and resume: LoadShard{version, seed | checkpoint} → the injected ShardLoader produces the
+// range's weights and moments (a fresh initialisation or a read of the checkpoint's slice: the
+// I/O stays outside this class), the store takes them at that version, ShardLoaded goes to the
+// coordinator, then the pulls and checkpoint requests that waited. A loader that throws is
+// answered with a Failure naming the source (the server stays unloaded).
+//
 // Per step t (bsp; the server holds weights version t):
 //   GradPush{step t}            → kept (one per worker), PushReceived to the coordinator
 //   StepContributors{t, set}    → mean gradient over the set, NormReport to the coordinator
@@ -17,6 +23,7 @@
 // proto::ProtocolError.
 #pragma once
 
+#include "common/error.hpp"
 #include "common/net/transport.hpp"
 #include "common/proto/messages.hpp"
 #include "paramserver/aggregator.hpp"
@@ -38,10 +45,21 @@ using ShardWriter = std::function<void(const std::string& tmp_dir, int64_t versi
                                        std::span<const float> weights, std::span<const float> m,
                                        std::span<const float> v)>;
 
+// This server's state as a LoadShard names it: weights and AdamW moments of its range (range
+// size floats each).
+struct ShardState {
+  std::vector<float> weights, m, v;
+};
+
+// Produces that state (make_shard_loader in the roles: init from the seed or read the checkpoint's
+// slice; a fake in tests). Throws, naming the file, when it cannot.
+using ShardLoader = std::function<ShardState(const proto::LoadShard&)>;
+
 struct ServerOptions {
   int32_t server_id = 0;
   proto::KeyRange range;  // this server's slice of the flat vector
   ShardWriter write_shard;  // empty: CheckpointShard is refused
+  ShardLoader load_shard;   // empty: LoadShard is refused
 };
 
 struct Outgoing {
@@ -61,7 +79,7 @@ class RequestHandler {
   int32_t server_id() const { return options_.server_id; }
 
  private:
-  void on_load(proto::LoadShard&& m, std::vector<Outgoing>& out);
+  void on_load(const net::Endpoint& from, const proto::LoadShard& m, std::vector<Outgoing>& out);
   void on_pull(const net::Endpoint& from, const proto::PullRequest& m, std::vector<Outgoing>& out);
   void on_push(const net::Endpoint& from, proto::GradPush&& m, std::vector<Outgoing>& out);
   void on_contributors(const proto::StepContributors& m, std::vector<Outgoing>& out);
@@ -71,7 +89,8 @@ class RequestHandler {
   void on_checkpoint_shard(const net::Endpoint& from, const proto::CheckpointShard& m,
                            std::vector<Outgoing>& out);
   void serve_pending(std::vector<Outgoing>& out);
-  void refuse(const net::Endpoint& to, const std::string& why, std::vector<Outgoing>& out) const;
+  void refuse(const net::Endpoint& to, const std::string& why, std::vector<Outgoing>& out,
+              ExitCode code = ExitCode::kIo) const;
 
   ServerOptions options_;
   UpdateRule rule_;

@@ -1,5 +1,6 @@
 #include "worker/worker.hpp"
 
+#include "common/data/val_loss.hpp"
 #include "common/error.hpp"
 #include "common/io/token_file.hpp"
 #include "common/proto/codec.hpp"
@@ -13,6 +14,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <optional>
 
 namespace ptrain {
 namespace {
@@ -36,6 +38,42 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
   PsClient client(transport, std::move(server_ranges));
   const std::string me = transport.self().str();
 
+  // Validation (EvalBegin): the weights of that version, the forward pass over each batch of the
+  // given windows of data.val, one loss sum per batch back to the coordinator, which adds them
+  // in batch order (common/data/val_loss.hpp).
+  std::optional<TokenFile> val_file;
+  auto evaluate = [&](const proto::EvalBegin& e) {
+    if (o.val_path.empty()) {
+      throw ConfigError(fmt::format("{}: asked to evaluate, but data.val is not set", me));
+    }
+    if (e.batch < 1 || e.batch > o.micro_batch || e.window_begin < 0 ||
+        e.window_end < e.window_begin || e.window_begin % e.batch != 0) {
+      throw proto::ProtocolError(fmt::format(
+          "{}: EvalBegin for windows [{}, {}) in batches of {} (this worker's micro-batch is {})",
+          me, e.window_begin, e.window_end, e.batch, o.micro_batch));
+    }
+    if (!val_file) val_file.emplace(TokenFile::open(o.val_path));
+    const BatchLoader val(*val_file, T);
+    client.wait(client.pull(e.version, params), o.timeout);
+    const auto t0 = Clock::now();
+    proto::EvalDone done;
+    done.request_id = e.request_id;
+    done.worker_id = o.worker_id;
+    done.version = e.version;
+    done.window_begin = e.window_begin;
+    std::vector<int64_t> ids;
+    for (const auto& [b, end] : val_batches(e.window_end - e.window_begin, e.batch)) {
+      ids.resize(static_cast<size_t>(end - b));
+      for (int64_t i = b; i < end; ++i) ids[static_cast<size_t>(i - b)] = e.window_begin + i;
+      val.load(ids, tokens);
+      const LossSum ls = gpt.forward_loss(params, tokens, end - b, T);
+      done.loss_sums.push_back(ls.loss_sum);
+      done.tokens.push_back(ls.tokens);
+    }
+    done.eval_s = seconds_since(t0);
+    transport.send(net::coordinator_endpoint(), done);
+  };
+
   for (;;) {
     std::optional<net::Envelope> env = client.next_other(o.timeout);
     if (!env) {
@@ -46,6 +84,10 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
     if (std::holds_alternative<proto::Shutdown>(env->message)) return;
     if (auto* f = std::get_if<proto::Failure>(&env->message)) {
       throw Error(proto::failure_code(*f), fmt::format("{}: {}", env->from.str(), f->message));
+    }
+    if (auto* eval = std::get_if<proto::EvalBegin>(&env->message)) {
+      evaluate(*eval);
+      continue;
     }
     auto* begin = std::get_if<proto::StepBegin>(&env->message);
     if (begin == nullptr) {

@@ -4,6 +4,9 @@
 // and folded into the step's sum in fp32, in window order — the fold the servers apply to
 // workers' pushes), push each server its slice with the token count, report the loss to the
 // coordinator. Repeats until Shutdown.
+// Validation: on EvalBegin{version, windows of data.val, batch} it pulls that version and
+// answers EvalDone with the forward pass's loss sum of each batch (the coordinator combines them
+// in a fixed order: common/data/val_loss.hpp).
 // The model never sees the network: it fills a gradient buffer; this loop decides what to send.
 #pragma once
 
@@ -25,6 +28,7 @@ class Backend;
 struct WorkerOptions {
   int32_t worker_id = 0;
   std::string train_path;    // data.train (.tok)
+  std::string val_path;      // data.val (.tok); "" = none (an EvalBegin is then an error)
   int64_t micro_batch = 1;   // sequences per forward/backward
   int threads = 1;           // OpenMP/OpenBLAS threads of this worker (set in its thread)
   std::string device = "cpu";  // compute device (worker/backend/backend_factory.hpp)

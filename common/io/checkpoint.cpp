@@ -559,66 +559,85 @@ std::vector<Piece> mapped_pieces(const std::string& file, const h5::Dataset& ds,
   return out;
 }
 
-// Reads tensor `rel` of shape `shape` piece by piece from the shards, checking each piece's
-// dataset (float32, shape, row_begin, crc32c). Into `dst` (the whole tensor) when it is not
-// empty, else through a bounded buffer (verification). Adds each piece's floats to
+// Opens the dataset of piece `p` of tensor `rel` (shape `shape`) in shard `s` and checks it:
+// present, float32, p.rows whole rows, the right row_begin, a crc32c attribute (in `stored`).
+h5::Dataset open_piece(const std::string& label, const Shard& s, const std::string& rel,
+                       const std::vector<int64_t>& shape, const Piece& p, uint64_t& stored) {
+  auto refuse = [&](const std::string& why) {
+    throw CheckpointError(fmt::format("{}: shard {}: tensor {} (rows {} to {}) {}", label, s.path,
+                                      rel, p.row_begin, p.row_begin + p.rows, why));
+  };
+  if (s.file.kind(rel) != h5::ObjectKind::kDataset) refuse("is missing");
+  h5::Dataset ds = s.file.open_dataset(rel);
+  const h5::TypeInfo type = ds.type();
+  if (type.dtype != h5::DType::kFloat32) {
+    refuse(fmt::format("is {}, expected float32", type.describe()));
+  }
+  std::vector<int64_t> want = shape;
+  if (want.empty()) want.push_back(1);
+  want[0] = p.rows;
+  const std::vector<int64_t> got = ds.shape();
+  if (got != want) {
+    refuse(fmt::format("has shape [{}], expected [{}]", fmt::join(got, ", "),
+                       fmt::join(want, ", ")));
+  }
+  if (!ds.has_attr("row_begin") || ds.attr_int64("row_begin") != p.row_begin) {
+    refuse("has a missing or wrong row_begin attribute");
+  }
+  if (!ds.has_attr("crc32c")) refuse("has no crc32c attribute");
+  stored = ds.attr_uint64("crc32c");
+  return ds;
+}
+
+// `actual`, the CRC32C of a piece as read, must be the stored one.
+void check_piece_crc(const std::string& label, const Shard& s, const std::string& rel,
+                     const Piece& p, uint64_t stored, uint32_t actual) {
+  if (stored != actual) {
+    throw CheckpointError(fmt::format(
+        "{}: shard {}: tensor {} (rows {} to {}) fails its checksum (crc32c stored {:#010x}, "
+        "computed {:#010x}): the shard is damaged",
+        label, s.path, rel, p.row_begin, p.row_begin + p.rows, stored, actual));
+  }
+}
+
+// Reads piece `p` (p.rows whole rows) into `out` and checks its CRC32C; returns that CRC.
+uint32_t read_piece(const std::string& label, const Shard& s, const std::string& rel,
+                    const std::vector<int64_t>& shape, const Piece& p, std::span<float> out) {
+  return shard_guard(label, s.path, [&] {
+    uint64_t stored = 0;
+    const h5::Dataset ds = open_piece(label, s, rel, shape, p, stored);
+    ds.read_rows(0, p.rows, out);
+    const uint32_t crc = crc32c(out.data(), out.size_bytes());
+    check_piece_crc(label, s, rel, p, stored, crc);
+    return crc;
+  });
+}
+
+// Verifies tensor `rel` of shape `shape` piece by piece from the shards through a bounded buffer,
+// checking each piece's dataset (float32, shape, row_begin, crc32c). Adds each piece's floats to
 // floats_per_shard. Returns the CRC32C of the whole tensor (pieces in row order).
-uint32_t read_pieces(const std::string& label, const std::vector<Shard>& shards,
-                     const std::string& rel,
-                     const std::vector<int64_t>& shape, const std::vector<Piece>& pieces,
-                     std::span<float> dst, std::vector<int64_t>& floats_per_shard) {
+uint32_t verify_pieces(const std::string& label, const std::vector<Shard>& shards,
+                       const std::string& rel, const std::vector<int64_t>& shape,
+                       const std::vector<Piece>& pieces, std::vector<int64_t>& floats_per_shard) {
   const int64_t row = shape_row_size(shape);
   uint32_t whole = 0;
   std::vector<float> buf;
   for (const Piece& p : pieces) {
     const Shard& s = shards[static_cast<size_t>(p.shard)];
     shard_guard(label, s.path, [&] {
-      auto refuse = [&](const std::string& why) {
-        throw CheckpointError(fmt::format("{}: shard {}: tensor {} (rows {} to {}) {}", label,
-                                          s.path, rel, p.row_begin, p.row_begin + p.rows, why));
-      };
-      if (s.file.kind(rel) != h5::ObjectKind::kDataset) refuse("is missing");
-      const h5::Dataset ds = s.file.open_dataset(rel);
-      const h5::TypeInfo type = ds.type();
-      if (type.dtype != h5::DType::kFloat32) {
-        refuse(fmt::format("is {}, expected float32", type.describe()));
-      }
-      std::vector<int64_t> want = shape;
-      if (want.empty()) want.push_back(1);
-      want[0] = p.rows;
-      const std::vector<int64_t> got = ds.shape();
-      if (got != want) {
-        refuse(fmt::format("has shape [{}], expected [{}]", fmt::join(got, ", "),
-                           fmt::join(want, ", ")));
-      }
-      if (!ds.has_attr("row_begin") || ds.attr_int64("row_begin") != p.row_begin) {
-        refuse("has a missing or wrong row_begin attribute");
-      }
-      if (!ds.has_attr("crc32c")) refuse("has no crc32c attribute");
-      const uint64_t stored = ds.attr_uint64("crc32c");
+      uint64_t stored = 0;
+      const h5::Dataset ds = open_piece(label, s, rel, shape, p, stored);
       uint32_t piece = 0;
-      if (!dst.empty()) {
-        std::span<float> out = dst.subspan(static_cast<size_t>(p.row_begin * row),
-                                           static_cast<size_t>(p.rows * row));
-        ds.read_rows(0, p.rows, out);
-        piece = crc32c(out.data(), out.size_bytes());
-        whole = crc32c(out.data(), out.size_bytes(), whole);
-      } else {
-        const int64_t step_rows =
-            std::max<int64_t>(1, kVerifyChunkFloats / std::max<int64_t>(1, row));
-        for (int64_t r = 0; r < p.rows; r += step_rows) {
-          const int64_t nr = std::min(step_rows, p.rows - r);
-          buf.resize(static_cast<size_t>(nr * row));
-          ds.read_rows(r, nr, buf);
-          piece = crc32c(buf.data(), buf.size() * sizeof(float), piece);
-          whole = crc32c(buf.data(), buf.size() * sizeof(float), whole);
-        }
+      const int64_t step_rows =
+          std::max<int64_t>(1, kVerifyChunkFloats / std::max<int64_t>(1, row));
+      for (int64_t r = 0; r < p.rows; r += step_rows) {
+        const int64_t nr = std::min(step_rows, p.rows - r);
+        buf.resize(static_cast<size_t>(nr * row));
+        ds.read_rows(r, nr, buf);
+        piece = crc32c(buf.data(), buf.size() * sizeof(float), piece);
+        whole = crc32c(buf.data(), buf.size() * sizeof(float), whole);
       }
-      if (stored != piece) {
-        refuse(fmt::format("fails its checksum (crc32c stored {:#010x}, computed {:#010x}): the "
-                           "shard is damaged",
-                           stored, piece));
-      }
+      check_piece_crc(label, s, rel, p, stored, piece);
       return 0;
     });
     floats_per_shard[static_cast<size_t>(p.shard)] += p.rows * row;
@@ -644,23 +663,66 @@ void check_shard_totals(const std::string& file, const std::vector<Shard>& shard
   }
 }
 
-// Reads tensor `rel` of a sharded checkpoint into `dst` from the shards: the index's mappings
-// must be exactly the pieces the shards' ranges imply; every piece's and the whole CRC32C is
-// checked.
-void read_sharded_tensor(const h5::File& f, const std::string& file,
-                         const std::vector<Shard>& shards,
-                         const std::string& rel, const TensorSpec& t, std::span<float> dst,
-                         std::vector<int64_t>& floats) {
-  uint64_t stored = 0;
+// The pieces of sharded tensor `rel` as the index maps them, checked to be exactly those the
+// shards' ranges imply; `stored` gets the whole tensor's crc32c.
+std::vector<Piece> checked_pieces(const h5::File& f, const std::string& file,
+                                  const std::vector<Shard>& shards, const std::string& rel,
+                                  const TensorSpec& t, uint64_t& stored) {
   const h5::Dataset ds = open_tensor(f, file, rel, &t.shape, stored);
   const auto n = static_cast<int64_t>(shards.size());
-  const std::vector<Piece> mapped = mapped_pieces(file, ds, rel, t.shape, n);
+  std::vector<Piece> mapped = mapped_pieces(file, ds, rel, t.shape, n);
   if (mapped != expected_pieces(file, t, shards)) {
     throw CheckpointError(fmt::format(
         "{}: tensor {}: its virtual dataset's mappings do not match the shards' ranges", file,
         rel));
   }
-  check_crc(file, rel, stored, read_pieces(file, shards, rel, t.shape, mapped, dst, floats), true);
+  return mapped;
+}
+
+// Elements [lo, hi) (offsets within tensor t) of tensor `rel` of a sharded checkpoint into `dst`
+// (hi - lo floats). Reads only the pieces that overlap; each piece read is checked against its
+// crc32c, and the whole tensor's crc32c too when every piece is read. A piece that overlaps only
+// in part is read whole into `buf` (its CRC covers it whole).
+void read_sharded_tensor_part(const h5::File& f, const std::string& file,
+                              const std::vector<Shard>& shards, const std::string& rel,
+                              const TensorSpec& t, int64_t lo, int64_t hi, std::span<float> dst,
+                              std::vector<float>& buf) {
+  uint64_t stored = 0;
+  const std::vector<Piece> mapped = checked_pieces(f, file, shards, rel, t, stored);
+  const int64_t row = t.row_size();
+  const bool whole = lo == 0 && hi == t.count;
+  uint32_t crc = 0;
+  for (const Piece& p : mapped) {
+    const int64_t plo = p.row_begin * row;
+    const int64_t phi = plo + p.rows * row;
+    const int64_t a = std::max(lo, plo);
+    const int64_t b = std::min(hi, phi);
+    if (a >= b) continue;
+    const Shard& s = shards[static_cast<size_t>(p.shard)];
+    std::span<float> out;
+    if (a == plo && b == phi) {
+      out = dst.subspan(static_cast<size_t>(plo - lo), static_cast<size_t>(phi - plo));
+      read_piece(file, s, rel, t.shape, p, out);
+    } else {
+      buf.resize(static_cast<size_t>(phi - plo));
+      out = buf;
+      read_piece(file, s, rel, t.shape, p, out);
+      std::copy(buf.begin() + (a - plo), buf.begin() + (b - plo), dst.begin() + (a - lo));
+    }
+    if (whole) crc = crc32c(out.data(), out.size_bytes(), crc);
+  }
+  if (whole) check_crc(file, rel, stored, crc, true);
+}
+
+// The checkpoint must have been written for `layout`.
+void check_layout_hash(const std::string& file, const CheckpointMeta& meta,
+                       const ParamLayout& layout) {
+  if (meta.layout_hash != layout.hash()) {
+    throw CheckpointError(fmt::format(
+        "{}: layout hash {} does not match this model's {}: the checkpoint was written for a "
+        "different model config",
+        file, meta.layout_hash, layout.hash()));
+  }
 }
 
 }  // namespace
@@ -755,7 +817,7 @@ void verify_checkpoint(const std::string& path) {
         uint64_t stored = 0;
         const h5::Dataset ds = open_tensor(f, file, rel, &shape, stored);
         const std::vector<Piece> mapped = mapped_pieces(file, ds, rel, shape, n);
-        check_crc(file, rel, stored, read_pieces(file, shards, rel, shape, mapped, {}, floats),
+        check_crc(file, rel, stored, verify_pieces(file, shards, rel, shape, mapped, floats),
                   true);
       }
       if (n > 0) check_shard_totals(file, shards, floats, group, group_total);
@@ -766,34 +828,50 @@ void verify_checkpoint(const std::string& path) {
 
 CheckpointData read_checkpoint(const std::string& path, const ParamLayout& layout,
                                bool with_optimizer) {
+  // The whole vector is the range [0, total): every tensor and every shard piece, all checked.
+  CheckpointSlice s = read_checkpoint_range(path, layout, {0, layout.total()}, with_optimizer);
+  return CheckpointData{std::move(s.meta), std::move(s.params), std::move(s.m), std::move(s.v)};
+}
+
+CheckpointSlice read_checkpoint_range(const std::string& path, const ParamLayout& layout,
+                                      std::pair<int64_t, int64_t> range, bool with_optimizer) {
+  const auto [begin, end] = range;
+  PTRAIN_ENFORCE(begin >= 0 && begin <= end && end <= layout.total(),
+                 "checkpoint range [{}, {}) outside the parameter vector [0, {})", begin, end,
+                 layout.total());
   const std::string file = checkpoint_file(path);
   h5::File f = open_checkpoint(file);
   return damaged_guard(file, [&] {
     check_header(f, file);
-    CheckpointData d;
+    CheckpointSlice d;
     d.meta = read_meta(f, file);
-    if (d.meta.layout_hash != layout.hash()) {
-      throw CheckpointError(fmt::format(
-          "{}: layout hash {} does not match this model's {}: the checkpoint was written for a "
-          "different model config",
-          file, d.meta.layout_hash, layout.hash()));
-    }
+    check_layout_hash(file, d.meta, layout);
     const int64_t n = index_shard_count(f, file);
     std::vector<Shard> shards;
     if (n > 0) {
       shards = open_shards(file, shard_dir_of(file), n, d.meta.layout_hash, d.meta.step,
                            layout.total());
     }
-    std::vector<int64_t> floats(static_cast<size_t>(n), 0);
+    std::vector<float> buf;
     auto read_group = [&](const std::string& group, std::vector<float>& out) {
-      out.resize(static_cast<size_t>(layout.total()));
+      out.resize(static_cast<size_t>(end - begin));
       for (const auto& t : layout.tensors()) {
+        const int64_t lo = std::max(begin, t.offset) - t.offset;
+        const int64_t hi = std::min(end, t.offset + t.count) - t.offset;
+        if (lo >= hi) continue;
         const std::string rel = group + "/" + t.name;
-        const std::span<float> dst = std::span<float>(out).subspan(t.offset, t.count);
-        if (n == 0) {
+        const std::span<float> dst =
+            std::span<float>(out).subspan(static_cast<size_t>(t.offset + lo - begin),
+                                          static_cast<size_t>(hi - lo));
+        if (n > 0) {
+          read_sharded_tensor_part(f, file, shards, rel, t, lo, hi, dst, buf);
+        } else if (lo == 0 && hi == t.count) {
           read_tensor(f, file, rel, t.shape, dst);
         } else {
-          read_sharded_tensor(f, file, shards, rel, t, dst, floats);
+          // A single file has one crc32c per tensor: the whole tensor is read to check it.
+          buf.resize(static_cast<size_t>(t.count));
+          read_tensor(f, file, rel, t.shape, buf);
+          std::copy(buf.begin() + lo, buf.begin() + hi, dst.begin());
         }
       }
     };
@@ -1019,7 +1097,7 @@ std::string finish_sharded_checkpoint(const std::string& run_dir, const std::str
         for (const TensorSpec& t : layout.tensors()) {
           Entry e{g, &t, std::string(kTensorGroups[g]) + "/" + t.name, {}, 0};
           e.pieces = expected_pieces(label, t, shards);
-          e.crc = read_pieces(label, shards, e.rel, t.shape, e.pieces, {}, floats);
+          e.crc = verify_pieces(label, shards, e.rel, t.shape, e.pieces, floats);
           entries.push_back(std::move(e));
         }
       }

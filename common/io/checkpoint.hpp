@@ -77,6 +77,23 @@ void verify_checkpoint(const std::string& path);
 CheckpointData read_checkpoint(const std::string& path, const ParamLayout& layout,
                                bool with_optimizer = true);
 
+// One parameter server's slice [range.first, range.second) of a checkpoint (resume): the meta
+// data and the weights and AdamW moments of that slice only, range size floats each.
+struct CheckpointSlice {
+  CheckpointMeta meta;
+  std::vector<float> params, m, v;  // m, v empty when read without the optimizer
+};
+// Reads the slice, checking what it touches: header, format version and layout hash (against
+// `layout`); for a sharded checkpoint every shard's header (cheap) and, for each tensor that
+// overlaps the range, the index's mappings and the crc32c of every shard piece read (the whole
+// tensor's crc32c too when the range covers it). Only the pieces that overlap are read, so a
+// server that resumes with the checkpoint's server count reads exactly its own shard file. A
+// single-file checkpoint stores one crc32c per tensor, so a tensor cut by the range is read whole
+// (memory: one tensor) to check it. Throws CheckpointError / IoError naming the file (and shard).
+CheckpointSlice read_checkpoint_range(const std::string& path, const ParamLayout& layout,
+                                      std::pair<int64_t, int64_t> range,
+                                      bool with_optimizer = true);
+
 // RUN_DIR/checkpoints/step-%08d/checkpoint.h5 via a .tmp directory, fsync, rename, `latest` moved,
 // then all but the newest `keep` removed. Returns the published directory.
 std::string publish_checkpoint(const std::string& run_dir, const ParamLayout& layout,

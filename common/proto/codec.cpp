@@ -44,13 +44,17 @@ const char* type_name(MessageType t) {
     case MessageType::kHeartbeat: return "Heartbeat";
     case MessageType::kCheckpointShard: return "CheckpointShard";
     case MessageType::kCheckpointShardWritten: return "CheckpointShardWritten";
+    case MessageType::kShardLoaded: return "ShardLoaded";
+    case MessageType::kEvalBegin: return "EvalBegin";
+    case MessageType::kEvalDone: return "EvalDone";
   }
   return "unknown";
 }
 
 bool is_bulk(MessageType t) {
-  return t == MessageType::kLoadShard || t == MessageType::kPullReply ||
-         t == MessageType::kGradPush || t == MessageType::kCheckpointReply;
+  // EvalDone carries one loss sum per validation batch: as many as the val set has batches.
+  return t == MessageType::kPullReply || t == MessageType::kGradPush ||
+         t == MessageType::kCheckpointReply || t == MessageType::kEvalDone;
 }
 
 namespace {
@@ -223,7 +227,7 @@ template <class IO, class M>
 void fields(IO&& io, M& m) {
   using T = std::remove_const_t<M>;
   if constexpr (std::is_same_v<T, LoadShard>) {
-    io(m.version), io(m.membership_epoch), io(m.range), io(m.weights), io(m.m), io(m.v);
+    io(m.version), io(m.membership_epoch), io(m.range), io(m.seed), io(m.checkpoint);
   } else if constexpr (std::is_same_v<T, StepBegin>) {
     io(m.step), io(m.membership_epoch), io(m.windows);
   } else if constexpr (std::is_same_v<T, PullRequest>) {
@@ -267,6 +271,13 @@ void fields(IO&& io, M& m) {
     io(m.request_id), io(m.version), io(m.tmp_dir);
   } else if constexpr (std::is_same_v<T, CheckpointShardWritten>) {
     io(m.request_id), io(m.server_id), io(m.version), io(m.range), io(m.write_s);
+  } else if constexpr (std::is_same_v<T, ShardLoaded>) {
+    io(m.server_id), io(m.version), io(m.range), io(m.load_s);
+  } else if constexpr (std::is_same_v<T, EvalBegin>) {
+    io(m.request_id), io(m.version), io(m.window_begin), io(m.window_end), io(m.batch);
+  } else if constexpr (std::is_same_v<T, EvalDone>) {
+    io(m.request_id), io(m.worker_id), io(m.version), io(m.window_begin), io(m.loss_sums),
+        io(m.tokens), io(m.eval_s);
   } else {
     static_assert(sizeof(T) == 0, "message without a field list");
   }
@@ -283,7 +294,7 @@ void check_sizes(const Message& msg, const Reader& r) {
   std::visit(
       [&](const auto& m) {
         using T = std::decay_t<decltype(m)>;
-        if constexpr (std::is_same_v<T, LoadShard> || std::is_same_v<T, CheckpointReply>) {
+        if constexpr (std::is_same_v<T, CheckpointReply>) {
           check(m.range, m.weights.size(), "weights");
           check(m.range, m.m.size(), "m");
           check(m.range, m.v.size(), "v");
@@ -291,6 +302,11 @@ void check_sizes(const Message& msg, const Reader& r) {
           check(m.range, m.weights.size(), "weights");
         } else if constexpr (std::is_same_v<T, GradPush>) {
           check(m.range, m.grads.size(), "grads");
+        } else if constexpr (std::is_same_v<T, EvalDone>) {
+          if (m.tokens.size() != m.loss_sums.size()) {
+            r.fail(fmt::format("{} token counts for {} loss sums", m.tokens.size(),
+                               m.loss_sums.size()));
+          }
         }
       },
       msg);
@@ -458,6 +474,9 @@ Message parse_payload(MessageType type, std::span<const std::byte> payload) {
     case MessageType::kHeartbeat: parse.operator()<Heartbeat>(); break;
     case MessageType::kCheckpointShard: parse.operator()<CheckpointShard>(); break;
     case MessageType::kCheckpointShardWritten: parse.operator()<CheckpointShardWritten>(); break;
+    case MessageType::kShardLoaded: parse.operator()<ShardLoaded>(); break;
+    case MessageType::kEvalBegin: parse.operator()<EvalBegin>(); break;
+    case MessageType::kEvalDone: parse.operator()<EvalDone>(); break;
     default:
       throw ProtocolError(fmt::format("unknown message type {} (this build speaks protocol "
                                       "version {}, types {}..{})",

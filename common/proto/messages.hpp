@@ -14,7 +14,11 @@
 // shard-K.h5 there and answers CheckpointShardWritten (a small ack); the coordinator then writes the
 // index (finish_sharded_checkpoint). CheckpointRequest → CheckpointReply (weights + AdamW moments
 // of the server's range, gathered to the coordinator) remains for tools and tests.
-// Start and resume: LoadShard (coordinator → server). End: Shutdown. A role that fails: Failure.
+// Start and resume (protocol version 3): LoadShard{version, fresh seed or checkpoint path} → each
+// server initialises or reads its own slice and answers ShardLoaded; no weights cross the wire.
+// Validation (protocol version 3): EvalBegin{version, windows of data.val} → each worker pulls that
+// version, runs the forward pass and answers EvalDone{per-batch loss sums}. End: Shutdown. A role
+// that fails: Failure.
 //
 // Steps are 0-based indices here: step t uses weights version t (t optimizer updates applied) and,
 // once committed, produces version t+1. Logs and checkpoints count applied steps (t+1).
@@ -31,7 +35,9 @@ namespace ptrain::proto {
 inline constexpr uint32_t kMagic = 0x4E525450u;
 // Bumped on any change of the header or of a message's payload layout.
 // 2: CheckpointShard / CheckpointShardWritten; byte counters in WorkerStepDone and StepApplied.
-inline constexpr uint16_t kProtocolVersion = 2;
+// 3: LoadShard names a seed or a checkpoint instead of carrying weights; ShardLoaded, EvalBegin,
+//    EvalDone.
+inline constexpr uint16_t kProtocolVersion = 3;
 
 enum class MessageType : uint16_t {
   kLoadShard = 1,
@@ -57,9 +63,13 @@ enum class MessageType : uint16_t {
   // Protocol version 2: sharded checkpoints.
   kCheckpointShard = 20,
   kCheckpointShardWritten = 21,
+  // Protocol version 3: servers load their own slices; workers run validation.
+  kShardLoaded = 22,
+  kEvalBegin = 23,
+  kEvalDone = 24,
 };
 inline constexpr uint16_t kMinMessageType = 1;
-inline constexpr uint16_t kMaxMessageType = 21;
+inline constexpr uint16_t kMaxMessageType = 24;
 
 // A contiguous range [begin, end) of the flat parameter vector, in floats.
 struct KeyRange {
@@ -69,15 +79,17 @@ struct KeyRange {
   bool operator==(const KeyRange&) const = default;
 };
 
-// coordinator → server: the state of the server's range at `version` (fresh init or resume).
+// coordinator → server: take up the state of your range at `version`, from a fresh
+// initialisation (`checkpoint` empty: GPT-2 init from `seed`, zero moments) or from the checkpoint
+// at `checkpoint` (a path every role can read: its weights and moments of the range, verified).
+// The server answers ShardLoaded, or Failure naming the file.
 struct LoadShard {
   static constexpr MessageType kType = MessageType::kLoadShard;
-  int64_t version = 0;  // optimizer steps already applied
+  int64_t version = 0;  // optimizer steps already applied (a checkpoint's step must equal it)
   int64_t membership_epoch = 0;  // pushes from older epochs are refused
   KeyRange range;
-  std::vector<float> weights;  // range.size()
-  std::vector<float> m;        // range.size() (AdamW first moment)
-  std::vector<float> v;        // range.size() (AdamW second moment)
+  uint64_t seed = 0;       // run.seed, for a fresh start
+  std::string checkpoint;  // checkpoint .h5 file to resume from; "" = fresh
   bool operator==(const LoadShard&) const = default;
 };
 
@@ -292,16 +304,56 @@ struct CheckpointShardWritten {
   bool operator==(const CheckpointShardWritten&) const = default;
 };
 
+// server → coordinator: the range is loaded at `version`; pulls of it are served from now on.
+struct ShardLoaded {
+  static constexpr MessageType kType = MessageType::kShardLoaded;
+  int32_t server_id = 0;
+  int64_t version = 0;
+  KeyRange range;
+  double load_s = 0.0;  // seconds spent initialising or reading
+  bool operator==(const ShardLoaded&) const = default;
+};
+
+// coordinator → worker: the validation loss of weights `version` over windows
+// [window_begin, window_end) of data.val (file order), in batches of `batch` windows starting at
+// window_begin (the last one may be shorter). The coordinator cuts the val windows into batches
+// from window 0 and gives each worker whole batches, so a batch is the same whatever the number
+// of workers (see common/data/eval_batches.hpp).
+struct EvalBegin {
+  static constexpr MessageType kType = MessageType::kEvalBegin;
+  uint64_t request_id = 0;  // echoed in EvalDone
+  int64_t version = 0;
+  int64_t window_begin = 0;
+  int64_t window_end = 0;
+  int64_t batch = 1;
+  bool operator==(const EvalBegin&) const = default;
+};
+
+// worker → coordinator: per batch of its EvalBegin, in order, Σ token cross-entropy (nats, as
+// Gpt::forward_loss sums it) and the number of targets.
+struct EvalDone {
+  static constexpr MessageType kType = MessageType::kEvalDone;
+  uint64_t request_id = 0;
+  int32_t worker_id = 0;
+  int64_t version = 0;
+  int64_t window_begin = 0;
+  std::vector<double> loss_sums;
+  std::vector<int64_t> tokens;  // loss_sums.size() entries
+  double eval_s = 0.0;          // seconds in the forward passes (pull excluded)
+  bool operator==(const EvalDone&) const = default;
+};
+
 using Message = std::variant<LoadShard, StepBegin, PullRequest, PullReply, GradPush, PushReceived,
                              WorkerStepDone, StepContributors, NormReport, StepCommit, StepApplied,
                              CheckpointRequest, CheckpointReply, Shutdown, Failure, Register,
                              Welcome, PeerHello, Heartbeat, CheckpointShard,
-                             CheckpointShardWritten>;
+                             CheckpointShardWritten, ShardLoaded, EvalBegin, EvalDone>;
 
 MessageType type_of(const Message& m);
 // "GradPush", "PullReply", ... ("unknown(N)" for a value outside the enum).
 const char* type_name(MessageType t);
-// Bulk messages (float payloads) get the large payload limit; all others the small one.
+// Bulk messages (float payloads, EvalDone's per-batch sums) get the large payload limit; all
+// others the small one.
 bool is_bulk(MessageType t);
 
 }  // namespace ptrain::proto

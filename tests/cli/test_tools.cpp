@@ -7,6 +7,7 @@
 #include "common/io/checkpoint.hpp"
 #include "common/io/hdf5.hpp"
 #include "common/io/token_file.hpp"
+#include "common/tensor/gpt_init.hpp"
 #include "common/tensor/param_layout.hpp"
 #include "ptrain/build_config.hpp"
 #include "worker/backend/cpu/cpu_backend.hpp"

@@ -1034,3 +1034,101 @@ TEST_CASE("checkpoint sharded: h5dump -H reads the index") {
   CHECK(shell("cd / && h5dump -d /model/transformer.wte.weight " + dir +
               "/checkpoint.h5 >/dev/null 2>&1") == 0);
 }
+
+// ---- one server's slice (read_checkpoint_range) -----------------------------------------------
+
+namespace {
+
+// The ranges of `n` servers, plus ranges that cut rows and tensors anywhere (a slice need not be
+// row-aligned for the reader; servers' ranges are).
+std::vector<std::pair<int64_t, int64_t>> probe_ranges(const ParamLayout& layout) {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (int64_t n : {1, 2, 3, 5}) {
+    for (const auto& r : layout.shard_ranges(n)) out.push_back(r);
+  }
+  const int64_t total = layout.total();
+  out.push_back({0, 0});
+  out.push_back({total, total});
+  out.push_back({1, total - 1});
+  out.push_back({total / 3 + 1, total / 3 + 2});
+  out.push_back({total / 7, total / 2 + 3});
+  return out;
+}
+
+template <class T>
+std::vector<T> slice(const std::vector<T>& v, std::pair<int64_t, int64_t> r) {
+  return std::vector<T>(v.begin() + r.first, v.begin() + r.second);
+}
+
+}  // namespace
+
+TEST_CASE("checkpoint range: a slice of a single-file or sharded checkpoint equals the slice of the whole - bitwise") {
+  ParamLayout layout(tiny_dims());
+  const CheckpointData want = sample_data(layout, 12, 5);
+  TempDir dir;
+  const std::string single = dir / "single.h5";
+  write_checkpoint_file(single, layout, want);
+  std::vector<std::string> sources{single};
+  for (int64_t n : {1, 2, 3}) {  // written by 1, 2 or 3 servers
+    sources.push_back(publish_sharded_checkpoint(dir / ("run" + std::to_string(n)), layout,
+                                                 want, n, 2));
+  }
+  for (const auto& src : sources) {
+    for (const auto& r : probe_ranges(layout)) {
+      CAPTURE(src);
+      CAPTURE(r.first);
+      CAPTURE(r.second);
+      const CheckpointSlice s = read_checkpoint_range(src, layout, r);
+      CHECK(s.meta.step == 12);
+      CHECK(s.meta.data.position == want.meta.data.position);
+      CHECK(bitwise_equal(s.params, slice(want.params, r)));
+      CHECK(bitwise_equal(s.m, slice(want.m, r)));
+      CHECK(bitwise_equal(s.v, slice(want.v, r)));
+      const CheckpointSlice w = read_checkpoint_range(src, layout, r, /*with_optimizer=*/false);
+      CHECK(bitwise_equal(w.params, slice(want.params, r)));
+      CHECK(w.m.empty());
+    }
+  }
+}
+
+TEST_CASE("checkpoint range: verifies what it reads - and reads only the shards it needs") {
+  ParamLayout layout(tiny_dims());
+  TempDir run;
+  const std::string dir =
+      publish_sharded_checkpoint(run.path.string(), layout, sample_data(layout, 3, 9), 2, 2);
+  const auto ranges = layout.shard_ranges(2);
+  // Damage a tensor piece of shard 0: server 0 (and a range spanning both) refuse naming the
+  // shard and the tensor; server 1 reads shard 1's pieces only and loads.
+  const std::string t = tensor_in_shard(layout, 2, 0);
+  poke_value(dir + "/shard-0.h5", "model/" + t);
+  const std::string msg = error_of([&] { read_checkpoint_range(dir, layout, ranges[0]); });
+  CHECK(throws_as<CheckpointError>([&] { read_checkpoint_range(dir, layout, ranges[0]); }));
+  CHECK_MESSAGE(contains(msg, "shard-0.h5"), msg);
+  CHECK_MESSAGE(contains(msg, t), msg);
+  CHECK_MESSAGE(contains(msg, "fails its checksum"), msg);
+  CHECK(throws_as<CheckpointError>([&] { read_checkpoint_range(dir, layout, {0, layout.total()}); }));
+  CHECK_NOTHROW(read_checkpoint_range(dir, layout, ranges[1]));
+
+  // A missing shard is refused by every reader (the headers of all shards are checked).
+  fs::remove(dir + "/shard-0.h5");
+  const std::string missing = error_of([&] { read_checkpoint_range(dir, layout, ranges[1]); });
+  CHECK_MESSAGE(contains(missing, "shard-0.h5"), missing);
+  CHECK_MESSAGE(contains(missing, "is missing"), missing);
+
+  // Another model: the layout hash is refused before any tensor is read.
+  TempDir other;
+  const std::string single = other / "c.h5";
+  write_checkpoint_file(single, layout, sample_data(layout, 1, 1));
+  const ParamLayout wider(tiny_dims(16));
+  const std::string lmsg = error_of([&] { read_checkpoint_range(single, wider, {0, 4}); });
+  CHECK(throws_as<CheckpointError>([&] { read_checkpoint_range(single, wider, {0, 4}); }));
+  CHECK_MESSAGE(contains(lmsg, "layout hash"), lmsg);
+  // Single file: a tensor the range touches is checked whole; one it does not touch is not read.
+  const TensorSpec& wpe = layout.find("transformer.wpe.weight");
+  poke_value(single, "optimizer/m/transformer.wpe.weight");
+  const std::pair<int64_t, int64_t> part{wpe.offset + 1, wpe.offset + 3};
+  const std::string smsg = error_of([&] { read_checkpoint_range(single, layout, part); });
+  CHECK_MESSAGE(contains(smsg, "optimizer/m/transformer.wpe.weight fails its checksum"), smsg);
+  CHECK_NOTHROW(read_checkpoint_range(single, layout, part, /*with_optimizer=*/false));
+  CHECK_NOTHROW(read_checkpoint_range(single, layout, {wpe.offset + wpe.count, layout.total()}));
+}

@@ -18,16 +18,11 @@ using namespace ptrain::proto;
 
 namespace {
 
-std::vector<float> ramp(size_t n, float scale) {
-  std::vector<float> v(n);
-  for (size_t i = 0; i < n; ++i) v[i] = scale * static_cast<float>(i) - 0.5f;
-  return v;
-}
-
 // One of each message, with non-default values in every field.
 std::vector<Message> samples() {
   std::vector<Message> out;
-  out.push_back(LoadShard{7, 2, {16, 21}, ramp(5, 0.25f), ramp(5, 1e-3f), ramp(5, 1e-6f)});
+  out.push_back(LoadShard{7, 2, {16, 21}, 0xFEEDFACE12345678ull,
+                          "/shared/run/checkpoints/step-00000007/checkpoint.h5"});
   out.push_back(StepBegin{12, 3, {5, 99, 0, 1ll << 40}});
   out.push_back(PullRequest{0xFFFFFFFFFFull, 12, {0, 1024}});
   PullReply pr{42, 12, {3, 6}, {1.0f, -0.0f, std::numeric_limits<float>::infinity()}};
@@ -45,8 +40,12 @@ std::vector<Message> samples() {
   out.push_back(Failure{7, "non-finite \xE2\x9C\x97 gradient"});
   out.push_back(CheckpointShard{9, 13, "/shared/run/checkpoints/step-00000013.tmp"});
   out.push_back(CheckpointShardWritten{9, 1, 13, {8, 10}, 0.125});
+  out.push_back(ShardLoaded{2, 13, {8, 10}, 0.75});
+  out.push_back(EvalBegin{11, 13, 64, 96, 8});
+  out.push_back(EvalDone{11, 3, 13, 64, {1234.5, 1e-300, 7.25, 0.0}, {128, 1, 64, 0}, 0.5});
   // Empty vectors and strings.
-  out.push_back(LoadShard{0, 0, {5, 5}, {}, {}, {}});
+  out.push_back(LoadShard{0, 0, {5, 5}, 0, ""});
+  out.push_back(EvalDone{1, 0, 0, 0, {}, {}, 0.0});
   out.push_back(StepBegin{0, 0, {}});
   out.push_back(Shutdown{""});
   return out;
@@ -248,6 +247,11 @@ TEST_CASE("proto: malformed payloads are refused (counts are checked before allo
     put_at<int64_t>(f, kHeaderSize + 8 + 8 + 4 + 8 + 8, 5);  // range.end = 5
     reseal(f);
     CHECK_THROWS_WITH_AS(decode(f), doctest::Contains("holds 3 floats"), ProtocolError);
+  }
+  SUBCASE("EvalDone with fewer token counts than loss sums") {
+    const auto f = encode(EvalDone{1, 0, 4, 0, {1.0, 2.0}, {16}, 0.0});
+    CHECK_THROWS_WITH_AS(decode(f), doctest::Contains("1 token counts for 2 loss sums"),
+                         ProtocolError);
   }
   SUBCASE("an inverted range") {
     auto f = encode(PullRequest{1, 1, {10, 20}});

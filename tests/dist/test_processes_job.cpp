@@ -13,6 +13,7 @@
 #include <fmt/ranges.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <nlohmann/json.hpp>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
@@ -555,5 +556,32 @@ TEST_CASE("dist: kill -9 of a server while checkpoints are written - latest alwa
   CHECK(d.meta.step >= 2);
   for (const auto& e : fs::directory_iterator(dir / "run/checkpoints")) {
     CHECK(e.path().extension() != ".tmp");  // find_latest_checkpoint removed any partial one
+  }
+}
+
+TEST_CASE("dist: in-run val_loss of a processes job equals ptrain eval of its checkpoints") {
+  // The workers (processes) evaluate every window of data.val; the coordinator adds their
+  // per-batch sums in batch order: the number `ptrain eval` prints for the checkpoint, bitwise.
+  TempDir dir("dist-val");
+  const std::string cfg = write_config(dir, 4, "processes");
+  write_corpus(dir / "val.tok", 1500, 8);  // 93 windows, 47 batches of micro_batch 2
+  std::string c = slurp(cfg);
+  c.replace(c.find("tokenizer: byte}"), 16, "tokenizer: byte, val: val.tok}");
+  c.replace(c.find("eval_every: 0"), 13, "eval_every: 2, eval_windows: 0");
+  c.replace(c.find("every_steps: 0"), 14, "every_steps: 2");
+  std::ofstream(cfg) << c;
+  const Proc p = start({"run", cfg}, dir / "err.txt");
+  REQUIRE_MESSAGE(wait_exit(p) == 0, slurp(dir / "err.txt"));
+  std::vector<std::pair<int64_t, double>> vals;
+  for (const auto& line : read_lines(dir / "run/train.jsonl")) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("val_loss")) vals.emplace_back(j.at("step"), j.at("val_loss"));
+  }
+  REQUIRE(vals.size() == 2);  // steps 2 and 4
+  for (const auto& [step, val] : vals) {
+    const std::string ck = dir / fmt::format("run/checkpoints/step-{:08d}", step);
+    const double eval = ptrain_eval_loss(ck, dir / "val.tok");
+    MESSAGE("step " << step << ": val_loss " << val << ", ptrain eval " << eval);
+    CHECK(val == eval);
   }
 }

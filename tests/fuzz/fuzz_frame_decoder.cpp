@@ -178,7 +178,7 @@ void fuzz_auth(std::span<const std::byte> in) {
 std::vector<Message> seed_messages() {
   const KeyRange r{4, 7};
   return {
-      LoadShard{3, 1, r, {1, 2, 3}, {0, 0, 0}, {0.5f, 0.5f, 0.5f}},
+      LoadShard{3, 1, r, 42, "/run/checkpoints/step-00000003/checkpoint.h5"},
       StepBegin{5, 1, {10, 11, 12, 99}},
       PullRequest{77, 5, r},
       PullReply{77, 5, r, {1.5f, -2.0f, 3.25f}},
@@ -195,6 +195,9 @@ std::vector<Message> seed_messages() {
       Failure{4, "disk full"},
       CheckpointShard{10, 6, "/run/checkpoints/step-00000006.tmp"},
       CheckpointShardWritten{10, 1, 6, r, 0.5},
+      ShardLoaded{1, 6, r, 0.25},
+      EvalBegin{11, 6, 8, 16, 4},
+      EvalDone{11, 0, 6, 8, {12.5, 3.0}, {64, 64}, 0.1},
   };
 }
 

@@ -1,7 +1,8 @@
 // Whole `cluster.launch: threads` jobs (coordinator + servers + workers over the in-process
 // transport) on a tiny GPT: 1 vs 2 workers at the same batch size, 1 vs 2 servers, a bitwise
 // repeat, exact resume (N straight == N/2 + stop + resume), train.jsonl, checkpoints, a NaN that
-// stops the job naming the step and the tensor with the last good checkpoint left `latest`.
+// stops the job naming the step and the tensor with the last good checkpoint left `latest`; the
+// workers' validation, whose val_loss equals `ptrain eval` of the step's checkpoint, bitwise.
 #include "common/error.hpp"
 #include "common/io/checkpoint.hpp"
 #include "support/job_test_util.hpp"
@@ -11,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <map>
 
 using namespace ptrain;
 using namespace ptrain::testing;
@@ -297,4 +299,46 @@ TEST_CASE("coordinator job: evaluation writes val_loss lines") {
   }
   CHECK(eval_steps == std::vector<int64_t>{2, 4, 5});
   CHECK(*s.final_val_loss < std::log(257.0));
+}
+
+TEST_CASE("coordinator job: in-run val_loss equals ptrain eval of the checkpoint at that step - 1 or 2 workers") {
+  // Every window of data.val (eval_windows 0): 3000 tokens = 187 windows of 16 + 1, 47 batches of
+  // micro_batch 4 (the last one short), on 1 worker, or split 24/23 over 2 workers. The per-batch
+  // sums are added in batch order, as `ptrain eval` adds them: the same double, bitwise. The two
+  // runs train bitwise the same weights (one thread per worker, clipping off: see the 1 vs 2
+  // worker and server cases above), so their val_loss lines are bitwise equal too.
+  TempDir dir;
+  write_corpus(dir / "val.tok", 3000, 2);
+  Config one = small_config(dir);
+  one.data.val = dir / "val.tok";
+  one.train.eval_windows = 0;
+  one.train.eval_every = 2;
+  one.checkpoint.every_steps = 2;
+  one.checkpoint.keep = 5;
+  one.run.threads = 1;
+  one.optim.grad_clip = 0;
+  one.cluster.servers = 2;
+  Config two = one;
+  two.run.dir = dir / "run2";
+  two.cluster.workers = 2;
+  two.run.threads = 2;
+  std::map<int64_t, double> by_workers[2];
+  int i = 0;
+  for (const Config* c : {&one, &two}) {
+    const RunSummary s = run_threads_job(*c);
+    for (const auto& j : log_lines(*c)) {
+      if (j.contains("val_loss")) by_workers[i][j.at("step").get<int64_t>()] = j.at("val_loss");
+    }
+    REQUIRE(by_workers[i].size() == 3);  // steps 2, 4 and the final 5
+    CHECK(*s.final_val_loss == by_workers[i].at(5));
+    for (const auto& [step, val] : by_workers[i]) {
+      const std::string ck = c->run.dir + fmt::format("/checkpoints/step-{:08d}", step);
+      const double eval = ptrain_eval_loss(ck, c->data.val);
+      MESSAGE(c->cluster.workers << " worker(s), step " << step << ": val_loss " << val
+                                 << ", ptrain eval " << eval);
+      CHECK(val == eval);  // bitwise, not approximately
+    }
+    ++i;
+  }
+  CHECK(by_workers[0] == by_workers[1]);
 }

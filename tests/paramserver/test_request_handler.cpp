@@ -36,6 +36,34 @@ const T& only(const std::vector<Outgoing>& out, const net::Endpoint& to) {
   return std::get<T>(out[0].message);
 }
 
+// A ShardLoader that hands out fixed vectors whatever the LoadShard names (the real one,
+// make_shard_loader, is tested in test_shard_loader.cpp).
+ShardLoader fixed_state(std::vector<float> w, std::vector<float> m, std::vector<float> v) {
+  return [w, m, v](const proto::LoadShard&) { return ShardState{w, m, v}; };
+}
+
+ServerOptions with_state(int32_t id, proto::KeyRange r, std::vector<float> w) {
+  const size_t n = w.size();
+  ServerOptions so{id, r, {}, {}};
+  so.load_shard = fixed_state(std::move(w), std::vector<float>(n, 0.0f),
+                              std::vector<float>(n, 0.0f));
+  return so;
+}
+
+// The replies to a LoadShard: ShardLoaded to the coordinator first, then what waited for it.
+std::vector<Outgoing> loaded(std::vector<Outgoing> out, int32_t id, int64_t version,
+                             proto::KeyRange r) {
+  REQUIRE(!out.empty());
+  CHECK(out[0].to == coordinator_endpoint());
+  REQUIRE(std::holds_alternative<proto::ShardLoaded>(out[0].message));
+  const auto& l = std::get<proto::ShardLoaded>(out[0].message);
+  CHECK(l.server_id == id);
+  CHECK(l.version == version);
+  CHECK(l.range == r);
+  out.erase(out.begin());
+  return out;
+}
+
 UpdateRule plain_rule(const proto::KeyRange& r) {
   return UpdateRule(AdamWOptions{0.9, 0.95, 1e-8, 0.0}, LrSchedule{1e-2, 1e-3, 0, 10},
                     {{r.begin, r.end, true}});
@@ -101,14 +129,12 @@ TEST_CASE("paramserver: the partial norm is fp64 in fixed chunks - finds the fir
 TEST_CASE("paramserver: a whole step through the request handler") {
   const proto::KeyRange r{16, 48};
   const size_t n = static_cast<size_t>(r.size());
-  RequestHandler h(ServerOptions{1, r, {}}, plain_rule(r));
   const auto w0 = randn(n, 4);
+  RequestHandler h(with_state(1, r, w0), plain_rule(r));
 
-  // A pull before the shard is loaded waits; LoadShard answers it.
+  // A pull before the shard is loaded waits; LoadShard answers it after ShardLoaded.
   CHECK(h.handle(worker_endpoint(0), proto::PullRequest{5, 0, r}).empty());
-  auto out = h.handle(coordinator_endpoint(), proto::LoadShard{0, 0, r, w0,
-                                                               std::vector<float>(n, 0.0f),
-                                                               std::vector<float>(n, 0.0f)});
+  auto out = loaded(h.handle(coordinator_endpoint(), proto::LoadShard{0, 0, r, 7, ""}), 1, 0, r);
   const proto::PullReply reply = only<proto::PullReply>(out, worker_endpoint(0));
   CHECK(reply.request_id == 5);
   CHECK(reply.version == 0);
@@ -177,10 +203,8 @@ TEST_CASE("paramserver: a whole step through the request handler") {
 TEST_CASE("paramserver: refusals and protocol violations") {
   const proto::KeyRange r{0, 8};
   const size_t n = 8;
-  RequestHandler h(ServerOptions{0, r, {}}, plain_rule(r));
-  h.handle(coordinator_endpoint(),
-           proto::LoadShard{4, 2, r, std::vector<float>(n, 1.0f), std::vector<float>(n, 0.0f),
-                            std::vector<float>(n, 0.0f)});
+  RequestHandler h(with_state(0, r, std::vector<float>(n, 1.0f)), plain_rule(r));
+  loaded(h.handle(coordinator_endpoint(), proto::LoadShard{4, 2, r, 0, "ckpt.h5"}), 0, 4, r);
   const std::vector<float> g(n, 0.1f);
 
   auto failure = [](const std::vector<Outgoing>& out, const net::Endpoint& to) {
@@ -214,15 +238,13 @@ TEST_CASE("paramserver: refusals and protocol violations") {
   h.handle(coordinator_endpoint(), proto::StepContributors{4, 2, {0}});
   CHECK_THROWS_WITH_AS(h.handle(coordinator_endpoint(), proto::StepCommit{4, {0, 1}, 1, 1}),
                        doctest::Contains("names contributors"), proto::ProtocolError);
-  CHECK_THROWS_WITH_AS(h.handle(coordinator_endpoint(), proto::LoadShard{0, 0, {0, 4}, {}, {}, {}}),
+  CHECK_THROWS_WITH_AS(h.handle(coordinator_endpoint(), proto::LoadShard{0, 0, {0, 4}, 0, ""}),
                        doctest::Contains("LoadShard for [0, 4)"), proto::ProtocolError);
   CHECK_THROWS_AS(h.handle(worker_endpoint(0), proto::StepBegin{}), proto::ProtocolError);
 
   // A non-finite gradient is reported with its flat index.
-  RequestHandler h2(ServerOptions{1, {100, 104}}, plain_rule({100, 104}));
-  h2.handle(coordinator_endpoint(), proto::LoadShard{0, 0, {100, 104}, std::vector<float>(4, 0.f),
-                                                     std::vector<float>(4, 0.f),
-                                                     std::vector<float>(4, 0.f)});
+  RequestHandler h2(with_state(1, {100, 104}, std::vector<float>(4, 0.f)), plain_rule({100, 104}));
+  h2.handle(coordinator_endpoint(), proto::LoadShard{0, 0, {100, 104}, 0, ""});
   h2.handle(worker_endpoint(0),
             proto::GradPush{0, 0, 0, 1, {100, 104},
                             {0, 0, std::numeric_limits<float>::quiet_NaN(), 0}});
@@ -249,11 +271,11 @@ TEST_CASE("paramserver: CheckpointShard calls the shard writer at that version a
     CHECK(v.size() == 4);
     if (dir == "/fail") throw IoError("disk full");
   };
+  so.load_shard = fixed_state({1, 2, 3, 4}, {0, 0, 0, 0}, {0, 0, 0, 0});
   RequestHandler h(so, plain_rule(r));
   // Asked before the shard is loaded: waits, then is served by the load.
   CHECK(h.handle(coordinator_endpoint(), proto::CheckpointShard{5, 3, "/tmp/x.tmp"}).empty());
-  auto out = h.handle(coordinator_endpoint(),
-                      proto::LoadShard{3, 0, r, {1, 2, 3, 4}, {0, 0, 0, 0}, {0, 0, 0, 0}});
+  auto out = loaded(h.handle(coordinator_endpoint(), proto::LoadShard{3, 0, r, 0, "c.h5"}), 1, 3, r);
   const auto& ack = only<proto::CheckpointShardWritten>(out, coordinator_endpoint());
   CHECK(ack.request_id == 5);
   CHECK(ack.server_id == 1);
@@ -271,4 +293,37 @@ TEST_CASE("paramserver: CheckpointShard calls the shard writer at that version a
   const auto& f = only<proto::Failure>(out, coordinator_endpoint());
   CHECK(f.message.find("checkpoint shard 1") != std::string::npos);
   CHECK(f.message.find("disk full") != std::string::npos);
+}
+
+TEST_CASE("paramserver: LoadShard passes the seed or checkpoint to the loader - a failing loader is a Failure naming the file") {
+  const proto::KeyRange r{8, 12};
+  std::vector<proto::LoadShard> seen;
+  ServerOptions so{2, r, {}, {}};
+  so.load_shard = [&](const proto::LoadShard& m) {
+    seen.push_back(m);
+    if (m.checkpoint == "/bad.h5") throw CheckpointError("/bad.h5: tensor x fails its checksum");
+    return ShardState{std::vector<float>(4, 0.5f), std::vector<float>(4, 0.0f),
+                      std::vector<float>(4, 0.0f)};
+  };
+  RequestHandler h(so, plain_rule(r));
+  // A pull waits while the load fails; the Failure goes to the coordinator with the loader's code.
+  CHECK(h.handle(worker_endpoint(0), proto::PullRequest{1, 6, r}).empty());
+  auto out = h.handle(coordinator_endpoint(), proto::LoadShard{6, 1, r, 99, "/bad.h5"});
+  const auto& f = only<proto::Failure>(out, coordinator_endpoint());
+  CHECK(f.code == static_cast<int32_t>(ExitCode::kCheckpoint));
+  CHECK(f.message.find("server 2") != std::string::npos);
+  CHECK(f.message.find("/bad.h5") != std::string::npos);
+  CHECK(f.message.find("fails its checksum") != std::string::npos);
+  CHECK_FALSE(h.store().loaded());
+  // A good load: the loader saw both messages as sent; the waiting pull is answered.
+  out = loaded(h.handle(coordinator_endpoint(), proto::LoadShard{6, 1, r, 99, "/good.h5"}), 2, 6,
+               r);
+  REQUIRE(seen.size() == 2);
+  CHECK(seen[1] == proto::LoadShard{6, 1, r, 99, "/good.h5"});
+  CHECK(only<proto::PullReply>(out, worker_endpoint(0)).weights == std::vector<float>(4, 0.5f));
+  // No loader at all: refused, not ignored.
+  RequestHandler bare(ServerOptions{0, r, {}, {}}, plain_rule(r));
+  CHECK(only<proto::Failure>(bare.handle(coordinator_endpoint(), proto::LoadShard{0, 0, r, 1, ""}),
+                             coordinator_endpoint())
+            .message.find("no shard loader") != std::string::npos);
 }

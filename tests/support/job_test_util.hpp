@@ -9,10 +9,14 @@
 
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
+
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -150,6 +154,20 @@ inline Worst worst_rel_l2_without_key_bias(const ParamLayout& layout,
     if (e >= w.value) w = {e, t.name};
   }
   return w;
+}
+
+// `ptrain eval --checkpoint CKPT --data DATA --json` through the built binary (PTRAIN_TEST_BINARY,
+// defined for every test executable): its "loss". Throws when the command fails.
+inline double ptrain_eval_loss(const std::string& ckpt, const std::string& data) {
+  const std::string cmd = std::string("'") + PTRAIN_TEST_BINARY + "' eval --checkpoint '" + ckpt +
+                          "' --data '" + data + "' --json 2>/dev/null";
+  FILE* f = ::popen(cmd.c_str(), "r");
+  if (f == nullptr) throw std::runtime_error("cannot run " + cmd);
+  std::string out;
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) out.append(buf, n);
+  if (::pclose(f) != 0) throw std::runtime_error("failed: " + cmd);
+  return nlohmann::json::parse(out).at("loss").get<double>();
 }
 
 inline std::vector<std::string> read_lines(const std::string& file) {

@@ -8,6 +8,7 @@
 #include "worker/model/gpt.hpp"
 
 #include "common/error.hpp"
+#include "common/tensor/gpt_init.hpp"
 #include "common/util/fs.hpp"
 #include "ptrain/build_config.hpp"
 

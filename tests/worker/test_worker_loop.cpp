@@ -3,10 +3,12 @@
 // push each server its slice as token sums → WorkerStepDone. The pushed gradient equals the
 // model's own gradient of those windows (the same micro-batch fold), the reported loss and token
 // count are the model's, and a bad window is reported to the coordinator as a Failure that names
-// the token file.
+// the token file. Validation: EvalBegin → EvalDone with the model's loss sum of each val batch.
+// The servers start from LoadShard{seed} (their own slices of the initialisation).
 #include "common/error.hpp"
 #include "common/io/token_file.hpp"
 #include "common/net/inproc_transport.hpp"
+#include "common/tensor/gpt_init.hpp"
 #include "support/job_test_util.hpp"
 #include "paramserver/aggregator.hpp"
 #include "paramserver/param_server.hpp"
@@ -32,6 +34,7 @@ struct Rig {
   ParamLayout layout{ModelDims{257, 260, 12, 2, 2, 16}};
   TempDir dir{"worker-loop"};
   std::string train = dir / "train.tok";
+  std::string val = dir / "val.tok";
   std::shared_ptr<net::InprocFabric> fabric = std::make_shared<net::InprocFabric>();
   net::InprocTransport coord{net::coordinator_endpoint(), fabric};
   std::vector<proto::KeyRange> ranges;
@@ -41,10 +44,13 @@ struct Rig {
 
   explicit Rig(int64_t micro_batch) {
     write_corpus(train, 2000, 3);
+    write_corpus(val, 12 * 9 + 5, 4);  // 9 complete windows of T + 1 = 13 tokens
     for (const auto& [b, e] : layout.shard_ranges(2)) ranges.push_back({b, e});
     for (int32_t k = 0; k < 2; ++k) {
       ParamServerOptions so;
-      so.server = {k, ranges[static_cast<size_t>(k)]};
+      so.server.server_id = k;
+      so.server.range = ranges[static_cast<size_t>(k)];
+      so.server.load_shard = make_shard_loader(layout, so.server.range);
       so.poll = 50ms;
       UpdateRule rule(AdamWOptions{}, LrSchedule{1e-3, 1e-4, 0, 10},
                       decay_segments(layout, so.server.range));
@@ -58,6 +64,7 @@ struct Rig {
     WorkerOptions wo;
     wo.worker_id = 0;
     wo.train_path = train;
+    wo.val_path = val;
     wo.micro_batch = micro_batch;
     wo.threads = 1;
     wo.timeout = 30s;
@@ -91,16 +98,13 @@ struct Rig {
     }
     return std::get<T>(env->message);
   }
-  void load(const std::vector<float>& params) {
+  // Both servers initialise their slices from `seed` (as init_gpt_params would the whole vector).
+  void load(uint64_t seed) {
     for (int32_t k = 0; k < 2; ++k) {
-      const auto& r = ranges[static_cast<size_t>(k)];
       coord.send(net::server_endpoint(k),
-                 proto::LoadShard{0, 0, r,
-                                  std::vector<float>(params.begin() + r.begin,
-                                                     params.begin() + r.end),
-                                  std::vector<float>(static_cast<size_t>(r.size()), 0.0f),
-                                  std::vector<float>(static_cast<size_t>(r.size()), 0.0f)});
+                 proto::LoadShard{0, 0, ranges[static_cast<size_t>(k)], seed, ""});
     }
+    for (int32_t k = 0; k < 2; ++k) expect<proto::ShardLoaded>("a server's ShardLoaded");
   }
   void shutdown() {
     for (int32_t k = 0; k < 2; ++k) coord.send(net::server_endpoint(k), proto::Shutdown{"end"});
@@ -117,7 +121,7 @@ TEST_CASE("worker loop: one step pushes the model's token-sum gradient to each s
   const auto n = static_cast<size_t>(rig.layout.total());
   std::vector<float> params(n);
   init_gpt_params(rig.layout, 77, params);
-  rig.load(params);
+  rig.load(77);
   const std::vector<int64_t> windows{3, 7, 1, 50, 20};
   rig.coord.send(net::worker_endpoint(0), proto::StepBegin{0, 0, windows});
 
@@ -177,8 +181,7 @@ TEST_CASE("worker loop: one step pushes the model's token-sum gradient to each s
     CHECK(norm.sum_squares == partial_norm(mean).sum_squares);  // bitwise
     CHECK(norm.tokens == want.tokens);
   }
-  // Commit; a pull of version 1 (through a PsClient, as the coordinator's evaluation does)
-  // assembles both slices.
+  // Commit; a pull of version 1 (through a PsClient) assembles both slices.
   for (int32_t k = 0; k < 2; ++k) {
     rig.coord.send(net::server_endpoint(k), proto::StepCommit{0, {0}, 1.0, 1.0f});
   }
@@ -201,9 +204,7 @@ TEST_CASE("worker loop: one step pushes the model's token-sum gradient to each s
 
 TEST_CASE("worker loop: a bad window is reported to the coordinator - naming the file") {
   Rig rig(4);
-  std::vector<float> params(static_cast<size_t>(rig.layout.total()));
-  init_gpt_params(rig.layout, 1, params);
-  rig.load(params);
+  rig.load(1);
   rig.coord.send(net::worker_endpoint(0), proto::StepBegin{0, 0, {1, 1000000}});
   const auto f = rig.expect<proto::Failure>("the worker's failure");
   CHECK(f.code == static_cast<int32_t>(ExitCode::kData));
@@ -215,13 +216,59 @@ TEST_CASE("worker loop: a server refusing the pull fails the worker - not a hang
   Rig rig(4);
   // Server 0 is never loaded, server 1 answers with a version mismatch once loaded at version 5.
   const auto& r = rig.ranges[1];
-  rig.coord.send(net::server_endpoint(1),
-                 proto::LoadShard{5, 0, r, std::vector<float>(static_cast<size_t>(r.size())),
-                                  std::vector<float>(static_cast<size_t>(r.size())),
-                                  std::vector<float>(static_cast<size_t>(r.size()))});
+  rig.coord.send(net::server_endpoint(1), proto::LoadShard{5, 0, r, 3, ""});
+  rig.expect<proto::ShardLoaded>("server 1's ShardLoaded");
   rig.coord.send(net::worker_endpoint(0), proto::StepBegin{0, 0, {1}});
   // Server 1 holds version 5 > 0: it answers with version 5, which the worker refuses.
   const auto f = rig.expect<proto::Failure>("the worker's failure");
   CHECK(f.message.find("asked server 1 for weights version 0, it sent version 5") !=
         std::string::npos);
+}
+
+TEST_CASE("worker loop: EvalBegin answers the forward loss of each batch of its val windows") {
+  Rig rig(/*micro_batch=*/3);
+  const auto n = static_cast<size_t>(rig.layout.total());
+  std::vector<float> params(n);
+  init_gpt_params(rig.layout, 5, params);
+  rig.load(5);
+  // Windows [3, 9) of val.tok in batches of 3: {3,4,5} {6,7,8}.
+  rig.coord.send(net::worker_endpoint(0), proto::EvalBegin{42, 0, 3, 9, 3});
+  const auto done = rig.expect<proto::EvalDone>("the worker's EvalDone");
+  CHECK(done.request_id == 42);
+  CHECK(done.worker_id == 0);
+  CHECK(done.version == 0);
+  CHECK(done.window_begin == 3);
+  REQUIRE(done.loss_sums.size() == 2);
+  REQUIRE(done.tokens.size() == 2);
+
+  auto backend = make_cpu_backend(1);
+  Gpt gpt(rig.layout, *backend, 3);
+  const TokenFile file = TokenFile::open(rig.val);
+  BatchLoader loader(file, 12);
+  std::vector<int32_t> toks;
+  for (int64_t k = 0; k < 2; ++k) {
+    const std::vector<int64_t> ids{3 + 3 * k, 4 + 3 * k, 5 + 3 * k};
+    loader.load(ids, toks);
+    const LossSum ls = gpt.forward_loss(params, toks, 3, 12);
+    CHECK(done.loss_sums[static_cast<size_t>(k)] == ls.loss_sum);  // bitwise
+    CHECK(done.tokens[static_cast<size_t>(k)] == 3 * 12);
+  }
+  // A short last batch: windows [6, 8) in batches of 2 = one batch of 2.
+  rig.coord.send(net::worker_endpoint(0), proto::EvalBegin{43, 0, 6, 8, 2});
+  const auto last = rig.expect<proto::EvalDone>("the worker's second EvalDone");
+  REQUIRE(last.loss_sums.size() == 1);
+  CHECK(last.tokens[0] == 2 * 12);
+  // A batch larger than the worker's micro-batch (its model's capacity) is a protocol error.
+  rig.coord.send(net::worker_endpoint(0), proto::EvalBegin{44, 0, 0, 8, 4});
+  const auto f = rig.expect<proto::Failure>("the worker's failure");
+  CHECK(f.message.find("batches of 4") != std::string::npos);
+}
+
+TEST_CASE("worker loop: EvalBegin past the end of data.val fails naming the file") {
+  Rig rig(4);
+  rig.load(2);
+  rig.coord.send(net::worker_endpoint(0), proto::EvalBegin{1, 0, 8, 12, 4});
+  const auto f = rig.expect<proto::Failure>("the worker's failure");
+  CHECK(f.code == static_cast<int32_t>(ExitCode::kData));
+  CHECK(f.message.find(rig.val) != std::string::npos);
 }

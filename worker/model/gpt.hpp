@@ -70,9 +70,4 @@ class GptDecoder {
   std::unique_ptr<Impl> impl_;
 };
 
-// GPT-2 initialisation into `params`: N(0, 0.02) weights, residual projections (attn.c_proj,
-// mlp.c_proj) N(0, 0.02/sqrt(2L)), zero biases, LayerNorm weight 1, padded wte rows 0.
-// Deterministic for a seed (own generator, independent of the thread count).
-void init_gpt_params(const ParamLayout& layout, uint64_t seed, std::span<float> params);
-
 }  // namespace ptrain
