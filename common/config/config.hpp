@@ -53,7 +53,7 @@ struct TrainConfig {
   int64_t batch_size = 16;  // sequences per step across all workers
   int64_t micro_batch = 8;  // sequences per forward/backward on one worker
   int64_t eval_every = 100;  // 0 = never (the final step is always evaluated when data.val is set)
-  int64_t eval_windows = 64;  // windows of data.val per evaluation; 0 = all
+  int64_t eval_windows = 0;  // windows of data.val per evaluation; 0 = all (the default)
   int64_t log_every = 10;
 
   bool operator==(const TrainConfig&) const = default;
