@@ -44,6 +44,14 @@ LossSum TrainStep::compute(std::span<const int32_t> windows, int64_t n) {
   return sum;
 }
 
+LossSum TrainStep::loss(std::span<const int32_t> windows, int64_t n) {
+  const int64_t T = layout_.dims().T;
+  PTRAIN_ENFORCE(n >= 1 && n <= micro_batch_ && static_cast<int64_t>(windows.size()) == n * (T + 1),
+                 "loss: expected 1..{} windows of {} token ids, got {} ids for {}", micro_batch_,
+                 T + 1, windows.size(), n);
+  return gpt_.forward_loss(state_, windows, n, T);
+}
+
 LossSum TrainStep::compute(const BatchLoader& loader, std::span<const int64_t> window_ids) {
   PTRAIN_ENFORCE(loader.T() == layout_.dims().T, "batch loader T {} but the model's T is {}",
                  loader.T(), layout_.dims().T);

@@ -53,6 +53,11 @@ class TrainStep {
   // The same for windows named by index in a token file (worker/batch_loader.hpp).
   LossSum compute(const BatchLoader& loader, std::span<const int64_t> window_ids);
 
+  // Validation: Σ token losses and the token count of `n` windows (n·(T+1) token ids, n <=
+  // micro_batch) under the uploaded weights — one forward pass, no gradient work. Used with
+  // val_batches (common/data/val_loss.hpp) so that the sum order is `ptrain eval`'s.
+  LossSum loss(std::span<const int32_t> windows, int64_t n);
+
   // The token-sum gradient of the last compute() (layout.total() floats, pinned host memory);
   // valid until the next compute().
   std::span<const float> grads_host() const { return grads_host_.span(); }

@@ -42,6 +42,7 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
   // given windows of data.val, one loss sum per batch back to the coordinator, which adds them
   // in batch order (common/data/val_loss.hpp).
   std::optional<TokenFile> val_file;
+  std::vector<int32_t> tokens;
   auto evaluate = [&](const proto::EvalBegin& e) {
     if (o.val_path.empty()) {
       throw ConfigError(fmt::format("{}: asked to evaluate, but data.val is not set", me));
@@ -53,8 +54,9 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
           me, e.window_begin, e.window_end, e.batch, o.micro_batch));
     }
     if (!val_file) val_file.emplace(TokenFile::open(o.val_path));
-    const BatchLoader val(*val_file, T);
-    client.wait(client.pull(e.version, params), o.timeout);
+    const BatchLoader val(*val_file, layout.dims().T);
+    client.wait(client.pull(e.version, train.weights_host()), o.timeout);
+    train.upload_weights();
     const auto t0 = Clock::now();
     proto::EvalDone done;
     done.request_id = e.request_id;
@@ -66,7 +68,7 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
       ids.resize(static_cast<size_t>(end - b));
       for (int64_t i = b; i < end; ++i) ids[static_cast<size_t>(i - b)] = e.window_begin + i;
       val.load(ids, tokens);
-      const LossSum ls = gpt.forward_loss(params, tokens, end - b, T);
+      const LossSum ls = train.loss(tokens, end - b);
       done.loss_sums.push_back(ls.loss_sum);
       done.tokens.push_back(ls.tokens);
     }
