@@ -51,9 +51,7 @@ void run_server_process(const ServerProcessOptions& o, net::Secret secret) {
   so.server.range = {shards[static_cast<size_t>(id)].first, shards[static_cast<size_t>(id)].second};
   so.omp_threads = std::max<int>(1, threads / static_cast<int>(cfg.cluster.servers));
   so.server.write_shard = make_shard_writer(layout, id, cfg.cluster.servers, so.server.range);
-  const AdamWOptions adamw{cfg.optim.beta1, cfg.optim.beta2, cfg.optim.eps, cfg.optim.weight_decay};
-  const LrSchedule schedule{cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps, cfg.train.steps};
-  UpdateRule rule(adamw, schedule, decay_segments(layout, so.server.range));
+  UpdateRule rule = update_rule_for(cfg, layout, so.server.range);
   net::TcpTransport transport(net::server_endpoint(id), node);
   try {
     run_param_server(so, std::move(rule), transport);
