@@ -51,9 +51,7 @@ void run_server_process(const ServerProcessOptions& o, net::Secret secret) {
   so.omp_threads = o.threads > 0 ? o.threads : threads_per_role(cfg.run.threads, 1);
   so.server.write_shard = make_shard_writer(layout, id, cfg.cluster.servers, so.server.range);
   so.server.load_shard = make_shard_loader(layout, so.server.range);
-  const AdamWOptions adamw{cfg.optim.beta1, cfg.optim.beta2, cfg.optim.eps, cfg.optim.weight_decay};
-  const LrSchedule schedule{cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps, cfg.train.steps};
-  UpdateRule rule(adamw, schedule, decay_segments(layout, so.server.range));
+  UpdateRule rule = update_rule_for(cfg, layout, so.server.range);
   net::TcpTransport transport(net::server_endpoint(id), node);
   try {
     run_param_server(so, std::move(rule), transport);

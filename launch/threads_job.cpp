@@ -134,10 +134,6 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
   auto fabric = std::make_shared<net::InprocFabric>();
   FirstFailure failure(fabric);
   std::vector<std::thread> threads_;
-  const AdamWOptions adamw{config.optim.beta1, config.optim.beta2, config.optim.eps,
-                           config.optim.weight_decay};
-  const LrSchedule schedule{config.optim.lr, config.optim.min_lr, config.optim.warmup_steps,
-                            config.train.steps};
 
   for (int64_t k = 0; k < S; ++k) {
     ParamServerOptions so;
@@ -146,7 +142,7 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
     so.omp_threads = threads_per_role(config.run.threads, S);
     so.server.write_shard = make_shard_writer(layout, so.server.server_id, S, so.server.range);
     so.server.load_shard = make_shard_loader(layout, so.server.range);
-    UpdateRule rule(adamw, schedule, decay_segments(layout, so.server.range));
+    UpdateRule rule = update_rule_for(config, layout, so.server.range);
     threads_.emplace_back([&failure, &fabric, so, rule = std::move(rule)]() mutable {
       failure.guard(fmt::format("server {}", so.server.server_id), [&] {
         net::InprocTransport t(net::server_endpoint(so.server.server_id), fabric);

@@ -47,4 +47,13 @@ double UpdateRule::apply(int64_t step, int64_t range_begin, float clip_coef,
   return lr;
 }
 
+UpdateRule update_rule_for(const Config& config, const ParamLayout& layout,
+                           const proto::KeyRange& range) {
+  const AdamWOptions adamw{config.optim.beta1, config.optim.beta2, config.optim.eps,
+                           config.optim.weight_decay};
+  const LrSchedule schedule{config.optim.lr, config.optim.min_lr, config.optim.warmup_steps,
+                            config.train.steps};
+  return UpdateRule(adamw, schedule, decay_segments(layout, range));
+}
+
 }  // namespace ptrain

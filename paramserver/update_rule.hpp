@@ -4,6 +4,7 @@
 // never sees it.
 #pragma once
 
+#include "common/config/config.hpp"
 #include "common/proto/messages.hpp"
 #include "common/tensor/param_layout.hpp"
 #include "paramserver/optimizer/adamw.hpp"
@@ -44,5 +45,12 @@ class UpdateRule {
   LrSchedule schedule_;
   std::vector<DecaySegment> segments_;
 };
+
+// The rule server `range` of a job applies, from the config: AdamW (optim.beta1, beta2, eps,
+// weight_decay), the schedule (optim.lr warmed up over optim.warmup_steps, then a cosine to
+// optim.min_lr at train.steps) and the layout's decay flags on `range`. Every launch and
+// `bench train` build their rule here, so none of them reads these keys on its own.
+UpdateRule update_rule_for(const Config& config, const ParamLayout& layout,
+                           const proto::KeyRange& range);
 
 }  // namespace ptrain

@@ -3,6 +3,7 @@
 // written here), their --json output, and their failures: exit code, message, and no output file
 // left behind or overwritten. Results are checked against the libraries where that is cheap (the
 // windows in /inputs, padded-row gradients, the greedy continuation recomputed with GptDecoder).
+// Also `bench train --tokens` against `ptrain run` on the same token file (the same step).
 #include "common/error.hpp"
 #include "common/io/checkpoint.hpp"
 #include "common/io/hdf5.hpp"
@@ -508,6 +509,42 @@ TEST_CASE("tools: --device cpu runs - cuda is not implemented yet - a bad value 
     CHECK_MESSAGE(contains(bad.err, "--device 'gpu' is not a device; valid devices: cpu, cuda, cuda:N"),
                   bad.err);
   }
+}
+
+TEST_CASE("tools bench train --tokens: the step of `ptrain run` on the same windows - the same loss") {
+  Fixture fx;
+  // The job: 3 steps, 1 worker, 1 server; bench train: 1 warmup + 2 timed steps with the same
+  // schedule length, on the job's token file. The last step's loss (computed on the weights of
+  // two updates) and learning rate must be the job's, to the bit (JSON keeps doubles exact).
+  const Result job = fx.run({"run", fx.config, "--set", "cluster.launch=threads", "--set",
+                             "train.steps=3", "--set", "train.log_every=1", "--set",
+                             "train.eval_every=0", "--set", "checkpoint.resume=never"});
+  REQUIRE_MESSAGE(job.rc == 0, job.err);
+  nlohmann::json last;
+  std::ifstream log(fx.path("run/train.jsonl"));
+  for (std::string line; std::getline(log, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("loss") && j["step"] == 3) last = j;
+  }
+  REQUIRE(last.is_object());
+  const Result bench = fx.run({"bench", "train", fx.config, "--tokens", fx.tok, "--set",
+                               "train.steps=3", "--warmup", "1", "--steps", "2", "--json"});
+  REQUIRE_MESSAGE(bench.rc == 0, bench.err);
+  const nlohmann::json j = parse_one_json(bench);
+  CHECK(j["tokens"] == fx.tok);
+  CHECK(j["V"] == 257);
+  CHECK(j["Vp"] == 260);
+  CHECK(j["loss"].get<double>() == last["loss"].get<double>());
+  CHECK(j["lr"].get<double>() == last["lr"].get<double>());
+
+  const Result missing = fx.run({"bench", "train", fx.config, "--tokens", fx.path("none.tok")});
+  CHECK(missing.rc != 0);
+  CHECK_MESSAGE(contains(missing.err, "none.tok"), missing.err);
+  CHECK(missing.out.empty());
+  const Result both = fx.run({"bench", "train", fx.config, "--tokens", fx.tok, "--compare-launch"});
+  CHECK(both.rc == 2);
+  CHECK_MESSAGE(contains(both.err, "--tokens and --profile belong to bench train's own step"),
+                both.err);
 }
 
 TEST_CASE("tools: every tool refuses a damaged or missing checkpoint and names it") {

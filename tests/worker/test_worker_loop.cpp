@@ -13,6 +13,7 @@
 #include "paramserver/aggregator.hpp"
 #include "paramserver/param_server.hpp"
 #include "worker/backend/cpu/cpu_backend.hpp"
+#include "worker/model/gpt_state.hpp"
 #include "worker/batch_loader.hpp"
 #include "worker/model/backend.hpp"
 #include "worker/model/gpt.hpp"
@@ -243,13 +244,15 @@ TEST_CASE("worker loop: EvalBegin answers the forward loss of each batch of its 
 
   auto backend = make_cpu_backend(1);
   Gpt gpt(rig.layout, *backend, 3);
+  GptState state(rig.layout, *backend);
+  state.upload_params(params);
   const TokenFile file = TokenFile::open(rig.val);
   BatchLoader loader(file, 12);
   std::vector<int32_t> toks;
   for (int64_t k = 0; k < 2; ++k) {
     const std::vector<int64_t> ids{3 + 3 * k, 4 + 3 * k, 5 + 3 * k};
     loader.load(ids, toks);
-    const LossSum ls = gpt.forward_loss(params, toks, 3, 12);
+    const LossSum ls = gpt.forward_loss(state, toks, 3, 12);
     CHECK(done.loss_sums[static_cast<size_t>(k)] == ls.loss_sum);  // bitwise
     CHECK(done.tokens[static_cast<size_t>(k)] == 3 * 12);
   }
