@@ -42,7 +42,7 @@ TEST_CASE("coordinator job: 1 worker vs 2 workers at the same batch size - after
   Config two = one;
   two.run.dir = dir / "run2";
   two.cluster.workers = 2;
-  two.run.threads = 2;
+  two.run.threads = 1;  // threads of each worker
   const RunSummary s1 = run_threads_job(one);
   const RunSummary s2 = run_threads_job(two);
   CHECK(s1.final_step == 5);
@@ -66,7 +66,7 @@ TEST_CASE("coordinator job: 1 worker vs 2 workers at the same batch size - after
   Config three = one;
   three.run.dir = dir / "run3";
   three.cluster.workers = 3;
-  three.run.threads = 3;
+  three.run.threads = 1;
   const RunSummary s3 = run_threads_job(three);
   const auto c = final_state(three, s3);
   const Worst w3 = worst_rel_l2(layout_for(one), c.params, a.params);
@@ -93,7 +93,7 @@ TEST_CASE("coordinator job: 1 vs 2 workers on the quickstart model - same run.th
   one.train.batch_size = 16;
   one.train.micro_batch = 8;
   one.optim.lr = 3e-3;
-  one.run.threads = 2;
+  one.run.threads = 0;  // cores shared by the workers, as `ptrain run` does
   Config two = one;
   two.run.dir = dir / "run2";
   two.cluster.workers = 2;
@@ -321,7 +321,7 @@ TEST_CASE("coordinator job: in-run val_loss equals ptrain eval of the checkpoint
   Config two = one;
   two.run.dir = dir / "run2";
   two.cluster.workers = 2;
-  two.run.threads = 2;
+  two.run.threads = 1;  // threads of each worker
   std::map<int64_t, double> by_workers[2];
   int i = 0;
   for (const Config* c : {&one, &two}) {

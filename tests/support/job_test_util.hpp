@@ -64,7 +64,7 @@ inline Config small_config(const TempDir& dir) {
   c.source = "<test>";
   c.run.dir = dir / "run";
   c.run.seed = 1234;
-  c.run.threads = 2;
+  c.run.threads = 0;  // the machine's cores shared among the workers (and among the servers)
   c.data.train = train;
   c.data.val = "";
   c.data.tokenizer = "byte";
