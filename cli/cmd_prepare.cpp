@@ -1,5 +1,5 @@
 // `ptrain prepare`: turns text/JSONL files and folders into train/val token files, a tokenizer and a
-// manifest (CONTRACTS.md "Command line"; the work is in common/data/corpus.cpp). Only parsing here.
+// manifest (docs/contracts.md "Command line"; the work is in common/data/corpus.cpp). Only parsing here.
 #include "cli/commands.hpp"
 #include "common/data/corpus.hpp"
 

@@ -1,4 +1,4 @@
-// The data plan (CONTRACTS.md "Data"): which windows of data.train each step uses.
+// The data plan (docs/contracts.md "Data"): which windows of data.train each step uses.
 //
 // Data epoch e has its own permutation of the N window indices: Fisher–Yates (from the last
 // position down, swapping i with j uniform in [0, i]) over a SplitMix64 generator whose state

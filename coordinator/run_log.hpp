@@ -1,4 +1,4 @@
-// What a run reports: RUN_DIR/train.jsonl (CONTRACTS.md: one JSON object per logged step —
+// What a run reports: RUN_DIR/train.jsonl (docs/contracts.md: one JSON object per logged step —
 // step, loss, lr, tokens, elapsed_s, tokens_per_s — and per evaluation — step, val_loss —
 // each line written and flushed as it happens) and a progress line on stderr.
 #pragma once

@@ -1,6 +1,6 @@
 // The parameter-server role: a loop that receives messages from a Transport, passes them to the
 // RequestHandler and sends what it returns. Wired together in the role's entry point (the
-// threads job today, `ptrain server` with TCP next).
+// threads job, `ptrain server` over TCP).
 #pragma once
 
 #include "common/net/transport.hpp"

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """Checks a ptrain checkpoint with h5py alone (no ptrain code): an independent reader of the
-format in CONTRACTS.md "Checkpoint (HDF5)" and docs/formats.md.
+format in docs/contracts.md "Checkpoint (HDF5)" and docs/formats.md.
 
 Checks: root attribute names and types (variable-length UTF-8 strings, int32 format_version,
 int64 step/tokens_seen), the layout hash recomputed from the /model shapes in GPT-2 layout order,

@@ -1,5 +1,5 @@
 // Turns the window indices a worker was given for a step into micro-batches of token ids.
-// Window i of a token file = tokens [i·T, i·T + T + 1) (CONTRACTS.md "Data").
+// Window i of a token file = tokens [i·T, i·T + T + 1) (docs/contracts.md "Data").
 #pragma once
 
 #include "common/io/token_file.hpp"

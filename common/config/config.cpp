@@ -1,4 +1,4 @@
-// YAML config → typed Config. The only file in ptrain that includes yaml-cpp (STYLE.md 15).
+// YAML config → typed Config. The only file in ptrain that includes yaml-cpp.
 //
 // One table (kKeys) drives everything: which keys exist and in what order (config_keys(), to_yaml()
 // and configs/defaults.yaml all follow it), how each value is parsed, and its simple range. A load
@@ -112,7 +112,7 @@ const Key kKeys[] = {
 };
 
 // Enum spellings; `built` = usable now. The others are refused with "not implemented yet" rather
-// than accepted and ignored (CONTRACTS.md).
+// than accepted and ignored (docs/contracts.md).
 template <class E>
 struct Choice {
   E value;

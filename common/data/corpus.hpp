@@ -1,6 +1,6 @@
 // Corpus preparation (`ptrain prepare`): read files and folders into documents, split them into
 // train/val by whole documents, train or pick a tokenizer, write DIR/{train,val}.tok,
-// DIR/tokenizer.json and DIR/manifest.json. Rules are in CONTRACTS.md ("Command line: prepare")
+// DIR/tokenizer.json and DIR/manifest.json. Rules are in docs/contracts.md ("Command line: prepare")
 // and docs/formats.md. Not here: reading token files back (common/io/token_file.hpp).
 #pragma once
 

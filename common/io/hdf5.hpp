@@ -2,7 +2,7 @@
 // checkpoint format and the tools that write HDF5 (`grad`). Not a general HDF5 binding: only the
 // types and operations ptrain needs.
 //
-// Error policy (STYLE.md 6): every HDF5 call is checked; a failure throws IoError carrying the
+// Error policy (docs/errors.md): every HDF5 call is checked; a failure throws IoError carrying the
 // operation, the object's path, HDF5's own error stack (printed by nobody: the library's default
 // printing is switched off for every thread that calls in) and the wrapper's file:line. Nothing
 // here exits. Files are opened with H5F_CLOSE_STRONG, so closing a File closes every object still

@@ -1,4 +1,4 @@
-// AdamW exactly as torch.optim.AdamW (CONTRACTS.md), over a contiguous segment of fp32 weights:
+// AdamW exactly as torch.optim.AdamW (docs/contracts.md), over a contiguous segment of fp32 weights:
 //   p ← p·(1 − lr·wd)                       (only where weight decay applies)
 //   m ← β1·m + (1−β1)·g
 //   v ← β2·v + (1−β2)·g²

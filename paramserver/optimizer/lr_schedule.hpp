@@ -1,4 +1,4 @@
-// The learning-rate schedule (CONTRACTS.md): linear warmup lr·(t+1)/W for t < W, then a cosine
+// The learning-rate schedule (docs/contracts.md): linear warmup lr·(t+1)/W for t < W, then a cosine
 // from lr down to min_lr, reaching min_lr at t = total_steps. t is the 0-based step index (the
 // update that produces weights version t+1).
 #pragma once

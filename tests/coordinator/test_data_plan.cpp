@@ -1,4 +1,4 @@
-// The data plan (CONTRACTS.md "Data"): each epoch's permutation is a permutation, deterministic
+// The data plan (docs/contracts.md "Data"): each epoch's permutation is a permutation, deterministic
 // for (seed, epoch) and different across epochs and seeds; steps take consecutive positions and
 // roll over into the next epoch without dropping or repeating a window; the split among workers
 // sums to B, is contiguous in worker-id order, and gives the same windows whatever W is; the

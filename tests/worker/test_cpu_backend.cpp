@@ -1,7 +1,7 @@
 // Per-op tests of the CPU backend: every op against a naive fp64 reference written here, the
 // reference backward passes against central finite differences of the reference forward passes,
 // the odd sizes that reach tails and partial blocks, and bitwise reproducibility.
-// Tolerance as in STYLE.md: |got − ref| ≤ atol + rtol·|ref|, printing the first mismatches and the
+// Tolerance: |got − ref| ≤ atol + rtol·|ref|, printing the first mismatches and the
 // largest error.
 #include "worker/backend/cpu/cpu_backend.hpp"
 
