@@ -4,7 +4,7 @@
 // left behind or overwritten. Results are checked against the libraries where that is cheap (the
 // windows in /inputs, padded-row gradients, the greedy continuation recomputed with GptDecoder).
 #include "common/error.hpp"
-#include "common/io/checkpoint.hpp"
+#include "common/io/checkpoint_format.hpp"
 #include "common/io/hdf5.hpp"
 #include "common/io/token_file.hpp"
 #include "common/tensor/gpt_init.hpp"
