@@ -1,7 +1,8 @@
 // Helpers for the checkpoint tests (test_checkpoint_format, test_run_checkpoints,
 // test_sharded_checkpoint): a tiny layout, sample data, damage done the way it happens (a
 // truncated copy, a value rewritten through the HDF5 API so the stored CRC no longer matches),
-// the servers' part of a sharded checkpoint, and small checks of what was thrown.
+// the servers' part of a sharded checkpoint, and small checks of what was thrown. The temporary
+// folder is job_test_util.hpp's TempDir.
 #pragma once
 
 #include "common/io/checkpoint_format.hpp"
