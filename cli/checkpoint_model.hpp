@@ -6,7 +6,7 @@
 
 #include "common/config/config.hpp"
 #include "common/data/tokenizer.hpp"
-#include "common/io/checkpoint.hpp"
+#include "common/io/checkpoint_format.hpp"
 #include "common/tensor/param_layout.hpp"
 
 #include <memory>

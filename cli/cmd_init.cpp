@@ -4,7 +4,7 @@
 // init leaves no file and an existing FILE.h5 untouched; a successful one replaces it.
 #include "cli/commands.hpp"
 #include "common/data/tokenizer.hpp"
-#include "common/io/checkpoint.hpp"
+#include "common/io/checkpoint_format.hpp"
 #include "common/tensor/gpt_init.hpp"
 #include "common/tensor/param_layout.hpp"
 

@@ -2,7 +2,7 @@
 
 #include "common/data/val_loss.hpp"
 #include "common/error.hpp"
-#include "common/io/checkpoint.hpp"
+#include "common/io/sharded_checkpoint.hpp"
 #include "common/io/token_file.hpp"
 #include "common/proto/codec.hpp"
 #include "coordinator/checkpoint_scheduler.hpp"

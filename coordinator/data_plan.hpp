@@ -18,7 +18,7 @@
 // the first B mod W workers taking one more: the run uses the same windows whatever W is.
 #pragma once
 
-#include "common/io/checkpoint.hpp"
+#include "common/io/checkpoint_format.hpp"
 
 #include <cstdint>
 #include <utility>

@@ -1,6 +1,7 @@
 #include "coordinator/start_state.hpp"
 
 #include "common/error.hpp"
+#include "common/io/run_checkpoints.hpp"
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>

@@ -7,7 +7,7 @@
 #pragma once
 
 #include "common/config/config.hpp"
-#include "common/io/checkpoint.hpp"
+#include "common/io/checkpoint_format.hpp"
 #include "common/tensor/param_layout.hpp"
 
 #include <cstdint>

@@ -1,7 +1,7 @@
 #include "paramserver/param_server.hpp"
 
 #include "common/error.hpp"
-#include "common/io/checkpoint.hpp"
+#include "common/io/checkpoint_format.hpp"
 #include "common/tensor/gpt_init.hpp"
 
 #include <omp.h>

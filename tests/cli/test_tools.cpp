@@ -5,7 +5,7 @@
 // windows in /inputs, padded-row gradients, the greedy continuation recomputed with GptDecoder).
 // Also `bench train --tokens` against `ptrain run` on the same token file (the same step).
 #include "common/error.hpp"
-#include "common/io/checkpoint.hpp"
+#include "common/io/checkpoint_format.hpp"
 #include "common/io/hdf5.hpp"
 #include "common/io/token_file.hpp"
 #include "common/tensor/gpt_init.hpp"

@@ -3,7 +3,8 @@
 // role is left behind.
 #include "support/job_test_util.hpp"
 
-#include "common/io/checkpoint.hpp"
+#include "common/io/checkpoint_format.hpp"
+#include "common/io/run_checkpoints.hpp"
 #include "common/net/auth.hpp"
 #include "common/proto/codec.hpp"
 #include "status/status_http.hpp"

@@ -1,7 +1,7 @@
 // The wiring of sharded checkpoints and the status endpoint into a `cluster.launch: threads` job:
 // each server writes shard-K.h5, the coordinator publishes checkpoint.h5 over them; the
 // coordinator serves /metrics and /status on RUN_DIR/status.addr while the job runs.
-#include "common/io/checkpoint.hpp"
+#include "common/io/checkpoint_format.hpp"
 #include "support/job_test_util.hpp"
 #include "status/status_http.hpp"
 #include "launch/threads_job.hpp"

@@ -4,7 +4,8 @@
 // stops the job naming the step and the tensor with the last good checkpoint left `latest`; the
 // workers' validation, whose val_loss equals `ptrain eval` of the step's checkpoint, bitwise.
 #include "common/error.hpp"
-#include "common/io/checkpoint.hpp"
+#include "common/io/checkpoint_format.hpp"
+#include "common/io/run_checkpoints.hpp"
 #include "support/job_test_util.hpp"
 #include "launch/threads_job.hpp"
 

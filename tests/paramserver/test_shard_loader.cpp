@@ -3,7 +3,8 @@
 // Resume: its slice of a single-file or sharded checkpoint, whatever server count wrote it, with
 // the step checked against the LoadShard's version and every failure naming the file.
 #include "common/error.hpp"
-#include "common/io/checkpoint.hpp"
+#include "common/io/checkpoint_format.hpp"
+#include "common/io/sharded_checkpoint.hpp"
 #include "common/tensor/gpt_init.hpp"
 #include "support/job_test_util.hpp"
 #include "paramserver/param_server.hpp"

@@ -10,7 +10,7 @@
 // initial weights enter as a step-0 checkpoint (`checkpoint.resume: PATH`).
 #include "common/config/config.hpp"
 #include "common/data/tokenizer.hpp"
-#include "common/io/checkpoint.hpp"
+#include "common/io/checkpoint_format.hpp"
 #include "common/io/token_file.hpp"
 #include "coordinator/data_plan.hpp"
 #include "support/job_test_util.hpp"

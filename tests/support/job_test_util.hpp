@@ -3,7 +3,6 @@
 #pragma once
 
 #include "common/config/config.hpp"
-#include "common/io/checkpoint.hpp"
 #include "common/io/token_file.hpp"
 #include "common/tensor/param_layout.hpp"
 

@@ -4,6 +4,7 @@
 // worker's TrainStep and a whole threads job give bitwise the CPU backend's results on it, with
 // one upload of the weights and one download of the gradient per step.
 #include "common/error.hpp"
+#include "common/io/checkpoint_format.hpp"
 #include "common/tensor/gpt_init.hpp"
 #include "support/job_test_util.hpp"
 #include "launch/threads_job.hpp"

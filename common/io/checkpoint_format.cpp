@@ -1,5 +1,7 @@
-// The HDF5 checkpoint format (CONTRACTS.md "Checkpoint (HDF5)", docs/formats.md) and the run
-// directory's checkpoints/ folder (publish, keep-last-K, `latest`, fallback).
+// The HDF5 checkpoint format (docs/formats.md "Checkpoint (HDF5)"): the single file, the shard
+// files and the index over them; writing them, and reading, verifying and range-reading either
+// form. Not here: where checkpoints live in a run directory (run_checkpoints.cpp) and the order of
+// a sharded checkpoint across servers and coordinator (sharded_checkpoint.cpp).
 //
 // Reading is defensive: every refusal is a CheckpointError that names the file and what is wrong
 // (not HDF5, truncated or damaged, wrong format, wrong format_version, different layout, missing
@@ -12,27 +14,20 @@
 // the pieces from the shards directly, checking each piece's CRC32C and the whole tensor's
 // (continued piece by piece). HDF5's own resolution of virtual sources (HDF5_VDS_PREFIX, the
 // dataset access prefix, the index's folder, the cwd) is only used by other readers (h5py).
-#include "common/io/checkpoint.hpp"
+#include "common/io/checkpoint_format.hpp"
 
 #include "common/error.hpp"
+#include "common/io/checkpoint_internal.hpp"
 #include "common/io/hdf5.hpp"
-#include "common/util/fs.hpp"
 #include "common/util/hash.hpp"
 #include "ptrain/build_config.hpp"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
-#include <spdlog/spdlog.h>
-#include <stdio.h>  // renameat2, RENAME_EXCHANGE
-#include <fcntl.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <bit>
-#include <cerrno>
-#include <charconv>
 #include <chrono>
-#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <limits>
@@ -42,13 +37,14 @@ static_assert(std::endian::native == std::endian::little,
 
 namespace ptrain {
 namespace fs = std::filesystem;
+using checkpoint_internal::check_sizes;
+using checkpoint_internal::kFileName;
+using checkpoint_internal::kMaxShards;
 
 namespace {
 
 constexpr const char* kFormat = "ptrain-checkpoint";
 constexpr const char* kShardFormat = "ptrain-checkpoint-shard";
-constexpr const char* kFileName = "checkpoint.h5";
-constexpr int64_t kMaxShards = 1 << 16;
 // Floats read at a time when a tensor is only verified (bounds the buffer).
 constexpr int64_t kVerifyChunkFloats = int64_t{1} << 20;
 const char* const kTensorGroups[] = {"model", "optimizer/m", "optimizer/v"};
@@ -262,17 +258,6 @@ void write_tokenizer_and_data(h5::File& f, const CheckpointMeta& meta) {
   }
 }
 
-// params: layout.total() floats; m and v the same or empty.
-void check_sizes(const ParamLayout& layout, const CheckpointData& data) {
-  const auto total = static_cast<size_t>(layout.total());
-  PTRAIN_ENFORCE(data.params.size() == total, "checkpoint params: {} floats, the layout has {}",
-                 data.params.size(), total);
-  PTRAIN_ENFORCE(data.m.empty() || data.m.size() == total, "checkpoint m: {} floats, layout {}",
-                 data.m.size(), total);
-  PTRAIN_ENFORCE(data.v.empty() || data.v.size() == total, "checkpoint v: {} floats, layout {}",
-                 data.v.size(), total);
-}
-
 void write_checkpoint(h5::File& f, const ParamLayout& layout, const CheckpointData& data) {
   check_sizes(layout, data);
   write_root_attrs(f, layout, data.meta);
@@ -302,50 +287,7 @@ void write_checkpoint(h5::File& f, const ParamLayout& layout, const CheckpointDa
   write_tokenizer_and_data(f, data.meta);
 }
 
-std::string step_dir_name(int64_t step) { return fmt::format("step-{:08d}", step); }
-
-// Step of a "step-NNNNNNNN" name, or -1.
-int64_t parse_step_dir(const std::string& name) {
-  if (name.size() <= 5 || name.compare(0, 5, "step-") != 0) return -1;
-  int64_t step = -1;
-  const char* b = name.data() + 5;
-  const char* e = name.data() + name.size();
-  auto [p, ec] = std::from_chars(b, e, step);
-  if (ec != std::errc() || p != e || step < 0) return -1;
-  return step;
-}
-
-// step-* directories under `dir`, newest first.
-std::vector<std::pair<int64_t, fs::path>> step_dirs(const fs::path& dir) {
-  std::vector<std::pair<int64_t, fs::path>> out;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(dir, ec)) {
-    const int64_t step = parse_step_dir(e.path().filename().string());
-    std::error_code ec2;
-    if (step >= 0 && !e.is_symlink(ec2) && e.is_directory(ec2)) out.emplace_back(step, e.path());
-  }
-  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-  return out;
-}
-
-// The directory `latest` points to (lexically resolved), or empty.
-fs::path latest_target(const fs::path& dir) {
-  std::error_code ec;
-  const fs::path link = dir / "latest";
-  if (!fs::is_symlink(fs::symlink_status(link, ec))) return {};
-  const fs::path target = fs::read_symlink(link, ec);
-  if (ec) return {};
-  return (target.is_absolute() ? target : dir / target).lexically_normal();
-}
-
-void remove_tree(const fs::path& p) {
-  std::error_code ec;
-  fs::remove_all(p, ec);
-  if (ec) throw IoError(fmt::format("cannot remove {}: {}", p.string(), ec.message()));
-}
-
-
-// ---- Sharded checkpoints: shared by the writer (finish) and the readers ----------------------
+// ---- Sharded checkpoints: shared by the index writer (write_shard_index) and the readers -------
 
 // Root attribute `shard_count` of an index (0: a single-file checkpoint).
 int64_t index_shard_count(const h5::File& f, const std::string& file) {
@@ -725,7 +667,9 @@ void check_layout_hash(const std::string& file, const CheckpointMeta& meta,
   }
 }
 
+
 }  // namespace
+
 
 std::string checkpoint_file(const std::string& path) {
   // Symlinks (`latest`) are resolved here, once: a reader then opens checkpoint.h5 and its shards
@@ -884,111 +828,7 @@ CheckpointSlice read_checkpoint_range(const std::string& path, const ParamLayout
   });
 }
 
-namespace {
-
-// Steps 2-4 of a publish: `tmp_dir` (complete, fsync'd) becomes DIR/name, `latest` moves to it,
-// old ones beyond `keep` are removed.
-void publish_dir(const fs::path& dir, const std::string& name, const fs::path& tmp_dir,
-                 int64_t keep) {
-  const fs::path final_dir = dir / name;
-  // 2. Rename into place. A re-publish of the same step swaps the two directories atomically
-  //    (RENAME_EXCHANGE), so `latest` never points at a missing or half directory.
-  std::error_code ec;
-  if (fs::exists(fs::symlink_status(final_dir, ec))) {
-    if (::renameat2(AT_FDCWD, tmp_dir.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) == 0) {
-      remove_tree(tmp_dir);  // now holds the replaced checkpoint
-    } else {
-      // File system without RENAME_EXCHANGE: move the old one aside (a *.tmp name, cleaned up by
-      // find_latest_checkpoint if we die here), then rename.
-      const fs::path old_dir = dir / (name + ".old.tmp");
-      remove_tree(old_dir);
-      if (::rename(final_dir.c_str(), old_dir.c_str()) != 0 ||
-          ::rename(tmp_dir.c_str(), final_dir.c_str()) != 0) {
-        throw IoError(fmt::format("cannot replace {}: {}", final_dir.string(), std::strerror(errno)));
-      }
-      remove_tree(old_dir);
-    }
-  } else if (::rename(tmp_dir.c_str(), final_dir.c_str()) != 0) {
-    throw IoError(fmt::format("cannot rename {} to {}: {}", tmp_dir.string(), final_dir.string(),
-                              std::strerror(errno)));
-  }
-  fsync_path(dir.string());
-
-  // 3. Move `latest` atomically: a relative symlink under a temp name, renamed over the old one.
-  const fs::path link_tmp = dir / fmt::format("latest.{}.tmp", ::getpid());
-  fs::remove(link_tmp, ec);
-  if (::symlink(name.c_str(), link_tmp.c_str()) != 0) {
-    throw IoError(fmt::format("cannot create symlink {}: {}", link_tmp.string(), std::strerror(errno)));
-  }
-  if (::rename(link_tmp.c_str(), (dir / "latest").c_str()) != 0) {
-    const int err = errno;
-    fs::remove(link_tmp, ec);
-    throw IoError(fmt::format("cannot move {} to {}: {}", link_tmp.string(),
-                              (dir / "latest").string(), std::strerror(err)));
-  }
-  fsync_path(dir.string());
-
-  // 4. Keep the newest `keep` step directories (and whatever `latest` names); keep <= 0 keeps all.
-  if (keep > 0) {
-    const fs::path latest = latest_target(dir);
-    int64_t kept = 0;
-    for (const auto& [step, path] : step_dirs(dir)) {
-      if (kept < keep) {
-        ++kept;
-        continue;
-      }
-      if (path.lexically_normal() == latest) continue;
-      std::error_code rec;
-      fs::remove_all(path, rec);
-      if (rec) spdlog::warn("cannot remove old checkpoint {}: {}", path.string(), rec.message());
-    }
-  }
-}
-
-}  // namespace
-
-std::string publish_checkpoint(const std::string& run_dir, const ParamLayout& layout,
-                               const CheckpointData& data, int64_t keep) {
-  PTRAIN_ENFORCE(data.meta.step >= 0, "checkpoint step must be >= 0, got {}", data.meta.step);
-  const fs::path dir = fs::path(run_dir) / "checkpoints";
-  make_dirs(dir.string());
-  const std::string name = step_dir_name(data.meta.step);
-  const fs::path final_dir = dir / name;
-  const fs::path tmp_dir = dir / (name + ".tmp");
-
-  // 1. Write into step-N.tmp/, close, fsync the file and its folder.
-  remove_tree(tmp_dir);  // a stale one from a killed run
-  make_dirs(tmp_dir.string());
-  const std::string tmp_file = (tmp_dir / kFileName).string();
-  try {
-    write_checkpoint_file(tmp_file, layout, data);
-    fsync_path(tmp_file);
-    fsync_path(tmp_dir.string());
-  } catch (...) {
-    std::error_code ec;
-    fs::remove_all(tmp_dir, ec);
-    throw;
-  }
-  // 2-4.
-  publish_dir(dir, name, tmp_dir, keep);
-  return final_dir.string();
-}
-
-// ---- Sharded checkpoints -----------------------------------------------------------------------
-
-std::string checkpoint_tmp_dir(const std::string& run_dir, int64_t step) {
-  PTRAIN_ENFORCE(step >= 0, "checkpoint step must be >= 0, got {}", step);
-  return (fs::path(run_dir) / "checkpoints" / (step_dir_name(step) + ".tmp")).string();
-}
-
-std::string begin_checkpoint(const std::string& run_dir, int64_t step) {
-  const std::string tmp = checkpoint_tmp_dir(run_dir, step);
-  make_dirs(fs::path(tmp).parent_path().string());
-  remove_tree(tmp);  // a stale one from a killed run
-  make_dirs(tmp);
-  fsync_path(fs::path(tmp).parent_path().string());
-  return tmp;
-}
+// ---- Shard files -------------------------------------------------------------------------------
 
 std::string shard_file_name(int64_t k) { return fmt::format("shard-{}.h5", k); }
 
@@ -1060,190 +900,92 @@ void write_checkpoint_shard(const std::string& tmp_dir, int64_t k, int64_t n_sha
   });
 }
 
-std::string finish_sharded_checkpoint(const std::string& run_dir, const std::string& tmp_dir,
-                                      const ParamLayout& layout, const CheckpointMeta& meta,
-                                      int64_t n_shards, int64_t keep) {
-  PTRAIN_ENFORCE(n_shards >= 1 && n_shards <= kMaxShards, "shard count {} outside 1..{}",
-                 n_shards, kMaxShards);
-  const fs::path dir = fs::path(run_dir) / "checkpoints";
-  const std::string name = step_dir_name(meta.step);
-  const fs::path expect = checkpoint_tmp_dir(run_dir, meta.step);
-  std::error_code ec;
-  if (!fs::is_directory(tmp_dir, ec)) {
-    throw IoError(fmt::format("{}: no such checkpoint folder (begin_checkpoint creates it)",
-                              tmp_dir));
-  }
-  PTRAIN_ENFORCE(fs::equivalent(tmp_dir, expect, ec),
-                 "finish_sharded_checkpoint: {} is not the temp folder of step {} ({})", tmp_dir,
-                 meta.step, expect.string());
-  const std::string label = tmp_dir;
-  const std::string index = (fs::path(tmp_dir) / kFileName).string();
-  try {
-    // 1. Read every shard back: header against this layout and step, every piece's CRC32C; the
-    //    whole-tensor CRC32C continued piece by piece in row order.
-    struct Entry {
-      size_t group;  // into kTensorGroups
-      const TensorSpec* t;
-      std::string rel;
-      std::vector<Piece> pieces;
-      uint32_t crc;
-    };
-    std::vector<Entry> entries;
-    {
-      std::vector<Shard> shards =
-          open_shards(label, tmp_dir, n_shards, layout.hash(), meta.step, layout.total());
-      std::vector<int64_t> floats(static_cast<size_t>(n_shards), 0);
-      for (size_t g = 0; g < std::size(kTensorGroups); ++g) {
-        for (const TensorSpec& t : layout.tensors()) {
-          Entry e{g, &t, std::string(kTensorGroups[g]) + "/" + t.name, {}, 0};
-          e.pieces = expected_pieces(label, t, shards);
-          e.crc = verify_pieces(label, shards, e.rel, t.shape, e.pieces, floats);
-          entries.push_back(std::move(e));
-        }
-      }
-    }
+// ---- For the other checkpoint files (checkpoint_internal.hpp) ---------------------------------
 
-    // 2. The index (written, fsync'd and renamed into the folder atomically): attributes,
-    //    virtual datasets over the shards, tokenizer, data plan.
-    h5::write_file_atomically(index, [&](h5::File& f) {
-      write_root_attrs(f, layout, meta);
-      f.set_attr("shard_count", static_cast<int32_t>(n_shards));
-      f.create_group("optimizer");
-      std::vector<h5::Group> groups;
-      for (const char* g : kTensorGroups) groups.push_back(f.create_group(g));
-      for (const Entry& e : entries) {
-        std::vector<h5::VirtualMapping> maps;
-        for (const Piece& p : e.pieces) {
-          h5::VirtualMapping vm;
-          vm.file = shard_file_name(p.shard);
-          vm.dataset = source_dataset(e.rel);
-          vm.start.assign(e.t->shape.size(), 0);
-          vm.start[0] = p.row_begin;
-          vm.count = e.t->shape;
-          vm.count[0] = p.rows;
-          maps.push_back(std::move(vm));
-        }
-        h5::Dataset ds = groups[e.group].create_virtual_dataset(
-            e.t->name, h5::DType::kFloat32, e.t->shape, maps,
-            std::numeric_limits<double>::quiet_NaN());
-        ds.set_attr("crc32c", e.crc);
-      }
-      write_tokenizer_and_data(f, meta);
-    });
-
-    // 3. The index reads back: header, meta, every tensor's crc32c and mappings as written.
-    h5::File f = open_checkpoint(index);
-    damaged_guard(index, [&] {
-      check_header(f, index);
-      const CheckpointMeta back = read_meta(f, index);
-      for (const Entry& e : entries) {
-        uint64_t stored = 0;
-        const h5::Dataset ds = open_tensor(f, index, e.rel, &e.t->shape, stored);
-        if (stored != e.crc || mapped_pieces(index, ds, e.rel, e.t->shape, n_shards) != e.pieces) {
-          throw CheckpointError(fmt::format("{}: tensor {} does not read back", index, e.rel));
-        }
-      }
-      if (back.step != meta.step || index_shard_count(f, index) != n_shards) {
-        throw CheckpointError(fmt::format("{}: the index does not read back", index));
-      }
-      return 0;
-    });
-    f.close();
-  } catch (...) {
-    std::error_code rec;
-    fs::remove_all(tmp_dir, rec);
-    throw;
-  }
-  // 4. Rename, `latest`, keep-K: as publish_checkpoint. (The shards were fsync'd, with the
-  //    folder, by their writers; the index by write_file_atomically.)
-  publish_dir(dir, name, fs::path(tmp_dir), keep);
-  return (dir / name).string();
+void checkpoint_internal::check_sizes(const ParamLayout& layout, const CheckpointData& data) {
+  const auto total = static_cast<size_t>(layout.total());
+  PTRAIN_ENFORCE(data.params.size() == total, "checkpoint params: {} floats, the layout has {}",
+                 data.params.size(), total);
+  PTRAIN_ENFORCE(data.m.empty() || data.m.size() == total, "checkpoint m: {} floats, layout {}",
+                 data.m.size(), total);
+  PTRAIN_ENFORCE(data.v.empty() || data.v.size() == total, "checkpoint v: {} floats, layout {}",
+                 data.v.size(), total);
 }
 
-std::string publish_sharded_checkpoint(const std::string& run_dir, const ParamLayout& layout,
-                                       const CheckpointData& data, int64_t n_shards,
-                                       int64_t keep) {
-  check_sizes(layout, data);
-  const std::string tmp = begin_checkpoint(run_dir, data.meta.step);
-  try {
-    const auto ranges = layout.shard_ranges(n_shards);
-    for (int64_t k = 0; k < n_shards; ++k) {
-      const auto [b, e] = ranges[static_cast<size_t>(k)];
-      auto slice = [&](const std::vector<float>& x) {
-        return x.empty() ? std::span<const float>()
-                         : std::span<const float>(x).subspan(static_cast<size_t>(b),
-                                                             static_cast<size_t>(e - b));
-      };
-      write_checkpoint_shard(tmp, k, n_shards, layout, ranges[static_cast<size_t>(k)],
-                             slice(data.params), slice(data.m), slice(data.v), data.meta.step);
-    }
-  } catch (...) {
-    std::error_code ec;
-    fs::remove_all(tmp, ec);
-    throw;
-  }
-  return finish_sharded_checkpoint(run_dir, tmp, layout, data.meta, n_shards, keep);
-}
-
-std::optional<std::string> find_latest_checkpoint(const std::string& run_dir) {
-  const fs::path dir = fs::path(run_dir) / "checkpoints";
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec)) return std::nullopt;
-
-  // Stale temporaries of a killed publish: step-N.tmp/, step-N.old.tmp/, latest.<pid>.tmp.
-  for (const auto& e : fs::directory_iterator(dir, ec)) {
-    const std::string n = e.path().filename().string();
-    if (n.size() > 4 && n.compare(n.size() - 4, 4, ".tmp") == 0) {
-      spdlog::info("removing stale {}", e.path().string());
-      std::error_code rec;
-      fs::remove_all(e.path(), rec);
-      if (rec) spdlog::warn("cannot remove {}: {}", e.path().string(), rec.message());
-    }
-  }
-
-  const auto candidates = step_dirs(dir);
-  const fs::path link = dir / "latest";
-  fs::path tried;
-  std::string first_problem;
-  if (fs::is_symlink(fs::symlink_status(link, ec))) {
-    const fs::path target = latest_target(dir);
-    std::error_code ec2;
-    if (target.empty() || !fs::is_directory(target, ec2)) {
-      spdlog::warn("{} points to {}, which does not exist; looking for the newest valid checkpoint",
-                   link.string(), fs::read_symlink(link, ec2).string());
-    } else {
-      try {
-        verify_checkpoint(target.string());
-        return target.string();
-      } catch (const Error& e) {
-        spdlog::warn("{} (-> {}) is damaged: {}; looking for the newest valid checkpoint",
-                     link.string(), target.filename().string(), e.what());
-        tried = target;
-        first_problem = e.what();
+void checkpoint_internal::write_shard_index(const std::string& dir, const ParamLayout& layout,
+                                            const CheckpointMeta& meta, int64_t n_shards) {
+  const std::string& label = dir;
+  const std::string index = (fs::path(dir) / kFileName).string();
+  // 1. Read every shard back: header against this layout and step, every piece's CRC32C; the
+  //    whole-tensor CRC32C continued piece by piece in row order.
+  struct Entry {
+    size_t group;  // into kTensorGroups
+    const TensorSpec* t;
+    std::string rel;
+    std::vector<Piece> pieces;
+    uint32_t crc;
+  };
+  std::vector<Entry> entries;
+  {
+    std::vector<Shard> shards =
+        open_shards(label, dir, n_shards, layout.hash(), meta.step, layout.total());
+    std::vector<int64_t> floats(static_cast<size_t>(n_shards), 0);
+    for (size_t g = 0; g < std::size(kTensorGroups); ++g) {
+      for (const TensorSpec& t : layout.tensors()) {
+        Entry e{g, &t, std::string(kTensorGroups[g]) + "/" + t.name, {}, 0};
+        e.pieces = expected_pieces(label, t, shards);
+        e.crc = verify_pieces(label, shards, e.rel, t.shape, e.pieces, floats);
+        entries.push_back(std::move(e));
       }
     }
-  } else if (fs::exists(fs::symlink_status(link, ec))) {
-    spdlog::warn("{} is not a symlink; looking for the newest valid checkpoint", link.string());
-  } else if (!candidates.empty()) {
-    spdlog::warn("{} is missing; looking for the newest valid checkpoint", link.string());
   }
 
-  for (const auto& [step, path] : candidates) {
-    if (path.lexically_normal() == tried) continue;
-    try {
-      verify_checkpoint(path.string());
-      spdlog::warn("using {} (step {}) instead", path.string(), step);
-      return path.string();
-    } catch (const Error& e) {
-      spdlog::warn("{} is not usable: {}", path.string(), e.what());
-      if (first_problem.empty()) first_problem = e.what();
+  // 2. The index (written, fsync'd and renamed into the folder atomically): attributes,
+  //    virtual datasets over the shards, tokenizer, data plan.
+  h5::write_file_atomically(index, [&](h5::File& f) {
+    write_root_attrs(f, layout, meta);
+    f.set_attr("shard_count", static_cast<int32_t>(n_shards));
+    f.create_group("optimizer");
+    std::vector<h5::Group> groups;
+    for (const char* g : kTensorGroups) groups.push_back(f.create_group(g));
+    for (const Entry& e : entries) {
+      std::vector<h5::VirtualMapping> maps;
+      for (const Piece& p : e.pieces) {
+        h5::VirtualMapping vm;
+        vm.file = shard_file_name(p.shard);
+        vm.dataset = source_dataset(e.rel);
+        vm.start.assign(e.t->shape.size(), 0);
+        vm.start[0] = p.row_begin;
+        vm.count = e.t->shape;
+        vm.count[0] = p.rows;
+        maps.push_back(std::move(vm));
+      }
+      h5::Dataset ds = groups[e.group].create_virtual_dataset(
+          e.t->name, h5::DType::kFloat32, e.t->shape, maps,
+          std::numeric_limits<double>::quiet_NaN());
+      ds.set_attr("crc32c", e.crc);
     }
-  }
-  if (candidates.empty()) return std::nullopt;
-  throw CheckpointError(fmt::format(
-      "{}: none of the {} checkpoint directories reads back (newest: {}); move them away to start "
-      "afresh",
-      dir.string(), candidates.size(), first_problem));
+    write_tokenizer_and_data(f, meta);
+  });
+
+  // 3. The index reads back: header, meta, every tensor's crc32c and mappings as written.
+  h5::File f = open_checkpoint(index);
+  damaged_guard(index, [&] {
+    check_header(f, index);
+    const CheckpointMeta back = read_meta(f, index);
+    for (const Entry& e : entries) {
+      uint64_t stored = 0;
+      const h5::Dataset ds = open_tensor(f, index, e.rel, &e.t->shape, stored);
+      if (stored != e.crc || mapped_pieces(index, ds, e.rel, e.t->shape, n_shards) != e.pieces) {
+        throw CheckpointError(fmt::format("{}: tensor {} does not read back", index, e.rel));
+      }
+    }
+    if (back.step != meta.step || index_shard_count(f, index) != n_shards) {
+      throw CheckpointError(fmt::format("{}: the index does not read back", index));
+    }
+    return 0;
+  });
+  f.close();
 }
 
 }  // namespace ptrain

@@ -1,7 +1,10 @@
-// HDF5 checkpoints (format in CONTRACTS.md and docs/formats.md) and the run directory's
-// checkpoints/ folder: atomic publish (tmp dir, fsync, rename, then `latest`), keep-last-K,
-// fallback when `latest` is damaged. Readers refuse a wrong format version, a different layout
-// hash, a checksum mismatch or a truncated file, naming which (CheckpointError).
+// The HDF5 checkpoint format (docs/formats.md "Checkpoint (HDF5)"): writing, reading and verifying
+// one checkpoint, whole or one server's slice of it. Readers refuse a wrong format version, a
+// different layout hash, a checksum mismatch or a truncated file, naming which (CheckpointError).
+// Nothing here needs a run directory: a checkpoint is a file or the folder that holds it.
+// Not here: the run's checkpoints/ folder (publish, `latest`, keep-K, fallback:
+// run_checkpoints.hpp) and the order in which servers and coordinator write a sharded checkpoint
+// (sharded_checkpoint.hpp).
 //
 // Two forms, read by the same functions:
 // - single file: checkpoint.h5 holds every tensor (ptrain init, tools, publish_checkpoint);
@@ -17,7 +20,6 @@
 #include "common/tensor/param_layout.hpp"
 
 #include <cstdint>
-#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -57,6 +59,8 @@ struct CheckpointData {
 // `path` is a checkpoint .h5 file or a directory holding checkpoint.h5.
 std::string checkpoint_file(const std::string& path);
 
+// ---- Single file ------------------------------------------------------------------------------
+
 // Writes one checkpoint file (not atomic by itself; publish_checkpoint makes it so). The file's
 // format_version, layout_hash, ptrain_version and created_utc come from this build, `layout` and
 // the clock, not from data.meta. params: layout.total() floats; m, v: the same or empty (zeros).
@@ -66,6 +70,25 @@ void write_checkpoint_file(const std::string& file, const ParamLayout& layout,
 // leaves neither a partial file nor a changed `file` (used by `ptrain init`).
 void write_checkpoint_file_atomic(const std::string& file, const ParamLayout& layout,
                                   const CheckpointData& data);
+
+// ---- Shard files ------------------------------------------------------------------------------
+
+// "shard-K.h5".
+std::string shard_file_name(int64_t k);
+
+// Server k of n: writes TMP_DIR/shard-K.h5 atomically (shard-K.h5.tmp.<pid>, fsync, rename, fsync
+// the folder) with its slice [range.first, range.second) of the flat vector. `weights`, `m`, `v`
+// hold that slice (range size floats each; m and v may be empty: written as zeros). Every range
+// boundary must be a row boundary of the layout (ParamLayout::shard_ranges gives such ranges).
+// Safe to call from several threads at once (different k) or from several processes. TMP_DIR
+// must exist (in a run, begin_checkpoint creates it). Throws IoError / InternalError; a failure
+// leaves no shard-K.h5. The index over the shards is written by finish_sharded_checkpoint.
+void write_checkpoint_shard(const std::string& tmp_dir, int64_t k, int64_t n_shards,
+                            const ParamLayout& layout, std::pair<int64_t, int64_t> range,
+                            std::span<const float> weights, std::span<const float> m,
+                            std::span<const float> v, int64_t step);
+
+// ---- Reading (either form) --------------------------------------------------------------------
 
 // Reads and checks the header (format, format_version) and the meta data; no tensor is read.
 CheckpointMeta read_checkpoint_meta(const std::string& path);
@@ -93,68 +116,6 @@ struct CheckpointSlice {
 CheckpointSlice read_checkpoint_range(const std::string& path, const ParamLayout& layout,
                                       std::pair<int64_t, int64_t> range,
                                       bool with_optimizer = true);
-
-// RUN_DIR/checkpoints/step-%08d/checkpoint.h5 via a .tmp directory, fsync, rename, `latest` moved,
-// then all but the newest `keep` removed. Returns the published directory.
-std::string publish_checkpoint(const std::string& run_dir, const ParamLayout& layout,
-                               const CheckpointData& data, int64_t keep);
-
-// The newest valid checkpoint directory under RUN_DIR/checkpoints: `latest` if it reads back
-// (verify_checkpoint), else the newest step-* that does (logging which and why). Removes stale
-// *.tmp directories. nullopt when there is no checkpoint at all; CheckpointError when there are
-// step directories but none reads back (starting afresh would silently discard a run).
-std::optional<std::string> find_latest_checkpoint(const std::string& run_dir);
-
-// ---- Sharded checkpoints ------------------------------------------------------------------
-//
-// The order of calls for step N with S servers (one consistent cut: every server's state at
-// version N):
-//   coordinator: tmp = begin_checkpoint(run_dir, N);                   // creates the temp dir
-//   server k   : write_checkpoint_shard(tmp, k, S, layout, range_k, w, m, v, N);   // in parallel
-//   coordinator: (after every server reported success)
-//                dir = finish_sharded_checkpoint(run_dir, tmp, layout, meta, S, keep);
-// A server on another host computes the same `tmp` with checkpoint_tmp_dir(run_dir, N) (a shared
-// file system) or is told it by the coordinator. Nothing is visible to readers before
-// finish_sharded_checkpoint renames the folder; a crash anywhere before leaves a *.tmp folder that
-// find_latest_checkpoint removes, and the previous `latest` untouched.
-
-// RUN_DIR/checkpoints/step-%08d.tmp (a pure function; creates nothing).
-std::string checkpoint_tmp_dir(const std::string& run_dir, int64_t step);
-
-// Coordinator: creates checkpoint_tmp_dir(run_dir, step) empty (removing a stale one left by a
-// killed run) and returns it.
-std::string begin_checkpoint(const std::string& run_dir, int64_t step);
-
-// "shard-K.h5".
-std::string shard_file_name(int64_t k);
-
-// Server k of n: writes TMP_DIR/shard-K.h5 atomically (shard-K.h5.tmp.<pid>, fsync, rename, fsync
-// the folder) with its slice [range.first, range.second) of the flat vector. `weights`, `m`, `v`
-// hold that slice (range size floats each; m and v may be empty: written as zeros). Every range
-// boundary must be a row boundary of the layout (ParamLayout::shard_ranges gives such ranges).
-// Safe to call from several threads at once (different k) or from several processes. TMP_DIR
-// must exist (begin_checkpoint). Throws IoError / InternalError; a failure leaves no shard-K.h5.
-void write_checkpoint_shard(const std::string& tmp_dir, int64_t k, int64_t n_shards,
-                            const ParamLayout& layout, std::pair<int64_t, int64_t> range,
-                            std::span<const float> weights, std::span<const float> m,
-                            std::span<const float> v, int64_t step);
-
-// Coordinator, once every shard is written: opens every shard and reads it back (header: index,
-// count, layout hash, step; every tensor piece's CRC32C), writes TMP_DIR/checkpoint.h5 (the
-// attributes from `meta` as write_checkpoint_file does, shard_count, /tokenizer, /data and the
-// virtual datasets with the whole-tensor crc32c; temp name, fsync, rename), checks the index's
-// mappings read back and publishes the folder as publish_checkpoint does (rename, `latest`,
-// keep-K). The shards are durable already: their writers fsync'd them and the folder.
-// Returns the published directory. On any problem throws CheckpointError naming the shard (or
-// IoError), removes TMP_DIR and leaves `latest` and every published checkpoint as they were.
-std::string finish_sharded_checkpoint(const std::string& run_dir, const std::string& tmp_dir,
-                                      const ParamLayout& layout, const CheckpointMeta& meta,
-                                      int64_t n_shards, int64_t keep);
-
-// Everything above in one process, from full vectors (tests, tools, the threads launcher): the
-// ranges are layout.shard_ranges(n_shards); shards are written one after another.
-std::string publish_sharded_checkpoint(const std::string& run_dir, const ParamLayout& layout,
-                                       const CheckpointData& data, int64_t n_shards, int64_t keep);
 
 // Number of shards of the checkpoint at `path` (0 for a single-file checkpoint). Reads the header
 // only.

@@ -1,0 +1,50 @@
+// Private to the checkpoint files of common/io (checkpoint_format.cpp, run_checkpoints.cpp,
+// sharded_checkpoint.cpp): the constants and helpers more than one of them needs, each defined
+// once. Not a public API: nothing outside those three files includes it, and nothing here
+// validates its arguments beyond what the public entry points already did.
+#pragma once
+
+#include "common/io/checkpoint_format.hpp"
+#include "common/tensor/param_layout.hpp"
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+namespace ptrain::checkpoint_internal {
+
+// The file of a checkpoint folder that readers open: the whole checkpoint or a sharded index.
+inline constexpr const char* kFileName = "checkpoint.h5";
+// Largest shard count a writer accepts and a reader believes.
+inline constexpr int64_t kMaxShards = 1 << 16;
+
+// ---- defined in checkpoint_format.cpp ----------------------------------------------------------
+
+// Enforces params = layout.total() floats and m, v the same or empty.
+void check_sizes(const ParamLayout& layout, const CheckpointData& data);
+
+// The index of a sharded checkpoint whose shards shard-0.h5 … shard-(n_shards-1).h5 are complete
+// in `dir` (used as the label of every message): reads every shard back (header against `layout`
+// and meta.step, every piece's CRC32C, the whole-tensor CRC32C continued piece by piece), writes
+// DIR/checkpoint.h5 atomically (the attributes from `meta` as write_checkpoint_file does,
+// shard_count, the virtual datasets with the whole-tensor crc32c, /tokenizer, /data) and checks
+// that it reads back (header, meta, every tensor's crc32c and mappings). Throws CheckpointError
+// naming the shard, or IoError; on a failure after the write DIR/checkpoint.h5 stays (the caller
+// removes the folder).
+void write_shard_index(const std::string& dir, const ParamLayout& layout,
+                       const CheckpointMeta& meta, int64_t n_shards);
+
+// ---- defined in run_checkpoints.cpp ------------------------------------------------------------
+
+// "step-%08d".
+std::string step_dir_name(int64_t step);
+
+// Removes `p` and everything below it (nothing when it does not exist); IoError when it cannot.
+void remove_tree(const std::filesystem::path& p);
+
+// Steps 2-4 of a publish: `tmp_dir` (complete, fsync'd) becomes DIR/name, `latest` moves to it,
+// old ones beyond `keep` are removed.
+void publish_dir(const std::filesystem::path& dir, const std::string& name,
+                 const std::filesystem::path& tmp_dir, int64_t keep);
+
+}  // namespace ptrain::checkpoint_internal
