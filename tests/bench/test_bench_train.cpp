@@ -5,7 +5,7 @@
 // clip setting or another schedule is told apart by the same comparison.
 #include "bench/bench_train.hpp"
 #include "common/error.hpp"
-#include "common/io/checkpoint.hpp"
+#include "common/io/checkpoint_format.hpp"
 #include "launch/threads_job.hpp"
 #include "support/job_test_util.hpp"
 #include "worker/backend/backend_factory.hpp"
