@@ -2,6 +2,7 @@
 
 #include "common/error.hpp"
 #include "common/net/auth.hpp"
+#include "common/net/host_port.hpp"
 #include "common/net/tcp_transport.hpp"
 #include "common/proto/codec.hpp"
 #include "common/tensor/param_layout.hpp"
@@ -207,7 +208,9 @@ int run_server(const BenchPsPeerOptions& o) {
   std::vector<float> weights(static_cast<size_t>(range.size()), 0.5f);
   std::printf("%s\n", addr.c_str());
   std::fflush(stdout);
-  net::TcpTransport t(net::server_endpoint(o.id), node);
+  const std::unique_ptr<net::Transport> tp =
+      net::make_transport(net::TransportOptions::tcp(net::server_endpoint(o.id), node));
+  net::Transport& t = *tp;
   std::vector<int> pushes(static_cast<size_t>(o.rounds), 0);
   std::vector<std::pair<net::Endpoint, proto::PullRequest>> waiting;
   int done = 0;
@@ -252,7 +255,9 @@ int run_worker(const BenchPsPeerOptions& o) {
                   proto::PeerHello{static_cast<uint8_t>(net::Role::kWorker), o.id, 0},
                   std::chrono::milliseconds(30'000));
   }
-  net::TcpTransport t(net::worker_endpoint(o.id), node);
+  const std::unique_ptr<net::Transport> tp =
+      net::make_transport(net::TransportOptions::tcp(net::worker_endpoint(o.id), node));
+  net::Transport& t = *tp;
   const auto ranges = ranges_of(o.floats, o.servers);
   std::vector<float> grads(static_cast<size_t>(o.floats), 0.25f);
   std::vector<float> weights(static_cast<size_t>(o.floats), 0.0f);
@@ -334,11 +339,11 @@ int run_raw_recv(const BenchPsPeerOptions& o) {
 int run_raw_send(const BenchPsPeerOptions& o) {
   const int64_t chunk = std::min<int64_t>(o.raw_bytes, std::max<int64_t>(o.floats * 4, 1));
   std::vector<char> buf(static_cast<size_t>(chunk), 1);
-  const size_t colon = o.raw_addr.rfind(':');
+  const net::HostPort hp = net::parse_host_port(o.raw_addr, "--raw-addr");
   sockaddr_in a{};
   a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(std::stoi(o.raw_addr.substr(colon + 1))));
-  inet_pton(AF_INET, o.raw_addr.substr(0, colon).c_str(), &a.sin_addr);
+  a.sin_port = htons(hp.port);
+  inet_pton(AF_INET, hp.host.c_str(), &a.sin_addr);
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
     throw IoError(fmt::format("bench ps raw: cannot connect to {}: {}", o.raw_addr, std::strerror(errno)));

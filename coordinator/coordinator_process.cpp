@@ -2,6 +2,7 @@
 
 #include "common/data/tokenizer.hpp"
 #include "common/error.hpp"
+#include "common/net/host_port.hpp"
 #include "common/net/tcp_transport.hpp"
 #include "common/proto/codec.hpp"
 #include "common/tensor/param_layout.hpp"
@@ -34,10 +35,14 @@ class Registrar {
       if (next_server_ >= S_) {
         throw ConfigError(fmt::format("the job already has its {} server(s) (cluster.servers)", S_));
       }
-      std::string addr = reg->listen_address;
-      if (!addr.empty() && addr.front() == ':') {  // ":PORT": the host we see it as
-        addr = peer.substr(0, peer.rfind(':')) + addr;  // keeps [brackets] of an IPv6 host
-      }
+      const net::HostPort listen = net::parse_host_port(
+          reg->listen_address, "the listen address in a server's Register",
+          {.allow_empty_host = true, .allow_port_zero = false});
+      // ":PORT": the host we see the server as.
+      const std::string addr = net::format_host_port(
+          listen.host.empty() ? net::parse_host_port(peer, "the server's address").host
+                              : listen.host,
+          listen.port);
       server_addrs_.push_back(addr);
       return {net::server_endpoint(next_server_++), true};
     }
@@ -88,22 +93,10 @@ RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secr
   no.peer_timeout = ms(cfg.cluster.peer_timeout_s);
   auto node = std::make_shared<net::TcpNode>(std::move(secret), no);
   auto registrar = std::make_shared<Registrar>(S, W);
-  const size_t colon = o.listen.rfind(':');
-  if (colon == std::string::npos) {
-    throw UsageError(fmt::format("--listen: '{}' is not HOST:PORT", o.listen));
-  }
-  std::string host = o.listen.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
-  int port = -1;
-  try {
-    port = std::stoi(o.listen.substr(colon + 1));
-  } catch (const std::exception&) {
-  }
-  if (port < 0 || port > 65535) {
-    throw UsageError(fmt::format("--listen: '{}' is not HOST:PORT (port 0..65535)", o.listen));
-  }
+  const net::HostPort listen = net::parse_host_port(o.listen, "--listen");
+  const std::string& host = listen.host;
   const std::string addr = node->listen(
-      host, static_cast<uint16_t>(port),
+      host, listen.port,
       [registrar](const proto::Message& m, const std::string& peer) {
         return registrar->identify(m, peer);
       });
@@ -113,7 +106,9 @@ RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secr
                        (std::filesystem::path(cfg.run.dir) / "status.addr").string());
   spdlog::info("coordinator listening on {}; waiting for {} server(s) and {} worker(s)", addr, S, W);
 
-  net::TcpTransport transport(net::coordinator_endpoint(), node);
+  const std::unique_ptr<net::Transport> transport_ptr =
+      net::make_transport(net::TransportOptions::tcp(net::coordinator_endpoint(), node));
+  net::Transport& transport = *transport_ptr;
   int64_t registered = 0;
   while (registered < S + W) {
     if (o.stop_requested && o.stop_requested()) {
@@ -158,7 +153,7 @@ RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secr
   co.member_host = [&node](const net::Endpoint& e) -> std::string {
     if (e.role == net::Role::kCoordinator) return "";
     const std::string a = node->address_of(e);
-    return a.substr(0, a.rfind(':'));
+    return a.empty() ? a : net::parse_host_port(a, e.str()).host;
   };
   RunSummary summary;
   try {

@@ -1,5 +1,6 @@
 #include "worker/worker_process.hpp"
 
+#include "common/config/job_from_welcome.hpp"
 #include "common/error.hpp"
 #include "common/net/cluster_join.hpp"
 #include "common/tensor/param_layout.hpp"
@@ -14,8 +15,10 @@ void run_worker_process(const WorkerProcessOptions& o, net::Secret secret) {
   auto node = std::make_shared<net::TcpNode>(std::move(secret),
                                              net::member_node_options(net::Role::kWorker));
   net::Joined j = net::join_cluster(node, {o.coordinator, net::Role::kWorker, ""});
-  const Config& cfg = j.config;
-  const ParamLayout layout(model_dims(cfg.model, j.tokenizer->vocab_size()));
+  const JobFromWelcome job = job_from_welcome(j.welcome);
+  node->set_liveness(job.heartbeat, job.peer_timeout);
+  const Config& cfg = job.config;
+  const ParamLayout layout(model_dims(cfg.model, job.tokenizer->vocab_size()));
   const int32_t id = j.welcome.id;
   const auto S = cfg.cluster.servers;
   if (static_cast<int64_t>(j.server_addresses.size()) != S) {
@@ -38,9 +41,10 @@ void run_worker_process(const WorkerProcessOptions& o, net::Secret secret) {
   wo.micro_batch = cfg.train.micro_batch;
   wo.threads = std::max<int>(1, threads / static_cast<int>(cfg.cluster.workers));
   spdlog::info("worker {}: connected to {} server(s), {} thread(s)", id, S, wo.threads);
-  net::TcpTransport transport(net::worker_endpoint(id), node);
+  const std::unique_ptr<net::Transport> transport =
+      net::make_transport(net::TransportOptions::tcp(net::worker_endpoint(id), node));
   try {
-    run_worker(wo, layout, std::move(ranges), transport);
+    run_worker(wo, layout, std::move(ranges), *transport);
   } catch (...) {
     node->close();
     throw;

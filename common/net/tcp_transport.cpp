@@ -6,7 +6,7 @@
 #include "common/net/asio.hpp"
 #include "common/net/frame_pool.hpp"
 #include "common/proto/codec.hpp"
-#include "common/util/hash.hpp"
+#include "common/proto/frame_decoder.hpp"
 
 #include <spdlog/spdlog.h>
 
@@ -95,10 +95,11 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
       queued_bytes -= static_cast<int64_t>(frame.size());
       return;
     }
-    if (proto::kHeaderSize <= frame.size()) {
-      uint16_t type = 0;
-      std::memcpy(&type, frame.data() + 6, 2);
-      if (type == static_cast<uint16_t>(proto::MessageType::kShutdown)) s->goodbye = true;
+    if (frame.size() >= proto::kHeaderSize &&
+        proto::read_header(std::span<const std::byte, proto::kHeaderSize>(frame.data(),
+                                                                         proto::kHeaderSize))
+                .type == proto::MessageType::kShutdown) {
+      s->goodbye = true;
     }
     s->queue.push_back(std::move(frame));
     s->wake.cancel();
@@ -212,22 +213,18 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
   }
 
   // One whole frame from an authenticated connection. Throws Error to drop the peer.
-  // `frame`'s CRC32C has been checked by the reader.
-  awaitable<void> handle(const SessionPtr& s, std::vector<std::byte>&& frame) {
-    uint16_t type = 0;
-    std::memcpy(&type, frame.data() + 6, 2);
-    const auto t = static_cast<proto::MessageType>(type);
+  // Its header has been checked and its CRC32C verified by the decoder.
+  awaitable<void> handle(const SessionPtr& s, proto::Frame&& f) {
+    const proto::MessageType t = f.header.type;
+    std::vector<std::byte>& frame = f.bytes;
     if (t == proto::MessageType::kHeartbeat) co_return;
     if (t == proto::MessageType::kShutdown) s->goodbye = true;
     if (s->peer) {
       push(RawFrame{*s->peer, std::move(frame), true});
       co_return;
     }
-    // Not identified yet: only a small control frame that decodes and identifies the peer.
-    if (proto::is_bulk(t)) {
-      throw proto::ProtocolError(fmt::format(
-          "sent a {} frame before identifying itself", proto::type_name(t)));
-    }
+    // Not identified yet: a control frame (the decoder's admit() refused bulk ones) that must
+    // decode and identify the peer.
     const proto::Message m = proto::decode(frame, opt.limits, /*check_crc=*/false);
     Identity id;
     std::exception_ptr refused;
@@ -240,7 +237,7 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
       refused = std::current_exception();
     }
     if (refused) {  // tell the peer why before dropping it
-      auto [ec, n] = co_await asio::async_write(s->sock, asio::buffer(reply), nothrow_awaitable);
+      (void)co_await asio::async_write(s->sock, asio::buffer(reply), nothrow_awaitable);
       std::rethrow_exception(refused);
     }
     {
@@ -259,101 +256,47 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
     if (id.deliver) push(RawFrame{id.endpoint, std::move(frame), true});
   }
 
-  // Reads frames: small ones (up to kReadBuf bytes) through a reused buffer, several per read;
-  // a larger one, once its header is in and passed proto::decode_frame's checks (magic, version,
-  // type, flags, length against the limit), straight into one vector of exactly its size, with
-  // the CRC32C computed piece by piece while each piece is still in cache. No regrowth copies, no
-  // second copy of the frame, no second CRC pass later (RawFrame::crc_checked).
-  static constexpr size_t kReadBuf = 256 * 1024;
-  static constexpr size_t kPiece = 1024 * 1024;
-
+  // Reads frames with the fuzzed incremental decoder (proto::FrameDecoder): small frames through
+  // its reused staging buffer, several per read; a larger one, once its header passed the checks
+  // (and, for a peer that has not identified itself, only if it is not a bulk frame: refused from
+  // its header, before anything is allocated), straight into one pooled buffer of exactly its
+  // size, in exact reads of one piece each, with the CRC32C computed piece by piece. No regrowth
+  // copies, no second copy of the frame, no second CRC pass later (RawFrame::crc_checked).
   awaitable<void> reader(SessionPtr s) {
-    std::vector<std::byte> buf(kReadBuf);
-    size_t lo = 0, hi = 0;  // unconsumed bytes: buf[lo, hi)
+    proto::FrameDecoder dec(
+        opt.limits, proto::FrameDecoder::kDefaultStaging, take_frame_buffer,
+        [s](const proto::FrameHeader& h) -> std::string {
+          if (!s->peer && proto::is_bulk(h.type)) {
+            return fmt::format("sent a {} frame before identifying itself",
+                               proto::type_name(h.type));
+          }
+          return {};
+        });
     std::string reason;
     try {
+      proto::Frame frame;
+      std::string error;
       while (s->open) {
-        // Every whole frame already buffered.
-        bool direct = false;
-        proto::DecodeResult r;
-        for (;;) {
-          const std::span<const std::byte> avail(buf.data() + lo, hi - lo);
-          r = proto::decode_frame(avail, opt.limits);
-          if (r.status == proto::DecodeStatus::kBad) throw proto::ProtocolError(r.error);
-          if (r.status == proto::DecodeStatus::kNeedMore) {
-            direct = avail.size() >= proto::kHeaderSize &&
-                     proto::kHeaderSize + r.header.payload_length > buf.size();
-            break;
-          }
-          std::vector<std::byte> frame(avail.begin(),
-                                       avail.begin() + static_cast<std::ptrdiff_t>(r.consumed));
-          lo += r.consumed;
+        proto::DecodeStatus st;
+        while ((st = dec.next(frame, error)) == proto::DecodeStatus::kGood) {
           co_await handle(s, std::move(frame));
           if (!s->open) co_return;
         }
-        if (lo == hi) lo = hi = 0;
-        if (direct) {
-          const auto t = r.header.type;
-          // A bulk frame from a peer that has not identified itself is refused from its header
-          // (before its payload is read or anything is allocated for it).
-          if (!s->peer && proto::is_bulk(t)) {
-            throw proto::ProtocolError(fmt::format(
-                "sent a {} frame before identifying itself", proto::type_name(t)));
-          }
-          // The length passed the limit for its type, and the peer is authenticated (the reader
-          // starts after the handshake): allocate the frame once.
-          const size_t total = proto::kHeaderSize + static_cast<size_t>(r.header.payload_length);
-          std::vector<std::byte> frame = take_frame_buffer(total);  // capacity >= total
-          frame.insert(frame.end(), buf.begin() + static_cast<std::ptrdiff_t>(lo),
-                       buf.begin() + static_cast<std::ptrdiff_t>(hi));
-          lo = hi = 0;
-          uint32_t crc = proto::crc_of_header(
-              std::span<const std::byte, proto::kHeaderSize>(frame.data(), proto::kHeaderSize));
-          crc = crc32c(frame.data() + proto::kHeaderSize, frame.size() - proto::kHeaderSize, crc);
-          while (frame.size() < total) {
-            const size_t at = frame.size();
-            const size_t n = std::min(kPiece, total - at);
-            frame.resize(at + n);  // within the reserved capacity; zero-fills a cached piece
-            auto [ec, got] = co_await asio::async_read(s->sock, asio::buffer(frame.data() + at, n),
-                                                       nothrow_awaitable);
-            if (!s->open) co_return;
-            if (ec) {
-              const size_t have = at + got;
-              reason = ec == asio::error::eof
-                           ? fmt::format("closed the connection in the middle of a frame ({} "
-                                         "bytes of a truncated frame)",
-                                         have)
-                           : fmt::format("lost the connection ({})", ec.message());
-              drop(s, reason);
-              co_return;
-            }
-            s->last_rx = Clock::now();
-            crc = crc32c(frame.data() + at, n, crc);
-          }
-          if (crc != r.header.crc) {
-            throw proto::ProtocolError(fmt::format(
-                "{} frame of {} payload bytes fails its CRC32C (0x{:08x} in the header, "
-                "0x{:08x} computed)",
-                proto::type_name(t), r.header.payload_length, r.header.crc, crc));
-          }
-          co_await handle(s, std::move(frame));
-          continue;
-        }
-        // A partial small frame (or header): make room behind what is buffered, read more.
-        if (lo > 0) {
-          std::memmove(buf.data(), buf.data() + lo, hi - lo);
-          hi -= lo;
-          lo = 0;
-        }
-        auto [ec, n] = co_await s->sock.async_read_some(
-            asio::buffer(buf.data() + hi, buf.size() - hi), nothrow_awaitable);
+        if (st == proto::DecodeStatus::kBad) throw proto::ProtocolError(error);
+        const std::span<std::byte> to = dec.buffer();
+        auto [ec, n] = dec.reading_large_frame()
+                           ? co_await asio::async_read(s->sock, asio::buffer(to.data(), to.size()),
+                                                       nothrow_awaitable)
+                           : co_await s->sock.async_read_some(
+                                 asio::buffer(to.data(), to.size()), nothrow_awaitable);
         if (!s->open) co_return;
+        dec.commit(n);
         if (ec) {
           if (ec == asio::error::eof) {
-            reason = hi > lo
+            reason = dec.buffered() > 0
                          ? fmt::format("closed the connection in the middle of a frame ({} bytes "
                                        "of a truncated frame)",
-                                       hi - lo)
+                                       dec.buffered())
                          : "closed the connection";
           } else {
             reason = fmt::format("lost the connection ({})", ec.message());
@@ -361,7 +304,6 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
           break;
         }
         s->last_rx = Clock::now();
-        hi += n;
       }
     } catch (const std::exception& e) {
       reason = fmt::format("sent a bad frame: {}", e.what());

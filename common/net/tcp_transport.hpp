@@ -2,8 +2,9 @@
 // the in-process transport, over Boost.Asio TCP. Two pieces:
 //   - TcpNode: one process's network endpoint — an io_context on its own thread, an optional
 //     listener, and one session per connection. Every connection runs the HMAC handshake
-//     (auth.hpp) before any protocol frame; then each frame header is checked by proto::decode_frame
-//     and the payload read straight into one buffer of its size (CRC as it arrives), one
+//     (auth.hpp) before any protocol frame; then the byte stream is cut into frames by the fuzzed
+//     incremental decoder (proto::FrameDecoder: header checked before any allocation, a large
+//     payload read straight into one pooled buffer of its size, CRC as it arrives), one
 //     writer coroutine per socket drains a queue of whole encoded frames (moved in, never copied),
 //     and a ticker sends heartbeats and drops a peer silent for peer_timeout. A peer that fails
 //     authentication, sends garbage, a truncated/oversized/wrong-version frame, or is not

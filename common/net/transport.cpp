@@ -2,6 +2,7 @@
 
 #include "common/net/frame_pool.hpp"
 #include "common/net/inproc_transport.hpp"
+#include "common/net/tcp_transport.hpp"
 #include "common/util/huge_pages.hpp"
 
 #include <fmt/format.h>
@@ -109,10 +110,17 @@ void report_failure_to_coordinator(Transport& transport, const std::exception& e
 std::unique_ptr<Transport> make_transport(const TransportOptions& options) {
   switch (options.kind) {
     case TransportKind::kInproc:
-      PTRAIN_ENFORCE(options.fabric != nullptr, "the inproc transport needs a fabric");
+      if (options.fabric == nullptr) {
+        throw UsageError(fmt::format("the in-process transport of {} needs a fabric (none given)",
+                                     options.self.str()));
+      }
       return std::make_unique<InprocTransport>(options.self, options.fabric, options.limits);
     case TransportKind::kTcp:
-      throw NotImplementedError("the TCP transport is not implemented yet");
+      if (options.tcp_node == nullptr) {
+        throw UsageError(fmt::format("the TCP transport of {} needs a network node (none given)",
+                                     options.self.str()));
+      }
+      return std::make_unique<TcpTransport>(options.self, options.tcp_node, options.limits);
   }
   throw InternalError("unknown transport kind");
 }

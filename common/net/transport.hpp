@@ -115,15 +115,29 @@ class Transport {
 };
 
 class InprocFabric;
+class TcpNode;
 
 enum class TransportKind { kInproc, kTcp };
 
+// What make_transport needs. The wire underneath is built first and passed in: the fabric of the
+// process's threads, or the TCP node that has already listened / connected (tcp_transport.hpp).
 struct TransportOptions {
   TransportKind kind = TransportKind::kInproc;
   Endpoint self;
   proto::DecoderLimits limits;
   // kInproc: the fabric shared by every endpoint of this process (inproc_transport.hpp).
   std::shared_ptr<InprocFabric> fabric;
+  // kTcp: this process's network node (tcp_transport.hpp).
+  std::shared_ptr<TcpNode> tcp_node;
+
+  static TransportOptions inproc(Endpoint self, std::shared_ptr<InprocFabric> fabric,
+                                 proto::DecoderLimits limits = {}) {
+    return {TransportKind::kInproc, self, limits, std::move(fabric), nullptr};
+  }
+  static TransportOptions tcp(Endpoint self, std::shared_ptr<TcpNode> node,
+                              proto::DecoderLimits limits = {}) {
+    return {TransportKind::kTcp, self, limits, nullptr, std::move(node)};
+  }
 };
 
 // A role's last word before it rethrows `e`: tells the coordinator (Failure with the exit code
@@ -131,7 +145,8 @@ struct TransportOptions {
 // since the transport may be what broke.
 void report_failure_to_coordinator(Transport& transport, const std::exception& e) noexcept;
 
-// Builds the transport for `options.kind`. kTcp throws NotImplementedError for now.
+// Builds the transport for `options.kind` over the fabric or node it names. Throws UsageError when
+// that wire is missing (a null fabric for kInproc, a null node for kTcp).
 std::unique_ptr<Transport> make_transport(const TransportOptions& options);
 
 }  // namespace ptrain::net

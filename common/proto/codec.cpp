@@ -312,7 +312,10 @@ uint64_t load_u64(const std::byte* p) {
   return x;
 }
 
-// Header checks that need only the 24 header bytes. Returns "" when acceptable.
+}  // namespace
+
+// ---- public API ------------------------------------------------------------------------------
+
 std::string check_header(const FrameHeader& h, const DecoderLimits& limits) {
   if (h.magic != kMagic) {
     return fmt::format("bad magic 0x{:08x} (expected 0x{:08x}, \"PTRN\"): not a ptrain frame",
@@ -342,7 +345,8 @@ std::string check_header(const FrameHeader& h, const DecoderLimits& limits) {
   return {};
 }
 
-FrameHeader read_header(const std::byte* p) {
+FrameHeader read_header(std::span<const std::byte, kHeaderSize> bytes) {
+  const std::byte* p = bytes.data();
   FrameHeader h;
   h.magic = load_u32(p);
   h.version = load_u16(p + 4);
@@ -353,9 +357,6 @@ FrameHeader read_header(const std::byte* p) {
   return h;
 }
 
-}  // namespace
-
-// ---- public API ------------------------------------------------------------------------------
 
 std::vector<std::byte> encode(const Message& msg) {
   // Size the payload first: one allocation of exactly the frame, the header written up front,
@@ -401,7 +402,7 @@ DecodeResult decode_frame(std::span<const std::byte> bytes, const DecoderLimits&
     }
     return r;
   }
-  r.header = read_header(bytes.data());
+  r.header = read_header(bytes.first<kHeaderSize>());
   if (std::string why = check_header(r.header, limits); !why.empty()) {
     r.status = DecodeStatus::kBad;
     r.error = std::move(why);
@@ -488,54 +489,6 @@ Message decode(std::span<const std::byte> frame, const DecoderLimits& limits, bo
                                     type_name(r.header.type)));
   }
   return parse_payload(r.header.type, r.payload);
-}
-
-void FrameDecoder::append(std::span<const std::byte> bytes) {
-  if (bad_ || bytes.empty()) return;
-  // Drop what earlier frames consumed before growing.
-  if (pos_ > 0 && pos_ == buf_.size()) {
-    buf_.clear();
-    pos_ = 0;
-  } else if (pos_ > (1u << 20) && pos_ * 2 > buf_.size()) {
-    buf_.erase(buf_.begin(), buf_.begin() + static_cast<std::ptrdiff_t>(pos_));
-    pos_ = 0;
-  }
-  buf_.insert(buf_.end(), bytes.begin(), bytes.end());
-}
-
-DecodeStatus FrameDecoder::next(std::vector<std::byte>& frame, std::string& error) {
-  if (bad_) {
-    error = bad_reason_;
-    return DecodeStatus::kBad;
-  }
-  const std::span<const std::byte> avail(buf_.data() + pos_, buf_.size() - pos_);
-  DecodeResult r = decode_frame(avail, limits_);
-  switch (r.status) {
-    case DecodeStatus::kBad:
-      bad_ = true;
-      bad_reason_ = r.error;
-      error = r.error;
-      buf_.clear();
-      buf_.shrink_to_fit();
-      pos_ = 0;
-      return DecodeStatus::kBad;
-    case DecodeStatus::kNeedMore:
-      // No reserve of the announced length here: a peer could announce the limit and send
-      // nothing. The buffer grows (geometrically, in append) only as bytes really arrive.
-      return DecodeStatus::kNeedMore;
-    case DecodeStatus::kGood:
-      break;
-  }
-  if (pos_ == 0 && r.consumed == buf_.size()) {
-    // The buffer holds exactly this frame (the usual case for a large bulk frame): hand the
-    // buffer over instead of copying hundreds of megabytes (bench ps, docs/benchmarks.md).
-    frame = std::move(buf_);
-    buf_ = {};
-    return DecodeStatus::kGood;
-  }
-  frame.assign(avail.begin(), avail.begin() + static_cast<std::ptrdiff_t>(r.consumed));
-  pos_ += r.consumed;
-  return DecodeStatus::kGood;
 }
 
 }  // namespace ptrain::proto

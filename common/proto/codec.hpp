@@ -1,5 +1,6 @@
 // The frame codec: pure functions from messages to bytes and back, no I/O. Every transport
-// (in-process today, TCP next) moves exactly these frames.
+// (in-process, TCP) moves exactly these frames; a byte stream is cut into them by the incremental
+// FrameDecoder (frame_decoder.hpp), which uses decode_frame's header checks.
 //
 // Frame = 24-byte header + payload, all little-endian:
 //   offset  0  u32  magic            kMagic ("PTRN")
@@ -88,30 +89,14 @@ Message parse_payload(MessageType type, std::span<const std::byte> payload);
 Message decode(std::span<const std::byte> frame, const DecoderLimits& limits = {},
                bool check_crc = true);
 
+// Header checks that need only the header (magic, version, type, flags, payload length against
+// `limits`): "" when acceptable, else the reason, as decode_frame reports it.
+std::string check_header(const FrameHeader& header, const DecoderLimits& limits);
+// The header fields of the first kHeaderSize bytes at `p` (unchecked).
+FrameHeader read_header(std::span<const std::byte, kHeaderSize> bytes);
+
 // The CRC32C of a frame as far as its header goes (bytes [0, 20)); continue it over the payload
 // with crc32c(payload, n, crc_of_header(...)) and compare with FrameHeader::crc.
 uint32_t crc_of_header(std::span<const std::byte, kHeaderSize> header);
-
-// Incremental decoding of a byte stream (a socket): append bytes as they arrive, take frames as
-// they complete. After kBad the stream is unusable (the caller drops the peer).
-class FrameDecoder {
- public:
-  explicit FrameDecoder(DecoderLimits limits = {}) : limits_(limits) {}
-
-  void append(std::span<const std::byte> bytes);
-
-  // kGood: `frame` holds one whole frame (header + payload); kNeedMore: wait for more bytes;
-  // kBad: `error` says why.
-  DecodeStatus next(std::vector<std::byte>& frame, std::string& error);
-
-  size_t buffered() const { return buf_.size() - pos_; }
-
- private:
-  DecoderLimits limits_;
-  std::vector<std::byte> buf_;
-  size_t pos_ = 0;
-  bool bad_ = false;
-  std::string bad_reason_;
-};
 
 }  // namespace ptrain::proto

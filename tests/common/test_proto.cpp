@@ -3,6 +3,7 @@
 // mismatch, an oversized length (refused from the header alone, before any allocation), unknown
 // flags and types, malformed payloads — while a truncated frame is "need more", byte by byte.
 #include "common/proto/codec.hpp"
+#include "common/proto/frame_decoder.hpp"
 #include "common/proto/messages.hpp"
 
 #include <doctest/doctest.h>
@@ -210,15 +211,21 @@ TEST_CASE("proto: an oversized length is refused from the header - before alloca
             .status == DecodeStatus::kBad);
 
   // The incremental decoder refuses it too, and stays refused.
-  FrameDecoder dec(small);
-  dec.append(std::span(f.data(), kHeaderSize));
-  std::vector<std::byte> frame;
+  // It allocates nothing for it: the allocator hook is never called.
+  bool allocated = false;
+  FrameDecoder dec(small, FrameDecoder::kDefaultStaging, [&](size_t n) {
+    allocated = true;
+    return std::vector<std::byte>(n);
+  });
+  CHECK(dec.feed(std::span(f.data(), kHeaderSize)) == kHeaderSize);
+  Frame frame;
   std::string err;
   CHECK(dec.next(frame, err) == DecodeStatus::kBad);
   CHECK(!err.empty());
   CHECK(dec.buffered() == 0);
-  dec.append(encode(Shutdown{"later"}));
+  CHECK(dec.feed(encode(Shutdown{"later"})) == 0);
   CHECK(dec.next(frame, err) == DecodeStatus::kBad);
+  CHECK_FALSE(allocated);
 }
 
 TEST_CASE("proto: malformed payloads are refused (counts are checked before allocating)") {
@@ -271,21 +278,26 @@ TEST_CASE("proto: the incremental decoder cuts a stream fed in arbitrary pieces"
   }
   std::mt19937 rng(5);
   for (int trial = 0; trial < 20; ++trial) {
-    FrameDecoder dec;
+    // Odd trials use a staging buffer smaller than most frames: those are read in place.
+    FrameDecoder dec({}, trial % 2 == 0 ? FrameDecoder::kDefaultStaging : 40);
     std::vector<Message> got;
     size_t at = 0;
-    std::vector<std::byte> frame;
+    Frame frame;
     std::string err;
     while (at < stream.size()) {
       const size_t n = std::min<size_t>(stream.size() - at, 1 + rng() % (trial < 5 ? 3 : 200));
-      dec.append(std::span(stream.data() + at, n));
-      at += n;
-      for (;;) {
-        const DecodeStatus s = dec.next(frame, err);
-        REQUIRE(s != DecodeStatus::kBad);
-        if (s == DecodeStatus::kNeedMore) break;
-        got.push_back(decode(frame));
+      size_t fed = 0;
+      while (fed < n) {
+        fed += dec.feed(std::span(stream.data() + at + fed, n - fed));
+        for (;;) {
+          const DecodeStatus s = dec.next(frame, err);
+          REQUIRE(s != DecodeStatus::kBad);
+          if (s == DecodeStatus::kNeedMore) break;
+          CHECK(frame.bytes.size() == kHeaderSize + frame.header.payload_length);
+          got.push_back(decode(frame.bytes));
+        }
       }
+      at += n;
     }
     REQUIRE(got.size() == msgs.size());
     for (size_t i = 0; i < msgs.size(); ++i) CHECK(got[i] == msgs[i]);

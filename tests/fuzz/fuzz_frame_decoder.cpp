@@ -1,5 +1,6 @@
-// libFuzzer target for the bytes a peer controls: the protocol frame decoder (proto::FrameDecoder,
-// decode_frame, parse_payload, decode) and the pre-authentication frame decoder (net::decode_auth).
+// libFuzzer target for the bytes a peer controls: the protocol frame decoder (proto::FrameDecoder —
+// the very code the TCP reader runs —, decode_frame, parse_payload, decode) and the
+// pre-authentication frame decoder (net::decode_auth).
 // Built with clang-14 -fsanitize=fuzzer,address,undefined by tests/fuzz/CMakeLists.txt; must never
 // crash, leak, read out of bounds, throw anything but ProtocolError, or allocate much more than the
 // decoder limits allow (the test runs with -malloc_limit_mb).
@@ -8,7 +9,9 @@
 // for the codec as documented in codec.hpp):
 //   1. Chunking does not matter: feeding the stream to a FrameDecoder in pseudo-random chunks
 //      (derived from the input) gives the same frames, then the same final status and error, as
-//      walking the whole buffer with decode_frame.
+//      walking the whole buffer with decode_frame — both with the TCP reader's staging buffer and
+//      with a tiny one (derived from the input, 24..280 bytes), so that frames larger than it
+//      take the decoder's read-in-place path (own buffer, CRC piece by piece) within -max_len.
 //   2. A kGood frame is exactly header + announced payload, within the limit for its type.
 //   3. The encoding is canonical: a kGood frame whose payload parses re-encodes to the same bytes.
 //   4. After kBad a FrameDecoder stays bad, with the same reason, and holds no bytes.
@@ -24,6 +27,7 @@
 // valid frames (one per message type, a stream of several, auth frames) into DIR first.
 #include "common/net/auth.hpp"
 #include "common/proto/codec.hpp"
+#include "common/proto/frame_decoder.hpp"
 #include "common/util/hash.hpp"
 
 #include <cstdint>
@@ -93,24 +97,27 @@ uint64_t splitmix(uint64_t& s) {
   return z ^ (z >> 31);
 }
 
-// The same stream through FrameDecoder in chunks of 1..(mostly small) bytes.
-Outcome feed_chunked(std::span<const std::byte> in, const DecoderLimits& limits, uint64_t seed) {
+// The same stream through FrameDecoder in chunks of 1..(mostly small) bytes, as a socket reader
+// drives it: take every whole frame, then write at most buffer().size() bytes and commit them.
+Outcome feed_chunked(std::span<const std::byte> in, const DecoderLimits& limits, uint64_t seed,
+                     size_t staging) {
   Outcome o;
-  FrameDecoder dec(limits);
+  FrameDecoder dec(limits, staging);
   size_t off = 0;
-  std::vector<std::byte> frame;
+  Frame frame;
   std::string error;
   for (;;) {
     DecodeStatus st;
     while ((st = dec.next(frame, error)) == DecodeStatus::kGood) {
-      o.frames.push_back(frame);
+      FUZZ_CHECK(frame.bytes.size() == kHeaderSize + frame.header.payload_length);
+      o.frames.push_back(frame.bytes);
     }
     if (st == DecodeStatus::kBad) {
       o.last = st;
       o.error = error;
       // 4. Stays bad, holds nothing, ignores more input.
-      FUZZ_CHECK(dec.buffered() == 0);
-      if (off < in.size()) dec.append(in.subspan(off));
+      FUZZ_CHECK(dec.buffered() == 0 && dec.buffer().empty());
+      FUZZ_CHECK(dec.feed(in.subspan(off)) == 0);
       std::string again;
       FUZZ_CHECK(dec.next(frame, again) == DecodeStatus::kBad);
       FUZZ_CHECK(again == error);
@@ -119,12 +126,18 @@ Outcome feed_chunked(std::span<const std::byte> in, const DecoderLimits& limits,
     }
     if (off == in.size()) {
       o.last = DecodeStatus::kNeedMore;
+      size_t framed = 0;
+      for (const auto& f : o.frames) framed += f.size();
+      FUZZ_CHECK(dec.buffered() == in.size() - framed);  // the partial frame at the end
       return o;
     }
     const uint64_t r = splitmix(seed);
     size_t n = (r & 3) == 0 ? 1 + (r >> 8) % 4096 : 1 + (r >> 8) % 32;
-    n = std::min(n, in.size() - off);
-    dec.append(in.subspan(off, n));
+    const std::span<std::byte> to = dec.buffer();
+    FUZZ_CHECK(!to.empty());  // after kNeedMore there is always room
+    n = std::min({n, in.size() - off, to.size()});
+    std::memcpy(to.data(), in.data() + off, n);
+    dec.commit(n);
     off += n;
   }
 }
@@ -235,11 +248,15 @@ void fuzz_stream(std::span<const std::byte> in) {
   const DecoderLimits limits = fuzz_limits();
 
   const Outcome whole = walk_whole(in, limits);
-  const Outcome chunked = feed_chunked(in, limits, crc32c(in.data(), in.size()) ^ in.size());
-  // 1. Chunking does not matter.
-  FUZZ_CHECK(whole.frames == chunked.frames);
-  FUZZ_CHECK(whole.last == chunked.last);
-  FUZZ_CHECK(whole.error == chunked.error, whole.error + " | " + chunked.error);
+  const uint64_t seed = crc32c(in.data(), in.size()) ^ in.size();
+  const size_t tiny = kHeaderSize + static_cast<size_t>(seed % 257);
+  for (const size_t staging : {FrameDecoder::kDefaultStaging, tiny}) {
+    const Outcome chunked = feed_chunked(in, limits, seed, staging);
+    // 1. Chunking (and the staging size) does not matter.
+    FUZZ_CHECK(whole.frames == chunked.frames);
+    FUZZ_CHECK(whole.last == chunked.last);
+    FUZZ_CHECK(whole.error == chunked.error, whole.error + " | " + chunked.error);
+  }
 
   for (const auto& f : whole.frames) check_frame(f);
 
