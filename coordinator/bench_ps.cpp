@@ -214,23 +214,38 @@ int run_server(const BenchPsPeerOptions& o) {
   std::vector<int> pushes(static_cast<size_t>(o.rounds), 0);
   std::vector<std::pair<net::Endpoint, proto::PullRequest>> waiting;
   int done = 0;
+  // As a parameter server does: a gradient slot per worker, where its next push is received
+  // in place; replies borrow the weights (flushed before the loop goes on).
+  std::vector<std::vector<float>> slots(static_cast<size_t>(o.workers),
+                                        std::vector<float>(static_cast<size_t>(range.size())));
+  auto post_slot = [&](int32_t w, int64_t round) {
+    if (round < o.rounds) {
+      t.post_receive(net::worker_endpoint(w), proto::MessageType::kGradPush,
+                     static_cast<uint64_t>(round), slots[static_cast<size_t>(w)]);
+    }
+  };
+  for (int32_t w = 0; w < o.workers; ++w) post_slot(w, 0);
   auto answer = [&](const net::Endpoint& to, const proto::PullRequest& r) {
-    t.send(to, proto::PullReply{r.request_id, r.version, range, weights});
+    t.send(to, proto::PullReply{r.request_id, r.version, range, proto::FloatRange::borrow(weights)});
   };
   while (done < o.workers) {
     auto env = t.receive(std::chrono::milliseconds(120'000));
     if (!env) throw IoError("bench ps server: no message for 120 s");
     if (auto* p = std::get_if<proto::GradPush>(&env->message)) {
-      PTRAIN_ENFORCE(p->range == range && p->step >= 0 && p->step < o.rounds,
+      PTRAIN_ENFORCE(p->range == range && p->step >= 0 && p->step < o.rounds &&
+                         p->worker_id >= 0 && p->worker_id < o.workers,
                      "bench ps server: unexpected push");
+      post_slot(p->worker_id, p->step + 1);
       if (++pushes[static_cast<size_t>(p->step)] == o.workers) {
         for (auto& [to, r] : waiting) answer(to, r);
         waiting.clear();
+        t.flush(std::chrono::milliseconds(120'000));
       }
     } else if (auto* r = std::get_if<proto::PullRequest>(&env->message)) {
       PTRAIN_ENFORCE(r->version >= 0 && r->version < o.rounds, "bench ps server: bad version");
       if (pushes[static_cast<size_t>(r->version)] == o.workers) {
         answer(env->from, *r);
+        t.flush(std::chrono::milliseconds(120'000));
       } else {
         waiting.emplace_back(env->from, *r);
       }
@@ -267,17 +282,24 @@ int run_worker(const BenchPsPeerOptions& o) {
   int64_t bytes = 0;
   const int64_t t0 = mono_ns();
   for (int r = 0; r < o.rounds; ++r) {
+    // As a worker's PsClient does: borrowed gradient slices (no copy), written before the
+    // round goes on; each reply received straight into its slice of `weights`.
     for (int k = 0; k < o.servers; ++k) {
       const proto::KeyRange& kr = ranges[static_cast<size_t>(k)];
       proto::GradPush p{r, 0, o.id, 1, kr,
-                        std::vector<float>(grads.begin() + kr.begin, grads.begin() + kr.end)};
+                        proto::FloatRange::borrow(std::span<const float>(grads).subspan(
+                            static_cast<size_t>(kr.begin), static_cast<size_t>(kr.size())))};
       t.send(net::server_endpoint(k), p);
       bytes += kr.size() * 4;
     }
+    t.flush(std::chrono::milliseconds(120'000));
     for (int k = 0; k < o.servers; ++k) {
-      t.send(net::server_endpoint(k),
-             proto::PullRequest{static_cast<uint64_t>(r * o.servers + k), r,
-                                ranges[static_cast<size_t>(k)]});
+      const proto::KeyRange& kr = ranges[static_cast<size_t>(k)];
+      const auto id = static_cast<uint64_t>(r * o.servers + k);
+      t.post_receive(net::server_endpoint(k), proto::MessageType::kPullReply, id,
+                     std::span<float>(weights).subspan(static_cast<size_t>(kr.begin),
+                                                       static_cast<size_t>(kr.size())));
+      t.send(net::server_endpoint(k), proto::PullRequest{id, r, kr});
     }
     for (int got = 0; got < o.servers;) {
       auto env = t.receive(std::chrono::milliseconds(120'000));
@@ -287,8 +309,10 @@ int run_worker(const BenchPsPeerOptions& o) {
       PTRAIN_ENFORCE(rep->version == r &&
                          static_cast<int64_t>(rep->weights.size()) == rep->range.size(),
                      "bench ps worker: bad reply");
-      std::memcpy(weights.data() + rep->range.begin, rep->weights.data(),
-                  rep->weights.size() * sizeof(float));
+      if (rep->weights.data() != weights.data() + rep->range.begin) {  // not received in place
+        std::memcpy(weights.data() + rep->range.begin, rep->weights.data(),
+                    rep->weights.size() * sizeof(float));
+      }
       bytes += rep->range.size() * 4;
       ++got;
     }

@@ -1,6 +1,7 @@
 // The messages that coordinator, parameter servers and workers exchange, as plain structs. They
 // carry no behaviour; codec.hpp turns them into frames and back. The same encoded frames travel
-// between threads (inproc transport) and, later, over TCP — only the wire differs.
+// between threads (inproc transport) and over TCP — only the wire differs. The data plane's
+// floats (GradPush::grads, PullReply::weights) are FloatRanges: borrowed views, not copies.
 //
 // One training step in bsp (DESIGN.md "Synchronization"):
 //   coordinator → worker   StepBegin{step, windows}
@@ -20,6 +21,8 @@
 // once committed, produces version t+1. Logs and checkpoints count applied steps (t+1).
 #pragma once
 
+#include "common/proto/float_range.hpp"
+
 #include <cstdint>
 #include <string>
 #include <variant>
@@ -31,7 +34,9 @@ namespace ptrain::proto {
 inline constexpr uint32_t kMagic = 0x4E525450u;
 // Bumped on any change of the header or of a message's payload layout.
 // 2: CheckpointShard / CheckpointShardWritten; byte counters in WorkerStepDone and StepApplied.
-inline constexpr uint16_t kProtocolVersion = 2;
+// 3: the header's CRC32C covers the header only; the payload's CRC32C follows the payload (a
+//    4-byte trailer), so a sender computes it while writing borrowed floats (codec.hpp).
+inline constexpr uint16_t kProtocolVersion = 3;
 
 enum class MessageType : uint16_t {
   kLoadShard = 1,
@@ -49,7 +54,7 @@ enum class MessageType : uint16_t {
   kCheckpointReply = 13,
   kShutdown = 14,
   kFailure = 15,
-  // Issue 3 (TCP roles): registration, peer identification and liveness.
+  // TCP roles: registration, peer identification and liveness.
   kRegister = 16,
   kWelcome = 17,
   kPeerHello = 18,
@@ -105,7 +110,7 @@ struct PullReply {
   uint64_t request_id = 0;
   int64_t version = 0;
   KeyRange range;
-  std::vector<float> weights;  // range.size()
+  FloatRange weights;  // range.size(); borrowed from the server's weights when sent
   bool operator==(const PullReply&) const = default;
 };
 
@@ -118,7 +123,7 @@ struct GradPush {
   int32_t worker_id = 0;
   int64_t tokens = 0;
   KeyRange range;
-  std::vector<float> grads;  // range.size()
+  FloatRange grads;  // range.size(); borrowed from the worker's gradient when sent
   bool operator==(const GradPush&) const = default;
 };
 
@@ -227,7 +232,7 @@ struct Failure {
   bool operator==(const Failure&) const = default;
 };
 
-// ---- TCP roles (issue 3): sent only over TCP, after the HMAC handshake (common/net/auth.hpp) ----
+// ---- TCP roles: sent only over TCP, after the HMAC handshake (common/net/auth.hpp) ----
 
 // server|worker → coordinator, the first frame on its connection: "give me an id". Servers name
 // the HOST:PORT where workers reach them; workers send "".

@@ -78,7 +78,8 @@ TEST_CASE("transport: a corrupted frame is refused naming the sender") {
   struct Flaky final : Transport {
     Flaky(Endpoint self, std::shared_ptr<InprocFabric> f) : Transport(self, {}), f_(std::move(f)) {}
     void close() override { f_->close("test"); }
-    void send_frame(const Endpoint& to, std::vector<std::byte> frame) override {
+    void send_frame(const Endpoint& to, proto::OutFrame out) override {
+      std::vector<std::byte> frame = proto::flatten(out);
       frame.back() ^= std::byte{1};
       f_->deliver(to, RawFrame{self(), std::move(frame)});
     }

@@ -6,9 +6,11 @@
 // Cases: ordering per sender (both ways, concurrent senders), frames past the 256 KiB staging
 // buffer and past the 8 MiB receive-buffer pool threshold (bitwise, NaN payloads included), a peer
 // lost in the middle of a frame, close flushing queued frames, heartbeat timeout of a silent
-// peer (and no timeout for an idle live one), and bad frames (garbage, bad CRC, wrong version,
-// oversize: the sender is refused with a reason naming it, the transport keeps working). A case
-// that cannot apply to a wire says why (doctest MESSAGE) and checks what does apply instead.
+// peer (and no timeout for an idle live one), bad frames (garbage, bad CRC, wrong version,
+// oversize: the sender is refused with a reason naming it, the transport keeps working); and the
+// zero-copy data plane: floats received into posted destinations (gradient slot, pull
+// destination), borrowed floats reusable once flush() returns, backpressure on a full peer queue.
+// A case that cannot apply to a wire says why (doctest MESSAGE) and checks what does apply.
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
 #include <netinet/in.h>
@@ -52,6 +54,9 @@ class RawSender {
   virtual void close() = 0;
   // TCP: true once the hub has closed the connection (EOF or reset), waiting up to `limit`.
   virtual bool dropped_by_hub(std::chrono::milliseconds limit) = 0;
+  // TCP: sends a heartbeat every kHeartbeat from now on (so the hub keeps a peer that never
+  // reads anything).
+  virtual void keep_alive() = 0;
 };
 
 // ---- in-process ---------------------------------------------------------------------------------
@@ -80,6 +85,7 @@ class InprocHarness {
       }
       void close() override {}
       bool dropped_by_hub(std::chrono::milliseconds) override { return false; }
+      void keep_alive() override {}
     };
     auto r = std::make_unique<Raw>();
     r->f = fabric_;
@@ -156,8 +162,21 @@ class TcpRaw final : public RawSender {
   ~TcpRaw() override { close(); }
   void send(std::span<const std::byte> b) override { send_all(fd_, b); }
   void close() override {
+    if (beats_.joinable()) {
+      stop_ = true;
+      beats_.join();
+    }
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
+  }
+  void keep_alive() override {
+    beats_ = std::thread([this] {
+      const auto hb = proto::encode(proto::Heartbeat{1});
+      while (!stop_) {
+        (void)::send(fd_, hb.data(), hb.size(), MSG_NOSIGNAL);
+        std::this_thread::sleep_for(kHeartbeat);
+      }
+    });
   }
   bool dropped_by_hub(std::chrono::milliseconds limit) override {
     const auto until = Clock::now() + limit;
@@ -174,6 +193,8 @@ class TcpRaw final : public RawSender {
 
  private:
   int fd_ = -1;
+  std::thread beats_;
+  std::atomic<bool> stop_{false};
 };
 
 class TcpHarness {
@@ -181,8 +202,15 @@ class TcpHarness {
   static constexpr const char* kName = "tcp";
   static constexpr bool kConnections = true;
 
+  // The hub's send queue per peer is bounded small, so that backpressure is reachable.
+  static constexpr size_t kMaxQueued = 8u << 20;
+  static constexpr auto kSendTimeout = 2s;
+
   TcpHarness() {
-    hub_node_ = std::make_shared<TcpNode>(test_secret(), tcp_options(Role::kServer));
+    TcpNodeOptions o = tcp_options(Role::kServer);
+    o.max_queued_bytes = kMaxQueued;
+    o.send_timeout = kSendTimeout;
+    hub_node_ = std::make_shared<TcpNode>(test_secret(), o);
     addr_ = hub_node_->listen("127.0.0.1", 0, [](const proto::Message& m, const std::string&) {
       const auto* h = std::get_if<proto::PeerHello>(&m);
       if (h == nullptr) throw proto::ProtocolError("expected a PeerHello");
@@ -514,6 +542,118 @@ TEST_CASE_TEMPLATE_DEFINE(
   expect_hub_survives(h, 0);
 }
 
+TEST_CASE_TEMPLATE_DEFINE("conformance: floats are received into the posted destination - both ways",
+                          H, conformance_posted) {
+  H h;
+  const size_t n = 3u << 20;  // 12 MiB: past the staging buffer and the pool threshold
+  const std::vector<float> g = pattern(n, 21);
+  const proto::KeyRange r{0, static_cast<int64_t>(n)};
+  Transport& p = h.peer(0);
+  // The hub's gradient slot for worker 0, step 3.
+  std::vector<float> slot(n, 0.0f);
+  h.hub().post_receive(worker_endpoint(0), proto::MessageType::kGradPush, 3, slot);
+  p.send(server_endpoint(0), proto::GradPush{4, 0, 0, 1, r, proto::FloatRange::borrow(g)});
+  p.send(server_endpoint(0), proto::GradPush{3, 0, 0, 1, r, proto::FloatRange::borrow(g)});
+  p.flush(10s);
+  {
+    const auto m = std::get<proto::GradPush>(receive_one(h.hub()).message);
+    CHECK(m.step == 4);  // another step: not the posting's, a buffer of its own
+    CHECK(m.grads.owned());
+    CHECK(m.grads.data() != slot.data());
+    CHECK(same_bits(m.grads, g));
+  }
+  {
+    const auto m = std::get<proto::GradPush>(receive_one(h.hub()).message);
+    CHECK(m.step == 3);
+    CHECK_FALSE(m.grads.owned());
+    CHECK(m.grads.data() == slot.data());  // received in place
+    CHECK(same_bits(slot, g));
+  }
+  // The posting was used up: the same step again gets its own buffer.
+  p.send(server_endpoint(0), proto::GradPush{3, 0, 0, 1, r, proto::FloatRange::borrow(g)});
+  p.flush(10s);
+  CHECK(std::get<proto::GradPush>(receive_one(h.hub()).message).grads.data() != slot.data());
+
+  // A worker's pull destination: the reply's weights land there; a cancelled posting is not used.
+  std::vector<float> dst(n + 8, 0.0f);
+  const std::span<float> part = std::span<float>(dst).subspan(8, n);
+  const std::vector<float> w = pattern(n, 22);
+  p.post_receive(server_endpoint(0), proto::MessageType::kPullReply, 77, part);
+  h.hub().send(worker_endpoint(0), proto::PullReply{77, 1, r, proto::FloatRange::borrow(w)});
+  h.hub().flush(10s);
+  {
+    const auto m = std::get<proto::PullReply>(receive_one(p).message);
+    CHECK(m.weights.data() == part.data());
+    CHECK(same_bits(part, w));
+    CHECK(dst[0] == 0.0f);  // nothing outside the posted range
+  }
+  p.post_receive(server_endpoint(0), proto::MessageType::kPullReply, 78, part);
+  p.cancel_receive(server_endpoint(0), proto::MessageType::kPullReply);
+  h.hub().send(worker_endpoint(0), proto::PullReply{78, 1, r, w});  // an owned range
+  CHECK(std::get<proto::PullReply>(receive_one(p).message).weights.data() != part.data());
+  const TransportCounters c = h.hub().counters();
+  CHECK(c.bytes_received_by_type[static_cast<size_t>(proto::MessageType::kGradPush)] ==
+        3 * proto::encode(proto::GradPush{3, 0, 0, 1, r, g}).size());
+}
+
+TEST_CASE_TEMPLATE_DEFINE("conformance: borrowed floats may be reused once flush returns", H,
+                          conformance_flush_borrowed) {
+  H h;
+  const size_t n = 4u << 20;  // 16 MiB per frame, three frames in flight
+  std::vector<float> g = pattern(n, 31);
+  const std::vector<float> expect = g;
+  const proto::KeyRange r{0, static_cast<int64_t>(n)};
+  Transport& p = h.peer(0);
+  for (int i = 0; i < 3; ++i) {
+    p.send(server_endpoint(0), proto::GradPush{i, 0, 0, 1, r, proto::FloatRange::borrow(g)});
+  }
+  p.flush(30s);
+  std::fill(g.begin(), g.end(), std::numeric_limits<float>::quiet_NaN());  // reused at once
+  for (int i = 0; i < 3; ++i) {
+    const auto m = std::get<proto::GradPush>(receive_one(h.hub()).message);
+    CHECK(m.step == i);
+    CHECK(same_bits(m.grads, expect));
+  }
+}
+
+TEST_CASE_TEMPLATE_DEFINE("conformance: a sender blocks while its peer's queue is full - then "
+                          "throws naming it",
+                          H, conformance_backpressure) {
+  H h;
+  (void)h.peer(0);
+  if constexpr (!H::kConnections) {
+    MESSAGE(std::string(H::kName)
+            << ": a send is in the receiver's mailbox when it returns; nothing queues on the "
+               "sender's side, so there is nothing to bound; not applicable");
+  } else {
+    // A peer that keeps its connection alive but never reads: the kernel's socket buffers fill,
+    // then the hub's queue for it reaches its bound.
+    auto raw = h.raw(20);
+    raw->keep_alive();
+    const std::vector<float> w = pattern(1u << 20, 5);  // 4 MiB frames, owned by the message
+    const proto::FloatRange owned(w);
+    std::string what;
+    Clock::duration blocked{};
+    for (int i = 0; i < 64 && what.empty(); ++i) {
+      const auto t0 = Clock::now();
+      try {
+        h.hub().send(worker_endpoint(20), proto::PullReply{1, 1, {0, 1 << 20}, owned});
+      } catch (const Error& e) {
+        what = e.what();
+        blocked = Clock::now() - t0;
+      }
+    }
+    CAPTURE(what);
+    CHECK(what.find("worker 20") != std::string::npos);
+    CHECK(what.find("not reading") != std::string::npos);
+    CHECK(blocked >= H::kSendTimeout - 100ms);
+    expect_hub_survives(h, 0);  // other peers are not held up
+  }
+}
+
+TEST_CASE_TEMPLATE_APPLY(conformance_posted, AllTransports);
+TEST_CASE_TEMPLATE_APPLY(conformance_flush_borrowed, AllTransports);
+TEST_CASE_TEMPLATE_APPLY(conformance_backpressure, AllTransports);
 TEST_CASE_TEMPLATE_APPLY(conformance_order, AllTransports);
 TEST_CASE_TEMPLATE_APPLY(conformance_large, AllTransports);
 TEST_CASE_TEMPLATE_APPLY(conformance_lost_mid_frame, AllTransports);

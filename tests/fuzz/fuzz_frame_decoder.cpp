@@ -12,16 +12,19 @@
 //      walking the whole buffer with decode_frame — both with the TCP reader's staging buffer and
 //      with a tiny one (derived from the input, 24..280 bytes), so that frames larger than it
 //      take the decoder's read-in-place path (own buffer, CRC piece by piece) within -max_len.
-//   2. A kGood frame is exactly header + announced payload, within the limit for its type.
+//   2. A kGood frame is exactly header + announced payload + trailer, within the limit for its
+//      type; a GradPush / PullReply comes out of the stream decoder split (head + floats placed in
+//      a buffer of their own) and reassembles to the same bytes.
 //   3. The encoding is canonical: a kGood frame whose payload parses re-encodes to the same bytes.
 //   4. After kBad a FrameDecoder stays bad, with the same reason, and holds no bytes.
 //   5. decode() on the whole input throws ProtocolError or agrees with parse_payload.
 //   6. decode_auth never claims more than kMaxAuthFrame bytes, and a good Hello, Challenge or
 //      Proof re-encodes to the same bytes.
-// A random mutation almost never carries a valid CRC32C, which would leave the payload parser
-// unexplored behind the checksum. So each input is also run (a) with the CRC of every complete
-// frame in it recomputed, through all of the above, and (b) as a bare payload: parse_payload(type
-// = 1 + first byte % 15, the rest), which must throw ProtocolError or re-encode to the same bytes.
+// A random mutation almost never carries valid CRC32Cs, which would leave the payload parser
+// unexplored behind the checksums. So each input is also run (a) with the header CRC and the
+// payload CRC (trailer) of every complete frame in it recomputed, through all of the above, and
+// (b) as a bare payload: parse_payload(type = 1 + first byte % 21, the rest), which must throw
+// ProtocolError or re-encode to the same bytes.
 //
 // Extra flag (removed before libFuzzer sees argv): -write_seeds=DIR writes a seed corpus of
 // valid frames (one per message type, a stream of several, auth frames) into DIR first.
@@ -75,7 +78,7 @@ Outcome walk_whole(std::span<const std::byte> in, const DecoderLimits& limits) {
   for (;;) {
     const DecodeResult r = decode_frame(in.subspan(off), limits);
     if (r.status == DecodeStatus::kGood) {
-      FUZZ_CHECK(r.consumed == kHeaderSize + r.header.payload_length);
+      FUZZ_CHECK(r.consumed == r.header.frame_size());
       FUZZ_CHECK(r.header.payload_length <= limits.max_payload(r.header.type));
       FUZZ_CHECK(r.consumed <= in.size() - off);
       FUZZ_CHECK(r.payload.data() == in.data() + off + kHeaderSize);
@@ -109,8 +112,14 @@ Outcome feed_chunked(std::span<const std::byte> in, const DecoderLimits& limits,
   for (;;) {
     DecodeStatus st;
     while ((st = dec.next(frame, error)) == DecodeStatus::kGood) {
-      FUZZ_CHECK(frame.bytes.size() == kHeaderSize + frame.header.payload_length);
-      o.frames.push_back(frame.bytes);
+      FUZZ_CHECK(frame.split == (float_body_head(frame.header.type) > 0));
+      if (frame.split) {
+        FUZZ_CHECK(frame.bytes.size() == kHeaderSize + float_body_head(frame.header.type));
+        FUZZ_CHECK(frame.floats.owned());  // no destination given: a buffer of their own
+      } else {
+        FUZZ_CHECK(frame.bytes.size() == frame.header.frame_size());
+      }
+      o.frames.push_back(wire_bytes(frame));
     }
     if (st == DecodeStatus::kBad) {
       o.last = st;
@@ -269,18 +278,19 @@ void fuzz_stream(std::span<const std::byte> in) {
   }
 }
 
-// A copy of `in` with the CRC of every complete frame (by its announced length) recomputed.
+// A copy of `in` with both CRCs of every complete frame (by its announced length) recomputed.
 std::vector<std::byte> with_fixed_crcs(std::span<const std::byte> in) {
   std::vector<std::byte> out(in.begin(), in.end());
   size_t off = 0;
   while (out.size() - off >= kHeaderSize) {
     uint64_t len;
     std::memcpy(&len, out.data() + off + 12, 8);
-    if (len > out.size() - off - kHeaderSize) break;
-    uint32_t crc = crc32c(out.data() + off, 20);
-    crc = crc32c(out.data() + off + kHeaderSize, len, crc);
-    std::memcpy(out.data() + off + 20, &crc, 4);
-    off += kHeaderSize + len;
+    const uint32_t header_crc = crc32c(out.data() + off, 20);
+    std::memcpy(out.data() + off + 20, &header_crc, 4);
+    if (len > out.size() - off - kHeaderSize - kTrailerSize) break;
+    const uint32_t crc = crc32c(out.data() + off + kHeaderSize, len);
+    std::memcpy(out.data() + off + kHeaderSize + len, &crc, 4);
+    off += kHeaderSize + len + kTrailerSize;
   }
   return out;
 }
@@ -299,7 +309,7 @@ void fuzz_payload(std::span<const std::byte> in) {
   }
   FUZZ_CHECK(type_of(msg) == type);
   const std::vector<std::byte> frame = encode(msg);
-  FUZZ_CHECK(frame.size() == kHeaderSize + payload.size() &&
+  FUZZ_CHECK(frame.size() == kHeaderSize + payload.size() + kTrailerSize &&
                  std::memcmp(frame.data() + kHeaderSize, payload.data(), payload.size()) == 0,
              type_name(type));
 }
