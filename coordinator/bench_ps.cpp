@@ -226,7 +226,8 @@ int run_server(const BenchPsPeerOptions& o) {
   };
   for (int32_t w = 0; w < o.workers; ++w) post_slot(w, 0);
   auto answer = [&](const net::Endpoint& to, const proto::PullRequest& r) {
-    t.send(to, proto::PullReply{r.request_id, r.version, range, proto::FloatRange::borrow(weights)});
+    t.send(to, proto::PullReply{r.request_id, r.version, range,
+                                proto::FloatRange::borrow(weights)});
   };
   while (done < o.workers) {
     auto env = t.receive(std::chrono::milliseconds(120'000));

@@ -39,8 +39,9 @@ PsClient::Ticket PsClient::pull(int64_t version, std::span<float> dst) {
     const net::Endpoint server = net::server_endpoint(static_cast<int32_t>(k));
     const auto& r = ranges_[k];
     // Posted before the request goes out: the reply's weights land in dst directly.
-    transport_.post_receive(server, proto::MessageType::kPullReply, t,
-                            dst.subspan(static_cast<size_t>(r.begin), static_cast<size_t>(r.size())));
+    transport_.post_receive(
+        server, proto::MessageType::kPullReply, t,
+        dst.subspan(static_cast<size_t>(r.begin), static_cast<size_t>(r.size())));
     transport_.send(server, proto::PullRequest{t, version, r});
   }
   return t;

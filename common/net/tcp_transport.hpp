@@ -7,10 +7,10 @@
 //     of a GradPush / PullReply read straight into the destination the role posted; another
 //     large payload into one pooled buffer of its size; CRC as the bytes arrive), one writer
 //     coroutine per socket drains a bounded queue of frames (head + borrowed floats, written by
-//     scatter-gather with the CRC computed while writing), and a ticker sends heartbeats and drops a peer silent for peer_timeout. A peer that fails
-//     authentication, sends garbage, a truncated/oversized/wrong-version frame, or is not
-//     identified by its first frame, is dropped with a logged reason naming its address; the
-//     listener keeps going.
+//     scatter-gather with the CRC computed while writing), and a ticker sends heartbeats and drops
+//     a peer silent for peer_timeout. A peer that fails authentication, sends garbage, a
+//     truncated/oversized/wrong-version frame, or is not identified by its first frame, is
+//     dropped with a logged reason naming its address; the listener keeps going.
 //   - TcpTransport: the Transport (transport.hpp) of one role over a node. Several may share one
 //     node (a provisional one for registration, then the role's own).
 // A connection carries frames both ways; it is bound to the peer's Endpoint: by the connecting

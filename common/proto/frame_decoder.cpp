@@ -68,7 +68,9 @@ void FrameDecoder::commit(size_t n) {
     PTRAIN_ENFORCE(n <= big_.size() - got_, "committed {} bytes past the buffer", n);
     // Only payload bytes count for the CRC (not the trailer).
     const size_t payload_end = kHeaderSize + static_cast<size_t>(header_.payload_length);
-    if (got_ < payload_end) crc_ = crc32c(big_.data() + got_, std::min(n, payload_end - got_), crc_);
+    if (got_ < payload_end) {
+      crc_ = crc32c(big_.data() + got_, std::min(n, payload_end - got_), crc_);
+    }
     got_ += n;
     return;
   }

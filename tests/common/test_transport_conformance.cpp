@@ -542,7 +542,8 @@ TEST_CASE_TEMPLATE_DEFINE(
   expect_hub_survives(h, 0);
 }
 
-TEST_CASE_TEMPLATE_DEFINE("conformance: floats are received into the posted destination - both ways",
+TEST_CASE_TEMPLATE_DEFINE("conformance: floats are received into the posted destination - "
+                          "both ways",
                           H, conformance_posted) {
   H h;
   const size_t n = 3u << 20;  // 12 MiB: past the staging buffer and the pool threshold

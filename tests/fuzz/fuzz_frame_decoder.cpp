@@ -1,5 +1,5 @@
-// libFuzzer target for the bytes a peer controls: the protocol frame decoder (proto::FrameDecoder —
-// the very code the TCP reader runs —, decode_frame, parse_payload, decode) and the
+// libFuzzer target for the bytes a peer controls: the protocol frame decoder (proto::FrameDecoder,
+// the very code the TCP reader runs; decode_frame, parse_payload, decode) and the
 // pre-authentication frame decoder (net::decode_auth).
 // Built with clang-14 -fsanitize=fuzzer,address,undefined by tests/fuzz/CMakeLists.txt; must never
 // crash, leak, read out of bounds, throw anything but ProtocolError, or allocate much more than the
@@ -287,7 +287,8 @@ std::vector<std::byte> with_fixed_crcs(std::span<const std::byte> in) {
     std::memcpy(&len, out.data() + off + 12, 8);
     const uint32_t header_crc = crc32c(out.data() + off, 20);
     std::memcpy(out.data() + off + 20, &header_crc, 4);
-    if (len > out.size() - off - kHeaderSize - kTrailerSize) break;
+    const size_t after_header = out.size() - off - kHeaderSize;
+    if (after_header < kTrailerSize || len > after_header - kTrailerSize) break;
     const uint32_t crc = crc32c(out.data() + off + kHeaderSize, len);
     std::memcpy(out.data() + off + kHeaderSize + len, &crc, 4);
     off += kHeaderSize + len + kTrailerSize;

@@ -273,7 +273,8 @@ TEST_CASE("paramserver: CheckpointShard calls the shard writer at that version a
   CHECK(f.message.find("disk full") != std::string::npos);
 }
 
-TEST_CASE("paramserver: gradient slots are reused across steps - a push already in its slot is not copied") {
+TEST_CASE("paramserver: gradient slots are reused across steps - a push already in its slot is "
+          "not copied") {
   GradientAggregator a(4);
   CHECK(a.free_slots().empty());  // no worker known yet
   CHECK(a.add(3, 2, std::vector<float>{1, 2, 3, 4}));  // first push: copied into a new slot
@@ -317,7 +318,7 @@ TEST_CASE("paramserver: the handler offers each known worker's slot for the curr
   // A push received in place (its floats are the slot) is accepted for step 1.
   const auto g = randn(8, 3);
   std::copy(g.begin(), g.end(), slots[0].slot.begin());
-  const auto out = h.handle(worker_endpoint(1),
-                            proto::GradPush{1, 0, 1, 4, r, proto::FloatRange::borrow(slots[0].slot)});
+  const auto out = h.handle(
+      worker_endpoint(1), proto::GradPush{1, 0, 1, 4, r, proto::FloatRange::borrow(slots[0].slot)});
   CHECK(only<proto::PushReceived>(out, coordinator_endpoint()).step == 1);
 }
