@@ -12,6 +12,8 @@
 // Equality compares the floats (like std::vector<float>: NaN != NaN).
 #pragma once
 
+#include "common/util/huge_pages.hpp"
+
 #include <algorithm>
 #include <cstddef>
 #include <initializer_list>
@@ -42,6 +44,7 @@ class FloatRange {
   // fills (a receive buffer the bytes are read into).
   static std::pair<FloatRange, std::span<float>> allocate(size_t n) {
     std::shared_ptr<float[]> p(new float[n]);  // no zero-filling pass
+    advise_huge_pages(p.get(), n * sizeof(float));  // before the first touch
     const std::span<float> to(p.get(), n);
     FloatRange r;
     r.view_ = to;
