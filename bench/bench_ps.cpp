@@ -4,6 +4,7 @@
 
 #include "common/error.hpp"
 #include "common/net/auth.hpp"
+#include "common/net/host_port.hpp"
 #include "common/net/tcp_transport.hpp"
 #include "common/proto/codec.hpp"
 #include "common/tensor/param_layout.hpp"
@@ -191,27 +192,45 @@ int run_server(const BenchPsPeerOptions& o) {
   std::vector<float> weights(static_cast<size_t>(range.size()), 0.5f);
   std::printf("%s\n", addr.c_str());
   std::fflush(stdout);
-  net::TcpTransport t(net::server_endpoint(o.id), node);
+  const std::unique_ptr<net::Transport> tp =
+      net::make_transport(net::TransportOptions::tcp(net::server_endpoint(o.id), node));
+  net::Transport& t = *tp;
   std::vector<int> pushes(static_cast<size_t>(o.rounds), 0);
   std::vector<std::pair<net::Endpoint, proto::PullRequest>> waiting;
   int done = 0;
+  // As a parameter server does: a gradient slot per worker, where its next push is received
+  // in place; replies borrow the weights (flushed before the loop goes on).
+  std::vector<std::vector<float>> slots(static_cast<size_t>(o.workers),
+                                        std::vector<float>(static_cast<size_t>(range.size())));
+  auto post_slot = [&](int32_t w, int64_t round) {
+    if (round < o.rounds) {
+      t.post_receive(net::worker_endpoint(w), proto::MessageType::kGradPush,
+                     static_cast<uint64_t>(round), slots[static_cast<size_t>(w)]);
+    }
+  };
+  for (int32_t w = 0; w < o.workers; ++w) post_slot(w, 0);
   auto answer = [&](const net::Endpoint& to, const proto::PullRequest& r) {
-    t.send(to, proto::PullReply{r.request_id, r.version, range, weights});
+    t.send(to, proto::PullReply{r.request_id, r.version, range,
+                                proto::FloatRange::borrow(weights)});
   };
   while (done < o.workers) {
     auto env = t.receive(std::chrono::milliseconds(120'000));
     if (!env) throw IoError("bench ps server: no message for 120 s");
     if (auto* p = std::get_if<proto::GradPush>(&env->message)) {
-      PTRAIN_ENFORCE(p->range == range && p->step >= 0 && p->step < o.rounds,
+      PTRAIN_ENFORCE(p->range == range && p->step >= 0 && p->step < o.rounds &&
+                         p->worker_id >= 0 && p->worker_id < o.workers,
                      "bench ps server: unexpected push");
+      post_slot(p->worker_id, p->step + 1);
       if (++pushes[static_cast<size_t>(p->step)] == o.workers) {
         for (auto& [to, r] : waiting) answer(to, r);
         waiting.clear();
+        t.flush(std::chrono::milliseconds(120'000));
       }
     } else if (auto* r = std::get_if<proto::PullRequest>(&env->message)) {
       PTRAIN_ENFORCE(r->version >= 0 && r->version < o.rounds, "bench ps server: bad version");
       if (pushes[static_cast<size_t>(r->version)] == o.workers) {
         answer(env->from, *r);
+        t.flush(std::chrono::milliseconds(120'000));
       } else {
         waiting.emplace_back(env->from, *r);
       }
@@ -236,7 +255,9 @@ int run_worker(const BenchPsPeerOptions& o) {
                   proto::PeerHello{static_cast<uint8_t>(net::Role::kWorker), o.id, 0},
                   std::chrono::milliseconds(30'000));
   }
-  net::TcpTransport t(net::worker_endpoint(o.id), node);
+  const std::unique_ptr<net::Transport> tp =
+      net::make_transport(net::TransportOptions::tcp(net::worker_endpoint(o.id), node));
+  net::Transport& t = *tp;
   const auto ranges = ranges_of(o.floats, o.servers);
   std::vector<float> grads(static_cast<size_t>(o.floats), 0.25f);
   std::vector<float> weights(static_cast<size_t>(o.floats), 0.0f);
@@ -246,17 +267,24 @@ int run_worker(const BenchPsPeerOptions& o) {
   int64_t bytes = 0;
   const int64_t t0 = mono_ns();
   for (int r = 0; r < o.rounds; ++r) {
+    // As a worker's PsClient does: borrowed gradient slices (no copy), written before the
+    // round goes on; each reply received straight into its slice of `weights`.
     for (int k = 0; k < o.servers; ++k) {
       const proto::KeyRange& kr = ranges[static_cast<size_t>(k)];
       proto::GradPush p{r, 0, o.id, 1, kr,
-                        std::vector<float>(grads.begin() + kr.begin, grads.begin() + kr.end)};
+                        proto::FloatRange::borrow(std::span<const float>(grads).subspan(
+                            static_cast<size_t>(kr.begin), static_cast<size_t>(kr.size())))};
       t.send(net::server_endpoint(k), p);
       bytes += kr.size() * 4;
     }
+    t.flush(std::chrono::milliseconds(120'000));
     for (int k = 0; k < o.servers; ++k) {
-      t.send(net::server_endpoint(k),
-             proto::PullRequest{static_cast<uint64_t>(r * o.servers + k), r,
-                                ranges[static_cast<size_t>(k)]});
+      const proto::KeyRange& kr = ranges[static_cast<size_t>(k)];
+      const auto id = static_cast<uint64_t>(r * o.servers + k);
+      t.post_receive(net::server_endpoint(k), proto::MessageType::kPullReply, id,
+                     std::span<float>(weights).subspan(static_cast<size_t>(kr.begin),
+                                                       static_cast<size_t>(kr.size())));
+      t.send(net::server_endpoint(k), proto::PullRequest{id, r, kr});
     }
     for (int got = 0; got < o.servers;) {
       auto env = t.receive(std::chrono::milliseconds(120'000));
@@ -266,8 +294,10 @@ int run_worker(const BenchPsPeerOptions& o) {
       PTRAIN_ENFORCE(rep->version == r &&
                          static_cast<int64_t>(rep->weights.size()) == rep->range.size(),
                      "bench ps worker: bad reply");
-      std::memcpy(weights.data() + rep->range.begin, rep->weights.data(),
-                  rep->weights.size() * sizeof(float));
+      if (rep->weights.data() != weights.data() + rep->range.begin) {  // not received in place
+        std::memcpy(weights.data() + rep->range.begin, rep->weights.data(),
+                    rep->weights.size() * sizeof(float));
+      }
       bytes += rep->range.size() * 4;
       ++got;
     }
@@ -318,11 +348,11 @@ int run_raw_recv(const BenchPsPeerOptions& o) {
 int run_raw_send(const BenchPsPeerOptions& o) {
   const int64_t chunk = std::min<int64_t>(o.raw_bytes, std::max<int64_t>(o.floats * 4, 1));
   std::vector<char> buf(static_cast<size_t>(chunk), 1);
-  const size_t colon = o.raw_addr.rfind(':');
+  const net::HostPort hp = net::parse_host_port(o.raw_addr, "--raw-addr");
   sockaddr_in a{};
   a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(std::stoi(o.raw_addr.substr(colon + 1))));
-  inet_pton(AF_INET, o.raw_addr.substr(0, colon).c_str(), &a.sin_addr);
+  a.sin_port = htons(hp.port);
+  inet_pton(AF_INET, hp.host.c_str(), &a.sin_addr);
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
     throw IoError(fmt::format("bench ps raw: cannot connect to {}: {}", o.raw_addr, std::strerror(errno)));

@@ -7,9 +7,11 @@
 // (PR_SET_PDEATHSIG(SIGKILL), stdin/stdout pipes for "ready"/"go"/results, stderr to a log in a
 // temporary folder that is printed when a peer fails). Per round each worker pushes its gradient
 // slice of every server's range (GradPush) and then pulls the weights of every range back
-// (PullRequest → PullReply, answered once all W pushes of that round reached the server); the
-// worker copies each reply into its full weight vector, as a real worker does. Servers only count
-// what they receive (no aggregation, no optimizer): this measures the transport.
+// (PullRequest → PullReply, answered once all W pushes of that round reached the server). As in
+// a real job, nothing is copied on the way: pushes and replies borrow the sender's floats, a
+// reply is received straight into the worker's full weight vector and a push into the server's
+// gradient slot for that worker. Servers only count what they receive (no aggregation, no
+// optimizer): this measures the transport.
 //
 // bytes = W · rounds · 2 · N · 4 (payload floats pushed + pulled; frame headers not counted).
 // seconds = from the common "go" to the last worker's last reply (CLOCK_MONOTONIC, shared by

@@ -2,6 +2,7 @@
 #include "coordinator/registrar.hpp"
 
 #include "common/error.hpp"
+#include "common/net/host_port.hpp"
 #include "common/proto/codec.hpp"
 
 #include <fmt/format.h>
@@ -17,16 +18,20 @@ net::Identity Registrar::identify(const proto::Message& first, const std::string
     throw proto::ProtocolError(fmt::format("the first frame must be Register, not {}",
                                            proto::type_name(proto::type_of(first))));
   }
-  // The host part of "HOST:PORT" (keeps the [brackets] of an IPv6 host), as /status shows it.
-  const std::string host = peer.substr(0, peer.rfind(':'));
+  // The host part of the peer's "HOST:PORT", as /status shows it.
+  const std::string host = net::parse_host_port(peer, "the peer's address").host;
   if (reg->role == static_cast<uint8_t>(net::Role::kServer)) {
     std::lock_guard lock(mu_);  // one server registration at a time: id k ↔ address line k
     if (added(net::Role::kServer) >= servers_) {
       throw ConfigError(
           fmt::format("the job already has its {} server(s) (cluster.servers)", servers_));
     }
-    std::string addr = reg->listen_address;
-    if (!addr.empty() && addr.front() == ':') addr = host + addr;  // ":PORT": the host we see
+    const net::HostPort listen = net::parse_host_port(
+        reg->listen_address, "the listen address in a server's Register",
+        {.allow_empty_host = true, .allow_port_zero = false});
+    // ":PORT": the host we see the server as.
+    const std::string addr =
+        net::format_host_port(listen.host.empty() ? host : listen.host, listen.port);
     const net::Member m = add_member(net::Role::kServer, host, peer, reg->host);
     server_addrs_.push_back(addr);
     return {m.endpoint, true};

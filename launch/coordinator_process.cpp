@@ -2,6 +2,7 @@
 
 #include "common/data/tokenizer.hpp"
 #include "common/error.hpp"
+#include "common/net/host_port.hpp"
 #include "common/net/tcp_transport.hpp"
 #include "common/proto/codec.hpp"
 #include "common/tensor/param_layout.hpp"
@@ -46,22 +47,10 @@ RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secr
   no.peer_timeout = ms(cfg.cluster.peer_timeout_s);
   no.fatal_peer = [registrar](const net::Endpoint& e) { return registrar->connection_lost(e); };
   auto node = std::make_shared<net::TcpNode>(std::move(secret), no);
-  const size_t colon = o.listen.rfind(':');
-  if (colon == std::string::npos) {
-    throw UsageError(fmt::format("--listen: '{}' is not HOST:PORT", o.listen));
-  }
-  std::string host = o.listen.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
-  int port = -1;
-  try {
-    port = std::stoi(o.listen.substr(colon + 1));
-  } catch (const std::exception&) {
-  }
-  if (port < 0 || port > 65535) {
-    throw UsageError(fmt::format("--listen: '{}' is not HOST:PORT (port 0..65535)", o.listen));
-  }
+  const net::HostPort listen = net::parse_host_port(o.listen, "--listen");
+  const std::string& host = listen.host;
   const std::string addr = node->listen(
-      host, static_cast<uint16_t>(port),
+      host, listen.port,
       [registrar](const proto::Message& m, const std::string& peer) {
         return registrar->identify(m, peer);
       });
@@ -71,7 +60,9 @@ RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secr
                        (std::filesystem::path(cfg.run.dir) / "status.addr").string());
   spdlog::info("coordinator listening on {}; waiting for {} server(s) and {} worker(s)", addr, S, W);
 
-  net::TcpTransport transport(net::coordinator_endpoint(), node);
+  const std::unique_ptr<net::Transport> transport_ptr =
+      net::make_transport(net::TransportOptions::tcp(net::coordinator_endpoint(), node));
+  net::Transport& transport = *transport_ptr;
   int64_t registered = 0;
   while (registered < registrar->expected()) {
     if (o.stop_requested && o.stop_requested()) {

@@ -1,8 +1,10 @@
 #include "launch/server_process.hpp"
 
+#include "common/config/job_from_welcome.hpp"
 #include "launch/threads_job.hpp"
 #include "common/error.hpp"
 #include "common/net/cluster_join.hpp"
+#include "common/net/host_port.hpp"
 #include "common/proto/codec.hpp"
 #include "common/tensor/param_layout.hpp"
 #include "paramserver/param_server.hpp"
@@ -16,12 +18,10 @@ namespace ptrain {
 void run_server_process(const ServerProcessOptions& o, net::Secret secret) {
   auto node = std::make_shared<net::TcpNode>(std::move(secret),
                                              net::member_node_options(net::Role::kServer));
-  const size_t colon = o.listen.rfind(':');
-  if (colon == std::string::npos) throw UsageError(fmt::format("--listen: '{}' is not HOST:PORT", o.listen));
-  std::string host = o.listen.substr(0, colon);
-  const int port = std::atoi(o.listen.substr(colon + 1).c_str());
+  const net::HostPort listen = net::parse_host_port(o.listen, "--listen");
+  const std::string& host = listen.host;
   const std::string bound = node->listen(
-      host, static_cast<uint16_t>(port),
+      host, listen.port,
       [](const proto::Message& m, const std::string&) -> net::Identity {
         const auto* h = std::get_if<proto::PeerHello>(&m);
         if (h == nullptr || h->role != static_cast<uint8_t>(net::Role::kWorker) || h->id < 0) {
@@ -32,11 +32,13 @@ void run_server_process(const ServerProcessOptions& o, net::Secret secret) {
         return {net::worker_endpoint(h->id), false};
       });
   // An unspecified listen host: the coordinator fills in the address it sees us at.
-  const bool any = host == "0.0.0.0" || host == "::" || host == "[::]" || host.empty();
+  const bool any = host == "0.0.0.0" || host == "::";
   const std::string advertised = any ? bound.substr(bound.rfind(':')) : bound;
   net::Joined j = net::join_cluster(node, {o.coordinator, net::Role::kServer, advertised});
-  const Config& cfg = j.config;
-  const ParamLayout layout(model_dims(cfg.model, j.tokenizer->vocab_size()));
+  const JobFromWelcome job = job_from_welcome(j.welcome);
+  node->set_liveness(job.heartbeat, job.peer_timeout);
+  const Config& cfg = job.config;
+  const ParamLayout layout(model_dims(cfg.model, job.tokenizer->vocab_size()));
   const auto shards = layout.shard_ranges(cfg.cluster.servers);
   const int32_t id = j.welcome.id;
   if (id < 0 || id >= static_cast<int32_t>(shards.size())) {
@@ -52,9 +54,10 @@ void run_server_process(const ServerProcessOptions& o, net::Secret secret) {
   so.server.write_shard = make_shard_writer(layout, id, cfg.cluster.servers, so.server.range);
   so.server.load_shard = make_shard_loader(layout, so.server.range);
   UpdateRule rule = update_rule_for(cfg, layout, so.server.range);
-  net::TcpTransport transport(net::server_endpoint(id), node);
+  const std::unique_ptr<net::Transport> transport =
+      net::make_transport(net::TransportOptions::tcp(net::server_endpoint(id), node));
   try {
-    run_param_server(so, std::move(rule), transport);
+    run_param_server(so, std::move(rule), *transport);
   } catch (...) {
     node->close();
     throw;

@@ -1,5 +1,6 @@
 #include "launch/worker_process.hpp"
 
+#include "common/config/job_from_welcome.hpp"
 #include "launch/threads_job.hpp"
 #include "common/error.hpp"
 #include "common/net/cluster_join.hpp"
@@ -15,8 +16,10 @@ void run_worker_process(const WorkerProcessOptions& o, net::Secret secret) {
   auto node = std::make_shared<net::TcpNode>(std::move(secret),
                                              net::member_node_options(net::Role::kWorker));
   net::Joined j = net::join_cluster(node, {o.coordinator, net::Role::kWorker, ""});
-  const Config& cfg = j.config;
-  const ParamLayout layout(model_dims(cfg.model, j.tokenizer->vocab_size()));
+  const JobFromWelcome job = job_from_welcome(j.welcome);
+  node->set_liveness(job.heartbeat, job.peer_timeout);
+  const Config& cfg = job.config;
+  const ParamLayout layout(model_dims(cfg.model, job.tokenizer->vocab_size()));
   const int32_t id = j.welcome.id;
   const auto S = cfg.cluster.servers;
   if (static_cast<int64_t>(j.server_addresses.size()) != S) {
@@ -40,9 +43,10 @@ void run_worker_process(const WorkerProcessOptions& o, net::Secret secret) {
   wo.device = o.device.empty() ? device_type_name(cfg.device.type) : o.device;
   spdlog::info("worker {}: connected to {} server(s), device {}, {} thread(s)", id, S, wo.device,
                wo.threads);
-  net::TcpTransport transport(net::worker_endpoint(id), node);
+  const std::unique_ptr<net::Transport> transport =
+      net::make_transport(net::TransportOptions::tcp(net::worker_endpoint(id), node));
   try {
-    run_worker(wo, layout, std::move(ranges), transport);
+    run_worker(wo, layout, std::move(ranges), *transport);
   } catch (...) {
     node->close();
     throw;

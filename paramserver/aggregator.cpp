@@ -4,16 +4,41 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 namespace ptrain {
 
-bool GradientAggregator::add(int32_t worker, int64_t tokens, std::vector<float> grads) {
+bool GradientAggregator::add(int32_t worker, int64_t tokens, std::span<const float> grads) {
   PTRAIN_ENFORCE(static_cast<int64_t>(grads.size()) == size_,
                  "push of {} floats to an aggregator of {}", grads.size(), size_);
   PTRAIN_ENFORCE(tokens >= 0, "negative token count {}", tokens);
-  if (pushes_.count(worker)) return false;
-  pushes_.emplace(worker, Push{tokens, std::move(grads)});
+  Slot& s = slots_[worker];
+  if (s.filled) return false;
+  if (s.grads.size() != grads.size()) s.grads.resize(grads.size());
+  if (grads.data() != s.grads.data() && !grads.empty()) {
+    std::memcpy(s.grads.data(), grads.data(), grads.size() * sizeof(float));
+  }
+  s.tokens = tokens;
+  s.filled = true;
   return true;
+}
+
+size_t GradientAggregator::count() const {
+  size_t n = 0;
+  for (const auto& [w, s] : slots_) n += s.filled ? 1 : 0;
+  return n;
+}
+
+std::vector<std::pair<int32_t, std::span<float>>> GradientAggregator::free_slots() {
+  std::vector<std::pair<int32_t, std::span<float>>> out;
+  for (auto& [w, s] : slots_) {
+    if (!s.filled) out.emplace_back(w, std::span<float>(s.grads));
+  }
+  return out;
+}
+
+void GradientAggregator::clear() {
+  for (auto& [w, s] : slots_) s.filled = false;
 }
 
 int64_t GradientAggregator::mean(std::span<const int32_t> contributors,
@@ -27,8 +52,9 @@ int64_t GradientAggregator::mean(std::span<const int32_t> contributors,
   std::vector<const float*> srcs;
   int64_t tokens = 0;
   for (int32_t w : ids) {
-    auto it = pushes_.find(w);
-    PTRAIN_ENFORCE(it != pushes_.end(), "contributor worker {} has not pushed", w);
+    auto it = slots_.find(w);
+    PTRAIN_ENFORCE(it != slots_.end() && it->second.filled, "contributor worker {} has not pushed",
+                   w);
     srcs.push_back(it->second.grads.data());
     tokens += it->second.tokens;
   }

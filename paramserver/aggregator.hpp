@@ -15,29 +15,40 @@
 
 namespace ptrain {
 
+// Each worker has a gradient slot, kept across steps: a transport can receive the worker's next
+// push straight into it (Transport::post_receive), and add() then copies nothing.
 class GradientAggregator {
  public:
   explicit GradientAggregator(int64_t size) : size_(size) {}
 
-  // Keeps worker `worker`'s push. Returns false (and keeps nothing) for a second push from it.
-  bool add(int32_t worker, int64_t tokens, std::vector<float> grads);
-  bool has(int32_t worker) const { return pushes_.count(worker) != 0; }
-  size_t count() const { return pushes_.size(); }
+  // Keeps worker `worker`'s push: copied into its slot, unless `grads` already is that slot.
+  // Returns false (and keeps nothing) for a second push from it.
+  bool add(int32_t worker, int64_t tokens, std::span<const float> grads);
+  bool has(int32_t worker) const {
+    auto it = slots_.find(worker);
+    return it != slots_.end() && it->second.filled;
+  }
+  size_t count() const;
+  // The slots that hold no push (workers that pushed in an earlier step), where a transport may
+  // receive their next push.
+  std::vector<std::pair<int32_t, std::span<float>>> free_slots();
 
   // The token-weighted mean over exactly `contributors` (each must have pushed) into `out`
   // (size()). Returns the total token count. With zero tokens the mean is all zeros.
   int64_t mean(std::span<const int32_t> contributors, std::span<float> out) const;
 
-  void clear() { pushes_.clear(); }
+  // Forgets every push (keeps the slots).
+  void clear();
   int64_t size() const { return size_; }
 
  private:
-  struct Push {
+  struct Slot {
     int64_t tokens = 0;
+    bool filled = false;
     std::vector<float> grads;
   };
   int64_t size_;
-  std::map<int32_t, Push> pushes_;
+  std::map<int32_t, Slot> slots_;
 };
 
 // Elements per chunk of the partial norm: each chunk is summed in order in fp64, then the chunk

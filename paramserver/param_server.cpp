@@ -7,6 +7,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <map>
 
 namespace ptrain {
 
@@ -14,11 +15,23 @@ void run_param_server(const ParamServerOptions& options, UpdateRule rule,
                       net::Transport& transport) {
   omp_set_num_threads(std::max(1, options.omp_threads));
   RequestHandler handler(options.server, std::move(rule));
+  // The step each worker's gradient slot is posted for (so it is posted once per step).
+  std::map<int32_t, int64_t> posted;
   try {
     while (!handler.stopped()) {
       std::optional<net::Envelope> env = transport.receive(options.poll);
       if (!env) continue;
-      for (auto& o : handler.handle(env->from, std::move(env->message))) {
+      std::vector<Outgoing> out = handler.handle(env->from, std::move(env->message));
+      // Posted before the replies go out, so that a worker's next push (which follows its
+      // pull reply) finds its slot and is received straight into it.
+      for (const GradientSlot& g : handler.gradient_slots()) {
+        auto [it, fresh] = posted.try_emplace(g.worker, g.step);
+        if (!fresh && it->second == g.step) continue;
+        it->second = g.step;
+        transport.post_receive(net::worker_endpoint(g.worker), proto::MessageType::kGradPush,
+                               static_cast<uint64_t>(g.step), g.slot);
+      }
+      for (auto& o : out) {
         if (auto* a = std::get_if<proto::StepApplied>(&o.message)) {
           const net::TransportCounters c = transport.counters();
           a->bytes_pushed =
@@ -27,6 +40,8 @@ void run_param_server(const ParamServerOptions& options, UpdateRule rule,
         }
         transport.send(o.to, o.message);
       }
+      // Pull replies borrow the shard's weights: written before the next message may change them.
+      if (!out.empty()) transport.flush(options.send_timeout);
     }
   } catch (const net::TransportClosed&) {
     throw;

@@ -18,9 +18,13 @@ struct ParamServerOptions {
   int omp_threads = 1;  // OpenMP threads for aggregation, norm and AdamW (set in this thread)
   // Poll interval of the receive loop (the loop ends on Shutdown or when the transport closes).
   std::chrono::milliseconds poll{1000};
+  // How long the replies to one message may take to be written (they borrow the weights).
+  std::chrono::milliseconds send_timeout{std::chrono::minutes(10)};
 };
 
-// Runs until a Shutdown message arrives. A failure is reported to the coordinator (Failure) when
+// Runs until a Shutdown message arrives. Pull replies are sent without copying the weights and
+// flushed before the next message is handled; each known worker's gradient slot is posted as
+// the destination of its next push. A failure is reported to the coordinator (Failure) when
 // the transport still works, then rethrown. Throws TransportClosed when the job is stopping.
 // StepApplied replies carry this server's transport byte counters (GradPush bytes received,
 // PullReply bytes sent) for the coordinator's status endpoint.

@@ -110,8 +110,11 @@ void RequestHandler::on_pull(const Endpoint& from, const p::PullRequest& m,
     pending_pulls_.emplace_back(from, m);
     return;
   }
+  // Borrowed, not copied: the loop sends (and flushes) it before the weights change.
+  const auto w = store_.weights().subspan(static_cast<size_t>(m.range.begin - options_.range.begin),
+                                          static_cast<size_t>(m.range.size()));
   out.push_back({from, p::PullReply{m.request_id, store_.version(), m.range,
-                                    store_.copy_weights(m.range)}});
+                                    p::FloatRange::borrow(w)}});
 }
 
 void RequestHandler::on_push(const Endpoint& from, p::GradPush&& m, std::vector<Outgoing>& out) {
@@ -139,12 +142,21 @@ void RequestHandler::on_push(const Endpoint& from, p::GradPush&& m, std::vector<
   }
   const int32_t worker = m.worker_id;
   const int64_t tokens = m.tokens;
-  if (!aggregator_.add(worker, tokens, std::move(m.grads))) {
+  if (!aggregator_.add(worker, tokens, m.grads)) {
     refuse(from, fmt::format("second push from worker {} for step {}", worker, m.step), out);
     return;
   }
   out.push_back({net::coordinator_endpoint(),
                  p::PushReceived{options_.server_id, m.step, worker, tokens}});
+}
+
+std::vector<GradientSlot> RequestHandler::gradient_slots() {
+  std::vector<GradientSlot> out;
+  if (!store_.loaded() || prepared_) return out;  // no push is accepted now
+  for (auto& [worker, slot] : aggregator_.free_slots()) {
+    out.push_back({worker, store_.version(), slot});
+  }
+  return out;
 }
 
 void RequestHandler::on_contributors(const p::StepContributors& m, std::vector<Outgoing>& out) {

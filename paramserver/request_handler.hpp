@@ -21,6 +21,9 @@
 // A request that cannot be served (range outside the shard, a stale or duplicate push) is
 // answered with a Failure to its sender; a coordinator message that breaks the protocol throws
 // proto::ProtocolError.
+// Without copies: a PullReply's weights are BORROWED from the shard (send and flush the output
+// before the next handle()); a push is kept in its worker's gradient slot, where the transport
+// can receive the next one directly (gradient_slots()).
 #pragma once
 
 #include "common/error.hpp"
@@ -67,12 +70,23 @@ struct Outgoing {
   proto::Message message;
 };
 
+// Where worker `worker`'s GradPush for `step` may be received in place (its gradient slot).
+struct GradientSlot {
+  int32_t worker = 0;
+  int64_t step = 0;
+  std::span<float> slot;
+};
+
 class RequestHandler {
  public:
   RequestHandler(ServerOptions options, UpdateRule rule);
 
   // Handles one message from `from`; returns what to send, in order.
   std::vector<Outgoing> handle(const net::Endpoint& from, proto::Message msg);
+
+  // The gradient slots that may receive a push now (workers that pushed before and have not
+  // pushed for the current step), for Transport::post_receive. Valid until the next handle().
+  std::vector<GradientSlot> gradient_slots();
 
   bool stopped() const { return stopped_; }
   const ShardStore& store() const { return store_; }

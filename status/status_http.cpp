@@ -494,16 +494,13 @@ std::string StatusServer::advertised_endpoint() const {
 
 void write_addr_file(const std::string& path, const std::string& host_port) {
   // ":PORT" (no host) means every interface, like 0.0.0.0.
-  const net::HostPort hp = net::parse_host_port(
-      !host_port.empty() && host_port.front() == ':' ? "0.0.0.0" + host_port : host_port,
-      "address file " + path);
-  std::string host = hp.host;
+  const net::HostPort hp =
+      net::parse_host_port(host_port, "address file " + path, {.allow_empty_host = true});
+  std::string host = hp.host.empty() ? "0.0.0.0" : hp.host;
   beast::error_code ec;
   const auto addr = asio::ip::make_address(host, ec);
   if (!ec && addr.is_unspecified()) host = net::advertised_host(addr);
-  const bool v6_literal = host.find(':') != std::string::npos;
-  write_file_atomic(path, v6_literal ? fmt::format("[{}]:{}\n", host, hp.port)
-                                     : fmt::format("{}:{}\n", host, hp.port));
+  write_file_atomic(path, net::format_host_port(host, hp.port) + "\n");
 }
 
 }  // namespace ptrain

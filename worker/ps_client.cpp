@@ -8,8 +8,9 @@
 
 namespace ptrain {
 
-PsClient::PsClient(net::Transport& transport, std::vector<proto::KeyRange> server_ranges)
-    : transport_(transport), ranges_(std::move(server_ranges)) {
+PsClient::PsClient(net::Transport& transport, std::vector<proto::KeyRange> server_ranges,
+                   std::chrono::milliseconds send_timeout)
+    : transport_(transport), ranges_(std::move(server_ranges)), send_timeout_(send_timeout) {
   PTRAIN_ENFORCE(!ranges_.empty(), "a PsClient needs at least one server");
   int64_t at = 0;
   for (size_t k = 0; k < ranges_.size(); ++k) {
@@ -21,14 +22,27 @@ PsClient::PsClient(net::Transport& transport, std::vector<proto::KeyRange> serve
   total_ = at;
 }
 
+PsClient::~PsClient() {
+  if (pulls_.empty()) return;
+  for (size_t k = 0; k < ranges_.size(); ++k) {
+    transport_.cancel_receive(net::server_endpoint(static_cast<int32_t>(k)),
+                              proto::MessageType::kPullReply);
+  }
+}
+
 PsClient::Ticket PsClient::pull(int64_t version, std::span<float> dst) {
   PTRAIN_ENFORCE(static_cast<int64_t>(dst.size()) == total_, "pull into {} floats, need {}",
                  dst.size(), total_);
   const Ticket t = next_ticket_++;
   pulls_[t] = PullState{version, dst, static_cast<int>(ranges_.size())};
   for (size_t k = 0; k < ranges_.size(); ++k) {
-    transport_.send(net::server_endpoint(static_cast<int32_t>(k)),
-                    proto::PullRequest{t, version, ranges_[k]});
+    const net::Endpoint server = net::server_endpoint(static_cast<int32_t>(k));
+    const auto& r = ranges_[k];
+    // Posted before the request goes out: the reply's weights land in dst directly.
+    transport_.post_receive(
+        server, proto::MessageType::kPullReply, t,
+        dst.subspan(static_cast<size_t>(r.begin), static_cast<size_t>(r.size())));
+    transport_.send(server, proto::PullRequest{t, version, r});
   }
   return t;
 }
@@ -44,10 +58,12 @@ PsClient::Ticket PsClient::push(const PushMeta& meta, std::span<const float> gra
     m.worker_id = meta.worker_id;
     m.tokens = meta.tokens;
     m.range = r;
-    m.grads.assign(grads.begin() + r.begin, grads.begin() + r.end);
+    m.grads = proto::FloatRange::borrow(
+        grads.subspan(static_cast<size_t>(r.begin), static_cast<size_t>(r.size())));
     transport_.send(net::server_endpoint(static_cast<int32_t>(k)), m);
   }
-  return next_ticket_++;  // sends complete synchronously: nothing to wait for
+  transport_.flush(send_timeout_);  // the frames read `grads` until written
+  return next_ticket_++;  // complete on return: nothing to wait for
 }
 
 void PsClient::dispatch(net::Envelope&& env) {
@@ -66,11 +82,19 @@ void PsClient::dispatch(net::Envelope&& env) {
                               reply->version));
     }
     const auto& r = reply->range;
+    const auto k = static_cast<size_t>(env.from.id);
+    if (env.from.role != net::Role::kServer || k >= ranges_.size() || r != ranges_[k]) {
+      throw Error(ExitCode::kIo,
+                  fmt::format("{}: {} answered a pull with range [{}, {}), not its own slice",
+                              transport_.self().str(), env.from.str(), r.begin, r.end));
+    }
     PTRAIN_ENFORCE(r.begin >= 0 && r.end <= total_ &&
                        static_cast<int64_t>(reply->weights.size()) == r.size(),
                    "pull reply range [{}, {}) with {} floats", r.begin, r.end,
                    reply->weights.size());
-    if (r.size() > 0) {
+    // Normally the transport read the weights into dst already (the posting); a reply that
+    // did not match it (e.g. a second pull in flight to the same server) is copied.
+    if (r.size() > 0 && reply->weights.data() != st.dst.data() + r.begin) {
       std::memcpy(st.dst.data() + r.begin, reply->weights.data(),
                   static_cast<size_t>(r.size()) * sizeof(float));
     }

@@ -3,6 +3,9 @@
 // Ranges are whole server slices of the flat parameter vector (few large messages). Any message
 // that is not a pull reply (the coordinator's StepBegin, Shutdown, ...) is kept, in arrival order,
 // for the owner's loop: next_other(). Single-threaded: one PsClient per role thread.
+// No copies of the vectors: a pull posts each server's slice of `dst` as the destination of its
+// reply (the transport reads the weights straight into it); a push sends each server its slice
+// of `grads` as a borrowed range and returns once every frame is written (flush).
 #pragma once
 
 #include "common/net/transport.hpp"
@@ -29,14 +32,21 @@ class PsClient {
  public:
   using Ticket = uint64_t;
 
-  // server_ranges[k] = server k's slice; together they tile [0, total).
-  PsClient(net::Transport& transport, std::vector<proto::KeyRange> server_ranges);
+  // server_ranges[k] = server k's slice; together they tile [0, total). `send_timeout` bounds a
+  // push's wait for its frames to be written.
+  PsClient(net::Transport& transport, std::vector<proto::KeyRange> server_ranges,
+           std::chrono::milliseconds send_timeout = std::chrono::minutes(10));
+  // Withdraws the pull destinations still posted.
+  ~PsClient();
+  PsClient(const PsClient&) = delete;
+  PsClient& operator=(const PsClient&) = delete;
 
   // Requests every server's slice at `version` into `dst` (the whole flat vector, total floats).
-  // `dst` must stay alive until wait() returns.
+  // `dst` must stay alive, and untouched, until wait() returns.
   Ticket pull(int64_t version, std::span<float> dst);
 
-  // Sends each server its slice of `grads` (the whole flat vector). Complete once sent.
+  // Sends each server its slice of `grads` (the whole flat vector). Complete (and `grads` free
+  // to change) once it returns.
   Ticket push(const PushMeta& meta, std::span<const float> grads);
 
   // Blocks until the ticket's replies are in. Throws (naming the server) when a server answers
@@ -59,6 +69,7 @@ class PsClient {
 
   net::Transport& transport_;
   std::vector<proto::KeyRange> ranges_;
+  std::chrono::milliseconds send_timeout_;
   int64_t total_ = 0;
   Ticket next_ticket_ = 1;
   std::map<Ticket, PullState> pulls_;

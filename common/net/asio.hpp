@@ -19,6 +19,7 @@
 #include <boost/asio/experimental/awaitable_operators.hpp>
 
 #include "common/error.hpp"
+#include "common/net/host_port.hpp"
 
 #include <unistd.h>
 
@@ -74,9 +75,7 @@ awaitable<T> with_deadline(awaitable<T> op, Clock::duration limit, std::string_v
 
 // "HOST:PORT" for an endpoint, with IPv6 addresses in brackets ("[::1]:8080").
 inline std::string format_endpoint(const tcp::endpoint& ep) {
-  const std::string host = ep.address().to_string();
-  return ep.address().is_v6() ? fmt::format("[{}]:{}", host, ep.port())
-                              : fmt::format("{}:{}", host, ep.port());
+  return format_host_port(ep.address().to_string(), ep.port());
 }
 
 // The host others should use to reach a socket bound to `addr`: the address itself, except for
@@ -93,46 +92,7 @@ inline std::string advertised_host(const asio::ip::address& addr) {
 
 // advertised_host + port as "HOST:PORT" (brackets around an IPv6 literal).
 inline std::string advertised_endpoint(const tcp::endpoint& ep) {
-  const std::string host = advertised_host(ep.address());
-  const bool v6_literal = host.find(':') != std::string::npos;
-  return v6_literal ? fmt::format("[{}]:{}", host, ep.port())
-                    : fmt::format("{}:{}", host, ep.port());
-}
-
-struct HostPort {
-  std::string host;  // without brackets
-  uint16_t port = 0;
-};
-
-// Parses "HOST:PORT", "[V6]:PORT" (port 0..65535; 0 = any free port when listening). Throws
-// UsageError naming the text and what is wrong (`what` says where it came from: "--listen").
-inline HostPort parse_host_port(std::string_view text, std::string_view what) {
-  auto fail = [&](std::string_view why) -> HostPort {
-    throw UsageError(fmt::format("{}: '{}' is not HOST:PORT ({})", what, text, why));
-  };
-  std::string_view host, port;
-  if (!text.empty() && text.front() == '[') {
-    const size_t close = text.find(']');
-    if (close == std::string_view::npos) return fail("missing ']'");
-    host = text.substr(1, close - 1);
-    if (close + 1 >= text.size() || text[close + 1] != ':') return fail("missing ':PORT'");
-    port = text.substr(close + 2);
-  } else {
-    const size_t colon = text.rfind(':');
-    if (colon == std::string_view::npos) return fail("missing ':PORT'");
-    host = text.substr(0, colon);
-    port = text.substr(colon + 1);
-    if (host.find(':') != std::string_view::npos) return fail("an IPv6 address needs [brackets]");
-  }
-  if (host.empty()) return fail("empty host");
-  if (port.empty() || port.size() > 5) return fail("the port must be a number 0..65535");
-  uint32_t p = 0;
-  for (char c : port) {
-    if (c < '0' || c > '9') return fail("the port must be a number 0..65535");
-    p = p * 10 + static_cast<uint32_t>(c - '0');
-  }
-  if (p > 65535) return fail("the port must be a number 0..65535");
-  return HostPort{std::string(host), static_cast<uint16_t>(p)};
+  return format_host_port(advertised_host(ep.address()), ep.port());
 }
 
 }  // namespace ptrain::net

@@ -1,7 +1,6 @@
 #include "common/net/cluster_join.hpp"
 
 #include "common/proto/codec.hpp"
-#include "common/tensor/param_layout.hpp"
 
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -25,9 +24,10 @@ Joined join_cluster(std::shared_ptr<TcpNode> node, const JoinOptions& o) {
   spdlog::info("connected to the coordinator at {}; waiting for the job to start",
                o.coordinator);
   // A provisional transport for the Welcome (our id is not known yet).
-  TcpTransport boot(Endpoint{o.role, -1}, node);
+  const std::unique_ptr<Transport> boot =
+      make_transport(TransportOptions::tcp(Endpoint{o.role, -1}, node));
   for (;;) {
-    std::optional<Envelope> env = boot.receive(std::chrono::milliseconds(1000));
+    std::optional<Envelope> env = boot->receive(std::chrono::milliseconds(1000));
     if (!env) continue;
     if (auto* f = std::get_if<proto::Failure>(&env->message)) {
       throw Error(proto::failure_code(*f), fmt::format("the coordinator at {} refused us: {}",
@@ -45,22 +45,10 @@ Joined join_cluster(std::shared_ptr<TcpNode> node, const JoinOptions& o) {
     Joined j;
     j.node = node;
     j.welcome = std::move(*w);
-    j.config = parse_config_text(j.welcome.config_yaml, "<config from the coordinator>", "/");
-    j.tokenizer = tokenizer_from_json(j.welcome.tokenizer_json, "<tokenizer from the coordinator>");
-    const ParamLayout layout(model_dims(j.config.model, j.tokenizer->vocab_size()));
-    if (layout.hash() != j.welcome.layout_hash) {
-      throw ConfigError(fmt::format(
-          "parameter layout mismatch: the coordinator's layout hash is {}, this process computes "
-          "{} from the same config (different ptrain builds?); refusing to join",
-          j.welcome.layout_hash, layout.hash()));
-    }
     std::istringstream in(j.welcome.server_addresses);
     for (std::string line; std::getline(in, line);) {
       if (!line.empty()) j.server_addresses.push_back(line);
     }
-    node->set_liveness(
-        std::chrono::milliseconds(static_cast<int64_t>(j.config.cluster.heartbeat_s * 1000)),
-        std::chrono::milliseconds(static_cast<int64_t>(j.config.cluster.peer_timeout_s * 1000)));
     return j;
   }
 }

@@ -1,10 +1,9 @@
 // How a server or worker process joins a job over TCP: connect to the coordinator (HMAC
-// handshake), Register, wait for the Welcome, and rebuild the job's config, tokenizer and layout
-// from it (the layout hash must match the coordinator's, else ConfigError). No Asio here.
+// handshake), Register, and wait for the Welcome. What the Welcome says about the job (config,
+// tokenizer, layout hash, liveness settings) is read by the caller (job_from_welcome in
+// common/config): the network layer knows nothing of the application config. No Asio here.
 #pragma once
 
-#include "common/config/config.hpp"
-#include "common/data/tokenizer.hpp"
 #include "common/net/tcp_transport.hpp"
 #include "common/proto/messages.hpp"
 
@@ -24,14 +23,11 @@ struct JoinOptions {
 struct Joined {
   std::shared_ptr<TcpNode> node;
   proto::Welcome welcome;
-  Config config;
-  std::unique_ptr<Tokenizer> tokenizer;
-  std::vector<std::string> server_addresses;
+  std::vector<std::string> server_addresses;  // from welcome.server_addresses, one per server
 };
 
 // `node` must already listen when role is kServer. Blocks until the Welcome (or throws: PeerLost
-// when the coordinator goes away, Error with the coordinator's reason when it refuses us,
-// ConfigError on a layout-hash mismatch).
+// when the coordinator goes away, Error with the coordinator's reason when it refuses us).
 Joined join_cluster(std::shared_ptr<TcpNode> node, const JoinOptions& options);
 
 // Node options for a server/worker: only the coordinator's loss is fatal.

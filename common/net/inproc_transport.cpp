@@ -55,8 +55,9 @@ InprocTransport::InprocTransport(Endpoint self, std::shared_ptr<InprocFabric> fa
 
 void InprocTransport::close() { fabric_->close(fmt::format("closed by {}", self().str())); }
 
-void InprocTransport::send_frame(const Endpoint& to, std::vector<std::byte> frame) {
-  fabric_->deliver(to, RawFrame{self(), std::move(frame)});
+void InprocTransport::send_frame(const Endpoint& to, proto::OutFrame frame) {
+  // The one copy of borrowed floats: the sender may reuse them once send() returns.
+  fabric_->deliver(to, RawFrame{self(), proto::flatten(frame)});
 }
 
 std::optional<RawFrame> InprocTransport::receive_frame(std::chrono::milliseconds timeout) {

@@ -1,6 +1,7 @@
 // The in-process transport: roles running as threads of one process exchange the same encoded
-// frames that TCP will carry, through a shared fabric of mailboxes (one per endpoint). Used by
-// `cluster.launch: threads` and by the tests.
+// frames that TCP carries, through a shared fabric of mailboxes (one per endpoint). Used by
+// `cluster.launch: threads` and by the tests. A send copies borrowed floats once into the frame
+// (so flush() has nothing to wait for); a receive copies them once into the posted destination.
 #pragma once
 
 #include "common/net/transport.hpp"
@@ -46,7 +47,7 @@ class InprocTransport final : public Transport {
   void close() override;
 
  protected:
-  void send_frame(const Endpoint& to, std::vector<std::byte> frame) override;
+  void send_frame(const Endpoint& to, proto::OutFrame frame) override;
   std::optional<RawFrame> receive_frame(std::chrono::milliseconds timeout) override;
 
  private:

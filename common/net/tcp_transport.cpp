@@ -6,11 +6,13 @@
 #include "common/net/asio.hpp"
 #include "common/net/frame_pool.hpp"
 #include "common/proto/codec.hpp"
+#include "common/proto/frame_decoder.hpp"
 #include "common/util/hash.hpp"
 
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstring>
@@ -20,6 +22,7 @@
 #include <mutex>
 #include <set>
 #include <thread>
+#include <tuple>
 #include <variant>
 
 namespace ptrain::net {
@@ -52,7 +55,15 @@ struct Session {
   std::string local_host;    // this side's IP on the connection
   asio::steady_timer wake;   // the writer sleeps on it; cancel() = "queue not empty"
   asio::steady_timer tick;   // heartbeats and the watchdog
-  std::deque<std::vector<std::byte>> queue;
+  // Frames for the writer, with their trailers once computed. A deque: references stay valid
+  // while the writer pushes behind them.
+  struct Queued {
+    proto::OutFrame frame;
+    std::array<std::byte, proto::kTrailerSize> trailer{};
+  };
+  std::deque<Queued> queue;
+  int64_t queued = 0;  // bytes sent to this peer and not yet written or dropped (Impl::send_mu)
+  bool accepting = true;  // false once dropped (Impl::send_mu)
   std::optional<Endpoint> peer;
   Clock::time_point last_rx = Clock::now();
   bool open = true;
@@ -80,7 +91,15 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
   std::deque<InboxItem> inbox;
   bool closed = false;
   std::atomic<bool> closing{false};
-  std::atomic<int64_t> queued_bytes{0};
+  // Postings the reader fills (shared with every TcpTransport over this node).
+  std::shared_ptr<ReceivePosts> posts = std::make_shared<ReceivePosts>();
+
+  // Send accounting, for backpressure, flush() and close(): bytes queued per session and in all,
+  // and frames whose body is borrowed (not owned by the frame) still queued.
+  std::mutex send_mu;
+  std::condition_variable send_cv;
+  int64_t queued_total = 0;
+  int64_t borrowed_pending = 0;
 
   void push(InboxItem item) {
     std::lock_guard lock(mu);
@@ -88,19 +107,35 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
     cv.notify_one();
   }
 
+  bool stopped = false;  // close() finished (send_mu)
+  static constexpr size_t kWritePiece = 1024 * 1024;
+
+  static bool borrowed(const proto::OutFrame& f) { return !f.body.empty() && !f.keep; }
+
+  // Counts a frame in (any thread; with the backpressure wait done by the caller).
+  void account_queued(Session& s, const proto::OutFrame& f) {
+    s.queued += static_cast<int64_t>(f.size());
+    queued_total += static_cast<int64_t>(f.size());
+    if (borrowed(f)) ++borrowed_pending;
+  }
+  // Counts a frame out: written, or dropped with its connection (I/O thread).
+  void account_done(Session& s, const proto::OutFrame& f) {
+    std::lock_guard lock(send_mu);
+    s.queued -= static_cast<int64_t>(f.size());
+    queued_total -= static_cast<int64_t>(f.size());
+    if (borrowed(f)) --borrowed_pending;
+    send_cv.notify_all();
+  }
+
   // ---- I/O thread ----
 
-  void enqueue(const SessionPtr& s, std::vector<std::byte> frame) {
+  void enqueue(const SessionPtr& s, proto::OutFrame frame) {
     if (!s->open) {
-      queued_bytes -= static_cast<int64_t>(frame.size());
+      account_done(*s, frame);
       return;
     }
-    if (proto::kHeaderSize <= frame.size()) {
-      uint16_t type = 0;
-      std::memcpy(&type, frame.data() + 6, 2);
-      if (type == static_cast<uint16_t>(proto::MessageType::kShutdown)) s->goodbye = true;
-    }
-    s->queue.push_back(std::move(frame));
+    if (frame.type == proto::MessageType::kShutdown) s->goodbye = true;
+    s->queue.push_back(Session::Queued{std::move(frame), {}});
     s->wake.cancel();
   }
 
@@ -112,7 +147,11 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
     s->sock.close(ignored);
     s->wake.cancel();
     s->tick.cancel();
-    for (auto& f : s->queue) queued_bytes -= static_cast<int64_t>(f.size());
+    {
+      std::lock_guard lock(send_mu);
+      s->accepting = false;
+    }
+    for (auto& q : s->queue) account_done(*s, q.frame);
     s->queue.clear();
     sessions.erase(s);
     bool fatal = false;
@@ -184,10 +223,37 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
         co_await s->wake.async_wait(nothrow_awaitable);
         continue;
       }
-      std::vector<std::byte>& f = s->queue.front();
-      auto [ec, n] = co_await asio::async_write(s->sock, asio::buffer(f), nothrow_awaitable);
+      // The head, then the body straight from where it lies (borrowed floats) in pieces, the
+      // payload CRC32C computed over each piece just before it is written (in cache for the
+      // kernel's copy), then the trailer. The first piece goes out with the head (gather).
+      Session::Queued& q = s->queue.front();
+      const proto::OutFrame& f = q.frame;
+      boost::system::error_code ec;
+      if (f.body.empty()) {
+        std::tie(ec, std::ignore) =
+            co_await asio::async_write(s->sock, asio::buffer(f.head), nothrow_awaitable);
+      } else {
+        uint32_t crc = f.head_crc;
+        size_t at = 0;
+        while (!ec && at < f.body.size()) {
+          const size_t n = std::min(kWritePiece, f.body.size() - at);
+          crc = crc32c(f.body.data() + at, n, crc);
+          const std::array<asio::const_buffer, 2> bufs{
+              asio::buffer(f.head.data(), at == 0 ? f.head.size() : 0),
+              asio::buffer(f.body.data() + at, n)};
+          std::tie(ec, std::ignore) =
+              co_await asio::async_write(s->sock, bufs, nothrow_awaitable);
+          if (!s->open) co_return;  // dropped: the frame (and its borrowed body) is let go
+          at += n;
+        }
+        if (!ec) {
+          std::memcpy(q.trailer.data(), &crc, proto::kTrailerSize);
+          std::tie(ec, std::ignore) =
+              co_await asio::async_write(s->sock, asio::buffer(q.trailer), nothrow_awaitable);
+        }
+      }
       if (!s->open) co_return;
-      queued_bytes -= static_cast<int64_t>(f.size());
+      account_done(*s, f);
       s->queue.pop_front();
       if (ec) {
         drop(s, fmt::format("could not be written to ({})", ec.message()));
@@ -205,29 +271,33 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
         drop(s, fmt::format("missed heartbeats for {:g} s", secs(opt.peer_timeout)));
         co_return;
       }
-      std::vector<std::byte> hb = proto::encode(proto::Heartbeat{unix_ms()});
-      queued_bytes += static_cast<int64_t>(hb.size());
+      proto::OutFrame hb = proto::encode_frame(proto::Heartbeat{unix_ms()});
+      {
+        std::lock_guard lock(send_mu);
+        account_queued(*s, hb);
+      }
       enqueue(s, std::move(hb));
     }
   }
 
   // One whole frame from an authenticated connection. Throws Error to drop the peer.
-  // `frame`'s CRC32C has been checked by the reader.
-  awaitable<void> handle(const SessionPtr& s, std::vector<std::byte>&& frame) {
-    uint16_t type = 0;
-    std::memcpy(&type, frame.data() + 6, 2);
-    const auto t = static_cast<proto::MessageType>(type);
+  // Its header has been checked and its CRCs verified by the decoder; a float-body frame comes
+  // split, its floats already in place.
+  awaitable<void> handle(const SessionPtr& s, proto::Frame&& f) {
+    const proto::MessageType t = f.header.type;
+    std::vector<std::byte>& frame = f.bytes;
     if (t == proto::MessageType::kHeartbeat) co_return;
     if (t == proto::MessageType::kShutdown) s->goodbye = true;
     if (s->peer) {
-      push(RawFrame{*s->peer, std::move(frame), true});
+      RawFrame raw(*s->peer, std::move(frame), /*crc_already_checked=*/true);
+      raw.split = f.split;
+      raw.floats = std::move(f.floats);
+      raw.wire_size = f.wire_size();
+      push(std::move(raw));
       co_return;
     }
-    // Not identified yet: only a small control frame that decodes and identifies the peer.
-    if (proto::is_bulk(t)) {
-      throw proto::ProtocolError(fmt::format(
-          "sent a {} frame before identifying itself", proto::type_name(t)));
-    }
+    // Not identified yet: a control frame (the decoder's admit() refused bulk ones) that must
+    // decode and identify the peer.
     const proto::Message m = proto::decode(frame, opt.limits, /*check_crc=*/false);
     Identity id;
     std::exception_ptr refused;
@@ -240,7 +310,7 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
       refused = std::current_exception();
     }
     if (refused) {  // tell the peer why before dropping it
-      auto [ec, n] = co_await asio::async_write(s->sock, asio::buffer(reply), nothrow_awaitable);
+      (void)co_await asio::async_write(s->sock, asio::buffer(reply), nothrow_awaitable);
       std::rethrow_exception(refused);
     }
     {
@@ -259,101 +329,55 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
     if (id.deliver) push(RawFrame{id.endpoint, std::move(frame), true});
   }
 
-  // Reads frames: small ones (up to kReadBuf bytes) through a reused buffer, several per read;
-  // a larger one, once its header is in and passed proto::decode_frame's checks (magic, version,
-  // type, flags, length against the limit), straight into one vector of exactly its size, with
-  // the CRC32C computed piece by piece while each piece is still in cache. No regrowth copies, no
-  // second copy of the frame, no second CRC pass later (RawFrame::crc_checked).
-  static constexpr size_t kReadBuf = 256 * 1024;
-  static constexpr size_t kPiece = 1024 * 1024;
-
+  // Reads frames with the fuzzed incremental decoder (proto::FrameDecoder): small frames through
+  // its reused staging buffer, several per read; a larger one, once its header passed the checks
+  // (and, for a peer that has not identified itself, only if it is not a bulk frame: refused from
+  // its header, before anything is allocated), straight into one pooled buffer of exactly its
+  // size, in exact reads of one piece each, with the CRC32C computed piece by piece. No regrowth
+  // copies, no second copy of the frame, no second CRC pass later (RawFrame::crc_checked).
+  // The floats of a GradPush or PullReply go where the receiving role posted them
+  // (ReceivePosts): straight from the socket into the worker's pull destination or the server's
+  // gradient slot.
   awaitable<void> reader(SessionPtr s) {
-    std::vector<std::byte> buf(kReadBuf);
-    size_t lo = 0, hi = 0;  // unconsumed bytes: buf[lo, hi)
+    proto::FrameDecoder dec(
+        opt.limits, proto::FrameDecoder::kDefaultStaging, take_frame_buffer,
+        [s](const proto::FrameHeader& h) -> std::string {
+          if (!s->peer && proto::is_bulk(h.type)) {
+            return fmt::format("sent a {} frame before identifying itself",
+                               proto::type_name(h.type));
+          }
+          return {};
+        },
+        [s, posts = posts](proto::MessageType type, uint64_t match, size_t count) {
+          if (!s->peer) return proto::FloatDestination{};
+          ReceivePosts::Claimed c = posts->claim(*s->peer, type, match, count);
+          return proto::FloatDestination{c.dst, std::move(c.hold)};
+        });
     std::string reason;
     try {
+      proto::Frame frame;
+      std::string error;
       while (s->open) {
-        // Every whole frame already buffered.
-        bool direct = false;
-        proto::DecodeResult r;
-        for (;;) {
-          const std::span<const std::byte> avail(buf.data() + lo, hi - lo);
-          r = proto::decode_frame(avail, opt.limits);
-          if (r.status == proto::DecodeStatus::kBad) throw proto::ProtocolError(r.error);
-          if (r.status == proto::DecodeStatus::kNeedMore) {
-            direct = avail.size() >= proto::kHeaderSize &&
-                     proto::kHeaderSize + r.header.payload_length > buf.size();
-            break;
-          }
-          std::vector<std::byte> frame(avail.begin(),
-                                       avail.begin() + static_cast<std::ptrdiff_t>(r.consumed));
-          lo += r.consumed;
+        proto::DecodeStatus st;
+        while ((st = dec.next(frame, error)) == proto::DecodeStatus::kGood) {
           co_await handle(s, std::move(frame));
           if (!s->open) co_return;
         }
-        if (lo == hi) lo = hi = 0;
-        if (direct) {
-          const auto t = r.header.type;
-          // A bulk frame from a peer that has not identified itself is refused from its header
-          // (before its payload is read or anything is allocated for it).
-          if (!s->peer && proto::is_bulk(t)) {
-            throw proto::ProtocolError(fmt::format(
-                "sent a {} frame before identifying itself", proto::type_name(t)));
-          }
-          // The length passed the limit for its type, and the peer is authenticated (the reader
-          // starts after the handshake): allocate the frame once.
-          const size_t total = proto::kHeaderSize + static_cast<size_t>(r.header.payload_length);
-          std::vector<std::byte> frame = take_frame_buffer(total);  // capacity >= total
-          frame.insert(frame.end(), buf.begin() + static_cast<std::ptrdiff_t>(lo),
-                       buf.begin() + static_cast<std::ptrdiff_t>(hi));
-          lo = hi = 0;
-          uint32_t crc = proto::crc_of_header(
-              std::span<const std::byte, proto::kHeaderSize>(frame.data(), proto::kHeaderSize));
-          crc = crc32c(frame.data() + proto::kHeaderSize, frame.size() - proto::kHeaderSize, crc);
-          while (frame.size() < total) {
-            const size_t at = frame.size();
-            const size_t n = std::min(kPiece, total - at);
-            frame.resize(at + n);  // within the reserved capacity; zero-fills a cached piece
-            auto [ec, got] = co_await asio::async_read(s->sock, asio::buffer(frame.data() + at, n),
-                                                       nothrow_awaitable);
-            if (!s->open) co_return;
-            if (ec) {
-              const size_t have = at + got;
-              reason = ec == asio::error::eof
-                           ? fmt::format("closed the connection in the middle of a frame ({} "
-                                         "bytes of a truncated frame)",
-                                         have)
-                           : fmt::format("lost the connection ({})", ec.message());
-              drop(s, reason);
-              co_return;
-            }
-            s->last_rx = Clock::now();
-            crc = crc32c(frame.data() + at, n, crc);
-          }
-          if (crc != r.header.crc) {
-            throw proto::ProtocolError(fmt::format(
-                "{} frame of {} payload bytes fails its CRC32C (0x{:08x} in the header, "
-                "0x{:08x} computed)",
-                proto::type_name(t), r.header.payload_length, r.header.crc, crc));
-          }
-          co_await handle(s, std::move(frame));
-          continue;
-        }
-        // A partial small frame (or header): make room behind what is buffered, read more.
-        if (lo > 0) {
-          std::memmove(buf.data(), buf.data() + lo, hi - lo);
-          hi -= lo;
-          lo = 0;
-        }
-        auto [ec, n] = co_await s->sock.async_read_some(
-            asio::buffer(buf.data() + hi, buf.size() - hi), nothrow_awaitable);
+        if (st == proto::DecodeStatus::kBad) throw proto::ProtocolError(error);
+        const std::span<std::byte> to = dec.buffer();
+        auto [ec, n] = dec.reading_in_place()
+                           ? co_await asio::async_read(s->sock, asio::buffer(to.data(), to.size()),
+                                                       nothrow_awaitable)
+                           : co_await s->sock.async_read_some(
+                                 asio::buffer(to.data(), to.size()), nothrow_awaitable);
         if (!s->open) co_return;
+        dec.commit(n);
         if (ec) {
           if (ec == asio::error::eof) {
-            reason = hi > lo
+            reason = dec.buffered() > 0
                          ? fmt::format("closed the connection in the middle of a frame ({} bytes "
                                        "of a truncated frame)",
-                                       hi - lo)
+                                       dec.buffered())
                          : "closed the connection";
           } else {
             reason = fmt::format("lost the connection ({})", ec.message());
@@ -361,7 +385,6 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
           break;
         }
         s->last_rx = Clock::now();
-        hi += n;
       }
     } catch (const std::exception& e) {
       reason = fmt::format("sent a bad frame: {}", e.what());
@@ -458,7 +481,7 @@ void TcpNode::connect(const std::string& host_port, const Endpoint& peer,
                       const proto::Message& first, std::chrono::milliseconds timeout) {
   Impl& im = *impl_;
   const HostPort hp = parse_host_port(host_port, peer.str());
-  std::vector<std::byte> hello = proto::encode(first);
+  proto::OutFrame hello = proto::encode_frame(first);
   auto self = impl_;
   auto op = [self, hp, host_port, peer, timeout,
              hello = std::move(hello)]() mutable -> awaitable<void> {
@@ -482,7 +505,10 @@ void TcpNode::connect(const std::string& host_port, const Endpoint& peer,
       im.addresses[peer] = {host_port, s->local_host};
     }
     im.start(s);
-    im.queued_bytes += static_cast<int64_t>(hello.size());
+    {
+      std::lock_guard lock(im.send_mu);
+      im.account_queued(*s, hello);
+    }
     im.enqueue(s, std::move(hello));
   };
   auto fut = asio::co_spawn(im.io, std::move(op), asio::use_future);
@@ -513,23 +539,58 @@ std::string TcpNode::address_of(const Endpoint& peer) const {
   return it == impl_->addresses.end() ? std::string() : it->second.first;
 }
 
-void TcpNode::send_frame(const Endpoint& to, std::vector<std::byte> frame) {
+void TcpNode::send_frame(const Endpoint& to, proto::OutFrame frame) {
   Impl& im = *impl_;
   SessionPtr s;
   {
     std::lock_guard lock(im.mu);
-    if (im.closed || im.closing) throw TransportClosed(fmt::format("cannot send to {}: closed", to.str()));
+    if (im.closed || im.closing) {
+      throw TransportClosed(fmt::format("cannot send to {}: closed", to.str()));
+    }
     auto it = im.bound.find(to);
     if (it == im.bound.end()) {
       throw PeerLost(fmt::format("cannot send to {}: not connected", to.str()));
     }
     s = it->second;
   }
-  im.queued_bytes += static_cast<int64_t>(frame.size());
+  {
+    // Backpressure: wait while this peer's queue is over its bound (a frame larger than the
+    // bound still goes once the queue is empty).
+    std::unique_lock lock(im.send_mu);
+    const int64_t n = static_cast<int64_t>(frame.size());
+    const int64_t bound = static_cast<int64_t>(im.opt.max_queued_bytes);
+    const bool room = im.send_cv.wait_for(lock, im.opt.send_timeout, [&] {
+      return !s->accepting || im.closing || s->queued == 0 || s->queued + n <= bound;
+    });
+    if (im.closing) throw TransportClosed(fmt::format("cannot send to {}: closed", to.str()));
+    if (!s->accepting) throw PeerLost(fmt::format("cannot send to {}: connection lost", to.str()));
+    if (!room) {
+      throw Error(ExitCode::kIo,
+                  fmt::format("cannot send to {}: {} bytes have been queued for it for {:g} s "
+                              "(bound {} bytes): it is not reading",
+                              to.str(), s->queued, secs(im.opt.send_timeout), bound));
+    }
+    im.account_queued(*s, frame);
+  }
   asio::post(im.io, [impl = impl_, s, f = std::move(frame)]() mutable {
     impl->enqueue(s, std::move(f));
   });
 }
+
+void TcpNode::flush(std::chrono::milliseconds timeout) {
+  Impl& im = *impl_;
+  std::unique_lock lock(im.send_mu);
+  if (!im.send_cv.wait_for(lock, timeout, [&] {
+        return im.borrowed_pending == 0 || im.stopped;
+      })) {
+    throw Error(ExitCode::kIo,
+                fmt::format("{} frame(s) with borrowed floats still unwritten after {:g} s ({} "
+                            "bytes queued in all)",
+                            im.borrowed_pending, secs(timeout), im.queued_total));
+  }
+}
+
+std::shared_ptr<ReceivePosts> TcpNode::receive_posts() const { return impl_->posts; }
 
 std::optional<RawFrame> TcpNode::take(std::chrono::milliseconds timeout) {
   Impl& im = *impl_;
@@ -549,8 +610,9 @@ void TcpNode::close() {
   im.closing = true;
   // Let queued frames (a final Shutdown, a reply) reach the wire.
   const auto deadline = Clock::now() + std::chrono::seconds(3);
-  while (im.queued_bytes.load() > 0 && Clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  {
+    std::unique_lock lock(im.send_mu);
+    im.send_cv.wait_until(lock, deadline, [&] { return im.queued_total <= 0; });
   }
   asio::post(im.io, [impl = impl_] {
     boost::system::error_code ignored;
@@ -565,6 +627,12 @@ void TcpNode::close() {
   }
   im.io.stop();
   im.thread.join();
+  {
+    std::lock_guard lock(im.send_mu);
+    im.stopped = true;
+    im.send_cv.notify_all();  // senders blocked on backpressure, flush()
+  }
+  im.posts->close();  // no reader writes into a posting any more
   std::lock_guard lock(im.mu);
   im.closed = true;
   im.bound.clear();
@@ -573,11 +641,13 @@ void TcpNode::close() {
 
 TcpTransport::TcpTransport(Endpoint self, std::shared_ptr<TcpNode> node,
                            proto::DecoderLimits limits)
-    : Transport(self, limits), node_(std::move(node)) {}
+    : Transport(self, limits, node->receive_posts()), node_(std::move(node)) {}
 
 void TcpTransport::close() { node_->close(); }
 
-void TcpTransport::send_frame(const Endpoint& to, std::vector<std::byte> frame) {
+void TcpTransport::flush(std::chrono::milliseconds timeout) { node_->flush(timeout); }
+
+void TcpTransport::send_frame(const Endpoint& to, proto::OutFrame frame) {
   node_->send_frame(to, std::move(frame));
 }
 

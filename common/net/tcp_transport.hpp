@@ -2,13 +2,15 @@
 // the in-process transport, over Boost.Asio TCP. Two pieces:
 //   - TcpNode: one process's network endpoint — an io_context on its own thread, an optional
 //     listener, and one session per connection. Every connection runs the HMAC handshake
-//     (auth.hpp) before any protocol frame; then each frame header is checked by proto::decode_frame
-//     and the payload read straight into one buffer of its size (CRC as it arrives), one
-//     writer coroutine per socket drains a queue of whole encoded frames (moved in, never copied),
-//     and a ticker sends heartbeats and drops a peer silent for peer_timeout. A peer that fails
-//     authentication, sends garbage, a truncated/oversized/wrong-version frame, or is not
-//     identified by its first frame, is dropped with a logged reason naming its address; the
-//     listener keeps going.
+//     (auth.hpp) before any protocol frame; then the byte stream is cut into frames by the fuzzed
+//     incremental decoder (proto::FrameDecoder: header checked before any allocation; the floats
+//     of a GradPush / PullReply read straight into the destination the role posted; another
+//     large payload into one pooled buffer of its size; CRC as the bytes arrive), one writer
+//     coroutine per socket drains a bounded queue of frames (head + borrowed floats, written by
+//     scatter-gather with the CRC computed while writing), and a ticker sends heartbeats and drops
+//     a peer silent for peer_timeout. A peer that fails authentication, sends garbage, a
+//     truncated/oversized/wrong-version frame, or is not identified by its first frame, is
+//     dropped with a logged reason naming its address; the listener keeps going.
 //   - TcpTransport: the Transport (transport.hpp) of one role over a node. Several may share one
 //     node (a provisional one for registration, then the role's own).
 // A connection carries frames both ways; it is bound to the peer's Endpoint: by the connecting
@@ -41,6 +43,10 @@ struct TcpNodeOptions {
   proto::DecoderLimits limits;
   // Whose loss stops this role (receive() throws PeerLost). Empty = everyone's.
   std::function<bool(const Endpoint&)> fatal_peer;
+  // Backpressure: a send blocks while more than this is queued for its peer (a larger frame
+  // still goes once the peer's queue is empty), and throws after send_timeout.
+  size_t max_queued_bytes = 256u << 20;
+  std::chrono::milliseconds send_timeout{120'000};
 };
 
 // Who an accepted connection is, from its first frame. `deliver`: also hand that frame up to
@@ -75,8 +81,15 @@ class TcpNode {
   // The remote "HOST:PORT" of `peer`'s connection ("" when not connected).
   std::string address_of(const Endpoint& peer) const;
 
-  // Queues a whole frame for `peer` (thread-safe). Throws TransportClosed / PeerLost.
-  void send_frame(const Endpoint& to, std::vector<std::byte> frame);
+  // Queues a frame for `peer` (thread-safe; never from the I/O thread). Blocks while the peer's
+  // queue is over max_queued_bytes; throws Error(kIo) after send_timeout, TransportClosed,
+  // PeerLost. A borrowed body must stay valid until flush() returns.
+  void send_frame(const Endpoint& to, proto::OutFrame frame);
+  // Returns once no queued frame reads a borrowed body any more (written, or dropped with its
+  // connection), or the node is closed. Throws Error(kIo) after `timeout`.
+  void flush(std::chrono::milliseconds timeout);
+  // The postings the reader fills (float destinations), shared by every TcpTransport over it.
+  std::shared_ptr<ReceivePosts> receive_posts() const;
   // The next frame from any peer, up to `timeout`. Throws TransportClosed once closed, PeerLost
   // once for a fatal peer's loss.
   std::optional<RawFrame> take(std::chrono::milliseconds timeout);
@@ -99,10 +112,11 @@ class TcpTransport final : public Transport {
   TcpTransport(Endpoint self, std::shared_ptr<TcpNode> node, proto::DecoderLimits limits = {});
   // Closes the node (every transport over it).
   void close() override;
+  void flush(std::chrono::milliseconds timeout) override;
   TcpNode& node() { return *node_; }
 
  protected:
-  void send_frame(const Endpoint& to, std::vector<std::byte> frame) override;
+  void send_frame(const Endpoint& to, proto::OutFrame frame) override;
   std::optional<RawFrame> receive_frame(std::chrono::milliseconds timeout) override;
 
  private:

@@ -2,6 +2,7 @@
 
 #include "common/net/frame_pool.hpp"
 #include "common/net/inproc_transport.hpp"
+#include "common/net/tcp_transport.hpp"
 #include "common/util/huge_pages.hpp"
 
 #include <fmt/format.h>
@@ -53,25 +54,56 @@ std::string Endpoint::str() const {
   return fmt::format("endpoint({}, {})", static_cast<int>(role), id);
 }
 
-Transport::Transport(Endpoint self, proto::DecoderLimits limits) : self_(self), limits_(limits) {}
+Transport::Transport(Endpoint self, proto::DecoderLimits limits,
+                     std::shared_ptr<ReceivePosts> posts)
+    : self_(self),
+      limits_(limits),
+      posts_(posts ? std::move(posts) : std::make_shared<ReceivePosts>()) {}
 
 void Transport::send(const Endpoint& to, const proto::Message& msg) {
-  std::vector<std::byte> frame = proto::encode(msg);
+  proto::OutFrame frame = proto::encode_frame(msg);
   const uint64_t n = frame.size();
-  const auto type = static_cast<size_t>(proto::type_of(msg));
+  const auto type = static_cast<size_t>(frame.type);
   send_frame(to, std::move(frame));
   frames_sent_.fetch_add(1, std::memory_order_relaxed);
   bytes_sent_.fetch_add(n, std::memory_order_relaxed);
   sent_by_type_[type].fetch_add(n, std::memory_order_relaxed);
 }
 
+void Transport::post_receive(const Endpoint& from, proto::MessageType type, uint64_t match,
+                             std::span<float> dst) {
+  PTRAIN_ENFORCE(proto::float_body_head(type) > 0, "{} carries no floats to receive in place",
+                 proto::type_name(type));
+  posts_->post(from, type, match, dst);
+}
+
+void Transport::cancel_receive(const Endpoint& from, proto::MessageType type) {
+  posts_->cancel(from, type);
+}
+
 std::optional<Envelope> Transport::receive(std::chrono::milliseconds timeout) {
   std::optional<RawFrame> raw = receive_frame(timeout);
   if (!raw) return std::nullopt;
-  const uint64_t n = raw->bytes.size();
+  const uint64_t n = raw->wire_size > 0 ? raw->wire_size : raw->bytes.size();
   Envelope env{raw->from, {}};
   try {
-    env.message = proto::decode(raw->bytes, limits_, /*check_crc=*/!raw->crc_checked);
+    if (raw->split) {
+      PTRAIN_ENFORCE(raw->bytes.size() >= proto::kHeaderSize, "a split frame without a header");
+      const proto::FrameHeader h = proto::read_header(
+          std::span<const std::byte, proto::kHeaderSize>(raw->bytes.data(), proto::kHeaderSize));
+      env.message = proto::assemble(h.type, std::span(raw->bytes).subspan(proto::kHeaderSize),
+                                    std::move(raw->floats));
+    } else {
+      // A whole frame (the in-process wire, or a frame without floats): its floats, if any, go
+      // to the posted destination, copied once out of the frame.
+      const Endpoint from = raw->from;
+      env.message = proto::decode(
+          raw->bytes, limits_, /*check_crc=*/!raw->crc_checked,
+          [this, from](proto::MessageType type, uint64_t match, size_t count) {
+            ReceivePosts::Claimed c = posts_->claim(from, type, match, count);
+            return proto::FloatDestination{c.dst, std::move(c.hold)};
+          });
+    }
   } catch (const proto::ProtocolError& e) {
     throw proto::ProtocolError(
         fmt::format("{}: bad frame from {}: {}", self_.str(), raw->from.str(), e.what()));
@@ -109,10 +141,17 @@ void report_failure_to_coordinator(Transport& transport, const std::exception& e
 std::unique_ptr<Transport> make_transport(const TransportOptions& options) {
   switch (options.kind) {
     case TransportKind::kInproc:
-      PTRAIN_ENFORCE(options.fabric != nullptr, "the inproc transport needs a fabric");
+      if (options.fabric == nullptr) {
+        throw UsageError(fmt::format("the in-process transport of {} needs a fabric (none given)",
+                                     options.self.str()));
+      }
       return std::make_unique<InprocTransport>(options.self, options.fabric, options.limits);
     case TransportKind::kTcp:
-      throw NotImplementedError("the TCP transport is not implemented yet");
+      if (options.tcp_node == nullptr) {
+        throw UsageError(fmt::format("the TCP transport of {} needs a network node (none given)",
+                                     options.self.str()));
+      }
+      return std::make_unique<TcpTransport>(options.self, options.tcp_node, options.limits);
   }
   throw InternalError("unknown transport kind");
 }

@@ -85,6 +85,16 @@ class Writer {
     raw(s.data(), s.size());
   }
   void put(bool b) { put(static_cast<uint8_t>(b ? 1 : 0)); }
+  // The floats are not copied: the count goes into the head, the floats become the frame's
+  // borrowed body (they are the last field of their message).
+  void put(const FloatRange& f) {
+    put(static_cast<uint64_t>(f.size()));
+    body_ = std::as_bytes(f.view());
+    keep_ = f.owner();
+    has_body_ = true;
+  }
+  std::span<const std::byte> body() const { return body_; }
+  const std::shared_ptr<const void>& keep() const { return keep_; }
 
   // The CRC32C of everything appended so far (after finish_crc()), continued from `crc`: it is
   // computed in pieces right after each piece is copied, while the bytes are still in cache
@@ -107,6 +117,7 @@ class Writer {
     }
   }
   void raw(const void* p, size_t n) {
+    PTRAIN_ENFORCE(!has_body_, "a field after a message's floats (they must come last)");
     // insert, not resize + memcpy: no zero-filling pass over a bulk payload.
     const auto* b = static_cast<const std::byte*>(p);
     while (n > 0) {
@@ -120,6 +131,9 @@ class Writer {
   std::vector<std::byte>& out_;
   uint32_t crc_ = 0;
   size_t crc_pos_ = 0;
+  std::span<const std::byte> body_;
+  std::shared_ptr<const void> keep_;
+  bool has_body_ = false;
 };
 
 // Counts the payload bytes a message encodes to (the same field list as Writer).
@@ -140,6 +154,7 @@ class Sizer {
   }
   void put(const std::string& s) { n += sizeof(uint32_t) + s.size(); }
   void put(bool) { n += 1; }
+  void put(const FloatRange& f) { n += sizeof(uint64_t) + f.size() * sizeof(float); }
   size_t n = 0;
 };
 
@@ -200,6 +215,24 @@ class Reader {
     if (x > 1) fail(fmt::format("boolean field holds {}", x));
     b = x == 1;
   }
+  // The floats of a message (its last field). In a whole payload they are located here and
+  // placed by take_floats (into a posted destination or a buffer of their own); in a head (the
+  // payload without its floats, as the stream decoder splits it) only the count is read.
+  void get(FloatRange&) {
+    uint64_t n = 0;
+    get(n);
+    floats_count_ = n;
+    if (!head_only_) {
+      if (n > (in_.size() - pos_) / sizeof(float)) {
+        fail(fmt::format("{} floats announced but only {} bytes remain", n, in_.size() - pos_));
+      }
+      floats_ = in_.subspan(pos_, n * sizeof(float));
+      pos_ += n * sizeof(float);
+    }
+  }
+  void set_head_only() { head_only_ = true; }
+  uint64_t floats_count() const { return floats_count_; }
+  std::span<const std::byte> floats() const { return floats_; }
   void finish() const {
     if (pos_ != in_.size()) {
       fail(fmt::format("{} trailing bytes after the last field", in_.size() - pos_));
@@ -220,6 +253,9 @@ class Reader {
   MessageType type_;
   std::span<const std::byte> in_;
   size_t pos_ = 0;
+  bool head_only_ = false;
+  uint64_t floats_count_ = 0;
+  std::span<const std::byte> floats_;
 };
 
 // One list of fields per message, used for both directions (so they cannot drift apart).
@@ -328,8 +364,15 @@ uint64_t load_u64(const std::byte* p) {
   return x;
 }
 
-// Header checks that need only the 24 header bytes. Returns "" when acceptable.
-std::string check_header(const FrameHeader& h, const DecoderLimits& limits) {
+}  // namespace
+
+namespace {
+
+// Header checks that need only the header: "" when acceptable. Order: magic, version (so that an
+// older or newer peer is told about versions, not about a CRC), type, flags, length, then the
+// header's own CRC.
+std::string check_header(const FrameHeader& h, std::span<const std::byte> raw,
+                         const DecoderLimits& limits) {
   if (h.magic != kMagic) {
     return fmt::format("bad magic 0x{:08x} (expected 0x{:08x}, \"PTRN\"): not a ptrain frame",
                        h.magic, kMagic);
@@ -355,10 +398,75 @@ std::string check_header(const FrameHeader& h, const DecoderLimits& limits) {
     return fmt::format("{} frame announces a {}-byte payload, over the {}-byte limit",
                        type_name(h.type), h.payload_length, limit);
   }
+  if (const uint32_t crc = crc32c(raw.data(), 20); crc != h.crc) {
+    return fmt::format("{} frame header fails its CRC32C (0x{:08x} stored, 0x{:08x} computed)",
+                       type_name(h.type), h.crc, crc);
+  }
+  const size_t head = float_body_head(h.type);
+  if (head > 0 && h.payload_length < head) {
+    return fmt::format("malformed {} payload: {} bytes, its fields alone take {}",
+                       type_name(h.type), h.payload_length, head);
+  }
   return {};
 }
 
-FrameHeader read_header(const std::byte* p) {
+void store_u32(std::byte* p, uint32_t x) { std::memcpy(p, &x, 4); }
+
+// The float field of a message with a float body (nullptr for other messages).
+template <class T>
+FloatRange* float_field(T& m) {
+  if constexpr (std::is_same_v<T, GradPush>) {
+    return &m.grads;
+  } else if constexpr (std::is_same_v<T, PullReply>) {
+    return &m.weights;
+  } else {
+    return nullptr;
+  }
+}
+
+// Calls f.template operator()<T>() for the message struct T of `type`.
+template <class F>
+void with_type(MessageType type, F&& f) {
+  switch (type) {
+    case MessageType::kLoadShard: f.template operator()<LoadShard>(); return;
+    case MessageType::kStepBegin: f.template operator()<StepBegin>(); return;
+    case MessageType::kPullRequest: f.template operator()<PullRequest>(); return;
+    case MessageType::kPullReply: f.template operator()<PullReply>(); return;
+    case MessageType::kGradPush: f.template operator()<GradPush>(); return;
+    case MessageType::kPushReceived: f.template operator()<PushReceived>(); return;
+    case MessageType::kWorkerStepDone: f.template operator()<WorkerStepDone>(); return;
+    case MessageType::kStepContributors: f.template operator()<StepContributors>(); return;
+    case MessageType::kNormReport: f.template operator()<NormReport>(); return;
+    case MessageType::kStepCommit: f.template operator()<StepCommit>(); return;
+    case MessageType::kStepApplied: f.template operator()<StepApplied>(); return;
+    case MessageType::kCheckpointRequest: f.template operator()<CheckpointRequest>(); return;
+    case MessageType::kCheckpointReply: f.template operator()<CheckpointReply>(); return;
+    case MessageType::kShutdown: f.template operator()<Shutdown>(); return;
+    case MessageType::kFailure: f.template operator()<Failure>(); return;
+    case MessageType::kRegister: f.template operator()<Register>(); return;
+    case MessageType::kWelcome: f.template operator()<Welcome>(); return;
+    case MessageType::kPeerHello: f.template operator()<PeerHello>(); return;
+    case MessageType::kHeartbeat: f.template operator()<Heartbeat>(); return;
+    case MessageType::kCheckpointShard: f.template operator()<CheckpointShard>(); return;
+    case MessageType::kCheckpointShardWritten:
+      f.template operator()<CheckpointShardWritten>();
+      return;
+    case MessageType::kShardLoaded: f.template operator()<ShardLoaded>(); return;
+    case MessageType::kEvalBegin: f.template operator()<EvalBegin>(); return;
+    case MessageType::kEvalDone: f.template operator()<EvalDone>(); return;
+  }
+  throw ProtocolError(fmt::format("unknown message type {} (this build speaks protocol "
+                                  "version {}, types {}..{})",
+                                  static_cast<uint16_t>(type), kProtocolVersion,
+                                  kMinMessageType, kMaxMessageType));
+}
+
+}  // namespace
+
+// ---- public API ------------------------------------------------------------------------------
+
+FrameHeader read_header(std::span<const std::byte, kHeaderSize> bytes) {
+  const std::byte* p = bytes.data();
   FrameHeader h;
   h.magic = load_u32(p);
   h.version = load_u16(p + 4);
@@ -369,41 +477,92 @@ FrameHeader read_header(const std::byte* p) {
   return h;
 }
 
-}  // namespace
+size_t float_body_head(MessageType t) {
+  // The fields before the floats, then the u64 count (messages.hpp, fields()).
+  switch (t) {
+    case MessageType::kGradPush: return 8 + 8 + 4 + 8 + 16 + 8;  // step epoch worker tokens range n
+    case MessageType::kPullReply: return 8 + 8 + 16 + 8;         // request version range n
+    default: return 0;
+  }
+}
 
-// ---- public API ------------------------------------------------------------------------------
+uint64_t float_body_match(std::span<const std::byte> head_payload) {
+  PTRAIN_ENFORCE(head_payload.size() >= 8, "a float-body head of {} bytes", head_payload.size());
+  return load_u64(head_payload.data());
+}
 
-std::vector<std::byte> encode(const Message& msg) {
-  // Size the payload first: one allocation of exactly the frame, the header written up front,
+uint64_t float_body_count(MessageType t, std::span<const std::byte> head_payload) {
+  const size_t head = float_body_head(t);
+  PTRAIN_ENFORCE(head > 0 && head_payload.size() >= head, "a float-body head of {} bytes",
+                 head_payload.size());
+  return load_u64(head_payload.data() + head - 8);
+}
+
+OutFrame encode_frame(const Message& msg) {
+  // Size the payload first: one allocation of exactly the head, the header written up front,
   // and the CRC computed while the payload is copied in (Writer).
   Sizer sizer;
   std::visit([&sizer](const auto& m) { fields([&sizer](const auto& f) { sizer.put(f); }, m); },
              msg);
   const uint64_t payload = sizer.n;
-  std::vector<std::byte> out(kHeaderSize);
-  out.reserve(kHeaderSize + payload);
-  advise_huge_pages(out.data(), kHeaderSize + payload);
+  OutFrame f;
+  f.type = type_of(msg);
+  std::vector<std::byte>& out = f.head;
+  out.resize(kHeaderSize);
   const uint32_t magic = kMagic;
   const uint16_t version = kProtocolVersion;
-  const auto type = static_cast<uint16_t>(type_of(msg));
+  const auto type = static_cast<uint16_t>(f.type);
   const uint32_t flags = 0;
   std::memcpy(out.data() + 0, &magic, 4);
   std::memcpy(out.data() + 4, &version, 2);
   std::memcpy(out.data() + 6, &type, 2);
   std::memcpy(out.data() + 8, &flags, 4);
   std::memcpy(out.data() + 12, &payload, 8);
+  store_u32(out.data() + 20, crc32c(out.data(), 20));
   Writer w(out);
-  w.start_crc(crc32c(out.data(), 20));
-  std::visit([&w](const auto& m) { fields([&w](const auto& f) { w.put(f); }, m); }, msg);
+  w.start_crc(0);
+  std::visit([&w](const auto& m) { fields([&w](const auto& x) { w.put(x); }, m); }, msg);
   const uint32_t crc = w.finish_crc();
-  PTRAIN_ENFORCE(out.size() == kHeaderSize + payload, "encoded {} payload bytes, sized {}",
-                 out.size() - kHeaderSize, payload);
-  std::memcpy(out.data() + 20, &crc, 4);
+  PTRAIN_ENFORCE(out.size() - kHeaderSize + w.body().size() == payload,
+                 "encoded {} payload bytes, sized {}", out.size() - kHeaderSize + w.body().size(),
+                 payload);
+  if (w.body().empty()) {
+    out.resize(out.size() + kTrailerSize);
+    store_u32(out.data() + out.size() - kTrailerSize, crc);
+  } else {
+    f.body = w.body();
+    f.keep = w.keep();
+    f.head_crc = crc;
+  }
+  return f;
+}
+
+std::vector<std::byte> flatten(const OutFrame& f) {
+  if (f.body.empty()) return f.head;
+  std::vector<std::byte> out;
+  out.reserve(f.size());
+  advise_huge_pages(out.data(), f.size());
+  out.insert(out.end(), f.head.begin(), f.head.end());
+  // Copy and CRC the body a piece at a time, while each piece is in cache.
+  constexpr size_t kPiece = 256 * 1024;
+  uint32_t crc = f.head_crc;
+  for (size_t at = 0; at < f.body.size(); at += kPiece) {
+    const size_t n = std::min(kPiece, f.body.size() - at);
+    out.insert(out.end(), f.body.begin() + static_cast<std::ptrdiff_t>(at),
+               f.body.begin() + static_cast<std::ptrdiff_t>(at + n));
+    crc = crc32c(out.data() + out.size() - n, n, crc);
+  }
+  out.resize(out.size() + kTrailerSize);
+  store_u32(out.data() + out.size() - kTrailerSize, crc);
   return out;
 }
 
-uint32_t crc_of_header(std::span<const std::byte, kHeaderSize> header) {
-  return crc32c(header.data(), 20);
+std::vector<std::byte> encode(const Message& msg) { return flatten(encode_frame(msg)); }
+
+std::string payload_crc_error(const FrameHeader& h, uint32_t stored, uint32_t computed) {
+  return fmt::format(
+      "{} frame of {} payload bytes fails its CRC32C (0x{:08x} in the trailer, 0x{:08x} computed)",
+      type_name(h.type), h.payload_length, stored, computed);
 }
 
 DecodeResult decode_frame(std::span<const std::byte> bytes, const DecoderLimits& limits,
@@ -413,81 +572,100 @@ DecodeResult decode_frame(std::span<const std::byte> bytes, const DecoderLimits&
     // Refuse garbage as early as possible: the magic is known after 4 bytes.
     if (bytes.size() >= 4 && load_u32(bytes.data()) != kMagic) {
       r.status = DecodeStatus::kBad;
-      r.error = check_header(FrameHeader{.magic = load_u32(bytes.data())}, limits);
+      r.error = check_header(FrameHeader{.magic = load_u32(bytes.data())}, bytes, limits);
     }
     return r;
   }
-  r.header = read_header(bytes.data());
-  if (std::string why = check_header(r.header, limits); !why.empty()) {
+  r.header = read_header(bytes.first<kHeaderSize>());
+  if (std::string why = check_header(r.header, bytes, limits); !why.empty()) {
     r.status = DecodeStatus::kBad;
     r.error = std::move(why);
     return r;
   }
-  const uint64_t total = kHeaderSize + r.header.payload_length;
-  if (bytes.size() < total) return r;  // need more
-  uint32_t crc = r.header.crc;
-  if (check_crc) {
-    crc = crc32c(bytes.data(), 20);
-    crc = crc32c(bytes.data() + kHeaderSize, r.header.payload_length, crc);
+  // A float body: its count must account for the payload, checked as soon as the head is in.
+  if (const size_t head = float_body_head(r.header.type);
+      head > 0 && bytes.size() >= kHeaderSize + head) {
+    const uint64_t n = float_body_count(r.header.type, bytes.subspan(kHeaderSize, head));
+    if (n > (r.header.payload_length - head) / sizeof(float) ||
+        head + n * sizeof(float) != r.header.payload_length) {
+      r.status = DecodeStatus::kBad;
+      r.error = fmt::format("malformed {} payload: {} bytes, but its head announces {} floats "
+                            "after {} bytes of fields",
+                            type_name(r.header.type), r.header.payload_length, n, head);
+      return r;
+    }
   }
-  if (crc != r.header.crc) {
-    r.status = DecodeStatus::kBad;
-    r.error = fmt::format("{} frame of {} payload bytes fails its CRC32C (0x{:08x} in the header, "
-                          "0x{:08x} computed)",
-                          type_name(r.header.type), r.header.payload_length, r.header.crc, crc);
-    return r;
+  const uint64_t total = r.header.frame_size();
+  if (bytes.size() < total) return r;  // need more
+  const size_t len = static_cast<size_t>(r.header.payload_length);
+  if (check_crc) {
+    const uint32_t stored = load_u32(bytes.data() + kHeaderSize + len);
+    const uint32_t crc = crc32c(bytes.data() + kHeaderSize, len);
+    if (crc != stored) {
+      r.status = DecodeStatus::kBad;
+      r.error = payload_crc_error(r.header, stored, crc);
+      return r;
+    }
   }
   r.status = DecodeStatus::kGood;
   r.consumed = static_cast<size_t>(total);
-  r.payload = bytes.subspan(kHeaderSize, static_cast<size_t>(r.header.payload_length));
+  r.payload = bytes.subspan(kHeaderSize, len);
   return r;
 }
 
-Message parse_payload(MessageType type, std::span<const std::byte> payload) {
+Message parse_payload(MessageType type, std::span<const std::byte> payload,
+                      const FloatDestinationFn& dest) {
   Message msg;
   Reader r(type, payload);
-  auto parse = [&]<class T>() {
+  with_type(type, [&]<class T>() {
     T m;
     fields([&r](auto& f) { r.get(f); }, m);
     r.finish();
+    if (FloatRange* field = float_field(m)) {
+      const size_t n = r.floats_count();
+      const std::span<const std::byte> src = r.floats();
+      FloatDestination d;
+      if (dest) d = dest(type, float_body_match(payload), n);
+      if (d.dst.size() == n && n > 0) {
+        std::memcpy(d.dst.data(), src.data(), src.size());
+        *field = FloatRange::borrow(d.dst);
+      } else {
+        auto [owned, to] = FloatRange::allocate(n);
+        if (n > 0) std::memcpy(to.data(), src.data(), src.size());
+        *field = std::move(owned);
+      }
+    }
     msg = std::move(m);
-  };
-  switch (type) {
-    case MessageType::kLoadShard: parse.operator()<LoadShard>(); break;
-    case MessageType::kStepBegin: parse.operator()<StepBegin>(); break;
-    case MessageType::kPullRequest: parse.operator()<PullRequest>(); break;
-    case MessageType::kPullReply: parse.operator()<PullReply>(); break;
-    case MessageType::kGradPush: parse.operator()<GradPush>(); break;
-    case MessageType::kPushReceived: parse.operator()<PushReceived>(); break;
-    case MessageType::kWorkerStepDone: parse.operator()<WorkerStepDone>(); break;
-    case MessageType::kStepContributors: parse.operator()<StepContributors>(); break;
-    case MessageType::kNormReport: parse.operator()<NormReport>(); break;
-    case MessageType::kStepCommit: parse.operator()<StepCommit>(); break;
-    case MessageType::kStepApplied: parse.operator()<StepApplied>(); break;
-    case MessageType::kCheckpointRequest: parse.operator()<CheckpointRequest>(); break;
-    case MessageType::kCheckpointReply: parse.operator()<CheckpointReply>(); break;
-    case MessageType::kShutdown: parse.operator()<Shutdown>(); break;
-    case MessageType::kFailure: parse.operator()<Failure>(); break;
-    case MessageType::kRegister: parse.operator()<Register>(); break;
-    case MessageType::kWelcome: parse.operator()<Welcome>(); break;
-    case MessageType::kPeerHello: parse.operator()<PeerHello>(); break;
-    case MessageType::kHeartbeat: parse.operator()<Heartbeat>(); break;
-    case MessageType::kCheckpointShard: parse.operator()<CheckpointShard>(); break;
-    case MessageType::kCheckpointShardWritten: parse.operator()<CheckpointShardWritten>(); break;
-    case MessageType::kShardLoaded: parse.operator()<ShardLoaded>(); break;
-    case MessageType::kEvalBegin: parse.operator()<EvalBegin>(); break;
-    case MessageType::kEvalDone: parse.operator()<EvalDone>(); break;
-    default:
-      throw ProtocolError(fmt::format("unknown message type {} (this build speaks protocol "
-                                      "version {}, types {}..{})",
-                                      static_cast<uint16_t>(type), kProtocolVersion,
-                                      kMinMessageType, kMaxMessageType));
-  }
+  });
   check_sizes(msg, r);
   return msg;
 }
 
-Message decode(std::span<const std::byte> frame, const DecoderLimits& limits, bool check_crc) {
+Message assemble(MessageType type, std::span<const std::byte> head_payload, FloatRange floats) {
+  Message msg;
+  Reader r(type, head_payload);
+  r.set_head_only();
+  with_type(type, [&]<class T>() {
+    T m;
+    FloatRange* field = float_field(m);
+    if (field == nullptr) {
+      throw ProtocolError(fmt::format("{} has no floats to assemble", type_name(type)));
+    }
+    fields([&r](auto& f) { r.get(f); }, m);
+    r.finish();
+    if (r.floats_count() != floats.size()) {
+      r.fail(fmt::format("its head announces {} floats, {} arrived", r.floats_count(),
+                         floats.size()));
+    }
+    *field = std::move(floats);
+    msg = std::move(m);
+  });
+  check_sizes(msg, r);
+  return msg;
+}
+
+Message decode(std::span<const std::byte> frame, const DecoderLimits& limits, bool check_crc,
+               const FloatDestinationFn& dest) {
   DecodeResult r = decode_frame(frame, limits, check_crc);
   switch (r.status) {
     case DecodeStatus::kBad:
@@ -496,8 +674,8 @@ Message decode(std::span<const std::byte> frame, const DecoderLimits& limits, bo
       throw ProtocolError(fmt::format("truncated frame: {} bytes, the header {}", frame.size(),
                                       frame.size() < kHeaderSize
                                           ? fmt::format("needs {}", kHeaderSize)
-                                          : fmt::format("announces {}", kHeaderSize +
-                                                            r.header.payload_length)));
+                                          : fmt::format("announces {}",
+                                                        r.header.frame_size())));
     case DecodeStatus::kGood:
       break;
   }
@@ -506,55 +684,7 @@ Message decode(std::span<const std::byte> frame, const DecoderLimits& limits, bo
                                     frame.size() - r.consumed, r.consumed,
                                     type_name(r.header.type)));
   }
-  return parse_payload(r.header.type, r.payload);
-}
-
-void FrameDecoder::append(std::span<const std::byte> bytes) {
-  if (bad_ || bytes.empty()) return;
-  // Drop what earlier frames consumed before growing.
-  if (pos_ > 0 && pos_ == buf_.size()) {
-    buf_.clear();
-    pos_ = 0;
-  } else if (pos_ > (1u << 20) && pos_ * 2 > buf_.size()) {
-    buf_.erase(buf_.begin(), buf_.begin() + static_cast<std::ptrdiff_t>(pos_));
-    pos_ = 0;
-  }
-  buf_.insert(buf_.end(), bytes.begin(), bytes.end());
-}
-
-DecodeStatus FrameDecoder::next(std::vector<std::byte>& frame, std::string& error) {
-  if (bad_) {
-    error = bad_reason_;
-    return DecodeStatus::kBad;
-  }
-  const std::span<const std::byte> avail(buf_.data() + pos_, buf_.size() - pos_);
-  DecodeResult r = decode_frame(avail, limits_);
-  switch (r.status) {
-    case DecodeStatus::kBad:
-      bad_ = true;
-      bad_reason_ = r.error;
-      error = r.error;
-      buf_.clear();
-      buf_.shrink_to_fit();
-      pos_ = 0;
-      return DecodeStatus::kBad;
-    case DecodeStatus::kNeedMore:
-      // No reserve of the announced length here: a peer could announce the limit and send
-      // nothing. The buffer grows (geometrically, in append) only as bytes really arrive.
-      return DecodeStatus::kNeedMore;
-    case DecodeStatus::kGood:
-      break;
-  }
-  if (pos_ == 0 && r.consumed == buf_.size()) {
-    // The buffer holds exactly this frame (the usual case for a large bulk frame): hand the
-    // buffer over instead of copying hundreds of megabytes (bench ps, docs/benchmarks.md).
-    frame = std::move(buf_);
-    buf_ = {};
-    return DecodeStatus::kGood;
-  }
-  frame.assign(avail.begin(), avail.begin() + static_cast<std::ptrdiff_t>(r.consumed));
-  pos_ += r.consumed;
-  return DecodeStatus::kGood;
+  return parse_payload(r.header.type, r.payload, dest);
 }
 
 }  // namespace ptrain::proto

@@ -1,19 +1,27 @@
 // The frame codec: pure functions from messages to bytes and back, no I/O. Every transport
-// (in-process today, TCP next) moves exactly these frames.
+// (in-process, TCP) moves exactly these frames; a byte stream is cut into them by the incremental
+// FrameDecoder (frame_decoder.hpp), which uses decode_frame's header checks.
 //
-// Frame = 24-byte header + payload, all little-endian:
+// Frame = 24-byte header + payload + 4-byte trailer, all little-endian (protocol version 4):
 //   offset  0  u32  magic            kMagic ("PTRN")
 //   offset  4  u16  protocol version kProtocolVersion
 //   offset  6  u16  message type     MessageType
-//   offset  8  u32  flags            0 in version 1 (any other bit is refused)
-//   offset 12  u64  payload length   bytes after the header
-//   offset 20  u32  CRC32C           over header bytes [0,20) followed by the payload
+//   offset  8  u32  flags            0 (any other bit is refused)
+//   offset 12  u64  payload length   bytes between the header and the trailer
+//   offset 20  u32  header CRC32C    over header bytes [0,20)
+//   then the payload, then u32 payload CRC32C (over the payload bytes only)
+// The payload's CRC comes after it so that a sender can compute it while it writes the payload
+// from where it lies (borrowed floats, no copy), and the header is protected on its own.
 // Payload fields are written in struct order: integers and floats at their fixed width, a vector
-// as a u64 element count then the elements, a string as a u32 byte count then the bytes.
+// (or a FloatRange) as a u64 element count then the elements, a string as a u32 byte count then
+// the bytes. A FloatRange is always the last field of its message (GradPush, PullReply): its
+// message has a "float body" (its payload = a fixed-size head + the floats).
 //
 // Decoding checks, in order: magic, version, type, flags, payload length against the limit for
-// that type (before anything is allocated), then — once the whole frame is there — the CRC, and
-// while parsing the payload every count against the bytes that remain. Nothing is trusted.
+// that type (before anything is allocated), the header CRC; for a message with a float body, as
+// soon as its head is there, the payload length against the float count; then — once the whole
+// frame is there — the payload CRC, and while parsing the payload every count against the bytes
+// that remain. Nothing is trusted.
 #pragma once
 
 #include "common/error.hpp"
@@ -21,6 +29,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -28,6 +38,7 @@
 namespace ptrain::proto {
 
 inline constexpr size_t kHeaderSize = 24;
+inline constexpr size_t kTrailerSize = 4;
 
 // A frame or payload refused by the codec (a peer's fault, recoverable: the peer is dropped).
 class ProtocolError : public Error {
@@ -55,21 +66,66 @@ struct FrameHeader {
   MessageType type = MessageType::kShutdown;
   uint32_t flags = 0;
   uint64_t payload_length = 0;
-  uint32_t crc = 0;
+  uint32_t crc = 0;  // of header bytes [0, 20)
+  // Header + payload + trailer.
+  uint64_t frame_size() const { return kHeaderSize + payload_length + kTrailerSize; }
 };
 
 enum class DecodeStatus { kGood, kBad, kNeedMore };
 
 struct DecodeResult {
   DecodeStatus status = DecodeStatus::kNeedMore;
-  size_t consumed = 0;                 // kGood: header + payload bytes of the frame
+  size_t consumed = 0;                 // kGood: header + payload + trailer bytes of the frame
   FrameHeader header;                  // kGood (and kBad once the header was readable)
   std::span<const std::byte> payload;  // kGood: a view into the input
   std::string error;                   // kBad: why
 };
 
-// Encodes `msg` as one frame.
+// A frame ready to be written: `head` (the header and the payload up to the floats), then
+// `body` (the message's floats, borrowed from wherever its FloatRange points; empty for messages
+// without floats), then the trailer. When there is no body, `head` is the whole frame, trailer
+// included. Otherwise the trailer is crc32c(body, head_crc) as a u32, computed by whoever writes
+// the body (the TCP writer while it writes, flatten() while it copies).
+struct OutFrame {
+  MessageType type = MessageType::kShutdown;
+  std::vector<std::byte> head;
+  std::span<const std::byte> body;
+  std::shared_ptr<const void> keep;  // an owned FloatRange's buffer (null when borrowed)
+  uint32_t head_crc = 0;             // CRC32C of head's payload bytes (when there is a body)
+  size_t size() const { return head.size() + body.size() + (body.empty() ? 0 : kTrailerSize); }
+};
+
+// Encodes `msg` without copying its floats (see OutFrame). Everything else is copied into head.
+OutFrame encode_frame(const Message& msg);
+// One contiguous frame: head, then the body copied (its CRC computed as each piece is copied),
+// then the trailer.
+std::vector<std::byte> flatten(const OutFrame& frame);
+// encode_frame + flatten.
 std::vector<std::byte> encode(const Message& msg);
+
+// ---- messages with a float body (GradPush, PullReply) ----
+// Payload bytes before the floats (the fields, then the u64 float count); 0 for a message type
+// without a float body.
+size_t float_body_head(MessageType t);
+// What a receiver matches a posted destination against (PullReply: the request id; GradPush:
+// the step): the u64 at the start of the payload.
+uint64_t float_body_match(std::span<const std::byte> head_payload);
+// The float count: the u64 that ends the head.
+uint64_t float_body_count(MessageType t, std::span<const std::byte> head_payload);
+
+// Where a received message's floats go: a destination of exactly the announced count (a posted
+// buffer; `hold` keeps it claimed until released), or an empty `dst` for a buffer of their own.
+struct FloatDestination {
+  std::span<float> dst;
+  std::shared_ptr<void> hold;
+};
+using FloatDestinationFn =
+    std::function<FloatDestination(MessageType type, uint64_t match, size_t count)>;
+
+// The message of a float-body frame received in two parts: its head payload (fields + count, as
+// the stream decoder split it) and its floats (already placed). Throws ProtocolError when the head
+// is malformed or disagrees with the floats (count, range size).
+Message assemble(MessageType type, std::span<const std::byte> head_payload, FloatRange floats);
 
 // Looks at the start of `bytes` for one frame. kNeedMore when the frame is not complete yet (a
 // caller must not allocate the announced length before this returns; the length has already
@@ -80,38 +136,22 @@ DecodeResult decode_frame(std::span<const std::byte> bytes, const DecoderLimits&
                           bool check_crc = true);
 
 // Parses a payload of a frame that decode_frame accepted. Throws ProtocolError when it is
-// malformed (short, trailing bytes, counts beyond the payload, inconsistent sizes).
-Message parse_payload(MessageType type, std::span<const std::byte> payload);
+// malformed (short, trailing bytes, counts beyond the payload, inconsistent sizes). The floats
+// of a float-body message are copied into the destination `dest` gives (when it gives one of the
+// right size), else into a buffer of their own.
+Message parse_payload(MessageType type, std::span<const std::byte> payload,
+                      const FloatDestinationFn& dest = {});
 
 // decode_frame + parse_payload on exactly one whole frame. Throws ProtocolError (with the reason)
 // for a bad, incomplete or over-long input.
 Message decode(std::span<const std::byte> frame, const DecoderLimits& limits = {},
-               bool check_crc = true);
+               bool check_crc = true, const FloatDestinationFn& dest = {});
 
-// The CRC32C of a frame as far as its header goes (bytes [0, 20)); continue it over the payload
-// with crc32c(payload, n, crc_of_header(...)) and compare with FrameHeader::crc.
-uint32_t crc_of_header(std::span<const std::byte, kHeaderSize> header);
+// "GradPush frame of N payload bytes fails its CRC32C (...)": the one wording of a payload CRC
+// mismatch, whoever detects it.
+std::string payload_crc_error(const FrameHeader& header, uint32_t stored, uint32_t computed);
 
-// Incremental decoding of a byte stream (a socket): append bytes as they arrive, take frames as
-// they complete. After kBad the stream is unusable (the caller drops the peer).
-class FrameDecoder {
- public:
-  explicit FrameDecoder(DecoderLimits limits = {}) : limits_(limits) {}
-
-  void append(std::span<const std::byte> bytes);
-
-  // kGood: `frame` holds one whole frame (header + payload); kNeedMore: wait for more bytes;
-  // kBad: `error` says why.
-  DecodeStatus next(std::vector<std::byte>& frame, std::string& error);
-
-  size_t buffered() const { return buf_.size() - pos_; }
-
- private:
-  DecoderLimits limits_;
-  std::vector<std::byte> buf_;
-  size_t pos_ = 0;
-  bool bad_ = false;
-  std::string bad_reason_;
-};
+// The header fields of the first kHeaderSize bytes (unchecked).
+FrameHeader read_header(std::span<const std::byte, kHeaderSize> bytes);
 
 }  // namespace ptrain::proto

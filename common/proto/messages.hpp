@@ -1,6 +1,7 @@
 // The messages that coordinator, parameter servers and workers exchange, as plain structs. They
 // carry no behaviour; codec.hpp turns them into frames and back. The same encoded frames travel
-// between threads (inproc transport) and, later, over TCP — only the wire differs.
+// between threads (inproc transport) and over TCP — only the wire differs. The data plane's
+// floats (GradPush::grads, PullReply::weights) are FloatRanges: borrowed views, not copies.
 //
 // One training step in bsp (DESIGN.md "Synchronization"):
 //   coordinator → worker   StepBegin{step, windows}
@@ -24,6 +25,8 @@
 // once committed, produces version t+1. Logs and checkpoints count applied steps (t+1).
 #pragma once
 
+#include "common/proto/float_range.hpp"
+
 #include <cstdint>
 #include <string>
 #include <variant>
@@ -37,7 +40,9 @@ inline constexpr uint32_t kMagic = 0x4E525450u;
 // 2: CheckpointShard / CheckpointShardWritten; byte counters in WorkerStepDone and StepApplied.
 // 3: LoadShard names a seed or a checkpoint instead of carrying weights; ShardLoaded, EvalBegin,
 //    EvalDone.
-inline constexpr uint16_t kProtocolVersion = 3;
+// 4: the header's CRC32C covers the header only; the payload's CRC32C follows the payload (a
+//    4-byte trailer), so a sender computes it while writing borrowed floats (codec.hpp).
+inline constexpr uint16_t kProtocolVersion = 4;
 
 enum class MessageType : uint16_t {
   kLoadShard = 1,
@@ -55,7 +60,7 @@ enum class MessageType : uint16_t {
   kCheckpointReply = 13,
   kShutdown = 14,
   kFailure = 15,
-  // Issue 3 (TCP roles): registration, peer identification and liveness.
+  // TCP roles: registration, peer identification and liveness.
   kRegister = 16,
   kWelcome = 17,
   kPeerHello = 18,
@@ -117,7 +122,7 @@ struct PullReply {
   uint64_t request_id = 0;
   int64_t version = 0;
   KeyRange range;
-  std::vector<float> weights;  // range.size()
+  FloatRange weights;  // range.size(); borrowed from the server's weights when sent
   bool operator==(const PullReply&) const = default;
 };
 
@@ -130,7 +135,7 @@ struct GradPush {
   int32_t worker_id = 0;
   int64_t tokens = 0;
   KeyRange range;
-  std::vector<float> grads;  // range.size()
+  FloatRange grads;  // range.size(); borrowed from the worker's gradient when sent
   bool operator==(const GradPush&) const = default;
 };
 
@@ -239,7 +244,7 @@ struct Failure {
   bool operator==(const Failure&) const = default;
 };
 
-// ---- TCP roles (issue 3): sent only over TCP, after the HMAC handshake (common/net/auth.hpp) ----
+// ---- TCP roles: sent only over TCP, after the HMAC handshake (common/net/auth.hpp) ----
 
 // server|worker → coordinator, the first frame on its connection: "give me an id". Servers name
 // the HOST:PORT where workers reach them; workers send "".

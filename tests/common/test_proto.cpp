@@ -3,6 +3,7 @@
 // mismatch, an oversized length (refused from the header alone, before any allocation), unknown
 // flags and types, malformed payloads — while a truncated frame is "need more", byte by byte.
 #include "common/proto/codec.hpp"
+#include "common/proto/frame_decoder.hpp"
 #include "common/proto/messages.hpp"
 
 #include <doctest/doctest.h>
@@ -12,11 +13,18 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <tuple>
 
 using namespace ptrain;
 using namespace ptrain::proto;
 
 namespace {
+
+std::vector<float> ramp(size_t n, float scale) {
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = scale * static_cast<float>(i) - 0.5f;
+  return v;
+}
 
 // One of each message, with non-default values in every field.
 std::vector<Message> samples() {
@@ -56,7 +64,8 @@ void put_at(std::vector<std::byte>& b, size_t off, T x) {
   std::memcpy(b.data() + off, &x, sizeof(T));
 }
 
-// Recomputes the CRC after a header edit, so the test reaches the check it means to.
+// Recomputes both CRCs (header, payload trailer) after an edit, so the test reaches the check it
+// means to. `f` is header + payload + trailer, its length field right.
 void reseal(std::vector<std::byte>& f);
 
 }  // namespace
@@ -65,9 +74,9 @@ void reseal(std::vector<std::byte>& f);
 
 namespace {
 void reseal(std::vector<std::byte>& f) {
-  uint32_t crc = crc32c(f.data(), 20);
-  crc = crc32c(f.data() + kHeaderSize, f.size() - kHeaderSize, crc);
-  put_at(f, 20, crc);
+  put_at(f, 20, crc32c(f.data(), 20));
+  put_at(f, f.size() - kTrailerSize,
+         crc32c(f.data() + kHeaderSize, f.size() - kHeaderSize - kTrailerSize));
 }
 }  // namespace
 
@@ -98,7 +107,12 @@ TEST_CASE("proto: the header layout is as documented") {
   CHECK(version == kProtocolVersion);
   CHECK(type == static_cast<uint16_t>(MessageType::kShutdown));
   CHECK(len == 4 + 1);  // u32 length + "x"
-  CHECK(f.size() == kHeaderSize + len);
+  CHECK(f.size() == kHeaderSize + len + kTrailerSize);
+  uint32_t header_crc, payload_crc;
+  std::memcpy(&header_crc, f.data() + 20, 4);
+  std::memcpy(&payload_crc, f.data() + kHeaderSize + len, 4);
+  CHECK(header_crc == crc32c(f.data(), 20));
+  CHECK(payload_crc == crc32c(f.data() + kHeaderSize, len));
 }
 
 TEST_CASE("proto: NaN payloads survive bit for bit") {
@@ -177,13 +191,18 @@ TEST_CASE("proto: unknown flags are refused") {
 TEST_CASE("proto: a CRC mismatch is refused - in the payload or the header") {
   auto f = encode(GradPush{1, 0, 0, 1, {0, 3}, {1, 2, 3}});
   auto g = f;
-  g[f.size() - 2] ^= std::byte{0x01};  // one bit of a float
+  g[f.size() - kTrailerSize - 2] ^= std::byte{0x01};  // one bit of a float
   DecodeResult r = decode_frame(g);
   REQUIRE(r.status == DecodeStatus::kBad);
-  CHECK(r.error.find("CRC32C") != std::string::npos);
+  CHECK(r.error.find("fails its CRC32C") != std::string::npos);
   auto h = f;
-  h[20] ^= std::byte{0xFF};  // the stored CRC itself
-  CHECK(decode_frame(h).status == DecodeStatus::kBad);
+  h[20] ^= std::byte{0xFF};  // the stored header CRC: refused from the header alone
+  r = decode_frame(std::span(h).first(kHeaderSize));
+  REQUIRE(r.status == DecodeStatus::kBad);
+  CHECK(r.error.find("header fails its CRC32C") != std::string::npos);
+  auto t = f;
+  t.back() ^= std::byte{0x10};  // the trailer
+  CHECK(decode_frame(t).status == DecodeStatus::kBad);
 }
 
 TEST_CASE("proto: an oversized length is refused from the header - before allocation") {
@@ -209,15 +228,21 @@ TEST_CASE("proto: an oversized length is refused from the header - before alloca
             .status == DecodeStatus::kBad);
 
   // The incremental decoder refuses it too, and stays refused.
-  FrameDecoder dec(small);
-  dec.append(std::span(f.data(), kHeaderSize));
-  std::vector<std::byte> frame;
+  // It allocates nothing for it: the allocator hook is never called.
+  bool allocated = false;
+  FrameDecoder dec(small, FrameDecoder::kDefaultStaging, [&](size_t n) {
+    allocated = true;
+    return std::vector<std::byte>(n);
+  });
+  CHECK(dec.feed(std::span(f.data(), kHeaderSize)) == kHeaderSize);
+  Frame frame;
   std::string err;
   CHECK(dec.next(frame, err) == DecodeStatus::kBad);
   CHECK(!err.empty());
   CHECK(dec.buffered() == 0);
-  dec.append(encode(Shutdown{"later"}));
+  CHECK(dec.feed(encode(Shutdown{"later"})) == 0);
   CHECK(dec.next(frame, err) == DecodeStatus::kBad);
+  CHECK_FALSE(allocated);
 }
 
 TEST_CASE("proto: malformed payloads are refused (counts are checked before allocating)") {
@@ -230,15 +255,15 @@ TEST_CASE("proto: malformed payloads are refused (counts are checked before allo
   }
   SUBCASE("trailing bytes after the last field") {
     auto f = encode(Shutdown{"x"});
-    f.push_back(std::byte{0});
-    put_at<uint64_t>(f, 12, f.size() - kHeaderSize);
+    f.insert(f.end() - kTrailerSize, std::byte{0});
+    put_at<uint64_t>(f, 12, f.size() - kHeaderSize - kTrailerSize);
     reseal(f);
     CHECK_THROWS_WITH_AS(decode(f), doctest::Contains("trailing"), ProtocolError);
   }
   SUBCASE("a short payload") {
     auto f = encode(StepApplied{0, 1, 2, 1e-3});
-    f.resize(f.size() - 3);
-    put_at<uint64_t>(f, 12, f.size() - kHeaderSize);
+    f.erase(f.end() - kTrailerSize - 3, f.end() - kTrailerSize);
+    put_at<uint64_t>(f, 12, f.size() - kHeaderSize - kTrailerSize);
     reseal(f);
     CHECK_THROWS_WITH_AS(decode(f), doctest::Contains("malformed StepApplied"), ProtocolError);
   }
@@ -252,6 +277,15 @@ TEST_CASE("proto: malformed payloads are refused (counts are checked before allo
     const auto f = encode(EvalDone{1, 0, 4, 0, {1.0, 2.0}, {16}, 0.0});
     CHECK_THROWS_WITH_AS(decode(f), doctest::Contains("1 token counts for 2 loss sums"),
                          ProtocolError);
+  }
+  SUBCASE("a float count that does not match the payload length - from the head alone") {
+    auto f = encode(GradPush{1, 0, 0, 1, {0, 3}, {1, 2, 3}});
+    put_at<uint64_t>(f, kHeaderSize + float_body_head(MessageType::kGradPush) - 8, 1ull << 40);
+    reseal(f);
+    const DecodeResult r =
+        decode_frame(std::span(f).first(kHeaderSize + float_body_head(MessageType::kGradPush)));
+    REQUIRE(r.status == DecodeStatus::kBad);
+    CHECK(r.error.find("announces 1099511627776 floats") != std::string::npos);
   }
   SUBCASE("an inverted range") {
     auto f = encode(PullRequest{1, 1, {10, 20}});
@@ -275,21 +309,27 @@ TEST_CASE("proto: the incremental decoder cuts a stream fed in arbitrary pieces"
   }
   std::mt19937 rng(5);
   for (int trial = 0; trial < 20; ++trial) {
-    FrameDecoder dec;
+    // Odd trials use a staging buffer smaller than most frames: those are read in place.
+    FrameDecoder dec({}, trial % 2 == 0 ? FrameDecoder::kDefaultStaging : 40);
     std::vector<Message> got;
     size_t at = 0;
-    std::vector<std::byte> frame;
+    Frame frame;
     std::string err;
     while (at < stream.size()) {
       const size_t n = std::min<size_t>(stream.size() - at, 1 + rng() % (trial < 5 ? 3 : 200));
-      dec.append(std::span(stream.data() + at, n));
-      at += n;
-      for (;;) {
-        const DecodeStatus s = dec.next(frame, err);
-        REQUIRE(s != DecodeStatus::kBad);
-        if (s == DecodeStatus::kNeedMore) break;
-        got.push_back(decode(frame));
+      size_t fed = 0;
+      while (fed < n) {
+        fed += dec.feed(std::span(stream.data() + at + fed, n - fed));
+        for (;;) {
+          const DecodeStatus s = dec.next(frame, err);
+          REQUIRE(s != DecodeStatus::kBad);
+          if (s == DecodeStatus::kNeedMore) break;
+          const std::vector<std::byte> wire = wire_bytes(frame);  // a push or reply comes split
+          CHECK(wire.size() == frame.header.frame_size());
+          got.push_back(decode(wire));
+        }
       }
+      at += n;
     }
     REQUIRE(got.size() == msgs.size());
     for (size_t i = 0; i < msgs.size(); ++i) CHECK(got[i] == msgs[i]);
@@ -315,4 +355,81 @@ TEST_CASE("proto: random garbage never decodes as good nor crashes") {
     CAPTURE(bit);
     CHECK(r.status != DecodeStatus::kGood);
   }
+}
+
+TEST_CASE("proto: a push is encoded without copying its floats - and received into a destination") {
+  std::vector<float> grads = ramp(1000, 0.5f);
+  const GradPush push{4, 1, 2, 77, {0, 1000}, FloatRange::borrow(grads)};
+  const OutFrame out = encode_frame(push);
+  // The body is the caller's memory; the head holds the header and the 52 bytes of fields.
+  CHECK(out.body.data() == reinterpret_cast<const std::byte*>(grads.data()));
+  CHECK(out.body.size() == grads.size() * 4);
+  CHECK(out.head.size() == kHeaderSize + float_body_head(MessageType::kGradPush));
+  CHECK(out.size() == out.head.size() + out.body.size() + kTrailerSize);
+  CHECK(out.keep == nullptr);
+  const std::vector<std::byte> flat = flatten(out);
+  CHECK(flat == encode(GradPush{4, 1, 2, 77, {0, 1000}, grads}));
+
+  // Whole-frame decoding into a destination the receiver gives for (type, match, count).
+  std::vector<float> slot(1000, -1.0f);
+  std::vector<std::tuple<MessageType, uint64_t, size_t>> asked;
+  const Message m = decode(flat, {}, true, [&](MessageType t, uint64_t match, size_t n) {
+    asked.emplace_back(t, match, n);
+    return FloatDestination{slot, nullptr};
+  });
+  REQUIRE(asked.size() == 1);
+  CHECK(asked[0] == std::make_tuple(MessageType::kGradPush, uint64_t{4}, size_t{1000}));
+  const auto& got = std::get<GradPush>(m);
+  CHECK(got.grads.data() == slot.data());
+  CHECK(!got.grads.owned());
+  CHECK(slot == grads);
+  CHECK(got == push);
+
+  // The stream decoder: head first, then the floats straight into the destination (a staging
+  // buffer smaller than the frame, so most floats are read in place).
+  std::vector<float> dst(1000, 0.0f);
+  FrameDecoder dec({}, FrameDecoder::kMinStaging, {}, {}, [&](MessageType, uint64_t, size_t n) {
+    return FloatDestination{n == dst.size() ? std::span<float>(dst) : std::span<float>(), nullptr};
+  });
+  Frame frame;
+  std::string err;
+  size_t at = 0, in_place = 0;
+  while (at < flat.size()) {
+    const std::span<std::byte> to = dec.buffer();
+    if (dec.reading_in_place()) {
+      CHECK(to.data() >= reinterpret_cast<std::byte*>(dst.data()));
+      in_place += std::min(to.size(), flat.size() - at);
+    }
+    const size_t n = std::min(to.size(), flat.size() - at);
+    std::memcpy(to.data(), flat.data() + at, n);
+    dec.commit(n);
+    at += n;
+    if (dec.next(frame, err) == DecodeStatus::kGood) break;
+  }
+  REQUIRE(err.empty());
+  CHECK(frame.split);
+  CHECK(frame.floats.data() == dst.data());
+  CHECK(dst == grads);
+  CHECK(in_place > 3000);
+  CHECK(wire_bytes(frame) == flat);
+  CHECK(std::get<GradPush>(assemble(MessageType::kGradPush,
+                                    std::span(frame.bytes).subspan(kHeaderSize), frame.floats)) ==
+        push);
+  // A count that does not match the destination gets a buffer of its own.
+  const auto other = encode(GradPush{5, 1, 2, 77, {0, 3}, {1, 2, 3}});
+  FrameDecoder dec2({}, FrameDecoder::kDefaultStaging, {}, {},
+                    [&](MessageType, uint64_t, size_t) { return FloatDestination{dst, nullptr}; });
+  CHECK(dec2.feed(other) == other.size());
+  REQUIRE(dec2.next(frame, err) == DecodeStatus::kGood);
+  CHECK(frame.floats.owned());
+  CHECK(frame.floats == std::vector<float>{1, 2, 3});
+}
+
+TEST_CASE("proto: a frame of another protocol version is refused naming both versions") {
+  // A version-3 peer: its header CRC covered the payload too; still told about versions, not CRCs.
+  auto f = encode(Shutdown{"from the past"});
+  put_at<uint16_t>(f, 4, 3);
+  const DecodeResult r = decode_frame(std::span(f).first(kHeaderSize));
+  REQUIRE(r.status == DecodeStatus::kBad);
+  CHECK(r.error == "protocol version 3 is not supported: this build speaks protocol version 4");
 }

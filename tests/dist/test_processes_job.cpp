@@ -9,6 +9,7 @@
 #include "common/proto/codec.hpp"
 #include "status/status_http.hpp"
 
+#include "common/net/host_port.hpp"
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
 #include <fmt/ranges.h>
@@ -24,6 +25,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -166,11 +168,11 @@ void wait_for_steps(const std::string& run_dir, size_t n) {
 
 // A raw TCP client (no Asio) for the hostile-peer tests.
 int dial(const std::string& host_port) {
-  const size_t colon = host_port.rfind(':');
+  const net::HostPort hp = net::parse_host_port(host_port, "test address");
   sockaddr_in a{};
   a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(std::stoi(host_port.substr(colon + 1))));
-  inet_pton(AF_INET, host_port.substr(0, colon).c_str(), &a.sin_addr);
+  a.sin_port = htons(hp.port);
+  inet_pton(AF_INET, hp.host.c_str(), &a.sin_addr);
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
   timeval tv{5, 0};
@@ -211,12 +213,23 @@ bool authenticate(int fd, const net::Secret& secret) {
   }
 }
 
-// true when the peer closed the connection (recv returns 0 or an error) within 5 s.
+// true when the peer closed the connection: recv reports the end of the stream (0) or a reset
+// (ECONNRESET, EPIPE). A receive timeout (the socket's 5 s SO_RCVTIMEO: EAGAIN) means the peer
+// kept the connection open, and is reported as false, like any other error.
 bool closed_by_peer(int fd) {
   std::byte c[4096];
   for (;;) {
     const ssize_t n = ::recv(fd, c, sizeof c, 0);
-    if (n <= 0) return true;
+    if (n > 0) continue;  // e.g. the Failure frame telling us why, before the close
+    if (n == 0) return true;
+    if (errno == EINTR) continue;
+    const int e = errno;
+    MESSAGE("recv on the hostile connection: "
+            << std::string(std::strerror(e))
+            << std::string(e == EAGAIN || e == EWOULDBLOCK
+                               ? " (timed out: the peer did not close it)"
+                               : ""));
+    return e == ECONNRESET || e == EPIPE;
   }
 }
 

@@ -1,5 +1,6 @@
 // libFuzzer target for the bytes a peer controls: the protocol frame decoder (proto::FrameDecoder,
-// decode_frame, parse_payload, decode) and the pre-authentication frame decoder (net::decode_auth).
+// the very code the TCP reader runs; decode_frame, parse_payload, decode) and the
+// pre-authentication frame decoder (net::decode_auth).
 // Built with clang-14 -fsanitize=fuzzer,address,undefined by tests/fuzz/CMakeLists.txt; must never
 // crash, leak, read out of bounds, throw anything but ProtocolError, or allocate much more than the
 // decoder limits allow (the test runs with -malloc_limit_mb).
@@ -8,22 +9,28 @@
 // for the codec as documented in codec.hpp):
 //   1. Chunking does not matter: feeding the stream to a FrameDecoder in pseudo-random chunks
 //      (derived from the input) gives the same frames, then the same final status and error, as
-//      walking the whole buffer with decode_frame.
-//   2. A kGood frame is exactly header + announced payload, within the limit for its type.
+//      walking the whole buffer with decode_frame — both with the TCP reader's staging buffer and
+//      with a tiny one (derived from the input, 24..280 bytes), so that frames larger than it
+//      take the decoder's read-in-place path (own buffer, CRC piece by piece) within -max_len.
+//   2. A kGood frame is exactly header + announced payload + trailer, within the limit for its
+//      type; a GradPush / PullReply comes out of the stream decoder split (head + floats placed in
+//      a buffer of their own) and reassembles to the same bytes.
 //   3. The encoding is canonical: a kGood frame whose payload parses re-encodes to the same bytes.
 //   4. After kBad a FrameDecoder stays bad, with the same reason, and holds no bytes.
 //   5. decode() on the whole input throws ProtocolError or agrees with parse_payload.
 //   6. decode_auth never claims more than kMaxAuthFrame bytes, and a good Hello, Challenge or
 //      Proof re-encodes to the same bytes.
-// A random mutation almost never carries a valid CRC32C, which would leave the payload parser
-// unexplored behind the checksum. So each input is also run (a) with the CRC of every complete
-// frame in it recomputed, through all of the above, and (b) as a bare payload: parse_payload(type
-// = 1 + first byte % 15, the rest), which must throw ProtocolError or re-encode to the same bytes.
+// A random mutation almost never carries valid CRC32Cs, which would leave the payload parser
+// unexplored behind the checksums. So each input is also run (a) with the header CRC and the
+// payload CRC (trailer) of every complete frame in it recomputed, through all of the above, and
+// (b) as a bare payload: parse_payload(type = 1 + first byte % 21, the rest), which must throw
+// ProtocolError or re-encode to the same bytes.
 //
 // Extra flag (removed before libFuzzer sees argv): -write_seeds=DIR writes a seed corpus of
 // valid frames (one per message type, a stream of several, auth frames) into DIR first.
 #include "common/net/auth.hpp"
 #include "common/proto/codec.hpp"
+#include "common/proto/frame_decoder.hpp"
 #include "common/util/hash.hpp"
 
 #include <cstdint>
@@ -71,7 +78,7 @@ Outcome walk_whole(std::span<const std::byte> in, const DecoderLimits& limits) {
   for (;;) {
     const DecodeResult r = decode_frame(in.subspan(off), limits);
     if (r.status == DecodeStatus::kGood) {
-      FUZZ_CHECK(r.consumed == kHeaderSize + r.header.payload_length);
+      FUZZ_CHECK(r.consumed == r.header.frame_size());
       FUZZ_CHECK(r.header.payload_length <= limits.max_payload(r.header.type));
       FUZZ_CHECK(r.consumed <= in.size() - off);
       FUZZ_CHECK(r.payload.data() == in.data() + off + kHeaderSize);
@@ -93,24 +100,33 @@ uint64_t splitmix(uint64_t& s) {
   return z ^ (z >> 31);
 }
 
-// The same stream through FrameDecoder in chunks of 1..(mostly small) bytes.
-Outcome feed_chunked(std::span<const std::byte> in, const DecoderLimits& limits, uint64_t seed) {
+// The same stream through FrameDecoder in chunks of 1..(mostly small) bytes, as a socket reader
+// drives it: take every whole frame, then write at most buffer().size() bytes and commit them.
+Outcome feed_chunked(std::span<const std::byte> in, const DecoderLimits& limits, uint64_t seed,
+                     size_t staging) {
   Outcome o;
-  FrameDecoder dec(limits);
+  FrameDecoder dec(limits, staging);
   size_t off = 0;
-  std::vector<std::byte> frame;
+  Frame frame;
   std::string error;
   for (;;) {
     DecodeStatus st;
     while ((st = dec.next(frame, error)) == DecodeStatus::kGood) {
-      o.frames.push_back(frame);
+      FUZZ_CHECK(frame.split == (float_body_head(frame.header.type) > 0));
+      if (frame.split) {
+        FUZZ_CHECK(frame.bytes.size() == kHeaderSize + float_body_head(frame.header.type));
+        FUZZ_CHECK(frame.floats.owned());  // no destination given: a buffer of their own
+      } else {
+        FUZZ_CHECK(frame.bytes.size() == frame.header.frame_size());
+      }
+      o.frames.push_back(wire_bytes(frame));
     }
     if (st == DecodeStatus::kBad) {
       o.last = st;
       o.error = error;
       // 4. Stays bad, holds nothing, ignores more input.
-      FUZZ_CHECK(dec.buffered() == 0);
-      if (off < in.size()) dec.append(in.subspan(off));
+      FUZZ_CHECK(dec.buffered() == 0 && dec.buffer().empty());
+      FUZZ_CHECK(dec.feed(in.subspan(off)) == 0);
       std::string again;
       FUZZ_CHECK(dec.next(frame, again) == DecodeStatus::kBad);
       FUZZ_CHECK(again == error);
@@ -119,12 +135,18 @@ Outcome feed_chunked(std::span<const std::byte> in, const DecoderLimits& limits,
     }
     if (off == in.size()) {
       o.last = DecodeStatus::kNeedMore;
+      size_t framed = 0;
+      for (const auto& f : o.frames) framed += f.size();
+      FUZZ_CHECK(dec.buffered() == in.size() - framed);  // the partial frame at the end
       return o;
     }
     const uint64_t r = splitmix(seed);
     size_t n = (r & 3) == 0 ? 1 + (r >> 8) % 4096 : 1 + (r >> 8) % 32;
-    n = std::min(n, in.size() - off);
-    dec.append(in.subspan(off, n));
+    const std::span<std::byte> to = dec.buffer();
+    FUZZ_CHECK(!to.empty());  // after kNeedMore there is always room
+    n = std::min({n, in.size() - off, to.size()});
+    std::memcpy(to.data(), in.data() + off, n);
+    dec.commit(n);
     off += n;
   }
 }
@@ -238,11 +260,15 @@ void fuzz_stream(std::span<const std::byte> in) {
   const DecoderLimits limits = fuzz_limits();
 
   const Outcome whole = walk_whole(in, limits);
-  const Outcome chunked = feed_chunked(in, limits, crc32c(in.data(), in.size()) ^ in.size());
-  // 1. Chunking does not matter.
-  FUZZ_CHECK(whole.frames == chunked.frames);
-  FUZZ_CHECK(whole.last == chunked.last);
-  FUZZ_CHECK(whole.error == chunked.error, whole.error + " | " + chunked.error);
+  const uint64_t seed = crc32c(in.data(), in.size()) ^ in.size();
+  const size_t tiny = kHeaderSize + static_cast<size_t>(seed % 257);
+  for (const size_t staging : {FrameDecoder::kDefaultStaging, tiny}) {
+    const Outcome chunked = feed_chunked(in, limits, seed, staging);
+    // 1. Chunking (and the staging size) does not matter.
+    FUZZ_CHECK(whole.frames == chunked.frames);
+    FUZZ_CHECK(whole.last == chunked.last);
+    FUZZ_CHECK(whole.error == chunked.error, whole.error + " | " + chunked.error);
+  }
 
   for (const auto& f : whole.frames) check_frame(f);
 
@@ -255,18 +281,20 @@ void fuzz_stream(std::span<const std::byte> in) {
   }
 }
 
-// A copy of `in` with the CRC of every complete frame (by its announced length) recomputed.
+// A copy of `in` with both CRCs of every complete frame (by its announced length) recomputed.
 std::vector<std::byte> with_fixed_crcs(std::span<const std::byte> in) {
   std::vector<std::byte> out(in.begin(), in.end());
   size_t off = 0;
   while (out.size() - off >= kHeaderSize) {
     uint64_t len;
     std::memcpy(&len, out.data() + off + 12, 8);
-    if (len > out.size() - off - kHeaderSize) break;
-    uint32_t crc = crc32c(out.data() + off, 20);
-    crc = crc32c(out.data() + off + kHeaderSize, len, crc);
-    std::memcpy(out.data() + off + 20, &crc, 4);
-    off += kHeaderSize + len;
+    const uint32_t header_crc = crc32c(out.data() + off, 20);
+    std::memcpy(out.data() + off + 20, &header_crc, 4);
+    const size_t after_header = out.size() - off - kHeaderSize;
+    if (after_header < kTrailerSize || len > after_header - kTrailerSize) break;
+    const uint32_t crc = crc32c(out.data() + off + kHeaderSize, len);
+    std::memcpy(out.data() + off + kHeaderSize + len, &crc, 4);
+    off += kHeaderSize + len + kTrailerSize;
   }
   return out;
 }
@@ -285,7 +313,7 @@ void fuzz_payload(std::span<const std::byte> in) {
   }
   FUZZ_CHECK(type_of(msg) == type);
   const std::vector<std::byte> frame = encode(msg);
-  FUZZ_CHECK(frame.size() == kHeaderSize + payload.size() &&
+  FUZZ_CHECK(frame.size() == kHeaderSize + payload.size() + kTrailerSize &&
                  std::memcmp(frame.data() + kHeaderSize, payload.data(), payload.size()) == 0,
              type_name(type));
 }

@@ -5,6 +5,7 @@
 #include "support/job_test_util.hpp"
 #include "status/status_http.hpp"
 #include "launch/threads_job.hpp"
+#include "common/net/host_port.hpp"
 
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
@@ -25,11 +26,11 @@ namespace {
 
 // GET `target` from HOST:PORT (IPv4) with a raw socket; returns the whole answer.
 std::string http_get(const std::string& host_port, const std::string& target) {
-  const size_t colon = host_port.rfind(':');
+  const net::HostPort hp = net::parse_host_port(host_port, "test address");
   sockaddr_in a{};
   a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(std::stoi(host_port.substr(colon + 1))));
-  REQUIRE(inet_pton(AF_INET, host_port.substr(0, colon).c_str(), &a.sin_addr) == 1);
+  a.sin_port = htons(hp.port);
+  REQUIRE(inet_pton(AF_INET, hp.host.c_str(), &a.sin_addr) == 1);
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   REQUIRE(fd >= 0);
   timeval tv{5, 0};

@@ -327,3 +327,52 @@ TEST_CASE("paramserver: LoadShard passes the seed or checkpoint to the loader - 
                              coordinator_endpoint())
             .message.find("no shard loader") != std::string::npos);
 }
+
+TEST_CASE("paramserver: gradient slots are reused across steps - a push already in its slot is "
+          "not copied") {
+  GradientAggregator a(4);
+  CHECK(a.free_slots().empty());  // no worker known yet
+  CHECK(a.add(3, 2, std::vector<float>{1, 2, 3, 4}));  // first push: copied into a new slot
+  CHECK(a.free_slots().empty());  // filled
+  a.clear();
+  auto free = a.free_slots();
+  REQUIRE(free.size() == 1);
+  CHECK(free[0].first == 3);
+  const std::span<float> slot = free[0].second;
+  REQUIRE(slot.size() == 4);
+  // A transport wrote the next push straight into the slot; add() is handed the slot itself.
+  const float next[4] = {8, 6, 4, 2};
+  std::copy(next, next + 4, slot.begin());
+  CHECK(a.add(3, 2, slot));
+  CHECK(a.has(3));
+  CHECK_FALSE(a.add(3, 2, slot));  // still one push per step
+  std::vector<float> mean(4);
+  CHECK(a.mean(std::vector<int32_t>{3}, mean) == 2);
+  CHECK(mean == std::vector<float>{4, 3, 2, 1});
+  a.clear();
+  CHECK(a.free_slots()[0].second.data() == slot.data());  // the same memory, step after step
+}
+
+TEST_CASE("paramserver: the handler offers each known worker's slot for the current step only") {
+  const proto::KeyRange r{0, 8};
+  RequestHandler h(with_state(0, r, randn(8, 1)), plain_rule(r));
+  CHECK(h.gradient_slots().empty());  // not loaded
+  h.handle(coordinator_endpoint(), proto::LoadShard{0, 0, r, 1, ""});
+  CHECK(h.gradient_slots().empty());  // no worker has pushed yet: no slot exists
+  h.handle(worker_endpoint(1), proto::GradPush{0, 0, 1, 4, r, randn(8, 2)});
+  CHECK(h.gradient_slots().empty());  // its slot holds this step's push
+  h.handle(coordinator_endpoint(), proto::StepContributors{0, 0, {1}});
+  CHECK(h.gradient_slots().empty());  // reducing: no push is accepted
+  h.handle(coordinator_endpoint(), proto::StepCommit{0, {1}, 1.0, 1.0f});
+  const auto slots = h.gradient_slots();
+  REQUIRE(slots.size() == 1);
+  CHECK(slots[0].worker == 1);
+  CHECK(slots[0].step == 1);
+  REQUIRE(slots[0].slot.size() == 8);
+  // A push received in place (its floats are the slot) is accepted for step 1.
+  const auto g = randn(8, 3);
+  std::copy(g.begin(), g.end(), slots[0].slot.begin());
+  const auto out = h.handle(
+      worker_endpoint(1), proto::GradPush{1, 0, 1, 4, r, proto::FloatRange::borrow(slots[0].slot)});
+  CHECK(only<proto::PushReceived>(out, coordinator_endpoint()).step == 1);
+}
