@@ -192,6 +192,7 @@ int run_processes_job(const Config& config, const ProcessJobOptions& o) {
                  addr, pgid, config.cluster.servers, config.cluster.workers,
                  (run_dir / "logs").string());
     // The machine's cores shared as in the threads launch (threads_per_role).
+    warn_if_oversubscribed(config);
     const int server_threads = threads_per_role(config.run.threads, config.cluster.servers);
     const int worker_threads = threads_per_role(config.run.threads, config.cluster.workers);
     for (int64_t k = 0; k < config.cluster.servers; ++k) {

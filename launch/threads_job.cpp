@@ -28,6 +28,18 @@ int threads_per_role(int64_t configured, int64_t roles_sharing) {
   return std::max<int>(1, cores / static_cast<int>(std::max<int64_t>(1, roles_sharing)));
 }
 
+void warn_if_oversubscribed(const Config& c) {
+  if (c.run.threads <= 0) return;  // automatic: shared by construction
+  const int cores = std::max(1, omp_get_num_procs());
+  const int64_t busiest = std::max(c.cluster.workers, c.cluster.servers) * c.run.threads;
+  if (busiest > cores) {
+    spdlog::warn("run.threads {} for each of {} worker(s) and {} server(s) asks for up to {} compute "
+                 "threads at once on {} core(s): the roles will slow each other down; "
+                 "run.threads: 0 shares the cores among them",
+                 c.run.threads, c.cluster.workers, c.cluster.servers, busiest, cores);
+  }
+}
+
 namespace {
 
 // The first real failure of the job's threads (a TransportClosed only if nothing else failed).
@@ -116,7 +128,7 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
   std::vector<proto::KeyRange> ranges;
   for (const auto& [b, e] : shards) ranges.push_back({b, e});
   check_data(config, layout);
-  const int threads = threads_per_role(config.run.threads, 1);  // evaluation: all of them
+  warn_if_oversubscribed(config);
   const auto W = config.cluster.workers;
   const auto S = config.cluster.servers;
   make_dirs(config.run.dir);

@@ -4,7 +4,7 @@
 //
 // Threads: each worker and each server gets threads_per_role(run.threads, W or S) OpenMP threads
 // (run.threads each when set; 0 = the machine's cores shared among the workers, and among the
-// servers); the coordinator's evaluation all cores (workers are idle then).
+// servers). The coordinator runs no model: validation is the workers' work.
 //
 // The first failure of any thread stops the job: the fabric is closed, every thread ends, and
 // that failure is rethrown here (not the "transport closed" errors it caused elsewhere).
@@ -40,5 +40,10 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
 // number of workers (or servers) it starts on this machine; a role started by hand passes 1 (all
 // cores). Servers and workers each get the share of their kind: servers compute while workers wait.
 int threads_per_role(int64_t configured, int64_t roles_sharing);
+
+// For `ptrain run` (both launches): a warning when run.threads asks for more compute threads at
+// once than this machine has cores — W workers (or S servers) × run.threads — since busy-waiting
+// OpenMP threads then slow every role down several times. Says how to share the cores instead.
+void warn_if_oversubscribed(const Config& config);
 
 }  // namespace ptrain
