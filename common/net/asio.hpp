@@ -5,7 +5,7 @@
 //   - `asio` is boost::asio, `tcp` is asio::ip::tcp;
 //   - `awaitable<T>` is a coroutine returning T on the current (any_io_executor) executor;
 //   - `use_awaitable` throws on error, `nothrow_awaitable` returns (error_code, results...);
-//   - every wait on a peer goes through `with_deadline(op, duration, what)` (STYLE.md 14):
+//   - every wait on a peer goes through `with_deadline(op, duration, what)`:
 //     timeouts are structure, built from a steady_timer raced against the operation with the
 //     awaitable `||` operator (Asio 1.28 has no cancel_after).
 // It is not: a transport, a session, or a place for Beast (only status/status_http.cpp

@@ -3,7 +3,7 @@
 // between threads (inproc transport) and over TCP — only the wire differs. The data plane's
 // floats (GradPush::grads, PullReply::weights) are FloatRanges: borrowed views, not copies.
 //
-// One training step in bsp (DESIGN.md "Synchronization"):
+// One training step in bsp (docs/architecture.md "One training step"):
 //   coordinator → worker   StepBegin{step, windows}
 //   worker → server        PullRequest{version = step}      server → worker  PullReply{weights}
 //   worker → server        GradPush{token-sum gradient of its slice, token count}

@@ -97,8 +97,8 @@ TEST_CASE("transport: a corrupted frame is refused naming the sender") {
 }
 
 TEST_CASE("transport: the factory refuses a transport without its wire - naming the endpoint") {
-  // (It used to refuse kTcp as "not implemented yet"; it now builds TCP transports over a node,
-  // which the conformance suite does.)
+  // A TCP transport is built over a network node (the conformance suite builds real ones);
+  // without one the factory refuses, naming the endpoint.
   CHECK_THROWS_WITH_AS(make_transport(TransportOptions::tcp(worker_endpoint(0), nullptr)),
                        doctest::Contains("TCP transport of worker 0 needs a network node"),
                        UsageError);
