@@ -8,13 +8,8 @@
 #include <CLI/CLI.hpp>
 
 #include <functional>
-#include <memory>
 #include <string>
 #include <vector>
-
-namespace ptrain {
-class Backend;
-}
 
 namespace ptrain::cli {
 
@@ -43,10 +38,5 @@ Config load_config_with_sets(const std::string& path, const std::vector<std::str
 
 // `--device D` on a subcommand that runs the model (eval, generate, grad, bench train).
 void add_device_option(CLI::App* sub, std::string& device);
-// The backend such a command computes on: --device when given (`device_flag` non-empty), else
-// the config's device.type (for checkpoint tools: the config stored in the checkpoint), with
-// run.threads threads. UsageError / NotImplementedError for a device that is no device or not
-// built (worker/backend/backend_factory.hpp).
-std::unique_ptr<Backend> tool_backend(const std::string& device_flag, const Config& config);
 
 }  // namespace ptrain::cli

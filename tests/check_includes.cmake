@@ -5,8 +5,9 @@
 #   worker/       common/, worker/                 (never another role)
 #   paramserver/  common/, paramserver/
 #   coordinator/  common/, coordinator/, status/   (it fills the status model)
+#   tools/        common/, worker/, tools/         (the checkpoint tools use the model, no role loop)
 #   launch/       any role, status/, common/       (the composition root)
-#   bench/        anything but cli/
+#   bench/        anything but tools/, cli/
 #   cli/          anything
 # "ptrain/..." (the generated build configuration header) is allowed everywhere.
 # Usage: cmake -DSOURCE_DIR=<tree> -P check_includes.cmake   (fails listing every violation)
@@ -19,10 +20,11 @@ set(ALLOWED_status      common status)
 set(ALLOWED_worker      common worker)
 set(ALLOWED_paramserver common paramserver)
 set(ALLOWED_coordinator common coordinator status)
+set(ALLOWED_tools       common worker tools)
 set(ALLOWED_launch      common coordinator worker paramserver status launch)
 set(ALLOWED_bench       common coordinator worker paramserver status launch bench)
-set(ALLOWED_cli         common coordinator worker paramserver status launch bench cli)
-set(FOLDERS common status worker paramserver coordinator launch bench cli)
+set(ALLOWED_cli         common coordinator worker paramserver status tools launch bench cli)
+set(FOLDERS common status worker paramserver coordinator tools launch bench cli)
 
 set(violations "")
 set(scanned 0)

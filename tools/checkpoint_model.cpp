@@ -1,11 +1,13 @@
-#include "cli/checkpoint_model.hpp"
+// Opening a checkpoint as a model for the tools (checkpoint_model.hpp).
+#include "tools/checkpoint_model.hpp"
 
 #include "common/error.hpp"
 #include "common/io/token_file.hpp"
+#include "worker/backend/backend_factory.hpp"
 
 #include <filesystem>
 
-namespace ptrain::cli {
+namespace ptrain::tools {
 
 CheckpointModel open_checkpoint_header(const std::string& ckpt) {
   CheckpointModel cm;
@@ -65,4 +67,9 @@ void read_windows(const TokenFile& tf, int64_t first, int64_t n, int64_t T, int6
   }
 }
 
-}  // namespace ptrain::cli
+std::unique_ptr<Backend> tool_backend(const std::string& device_flag, const Config& config) {
+  if (!device_flag.empty()) return make_backend(device_flag, config.run.threads, "--device");
+  return make_backend(device_type_name(config.device.type), config.run.threads, "device.type");
+}
+
+}  // namespace ptrain::tools

@@ -1,0 +1,78 @@
+// Loss and gradient of a checkpoint on the first windows of a token file (grad.hpp).
+#include "tools/grad.hpp"
+
+#include "common/error.hpp"
+#include "common/io/hdf5.hpp"
+#include "common/io/token_file.hpp"
+#include "common/util/hash.hpp"
+#include "tools/checkpoint_model.hpp"
+#include "worker/model/backend.hpp"
+#include "worker/model/gpt.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace ptrain::tools {
+
+GradResult write_grad(const GradOptions& o) {
+  const CheckpointModel cm = open_checkpoint_model(o.checkpoint);
+  const ParamLayout& layout = *cm.layout;
+  const int64_t B = o.batch_size;
+  const int64_t T = layout.dims().T;
+  const TokenFile tf = TokenFile::open(o.data);
+  check_token_file_vocab(tf, cm);
+  const int64_t have = tf.num_windows(T);
+  if (have < B) {
+    throw DataError(fmt::format("{} has {} windows of T+1 = {} tokens, --batch-size {} needs {}",
+                                tf.path(), have, T + 1, B, B));
+  }
+  std::vector<int32_t> inputs;
+  read_windows(tf, 0, B, T, layout.dims().V, inputs);
+
+  auto backend = tool_backend(o.device, cm.config);
+  const int64_t micro = std::clamp<int64_t>(cm.config.train.micro_batch, 1, B);
+  Gpt gpt(layout, *backend, micro);
+  GptState state(layout, *backend);
+  state.upload_params(cm.params);
+  state.zero_grads();
+  const float scale = 1.0f / static_cast<float>(B * T);
+  LossSum total;
+  for (int64_t b0 = 0; b0 < B; b0 += micro) {
+    const int64_t n = std::min(micro, B - b0);
+    const LossSum ls = gpt.forward_backward(
+        state,
+        std::span<const int32_t>(inputs).subspan(static_cast<size_t>(b0 * (T + 1)),
+                                                 static_cast<size_t>(n * (T + 1))),
+        n, T, scale);
+    total.loss_sum += ls.loss_sum;
+    total.tokens += ls.tokens;
+  }
+  std::vector<float> grads(static_cast<size_t>(layout.total()));
+  state.download_grads(grads);
+  const float loss = static_cast<float>(total.mean());
+
+  h5::write_file_atomically(o.out, [&](h5::File& f) {
+    f.set_attr("checkpoint", cm.file);
+    f.set_attr("data", tf.path());
+    f.set_attr("step", cm.meta.step);
+    f.set_attr("batch_size", B);
+    f.set_attr("seq_len", T);
+    f.set_attr("layout_hash", layout.hash());
+    f.create_dataset("inputs", h5::DType::kInt32, {B, T + 1}).write(std::span<const int32_t>(inputs));
+    f.create_dataset("loss", h5::DType::kFloat32, {}).write(std::span<const float>(&loss, 1));
+    h5::Group g = f.create_group("grad");
+    for (const auto& t : layout.tensors()) {
+      std::span<const float> v(grads.data() + t.offset, static_cast<size_t>(t.count));
+      h5::Dataset ds = g.create_dataset(t.name, h5::DType::kFloat32, t.shape);
+      ds.write(v);
+      ds.set_attr("crc32c", crc32c(v.data(), v.size() * sizeof(float)));
+    }
+  });
+  spdlog::info("wrote {}: loss {:.6f} over {} windows of {} tokens (step {} of {})", o.out,
+               loss, B, T, cm.meta.step, cm.file);
+  return GradResult{loss};
+}
+
+}  // namespace ptrain::tools
