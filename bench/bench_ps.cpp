@@ -180,7 +180,7 @@ void wait_go() {
 int run_server(const BenchPsPeerOptions& o) {
   net::TcpNodeOptions no;
   no.self_role = net::Role::kServer;
-  no.fatal_peer = [](const net::Endpoint&) { return false; };
+  no.peer_lost = [](const net::Endpoint&, const std::string&) { return false; };
   auto node = std::make_shared<net::TcpNode>(net::read_secret_file(o.secret_file), no);
   const std::string addr = node->listen(
       "127.0.0.1", 0, [](const proto::Message& m, const std::string&) -> net::Identity {
@@ -245,7 +245,7 @@ int run_server(const BenchPsPeerOptions& o) {
 int run_worker(const BenchPsPeerOptions& o) {
   net::TcpNodeOptions no;
   no.self_role = net::Role::kWorker;
-  no.fatal_peer = [](const net::Endpoint&) { return true; };
+  no.peer_lost = [](const net::Endpoint&, const std::string&) { return true; };
   auto node = std::make_shared<net::TcpNode>(net::read_secret_file(o.secret_file), no);
   const auto addrs = split(o.server_addrs, ',');
   PTRAIN_ENFORCE(static_cast<int>(addrs.size()) == o.servers, "bench ps worker: {} addresses for {} servers",

@@ -68,6 +68,7 @@ class CoordinatorRun {
   StepMachineOptions step_machine_options() const;
   net::Envelope next(const std::string& waiting_for);
   void apply_membership_events(std::vector<net::MembershipEvent> events);
+  void apply_all_membership_events();
   void send(std::vector<StepOutgoing> out);
   [[noreturn]] void throw_step_failure();
   void start_servers(const StartState& st);
@@ -177,6 +178,16 @@ void CoordinatorRun::apply_membership_events(std::vector<net::MembershipEvent> e
   }
 }
 
+// Before the members are read for new work: the membership already reflects every change the
+// network thread recorded, so its events must be applied now — not left to next(), which applies
+// them only once the queue is idle, while a step that reads the members would silently run
+// without a lost worker.
+void CoordinatorRun::apply_all_membership_events() {
+  std::vector<net::MembershipEvent> events = std::exchange(pending_events_, {});
+  for (net::MembershipEvent& ev : membership_.take_events()) events.push_back(std::move(ev));
+  if (!events.empty()) apply_membership_events(std::move(events));
+}
+
 void CoordinatorRun::send(std::vector<StepOutgoing> out) {
   for (StepOutgoing& o : out) {
     try {
@@ -235,6 +246,7 @@ void CoordinatorRun::run_step(int64_t t) {
   const auto step_start = Clock::now();
   // The step boundary: the workers that are members now take part (a member that joined since
   // the last step is in, one lost is out), in worker-id order.
+  apply_all_membership_events();
   const std::vector<net::Endpoint> workers = membership_.workers();
   if (workers.empty()) throw net::PeerLost(fmt::format("step {}: the job has no worker", t + 1));
   const std::vector<int64_t> windows = plan_->next_step(cfg_.train.batch_size);
@@ -326,6 +338,7 @@ void CoordinatorRun::evaluate(int64_t step) {
   std::vector<double> sums(static_cast<size_t>(n), 0.0);
   std::vector<int64_t> tokens(static_cast<size_t>(n), 0);
   std::map<int32_t, std::pair<int64_t, int64_t>> assigned;  // worker → its batches [b, e)
+  apply_all_membership_events();
   const std::vector<net::Endpoint> workers = membership_.workers();
   if (workers.empty()) throw Error(ExitCode::kIo, fmt::format("no worker to run the validation of step {}", step));
   const auto split = split_batch(n, static_cast<int64_t>(workers.size()));

@@ -9,8 +9,7 @@
 
 namespace ptrain {
 
-Registrar::Registrar(int64_t servers, int64_t workers, std::chrono::milliseconds peer_timeout)
-    : servers_(servers), workers_(workers), peer_timeout_(peer_timeout) {}
+Registrar::Registrar(int64_t servers, int64_t workers) : servers_(servers), workers_(workers) {}
 
 net::Identity Registrar::identify(const proto::Message& first, const std::string& peer) {
   const auto* reg = std::get_if<proto::Register>(&first);
@@ -47,11 +46,9 @@ net::Identity Registrar::identify(const proto::Message& first, const std::string
   throw proto::ProtocolError(fmt::format("Register with an invalid role {}", reg->role));
 }
 
-bool Registrar::connection_lost(const net::Endpoint& e) {
+bool Registrar::connection_lost(const net::Endpoint& e, const std::string& cause) {
   if (const std::optional<net::Member> m = find(e)) {
-    report_lost(e, fmt::format("{} was lost (its connection closed or broke, or it sent nothing "
-                               "for {:g} s)",
-                               m->label(), static_cast<double>(peer_timeout_.count()) / 1000.0));
+    report_lost(e, fmt::format("{} was lost ({})", m->label(), cause));
   }
   return false;
 }

@@ -1,10 +1,11 @@
 // The coordinator's TCP registration as a Membership (common/net/membership.hpp): a server or
 // worker that connects and sends Register joins (ids in arrival order per role, never reused);
 // a member whose connection the coordinator's TcpNode drops without a Shutdown (closed, broken,
-// a bad frame, or heartbeats missed for cluster.peer_timeout_s) is lost. Roles beyond the job's
-// size (cluster.servers, cluster.workers) are refused at registration.
+// a bad frame, or heartbeats missed for cluster.peer_timeout_s) is lost, and the loss event's
+// reason names the member, its address and the node's cause. Roles beyond the job's size
+// (cluster.servers, cluster.workers) are refused at registration.
 //
-// Wiring (coordinator_process.cpp): the node's IdentifyFn is identify(); its fatal_peer calls
+// Wiring (coordinator_process.cpp): the node's IdentifyFn is identify(); its peer_lost calls
 // connection_lost(), which records the loss here and tells the node the loss is not its to
 // decide — the coordinator drains the event and applies the job's policy in one place.
 // Threads: identify() and the hook run on the node's I/O thread; the rest anywhere.
@@ -14,7 +15,6 @@
 #include "common/net/tcp_transport.hpp"
 #include "common/proto/messages.hpp"
 
-#include <chrono>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -23,16 +23,17 @@ namespace ptrain {
 
 class Registrar final : public net::Membership {
  public:
-  // `peer_timeout` only words the loss reason ("... sent nothing for 10 s").
-  Registrar(int64_t servers, int64_t workers, std::chrono::milliseconds peer_timeout);
+  Registrar(int64_t servers, int64_t workers);
 
   // The node's IdentifyFn: `first` must be a Register; `peer` is the connection's "HOST:PORT".
   // Throws ProtocolError (not a Register, bad role) or ConfigError (the job is full).
   net::Identity identify(const proto::Message& first, const std::string& peer);
 
-  // A member's connection was dropped without a Shutdown: a kLost event. Always false (for
-  // TcpNodeOptions::fatal_peer: the node must not stop the coordinator on its own).
-  bool connection_lost(const net::Endpoint& e);
+  // A member's connection was dropped without a Shutdown, for `cause` (the node's words: "missed
+  // heartbeats for 10 s"): a kLost event whose reason is "worker 1 (127.0.0.1:41234) was lost
+  // (missed heartbeats for 10 s)". Always false (for TcpNodeOptions::peer_lost: the node must not
+  // stop the coordinator on its own).
+  bool connection_lost(const net::Endpoint& e, const std::string& cause);
 
   int64_t expected() const { return servers_ + workers_; }
   // Server k's data listener "HOST:PORT" on line k (for the Welcome).
@@ -40,7 +41,6 @@ class Registrar final : public net::Membership {
 
  private:
   int64_t servers_, workers_;
-  std::chrono::milliseconds peer_timeout_;
   mutable std::mutex mu_;  // server_addrs_ only (the member table has its own lock)
   std::vector<std::string> server_addrs_;
 };

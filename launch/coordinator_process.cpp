@@ -37,15 +37,17 @@ RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secr
   const int64_t S = cfg.cluster.servers;
   const int64_t W = cfg.cluster.workers;
 
-  // Who is in the job: registrations join it, dropped connections are losses. The node never
-  // stops the coordinator on a loss itself (fatal_peer false): the coordinator drains the
-  // membership's events and decides.
-  auto registrar = std::make_shared<Registrar>(S, W, ms(cfg.cluster.peer_timeout_s));
+  // Who is in the job: registrations join it, dropped connections are losses (with the node's
+  // cause). The node never stops the coordinator on a loss itself (peer_lost false): the
+  // coordinator drains the membership's events and decides.
+  auto registrar = std::make_shared<Registrar>(S, W);
   net::TcpNodeOptions no;
   no.self_role = net::Role::kCoordinator;
   no.heartbeat = ms(cfg.cluster.heartbeat_s);
   no.peer_timeout = ms(cfg.cluster.peer_timeout_s);
-  no.fatal_peer = [registrar](const net::Endpoint& e) { return registrar->connection_lost(e); };
+  no.peer_lost = [registrar](const net::Endpoint& e, const std::string& cause) {
+    return registrar->connection_lost(e, cause);
+  };
   auto node = std::make_shared<net::TcpNode>(std::move(secret), no);
   const net::HostPort listen = net::parse_host_port(o.listen, "--listen");
   const std::string& host = listen.host;

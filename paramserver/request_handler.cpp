@@ -36,8 +36,6 @@ std::vector<Outgoing> RequestHandler::handle(const Endpoint& from, p::Message ms
           on_contributors(m, out);
         } else if constexpr (std::is_same_v<T, p::StepCommit>) {
           on_commit(m, out);
-        } else if constexpr (std::is_same_v<T, p::CheckpointRequest>) {
-          on_checkpoint(from, m, out);
         } else if constexpr (std::is_same_v<T, p::CheckpointShard>) {
           on_checkpoint_shard(from, m, out);
         } else if constexpr (std::is_same_v<T, p::Shutdown>) {
@@ -214,30 +212,6 @@ void RequestHandler::on_commit(const p::StepCommit& m, std::vector<Outgoing>& ou
   serve_pending(out);
 }
 
-void RequestHandler::on_checkpoint(const Endpoint& from, const p::CheckpointRequest& m,
-                                   std::vector<Outgoing>& out) {
-  if (!store_.loaded() || m.version > store_.version()) {
-    pending_checkpoints_.emplace_back(from, m);
-    return;
-  }
-  if (m.version < store_.version()) {
-    refuse(from,
-           fmt::format("checkpoint of version {} requested, the server holds version {}",
-                       m.version, store_.version()),
-           out);
-    return;
-  }
-  p::CheckpointReply reply;
-  reply.request_id = m.request_id;
-  reply.server_id = options_.server_id;
-  reply.version = store_.version();
-  reply.range = options_.range;
-  reply.weights.assign(store_.weights().begin(), store_.weights().end());
-  reply.m.assign(store_.m().begin(), store_.m().end());
-  reply.v.assign(store_.v().begin(), store_.v().end());
-  out.push_back({from, std::move(reply)});
-}
-
 void RequestHandler::on_checkpoint_shard(const Endpoint& from, const p::CheckpointShard& m,
                                          std::vector<Outgoing>& out) {
   if (!store_.loaded() || m.version > store_.version()) {
@@ -278,9 +252,6 @@ void RequestHandler::serve_pending(std::vector<Outgoing>& out) {
   auto pulls = std::move(pending_pulls_);
   pending_pulls_.clear();
   for (auto& [from, req] : pulls) on_pull(from, req, out);
-  auto ckpts = std::move(pending_checkpoints_);
-  pending_checkpoints_.clear();
-  for (auto& [from, req] : ckpts) on_checkpoint(from, req, out);
   auto shards = std::move(pending_shards_);
   pending_shards_.clear();
   for (auto& [from, req] : shards) on_checkpoint_shard(from, req, out);

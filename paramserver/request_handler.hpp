@@ -4,20 +4,21 @@
 // Start and resume: LoadShard{version, seed | checkpoint} → the injected ShardLoader produces the
 // range's weights and moments (a fresh initialisation or a read of the checkpoint's slice: the
 // I/O stays outside this class), the store takes them at that version, ShardLoaded goes to the
-// coordinator, then the pulls and checkpoint requests that waited. A loader that throws is
+// coordinator, then the pulls and checkpoint shards that waited. A loader that throws is
 // answered with a Failure naming the source (the server stays unloaded).
 //
 // Per step t (bsp; the server holds weights version t):
 //   GradPush{step t}            → kept (one per worker), PushReceived to the coordinator
 //   StepContributors{t, set}    → mean gradient over the set, NormReport to the coordinator
 //   StepCommit{t, set, clip}    → UpdateRule applied, version t+1, StepApplied to the coordinator,
-//                                 then the pulls and checkpoint requests that waited for t+1
+//                                 then the pulls and checkpoint shards that waited for t+1
 // PullRequest{version}: answered at once when the server holds that version, later when it is
 // ahead of the server; a request for an older version gets the current weights (the reply says
-// which version; the client refuses a mismatch). CheckpointRequest{version}: the same, but an
-// older version is refused. CheckpointShard{version, tmp_dir}: the same timing, then the injected
-// ShardWriter writes the shard file (the only I/O, kept outside this class) and the handler answers
-// CheckpointShardWritten; a writer that throws is answered with a Failure naming the shard.
+// which version; the client refuses a mismatch). CheckpointShard{version, tmp_dir}: the same
+// timing, but an older version is refused; then the injected ShardWriter writes the shard file (the
+// only I/O, kept outside this class) and the handler answers CheckpointShardWritten; a writer that
+// throws is answered with a Failure naming the shard. The weights and moments never leave the
+// server in a message.
 // A request that cannot be served (range outside the shard, a stale or duplicate push) is
 // answered with a Failure to its sender; a coordinator message that breaks the protocol throws
 // proto::ProtocolError.
@@ -98,8 +99,6 @@ class RequestHandler {
   void on_push(const net::Endpoint& from, proto::GradPush&& m, std::vector<Outgoing>& out);
   void on_contributors(const proto::StepContributors& m, std::vector<Outgoing>& out);
   void on_commit(const proto::StepCommit& m, std::vector<Outgoing>& out);
-  void on_checkpoint(const net::Endpoint& from, const proto::CheckpointRequest& m,
-                     std::vector<Outgoing>& out);
   void on_checkpoint_shard(const net::Endpoint& from, const proto::CheckpointShard& m,
                            std::vector<Outgoing>& out);
   void serve_pending(std::vector<Outgoing>& out);
@@ -119,7 +118,6 @@ class RequestHandler {
   };
   std::optional<Prepared> prepared_;
   std::vector<std::pair<net::Endpoint, proto::PullRequest>> pending_pulls_;
-  std::vector<std::pair<net::Endpoint, proto::CheckpointRequest>> pending_checkpoints_;
   std::vector<std::pair<net::Endpoint, proto::CheckpointShard>> pending_shards_;
   bool stopped_ = false;
 };

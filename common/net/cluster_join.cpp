@@ -12,7 +12,7 @@ namespace ptrain::net {
 TcpNodeOptions member_node_options(Role role) {
   TcpNodeOptions o;
   o.self_role = role;
-  o.fatal_peer = [](const Endpoint& e) { return e.role == Role::kCoordinator; };
+  o.peer_lost = [](const Endpoint& e, const std::string&) { return e.role == Role::kCoordinator; };
   return o;
 }
 

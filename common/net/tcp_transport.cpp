@@ -64,6 +64,7 @@ struct Session {
   std::deque<Queued> queue;
   int64_t queued = 0;  // bytes sent to this peer and not yet written or dropped (Impl::send_mu)
   bool accepting = true;  // false once dropped (Impl::send_mu)
+  std::string drop_cause;  // why it was dropped, once it was (Impl::send_mu)
   std::optional<Endpoint> peer;
   Clock::time_point last_rx = Clock::now();
   bool open = true;
@@ -88,6 +89,9 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
   std::condition_variable cv;
   std::map<Endpoint, SessionPtr> bound;
   std::map<Endpoint, std::pair<std::string, std::string>> addresses;  // endpoint → (remote, local)
+  // Peers whose connection was dropped (until one connects again as that endpoint): who and why,
+  // for the PeerLost of a later send ("server 0 (127.0.0.1:40008): connection lost (...)").
+  std::map<Endpoint, std::string> gone;
   std::deque<InboxItem> inbox;
   bool closed = false;
   std::atomic<bool> closing{false};
@@ -139,9 +143,14 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
     s->wake.cancel();
   }
 
-  void drop(const SessionPtr& s, const std::string& reason) {
+  // Ends a session; `cause` says why, without naming the peer ("connection closed by the peer").
+  void drop(const SessionPtr& s, const std::string& cause) {
     if (!s->open) return;
     s->open = false;
+    // The owner hears of a real loss (and its cause) before a send to the peer can fail, so the
+    // loss it records names the cause rather than a failed send.
+    const bool lost = s->peer && !s->goodbye && !closing;
+    const bool fatal = lost && (!opt.peer_lost || opt.peer_lost(*s->peer, cause));
     boost::system::error_code ignored;
     s->sock.shutdown(tcp::socket::shutdown_both, ignored);
     s->sock.close(ignored);
@@ -150,25 +159,30 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
     {
       std::lock_guard lock(send_mu);
       s->accepting = false;
+      s->drop_cause = cause;
     }
     for (auto& q : s->queue) account_done(*s, q.frame);
     s->queue.clear();
     sessions.erase(s);
-    bool fatal = false;
     if (s->peer) {
       std::lock_guard lock(mu);
       auto it = bound.find(*s->peer);
-      if (it != bound.end() && it->second == s) bound.erase(it);
-      fatal = !s->goodbye && !closing && (!opt.fatal_peer || opt.fatal_peer(*s->peer));
+      if (it != bound.end() && it->second == s) {
+        bound.erase(it);
+        gone[*s->peer] = fmt::format("{}: connection lost ({})", s->label(), cause);
+      }
     }
-    const std::string what = fmt::format("{} {}", s->label(), reason);
+    // Neutral wording: whether the job goes on is the owner's decision (peer_lost), not ours.
+    const std::string what = lost ? fmt::format("lost {}: {}", s->label(), cause)
+                                  : fmt::format("closed the connection {} {}: {}",
+                                                s->peer ? "to" : "from", s->label(), cause);
     if (closing || s->goodbye) {
       spdlog::debug("{}", what);
     } else if (fatal) {
       spdlog::error("{}", what);
       push(Lost{what});
     } else {
-      spdlog::warn("{}; connection dropped, the job continues", what);
+      spdlog::warn("{}", what);
     }
   }
 
@@ -256,7 +270,7 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
       account_done(*s, f);
       s->queue.pop_front();
       if (ec) {
-        drop(s, fmt::format("could not be written to ({})", ec.message()));
+        drop(s, fmt::format("write failed ({})", ec.message()));
         co_return;
       }
     }
@@ -320,6 +334,7 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
             fmt::format("claims to be {}, which is already connected", id.endpoint.str()));
       }
       bound[id.endpoint] = s;
+      gone.erase(id.endpoint);
       boost::system::error_code ec;
       const auto local = s->sock.local_endpoint(ec);
       addresses[id.endpoint] = {s->addr, ec ? std::string() : local.address().to_string()};
@@ -375,19 +390,21 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
         if (ec) {
           if (ec == asio::error::eof) {
             reason = dec.buffered() > 0
-                         ? fmt::format("closed the connection in the middle of a frame ({} bytes "
-                                       "of a truncated frame)",
+                         ? fmt::format("connection closed by the peer in the middle of a frame "
+                                       "({} bytes of a truncated frame)",
                                        dec.buffered())
-                         : "closed the connection";
+                         : "connection closed by the peer";
+          } else if (ec == asio::error::connection_reset) {
+            reason = "connection reset by the peer";
           } else {
-            reason = fmt::format("lost the connection ({})", ec.message());
+            reason = fmt::format("connection broken ({})", ec.message());
           }
           break;
         }
         s->last_rx = Clock::now();
       }
     } catch (const std::exception& e) {
-      reason = fmt::format("sent a bad frame: {}", e.what());
+      reason = fmt::format("bad frame: {}", e.what());
     }
     drop(s, reason);
   }
@@ -502,6 +519,7 @@ void TcpNode::connect(const std::string& host_port, const Endpoint& peer,
     {
       std::lock_guard lock(im.mu);
       im.bound[peer] = s;
+      im.gone.erase(peer);
       im.addresses[peer] = {host_port, s->local_host};
     }
     im.start(s);
@@ -549,7 +567,10 @@ void TcpNode::send_frame(const Endpoint& to, proto::OutFrame frame) {
     }
     auto it = im.bound.find(to);
     if (it == im.bound.end()) {
-      throw PeerLost(fmt::format("cannot send to {}: not connected", to.str()));
+      const auto g = im.gone.find(to);
+      throw PeerLost(g != im.gone.end()
+                         ? fmt::format("cannot send to {}", g->second)
+                         : fmt::format("cannot send to {}: not connected", to.str()));
     }
     s = it->second;
   }
@@ -563,7 +584,10 @@ void TcpNode::send_frame(const Endpoint& to, proto::OutFrame frame) {
       return !s->accepting || im.closing || s->queued == 0 || s->queued + n <= bound;
     });
     if (im.closing) throw TransportClosed(fmt::format("cannot send to {}: closed", to.str()));
-    if (!s->accepting) throw PeerLost(fmt::format("cannot send to {}: connection lost", to.str()));
+    if (!s->accepting) {
+      throw PeerLost(fmt::format("cannot send to {}: connection lost ({})", s->label(),
+                                 s->drop_cause));
+    }
     if (!room) {
       throw Error(ExitCode::kIo,
                   fmt::format("cannot send to {}: {} bytes have been queued for it for {:g} s "
@@ -618,7 +642,7 @@ void TcpNode::close() {
     boost::system::error_code ignored;
     if (impl->acceptor) impl->acceptor->close(ignored);
     auto all = impl->sessions;
-    for (const auto& s : all) impl->drop(s, "closed (this role is stopping)");
+    for (const auto& s : all) impl->drop(s, "this role is stopping");
   });
   im.guard.reset();
   const auto stop_by = Clock::now() + std::chrono::seconds(2);

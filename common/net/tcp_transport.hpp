@@ -17,10 +17,14 @@
 // side when it connects (it knows whom it dials), by the accepting side from the first frame
 // (the node's IdentifyFn: Register on the coordinator, PeerHello on a server).
 //
-// Losing a peer: the session is dropped and logged; if `fatal_peer(endpoint)` says so (and no
-// Shutdown went either way on that connection, and the node is not closing), the next receive()
-// throws PeerLost("worker 1 (127.0.0.1:41234) missed heartbeats for 10 s"). send() to a peer that
-// is not connected throws PeerLost.
+// Losing a peer: when an identified peer's connection ends without a Shutdown either way (and the
+// node is not closing), the node calls `peer_lost(endpoint, cause)` first — before any send to
+// that peer can fail — with the cause in words ("connection closed by the peer", "connection reset
+// by the peer", "missed heartbeats for 10 s", "bad frame: ..."), then drops the session and logs
+// "lost worker 1 (127.0.0.1:41234): missed heartbeats for 10 s". If peer_lost says the loss is
+// fatal, the next receive() throws PeerLost with that same text. send() to a peer that is not
+// connected throws PeerLost; for a lost one it names the address and the cause ("cannot send to
+// server 0 (127.0.0.1:40008): connection lost (connection closed by the peer)").
 //
 // This header does not include Asio; only tcp_transport.cpp does.
 #pragma once
@@ -41,8 +45,10 @@ struct TcpNodeOptions {
   std::chrono::milliseconds peer_timeout{10'000};
   std::chrono::milliseconds handshake_timeout{5'000};
   proto::DecoderLimits limits;
-  // Whose loss stops this role (receive() throws PeerLost). Empty = everyone's.
-  std::function<bool(const Endpoint&)> fatal_peer;
+  // Told of each lost peer and why (the cause, without the peer's name: "missed heartbeats for
+  // 10 s"), on the I/O thread; returns whether the loss stops this role (receive() throws
+  // PeerLost). Empty = every loss is fatal.
+  std::function<bool(const Endpoint&, const std::string& cause)> peer_lost;
   // Backpressure: a send blocks while more than this is queued for its peer (a larger frame
   // still goes once the peer's queue is empty), and throws after send_timeout.
   size_t max_queued_bytes = 256u << 20;

@@ -34,8 +34,6 @@ const char* type_name(MessageType t) {
     case MessageType::kNormReport: return "NormReport";
     case MessageType::kStepCommit: return "StepCommit";
     case MessageType::kStepApplied: return "StepApplied";
-    case MessageType::kCheckpointRequest: return "CheckpointRequest";
-    case MessageType::kCheckpointReply: return "CheckpointReply";
     case MessageType::kShutdown: return "Shutdown";
     case MessageType::kFailure: return "Failure";
     case MessageType::kRegister: return "Register";
@@ -51,10 +49,18 @@ const char* type_name(MessageType t) {
   return "unknown";
 }
 
+const char* retired_type_name(uint16_t type) {
+  switch (type) {
+    case 12: return "CheckpointRequest";
+    case 13: return "CheckpointReply";
+    default: return nullptr;
+  }
+}
+
 bool is_bulk(MessageType t) {
   // EvalDone carries one loss sum per validation batch: as many as the val set has batches.
   return t == MessageType::kPullReply || t == MessageType::kGradPush ||
-         t == MessageType::kCheckpointReply || t == MessageType::kEvalDone;
+         t == MessageType::kEvalDone;
 }
 
 namespace {
@@ -285,11 +291,6 @@ void fields(IO&& io, M& m) {
     io(m.step), io(m.workers), io(m.global_norm), io(m.clip_coef);
   } else if constexpr (std::is_same_v<T, StepApplied>) {
     io(m.server_id), io(m.step), io(m.version), io(m.lr), io(m.bytes_pushed), io(m.bytes_pulled);
-  } else if constexpr (std::is_same_v<T, CheckpointRequest>) {
-    io(m.request_id), io(m.version);
-  } else if constexpr (std::is_same_v<T, CheckpointReply>) {
-    io(m.request_id), io(m.server_id), io(m.version), io(m.range), io(m.weights), io(m.m),
-        io(m.v);
   } else if constexpr (std::is_same_v<T, Shutdown>) {
     io(m.reason);
   } else if constexpr (std::is_same_v<T, Failure>) {
@@ -330,11 +331,7 @@ void check_sizes(const Message& msg, const Reader& r) {
   std::visit(
       [&](const auto& m) {
         using T = std::decay_t<decltype(m)>;
-        if constexpr (std::is_same_v<T, CheckpointReply>) {
-          check(m.range, m.weights.size(), "weights");
-          check(m.range, m.m.size(), "m");
-          check(m.range, m.v.size(), "v");
-        } else if constexpr (std::is_same_v<T, PullReply>) {
+        if constexpr (std::is_same_v<T, PullReply>) {
           check(m.range, m.weights.size(), "weights");
         } else if constexpr (std::is_same_v<T, GradPush>) {
           check(m.range, m.grads.size(), "grads");
@@ -368,6 +365,21 @@ uint64_t load_u64(const std::byte* p) {
 
 namespace {
 
+// What is wrong with a type number outside MessageType: unknown, or retired (named, with why).
+std::string bad_type(uint16_t t) {
+  if (const char* name = retired_type_name(t)) {
+    return fmt::format("retired message type {} ({}, removed in protocol version 4: checkpoints "
+                       "are written shard by shard, see CheckpointShard)",
+                       t, name);
+  }
+  return fmt::format("unknown message type {}", t);
+}
+
+std::string types_spoken() {
+  return fmt::format("this build speaks protocol version {}, types {}..{} less the retired 12, 13",
+                     kProtocolVersion, kMinMessageType, kMaxMessageType);
+}
+
 // Header checks that need only the header: "" when acceptable. Order: magic, version (so that an
 // older or newer peer is told about versions, not about a CRC), type, flags, length, then the
 // header's own CRC.
@@ -383,11 +395,9 @@ std::string check_header(const FrameHeader& h, std::span<const std::byte> raw,
         h.version, kProtocolVersion);
   }
   const auto t = static_cast<uint16_t>(h.type);
-  if (t < kMinMessageType || t > kMaxMessageType) {
-    return fmt::format(
-        "unknown message type {} in a protocol-version-{} frame (this build speaks protocol "
-        "version {}, types {}..{})",
-        t, h.version, kProtocolVersion, kMinMessageType, kMaxMessageType);
+  if (t < kMinMessageType || t > kMaxMessageType || retired_type_name(t) != nullptr) {
+    return fmt::format("{} in a protocol-version-{} frame ({})", bad_type(t), h.version,
+                       types_spoken());
   }
   if (h.flags != 0) {
     return fmt::format("{} frame has unknown flags 0x{:08x} (protocol version {} defines none)",
@@ -439,8 +449,6 @@ void with_type(MessageType type, F&& f) {
     case MessageType::kNormReport: f.template operator()<NormReport>(); return;
     case MessageType::kStepCommit: f.template operator()<StepCommit>(); return;
     case MessageType::kStepApplied: f.template operator()<StepApplied>(); return;
-    case MessageType::kCheckpointRequest: f.template operator()<CheckpointRequest>(); return;
-    case MessageType::kCheckpointReply: f.template operator()<CheckpointReply>(); return;
     case MessageType::kShutdown: f.template operator()<Shutdown>(); return;
     case MessageType::kFailure: f.template operator()<Failure>(); return;
     case MessageType::kRegister: f.template operator()<Register>(); return;
@@ -455,10 +463,8 @@ void with_type(MessageType type, F&& f) {
     case MessageType::kEvalBegin: f.template operator()<EvalBegin>(); return;
     case MessageType::kEvalDone: f.template operator()<EvalDone>(); return;
   }
-  throw ProtocolError(fmt::format("unknown message type {} (this build speaks protocol "
-                                  "version {}, types {}..{})",
-                                  static_cast<uint16_t>(type), kProtocolVersion,
-                                  kMinMessageType, kMaxMessageType));
+  const auto t = static_cast<uint16_t>(type);
+  throw ProtocolError(fmt::format("{} ({})", bad_type(t), types_spoken()));
 }
 
 }  // namespace

@@ -13,8 +13,8 @@
 //   coordinator → server   StepCommit{clip coefficient}     server → coordinator StepApplied{lr}
 // Checkpoints (sharded, protocol version 2): CheckpointShard{tmp dir} → each server writes its own
 // shard-K.h5 there and answers CheckpointShardWritten (a small ack); the coordinator then writes the
-// index (finish_sharded_checkpoint). CheckpointRequest → CheckpointReply (weights + AdamW moments
-// of the server's range, gathered to the coordinator) remains for tools and tests.
+// index (finish_sharded_checkpoint). No message ever gathers a server's weights and moments to
+// another process (the retired types 12 and 13 did; see MessageType).
 // Start and resume (protocol version 3): LoadShard{version, fresh seed or checkpoint path} → each
 // server initialises or reads its own slice and answers ShardLoaded; no weights cross the wire.
 // Validation (protocol version 3): EvalBegin{version, windows of data.val} → each worker pulls that
@@ -42,6 +42,7 @@ inline constexpr uint32_t kMagic = 0x4E525450u;
 //    EvalDone.
 // 4: the header's CRC32C covers the header only; the payload's CRC32C follows the payload (a
 //    4-byte trailer), so a sender computes it while writing borrowed floats (codec.hpp).
+//    Types 12 and 13 (CheckpointRequest / CheckpointReply) retired.
 inline constexpr uint16_t kProtocolVersion = 4;
 
 enum class MessageType : uint16_t {
@@ -56,8 +57,9 @@ enum class MessageType : uint16_t {
   kNormReport = 9,
   kStepCommit = 10,
   kStepApplied = 11,
-  kCheckpointRequest = 12,
-  kCheckpointReply = 13,
+  // 12 and 13 are retired (CheckpointRequest / CheckpointReply gathered one server's weights and
+  // both AdamW moments to the coordinator; checkpoints are sharded instead). Never reuse them:
+  // a frame of either type is refused by name (retired_type_name).
   kShutdown = 14,
   kFailure = 15,
   // TCP roles: registration, peer identification and liveness.
@@ -75,6 +77,9 @@ enum class MessageType : uint16_t {
 };
 inline constexpr uint16_t kMinMessageType = 1;
 inline constexpr uint16_t kMaxMessageType = 24;
+// The name a retired message type had ("CheckpointRequest" for 12), or nullptr for any other value.
+// A retired number lies inside [kMinMessageType, kMaxMessageType] but is not a MessageType.
+const char* retired_type_name(uint16_t type);
 
 // A contiguous range [begin, end) of the flat parameter vector, in floats.
 struct KeyRange {
@@ -209,26 +214,6 @@ struct StepApplied {
   bool operator==(const StepApplied&) const = default;
 };
 
-// coordinator → server: send weights and moments of your range at `version`.
-struct CheckpointRequest {
-  static constexpr MessageType kType = MessageType::kCheckpointRequest;
-  uint64_t request_id = 0;
-  int64_t version = 0;
-  bool operator==(const CheckpointRequest&) const = default;
-};
-
-struct CheckpointReply {
-  static constexpr MessageType kType = MessageType::kCheckpointReply;
-  uint64_t request_id = 0;
-  int32_t server_id = 0;
-  int64_t version = 0;
-  KeyRange range;
-  std::vector<float> weights;
-  std::vector<float> m;
-  std::vector<float> v;
-  bool operator==(const CheckpointReply&) const = default;
-};
-
 // coordinator → everyone: stop after this message.
 struct Shutdown {
   static constexpr MessageType kType = MessageType::kShutdown;
@@ -286,8 +271,8 @@ struct Heartbeat {
 };
 
 // coordinator → server: write your weights and moments at `version` to TMP_DIR/shard-K.h5
-// (write_checkpoint_shard; K = server id) and answer CheckpointShardWritten. Like
-// CheckpointRequest, it waits until the server holds `version`; an older version is refused.
+// (write_checkpoint_shard; K = server id) and answer CheckpointShardWritten. It
+// waits until the server holds `version` (like a PullRequest); an older version is refused.
 // `tmp_dir` is checkpoint_tmp_dir(run.dir, version), a path on a file system every role shares.
 struct CheckpointShard {
   static constexpr MessageType kType = MessageType::kCheckpointShard;
@@ -350,9 +335,9 @@ struct EvalDone {
 
 using Message = std::variant<LoadShard, StepBegin, PullRequest, PullReply, GradPush, PushReceived,
                              WorkerStepDone, StepContributors, NormReport, StepCommit, StepApplied,
-                             CheckpointRequest, CheckpointReply, Shutdown, Failure, Register,
-                             Welcome, PeerHello, Heartbeat, CheckpointShard,
-                             CheckpointShardWritten, ShardLoaded, EvalBegin, EvalDone>;
+                             Shutdown, Failure, Register, Welcome, PeerHello, Heartbeat,
+                             CheckpointShard, CheckpointShardWritten, ShardLoaded, EvalBegin,
+                             EvalDone>;
 
 MessageType type_of(const Message& m);
 // "GradPush", "PullReply", ... ("unknown(N)" for a value outside the enum).

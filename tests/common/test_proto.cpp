@@ -42,8 +42,6 @@ std::vector<Message> samples() {
   out.push_back(NormReport{1, 12, 3.25e-3, 4096, -1});
   out.push_back(StepCommit{12, {0, 1, 3}, 2.5, 0.4f});
   out.push_back(StepApplied{1, 12, 13, 6e-4, 123456789012ull, 5});
-  out.push_back(CheckpointRequest{9, 13});
-  out.push_back(CheckpointReply{9, 1, 13, {8, 10}, {1, 2}, {3, 4}, {5, 6}});
   out.push_back(Shutdown{"training finished"});
   out.push_back(Failure{7, "non-finite \xE2\x9C\x97 gradient"});
   out.push_back(CheckpointShard{9, 13, "/shared/run/checkpoints/step-00000013.tmp"});
@@ -179,6 +177,45 @@ TEST_CASE("proto: an unknown message type is refused - naming the versions") {
   CHECK_THROWS_AS(parse_payload(static_cast<MessageType>(999), {}), ProtocolError);
 }
 
+TEST_CASE("proto: the retired types 12 and 13 are refused by name - never reused") {
+  // CheckpointRequest / CheckpointReply gathered a server's weights and moments in one process;
+  // checkpoints are sharded now. Their numbers stay reserved, so a frame carrying one is told so.
+  CHECK(std::string(retired_type_name(12)) == "CheckpointRequest");
+  CHECK(std::string(retired_type_name(13)) == "CheckpointReply");
+  for (uint16_t t = 0; t <= kMaxMessageType + 1; ++t) {
+    if (t != 12 && t != 13) CHECK(retired_type_name(t) == nullptr);
+  }
+  for (const Message& m : samples()) {
+    CHECK(static_cast<uint16_t>(type_of(m)) != 12);
+    CHECK(static_cast<uint16_t>(type_of(m)) != 13);
+  }
+  for (const auto& [t, name] : {std::pair<uint16_t, std::string>{12, "CheckpointRequest"},
+                                {13, "CheckpointReply"}}) {
+    CAPTURE(t);
+    // A frame well-formed in every other respect, CRCs included.
+    auto f = encode(PullRequest{9, 13, {0, 0}});
+    put_at<uint16_t>(f, 6, t);
+    reseal(f);
+    const DecodeResult r = decode_frame(std::span(f).first(kHeaderSize));
+    REQUIRE(r.status == DecodeStatus::kBad);
+    CHECK(r.error.find(fmt::format("retired message type {} ({}", t, name)) != std::string::npos);
+    CHECK(r.error.find("shard by shard") != std::string::npos);
+    CHECK(r.error.find(fmt::format("protocol version {}", kProtocolVersion)) !=
+          std::string::npos);
+    CHECK_THROWS_WITH_AS(decode(f), doctest::Contains("retired message type"), ProtocolError);
+    const std::string named = fmt::format("retired message type {} ({}", t, name);
+    CHECK_THROWS_WITH_AS(parse_payload(static_cast<MessageType>(t), {}),
+                         doctest::Contains(named.c_str()), ProtocolError);
+    // The incremental decoder refuses it from the header too.
+    FrameDecoder dec;
+    CHECK(dec.feed(f) == f.size());
+    Frame frame;
+    std::string err;
+    CHECK(dec.next(frame, err) == DecodeStatus::kBad);
+    CHECK(err.find(name) != std::string::npos);
+  }
+}
+
 TEST_CASE("proto: unknown flags are refused") {
   auto f = encode(Shutdown{"x"});
   put_at<uint32_t>(f, 8, 0x80u);
@@ -226,6 +263,14 @@ TEST_CASE("proto: an oversized length is refused from the header - before alloca
             .status == DecodeStatus::kGood);
   CHECK(decode_frame(encode(GradPush{1, 0, 0, 1, {0, 300}, std::vector<float>(300)}), small)
             .status == DecodeStatus::kBad);
+  // The bulk types are exactly those with floats or per-batch sums.
+  for (uint16_t t = kMinMessageType; t <= kMaxMessageType; ++t) {
+    if (retired_type_name(t) != nullptr) continue;
+    const auto type = static_cast<MessageType>(t);
+    CAPTURE(type_name(type));
+    CHECK(is_bulk(type) == (type == MessageType::kPullReply || type == MessageType::kGradPush ||
+                            type == MessageType::kEvalDone));
+  }
 
   // The incremental decoder refuses it too, and stays refused.
   // It allocates nothing for it: the allocator hook is never called.
@@ -346,14 +391,19 @@ TEST_CASE("proto: random garbage never decodes as good nor crashes") {
     const DecodeResult r = decode_frame(junk);
     CHECK(r.status != DecodeStatus::kGood);
   }
-  // Mutations of valid frames: any single flipped bit is caught (CRC or header check).
-  const auto f = encode(CheckpointReply{9, 1, 13, {8, 10}, {1, 2}, {3, 4}, {5, 6}});
-  for (size_t bit = 0; bit < f.size() * 8; ++bit) {
-    auto g = f;
-    g[bit / 8] ^= static_cast<std::byte>(1u << (bit % 8));
-    const DecodeResult r = decode_frame(g);
-    CAPTURE(bit);
-    CHECK(r.status != DecodeStatus::kGood);
+  // Mutations of valid frames: any single flipped bit is caught (CRC or header check), in a bulk
+  // message with a float body and in one with vectors.
+  for (const Message& m : {Message{PullReply{9, 13, {8, 11}, {1.0f, -2.0f, 3.5f}}},
+                           Message{EvalDone{9, 1, 13, 8, {1.5, 2.5}, {16, 16}, 0.25}}}) {
+    const auto f = encode(m);
+    CAPTURE(type_name(type_of(m)));
+    for (size_t bit = 0; bit < f.size() * 8; ++bit) {
+      auto g = f;
+      g[bit / 8] ^= static_cast<std::byte>(1u << (bit % 8));
+      const DecodeResult r = decode_frame(g);
+      CAPTURE(bit);
+      CHECK(r.status != DecodeStatus::kGood);
+    }
   }
 }
 

@@ -112,7 +112,7 @@ TcpNodeOptions tcp_options(Role role) {
   o.self_role = role;
   o.heartbeat = kHeartbeat;
   o.peer_timeout = kPeerTimeout;
-  return o;  // fatal_peer empty: every peer's loss is reported by receive()
+  return o;  // peer_lost empty: every peer's loss is reported by receive()
 }
 
 void send_all(int fd, std::span<const std::byte> b) {

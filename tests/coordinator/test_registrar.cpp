@@ -1,7 +1,7 @@
 // The coordinator's TCP registration as a membership, driven without sockets: Register frames in
-// arrival order are joins with stable ids, the job's size is enforced, the node's "connection
-// dropped" hook is a loss event (once) that never stops the node itself, and the epoch is 0 at
-// the start and bumps on every later change.
+// arrival order are joins with stable ids, the job's size is enforced, the node's "peer lost" hook
+// is a loss event (once, naming the member, its address and the node's cause) that never stops the
+// node itself, and the epoch is 0 at the start and bumps on every later change.
 #include "common/error.hpp"
 #include "common/proto/codec.hpp"
 #include "coordinator/registrar.hpp"
@@ -21,7 +21,7 @@ proto::Register reg(net::Role role, std::string listen = "", std::string host = 
 }  // namespace
 
 TEST_CASE("registrar: registrations join in arrival order with stable ids - epoch 0 at the start") {
-  Registrar r(2, 2, std::chrono::milliseconds(10'000));
+  Registrar r(2, 2);
   const net::Identity a = r.identify(reg(net::Role::kWorker, "", "hostA"), "10.0.0.5:40001");
   CHECK(a.endpoint == worker_endpoint(0));
   CHECK(a.deliver);
@@ -56,7 +56,7 @@ TEST_CASE("registrar: registrations join in arrival order with stable ids - epoc
 }
 
 TEST_CASE("registrar: roles beyond the job's size and malformed first frames are refused") {
-  Registrar r(1, 1, std::chrono::milliseconds(10'000));
+  Registrar r(1, 1);
   r.identify(reg(net::Role::kServer, ":7000"), "127.0.0.1:1");
   r.identify(reg(net::Role::kWorker), "127.0.0.1:2");
   try {
@@ -71,31 +71,35 @@ TEST_CASE("registrar: roles beyond the job's size and malformed first frames are
   CHECK(r.members().size() == 2);
 }
 
-TEST_CASE("registrar: a dropped connection is one loss event - the node is never told to stop") {
-  Registrar r(1, 2, std::chrono::milliseconds(10'000));
+TEST_CASE("registrar: a dropped connection is one loss event naming its cause - the node is never told to stop") {
+  Registrar r(1, 2);
   r.identify(reg(net::Role::kServer, ":7000"), "127.0.0.1:1");
   r.identify(reg(net::Role::kWorker), "127.0.0.1:41234");
   r.identify(reg(net::Role::kWorker), "127.0.0.1:41235");
   r.take_events();
   r.start();
 
-  CHECK_FALSE(r.connection_lost(worker_endpoint(0)));
-  CHECK_FALSE(r.connection_lost(worker_endpoint(0)));  // reported twice: one event
-  CHECK_FALSE(r.connection_lost(worker_endpoint(9)));  // never a member: nothing
+  CHECK_FALSE(r.connection_lost(worker_endpoint(0), "missed heartbeats for 10 s"));
+  // Reported twice: one event, with the first cause.
+  CHECK_FALSE(r.connection_lost(worker_endpoint(0), "connection closed by the peer"));
+  CHECK_FALSE(r.connection_lost(worker_endpoint(9), "connection reset by the peer"));  // no member
   const auto events = r.take_events();
   REQUIRE(events.size() == 1);
   CHECK(events[0].change == net::MembershipChange::kLost);
   CHECK(events[0].member.endpoint == worker_endpoint(0));
   CHECK(events[0].epoch == 1);
   INFO(events[0].reason);
-  CHECK(events[0].reason.find("worker 0 (127.0.0.1:41234) was lost") != std::string::npos);
-  CHECK(events[0].reason.find("10 s") != std::string::npos);
+  CHECK(events[0].reason == "worker 0 (127.0.0.1:41234) was lost (missed heartbeats for 10 s)");
   CHECK(r.epoch() == 1);
   CHECK(r.workers() == std::vector<net::Endpoint>{worker_endpoint(1)});  // id 1 keeps its id
 
   // The coordinator's own report of the same loss (a failed send) is not news either.
   CHECK_FALSE(r.report_lost(worker_endpoint(0), "cannot send to worker 0: not connected"));
-  CHECK(r.report_lost(server_endpoint(0), "server 0 (127.0.0.1:1) was lost"));
+  CHECK_FALSE(r.connection_lost(server_endpoint(0), "connection reset by the peer"));
+  const auto server_events = r.take_events();
+  REQUIRE(server_events.size() == 1);
+  CHECK(server_events[0].reason ==
+        "server 0 (127.0.0.1:1) was lost (connection reset by the peer)");
   CHECK(r.epoch() == 2);
   // The job is full for good: ids are not reused.
   CHECK_THROWS_AS(r.identify(reg(net::Role::kWorker), "127.0.0.1:9"), ConfigError);

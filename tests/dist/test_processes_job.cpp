@@ -389,8 +389,23 @@ TEST_CASE("dist: kill -9 of a worker or a server stops the job naming it - lates
     CHECK(Clock::now() - t0 < std::chrono::seconds(15));
     CHECK(no_roles_left(dir / "run"));
     const std::string err = slurp(dir / "err.txt") + slurp(dir / "run/logs/coordinator-0.log");
+    CAPTURE(err);
     CHECK(err.find(victim + " ") != std::string::npos);
     CHECK(err.find("(127.0.0.1:") != std::string::npos);
+    // The job's error (not only the network's log line) names the member, its address and the
+    // cause of the loss, as the coordinator's node saw it end.
+    bool error_names_cause = false;
+    std::istringstream lines(err);
+    for (std::string line; std::getline(lines, line);) {
+      if (line.find("[error]") == std::string::npos) continue;
+      const bool names_member = line.find(victim + " ") != std::string::npos &&
+                                line.find("(127.0.0.1:") != std::string::npos;
+      const bool names_cause = line.find("connection closed by the peer") != std::string::npos ||
+                               line.find("connection reset by the peer") != std::string::npos ||
+                               line.find("write failed") != std::string::npos;
+      error_names_cause = error_names_cause || (names_member && names_cause);
+    }
+    CHECK(error_names_cause);
     const CheckpointData d =
         read_checkpoint(dir / "run/checkpoints/latest/checkpoint.h5", tiny_layout(), false);
     CHECK(d.meta.step >= 2);

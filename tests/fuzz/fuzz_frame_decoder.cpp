@@ -23,11 +23,12 @@
 // A random mutation almost never carries valid CRC32Cs, which would leave the payload parser
 // unexplored behind the checksums. So each input is also run (a) with the header CRC and the
 // payload CRC (trailer) of every complete frame in it recomputed, through all of the above, and
-// (b) as a bare payload: parse_payload(type = 1 + first byte % 21, the rest), which must throw
-// ProtocolError or re-encode to the same bytes.
+// (b) as a bare payload: parse_payload(type = 1 + first byte % 24, the rest), which must throw
+// ProtocolError or re-encode to the same bytes (the retired types 12 and 13 always throw).
 //
 // Extra flag (removed before libFuzzer sees argv): -write_seeds=DIR writes a seed corpus of
-// valid frames (one per message type, a stream of several, auth frames) into DIR first.
+// valid frames (one per message type, a stream of several, auth frames, a frame of each retired
+// type) into DIR first.
 #include "common/net/auth.hpp"
 #include "common/proto/codec.hpp"
 #include "common/proto/frame_decoder.hpp"
@@ -211,8 +212,6 @@ std::vector<Message> seed_messages() {
       NormReport{1, 5, 2.5, 256, -1},
       StepCommit{5, {0, 1, 3}, 1.58, 0.75f},
       StepApplied{1, 5, 6, 3e-4},
-      CheckpointRequest{9, 6},
-      CheckpointReply{9, 1, 6, r, {1, 2, 3}, {4, 5, 6}, {7, 8, 9}},
       Shutdown{"done"},
       Failure{4, "disk full"},
       CheckpointShard{10, 6, "/run/checkpoints/step-00000006.tmp"},
@@ -246,6 +245,14 @@ void write_seeds(const std::filesystem::path& dir) {
   auto truncated = encode(seed_messages()[4]);
   truncated.resize(truncated.size() - 5);
   write_seed(dir, "seed-truncated", truncated);
+  // Frames of the retired types, CRCs intact: refused from the header.
+  for (const uint16_t t : {uint16_t{12}, uint16_t{13}}) {
+    auto retired = encode(PullRequest{9, 6, {4, 7}});
+    std::memcpy(retired.data() + 6, &t, 2);
+    const uint32_t header_crc = crc32c(retired.data(), 20);
+    std::memcpy(retired.data() + 20, &header_crc, 4);
+    write_seed(dir, std::string("seed-retired-") + retired_type_name(t), retired);
+  }
   const net::Nonce n{1, 2, 3};
   write_seed(dir, "seed-auth-hello",
              net::encode_auth(net::AuthHello{kProtocolVersion, net::Role::kWorker, n}));

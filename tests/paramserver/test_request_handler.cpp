@@ -13,6 +13,8 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <span>
+#include <string>
 
 using namespace ptrain;
 using net::coordinator_endpoint;
@@ -130,7 +132,20 @@ TEST_CASE("paramserver: a whole step through the request handler") {
   const proto::KeyRange r{16, 48};
   const size_t n = static_cast<size_t>(r.size());
   const auto w0 = randn(n, 4);
-  RequestHandler h(with_state(1, r, w0), plain_rule(r));
+  // The shard writer records what it was given: the state a checkpoint of that version holds.
+  struct Written {
+    std::string dir;
+    int64_t version = -1;
+    std::vector<float> w, m, v;
+  };
+  std::vector<Written> written;
+  ServerOptions so = with_state(1, r, w0);
+  so.write_shard = [&](const std::string& dir, int64_t version, std::span<const float> w,
+                       std::span<const float> m, std::span<const float> v) {
+    written.push_back({dir, version, {w.begin(), w.end()}, {m.begin(), m.end()},
+                       {v.begin(), v.end()}});
+  };
+  RequestHandler h(so, plain_rule(r));
 
   // A pull before the shard is loaded waits; LoadShard answers it after ShardLoaded.
   CHECK(h.handle(worker_endpoint(0), proto::PullRequest{5, 0, r}).empty());
@@ -185,15 +200,41 @@ TEST_CASE("paramserver: a whole step through the request handler") {
   }
   CHECK(h.store().version() == 1);
 
-  // Checkpoint of the current version: weights and moments.
-  out = h.handle(coordinator_endpoint(), proto::CheckpointRequest{3, 1});
-  const auto& ck = only<proto::CheckpointReply>(out, coordinator_endpoint());
-  CHECK(ck.weights == later.weights);
-  CHECK(ck.range == r);
-  CHECK(ck.m.size() == n);
-  CHECK(ck.m[0] == doctest::Approx(0.1 * 0.5 * mean[0]).epsilon(1e-5));
-  // A checkpoint of a future version waits for it.
-  CHECK(h.handle(coordinator_endpoint(), proto::CheckpointRequest{4, 2}).empty());
+  // A checkpoint shard of the current version: the writer gets the weights and moments after the
+  // step.
+  out = h.handle(coordinator_endpoint(), proto::CheckpointShard{3, 1, "/run/step-1.tmp"});
+  const auto& ack = only<proto::CheckpointShardWritten>(out, coordinator_endpoint());
+  CHECK(ack.request_id == 3);
+  CHECK(ack.version == 1);
+  CHECK(ack.range == r);
+  REQUIRE(written.size() == 1);
+  CHECK(written[0].dir == "/run/step-1.tmp");
+  CHECK(written[0].version == 1);
+  CHECK(written[0].w == std::vector<float>(later.weights.begin(), later.weights.end()));
+  REQUIRE(written[0].m.size() == n);
+  REQUIRE(written[0].v.size() == n);
+  CHECK(written[0].m[0] == doctest::Approx(0.1 * 0.5 * mean[0]).epsilon(1e-5));
+  CHECK(written[0].v[0] == doctest::Approx(0.05 * 0.25 * mean[0] * mean[0]).epsilon(1e-5));
+  // A checkpoint of a future version waits for it: nothing is written until the step that
+  // produces that version is committed, then the shard follows StepApplied.
+  CHECK(h.handle(coordinator_endpoint(), proto::CheckpointShard{4, 2, "/run/step-2.tmp"}).empty());
+  CHECK(written.size() == 1);
+  CHECK(only<proto::PushReceived>(h.handle(worker_endpoint(0), proto::GradPush{1, 0, 0, 10, r, g0}),
+                                  coordinator_endpoint())
+            .step == 1);
+  only<proto::NormReport>(h.handle(coordinator_endpoint(), proto::StepContributors{1, 0, {0}}),
+                          coordinator_endpoint());
+  out = h.handle(coordinator_endpoint(), proto::StepCommit{1, {0}, 1.0, 1.0f});
+  REQUIRE(out.size() == 2);
+  CHECK(std::get<proto::StepApplied>(out[0].message).version == 2);
+  CHECK(out[1].to == coordinator_endpoint());
+  const auto& ack2 = std::get<proto::CheckpointShardWritten>(out[1].message);
+  CHECK(ack2.request_id == 4);
+  CHECK(ack2.version == 2);
+  REQUIRE(written.size() == 2);
+  CHECK(written[1].dir == "/run/step-2.tmp");
+  CHECK(written[1].version == 2);
+  CHECK(written[1].w != written[0].w);
 
   CHECK_FALSE(h.stopped());
   h.handle(coordinator_endpoint(), proto::Shutdown{"done"});
@@ -222,9 +263,6 @@ TEST_CASE("paramserver: refusals and protocol violations") {
   CHECK(failure(h.handle(worker_endpoint(2), proto::PullRequest{1, 4, {4, 12}}),
                 worker_endpoint(2))
             .find("outside the shard") != std::string::npos);
-  CHECK(failure(h.handle(coordinator_endpoint(), proto::CheckpointRequest{1, 3}),
-                coordinator_endpoint())
-            .find("version 3 requested") != std::string::npos);
   h.handle(worker_endpoint(0), proto::GradPush{4, 2, 0, 8, r, g});
   CHECK(failure(h.handle(worker_endpoint(0), proto::GradPush{4, 2, 0, 8, r, g}),
                 worker_endpoint(0))
