@@ -281,6 +281,9 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
       s->tick.expires_after(opt.heartbeat);
       co_await s->tick.async_wait(nothrow_awaitable);
       if (!s->open) co_return;
+      // Stopping (close() half-closed the socket): a heartbeat now would fail and drop the
+      // session at once, closing it on unread bytes: a reset that can cost the peer our last frames.
+      if (closing) continue;
       if (Clock::now() - s->last_rx > opt.peer_timeout) {
         drop(s, fmt::format("missed heartbeats for {:g} s", secs(opt.peer_timeout)));
         co_return;
@@ -638,9 +641,27 @@ void TcpNode::close() {
     std::unique_lock lock(im.send_mu);
     im.send_cv.wait_until(lock, deadline, [&] { return im.queued_total <= 0; });
   }
+  // A lingering close: send FIN after the flushed frames and give the peers (≤ 3 s) to read them
+  // and close their ends, our readers draining what they still send (heartbeats). Closing a socket
+  // that holds unread bytes makes the kernel send a reset, and a reset can make the peer's kernel
+  // discard frames it has received but not yet handed to the peer: the goodbye would be lost.
   asio::post(im.io, [impl = impl_] {
     boost::system::error_code ignored;
     if (impl->acceptor) impl->acceptor->close(ignored);
+    for (const auto& s : impl->sessions) s->sock.shutdown(tcp::socket::shutdown_send, ignored);
+  });
+  const auto linger_until = Clock::now() + std::chrono::seconds(3);
+  while (Clock::now() < linger_until) {
+    auto none_left = std::make_shared<std::promise<bool>>();
+    std::future<bool> answer = none_left->get_future();
+    asio::post(im.io, [impl = impl_, none_left] { none_left->set_value(impl->sessions.empty()); });
+    if (answer.wait_for(std::chrono::milliseconds(200)) != std::future_status::ready ||
+        answer.get()) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  asio::post(im.io, [impl = impl_] {
     auto all = impl->sessions;
     for (const auto& s : all) impl->drop(s, "this role is stopping");
   });
