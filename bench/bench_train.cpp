@@ -292,10 +292,7 @@ int run_bench_train(const BenchTrainOptions& o) {
   const ParamLayout layout(dims);
   const int64_t B = config.train.batch_size, T = dims.T;
   const int64_t mb = std::min(config.train.micro_batch, B);
-  auto backend = o.device.empty()
-                     ? make_backend(device_type_name(config.device.type),
-                                    static_cast<int>(config.run.threads), "device.type")
-                     : make_backend(o.device, static_cast<int>(config.run.threads), "--device");
+  auto backend = make_backend_for(o.device, config);
   std::unique_ptr<TimingBackend> timing;
   if (o.profile) timing = std::make_unique<TimingBackend>(*backend);
   Backend& compute = timing ? static_cast<Backend&>(*timing) : *backend;

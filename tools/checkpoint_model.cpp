@@ -67,9 +67,4 @@ void read_windows(const TokenFile& tf, int64_t first, int64_t n, int64_t T, int6
   }
 }
 
-std::unique_ptr<Backend> tool_backend(const std::string& device_flag, const Config& config) {
-  if (!device_flag.empty()) return make_backend(device_flag, config.run.threads, "--device");
-  return make_backend(device_type_name(config.device.type), config.run.threads, "device.type");
-}
-
 }  // namespace ptrain::tools

@@ -46,9 +46,4 @@ void check_token_file_vocab(const TokenFile& tf, const CheckpointModel& cm);
 void read_windows(const TokenFile& tf, int64_t first, int64_t n, int64_t T, int64_t vocab,
                   std::vector<int32_t>& out);
 
-// The backend a tool computes on: `device_flag` (--device) when non-empty, else the config's
-// device.type (for a checkpoint: the config stored in it), with run.threads threads. UsageError /
-// NotImplementedError for a device that is no device or not built (worker/backend/backend_factory.hpp).
-std::unique_ptr<Backend> tool_backend(const std::string& device_flag, const Config& config);
-
 }  // namespace ptrain::tools

@@ -5,6 +5,7 @@
 #include "common/error.hpp"
 #include "common/io/token_file.hpp"
 #include "tools/checkpoint_model.hpp"
+#include "worker/backend/backend_factory.hpp"
 #include "worker/model/backend.hpp"
 #include "worker/model/gpt.hpp"
 
@@ -30,7 +31,7 @@ EvalResult evaluate(const EvalOptions& o) {
     throw DataError(fmt::format("{} has {} tokens: no complete window of T+1 = {} tokens", tf.path(),
                                 tf.size(), T + 1));
   }
-  auto backend = tool_backend(o.device, cm.config);
+  auto backend = make_backend_for(o.device, cm.config);
   const int64_t micro = std::clamp<int64_t>(cm.config.train.micro_batch, 1, windows);
   Gpt gpt(layout, *backend, micro);
   GptState state(layout, *backend);

@@ -3,6 +3,7 @@
 
 #include "common/error.hpp"
 #include "tools/checkpoint_model.hpp"
+#include "worker/backend/backend_factory.hpp"
 #include "worker/model/backend.hpp"
 #include "worker/model/gpt.hpp"
 
@@ -94,7 +95,7 @@ GenerateResult generate(const GenerateOptions& o) {
   }
   sampler.rng.seed(seed);
 
-  auto backend = tool_backend(o.device, cm.config);
+  auto backend = make_backend_for(o.device, cm.config);
   GptState state(layout, *backend);
   state.upload_params(cm.params);
   GptDecoder decoder(layout, *backend);

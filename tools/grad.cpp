@@ -6,6 +6,7 @@
 #include "common/io/token_file.hpp"
 #include "common/util/hash.hpp"
 #include "tools/checkpoint_model.hpp"
+#include "worker/backend/backend_factory.hpp"
 #include "worker/model/backend.hpp"
 #include "worker/model/gpt.hpp"
 
@@ -31,7 +32,7 @@ GradResult write_grad(const GradOptions& o) {
   std::vector<int32_t> inputs;
   read_windows(tf, 0, B, T, layout.dims().V, inputs);
 
-  auto backend = tool_backend(o.device, cm.config);
+  auto backend = make_backend_for(o.device, cm.config);
   const int64_t micro = std::clamp<int64_t>(cm.config.train.micro_batch, 1, B);
   Gpt gpt(layout, *backend, micro);
   GptState state(layout, *backend);

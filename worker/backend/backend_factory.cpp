@@ -51,4 +51,10 @@ std::unique_ptr<Backend> make_backend(const std::string& device, int threads,
   return make_cpu_backend(threads);  // the only device built
 }
 
+std::unique_ptr<Backend> make_backend_for(const std::string& device_flag, const Config& config) {
+  const int threads = static_cast<int>(config.run.threads);
+  if (!device_flag.empty()) return make_backend(device_flag, threads, "--device");
+  return make_backend(device_type_name(config.device.type), threads, "device.type");
+}
+
 }  // namespace ptrain

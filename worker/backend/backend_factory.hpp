@@ -4,6 +4,7 @@
 // refused naming the value and the valid ones.
 #pragma once
 
+#include "common/config/config.hpp"
 #include "worker/model/backend.hpp"
 
 #include <memory>
@@ -21,5 +22,9 @@ void check_device(const std::string& device, const std::string& origin = "device
 // Throws as check_device.
 std::unique_ptr<Backend> make_backend(const std::string& device, int threads,
                                       const std::string& origin = "device");
+
+// The backend of a tool or a benchmark run in this process: `device_flag` (--device) when given,
+// else the config's device.type; run.threads threads (0 = all cores). Messages name the origin.
+std::unique_ptr<Backend> make_backend_for(const std::string& device_flag, const Config& config);
 
 }  // namespace ptrain
