@@ -3,7 +3,6 @@
 
 #include "common/error.hpp"
 #include "common/io/token_file.hpp"
-#include "worker/backend/backend_factory.hpp"
 
 #include <filesystem>
 
