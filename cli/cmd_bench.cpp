@@ -12,7 +12,7 @@
 namespace ptrain::cli {
 
 void add_bench_command(CLI::App& app, Action& action) {
-  auto* bench = app.add_subcommand("bench", "Benchmarks: a training step of a config's model, sgemm");
+  auto* bench = app.add_subcommand("bench", "Benchmarks: the training step of a config's model (train; --compare-launch: processes vs threads), the data plane vs raw TCP (ps), sgemm");
   bench->require_subcommand(1);
 
   auto targs = std::make_shared<BenchTrainOptions>();
