@@ -4,6 +4,7 @@
 // left behind or overwritten. Results are checked against the libraries where that is cheap (the
 // windows in /inputs, padded-row gradients, the greedy continuation recomputed with GptDecoder).
 // Also `bench train --tokens` against `ptrain run` on the same token file (the same step).
+#include "support/ptrain_process.hpp"
 #include "common/error.hpp"
 #include "common/io/checkpoint_format.hpp"
 #include "common/io/hdf5.hpp"
@@ -43,32 +44,13 @@ struct Result {
   std::string out, err;
 };
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using test::slurp;
 
 // Runs ptrain with `args`, stdout and stderr captured through files (no pipe to deadlock on).
 Result run_ptrain(const std::vector<std::string>& args, const fs::path& work) {
   const fs::path out = work / "stdout.txt", err = work / "stderr.txt";
-  std::vector<std::string> full{PTRAIN_TEST_BINARY};
-  full.insert(full.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : full) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&fa, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  pid_t pid = -1;
+  const int status = test::wait_ptrain_status(test::start_ptrain(args, err, out));
   Result r;
-  const int rc = posix_spawn(&pid, PTRAIN_TEST_BINARY, &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  REQUIRE_MESSAGE(rc == 0, "cannot start " << PTRAIN_TEST_BINARY);
-  int status = 0;
-  waitpid(pid, &status, 0);
   r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   r.out = slurp(out);
   r.err = slurp(err);

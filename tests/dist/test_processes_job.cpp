@@ -2,6 +2,7 @@
 // with free ports. Every test kills what it starts (its own process group) and checks that no
 // role is left behind.
 #include "support/job_test_util.hpp"
+#include "support/ptrain_process.hpp"
 
 #include "common/io/checkpoint_format.hpp"
 #include "common/io/run_checkpoints.hpp"
@@ -42,49 +43,16 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-struct Proc {
-  pid_t pid = -1;
-};
+using Proc = test::PtrainProcess;
 
 // `ptrain ARGS...` in a new process group (so the test can kill everything it started).
 Proc start(const std::vector<std::string>& args, const std::string& err_file) {
-  std::vector<std::string> full{PTRAIN_TEST_BINARY};
-  full.insert(full.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : full) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 2, err_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawnattr_t at;
-  posix_spawnattr_init(&at);
-  posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP);
-  posix_spawnattr_setpgroup(&at, 0);
-  Proc p;
-  const int rc = posix_spawn(&p.pid, PTRAIN_TEST_BINARY, &fa, &at, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  posix_spawnattr_destroy(&at);
-  REQUIRE_MESSAGE(rc == 0, "cannot start " << PTRAIN_TEST_BINARY);
-  return p;
+  return test::start_ptrain(args, err_file);
 }
 
 // Waits up to `limit` for the launcher; kills its group if it hangs (then fails the test).
 int wait_exit(const Proc& p, std::chrono::seconds limit = std::chrono::seconds(120)) {
-  const auto deadline = Clock::now() + limit;
-  int status = 0;
-  for (;;) {
-    const pid_t r = waitpid(p.pid, &status, WNOHANG);
-    if (r == p.pid) break;
-    if (Clock::now() > deadline) {
-      kill(-p.pid, SIGKILL);
-      waitpid(p.pid, &status, 0);
-      FAIL("ptrain did not exit within " << limit.count() << " s");
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  REQUIRE_MESSAGE(WIFEXITED(status), "ptrain died by signal " << WTERMSIG(status));
-  return WEXITSTATUS(status);
+  return test::wait_ptrain(p, limit);
 }
 
 // pids of `ptrain` processes whose command line mentions `needle` (the run's folder).
@@ -113,12 +81,7 @@ bool no_roles_left(const std::string& run_dir) {
   return false;
 }
 
-std::string slurp(const std::string& file) {
-  std::ifstream in(file);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using test::slurp;
 
 std::string write_config(const TempDir& dir, int64_t steps, const std::string& launch,
                          const std::string& rundir = "run") {

@@ -3,6 +3,7 @@
 // built yet are refused; SIGTERM stops at the next step with a checkpoint and exit 0, and the
 // next `ptrain run` (checkpoint.resume: auto) continues from it.
 #include "support/job_test_util.hpp"
+#include "support/ptrain_process.hpp"
 
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
@@ -25,42 +26,14 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct Proc {
-  pid_t pid = -1;
-  std::string err_file;
-};
+using test::slurp;
+using Proc = test::PtrainProcess;
 
 Proc start(const std::vector<std::string>& args, const std::string& err_file) {
-  std::vector<std::string> full{PTRAIN_TEST_BINARY};
-  full.insert(full.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : full) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 2, err_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  Proc p;
-  p.err_file = err_file;
-  const int rc = posix_spawn(&p.pid, PTRAIN_TEST_BINARY, &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  REQUIRE_MESSAGE(rc == 0, "cannot start " << PTRAIN_TEST_BINARY);
-  return p;
+  return test::start_ptrain(args, err_file);
 }
 
-int wait_exit(const Proc& p) {
-  int status = 0;
-  REQUIRE(waitpid(p.pid, &status, 0) == p.pid);
-  REQUIRE_MESSAGE(WIFEXITED(status), "ptrain died by signal " << WTERMSIG(status));
-  return WEXITSTATUS(status);
-}
-
-std::string slurp(const std::string& file) {
-  std::ifstream in(file);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+int wait_exit(const Proc& p) { return test::wait_ptrain(p); }
 
 std::string write_config(const TempDir& dir, int64_t steps) {
   write_corpus(dir / "train.tok", 20000, 7);
