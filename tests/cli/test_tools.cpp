@@ -4,6 +4,7 @@
 // left behind or overwritten. Results are checked against the libraries where that is cheap (the
 // windows in /inputs, padded-row gradients, the greedy continuation recomputed with GptDecoder).
 // Also `bench train --tokens` against `ptrain run` on the same token file (the same step).
+#include "support/checkpoint_test_util.hpp"
 #include "support/ptrain_process.hpp"
 #include "common/error.hpp"
 #include "common/io/checkpoint_format.hpp"
@@ -110,17 +111,6 @@ nlohmann::json parse_one_json(const Result& r) {
   REQUIRE_NOTHROW(j = nlohmann::json::parse(r.out));
   REQUIRE(j.is_object());
   return j;
-}
-
-// Adds 1 to element 0 of a dataset without touching its crc32c attribute.
-void damage(const std::string& file, const std::string& rel) {
-  h5::File f = h5::File::open(file, h5::Access::kReadWrite);
-  h5::Dataset ds = f.open_dataset(rel);
-  std::vector<float> v(static_cast<size_t>(ds.size()));
-  ds.read(v);
-  v[0] += 1.0f;
-  ds.write(v);
-  f.close();
 }
 
 // No file in `dir` whose name contains ".tmp" (an atomic write's leftovers).
@@ -314,7 +304,7 @@ TEST_CASE("tools grad: refusals name the file and leave no output") {
   CHECK(slurp(out) == before);
 
   // A damaged checkpoint.
-  damage(fx.ckpt, "model/transformer.h.1.attn.c_proj.weight");
+  testing::poke_value(fx.ckpt, "model/transformer.h.1.attn.c_proj.weight");
   r = fx.run({"grad", "--checkpoint", fx.ckpt, "--data", fx.tok, "--batch-size", "2", "--out", out});
   CHECK(r.rc == 6);
   CHECK_MESSAGE(contains(r.err, "transformer.h.1.attn.c_proj.weight"), r.err);
@@ -532,14 +522,14 @@ TEST_CASE("tools bench train --tokens: the step of `ptrain run` on the same wind
 TEST_CASE("tools: every tool refuses a damaged or missing checkpoint and names it") {
   Fixture fx;
   fx.init();
-  damage(fx.ckpt, "optimizer/m/transformer.wpe.weight");
+  testing::poke_value(fx.ckpt, "optimizer/m/transformer.wpe.weight");
   // Moments are checked where they are read (inspect --optimizer); the weights still serve eval.
   Result r = fx.run({"inspect", fx.ckpt, "--optimizer"});
   CHECK(r.rc == 6);
   CHECK_MESSAGE(contains(r.err, "optimizer/m/transformer.wpe.weight"), r.err);
   CHECK(fx.run({"eval", "--checkpoint", fx.ckpt, "--data", fx.tok}).rc == 0);
 
-  damage(fx.ckpt, "model/transformer.wte.weight");
+  testing::poke_value(fx.ckpt, "model/transformer.wte.weight");
   for (const auto& args : std::vector<std::vector<std::string>>{
            {"inspect", fx.ckpt},
            {"eval", "--checkpoint", fx.ckpt, "--data", fx.tok},

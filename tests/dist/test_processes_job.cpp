@@ -1,6 +1,7 @@
 // `cluster.launch: processes` end to end (label `dist`): real `ptrain` processes on 127.0.0.1
 // with free ports. Every test kills what it starts (its own process group) and checks that no
 // role is left behind.
+#include "support/http_get.hpp"
 #include "support/job_test_util.hpp"
 #include "support/ptrain_process.hpp"
 
@@ -377,21 +378,7 @@ TEST_CASE("dist: kill -9 of a worker or a server stops the job naming it - lates
 
 namespace {
 
-std::string http_get(const std::string& host_port, const std::string& target) {
-  const int fd = dial(host_port);
-  const std::string req = "GET " + target + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-  send_all(fd, std::vector<std::byte>(reinterpret_cast<const std::byte*>(req.data()),
-                                      reinterpret_cast<const std::byte*>(req.data()) + req.size()));
-  std::string out;
-  char buf[4096];
-  for (;;) {
-    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-    if (n <= 0) break;
-    out.append(buf, static_cast<size_t>(n));
-  }
-  close(fd);
-  return out;
-}
+using test::http_get;
 
 double metric(const std::string& page, const std::string& name) {
   std::istringstream in(page);

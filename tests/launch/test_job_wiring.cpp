@@ -2,6 +2,7 @@
 // each server writes shard-K.h5, the coordinator publishes checkpoint.h5 over them; the
 // coordinator serves /metrics and /status on RUN_DIR/status.addr while the job runs.
 #include "common/io/checkpoint_format.hpp"
+#include "support/http_get.hpp"
 #include "support/job_test_util.hpp"
 #include "status/status_http.hpp"
 #include "launch/threads_job.hpp"
@@ -24,30 +25,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// GET `target` from HOST:PORT (IPv4) with a raw socket; returns the whole answer.
-std::string http_get(const std::string& host_port, const std::string& target) {
-  const net::HostPort hp = net::parse_host_port(host_port, "test address");
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(hp.port);
-  REQUIRE(inet_pton(AF_INET, hp.host.c_str(), &a.sin_addr) == 1);
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  timeval tv{5, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  const std::string req = "GET " + target + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-  REQUIRE(::send(fd, req.data(), req.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(req.size()));
-  std::string out;
-  char buf[4096];
-  for (;;) {
-    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-    if (n <= 0) break;
-    out.append(buf, static_cast<size_t>(n));
-  }
-  close(fd);
-  return out;
-}
+using test::http_get;
 
 std::string body_of(const std::string& answer) {
   const size_t at = answer.find("\r\n\r\n");
