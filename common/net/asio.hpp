@@ -25,6 +25,8 @@
 
 #include <chrono>
 #include <cstdint>
+#include <exception>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -57,19 +59,45 @@ class TimeoutError : public Error {
 // cancellation slot (socket reads/writes, timers, resolves all honour it), so nothing is left
 // running on the socket afterwards. Exceptions from `op` propagate unchanged.
 //   auto n = co_await with_deadline(asio::async_read(sock, buf, use_awaitable), 10s, "auth hello");
+// Why `op` is wrapped: Asio's awaitable `||` waits for the first operation that *succeeds*, so an
+// operation that failed at once (a refused handshake) would sit until the timer fired and then be
+// reported as a timeout, hiding the true reason for the whole deadline. The wrapper turns the
+// failure into a value, so `||` ends at once, and it is rethrown here unchanged.
 template <class T>
 awaitable<T> with_deadline(awaitable<T> op, Clock::duration limit, std::string_view what) {
   using namespace asio::experimental::awaitable_operators;
+  using Value = std::conditional_t<std::is_void_v<T>, std::monostate, T>;
+  // A struct, not a std::variant: `||` flattens variant results into its own.
+  struct Outcome {
+    std::optional<Value> value;
+    std::exception_ptr error;
+  };
+  auto caught = [](awaitable<T> inner) -> awaitable<Outcome> {
+    Outcome out;
+    try {
+      if constexpr (std::is_void_v<T>) {
+        co_await std::move(inner);
+        out.value.emplace();
+      } else {
+        out.value.emplace(co_await std::move(inner));
+      }
+    } catch (...) {
+      out.error = std::current_exception();
+    }
+    co_return out;
+  };
   asio::steady_timer timer(co_await asio::this_coro::executor);
   timer.expires_after(limit);
-  auto result = co_await (std::move(op) || timer.async_wait(use_awaitable));
+  auto result = co_await (caught(std::move(op)) || timer.async_wait(use_awaitable));
   if (result.index() == 1) {
     throw TimeoutError(fmt::format(
         "{} timed out after {} ms", what,
         std::chrono::duration_cast<std::chrono::milliseconds>(limit).count()));
   }
+  Outcome& outcome = std::get<0>(result);
+  if (outcome.error) std::rethrow_exception(outcome.error);
   if constexpr (!std::is_void_v<T>) {
-    co_return std::get<0>(std::move(result));
+    co_return std::move(*outcome.value);
   }
 }
 

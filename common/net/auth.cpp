@@ -18,6 +18,9 @@ namespace ptrain::net {
 namespace {
 
 constexpr std::string_view kProofLabel = "ptrain-auth-v1";
+// The words every wrong-secret refusal starts with, on both sides, so a user (and a test) finds
+// the true reason whichever side's log they read.
+constexpr std::string_view kSecretMismatch = "the job secret does not match";
 constexpr size_t kMaxSecretFile = 4096;
 
 enum class Kind : uint8_t { kHello = 1, kChallenge = 2, kProof = 3, kResult = 4 };
@@ -424,9 +427,15 @@ AuthStep ClientHandshake::on_frame(const AuthFrame& frame) {
     if (!verify_proof(secret_, AuthSide::kServer, c->role, nonce_, c->nonce, c->proof)) {
       step.state = AuthState::kRefused;
       step.reason = fmt::format(
-          "the {} does not know this job's secret (its proof does not match): wrong "
+          "{}: the {} does not know this job's secret (its proof does not match): wrong "
           "--secret-file, or not the job you meant to join",
-          role_name(c->role));
+          kSecretMismatch, role_name(c->role));
+      // Tell the server at once, so it reports the true reason rather than waiting for a Proof
+      // until its handshake deadline.
+      step.send = encode_auth(AuthResult{
+          false, fmt::format("{}: the {} refused this {}'s proof (the two hold different "
+                             "secrets: wrong --secret-file, or another job's address?)",
+                             kSecretMismatch, role_name(self_), role_name(c->role))});
       return step;
     }
     step.send = encode_auth(
@@ -479,13 +488,24 @@ AuthStep ServerHandshake::on_frame(const AuthFrame& frame) {
     if (!greeted_) return refuse("an auth Proof before the Hello");
     if (!verify_proof(secret_, AuthSide::kClient, client_role_, nonce_, client_nonce_,
                       p->proof)) {
-      return refuse(fmt::format("authentication failed: the {}'s proof does not match this "
-                                "job's secret (wrong or missing --secret-file?)",
-                                role_name(client_role_)));
+      return refuse(fmt::format("{}: the {}'s proof does not match this job's secret (wrong or "
+                                "missing --secret-file?)",
+                                kSecretMismatch, role_name(client_role_)));
     }
     AuthStep step;
     step.state = AuthState::kAccepted;
     step.send = encode_auth(AuthResult{true, ""});
+    return step;
+  }
+  if (const auto* r = std::get_if<AuthResult>(&frame)) {
+    // The client gave up on us (it found our proof wrong): its reason is the true one. Nothing is
+    // sent back: the client has already closed.
+    AuthStep step;
+    step.state = AuthState::kRefused;
+    step.reason = r->accepted ? std::string("the client sent an accepting auth Result "
+                                            "(protocol violation)")
+                              : fmt::format("refused by the {}: {}", role_name(client_role_),
+                                            r->reason);
     return step;
   }
   return refuse("unexpected auth frame from the client");

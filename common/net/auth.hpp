@@ -17,6 +17,7 @@
 //   server → client  Challenge  {server role, server nonce Ns, server proof Ps}
 //                 or Result     {refused, reason}          (e.g. protocol versions differ)
 //   client → server  Proof      {client proof Pc}          (only after Ps checked out)
+//                 or Result     {refused, reason}          (Ps did not check out: wrong secret)
 //   server → client  Result     {accepted | refused, reason}
 // with, for a prover on side D (1 = client, 2 = server) in role R:
 //   proof = HMAC-SHA256(secret, "ptrain-auth-v1" || u8 D || u8 R || peer's nonce || own nonce)
@@ -191,7 +192,8 @@ class ClientHandshake {
   // The Hello frame, the first bytes the client writes.
   std::vector<std::byte> hello() const;
   // Challenge → verifies the server's proof, answers with the Proof frame (kContinue) or refuses
-  // (the server does not know the secret). Result → kAccepted or kRefused with the server's
+  // (the server does not know the secret; `send` then holds a refusing Result for the server,
+  // so that both sides say "the job secret does not match" at once). Result → kAccepted or kRefused with the server's
   // reason. Anything out of order → kRefused.
   AuthStep on_frame(const AuthFrame& frame);
   Role server_role() const { return server_role_; }
@@ -209,7 +211,8 @@ class ServerHandshake {
   ServerHandshake(Secret secret, Role self, Nonce nonce = random_nonce());
   // Hello → Challenge (kContinue), or a refusing Result when the protocol versions differ.
   // Proof → Result accepted (kAccepted) or refused (kRefused: wrong secret). Anything out of order
-  // → kRefused with a Result frame to send.
+  // → kRefused with a Result frame to send. A refusing Result from the client (it found our proof
+  // wrong) → kRefused with the client's reason and nothing to send.
   AuthStep on_frame(const AuthFrame& frame);
   Role client_role() const { return client_role_; }
 

@@ -207,26 +207,30 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
     co_await asio::async_write(s->sock, asio::buffer(b), use_awaitable);
   }
 
+  // Sends what a handshake step produced and says whether the handshake is over. A refusal's
+  // last words (a Result naming the reason) are written without caring whether the peer still
+  // listens: the reason thrown is ours, not a broken pipe.
+  awaitable<bool> after_step(const SessionPtr& s, const AuthStep& step) {
+    if (step.state == AuthState::kRefused) {
+      if (!step.send.empty()) {
+        (void)co_await asio::async_write(s->sock, asio::buffer(step.send), nothrow_awaitable);
+      }
+      throw IoError(step.reason);
+    }
+    if (!step.send.empty()) co_await write_bytes(s, step.send);
+    co_return step.state == AuthState::kAccepted;
+  }
+
   awaitable<void> server_handshake(SessionPtr s) {
     ServerHandshake hs(secret, opt.self_role);
-    for (;;) {
-      AuthFrame f = co_await read_auth(s);
-      AuthStep step = hs.on_frame(f);
-      if (!step.send.empty()) co_await write_bytes(s, step.send);
-      if (step.state == AuthState::kAccepted) co_return;
-      if (step.state == AuthState::kRefused) throw IoError(step.reason);
+    while (!co_await after_step(s, hs.on_frame(co_await read_auth(s)))) {
     }
   }
 
   awaitable<void> client_handshake(SessionPtr s) {
     ClientHandshake hs(secret, opt.self_role);
     co_await write_bytes(s, hs.hello());
-    for (;;) {
-      AuthFrame f = co_await read_auth(s);
-      AuthStep step = hs.on_frame(f);
-      if (!step.send.empty()) co_await write_bytes(s, step.send);
-      if (step.state == AuthState::kAccepted) co_return;
-      if (step.state == AuthState::kRefused) throw IoError(step.reason);
+    while (!co_await after_step(s, hs.on_frame(co_await read_auth(s)))) {
     }
   }
 

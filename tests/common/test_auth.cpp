@@ -84,6 +84,11 @@ Outcome run_handshake(ClientHandshake& c, ServerHandshake& s) {
   REQUIRE(!ss.send.empty());
   AuthStep cs = c.on_frame(decode_bytewise(ss.send));
   o.client = cs.state, o.client_reason = cs.reason;
+  if (cs.state == AuthState::kRefused && !cs.send.empty()) {  // the client's parting words
+    ss = s.on_frame(decode_bytewise(cs.send));
+    o.server = ss.state, o.server_reason = ss.reason;
+    CHECK(ss.send.empty());
+  }
   if (cs.state != AuthState::kContinue || ss.state != AuthState::kContinue) return o;
   ss = s.on_frame(decode_bytewise(cs.send));
   o.server = ss.state, o.server_reason = ss.reason;
@@ -168,6 +173,9 @@ TEST_CASE("auth: a wrong secret is refused by either side") {
     const Outcome o = run_handshake(c, s);
     CHECK(o.client == AuthState::kRefused);
     CHECK(o.client_reason.find("does not know this job's secret") != std::string::npos);
+    // The server hears of it at once from the client's refusal, with the same words.
+    CHECK(o.server == AuthState::kRefused);
+    CHECK(o.server_reason.find("the job secret does not match") != std::string::npos);
   }
   SUBCASE("the server refuses a client whose proof uses another secret") {
     const Nonce cn = random_nonce();
@@ -200,7 +208,10 @@ TEST_CASE("auth: tampered - replayed and reflected proofs are refused") {
     ch.send.back() ^= std::byte{0x80};  // the last byte of the Challenge is the proof's
     const AuthStep cs = c.on_frame(decode_one(ch.send));
     CHECK(cs.state == AuthState::kRefused);
-    CHECK(cs.send.empty());  // the client proves nothing to an impostor
+    // The client proves nothing to an impostor: it only says why it leaves.
+    const auto said = std::get<AuthResult>(decode_one(cs.send));
+    CHECK_FALSE(said.accepted);
+    CHECK(said.reason.find("the job secret does not match") != std::string::npos);
   }
   SUBCASE("a bit flipped in the client's proof") {
     ClientHandshake c(secret, Role::kWorker);
