@@ -7,6 +7,7 @@
 #include "common/proto/codec.hpp"
 #include "common/tensor/param_layout.hpp"
 #include "common/util/fs.hpp"
+#include "common/util/run_lock.hpp"
 #include "coordinator/registrar.hpp"
 #include "status/status_http.hpp"
 #include "status/status_service.hpp"
@@ -31,6 +32,8 @@ RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secr
   }
   const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(cfg.data.tokenizer);
   const ParamLayout layout(model_dims(cfg.model, tokenizer->vocab_size()));
+  // One job per run directory: the lock of the `ptrain run` that spawned us (joined), or our own.
+  const RunLock run_lock = RunLock::acquire_or_join_parent(cfg.run.dir);
   std::vector<proto::KeyRange> ranges;
   for (const auto& [b, e] : layout.shard_ranges(cfg.cluster.servers)) ranges.push_back({b, e});
   make_dirs(cfg.run.dir);
@@ -56,7 +59,7 @@ RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secr
       [registrar](const proto::Message& m, const std::string& peer) {
         return registrar->identify(m, peer);
       });
-  write_addr_file((std::filesystem::path(cfg.run.dir) / "coordinator.addr").string(), addr);
+  write_coordinator_addr(cfg.run.dir, addr, run_lock.job_id());
   // The status endpoint on the same host (its own small io_context thread, as in threads mode).
   StatusService status(host, static_cast<uint16_t>(cfg.status.port),
                        (std::filesystem::path(cfg.run.dir) / "status.addr").string());

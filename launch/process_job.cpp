@@ -6,6 +6,7 @@
 #include "common/error.hpp"
 #include "common/net/auth.hpp"
 #include "common/util/fs.hpp"
+#include "common/util/run_lock.hpp"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -110,6 +111,9 @@ class LogFollower {
 
 int run_processes_job(const Config& config, const ProcessJobOptions& o) {
   const fs::path run_dir(config.run.dir);
+  // One job per run directory: taken before anything in it is touched, held until the launcher
+  // exits (its roles die with it); the coordinator it spawns joins this job's id.
+  const RunLock run_lock = RunLock::acquire(run_dir.string());
   make_dirs(run_dir.string());
   make_dirs((run_dir / "logs").string());
   std::string secret_file = o.secret_file;
@@ -184,8 +188,14 @@ int run_processes_job(const Config& config, const ProcessJobOptions& o) {
         throw IoError(fmt::format("the coordinator did not write {} within 60 s; see {}",
                                   addr_file, clog));
       }
-      std::ifstream in(addr_file);
-      if (in) std::getline(in, addr);
+      if (const std::optional<CoordinatorAddr> a = read_coordinator_addr(run_dir.string())) {
+        if (a->job_id != run_lock.job_id()) {
+          throw IoError(fmt::format("{} names job {}, not this job ({}): another job wrote it",
+                                    addr_file, a->job_id.empty() ? "(none)" : a->job_id,
+                                    run_lock.job_id()));
+        }
+        addr = a->host_port;
+      }
       if (addr.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     spdlog::info("coordinator at {} (pid {}); starting {} server(s) and {} worker(s); logs in {}",

@@ -6,6 +6,7 @@
 #include "common/net/inproc_transport.hpp"
 #include "common/net/membership.hpp"
 #include "common/util/fs.hpp"
+#include "common/util/run_lock.hpp"
 #include "status/status_service.hpp"
 #include "paramserver/param_server.hpp"
 #include "paramserver/update_rule.hpp"
@@ -131,7 +132,8 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
   warn_if_oversubscribed(config);
   const auto W = config.cluster.workers;
   const auto S = config.cluster.servers;
-  make_dirs(config.run.dir);
+  // One job per run directory, held until this function returns.
+  const RunLock run_lock = RunLock::acquire(config.run.dir);
 
   spdlog::info("job: {} parameters in {} tensors, {} server(s), {} worker(s) x {} thread(s), "
                "batch {} x {} tokens, {} steps",
