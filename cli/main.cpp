@@ -2,12 +2,14 @@
 // codes (error.hpp). No training logic lives here.
 #include "cli/commands.hpp"
 #include "common/error.hpp"
+#include "common/io/hdf5.hpp"
 #include "common/log.hpp"
 #include "ptrain/build_config.hpp"
 
 #include <exception>
 
 int main(int argc, char** argv) {
+  const ptrain::h5::LibraryGuard hdf5_teardown;  // before static destructors, and safe after errors
   ptrain::init_logging(false);
   CLI::App app{"ptrain: parameter-server pretraining of transformer language models"};
   app.require_subcommand(1);

@@ -17,6 +17,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -33,7 +34,22 @@ struct Child {
   pid_t pid = -1;
   bool done = false;
   int status = 0;
+  bool reported = false;  // its death by a signal was named in the log
 };
+
+// Names every role that died by a signal (a crash: SIGSEGV, SIGABRT, SIGBUS; or a kill from
+// outside), once each, whatever else the job reports: a crash must not pass unnoticed.
+// `we_killed`: the launcher itself sent SIGKILL to the group, which is then no news.
+void report_signal_deaths(std::vector<Child>& children, bool we_killed) {
+  for (auto& c : children) {
+    if (!c.done || c.reported || !WIFSIGNALED(c.status)) continue;
+    c.reported = true;
+    const int sig = WTERMSIG(c.status);
+    if (we_killed && sig == SIGKILL) continue;
+    spdlog::error("{} (pid {}) died by signal {} ({}){}", c.name, c.pid, sig, strsignal(sig),
+                  WCOREDUMP(c.status) ? ", core dumped" : "");
+  }
+}
 
 // fork + exec `argv` in process group `pgid` (0 = a new group led by the child), output to `log`.
 pid_t spawn(const std::vector<std::string>& argv, pid_t pgid, const std::string& log) {
@@ -137,8 +153,10 @@ int run_processes_job(const Config& config, const ProcessJobOptions& o) {
 
   std::vector<Child> children;
   pid_t pgid = 0;
+  bool killed = false;
   auto kill_all = [&](int sig) {
     if (pgid > 0) ::kill(-pgid, sig);
+    killed = killed || sig == SIGKILL;
   };
   auto finish = [&](int rc) {
     // Everyone gets a grace period to exit on their own, then SIGKILL; all are reaped.
@@ -158,6 +176,7 @@ int run_processes_job(const Config& config, const ProcessJobOptions& o) {
         }
       }
     }
+    report_signal_deaths(children, killed);
     for (const auto& c : children) spdlog::debug("{}: {}", c.name, describe(c.status));
     return rc;
   };
@@ -224,6 +243,7 @@ int run_processes_job(const Config& config, const ProcessJobOptions& o) {
     for (;;) {
       follow.poll();
       reap(children);
+      report_signal_deaths(children, killed);
       if (children[0].done) {
         follow.poll();
         break;

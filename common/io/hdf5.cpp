@@ -11,7 +11,9 @@
 #include <hdf5.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <type_traits>
@@ -54,11 +56,48 @@ std::string take_error_stack() {
   return msg.empty() ? std::string("unknown HDF5 error") : msg;
 }
 
-[[noreturn]] void fail(const char* src, int line, const std::string& what) {
-  const std::string stack = take_error_stack();
-  throw IoError(fmt::format("{}: {} [{}:{}]", what, stack,
-                            std::filesystem::path(src).filename().string(), line));
+// The operating system's reason inside an HDF5 error stack ("... errno = 28, error message = 'No
+// space left on device' ..."), as "No space left on device (errno 28)"; "" when there is none.
+std::string os_cause(const std::string& stack) {
+  const auto at = stack.find("errno = ");
+  if (at == std::string::npos) return "";
+  const int err = std::atoi(stack.c_str() + at + 8);
+  if (err <= 0) return "";
+  return fmt::format("{} (errno {})", std::strerror(err), err);
 }
+
+// One line: HDF5 puts a newline inside its driver messages.
+std::string one_line(std::string s) {
+  for (char& c : s) {
+    if (c == '\n' || c == '\r') c = ' ';
+  }
+  return s;
+}
+
+[[noreturn]] void fail(const char* src, int line, const std::string& what) {
+  const std::string stack = one_line(take_error_stack());
+  const std::string cause = os_cause(stack);
+  // The cause a user can act on (a full disk, a permission) comes first; HDF5's stack follows.
+  throw IoError(fmt::format("{}: {}{} [{}:{}]", what, cause.empty() ? "" : cause + "; HDF5: ",
+                            stack, std::filesystem::path(src).filename().string(), line));
+}
+
+// Set once an HDF5 object failed to close (e.g. after ENOSPC): HDF5 1.10 then keeps a
+// half-closed object that its own clean-up at exit would close again and crash on, so
+// LibraryGuard does not tear the library down after that.
+std::atomic<bool> g_close_failed{false};
+// Failed closes in destructors on this thread (they cannot throw), with the last reason:
+// write_file_atomically refuses to rename a file one of whose objects did not close.
+thread_local uint64_t t_swallowed_closes = 0;
+thread_local std::string t_last_swallowed;
+
+// HDF5 must not install its own atexit clean-up: it would run after our static destructors and,
+// after a failed close, crash (LibraryGuard tears it down at the end of main instead). This
+// must come before any other HDF5 call, hence a static initialiser of the file that makes them.
+[[maybe_unused]] const bool kNoAtexit = [] {
+  H5dont_atexit();
+  return true;
+}();
 
 }  // namespace
 }  // namespace ptrain::h5
@@ -164,13 +203,25 @@ std::string TypeInfo::describe() const {
 
 Handle::Handle(Handle&& o) noexcept : id_(o.id_), path_(std::move(o.path_)) { o.id_ = -1; }
 
+namespace {
+// Drops a reference from a destructor (no throwing): a failure is recorded, not lost.
+void release_quietly(hid_t id, const std::string& path) noexcept {
+  silence_errors();
+  if (H5Idec_ref(id) < 0) {
+    g_close_failed = true;
+    ++t_swallowed_closes;
+    try {
+      t_last_swallowed = fmt::format("cannot close {}: {}", path, one_line(take_error_stack()));
+    } catch (...) {
+    }
+  }
+  H5Eclear2(H5E_DEFAULT);
+}
+}  // namespace
+
 Handle& Handle::operator=(Handle&& o) noexcept {
   if (this != &o) {
-    if (id_ >= 0) {
-      silence_errors();
-      H5Idec_ref(id_);
-      H5Eclear2(H5E_DEFAULT);
-    }
+    if (id_ >= 0) release_quietly(id_, path_);
     id_ = o.id_;
     path_ = std::move(o.path_);
     o.id_ = -1;
@@ -179,21 +230,26 @@ Handle& Handle::operator=(Handle&& o) noexcept {
 }
 
 Handle::~Handle() {
-  if (id_ >= 0) {
-    silence_errors();
-    H5Idec_ref(id_);
-    H5Eclear2(H5E_DEFAULT);
-  }
+  if (id_ >= 0) release_quietly(id_, path_);
 }
 
 void Handle::close() {
   if (id_ < 0) return;
   const hid_t id = id_;
   id_ = -1;
-  if (H5Iget_type(id) == H5I_FILE) {
-    PTRAIN_H5_CHECK(H5Fclose(id), "cannot close {}", path_);
-  } else {
-    PTRAIN_H5_CHECK(H5Idec_ref(id), "cannot close {}", path_);
+  try {
+    if (H5Iget_type(id) == H5I_FILE) {
+      // Flushed first, checked: a buffer that cannot reach the disk is an error here, not a
+      // silently short file.
+      PTRAIN_H5_CHECK(H5Fflush(id, H5F_SCOPE_LOCAL), "cannot flush {}", path_);
+      PTRAIN_H5_CHECK(H5Fclose(id), "cannot close {}", path_);
+    } else {
+      PTRAIN_H5_CHECK(H5Idec_ref(id), "cannot close {}", path_);
+    }
+  } catch (...) {
+    g_close_failed = true;
+    if (H5Iis_valid(id) > 0) release_quietly(id, path_);
+    throw;
   }
 }
 
@@ -677,10 +733,16 @@ bool has_hdf5_signature(const std::string& path) {
 void write_file_atomically(const std::string& path, const std::function<void(File&)>& fill) {
   const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
   try {
+    const uint64_t swallowed_before = t_swallowed_closes;
     {
       File f = File::create(tmp);
       fill(f);
       f.close();
+    }
+    // An object of the file that failed to close (in a destructor, which cannot throw) may have
+    // lost its data: the file is not renamed into place.
+    if (t_swallowed_closes != swallowed_before) {
+      throw IoError(fmt::format("not writing {}: {}", path, t_last_swallowed));
     }
     fsync_path(tmp);
     if (::rename(tmp.c_str(), path.c_str()) != 0) {
@@ -692,6 +754,12 @@ void write_file_atomically(const std::string& path, const std::function<void(Fil
   }
   const std::filesystem::path parent = std::filesystem::path(path).parent_path();
   fsync_path(parent.empty() ? "." : parent.string());
+}
+
+LibraryGuard::~LibraryGuard() {
+  // After a failed close HDF5's own clean-up would crash (see g_close_failed); every file we
+  // wrote has been closed and checked by then, so the OS reclaiming the rest loses nothing.
+  if (!g_close_failed) H5close();
 }
 
 std::string library_version() {

@@ -3,7 +3,8 @@
 // types and operations ptrain needs.
 //
 // Error policy (docs/errors.md): every HDF5 call is checked; a failure throws IoError carrying the
-// operation, the object's path, HDF5's own error stack (printed by nobody: the library's default
+// operation, the object's path, the operating system's cause when there is one ("No space left on
+// device (errno 28)", first, on the same line), HDF5's own error stack (printed by nobody: the library's default
 // printing is switched off for every thread that calls in) and the wrapper's file:line. Nothing
 // here exits. Files are opened with H5F_CLOSE_STRONG, so closing a File closes every object still
 // open in it (no leaked handle keeps a file open).
@@ -186,6 +187,17 @@ bool has_hdf5_signature(const std::string& path);
 // `path`; the folder is then fsync'd. On any exception the temp file is removed and the exception
 // propagates.
 void write_file_atomically(const std::string& path, const std::function<void(File&)>& fill);
+
+// Tears the HDF5 library down when it goes out of scope: one lives in main(), so this happens
+// before static destructors (HDF5's own atexit clean-up is not installed). After any failed close
+// (a full disk) the tear-down is skipped: HDF5 1.10 would crash closing a half-closed object
+// again, and every file we wrote was already closed and checked.
+struct LibraryGuard {
+  LibraryGuard() = default;
+  LibraryGuard(const LibraryGuard&) = delete;
+  LibraryGuard& operator=(const LibraryGuard&) = delete;
+  ~LibraryGuard();
+};
 
 // "HDF5 library version: 1.10.8"-style version string of the linked library.
 std::string library_version();
