@@ -75,6 +75,7 @@ class CoordinatorRun {
   void run_step(int64_t t);
   void check_finite(int64_t t);
   void log_step(int64_t step);
+  uint64_t data_plane_bytes() const;
   void evaluate(int64_t step);
   void checkpoint(int64_t step);
   void broadcast_shutdown(const std::string& reason);
@@ -105,6 +106,13 @@ class CoordinatorRun {
   int64_t tokens_at_last_log_ = 0;
   int64_t tokens_at_start_ = 0;
   int64_t last_step_tokens_ = 0;
+  // Since the previous train.jsonl line: the steps' losses and times, and the data-plane bytes.
+  double interval_loss_sum_ = 0.0;
+  double interval_step_s_sum_ = 0.0;
+  int64_t interval_steps_ = 0;
+  uint64_t bytes_at_last_log_ = 0;  // and tokens: the span of bytes_per_token (evaluations included)
+  int64_t tokens_at_last_line_ = 0;
+  double elapsed_before_ = 0.0;  // training time of earlier attempts (train.jsonl, on resume)
 
   // For the status endpoint: the last message from each member, the workers' and servers' last
   // reports (by id), and when each report of the last step arrived (its push was done then).
@@ -285,7 +293,17 @@ void CoordinatorRun::run_step(int64_t t) {
   summary_.tokens_seen += last_step_tokens_;
   summary_.final_loss = machine_.loss();
   summary_.final_step = t + 1;
-  update_status(t + 1, std::chrono::duration<double>(Clock::now() - step_start).count());
+  const double step_s = std::chrono::duration<double>(Clock::now() - step_start).count();
+  interval_loss_sum_ += machine_.loss();
+  interval_step_s_sum_ += step_s;
+  ++interval_steps_;
+  update_status(t + 1, step_s);
+}
+
+uint64_t CoordinatorRun::data_plane_bytes() const {
+  uint64_t bytes = 0;  // per worker since it started: the job's total sums every worker's last
+  for (const auto& [id, d] : worker_done_) bytes += d.bytes_pushed + d.bytes_pulled;
+  return bytes;
 }
 
 void CoordinatorRun::check_finite(int64_t t) {
@@ -307,21 +325,36 @@ void CoordinatorRun::log_step(int64_t step) {
   const auto now = Clock::now();
   StepRecord r;
   r.step = step;
-  r.loss = machine_.loss();
+  const double n = static_cast<double>(std::max<int64_t>(1, interval_steps_));
+  r.loss = interval_steps_ > 0 ? interval_loss_sum_ / n : machine_.loss();
   r.lr = machine_.lr();
+  r.grad_norm = machine_.global_norm();
+  r.clipped = machine_.clip_coef() < 1.0f;
   r.tokens = summary_.tokens_seen;
-  r.elapsed_s = std::chrono::duration<double>(now - t_start_).count();
+  const double this_run_s = std::chrono::duration<double>(now - t_start_).count();
+  r.elapsed_s = elapsed_before_ + this_run_s;
   const double dt = std::chrono::duration<double>(now - t_last_log_).count();
-  r.tokens_per_s = dt > 0 ? static_cast<double>(summary_.tokens_seen - tokens_at_last_log_) / dt
-                          : 0.0;
+  const int64_t tokens = summary_.tokens_seen - tokens_at_last_log_;
+  r.tokens_per_s = dt > 0 ? static_cast<double>(tokens) / dt : 0.0;
+  r.step_s = interval_step_s_sum_ / n;
+  const uint64_t bytes = data_plane_bytes();
+  const int64_t line_tokens = summary_.tokens_seen - tokens_at_last_line_;
+  // A worker that restarts counts from zero again: never a negative span.
+  const uint64_t span_bytes = bytes >= bytes_at_last_log_ ? bytes - bytes_at_last_log_ : bytes;
+  r.bytes_per_token =
+      line_tokens > 0 ? static_cast<double>(span_bytes) / static_cast<double>(line_tokens) : 0.0;
   log_->step(r);
   const int64_t done = step - summary_.start_step;
-  const double eta = done > 0 ? r.elapsed_s / static_cast<double>(done) *
+  const double eta = done > 0 ? this_run_s / static_cast<double>(done) *
                                     static_cast<double>(steps_ - step)
                               : 0.0;
   spdlog::info("{}", progress_line(r, steps_, eta));
   t_last_log_ = now;
   tokens_at_last_log_ = summary_.tokens_seen;
+  bytes_at_last_log_ = bytes;
+  tokens_at_last_line_ = summary_.tokens_seen;
+  interval_loss_sum_ = interval_step_s_sum_ = 0.0;
+  interval_steps_ = 0;
 }
 
 // Validation of weights version `step`, run by the workers: the val windows are cut into batches
@@ -371,7 +404,7 @@ void CoordinatorRun::evaluate(int64_t step) {
     assigned.erase(it);
   }
   const double val = combine_val_batches(sums, tokens).mean();
-  log_->eval(step, val);
+  log_->eval(step, val, elapsed_before_ + std::chrono::duration<double>(Clock::now() - t_start_).count());
   spdlog::info("step {}/{} | val_loss {:.4f} ({} windows of {} on {} worker(s); slowest {:.2f} s, "
                "{:.2f} s in all)",
                step, steps_, val, val_windows_, cfg_.data.val,
@@ -584,9 +617,10 @@ RunSummary CoordinatorRun::run() {
     broadcast_shutdown("nothing to do");
     return summary_;
   }
-  log_.emplace(cfg_.run.dir, /*append=*/summary_.start_step > 0);
+  log_.emplace(cfg_.run.dir, summary_.start_step);
+  elapsed_before_ = log_->elapsed_before();
   t_last_log_ = Clock::now();
-  tokens_at_last_log_ = summary_.tokens_seen;
+  tokens_at_last_log_ = tokens_at_last_line_ = summary_.tokens_seen;
 
   for (int64_t t = summary_.start_step; t < steps_; ++t) {
     run_step(t);

@@ -14,6 +14,7 @@ PACKAGES=(
   clang-14 libclang-rt-14-dev  # libFuzzer for the frame-decoder fuzz test (tests/fuzz)
   fortunes                  # the quickstart corpus (/usr/share/games/fortunes)
   python3-torch python3-h5py python3-numpy  # reference numbers and benchmarks (/usr/bin/python3)
+  nodejs npm                # the Hugging Face tokenizer client the export test runs (npm install at test time)
 )
 
 missing=()

@@ -239,6 +239,68 @@ TEST_CASE("coordinator job: N steps straight == N/2 + stop + resume (auto) + N/2
   CHECK(final_state(by_path, fourth).params == want.params);
 }
 
+TEST_CASE("coordinator job: train.jsonl has every field - a resume drops the lines past its step and continues elapsed_s") {
+  TempDir dir;
+  Config c = small_config(dir);
+  c.train.steps = 6;
+  c.train.log_every = 2;
+  c.checkpoint.every_steps = 2;
+  c.checkpoint.keep = 5;
+  c.optim.grad_clip = 1e-3;  // every step clipped
+  c.data.val = c.data.train;
+  c.train.eval_every = 3;
+  c.train.eval_windows = 8;
+  run_threads_job(c);
+  const auto first = log_lines(c);
+  for (const auto& j : first) {
+    if (j.contains("val_loss")) {
+      CHECK(j.at("val_ppl").get<double>() == doctest::Approx(std::exp(j.at("val_loss").get<double>())));
+      CHECK(j.at("time").get<std::string>().size() == 24);
+      continue;
+    }
+    for (const char* k : {"step", "loss", "lr", "grad_norm", "clipped", "tokens", "tokens_per_s", "step_s",
+                          "bytes_per_token", "elapsed_s", "time"}) {
+      CHECK_MESSAGE(j.contains(k), k);
+    }
+    CHECK(j.at("clipped") == true);
+    CHECK(j.at("grad_norm").get<double>() > 1e-3);
+    CHECK(j.at("step_s").get<double>() > 0);
+    // Each step pushes and pulls every parameter (4 bytes each way, plus frame headers) for its
+    // B*T tokens; the line at step 4 also holds the evaluation's pull of step 3.
+    const double per_step = 2.0 * 4 * static_cast<double>(layout_for(c).total()) / (8 * 16);
+    const double bpt = j.at("bytes_per_token");
+    if (j.at("step") == 4) {
+      CHECK(bpt == doctest::Approx(per_step * 1.25).epsilon(0.01));
+    } else {
+      CHECK(bpt == doctest::Approx(per_step).epsilon(0.01));
+    }
+    const std::string t = j.at("time");  // 2026-01-31T12:34:56.789Z
+    CHECK(t.size() == 24);
+    CHECK(t[4] == '-');
+    CHECK(t[10] == 'T');
+    CHECK(t.back() == 'Z');
+  }
+  // Resume into the same folder from step 4: lines 5 and 6 (and the val line at 6) are dropped,
+  // then written again; no step appears twice and elapsed_s never goes back.
+  Config again = c;
+  again.checkpoint.resume = c.run.dir + "/checkpoints/step-00000004";
+  const RunSummary s = run_threads_job(again);
+  CHECK(s.start_step == 4);
+  const auto second = log_lines(again);
+  std::vector<std::pair<int64_t, bool>> keys;
+  double elapsed = 0.0;
+  for (const auto& j : second) {
+    keys.emplace_back(j.at("step").get<int64_t>(), j.contains("val_loss"));
+    CHECK(j.at("elapsed_s").get<double>() >= elapsed);
+    elapsed = j.at("elapsed_s").get<double>();
+  }
+  const std::vector<std::pair<int64_t, bool>> want{{1, false}, {2, false}, {3, true}, {4, false},
+                                                   {5, false}, {6, false}, {6, true}};
+  CHECK(keys == want);
+  CHECK(second.size() == first.size() + 1);  // step 5 is logged as the resumed run's first step
+  CHECK(second[3] == first[3]);  // lines up to the resume step are kept as they were
+}
+
 TEST_CASE("coordinator job: a NaN stops the job naming step and tensor - latest stays good") {
   TempDir dir;
   Config c = small_config(dir);
