@@ -342,15 +342,21 @@ struct MpiWire::Impl : std::enable_shared_from_this<MpiWire::Impl> {
       if (auto it = inboxes.find(env->to); it != inboxes.end()) posts = it->second.posts;
     }
     const int tag = kBodyTagBase + static_cast<int>(env->body_tag % kBodyTagSpan);
+    auto report = [&](const std::string& why) {
+      push(env->to, std::make_exception_ptr(proto::ProtocolError(
+                        fmt::format("bad frame from {}: {}", env->from.str(), why))));
+    };
+    // Before the floats were received: drain them (so that the sender's request completes), then
+    // report.
     auto refuse = [&](const std::string& why) {
-      // Drain the floats so that the sender's request completes, then report.
       std::vector<std::byte> sink(std::min<uint64_t>(env->body_bytes, kChunk));
       for (uint64_t off = 0; off < env->body_bytes; off += kChunk) {
         const int n = static_cast<int>(std::min<uint64_t>(kChunk, env->body_bytes - off));
-        MPI_Recv(sink.data(), n, MPI_BYTE, src, tag, c(), MPI_STATUS_IGNORE);
+        MPI_Request req;
+        PTRAIN_MPI_CHECK(MPI_Irecv(sink.data(), n, MPI_BYTE, src, tag, c(), &req));
+        if (!wait_request(req)) return;
       }
-      push(env->to, std::make_exception_ptr(proto::ProtocolError(
-                        fmt::format("bad frame from {}: {}", env->from.str(), why))));
+      report(why);
     };
     if (frame.size() < proto::kHeaderSize + proto::kTrailerSize) return refuse("a short head");
     const std::span<const std::byte> head(frame.data(), frame.size() - proto::kTrailerSize);
@@ -383,14 +389,11 @@ struct MpiWire::Impl : std::enable_shared_from_this<MpiWire::Impl> {
       dec.commit(n);  // the bytes are already there: this computes the CRC piece by piece
       left -= n;
     }
-    if (dec.next(out, error) == proto::DecodeStatus::kBad) return refuse(error);
+    if (dec.next(out, error) == proto::DecodeStatus::kBad) return report(error);
     dec.feed(trailer);
     const proto::DecodeStatus st = dec.next(out, error);
     if (st != proto::DecodeStatus::kGood) {
-      push(env->to, std::make_exception_ptr(proto::ProtocolError(fmt::format(
-                        "bad frame from {}: {}", from.str(),
-                        st == proto::DecodeStatus::kBad ? error : "incomplete"))));
-      return;
+      return report(st == proto::DecodeStatus::kBad ? error : "an incomplete frame");
     }
     RawFrame rf;
     rf.from = from;

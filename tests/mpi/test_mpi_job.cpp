@@ -8,13 +8,16 @@
 #include "common/io/checkpoint_format.hpp"
 
 #include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <thread>
 
 using namespace ptrain;
@@ -162,4 +165,24 @@ TEST_CASE("mpi: kill -9 of a worker rank ends every rank within 10 s naming its 
   CHECK(rank_pid(cfg, 0) < 0);
   CHECK(rank_pid(cfg, 4) < 0);
   CHECK_NOTHROW(final_weights(dir / "run"));
+}
+
+TEST_CASE("mpi: bench ps measures the MPI data plane beside TCP in one run") {
+  TempDir dir("mpi-bench");
+  const auto p = test::start_ptrain({"bench", "ps", "--transport", "tcp,mpi", "--servers", "1,2",
+                                     "--workers", "2", "--floats", "300000", "--rounds", "2",
+                                     "--json"},
+                                    dir / "err.txt", dir / "out.json");
+  REQUIRE_MESSAGE(test::wait_ptrain(p, std::chrono::seconds(180)) == 0,
+                  test::slurp(dir / "err.txt"));
+  const auto j = nlohmann::json::parse(test::slurp(dir / "out.json"));
+  REQUIRE(j["results"].size() == 4);
+  std::set<std::string> seen;
+  for (const auto& r : j["results"]) {
+    seen.insert(r["transport"].get<std::string>());
+    // Every worker pushes and pulls the whole vector each round.
+    CHECK(r["bytes"].get<int64_t>() == int64_t{2} * 2 * 2 * 300000 * 4);
+    CHECK(r["seconds"].get<double>() > 0);
+  }
+  CHECK(seen == std::set<std::string>{"tcp", "mpi"});
 }
