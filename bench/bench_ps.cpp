@@ -5,6 +5,7 @@
 #include "common/error.hpp"
 #include "common/net/auth.hpp"
 #include "common/net/host_port.hpp"
+#include "common/net/mpi_transport.hpp"
 #include "common/net/tcp_transport.hpp"
 #include "common/proto/codec.hpp"
 #include "common/tensor/param_layout.hpp"
@@ -20,6 +21,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "ptrain/build_config.hpp"
+
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -31,6 +34,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <map>
 #include <sstream>
 #include <thread>
 
@@ -177,6 +182,9 @@ void wait_go() {
   if (read(0, &g, 1) != 1) throw IoError("bench ps-peer: no go signal (the orchestrator is gone)");
 }
 
+void serve(const BenchPsPeerOptions& o, net::Transport& t);
+void work(const BenchPsPeerOptions& o, net::Transport& t, const std::function<void()>& start);
+
 int run_server(const BenchPsPeerOptions& o) {
   net::TcpNodeOptions no;
   no.self_role = net::Role::kServer;
@@ -188,13 +196,19 @@ int run_server(const BenchPsPeerOptions& o) {
         if (h == nullptr) throw proto::ProtocolError("expected a PeerHello");
         return {net::worker_endpoint(h->id), false};
       });
-  const proto::KeyRange range = ranges_of(o.floats, o.servers)[static_cast<size_t>(o.id)];
-  std::vector<float> weights(static_cast<size_t>(range.size()), 0.5f);
   std::printf("%s\n", addr.c_str());
   std::fflush(stdout);
   const std::unique_ptr<net::Transport> tp =
       net::make_transport(net::TransportOptions::tcp(net::server_endpoint(o.id), node));
-  net::Transport& t = *tp;
+  serve(o, *tp);
+  node->close();
+  return 0;
+}
+
+// A server's rounds over any transport: counts pushes, answers pulls once a round is complete.
+void serve(const BenchPsPeerOptions& o, net::Transport& t) {
+  const proto::KeyRange range = ranges_of(o.floats, o.servers)[static_cast<size_t>(o.id)];
+  std::vector<float> weights(static_cast<size_t>(range.size()), 0.5f);
   std::vector<int> pushes(static_cast<size_t>(o.rounds), 0);
   std::vector<std::pair<net::Endpoint, proto::PullRequest>> waiting;
   int done = 0;
@@ -238,8 +252,6 @@ int run_server(const BenchPsPeerOptions& o) {
       ++done;
     }
   }
-  node->close();
-  return 0;
 }
 
 int run_worker(const BenchPsPeerOptions& o) {
@@ -257,13 +269,22 @@ int run_worker(const BenchPsPeerOptions& o) {
   }
   const std::unique_ptr<net::Transport> tp =
       net::make_transport(net::TransportOptions::tcp(net::worker_endpoint(o.id), node));
-  net::Transport& t = *tp;
+  work(o, *tp, [] {
+    std::printf("ready\n");
+    std::fflush(stdout);
+    wait_go();
+  });
+  node->close();
+  return 0;
+}
+
+// A worker's rounds over any transport, timed from `start()` (which returns when every worker
+// may go) to its last reply; prints "result T0 T1 BYTES".
+void work(const BenchPsPeerOptions& o, net::Transport& t, const std::function<void()>& start) {
   const auto ranges = ranges_of(o.floats, o.servers);
   std::vector<float> grads(static_cast<size_t>(o.floats), 0.25f);
   std::vector<float> weights(static_cast<size_t>(o.floats), 0.0f);
-  std::printf("ready\n");
-  std::fflush(stdout);
-  wait_go();
+  start();
   int64_t bytes = 0;
   const int64_t t0 = mono_ns();
   for (int r = 0; r < o.rounds; ++r) {
@@ -308,7 +329,38 @@ int run_worker(const BenchPsPeerOptions& o) {
   std::printf("result %lld %lld %lld\n", static_cast<long long>(t0), static_cast<long long>(t1),
               static_cast<long long>(bytes));
   std::fflush(stdout);
-  node->close();
+  t.flush(std::chrono::milliseconds(120'000));
+}
+
+// Every peer as one rank of an MPI job (`mpirun -n S+W ptrain bench ps-peer --role mpi`): ranks
+// 0..S-1 serve, the others work, over the MPI data plane; the workers start together (an
+// allgather as a barrier) and print their results on stdout, which mpirun forwards.
+int run_mpi_peer(BenchPsPeerOptions o) {
+  net::mpi_init();
+  const net::MpiComm world = net::MpiComm::world();
+  const int rank = world.rank();
+  PTRAIN_ENFORCE(world.size() == o.servers + o.workers, "bench ps-peer: {} ranks for {} + {} peers",
+                 world.size(), o.servers, o.workers);
+  std::map<net::Endpoint, int> ranks;
+  for (int r = 0; r < world.size(); ++r) {
+    ranks[r < o.servers ? net::server_endpoint(r) : net::worker_endpoint(r - o.servers)] = r;
+  }
+  const net::Endpoint self =
+      rank < o.servers ? net::server_endpoint(rank) : net::worker_endpoint(rank - o.servers);
+  o.id = self.id;
+  {
+    auto wire = std::make_shared<net::MpiWire>(world.dup(), ranks);
+    const std::unique_ptr<net::Transport> t =
+        net::make_transport(net::TransportOptions::mpi(self, wire, nullptr));
+    if (self.role == net::Role::kServer) {
+      world.allgather("");
+      serve(o, *t);
+    } else {
+      work(o, *t, [&] { world.allgather(""); });
+    }
+    world.allgather("");  // nobody closes its wire while another still sends
+  }
+  net::mpi_finalize();
   return 0;
 }
 
@@ -379,6 +431,7 @@ int run_raw_send(const BenchPsPeerOptions& o) {
 // ---- orchestrator -------------------------------------------------------------------------------
 
 struct Measured {
+  std::string transport = "tcp";
   int servers = 0, workers = 0;
   int64_t bytes = 0;
   double seconds = 0;
@@ -436,6 +489,37 @@ void measure_ps(const BenchPsOptions& o, const fs::path& dir, const std::string&
   reap(kids, Clock::now() + std::chrono::seconds(30));
 }
 
+// The same rounds over the MPI data plane: one `mpirun -n S+W` job of peers (shared memory
+// between the ranks of this machine); the workers' result lines come back on mpirun's stdout.
+void measure_ps_mpi(const BenchPsOptions& o, const fs::path& dir, Measured& m,
+                    std::vector<Child>& kids) {
+  const int S = m.servers, W = m.workers;
+  if (!net::mpi_built() || std::string(PTRAIN_MPIEXEC).empty()) {
+    throw NotImplementedError("bench ps --transport mpi: this build has no MPI (PTRAIN_MPI)");
+  }
+  std::vector<std::string> args{"--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
+                                "--mca", "btl_vader_single_copy_mechanism", "none", "-n",
+                                std::to_string(S + W), o.ptrain_binary};
+  const auto peer = common_args(o, S, W);
+  args.insert(args.end(), peer.begin(), peer.end());
+  args.insert(args.end(), {"--role", "mpi"});
+  kids.push_back(spawn(PTRAIN_MPIEXEC, args, (dir / "mpirun.log").string(), "mpirun"));
+  const auto run_deadline = Clock::now() + std::chrono::seconds(600);
+  int64_t t0 = INT64_MAX, t1 = 0;
+  for (int w = 0; w < W; ++w) {
+    const std::string l = read_line(kids.back(), run_deadline);
+    long long a = 0, b = 0, n = 0;
+    if (std::sscanf(l.c_str(), "result %lld %lld %lld", &a, &b, &n) != 3) {
+      throw IoError(fmt::format("bench ps: an MPI worker said '{}'", l));
+    }
+    t0 = std::min<int64_t>(t0, a);
+    t1 = std::max<int64_t>(t1, b);
+    m.bytes += n;
+  }
+  m.seconds = static_cast<double>(t1 - t0) * 1e-9;
+  reap(kids, Clock::now() + std::chrono::seconds(30));
+}
+
 void measure_raw(const BenchPsOptions& o, const fs::path& dir, Measured& m,
                  std::vector<Child>& kids) {
   const auto deadline = Clock::now() + std::chrono::seconds(60);
@@ -471,6 +555,7 @@ int run_bench_ps_peer(const BenchPsPeerOptions& o) {
   if (o.role == "worker") return run_worker(o);
   if (o.role == "raw-recv") return run_raw_recv(o);
   if (o.role == "raw-send") return run_raw_send(o);
+  if (o.role == "mpi") return run_mpi_peer(o);
   throw UsageError(fmt::format("bench ps-peer: unknown role '{}'", o.role));
 }
 
@@ -481,6 +566,12 @@ int run_bench_ps(const BenchPsOptions& o) {
   if (bad(o.servers) || bad(o.workers)) {
     throw UsageError("bench ps: --servers and --workers take counts 1..4 (e.g. 1,2,4)");
   }
+  for (const std::string& t : o.transports) {
+    if (t != "tcp" && t != "mpi") {
+      throw UsageError(fmt::format("bench ps: --transport takes tcp and/or mpi, not '{}'", t));
+    }
+  }
+  if (o.transports.empty()) throw UsageError("bench ps: --transport needs tcp and/or mpi");
   const int max_s = *std::max_element(o.servers.begin(), o.servers.end());
   if (o.floats < max_s || o.rounds < 1) {
     throw UsageError(fmt::format("bench ps: --floats must be >= {} and --rounds >= 1", max_s));
@@ -497,16 +588,24 @@ int run_bench_ps(const BenchPsOptions& o) {
   try {
     for (int S : o.servers) {
       for (int W : o.workers) {
-        Measured m;
-        m.servers = S;
-        m.workers = W;
-        spdlog::info("bench ps: {} server(s) x {} worker(s), {} floats, {} round(s)", S, W,
-                     o.floats, o.rounds);
-        measure_ps(o, dir, secret, m, kids);
-        measure_raw(o, dir, m, kids);
-        spdlog::info("bench ps: {:.3f} GB/s through the transport, {:.3f} GB/s raw TCP ({:.0f}%)",
-                     m.gbps(), m.raw_gbps(), 100 * m.ratio());
-        results.push_back(m);
+        for (const std::string& transport : o.transports) {
+          Measured m;
+          m.transport = transport;
+          m.servers = S;
+          m.workers = W;
+          spdlog::info("bench ps: {} server(s) x {} worker(s), {} floats, {} round(s), {}", S, W,
+                       o.floats, o.rounds, transport);
+          if (transport == "mpi") {
+            measure_ps_mpi(o, dir, m, kids);
+          } else {
+            measure_ps(o, dir, secret, m, kids);
+          }
+          measure_raw(o, dir, m, kids);
+          spdlog::info("bench ps: {:.3f} GB/s through the {} transport, {:.3f} GB/s raw TCP "
+                       "({:.0f}%)",
+                       m.gbps(), transport, m.raw_gbps(), 100 * m.ratio());
+          results.push_back(m);
+        }
       }
     }
   } catch (...) {
@@ -521,7 +620,8 @@ int run_bench_ps(const BenchPsOptions& o) {
   if (o.json) {
     nlohmann::json rows = nlohmann::json::array();
     for (const auto& m : results) {
-      rows.push_back({{"servers", m.servers},
+      rows.push_back({{"transport", m.transport},
+                      {"servers", m.servers},
                       {"workers", m.workers},
                       {"bytes", m.bytes},
                       {"seconds", m.seconds},
@@ -532,16 +632,17 @@ int run_bench_ps(const BenchPsOptions& o) {
                       {"ratio", m.ratio()}});
     }
     nlohmann::json j = {{"bench", "ps"},   {"floats", o.floats}, {"rounds", o.rounds},
-                        {"transport", "tcp"}, {"results", rows}};
+                        {"transports", o.transports}, {"results", rows}};
     std::printf("%s\n", j.dump().c_str());
   } else {
-    std::printf("bench ps: %lld floats (%.1f MB), %d round(s), loopback TCP; bytes = payload pushed "
-                "+ pulled\n",
+    std::printf("bench ps: %lld floats (%.1f MB), %d round(s), one machine (TCP: loopback; MPI: "
+                "shared memory); bytes = payload pushed + pulled; raw = a plain TCP copy\n",
                 static_cast<long long>(o.floats), static_cast<double>(o.floats) * 4 / 1e6, o.rounds);
-    std::printf("  %7s %7s %14s %9s %8s %9s %8s %7s\n", "servers", "workers", "bytes", "seconds",
-                "GB/s", "raw s", "raw GB/s", "ratio");
+    std::printf("  %9s %7s %7s %14s %9s %8s %9s %8s %7s\n", "transport", "servers", "workers",
+                "bytes", "seconds", "GB/s", "raw s", "raw GB/s", "ratio");
     for (const auto& m : results) {
-      std::printf("  %7d %7d %14lld %9.3f %8.3f %9.3f %8.3f %6.0f%%\n", m.servers, m.workers,
+      std::printf("  %9s %7d %7d %14lld %9.3f %8.3f %9.3f %8.3f %6.0f%%\n", m.transport.c_str(),
+                  m.servers, m.workers,
                   static_cast<long long>(m.bytes), m.seconds, m.gbps(), m.raw_seconds,
                   m.raw_gbps(), 100 * m.ratio());
     }

@@ -33,6 +33,9 @@ struct BenchPsOptions {
   int rounds = 1;
   bool json = false;
   std::string ptrain_binary = "/proc/self/exe";
+  // Data planes to measure, each in the same run: "tcp" (peer processes over loopback TCP) and
+  // "mpi" (the same peers as the ranks of one mpirun job, over the MPI transport).
+  std::vector<std::string> transports{"tcp"};
 };
 
 // Prints a table (or one JSON object with --json) on stdout. Returns 0; throws UsageError for
@@ -41,7 +44,7 @@ int run_bench_ps(const BenchPsOptions& options);
 
 // One hidden helper process (`ptrain bench ps-peer`).
 struct BenchPsPeerOptions {
-  std::string role;          // "server", "worker", "raw-send", "raw-recv"
+  std::string role;          // "server", "worker", "raw-send", "raw-recv", "mpi" (a rank)
   int id = 0;
   int servers = 1;
   int workers = 1;

@@ -18,6 +18,9 @@ void add_bench_ps_commands(CLI::App* bench, Action& action) {
       ->delimiter(',');
   ps->add_option("--floats", a->floats, "Vector length in floats (default 124439808, GPT-2 124M)");
   ps->add_option("--rounds", a->rounds, "Push+pull rounds per configuration (default 1)");
+  ps->add_option("--transport", a->transports,
+                 "Data planes to measure in the same run: tcp (default), mpi, or tcp,mpi")
+      ->delimiter(',');
   ps->add_flag("--json", a->json, "Print one JSON object on stdout");
   ps->callback([&action, a] { action = [a] { return run_bench_ps(*a); }; });
 

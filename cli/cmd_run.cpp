@@ -1,8 +1,10 @@
 // `ptrain run CONFIG [--set k=v]...`: a whole training job on this machine. With
 // `cluster.launch: processes` (default) each role is its own `ptrain` process on 127.0.0.1
 // (launch/process_job.hpp); with `threads` the roles are threads of this process
-// (launch/threads_job.hpp). Only parsing and dispatch here.
+// (launch/threads_job.hpp); with `mpi` this process is one rank of an mpirun/srun job
+// (launch/mpi_job.hpp). Only parsing and dispatch here.
 #include "cli/commands.hpp"
+#include "launch/mpi_job.hpp"
 #include "launch/process_job.hpp"
 #include "launch/threads_job.hpp"
 
@@ -10,6 +12,7 @@
 
 #include <atomic>
 #include <csignal>
+#include <cstdlib>
 #include <memory>
 
 namespace ptrain::cli {
@@ -29,6 +32,20 @@ void install_stop_handlers() {
   sigaction(SIGTERM, &sa, nullptr);
 }
 
+// Under MPI every signal only asks: a rank keeps serving the checkpoint that rank 0 then orders
+// (SLURM sends SIGTERM, or the template's SIGUSR1, to every task at once).
+void install_mpi_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  for (int sig : {SIGINT, SIGTERM, SIGUSR1}) sigaction(sig, &sa, nullptr);
+}
+
+std::string env_or_empty(const char* name) {
+  const char* v = std::getenv(name);
+  return v == nullptr ? "" : v;
+}
+
 }  // namespace
 
 void add_run_command(CLI::App& app, Action& action) {
@@ -46,6 +63,14 @@ void add_run_command(CLI::App& app, Action& action) {
   sub->callback([&action, args] {
     action = [args] {
       const Config config = load_config_with_sets(args->config, args->sets);
+      if (config.cluster.launch == Launch::kMpi) {
+        install_mpi_stop_handlers();
+        MpiJobOptions mo;
+        mo.stop_requested = [] { return g_stop.load(); };
+        mo.slurm_job_id = env_or_empty("SLURM_JOB_ID");
+        mo.slurm_task_id = env_or_empty("SLURM_PROCID");
+        return run_mpi_job(config, mo);
+      }
       install_stop_handlers();
       if (config.cluster.launch == Launch::kProcesses) {
         ProcessJobOptions po;

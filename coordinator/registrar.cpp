@@ -48,7 +48,8 @@ net::Identity Registrar::identify(const proto::Message& first, const std::string
 
 bool Registrar::connection_lost(const net::Endpoint& e, const std::string& cause) {
   if (const std::optional<net::Member> m = find(e)) {
-    report_lost(e, fmt::format("{} was lost ({})", m->label(), cause));
+    report_lost(e, fmt::format("{}{} was lost ({})", m->label(),
+                               m->name.empty() ? "" : fmt::format(" on {}", m->name), cause));
   }
   return false;
 }

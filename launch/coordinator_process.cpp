@@ -60,6 +60,7 @@ RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secr
         return registrar->identify(m, peer);
       });
   write_coordinator_addr(cfg.run.dir, addr, run_lock.job_id());
+  if (o.on_listening) o.on_listening(addr);
   // The status endpoint on the same host (its own small io_context thread, as in threads mode).
   StatusService status(host, static_cast<uint16_t>(cfg.status.port),
                        (std::filesystem::path(cfg.run.dir) / "status.addr").string());

@@ -21,6 +21,9 @@ struct CoordinatorProcessOptions {
   std::string listen = "127.0.0.1:0";  // HOST:PORT; port 0 = a free one
   // Polled while waiting for registrations and after every step (SIGINT/SIGTERM).
   std::function<bool()> stop_requested;
+  // Called with the address in RUN_DIR/coordinator.addr once it listens (the MPI launch shares it
+  // with every rank).
+  std::function<void(const std::string& address)> on_listening;
 };
 
 RunSummary run_coordinator_process(const CoordinatorProcessOptions& options, net::Secret secret);

@@ -34,7 +34,7 @@ void run_server_process(const ServerProcessOptions& o, net::Secret secret) {
   // An unspecified listen host: the coordinator fills in the address it sees us at.
   const bool any = host == "0.0.0.0" || host == "::";
   const std::string advertised = any ? bound.substr(bound.rfind(':')) : bound;
-  net::Joined j = net::join_cluster(node, {o.coordinator, net::Role::kServer, advertised});
+  net::Joined j = net::join_cluster(node, {o.coordinator, net::Role::kServer, advertised, o.member_name});
   const JobFromWelcome job = job_from_welcome(j.welcome);
   node->set_liveness(job.heartbeat, job.peer_timeout);
   const Config& cfg = job.config;
@@ -55,7 +55,8 @@ void run_server_process(const ServerProcessOptions& o, net::Secret secret) {
   so.server.load_shard = make_shard_loader(layout, so.server.range);
   UpdateRule rule = update_rule_for(cfg, layout, so.server.range);
   const std::unique_ptr<net::Transport> transport =
-      net::make_transport(net::TransportOptions::tcp(net::server_endpoint(id), node));
+      o.data_plane ? o.data_plane(net::server_endpoint(id), node)
+                   : net::make_transport(net::TransportOptions::tcp(net::server_endpoint(id), node));
   try {
     run_param_server(so, std::move(rule), *transport);
   } catch (...) {

@@ -15,7 +15,7 @@ namespace ptrain {
 void run_worker_process(const WorkerProcessOptions& o, net::Secret secret) {
   auto node = std::make_shared<net::TcpNode>(std::move(secret),
                                              net::member_node_options(net::Role::kWorker));
-  net::Joined j = net::join_cluster(node, {o.coordinator, net::Role::kWorker, ""});
+  net::Joined j = net::join_cluster(node, {o.coordinator, net::Role::kWorker, "", o.member_name});
   const JobFromWelcome job = job_from_welcome(j.welcome);
   node->set_liveness(job.heartbeat, job.peer_timeout);
   const Config& cfg = job.config;
@@ -26,7 +26,7 @@ void run_worker_process(const WorkerProcessOptions& o, net::Secret secret) {
     throw proto::ProtocolError(fmt::format("the coordinator sent {} server addresses for {} servers",
                                            j.server_addresses.size(), S));
   }
-  for (int32_t k = 0; k < S; ++k) {
+  for (int32_t k = 0; k < S && !o.data_plane; ++k) {
     node->connect(j.server_addresses[static_cast<size_t>(k)], net::server_endpoint(k),
                   proto::PeerHello{static_cast<uint8_t>(net::Role::kWorker), id,
                                    j.welcome.membership_epoch},
@@ -44,7 +44,8 @@ void run_worker_process(const WorkerProcessOptions& o, net::Secret secret) {
   spdlog::info("worker {}: connected to {} server(s), device {}, {} thread(s)", id, S, wo.device,
                wo.threads);
   const std::unique_ptr<net::Transport> transport =
-      net::make_transport(net::TransportOptions::tcp(net::worker_endpoint(id), node));
+      o.data_plane ? o.data_plane(net::worker_endpoint(id), node)
+                   : net::make_transport(net::TransportOptions::tcp(net::worker_endpoint(id), node));
   try {
     run_worker(wo, layout, std::move(ranges), *transport);
   } catch (...) {

@@ -31,6 +31,7 @@
 
 #include "common/error.hpp"
 #include "common/util/fs.hpp"
+#include "ptrain/build_config.hpp"
 
 namespace ptrain {
 namespace {
@@ -39,7 +40,8 @@ namespace {
 
 // A typed pointer into a Config. Every std::string key is a path (or one of its key's words).
 using FieldRef =
-    std::variant<int64_t*, int*, uint64_t*, double*, std::string*, Launch*, SyncMode*, DeviceType*>;
+    std::variant<int64_t*, int*, uint64_t*, double*, std::string*, Launch*, DataTransport*,
+                 SyncMode*, DeviceType*>;
 
 template <auto Section, auto Member>
 FieldRef field(Config& c) {
@@ -99,6 +101,7 @@ const Key kKeys[] = {
     {"cluster.workers", field<&Config::cluster, &ClusterConfig::workers>, at_least(1)},
     {"cluster.servers", field<&Config::cluster, &ClusterConfig::servers>, at_least(1)},
     {"cluster.launch", field<&Config::cluster, &ClusterConfig::launch>},
+    {"cluster.transport", field<&Config::cluster, &ClusterConfig::transport>},
     {"cluster.sync", field<&Config::cluster, &ClusterConfig::sync>},
     {"cluster.staleness", field<&Config::cluster, &ClusterConfig::staleness>, at_least(0)},
     {"cluster.heartbeat_s", field<&Config::cluster, &ClusterConfig::heartbeat_s>, above(0)},
@@ -120,13 +123,20 @@ struct Choice {
   bool built;
 };
 constexpr Choice<Launch> kLaunchChoices[] = {{Launch::kThreads, "threads", true},
-                                             {Launch::kProcesses, "processes", true}};
+                                             {Launch::kProcesses, "processes", true},
+                                             {Launch::kMpi, "mpi", PTRAIN_HAS_MPI != 0}};
+constexpr Choice<DataTransport> kTransportChoices[] = {{DataTransport::kAuto, "auto", true},
+                                                       {DataTransport::kTcp, "tcp", true},
+                                                       {DataTransport::kMpi, "mpi", PTRAIN_HAS_MPI != 0}};
 constexpr Choice<SyncMode> kSyncChoices[] = {{SyncMode::kBsp, "bsp", true},
                                              {SyncMode::kSsp, "ssp", false},
                                              {SyncMode::kAsync, "async", false}};
 constexpr Choice<DeviceType> kDeviceChoices[] = {{DeviceType::kCpu, "cpu", true},
                                                  {DeviceType::kCuda, "cuda", false}};
 std::span<const Choice<Launch>> choices_for(const Launch*) { return kLaunchChoices; }
+std::span<const Choice<DataTransport>> choices_for(const DataTransport*) {
+  return kTransportChoices;
+}
 std::span<const Choice<SyncMode>> choices_for(const SyncMode*) { return kSyncChoices; }
 std::span<const Choice<DeviceType>> choices_for(const DeviceType*) { return kDeviceChoices; }
 
@@ -539,6 +549,11 @@ class Loader {
            fmt::format("cluster.peer_timeout_s ({}) must be >= 2 x cluster.heartbeat_s ({}): a "
                        "peer would be declared lost between two heartbeats",
                        c.cluster.peer_timeout_s, c.cluster.heartbeat_s));
+    }
+    if (c.cluster.transport == DataTransport::kMpi && c.cluster.launch != Launch::kMpi) {
+      fail(where_of({"cluster.transport", "cluster.launch"}),
+           "cluster.transport: mpi needs cluster.launch: mpi (every role a rank of one MPI job, "
+           "started by mpirun or srun)");
     }
     if (c.cluster.sync == SyncMode::kBsp && c.cluster.staleness != 0) {
       fail(where_of({"cluster.staleness"}),

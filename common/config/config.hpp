@@ -9,7 +9,10 @@
 
 namespace ptrain {
 
-enum class Launch { kThreads, kProcesses };
+enum class Launch { kThreads, kProcesses, kMpi };
+// The data plane between servers and workers (cluster.transport). kAuto: MPI under
+// `cluster.launch: mpi`, else TCP (effective_transport()).
+enum class DataTransport { kAuto, kTcp, kMpi };
 enum class SyncMode { kBsp, kSsp, kAsync };
 enum class DeviceType { kCpu, kCuda };
 
@@ -76,6 +79,7 @@ struct ClusterConfig {
   int64_t workers = 1;
   int64_t servers = 1;
   Launch launch = Launch::kProcesses;
+  DataTransport transport = DataTransport::kAuto;
   SyncMode sync = SyncMode::kBsp;
   int64_t staleness = 0;
   double heartbeat_s = 1.0;      // TCP roles: a heartbeat each way every this many seconds
@@ -83,6 +87,12 @@ struct ClusterConfig {
 
   bool operator==(const ClusterConfig&) const = default;
 };
+
+// cluster.transport with `auto` resolved: kMpi under `cluster.launch: mpi`, else kTcp.
+inline DataTransport effective_transport(const ClusterConfig& c) {
+  if (c.transport != DataTransport::kAuto) return c.transport;
+  return c.launch == Launch::kMpi ? DataTransport::kMpi : DataTransport::kTcp;
+}
 
 struct CheckpointConfig {
   int64_t every_steps = 0;  // 0 = only the final step

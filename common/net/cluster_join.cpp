@@ -19,7 +19,8 @@ TcpNodeOptions member_node_options(Role role) {
 Joined join_cluster(std::shared_ptr<TcpNode> node, const JoinOptions& o) {
   char host[256] = {};
   if (::gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
-  proto::Register reg{static_cast<uint8_t>(o.role), o.listen_address, host};
+  proto::Register reg{static_cast<uint8_t>(o.role), o.listen_address,
+                      o.name.empty() ? std::string(host) : o.name};
   node->connect(o.coordinator, coordinator_endpoint(), reg, o.connect_timeout);
   spdlog::info("connected to the coordinator at {}; waiting for the job to start",
                o.coordinator);

@@ -17,6 +17,9 @@ struct JoinOptions {
   std::string coordinator;  // HOST:PORT
   Role role = Role::kWorker;
   std::string listen_address;  // servers: their data listener ("HOST:PORT" or ":PORT")
+  // How the coordinator names this member (/status, loss messages); "" = the host name. The MPI
+  // launch adds the rank ("vm, MPI rank 3").
+  std::string name;
   std::chrono::milliseconds connect_timeout{30'000};
 };
 

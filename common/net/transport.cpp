@@ -2,6 +2,7 @@
 
 #include "common/net/frame_pool.hpp"
 #include "common/net/inproc_transport.hpp"
+#include "common/net/mpi_transport.hpp"
 #include "common/net/tcp_transport.hpp"
 #include "common/util/huge_pages.hpp"
 
@@ -152,6 +153,13 @@ std::unique_ptr<Transport> make_transport(const TransportOptions& options) {
                                      options.self.str()));
       }
       return std::make_unique<TcpTransport>(options.self, options.tcp_node, options.limits);
+    case TransportKind::kMpi:
+      if (options.mpi_wire == nullptr) {
+        throw UsageError(fmt::format("the MPI transport of {} needs an MPI wire (none given)",
+                                     options.self.str()));
+      }
+      return std::make_unique<MpiTransport>(options.self, options.mpi_wire, options.tcp_node,
+                                            options.limits);
   }
   throw InternalError("unknown transport kind");
 }

@@ -145,8 +145,9 @@ class Transport {
 
 class InprocFabric;
 class TcpNode;
+class MpiWire;
 
-enum class TransportKind { kInproc, kTcp };
+enum class TransportKind { kInproc, kTcp, kMpi };
 
 // What make_transport needs. The wire underneath is built first and passed in: the fabric of the
 // process's threads, or the TCP node that has already listened / connected (tcp_transport.hpp).
@@ -156,16 +157,23 @@ struct TransportOptions {
   proto::DecoderLimits limits;
   // kInproc: the fabric shared by every endpoint of this process (inproc_transport.hpp).
   std::shared_ptr<InprocFabric> fabric;
-  // kTcp: this process's network node (tcp_transport.hpp).
+  // kTcp: this process's network node (tcp_transport.hpp). kMpi: the control plane's node
+  // (frames to and from the coordinator), or null when every endpoint is on the wire.
   std::shared_ptr<TcpNode> tcp_node;
+  // kMpi: this process's MPI wire (mpi_transport.hpp).
+  std::shared_ptr<MpiWire> mpi_wire;
 
   static TransportOptions inproc(Endpoint self, std::shared_ptr<InprocFabric> fabric,
                                  proto::DecoderLimits limits = {}) {
-    return {TransportKind::kInproc, self, limits, std::move(fabric), nullptr};
+    return {TransportKind::kInproc, self, limits, std::move(fabric), nullptr, nullptr};
   }
   static TransportOptions tcp(Endpoint self, std::shared_ptr<TcpNode> node,
                               proto::DecoderLimits limits = {}) {
-    return {TransportKind::kTcp, self, limits, nullptr, std::move(node)};
+    return {TransportKind::kTcp, self, limits, nullptr, std::move(node), nullptr};
+  }
+  static TransportOptions mpi(Endpoint self, std::shared_ptr<MpiWire> wire,
+                              std::shared_ptr<TcpNode> control, proto::DecoderLimits limits = {}) {
+    return {TransportKind::kMpi, self, limits, nullptr, std::move(control), std::move(wire)};
   }
 };
 
@@ -174,8 +182,9 @@ struct TransportOptions {
 // since the transport may be what broke.
 void report_failure_to_coordinator(Transport& transport, const std::exception& e) noexcept;
 
-// Builds the transport for `options.kind` over the fabric or node it names. Throws UsageError when
-// that wire is missing (a null fabric for kInproc, a null node for kTcp).
+// Builds the transport for `options.kind` over the fabric, node or wire it names. Throws UsageError
+// when that wire is missing (a null fabric for kInproc, a null node for kTcp, a null wire for
+// kMpi).
 std::unique_ptr<Transport> make_transport(const TransportOptions& options);
 
 }  // namespace ptrain::net

@@ -30,9 +30,11 @@
 #include "common/net/auth.hpp"
 #include "common/net/host_port.hpp"
 #include "common/net/inproc_transport.hpp"
+#include "common/net/mpi_transport.hpp"
 #include "common/net/tcp_transport.hpp"
 #include "common/net/transport.hpp"
 #include "common/proto/codec.hpp"
+#include "ptrain/build_config.hpp"
 
 using namespace ptrain;
 using namespace ptrain::net;
@@ -246,12 +248,74 @@ class TcpHarness {
   std::map<int32_t, Peer> peers_;
 };
 
+// ---- MPI ----------------------------------------------------------------------------------------
+// This test process is an MPI world of one rank (MPI_Init without mpirun): every endpoint lives on
+// rank 0 of a fresh duplicate of MPI_COMM_WORLD, so the frames take the real MPI path (envelope,
+// MPI_Isend of borrowed floats, MPI_Improbe/Mrecv, MPI_Irecv into the posted destination) through
+// Open MPI's loopback. Like the in-process wire there are no connections (membership is fixed,
+// a dead rank is the control plane's to detect), and close() stops every endpoint of the process.
+#if PTRAIN_HAS_MPI
+class MpiHarness {
+ public:
+  static constexpr const char* kName = "mpi";
+  static constexpr bool kConnections = false;
+
+  MpiHarness() {
+    mpi_init();
+    std::map<Endpoint, int> ranks{{server_endpoint(0), 0}};
+    for (int32_t id = 0; id < 64; ++id) ranks[worker_endpoint(id)] = 0;
+    wire_ = std::make_shared<MpiWire>(MpiComm::world().dup(), ranks);
+    hub_ = make_transport(TransportOptions::mpi(server_endpoint(0), wire_, nullptr));
+  }
+  ~MpiHarness() {
+    peers_.clear();
+    hub_.reset();
+    wire_->close("end of the test");
+  }
+  Transport& hub() { return *hub_; }
+  Transport& peer(int32_t id) {
+    auto& p = peers_[id];
+    if (!p) p = make_transport(TransportOptions::mpi(worker_endpoint(id), wire_, nullptr));
+    return *p;
+  }
+  std::unique_ptr<RawSender> raw(int32_t id) {
+    struct Raw final : RawSender {
+      std::shared_ptr<MpiWire> w;
+      int32_t id;
+      void send(std::span<const std::byte> b) override {
+        w->send_raw(worker_endpoint(id), server_endpoint(0),
+                    std::vector<std::byte>(b.begin(), b.end()));
+        w->flush(worker_endpoint(id), std::chrono::seconds(10));
+      }
+      void close() override {}
+      bool dropped_by_hub(std::chrono::milliseconds) override { return false; }
+      void keep_alive() override {}
+    };
+    auto r = std::make_unique<Raw>();
+    r->w = wire_;
+    r->id = id;
+    return r;
+  }
+
+ private:
+  std::shared_ptr<MpiWire> wire_;
+  std::unique_ptr<Transport> hub_;
+  std::map<int32_t, std::unique_ptr<Transport>> peers_;
+};
+#endif
+
 }  // namespace conformance
 
 using namespace conformance;
 
-// Every transport the suite runs against. An MPI harness goes here (and in TYPE_TO_STRING).
+// Every transport the suite runs against.
+#if PTRAIN_HAS_MPI
+using AllTransports =
+    std::tuple<conformance::InprocHarness, conformance::TcpHarness, conformance::MpiHarness>;
+TYPE_TO_STRING(conformance::MpiHarness);
+#else
 using AllTransports = std::tuple<conformance::InprocHarness, conformance::TcpHarness>;
+#endif
 TYPE_TO_STRING(conformance::InprocHarness);
 TYPE_TO_STRING(conformance::TcpHarness);
 

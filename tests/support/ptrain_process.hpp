@@ -28,10 +28,18 @@ struct PtrainProcess {
 };
 
 // `ptrain ARGS...`; stderr to `err_file`, stdout to `out_file` ("" = /dev/null).
+inline PtrainProcess start_command(std::vector<std::string> full, const std::string& err_file,
+                                   const std::string& out_file = "");
 inline PtrainProcess start_ptrain(const std::vector<std::string>& args, const std::string& err_file,
                                   const std::string& out_file = "") {
   std::vector<std::string> full{PTRAIN_TEST_BINARY};
   full.insert(full.end(), args.begin(), args.end());
+  return start_command(std::move(full), err_file, out_file);
+}
+
+// Any program (full[0] is its path; no PATH search), started the same way.
+inline PtrainProcess start_command(std::vector<std::string> full, const std::string& err_file,
+                                   const std::string& out_file) {
   std::vector<char*> argv;
   for (auto& a : full) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -48,10 +56,10 @@ inline PtrainProcess start_ptrain(const std::vector<std::string>& args, const st
   posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP);
   posix_spawnattr_setpgroup(&at, 0);
   PtrainProcess p;
-  const int rc = posix_spawn(&p.pid, PTRAIN_TEST_BINARY, &fa, &at, argv.data(), environ);
+  const int rc = posix_spawn(&p.pid, full[0].c_str(), &fa, &at, argv.data(), environ);
   posix_spawn_file_actions_destroy(&fa);
   posix_spawnattr_destroy(&at);
-  REQUIRE_MESSAGE(rc == 0, "cannot start " << PTRAIN_TEST_BINARY);
+  REQUIRE_MESSAGE(rc == 0, "cannot start " << full[0]);
   return p;
 }
 
