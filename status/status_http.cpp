@@ -3,6 +3,7 @@
 
 #include "common/net/asio.hpp"  // first: includes <utility> before Asio
 #include "common/util/fs.hpp"
+#include "common/log.hpp"
 
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -13,6 +14,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <list>
 
 namespace ptrain {
 namespace {
@@ -346,6 +348,16 @@ struct StatusServer::Impl {
   StatusServerOptions options;
   tcp::endpoint bound;
   std::atomic<int> connections{0};
+  // Open connections, oldest first, and whether each has sent anything yet (the io thread only):
+  // the cap sheds idle ones first.
+  struct Live {
+    tcp::socket* sock;
+    bool idle = true;
+  };
+  std::list<Live> live;
+  LogLimiter shed_log;
+  LogLimiter accept_log;
+  LogLimiter bad_request_log;
 };
 
 namespace {
@@ -359,14 +371,25 @@ bool is_parse_error(const beast::error_code& ec) {
 
 // One connection: read one request under a deadline, answer it, close.
 awaitable<void> serve(std::shared_ptr<Impl> self, tcp::socket sock) {
+  self->live.push_back({&sock, true});
   struct Count {
-    std::atomic<int>& n;
-    ~Count() { --n; }
-  } count{self->connections};
+    Impl& impl;
+    std::list<Impl::Live>::iterator at;
+    ~Count() {
+      --impl.connections;
+      impl.live.erase(at);
+    }
+  } count{*self, std::prev(self->live.end())};
   beast::error_code ignored;
   const auto remote = sock.remote_endpoint(ignored);
   const std::string peer = net::format_endpoint(remote);
   try {
+    // Idle connections go first: nothing sent within idle_timeout closes it.
+    auto [wait_ec] = co_await net::with_deadline(
+        sock.async_wait(tcp::socket::wait_read, net::nothrow_awaitable),
+        self->options.idle_timeout, fmt::format("status connection from {} (idle)", peer));
+    if (wait_ec) co_return;  // shed, or the socket failed
+    count.at->idle = false;
     beast::flat_buffer buf;
     http::request_parser<http::string_body> parser;
     parser.header_limit(8 * 1024);
@@ -379,7 +402,11 @@ awaitable<void> serve(std::shared_ptr<Impl> self, tcp::socket sock) {
     bool head = false;
     if (ec) {
       if (!is_parse_error(ec)) co_return;  // the peer hung up or the socket failed: nothing to say
-      spdlog::info("status: bad request from {}: {}", peer, ec.message());
+      int64_t held = 0;
+      if (self->bad_request_log.allow(held)) {
+        spdlog::info("status: bad request from {}: {}{}", peer, ec.message(),
+                     LogLimiter::held_note(held));
+      }
       reply.status = 400;
       reply.content_type = "text/plain; charset=utf-8";
       reply.body = fmt::format("bad request: {}\n", ec.message());
@@ -433,16 +460,36 @@ awaitable<void> accept_loop(std::shared_ptr<Impl> self) {
     auto [ec, sock] = co_await self->acceptor.async_accept(net::nothrow_awaitable);
     if (!self->acceptor.is_open() || ec == asio::error::operation_aborted) co_return;
     if (ec) {
-      // E.g. out of file descriptors: say so, and do not spin.
-      spdlog::warn("status: accept failed: {}", ec.message());
+      // E.g. out of file descriptors: say so (at a bounded rate), and do not spin.
+      int64_t held = 0;
+      if (self->accept_log.allow(held)) {
+        spdlog::warn("status: accept failed: {}{}", ec.message(), LogLimiter::held_note(held));
+      }
       asio::steady_timer pause(self->acceptor.get_executor(), std::chrono::milliseconds(100));
       co_await pause.async_wait(net::nothrow_awaitable);
       continue;
     }
     if (self->connections.load() >= self->options.max_connections) {
+      // Shed the oldest idle connection to make room; if none is idle, this one goes.
+      auto idle = std::find_if(self->live.begin(), self->live.end(),
+                               [](const Impl::Live& l) { return l.idle; });
       beast::error_code ignored;
-      sock.close(ignored);
-      continue;
+      int64_t held = 0;
+      const bool say = self->shed_log.allow(held);
+      if (idle == self->live.end()) {
+        if (say) {
+          spdlog::warn("status: {} connections busy; closing a new one{}",
+                       self->connections.load(), LogLimiter::held_note(held));
+        }
+        sock.close(ignored);
+        continue;
+      }
+      if (say) {
+        spdlog::warn("status: {} connections open; closing the oldest idle one{}",
+                     self->connections.load(), LogLimiter::held_note(held));
+      }
+      idle->idle = false;  // shed once
+      idle->sock->close(ignored);
     }
     ++self->connections;
     asio::co_spawn(self->acceptor.get_executor(), serve(self, std::move(sock)), asio::detached);

@@ -110,7 +110,12 @@ StatusReply route_status_request(std::string_view method, std::string_view targe
 struct StatusServerOptions {
   std::chrono::milliseconds read_timeout{10'000};   // a whole request must arrive within this
   std::chrono::milliseconds write_timeout{10'000};
-  int max_connections = 64;                          // beyond this, new connections are closed
+  // A connection that sends nothing for this long after connecting is closed: idle connections
+  // cannot hold the endpoint for the whole read_timeout.
+  std::chrono::milliseconds idle_timeout{2'000};
+  // At this many connections a new one sheds the oldest idle one (that has sent nothing yet);
+  // only when none is idle is the new one closed. Monitoring gets through an idle flood.
+  int max_connections = 64;
 };
 
 // The HTTP server. Binds in the constructor (IoError naming HOST:PORT when it cannot) and serves
