@@ -9,4 +9,25 @@ void init_logging(bool verbose) {
   logger->set_level(verbose ? spdlog::level::debug : spdlog::level::info);
   spdlog::set_default_logger(logger);
 }
+bool LogLimiter::allow(int64_t& held) {
+  std::lock_guard lock(mu_);
+  const auto now = std::chrono::steady_clock::now();
+  if (now - window_start_ >= window_) {
+    window_start_ = now;
+    in_window_ = 0;
+  }
+  if (in_window_ >= burst_) {
+    ++held_;
+    return false;
+  }
+  ++in_window_;
+  held = held_;
+  held_ = 0;
+  return true;
+}
+
+std::string LogLimiter::held_note(int64_t held) {
+  return held > 0 ? fmt::format(" ({} more like this not logged)", held) : std::string();
+}
+
 }  // namespace ptrain

@@ -9,6 +9,7 @@
 #include "coordinator/data_plan.hpp"
 #include "coordinator/run_log.hpp"
 #include "coordinator/start_state.hpp"
+#include "status/status_page.hpp"
 #include "status/status_service.hpp"
 #include "coordinator/step_machine.hpp"
 
@@ -81,6 +82,8 @@ class CoordinatorRun {
   void broadcast_shutdown(const std::string& reason);
   void init_status();
   void update_status(int64_t step, double step_s);
+  void status_event(const std::string& text);
+  void write_report(bool finished);
   std::vector<MemberStatus> status_members(int64_t step) const;
 
   const CoordinatorOptions& o_;
@@ -411,6 +414,13 @@ void CoordinatorRun::evaluate(int64_t step) {
                std::min<int64_t>(n, static_cast<int64_t>(workers.size())),
                slowest_s, std::chrono::duration<double>(Clock::now() - t0).count());
   summary_.final_val_loss = val;
+  if (o_.status != nullptr) {
+    o_.status->update([&](JobStatus& s) {
+      s.val_loss = val;
+      s.val_step = step;
+      add_status_event(s, fmt::format("step {}: val_loss {:.4f}", step, val));
+    });
+  }
   // The evaluation's time is not training throughput: the next rate starts after it.
   t_last_log_ = Clock::now();
   tokens_at_last_log_ = summary_.tokens_seen;
@@ -460,7 +470,12 @@ void CoordinatorRun::checkpoint(int64_t step) {
                step, steps_, summary_.last_checkpoint, num_servers_, slowest_s,
                std::chrono::duration<double>(Clock::now() - t0).count());
   if (o_.status != nullptr) {
-    o_.status->update([step](JobStatus& s) { s.last_checkpoint_step = step; });
+    const std::string dir = summary_.last_checkpoint;
+    o_.status->update([&](JobStatus& s) {
+      s.last_checkpoint_step = step;
+      s.checkpoints.push_back(step);
+      add_status_event(s, fmt::format("step {}: checkpoint {}", step, dir));
+    });
   }
   t_last_log_ = Clock::now();
   tokens_at_last_log_ = summary_.tokens_seen;
@@ -487,12 +502,23 @@ void CoordinatorRun::init_status() {
   const int64_t start = summary_.start_step;
   std::vector<MemberStatus> members = status_members(start);
   const int64_t epoch = membership_.epoch();
+  const std::string resumed = start > 0 ? fmt::format("resumed at step {}", start) : "started";
   o_.status->update([&](JobStatus& s) {
     s.step = start;
     s.loss = std::numeric_limits<double>::quiet_NaN();
     s.membership_epoch = epoch;
     s.members = std::move(members);
+    s.run_dir = cfg_.run.dir;
+    s.start_step = start;
+    s.target_steps = steps_;
+    s.tokens_total = summary_.tokens_seen;
+    add_status_event(s, fmt::format("{} ({} server(s), {} worker(s))", resumed, num_servers_,
+                                    membership_.workers().size()));
   });
+}
+
+void CoordinatorRun::status_event(const std::string& text) {
+  if (o_.status != nullptr) o_.status->update([&](JobStatus& s) { add_status_event(s, text); });
 }
 
 void CoordinatorRun::update_status(int64_t step, double step_s) {
@@ -550,6 +576,9 @@ void CoordinatorRun::update_status(int64_t step, double step_s) {
     }
   }
   const int64_t epoch = membership_.epoch();
+  const int64_t tokens_total = summary_.tokens_seen;
+  const double lr = machine_.lr(), grad_norm = machine_.global_norm();
+  const double elapsed = elapsed_before_ + std::chrono::duration<double>(now - t_start_).count();
   o_.status->update([&](JobStatus& s) {
     s.step = step;
     s.loss = loss;
@@ -558,6 +587,10 @@ void CoordinatorRun::update_status(int64_t step, double step_s) {
     s.bytes_pushed_total = pushed;
     s.bytes_pulled_total = pulled;
     s.step_seconds = phases;
+    s.tokens_total = tokens_total;
+    s.lr = lr;
+    s.grad_norm = grad_norm;
+    s.elapsed_s = elapsed;
     s.loss_history.push_back({step, loss});
     if (s.loss_history.size() > 4096) {  // keep every other point: bounded, still the whole run
       std::vector<LossPoint> thin;
@@ -566,6 +599,30 @@ void CoordinatorRun::update_status(int64_t step, double step_s) {
     }
     s.members = std::move(members);
   });
+}
+
+// RUN_DIR/status.json and RUN_DIR/report.html: the page as it stands when the run ends, kept.
+// A failure to write them is reported, not fatal: the training itself is done and saved.
+void CoordinatorRun::write_report(bool finished) {
+  if (o_.status != nullptr) o_.status->update([finished](JobStatus& s) { s.finished = finished; });
+  try {
+    JobStatus s;
+    if (o_.status != nullptr) {
+      s = o_.status->snapshot();
+    } else {
+      s.run_dir = cfg_.run.dir;
+      s.step = summary_.final_step;
+      s.start_step = summary_.start_step;
+      s.target_steps = steps_;
+      s.tokens_total = summary_.tokens_seen;
+      s.loss = summary_.final_loss;
+      s.finished = finished;
+    }
+    write_run_status(cfg_.run.dir, s);
+    spdlog::info("report: {}", write_run_report(cfg_.run.dir));
+  } catch (const Error& e) {
+    spdlog::warn("could not write the run report: {}", e.what());
+  }
 }
 
 // Every member, servers first (in-process this is also how the roles' threads end).
@@ -644,6 +701,9 @@ RunSummary CoordinatorRun::run() {
     }
   }
   broadcast_shutdown(summary_.interrupted ? "stopped" : "training finished");
+  status_event(summary_.interrupted ? fmt::format("stopped at step {}", summary_.final_step)
+                                    : fmt::format("finished at step {}", summary_.final_step));
+  write_report(!summary_.interrupted);
   summary_.elapsed_s = std::chrono::duration<double>(Clock::now() - t_start_).count();
   const int64_t ran = summary_.final_step - summary_.start_step;
   summary_.mean_step_s = ran > 0 ? summary_.elapsed_s / static_cast<double>(ran) : 0.0;

@@ -17,6 +17,7 @@ PACKAGES=(
   fortunes                  # the quickstart corpus (/usr/share/games/fortunes)
   python3-torch python3-h5py python3-numpy  # reference numbers and benchmarks (/usr/bin/python3)
   nodejs npm                # the Hugging Face tokenizer client the export test runs (npm install at test time)
+  chromium prometheus       # the status page test (headless) and promtool check metrics
 )
 
 missing=()

@@ -3,6 +3,9 @@
 
 #include "common/net/asio.hpp"  // first: includes <utility> before Asio
 #include "common/util/fs.hpp"
+#include "common/log.hpp"
+#include "ptrain/build_config.hpp"
+#include "status/status_page.hpp"
 
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -13,6 +16,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <list>
+#include <filesystem>
 
 namespace ptrain {
 namespace {
@@ -46,21 +51,6 @@ std::string prom_value(double x) {
 
 bool same_double(double a, double b) { return (std::isnan(a) && std::isnan(b)) || a == b; }
 
-std::string html_escape(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (char c : s) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out.push_back(c);
-    }
-  }
-  return out;
-}
-
 // NaN ↔ null in JSON.
 nlohmann::json num(double x) { return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(); }
 double num_from(const nlohmann::json& j) {
@@ -86,7 +76,21 @@ bool JobStatus::operator==(const JobStatus& o) const {
          bytes_pushed_total == o.bytes_pushed_total && bytes_pulled_total == o.bytes_pulled_total &&
          step_seconds == o.step_seconds && last_checkpoint_step == o.last_checkpoint_step &&
          std::equal(loss_history.begin(), loss_history.end(), o.loss_history.begin(),
-                    o.loss_history.end(), same_point);
+                    o.loss_history.end(), same_point) &&
+         run_dir == o.run_dir && start_step == o.start_step && target_steps == o.target_steps &&
+         tokens_total == o.tokens_total && same_double(lr, o.lr) && same_double(grad_norm, o.grad_norm) &&
+         same_double(val_loss, o.val_loss) && val_step == o.val_step && elapsed_s == o.elapsed_s &&
+         checkpoints == o.checkpoints && events == o.events && finished == o.finished;
+}
+
+void add_status_event(JobStatus& s, const std::string& text) {
+  const auto now = std::chrono::system_clock::now();
+  const std::time_t t = std::chrono::system_clock::to_time_t(now);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  s.events.push_back(fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z {}", tm.tm_year + 1900, tm.tm_mon + 1,
+                                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, text));
+  if (s.events.size() > 50) s.events.erase(s.events.begin(), s.events.end() - 50);
 }
 
 std::array<int64_t, 3> count_members(const JobStatus& s) {
@@ -102,41 +106,74 @@ std::array<int64_t, 3> count_members(const JobStatus& s) {
 
 std::string render_prometheus(const JobStatus& s) {
   std::string out;
+  auto it = std::back_inserter(out);
   auto head = [&out](const char* name, const char* type, const char* help) {
     fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
   };
-  head("ptrain_step", "gauge", "Optimizer steps applied.");
-  fmt::format_to(std::back_inserter(out), "ptrain_step {}\n", s.step);
-  head("ptrain_loss", "gauge", "Mean training loss (nats per token) of the last applied step.");
-  fmt::format_to(std::back_inserter(out), "ptrain_loss {}\n", prom_value(s.loss));
-  head("ptrain_tokens_per_second", "gauge", "Training throughput of the whole job.");
-  fmt::format_to(std::back_inserter(out), "ptrain_tokens_per_second {}\n",
-                 prom_value(s.tokens_per_second));
+  auto one = [&](const char* name, const char* type, const char* help, const std::string& value) {
+    head(name, type, help);
+    fmt::format_to(it, "{} {}\n", name, value);
+  };
+  head("ptrain_build_info", "gauge", "Always 1; the labels name the ptrain build.");
+  fmt::format_to(it, "ptrain_build_info{{version=\"{}\"}} 1\n", PTRAIN_VERSION);
+  one("ptrain_step", "gauge", "Optimizer steps applied.", std::to_string(s.step));
+  one("ptrain_target_steps", "gauge", "Optimizer steps the run trains to (train.steps).",
+      std::to_string(s.target_steps));
+  one("ptrain_tokens_total", "counter", "Target tokens trained on, resumes included.",
+      std::to_string(s.tokens_total));
+  one("ptrain_loss", "gauge", "Mean training loss (nats per token) of the last applied step.", prom_value(s.loss));
+  one("ptrain_val_loss", "gauge", "Validation loss (nats per token) of the last evaluation.", prom_value(s.val_loss));
+  one("ptrain_learning_rate", "gauge", "Learning rate of the last applied step.", prom_value(s.lr));
+  one("ptrain_grad_norm", "gauge", "Global gradient norm of the last applied step, before clipping.",
+      prom_value(s.grad_norm));
+  one("ptrain_elapsed_seconds", "gauge", "Training time of the run, continued across resumes.",
+      prom_value(s.elapsed_s));
   head("ptrain_members", "gauge", "Live members of the job by role.");
   const auto counts = count_members(s);
-  for (size_t i = 0; i < 3; ++i) {
-    fmt::format_to(std::back_inserter(out), "ptrain_members{{role=\"{}\"}} {}\n", kRoleNames[i],
-                   counts[i]);
-  }
-  head("ptrain_membership_epoch", "gauge", "Membership epoch (bumps on every join or leave).");
-  fmt::format_to(std::back_inserter(out), "ptrain_membership_epoch {}\n", s.membership_epoch);
-  head("ptrain_bytes_pushed_total", "counter", "Gradient bytes pushed by workers to servers.");
-  fmt::format_to(std::back_inserter(out), "ptrain_bytes_pushed_total {}\n", s.bytes_pushed_total);
-  head("ptrain_bytes_pulled_total", "counter", "Weight bytes pulled by workers from servers.");
-  fmt::format_to(std::back_inserter(out), "ptrain_bytes_pulled_total {}\n", s.bytes_pulled_total);
-  head("ptrain_step_seconds", "gauge", "Seconds of the last step by phase (mean over workers).");
+  for (size_t i = 0; i < 3; ++i) fmt::format_to(it, "ptrain_members{{role=\"{}\"}} {}\n", kRoleNames[i], counts[i]);
+  one("ptrain_membership_epoch", "gauge", "Membership epoch (bumps on every join or leave).",
+      std::to_string(s.membership_epoch));
+  one("ptrain_pushed_bytes_total", "counter", "Gradient bytes pushed by workers to servers since this run started.",
+      std::to_string(s.bytes_pushed_total));
+  one("ptrain_pulled_bytes_total", "counter", "Weight bytes pulled by workers from servers since this run started.",
+      std::to_string(s.bytes_pulled_total));
+  head("ptrain_step_phase_seconds", "gauge", "Seconds of the last step by phase (mean over workers).");
   const std::pair<const char*, double> phases[] = {{"compute", s.step_seconds.compute},
                                                    {"push", s.step_seconds.push},
                                                    {"wait", s.step_seconds.wait},
                                                    {"pull", s.step_seconds.pull}};
   for (const auto& [phase, v] : phases) {
-    fmt::format_to(std::back_inserter(out), "ptrain_step_seconds{{phase=\"{}\"}} {}\n", phase,
-                   prom_value(v));
+    fmt::format_to(it, "ptrain_step_phase_seconds{{phase=\"{}\"}} {}\n", phase, prom_value(v));
   }
-  head("ptrain_last_checkpoint_step", "gauge",
-       "Step of the last published checkpoint (-1 before the first).");
-  fmt::format_to(std::back_inserter(out), "ptrain_last_checkpoint_step {}\n",
-                 s.last_checkpoint_step);
+  one("ptrain_last_checkpoint_step", "gauge", "Step of the last published checkpoint (-1 before the first).",
+      std::to_string(s.last_checkpoint_step));
+  // Per member: one series per {role, id, host}.
+  auto label = [](const MemberStatus& m) {
+    std::string host;
+    for (char c : m.host) {  // label values escape \, " and newline
+      if (c == '\\' || c == '"') host.push_back('\\');
+      if (c == '\n') {
+        host += "\\n";
+        continue;
+      }
+      host.push_back(c);
+    }
+    return fmt::format("{{role=\"{}\",id=\"{}\",host=\"{}\"}}", role_name(m.role), m.id, host);
+  };
+  auto per_member = [&](const char* name, const char* type, const char* help, auto value) {
+    head(name, type, help);
+    for (const auto& m : s.members) fmt::format_to(it, "{}{} {}\n", name, label(m), value(m));
+  };
+  per_member("ptrain_member_step", "gauge", "A member's last completed step.",
+             [](const MemberStatus& m) { return std::to_string(m.step); });
+  per_member("ptrain_member_heartbeat_age_seconds", "gauge", "Seconds since the coordinator last heard from a member.",
+             [](const MemberStatus& m) { return prom_value(m.heartbeat_age_s); });
+  per_member("ptrain_member_pushed_bytes_total", "counter",
+             "Gradient bytes a worker sent (a server: received) since it started.",
+             [](const MemberStatus& m) { return std::to_string(m.bytes_pushed); });
+  per_member("ptrain_member_pulled_bytes_total", "counter",
+             "Weight bytes a worker received (a server: sent) since it started.",
+             [](const MemberStatus& m) { return std::to_string(m.bytes_pulled); });
   return out;
 }
 
@@ -174,8 +211,21 @@ std::string render_status_json(const JobStatus& s) {
       {"last_checkpoint_step", s.last_checkpoint_step},
       {"members", std::move(members)},
       {"loss_history", std::move(history)},
+      {"run_dir", s.run_dir},
+      {"run_name", std::filesystem::path(s.run_dir).filename().string()},
+      {"start_step", s.start_step},
+      {"target_steps", s.target_steps},
+      {"tokens_total", s.tokens_total},
+      {"lr", num(s.lr)},
+      {"grad_norm", num(s.grad_norm)},
+      {"val_loss", num(s.val_loss)},
+      {"val_step", s.val_step},
+      {"elapsed_s", num(s.elapsed_s)},
+      {"checkpoints", s.checkpoints},
+      {"events", s.events},
+      {"finished", s.finished},
   };
-  return j.dump(1) + "\n";
+  return j.dump(1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
 
 JobStatus parse_status_json(std::string_view text) {
@@ -208,84 +258,25 @@ JobStatus parse_status_json(std::string_view text) {
     for (const auto& p : j.at("loss_history")) {
       s.loss_history.push_back({p.at(0).get<int64_t>(), num_from(p.at(1))});
     }
+    s.run_dir = j.at("run_dir").get<std::string>();
+    s.start_step = j.at("start_step").get<int64_t>();
+    s.target_steps = j.at("target_steps").get<int64_t>();
+    s.tokens_total = j.at("tokens_total").get<int64_t>();
+    s.lr = num_from(j.at("lr"));
+    s.grad_norm = num_from(j.at("grad_norm"));
+    s.val_loss = num_from(j.at("val_loss"));
+    s.val_step = j.at("val_step").get<int64_t>();
+    s.elapsed_s = num_from(j.at("elapsed_s"));
+    s.checkpoints = j.at("checkpoints").get<std::vector<int64_t>>();
+    s.events = j.at("events").get<std::vector<std::string>>();
+    s.finished = j.at("finished").get<bool>();
     return s;
   } catch (const nlohmann::json::exception& e) {
     throw IoError(fmt::format("status JSON: {}", e.what()));
   }
 }
 
-std::string render_status_html(const JobStatus& s) {
-  std::string out;
-  auto it = std::back_inserter(out);
-  fmt::format_to(it,
-                 "<!doctype html>\n<html><head><meta charset=\"utf-8\">"
-                 "<meta http-equiv=\"refresh\" content=\"5\"><title>ptrain step {}</title>"
-                 "<style>body{{font-family:sans-serif;margin:1.5em}}td,th{{padding:2px 10px;"
-                 "text-align:right}}</style></head><body>\n<h1>ptrain</h1>\n",
-                 s.step);
-  const auto counts = count_members(s);
-  fmt::format_to(it,
-                 "<p>step <b>{}</b> &middot; loss <b>{}</b> &middot; {:.0f} tokens/s &middot; "
-                 "membership epoch {} ({} servers, {} workers) &middot; last checkpoint {}</p>\n",
-                 s.step, std::isfinite(s.loss) ? fmt::format("{:.4f}", s.loss) : "&ndash;",
-                 s.tokens_per_second, s.membership_epoch, counts[1], counts[2],
-                 s.last_checkpoint_step < 0 ? "none" : std::to_string(s.last_checkpoint_step));
-  fmt::format_to(it,
-                 "<p>last step: compute {:.3f} s, push {:.3f} s, wait {:.3f} s, pull {:.3f} s "
-                 "&middot; pushed {:.1f} MB, pulled {:.1f} MB</p>\n",
-                 s.step_seconds.compute, s.step_seconds.push, s.step_seconds.wait,
-                 s.step_seconds.pull, s.bytes_pushed_total / 1e6, s.bytes_pulled_total / 1e6);
-
-  // The loss curve: at most 500 points, scaled into a 600x200 box.
-  std::vector<LossPoint> pts;
-  for (const auto& p : s.loss_history) {
-    if (std::isfinite(p.loss)) pts.push_back(p);
-  }
-  if (pts.size() > 500) {
-    std::vector<LossPoint> thin;
-    const double stride = static_cast<double>(pts.size() - 1) / 499.0;
-    for (int i = 0; i < 500; ++i) thin.push_back(pts[static_cast<size_t>(i * stride + 0.5)]);
-    pts = std::move(thin);
-  }
-  if (pts.size() >= 2) {
-    double lo = pts[0].loss, hi = pts[0].loss;
-    for (const auto& p : pts) lo = std::min(lo, p.loss), hi = std::max(hi, p.loss);
-    if (hi - lo < 1e-12) hi = lo + 1.0;
-    const double s0 = static_cast<double>(pts.front().step);
-    const double s1 = std::max(s0 + 1.0, static_cast<double>(pts.back().step));
-    fmt::format_to(it,
-                   "<svg width=\"640\" height=\"230\" viewBox=\"0 0 640 230\">"
-                   "<rect x=\"30\" y=\"10\" width=\"600\" height=\"200\" fill=\"none\" "
-                   "stroke=\"#ccc\"/><polyline fill=\"none\" stroke=\"#1f77b4\" points=\"");
-    for (const auto& p : pts) {
-      const double x = 30 + 600 * (static_cast<double>(p.step) - s0) / (s1 - s0);
-      const double y = 210 - 200 * (p.loss - lo) / (hi - lo);
-      fmt::format_to(it, "{:.1f},{:.1f} ", x, y);
-    }
-    fmt::format_to(it,
-                   "\"/><text x=\"0\" y=\"18\" font-size=\"11\">{:.3g}</text>"
-                   "<text x=\"0\" y=\"210\" font-size=\"11\">{:.3g}</text>"
-                   "<text x=\"30\" y=\"226\" font-size=\"11\">step {}</text>"
-                   "<text x=\"560\" y=\"226\" font-size=\"11\">step {}</text></svg>\n",
-                   hi, lo, pts.front().step, pts.back().step);
-  } else {
-    out += "<p>(the loss curve appears after two steps)</p>\n";
-  }
-
-  out += "<table><tr><th>member</th><th>host</th><th>heartbeat age s</th><th>step</th>"
-         "<th>loss</th><th>tokens/s</th><th>MB pushed</th><th>MB pulled</th></tr>\n";
-  for (const auto& m : s.members) {
-    fmt::format_to(it,
-                   "<tr><td>{} {}</td><td>{}</td><td>{:.1f}</td><td>{}</td><td>{}</td>"
-                   "<td>{:.0f}</td><td>{:.1f}</td><td>{:.1f}</td></tr>\n",
-                   role_name(m.role), m.id, html_escape(m.host), m.heartbeat_age_s, m.step,
-                   std::isfinite(m.loss) ? fmt::format("{:.4f}", m.loss) : "&ndash;",
-                   m.tokens_per_second, m.bytes_pushed / 1e6, m.bytes_pulled / 1e6);
-  }
-  out += "</table>\n<p><a href=\"/metrics\">/metrics</a> &middot; "
-         "<a href=\"/status\">/status</a></p>\n</body></html>\n";
-  return out;
-}
+std::string render_status_html(const JobStatus& s) { return render_live_page(s); }
 
 StatusReply route_status_request(std::string_view method, std::string_view target,
                                  const std::function<JobStatus()>& snapshot) {
@@ -298,8 +289,10 @@ StatusReply route_status_request(std::string_view method, std::string_view targe
     return r;
   }
   const std::string_view path = target.substr(0, target.find('?'));
-  enum class Page { kMetrics, kStatus, kHtml } page;
-  if (path == "/metrics") {
+  enum class Page { kMetrics, kStatus, kHtml, kTrainLog } page;
+  if (path == "/train.jsonl") {
+    page = Page::kTrainLog;
+  } else if (path == "/metrics") {
     page = Page::kMetrics;
   } else if (path == "/status") {
     page = Page::kStatus;
@@ -308,7 +301,7 @@ StatusReply route_status_request(std::string_view method, std::string_view targe
   } else {
     r.status = 404;
     r.content_type = "text/plain; charset=utf-8";
-    r.body = "not found: try /metrics, /status or /\n";
+    r.body = "not found: try /metrics, /status, /train.jsonl or /\n";
     return r;
   }
   JobStatus s;
@@ -333,6 +326,15 @@ StatusReply route_status_request(std::string_view method, std::string_view targe
       r.content_type = "text/html; charset=utf-8";
       r.body = render_status_html(s);
       break;
+    case Page::kTrainLog:
+      r.content_type = "application/x-ndjson";
+      if (s.run_dir.empty()) break;  // nothing logged: an empty log
+      try {
+        r.body = read_file(s.run_dir + "/train.jsonl");
+      } catch (const IoError&) {
+        // Not written yet (the first logged step has not happened): an empty log.
+      }
+      break;
   }
   return r;
 }
@@ -346,6 +348,16 @@ struct StatusServer::Impl {
   StatusServerOptions options;
   tcp::endpoint bound;
   std::atomic<int> connections{0};
+  // Open connections, oldest first, and whether each has sent anything yet (the io thread only):
+  // the cap sheds idle ones first.
+  struct Live {
+    tcp::socket* sock;
+    bool idle = true;
+  };
+  std::list<Live> live;
+  LogLimiter shed_log;
+  LogLimiter accept_log;
+  LogLimiter bad_request_log;
 };
 
 namespace {
@@ -359,14 +371,25 @@ bool is_parse_error(const beast::error_code& ec) {
 
 // One connection: read one request under a deadline, answer it, close.
 awaitable<void> serve(std::shared_ptr<Impl> self, tcp::socket sock) {
+  self->live.push_back({&sock, true});
   struct Count {
-    std::atomic<int>& n;
-    ~Count() { --n; }
-  } count{self->connections};
+    Impl& impl;
+    std::list<Impl::Live>::iterator at;
+    ~Count() {
+      --impl.connections;
+      impl.live.erase(at);
+    }
+  } count{*self, std::prev(self->live.end())};
   beast::error_code ignored;
   const auto remote = sock.remote_endpoint(ignored);
   const std::string peer = net::format_endpoint(remote);
   try {
+    // Idle connections go first: nothing sent within idle_timeout closes it.
+    auto [wait_ec] = co_await net::with_deadline(
+        sock.async_wait(tcp::socket::wait_read, net::nothrow_awaitable),
+        self->options.idle_timeout, fmt::format("status connection from {} (idle)", peer));
+    if (wait_ec) co_return;  // shed, or the socket failed
+    count.at->idle = false;
     beast::flat_buffer buf;
     http::request_parser<http::string_body> parser;
     parser.header_limit(8 * 1024);
@@ -379,7 +402,11 @@ awaitable<void> serve(std::shared_ptr<Impl> self, tcp::socket sock) {
     bool head = false;
     if (ec) {
       if (!is_parse_error(ec)) co_return;  // the peer hung up or the socket failed: nothing to say
-      spdlog::info("status: bad request from {}: {}", peer, ec.message());
+      int64_t held = 0;
+      if (self->bad_request_log.allow(held)) {
+        spdlog::info("status: bad request from {}: {}{}", peer, ec.message(),
+                     LogLimiter::held_note(held));
+      }
       reply.status = 400;
       reply.content_type = "text/plain; charset=utf-8";
       reply.body = fmt::format("bad request: {}\n", ec.message());
@@ -433,16 +460,36 @@ awaitable<void> accept_loop(std::shared_ptr<Impl> self) {
     auto [ec, sock] = co_await self->acceptor.async_accept(net::nothrow_awaitable);
     if (!self->acceptor.is_open() || ec == asio::error::operation_aborted) co_return;
     if (ec) {
-      // E.g. out of file descriptors: say so, and do not spin.
-      spdlog::warn("status: accept failed: {}", ec.message());
+      // E.g. out of file descriptors: say so (at a bounded rate), and do not spin.
+      int64_t held = 0;
+      if (self->accept_log.allow(held)) {
+        spdlog::warn("status: accept failed: {}{}", ec.message(), LogLimiter::held_note(held));
+      }
       asio::steady_timer pause(self->acceptor.get_executor(), std::chrono::milliseconds(100));
       co_await pause.async_wait(net::nothrow_awaitable);
       continue;
     }
     if (self->connections.load() >= self->options.max_connections) {
+      // Shed the oldest idle connection to make room; if none is idle, this one goes.
+      auto idle = std::find_if(self->live.begin(), self->live.end(),
+                               [](const Impl::Live& l) { return l.idle; });
       beast::error_code ignored;
-      sock.close(ignored);
-      continue;
+      int64_t held = 0;
+      const bool say = self->shed_log.allow(held);
+      if (idle == self->live.end()) {
+        if (say) {
+          spdlog::warn("status: {} connections busy; closing a new one{}",
+                       self->connections.load(), LogLimiter::held_note(held));
+        }
+        sock.close(ignored);
+        continue;
+      }
+      if (say) {
+        spdlog::warn("status: {} connections open; closing the oldest idle one{}",
+                     self->connections.load(), LogLimiter::held_note(held));
+      }
+      idle->idle = false;  // shed once
+      idle->sock->close(ignored);
     }
     ++self->connections;
     asio::co_spawn(self->acceptor.get_executor(), serve(self, std::move(sock)), asio::detached);

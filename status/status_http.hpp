@@ -3,7 +3,10 @@
 // (Boost.Beast over Asio, one coroutine per connection) that serves them:
 //   GET /metrics  text/plain; version=0.0.4   Prometheus text exposition format
 //   GET /status   application/json             the same figures, and per member
-//   GET /         text/html                    figures and the loss curve as inline SVG
+//   GET /         text/html                    the page for people (status_page.hpp): charts that
+//                                              update in place from /status and /train.jsonl
+//   GET /train.jsonl application/x-ndjson      RUN_DIR/train.jsonl as it stands (the whole run's
+//                                              history, earlier attempts included)
 // Anything else is 404, a method other than GET/HEAD 405, a malformed request 400; every reply
 // closes the connection. The server is read-only: no request changes the job.
 //
@@ -16,6 +19,7 @@
 
 #include <array>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -71,19 +75,39 @@ struct JobStatus {
   uint64_t bytes_pulled_total = 0;  // weight bytes, whole job, since this run started
   StepSeconds step_seconds;
   int64_t last_checkpoint_step = -1;   // -1: no checkpoint published yet
-  std::vector<LossPoint> loss_history; // for the HTML curve (the renderer thins it to ≤ 500)
+  std::vector<LossPoint> loss_history; // this run's steps (thinned to ≤ 4096 points)
+  // What the page and /metrics add (NaN = not known yet).
+  std::string run_dir;               // "" = no train.jsonl to serve
+  int64_t start_step = 0;            // where this run started (resume)
+  int64_t target_steps = 0;          // train.steps
+  int64_t tokens_total = 0;          // target tokens trained on, whole run, resumes included
+  double lr = std::nan("");          // learning rate of the last applied step
+  double grad_norm = std::nan("");   // its global gradient norm, before clipping
+  double val_loss = std::nan("");    // the last evaluation's
+  int64_t val_step = -1;             // its step (-1: none yet)
+  double elapsed_s = 0.0;            // training time, continued across resumes
+  std::vector<int64_t> checkpoints;  // steps published by this run, oldest first
+  std::vector<std::string> events;   // recent events, "ISO-time text", newest last (≤ 50)
+  bool finished = false;             // the run ended (the page stops polling)
   bool operator==(const JobStatus&) const;  // NaN losses compare equal to each other
 };
+
+// Appends "TIME text" to s.events, keeping the newest 50.
+void add_status_event(JobStatus& s, const std::string& text);
 
 // Members per role: [coordinator, server, worker].
 std::array<int64_t, 3> count_members(const JobStatus& s);
 
-// Prometheus text exposition format 0.0.4: a # HELP and # TYPE line per metric, then samples:
-//   ptrain_step, ptrain_loss, ptrain_tokens_per_second, ptrain_members{role="coordinator|server|
-//   worker"} (all three always present), ptrain_membership_epoch, ptrain_bytes_pushed_total and
-//   ptrain_bytes_pulled_total (counters), ptrain_step_seconds{phase="compute|push|wait|pull"},
-//   ptrain_last_checkpoint_step (-1 before the first checkpoint). Gauges and counters only; NaN
-//   is written "NaN", infinities "+Inf"/"-Inf".
+// Prometheus text exposition format 0.0.4, by Prometheus' naming conventions (base units in the
+// name, counters end in _total, rates are left to rate()): a # HELP and # TYPE line per metric,
+// then samples. The list, with meanings, is in docs/status.md; every name starts with ptrain_.
+// Job-wide: ptrain_build_info{version}, ptrain_step, ptrain_target_steps, ptrain_tokens_total,
+// ptrain_loss, ptrain_val_loss, ptrain_learning_rate, ptrain_grad_norm, ptrain_elapsed_seconds,
+// ptrain_members{role} (all three roles always present), ptrain_membership_epoch,
+// ptrain_pushed_bytes_total, ptrain_pulled_bytes_total, ptrain_step_phase_seconds{phase},
+// ptrain_last_checkpoint_step (-1 before the first). Per member, labelled {role, id, host}:
+// ptrain_member_step, ptrain_member_heartbeat_age_seconds, ptrain_member_pushed_bytes_total,
+// ptrain_member_pulled_bytes_total. NaN is written "NaN", infinities "+Inf"/"-Inf".
 std::string render_prometheus(const JobStatus& s);
 
 // JSON object with the same figures ("members_by_role", "step_seconds" as objects), "members" as
@@ -93,7 +117,7 @@ std::string render_status_json(const JobStatus& s);
 // Parses render_status_json's output (tools, tests). Throws IoError naming what is wrong.
 JobStatus parse_status_json(std::string_view json);
 
-// A small self-contained HTML page (no scripts, refreshes itself every 5 s).
+// The page at `/` (status_page.hpp's live form).
 std::string render_status_html(const JobStatus& s);
 
 // The pure request router: what to answer to `method` `target` (the query string is ignored).
@@ -110,7 +134,12 @@ StatusReply route_status_request(std::string_view method, std::string_view targe
 struct StatusServerOptions {
   std::chrono::milliseconds read_timeout{10'000};   // a whole request must arrive within this
   std::chrono::milliseconds write_timeout{10'000};
-  int max_connections = 64;                          // beyond this, new connections are closed
+  // A connection that sends nothing for this long after connecting is closed: idle connections
+  // cannot hold the endpoint for the whole read_timeout.
+  std::chrono::milliseconds idle_timeout{2'000};
+  // At this many connections a new one sheds the oldest idle one (that has sent nothing yet);
+  // only when none is idle is the new one closed. Monitoring gets through an idle flood.
+  int max_connections = 64;
 };
 
 // The HTTP server. Binds in the constructor (IoError naming HOST:PORT when it cannot) and serves

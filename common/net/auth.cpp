@@ -309,8 +309,20 @@ AuthDecodeResult decode_auth(std::span<const std::byte> bytes) {
     return r;
   };
   const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
-  // Refuse garbage as early as possible: the magic is known after 4 bytes.
-  if (bytes.size() >= 4) {
+  // Refuse garbage as early as possible: from the first byte that cannot begin the magic (a
+  // reader then drops a peer that sent one stray byte at once, not at its deadline), with a
+  // better reason once 4 bytes tell what the peer speaks.
+  if (bytes.size() < 4) {
+    const uint32_t magic = kAuthMagic;
+    if (std::memcmp(p, &magic, bytes.size()) != 0) {
+      std::string hex;
+      for (size_t i = 0; i < bytes.size(); ++i) hex += fmt::format("{:02x}", p[i]);
+      return bad(fmt::format("not a ptrain auth frame (it starts with 0x{}, expected \"PTRA\")",
+                             hex));
+    }
+    return r;
+  }
+  {
     uint32_t magic;
     std::memcpy(&magic, p, 4);
     if (magic != kAuthMagic) {

@@ -167,8 +167,8 @@ struct AuthDecodeResult {
 };
 
 // Looks for one auth frame at the start of `bytes`: kNeedMore (under kAuthHeaderSize bytes, or the
-// body not complete), kBad with a reason (wrong magic — a protocol frame, an HTTP request or
-// noise —, another auth version, unknown kind, a body length that does not fit the kind, a bad
+// body not complete), kBad with a reason (wrong magic — from the first byte that cannot start it;
+// with 4 bytes named as a protocol frame, an HTTP request or noise —, another auth version, unknown kind, a body length that does not fit the kind, a bad
 // role or flag), or kGood.
 AuthDecodeResult decode_auth(std::span<const std::byte> bytes);
 

@@ -8,8 +8,12 @@
 #include "common/proto/codec.hpp"
 #include "common/proto/frame_decoder.hpp"
 #include "common/util/hash.hpp"
+#include "common/log.hpp"
 
+#include <fcntl.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <array>
@@ -18,6 +22,7 @@
 #include <cstring>
 #include <deque>
 #include <future>
+#include <list>
 #include <map>
 #include <mutex>
 #include <set>
@@ -41,6 +46,19 @@ int64_t unix_ms() {
 }
 
 double secs(std::chrono::milliseconds d) { return static_cast<double>(d.count()) / 1000.0; }
+
+// Raises this process's soft limit on open files to its hard limit, once: the headroom keeps
+// checkpoints and peers working while a listener sheds a flood.
+void raise_fd_limit() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    rlimit rl{};
+    if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+      rl.rlim_cur = rl.rlim_max;
+      (void)::setrlimit(RLIMIT_NOFILE, &rl);
+    }
+  });
+}
 
 }  // namespace
 
@@ -69,6 +87,7 @@ struct Session {
   Clock::time_point last_rx = Clock::now();
   bool open = true;
   bool goodbye = false;  // a Shutdown went either way: a later disconnect is expected
+  std::string shed;      // why the listener dropped it before it authenticated (flood control)
   std::string label() const { return peer ? fmt::format("{} ({})", peer->str(), addr) : addr; }
 };
 using SessionPtr = std::shared_ptr<Session>;
@@ -84,6 +103,14 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
   std::optional<tcp::acceptor> acceptor;
   IdentifyFn identify;
   std::set<SessionPtr> sessions;  // I/O thread only
+  // Accepted connections still authenticating, oldest first (I/O thread only).
+  std::list<SessionPtr> pending_auth;
+  // A descriptor held in reserve: when accept fails for want of descriptors, it is given up for
+  // a moment to take the waiting connection off the backlog and close it (else accept fails
+  // again at once, forever).
+  int reserve_fd = -1;
+  LogLimiter refusal_log;
+  LogLimiter accept_log;
 
   mutable std::mutex mu;
   std::condition_variable cv;
@@ -186,10 +213,26 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
     }
   }
 
+  // One auth frame. The header is read as it comes (never past it: a peer sends nothing more
+  // before our answer) and checked after every read, so junk is refused at its first wrong byte,
+  // not at the handshake deadline.
   awaitable<AuthFrame> read_auth(const SessionPtr& s) {
     std::array<std::byte, kMaxAuthFrame> buf{};
-    co_await asio::async_read(s->sock, asio::buffer(buf.data(), kAuthHeaderSize), use_awaitable);
-    AuthDecodeResult r = decode_auth(std::span(buf.data(), kAuthHeaderSize));
+    size_t have = 0;
+    AuthDecodeResult r;
+    while (have < kAuthHeaderSize) {
+      auto [ec, n] = co_await s->sock.async_read_some(
+          asio::buffer(buf.data() + have, kAuthHeaderSize - have), nothrow_awaitable);
+      if (ec) {
+        throw IoError(ec == asio::error::eof
+                          ? std::string("the peer closed the connection before authenticating")
+                          : fmt::format("connection broken before authenticating ({})",
+                                        ec.message()));
+      }
+      have += n;
+      r = decode_auth(std::span(buf.data(), have));
+      if (r.status == proto::DecodeStatus::kBad) throw IoError(r.error);
+    }
     if (r.status == proto::DecodeStatus::kNeedMore && r.frame_size > kAuthHeaderSize &&
         r.frame_size <= kMaxAuthFrame) {
       co_await asio::async_read(
@@ -424,12 +467,25 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
     asio::co_spawn(io, [self, s]() { return self->reader(s); }, asio::detached);
   }
 
-  awaitable<void> serve_accepted(SessionPtr s) {
+  awaitable<void> serve_accepted(SessionPtr s, std::list<SessionPtr>::iterator pending_at) {
+    std::string refused;
     try {
       co_await with_deadline(server_handshake(s), opt.handshake_timeout,
                              fmt::format("authenticating {}", s->addr));
     } catch (const std::exception& e) {
-      spdlog::warn("refused a connection from {}: {}; the job continues", s->addr, e.what());
+      refused = e.what();
+    }
+    if (!s->shed.empty()) {
+      refused = s->shed;  // the listener dropped it (and took it off pending_auth)
+    } else {
+      pending_auth.erase(pending_at);
+    }
+    if (!refused.empty()) {
+      int64_t held = 0;
+      if (refusal_log.allow(held)) {
+        spdlog::warn("refused a connection from {}: {}; the job continues{}", s->addr, refused,
+                     LogLimiter::held_note(held));
+      }
       boost::system::error_code ignored;
       s->sock.close(ignored);
       co_return;
@@ -439,26 +495,67 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
     start(s);
   }
 
+  // Out of descriptors: gives up the reserve for a moment to accept the connection at the head
+  // of the backlog and close it at once.
+  void shed_backlog() {
+    if (reserve_fd < 0) return;
+    ::close(reserve_fd);
+    reserve_fd = -1;
+    const int fd = ::accept4(acceptor->native_handle(), nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd >= 0) ::close(fd);
+    reserve_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  }
+
   awaitable<void> accept_loop() {
+    std::chrono::milliseconds backoff{0};
     for (;;) {
       auto [ec, sock] = co_await acceptor->async_accept(nothrow_awaitable);
       if (closing || !acceptor->is_open()) co_return;
       if (ec) {
-        spdlog::warn("accept failed: {}", ec.message());
+        // Never a tight loop: back off (10 ms doubling to 1 s) and log at a bounded rate.
+        const bool no_fds = ec == asio::error::no_descriptors || ec.value() == ENFILE;
+        if (no_fds) shed_backlog();
+        backoff = std::clamp(backoff * 2, std::chrono::milliseconds(10),
+                             std::chrono::milliseconds(1000));
+        int64_t held = 0;
+        if (accept_log.allow(held)) {
+          spdlog::warn("accepting on {} failed: {}{}; retrying in {} ms{}",
+                       format_endpoint(acceptor->local_endpoint()), ec.message(),
+                       no_fds ? " (new connections are shed until descriptors free up)" : "",
+                       backoff.count(), LogLimiter::held_note(held));
+        }
+        asio::steady_timer pause(io, backoff);
+        co_await pause.async_wait(nothrow_awaitable);
         continue;
       }
+      backoff = std::chrono::milliseconds(0);
       boost::system::error_code e2;
       const auto remote = sock.remote_endpoint(e2);
       sock.set_option(tcp::no_delay(true), e2);
       auto s = std::make_shared<Session>(std::move(sock),
                                          e2 ? std::string("?") : format_endpoint(remote));
-      asio::co_spawn(io, serve_accepted(s), asio::detached);
+      // Flood control: one more than max_pending_auth sheds the oldest still authenticating.
+      if (pending_auth.size() >= std::max<size_t>(1, opt.max_pending_auth)) {
+        SessionPtr oldest = pending_auth.front();
+        pending_auth.pop_front();
+        oldest->shed = fmt::format(
+            "dropped unauthenticated after {:.1f} s: more than {} connections were waiting to "
+            "authenticate on this listener (the oldest is dropped first)",
+            std::chrono::duration<double>(Clock::now() - oldest->last_rx).count(),
+            opt.max_pending_auth);
+        boost::system::error_code ignored;
+        oldest->sock.close(ignored);
+      }
+      s->last_rx = Clock::now();
+      pending_auth.push_back(s);
+      asio::co_spawn(io, serve_accepted(s, std::prev(pending_auth.end())), asio::detached);
     }
   }
 };
 
 TcpNode::TcpNode(Secret secret, TcpNodeOptions options)
     : impl_(std::make_shared<Impl>(std::move(secret), std::move(options))) {
+  raise_fd_limit();
   impl_->guard.emplace(impl_->io.get_executor());
   impl_->thread = std::thread([impl = impl_.get()] {
     for (;;) {
@@ -492,6 +589,7 @@ std::string TcpNode::listen(const std::string& host, uint16_t port, IdentifyFn i
       im.acceptor->bind(ep, ec);
       if (ec) throw IoError(fmt::format("cannot listen on {}:{}: {}", host, port, ec.message()));
       im.acceptor->listen();
+      if (im.reserve_fd < 0) im.reserve_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
       asio::co_spawn(im.io, im.accept_loop(), asio::detached);
       done.set_value(advertised_endpoint(im.acceptor->local_endpoint()));
     } catch (...) {
@@ -676,6 +774,10 @@ void TcpNode::close() {
   }
   im.io.stop();
   im.thread.join();
+  if (im.reserve_fd >= 0) {
+    ::close(im.reserve_fd);
+    im.reserve_fd = -1;
+  }
   {
     std::lock_guard lock(im.send_mu);
     im.stopped = true;

@@ -11,6 +11,12 @@
 //     a peer silent for peer_timeout. A peer that fails authentication, sends garbage, a
 //     truncated/oversized/wrong-version frame, or is not identified by its first frame, is
 //     dropped with a logged reason naming its address; the listener keeps going.
+//     Floods: junk is refused at its first byte that cannot start a handshake; at most
+//     max_pending_auth unauthenticated connections are held per listener (one more sheds the
+//     oldest); accept errors (out of file descriptors) back off and shed the connection waiting
+//     in the backlog with a reserved descriptor rather than spin; refusals and accept errors are
+//     logged at a bounded rate (a few lines per 10 s, then a count). The process's soft limit on
+//     open files is raised to its hard limit once, leaving room for checkpoints and peers.
 //   - TcpTransport: the Transport (transport.hpp) of one role over a node. Several may share one
 //     node (a provisional one for registration, then the role's own).
 // A connection carries frames both ways; it is bound to the peer's Endpoint: by the connecting
@@ -44,6 +50,10 @@ struct TcpNodeOptions {
   std::chrono::milliseconds heartbeat{1000};
   std::chrono::milliseconds peer_timeout{10'000};
   std::chrono::milliseconds handshake_timeout{5'000};
+  // A listener holds at most this many connections that have not authenticated yet; one more
+  // sheds the oldest of them (a flood of idle or slow connections cannot exhaust the process's
+  // file descriptors, and a real peer arriving later still gets in).
+  size_t max_pending_auth = 64;
   proto::DecoderLimits limits;
   // Told of each lost peer and why (the cause, without the peer's name: "missed heartbeats for
   // 10 s"), on the I/O thread; returns whether the loss stops this role (receive() throws

@@ -17,6 +17,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 using namespace ptrain;
 using namespace ptrain::net;
@@ -73,5 +74,81 @@ TEST_CASE("tcp hardening: a wrong secret is named on both sides at once - not a 
   CHECK(all.find("the job secret does not match") != std::string::npos);
   CHECK(all.find("timed out") == std::string::npos);
   client.close();
+  server->close();
+}
+
+namespace {
+
+int dial(const std::string& host_port) {
+  const auto colon = host_port.rfind(':');
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(std::stoi(host_port.substr(colon + 1))));
+  inet_pton(AF_INET, host_port.substr(0, colon).c_str(), &a.sin_addr);
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(fd >= 0);
+  REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  return fd;
+}
+
+bool closed_within(int fd, std::chrono::milliseconds limit) {
+  timeval tv{static_cast<time_t>(limit.count() / 1000),
+             static_cast<suseconds_t>((limit.count() % 1000) * 1000)};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char c;
+  const ssize_t n = ::recv(fd, &c, 1, 0);
+  return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+}
+
+}  // namespace
+
+TEST_CASE("tcp hardening: a flood of idle connections is capped - a real peer still gets in") {
+  test::LogCapture log;
+  const Secret secret("flood-secret");
+  TcpNodeOptions o;
+  o.max_pending_auth = 8;
+  std::string addr;
+  auto server = listening_node(secret, addr, o);
+  std::vector<int> idle;
+  for (int i = 0; i < 200; ++i) idle.push_back(dial(addr));
+  // The oldest were shed: the first connection is closed long before the 5 s deadline.
+  CHECK(closed_within(idle.front(), 2000ms));
+  TcpNodeOptions co;
+  co.self_role = Role::kWorker;
+  TcpNode client(secret, co);
+  const auto t0 = std::chrono::steady_clock::now();
+  client.connect(addr, coordinator_endpoint(), proto::Failure{0, "hello"}, 5s);
+  CHECK(std::chrono::steady_clock::now() - t0 < 1s);
+  // Refusals are logged at a bounded rate: a handful of lines and a count, not 192 lines.
+  std::this_thread::sleep_for(200ms);
+  const size_t refusals = log.count("refused a connection from");
+  CAPTURE(refusals);
+  CHECK(refusals >= 1);
+  CHECK(refusals <= 6);
+  CHECK(log.all().find("dropped unauthenticated after") != std::string::npos);
+  for (int fd : idle) ::close(fd);
+  client.close();
+  server->close();
+}
+
+TEST_CASE("tcp hardening: junk is dropped at its first byte with the reason") {
+  test::LogCapture log;
+  std::string addr;
+  auto server = listening_node(Secret("junk-secret"), addr);
+  for (const std::string& junk : {std::string("x"), std::string("\r\n"), std::string("GET / HTTP/1.1\r\n\r\n"),
+                                 std::string("PTRN")}) {
+    const int fd = dial(addr);
+    ::send(fd, junk.data(), junk.size(), MSG_NOSIGNAL);
+    const auto t0 = std::chrono::steady_clock::now();
+    CHECK(closed_within(fd, 3000ms));
+    CHECK(std::chrono::steady_clock::now() - t0 < 1s);  // not the 5 s handshake deadline
+    ::close(fd);
+  }
+  std::this_thread::sleep_for(100ms);
+  const std::string all = log.all();
+  CAPTURE(all);
+  CHECK(all.find("not a ptrain auth frame (it starts with 0x78") != std::string::npos);
+  CHECK(all.find("an HTTP request") != std::string::npos);
+  CHECK(all.find("a protocol frame before authenticating") != std::string::npos);
   server->close();
 }

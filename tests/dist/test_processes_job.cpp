@@ -418,19 +418,19 @@ TEST_CASE("dist: sharded checkpoint - h5py and the tools read it - status endpoi
   const std::string page = http_get(addr, "/metrics");
   CHECK(page.find("200 OK") != std::string::npos);
   for (const char* name :
-       {"ptrain_step", "ptrain_loss", "ptrain_tokens_per_second", "ptrain_membership_epoch",
-        "ptrain_bytes_pushed_total", "ptrain_bytes_pulled_total", "ptrain_last_checkpoint_step",
+       {"ptrain_step", "ptrain_loss", "ptrain_tokens_total", "ptrain_membership_epoch",
+        "ptrain_pushed_bytes_total", "ptrain_pulled_bytes_total", "ptrain_last_checkpoint_step",
         "ptrain_members{role=\"worker\"}", "ptrain_members{role=\"server\"}",
-        "ptrain_step_seconds{phase=\"compute\"}", "ptrain_step_seconds{phase=\"push\"}",
-        "ptrain_step_seconds{phase=\"wait\"}", "ptrain_step_seconds{phase=\"pull\"}"}) {
+        "ptrain_step_phase_seconds{phase=\"compute\"}", "ptrain_step_phase_seconds{phase=\"push\"}",
+        "ptrain_step_phase_seconds{phase=\"wait\"}", "ptrain_step_phase_seconds{phase=\"pull\"}"}) {
     CAPTURE(name);
     CHECK(page.find(std::string("\n") + name + " ") != std::string::npos);
   }
   CHECK(metric(page, "ptrain_step") > 0);
   CHECK(metric(page, "ptrain_members{role=\"worker\"}") == 2);
   CHECK(metric(page, "ptrain_members{role=\"server\"}") == 2);
-  CHECK(metric(page, "ptrain_bytes_pushed_total") > 0);
-  CHECK(metric(page, "ptrain_bytes_pulled_total") > 0);
+  CHECK(metric(page, "ptrain_pushed_bytes_total") > 0);
+  CHECK(metric(page, "ptrain_pulled_bytes_total") > 0);
   CHECK(metric(page, "ptrain_loss") > 0);
   const std::string st = http_get(addr, "/status");
   REQUIRE(st.find("\r\n\r\n") != std::string::npos);

@@ -18,12 +18,19 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <cmath>
 
 using namespace ptrain;
 using namespace ptrain::testing;
 namespace fs = std::filesystem;
 
 namespace {
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
 
 using test::http_get;
 
@@ -77,7 +84,7 @@ TEST_CASE("coordinator job: status endpoint serves every metric while a threads 
   c.cluster.workers = 2;
   c.cluster.servers = 2;
   c.checkpoint.every_steps = 2;
-  std::string metrics, status_json, addr;
+  std::string metrics, status_json, addr, train_log;
   ThreadsJobOptions o;
   // Asked after every applied step on the coordinator's thread: read the page mid-run (the
   // server answers from its own thread).
@@ -87,6 +94,7 @@ TEST_CASE("coordinator job: status endpoint serves every metric while a threads 
       std::getline(in, addr);
       metrics = http_get(addr, "/metrics");
       status_json = http_get(addr, "/status");
+      train_log = http_get(addr, "/train.jsonl");
     }
     return false;
   };
@@ -97,19 +105,19 @@ TEST_CASE("coordinator job: status endpoint serves every metric while a threads 
   const auto m = samples(body_of(metrics));
   INFO(body_of(metrics));
   for (const char* name :
-       {"ptrain_step", "ptrain_loss", "ptrain_tokens_per_second", "ptrain_membership_epoch",
-        "ptrain_bytes_pushed_total", "ptrain_bytes_pulled_total", "ptrain_last_checkpoint_step",
+       {"ptrain_step", "ptrain_loss", "ptrain_tokens_total", "ptrain_membership_epoch",
+        "ptrain_pushed_bytes_total", "ptrain_pulled_bytes_total", "ptrain_last_checkpoint_step",
         "ptrain_members{role=\"worker\"}", "ptrain_members{role=\"server\"}",
-        "ptrain_members{role=\"coordinator\"}", "ptrain_step_seconds{phase=\"compute\"}",
-        "ptrain_step_seconds{phase=\"push\"}", "ptrain_step_seconds{phase=\"wait\"}",
-        "ptrain_step_seconds{phase=\"pull\"}"}) {
+        "ptrain_members{role=\"coordinator\"}", "ptrain_step_phase_seconds{phase=\"compute\"}",
+        "ptrain_step_phase_seconds{phase=\"push\"}", "ptrain_step_phase_seconds{phase=\"wait\"}",
+        "ptrain_step_phase_seconds{phase=\"pull\"}"}) {
     CAPTURE(name);
     CHECK(m.count(name) == 1);
   }
   CHECK(m.at("ptrain_step") == 3);
   CHECK(m.at("ptrain_loss") > 1.0);
   CHECK(m.at("ptrain_loss") < 10.0);
-  CHECK(m.at("ptrain_tokens_per_second") > 0);
+  CHECK(m.at("ptrain_tokens_total") == 3 * c.train.batch_size * c.model.seq_len);
   CHECK(m.at("ptrain_members{role=\"worker\"}") == 2);
   CHECK(m.at("ptrain_members{role=\"server\"}") == 2);
   CHECK(m.at("ptrain_members{role=\"coordinator\"}") == 1);
@@ -117,14 +125,30 @@ TEST_CASE("coordinator job: status endpoint serves every metric while a threads 
   CHECK(m.at("ptrain_last_checkpoint_step") == 2);
   // 3 steps x 2 workers x 2 servers pushes of the whole vector (plus frame headers) at least.
   const double floats = static_cast<double>(layout_for(c).total());
-  CHECK(m.at("ptrain_bytes_pushed_total") >= 3 * floats * 4);
-  CHECK(m.at("ptrain_bytes_pulled_total") >= 3 * floats * 4);
-  CHECK(m.at("ptrain_step_seconds{phase=\"compute\"}") > 0);
-  CHECK(m.at("ptrain_step_seconds{phase=\"wait\"}") >= 0);
+  CHECK(m.at("ptrain_pushed_bytes_total") >= 3 * floats * 4);
+  CHECK(m.at("ptrain_pulled_bytes_total") >= 3 * floats * 4);
+  CHECK(m.at("ptrain_step_phase_seconds{phase=\"compute\"}") > 0);
+  CHECK(m.at("ptrain_step_phase_seconds{phase=\"wait\"}") >= 0);
+
+  // The history the page draws: train.jsonl as it stands, through step 3.
+  CHECK(train_log.find("200 OK") != std::string::npos);
+  CHECK(body_of(train_log).find("{\"step\":3,") != std::string::npos);
+  // The run ends with its last status and the report written beside train.jsonl.
+  const JobStatus final_status = parse_status_json(slurp(c.run.dir + "/status.json"));
+  CHECK(final_status.finished);
+  CHECK(final_status.step == 5);
+  CHECK(final_status.target_steps == 5);
+  CHECK(final_status.checkpoints.back() == 5);
+  CHECK(!final_status.events.empty());
+  CHECK(slurp(c.run.dir + "/report.html").find("data-mode=\"report\"") != std::string::npos);
 
   REQUIRE(status_json.find("200 OK") != std::string::npos);
   const JobStatus js = parse_status_json(body_of(status_json));
   CHECK(js.step == 3);
+  CHECK(js.run_dir == c.run.dir);
+  CHECK(js.start_step == 0);
+  CHECK(std::isfinite(js.lr));
+  CHECK(js.grad_norm > 0);
   CHECK(js.members.size() == 5);
   for (const auto& mem : js.members) {
     if (mem.role == net::Role::kWorker) {

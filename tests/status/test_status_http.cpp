@@ -2,6 +2,8 @@
 // against the text format, the JSON round trip, the router, and a live server on 127.0.0.1 with a
 // free port, spoken to through a plain POSIX socket.
 #include "status/status_http.hpp"
+#include "status/status_page.hpp"
+#include "ptrain/build_config.hpp"
 
 #include "common/net/asio.hpp"  // only for the io_context the server runs on
 
@@ -9,6 +11,7 @@
 #include <doctest/doctest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -43,6 +46,17 @@ JobStatus sample_status() {
   s.step_seconds = {0.5, 0.125, 0.0625, 0.25};
   s.last_checkpoint_step = 40;
   for (int i = 0; i <= 42; ++i) s.loss_history.push_back({i, 10.0 / (1 + i)});
+  s.run_dir = "/runs/sample";
+  s.start_step = 10;
+  s.target_steps = 100;
+  s.tokens_total = 5376;
+  s.lr = 6e-4;
+  s.grad_norm = 1.5;
+  s.val_loss = 3.5;
+  s.val_step = 40;
+  s.elapsed_s = 12.5;
+  s.checkpoints = {20, 40};
+  s.events = {"2026-01-01T00:00:00Z started", "2026-01-01T00:00:10Z step 40: checkpoint"};
   return s;
 }
 
@@ -208,38 +222,85 @@ TEST_CASE("status: /metrics has exactly the contract's metric names and labels")
     CHECK_MESSAGE(keys.insert(key_of(x)).second, "duplicate sample ", key_of(x));
     value[key_of(x)] = x.value;
   }
-  const std::set<std::string> expected = {
+  std::set<std::string> expected = {
+      "ptrain_build_info,version=" PTRAIN_VERSION,
       "ptrain_step",
+      "ptrain_target_steps",
+      "ptrain_tokens_total",
       "ptrain_loss",
-      "ptrain_tokens_per_second",
+      "ptrain_val_loss",
+      "ptrain_learning_rate",
+      "ptrain_grad_norm",
+      "ptrain_elapsed_seconds",
       "ptrain_members,role=coordinator",
       "ptrain_members,role=server",
       "ptrain_members,role=worker",
       "ptrain_membership_epoch",
-      "ptrain_bytes_pushed_total",
-      "ptrain_bytes_pulled_total",
-      "ptrain_step_seconds,phase=compute",
-      "ptrain_step_seconds,phase=push",
-      "ptrain_step_seconds,phase=wait",
-      "ptrain_step_seconds,phase=pull",
+      "ptrain_pushed_bytes_total",
+      "ptrain_pulled_bytes_total",
+      "ptrain_step_phase_seconds,phase=compute",
+      "ptrain_step_phase_seconds,phase=push",
+      "ptrain_step_phase_seconds,phase=wait",
+      "ptrain_step_phase_seconds,phase=pull",
       "ptrain_last_checkpoint_step",
   };
+  for (const char* name : {"ptrain_member_step", "ptrain_member_heartbeat_age_seconds",
+                           "ptrain_member_pushed_bytes_total", "ptrain_member_pulled_bytes_total"}) {
+    for (const auto& m : s.members) {
+      const char* role = m.role == net::Role::kCoordinator ? "coordinator" : m.role == net::Role::kServer ? "server" : "worker";
+      expected.insert(std::string(name) + ",host=" + m.host + ",id=" + std::to_string(m.id) + ",role=" + role);
+    }
+  }
   CHECK(keys == expected);
+  CHECK(value["ptrain_build_info,version=" PTRAIN_VERSION] == "1");
   CHECK(value["ptrain_step"] == "42");
+  CHECK(value["ptrain_target_steps"] == "100");
+  CHECK(value["ptrain_tokens_total"] == "5376");
   CHECK(std::stod(value["ptrain_loss"]) == 3.25);
-  CHECK(std::stod(value["ptrain_tokens_per_second"]) == 12345.5);
+  CHECK(std::stod(value["ptrain_val_loss"]) == 3.5);
+  CHECK(std::stod(value["ptrain_learning_rate"]) == 6e-4);
+  CHECK(std::stod(value["ptrain_grad_norm"]) == 1.5);
+  CHECK(std::stod(value["ptrain_elapsed_seconds"]) == 12.5);
   CHECK(value["ptrain_members,role=coordinator"] == "1");
   CHECK(value["ptrain_members,role=server"] == "2");
   CHECK(value["ptrain_members,role=worker"] == "2");
   CHECK(value["ptrain_membership_epoch"] == "3");
-  CHECK(value["ptrain_bytes_pushed_total"] == "8000");
-  CHECK(value["ptrain_bytes_pulled_total"] == "16000");
-  CHECK(std::stod(value["ptrain_step_seconds,phase=compute"]) == 0.5);
-  CHECK(std::stod(value["ptrain_step_seconds,phase=wait"]) == 0.0625);
+  CHECK(value["ptrain_pushed_bytes_total"] == "8000");
+  CHECK(value["ptrain_pulled_bytes_total"] == "16000");
+  CHECK(std::stod(value["ptrain_step_phase_seconds,phase=compute"]) == 0.5);
+  CHECK(std::stod(value["ptrain_step_phase_seconds,phase=wait"]) == 0.0625);
   CHECK(value["ptrain_last_checkpoint_step"] == "40");
+  CHECK(value["ptrain_member_step,host=node-2,id=1,role=worker"] == "41");
+  CHECK(value["ptrain_member_pushed_bytes_total,host=127.0.0.1,id=1,role=server"] == "4000");
   const std::string text = render_prometheus(s);
-  CHECK(text.find("# TYPE ptrain_bytes_pushed_total counter\n") != std::string::npos);
+  CHECK(text.find("# TYPE ptrain_pushed_bytes_total counter\n") != std::string::npos);
+  CHECK(text.find("# TYPE ptrain_tokens_total counter\n") != std::string::npos);
   CHECK(text.find("# TYPE ptrain_step gauge\n") != std::string::npos);
+  CHECK(text.find("per_second") == std::string::npos);  // rates are left to rate()
+}
+
+// Prometheus' own linter over the exposition (Debian's `prometheus` package ships promtool).
+TEST_CASE("status: promtool check metrics passes on /metrics") {
+  if (std::system("command -v promtool >/dev/null 2>&1") != 0) {
+    MESSAGE("SKIPPED: promtool is not installed (Debian: prometheus; scripts/install-deps.sh)");
+    return;
+  }
+  const auto dir = std::filesystem::temp_directory_path() / ("ptrain-promtool-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  JobStatus empty;
+  empty.loss = std::nan("");
+  for (const JobStatus& s : {sample_status(), empty}) {
+    std::ofstream(dir / "metrics.txt") << render_prometheus(s);
+    const std::string cmd = "timeout 60 promtool check metrics < " + (dir / "metrics.txt").string() + " > " +
+                            (dir / "out.txt").string() + " 2>&1";
+    const int st = std::system(cmd.c_str());
+    std::ifstream in(dir / "out.txt");
+    const std::string out((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    CHECK_MESSAGE(WIFEXITED(st), out);
+    CHECK_MESSAGE(WEXITSTATUS(st) == 0, out);
+    CHECK_MESSAGE(out.empty(), out);  // no lint warning either
+  }
+  std::filesystem::remove_all(dir);
 }
 
 TEST_CASE("status: an empty job renders NaN loss - zero members and no checkpoint") {
@@ -250,7 +311,7 @@ TEST_CASE("status: an empty job renders NaN loss - zero members and no checkpoin
   std::map<std::string, std::string> value;
   for (const auto& x : samples) value[key_of(x)] = x.value;
   CHECK(value["ptrain_loss"] == "NaN");
-  CHECK(value["ptrain_step_seconds,phase=pull"] == "+Inf");
+  CHECK(value["ptrain_step_phase_seconds,phase=pull"] == "+Inf");
   CHECK(value["ptrain_members,role=worker"] == "0");
   CHECK(value["ptrain_last_checkpoint_step"] == "-1");
   // JSON: NaN and infinity become null and come back as NaN.
@@ -258,7 +319,6 @@ TEST_CASE("status: an empty job renders NaN loss - zero members and no checkpoin
   CHECK(std::isnan(back.loss));
   CHECK(std::isnan(back.step_seconds.pull));
   CHECK(back.members.empty());
-  CHECK(render_status_html(s).find("appears after two steps") != std::string::npos);
 }
 
 TEST_CASE("status: JSON round trip keeps every figure and member") {
@@ -273,15 +333,25 @@ TEST_CASE("status: JSON round trip keeps every figure and member") {
   CHECK_THROWS_AS(parse_status_json("not json"), IoError);
 }
 
-TEST_CASE("status: the HTML page is small - escaped and draws the loss curve") {
-  const std::string html = render_status_html(sample_status());
-  CHECK(html.find("<polyline") != std::string::npos);
-  CHECK(html.find("node-1 &lt;a&gt;") != std::string::npos);
-  CHECK(html.find("node-1 <a>") == std::string::npos);
+TEST_CASE("status: the page embeds its data where no text can end the script - and stays small") {
+  JobStatus s = sample_status();
+  s.members[3].host = "x</script><b>bold";
+  const std::string html = render_status_html(s);
+  CHECK(html.find("x</script>") == std::string::npos);
+  CHECK(html.find("x<\\/script>") != std::string::npos);
+  for (const char* id : {"id=\"chart-loss\"", "id=\"chart-lr\"", "id=\"chart-grad-norm\"", "id=\"members\"",
+                         "id=\"progress\"", "id=\"events\"", "id=\"checkpoints\""}) {
+    CHECK_MESSAGE(html.find(id) != std::string::npos, id);
+  }
+  CHECK(html.find("http://") == html.find("http://www.w3.org/2000/svg"));  // no fetch elsewhere
   JobStatus big = sample_status();
   big.loss_history.clear();
   for (int i = 0; i < 100000; ++i) big.loss_history.push_back({i, 5.0 + std::sin(i * 0.01)});
-  CHECK(render_status_html(big).size() < 30000);  // thinned to ≤ 500 points
+  CHECK(render_status_html(big).size() < 40000);  // the history comes from /train.jsonl
+  // The report embeds train.jsonl.
+  const std::string report = render_report_page(s, "{\"step\":1,\"loss\":5.5}\n");
+  CHECK(report.find("data-mode=\"report\"") != std::string::npos);
+  CHECK(report.find("{\\\"step\\\":1,\\\"loss\\\":5.5}\\n") != std::string::npos);
 }
 
 TEST_CASE("status: router answers 404 - 405 and ignores the query string") {
@@ -297,6 +367,24 @@ TEST_CASE("status: router answers 404 - 405 and ignores the query string") {
   CHECK(route_status_request("GET", "/", snap).content_type.starts_with("text/html"));
   CHECK(calls == 4);
   CHECK(route_status_request("GET", "/secret", snap).status == 404);
+  // /train.jsonl: the run's log as it stands; empty before the first line (no run_dir, no file).
+  const auto dir = std::filesystem::temp_directory_path() / ("ptrain-status-log-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::function<JobStatus()> with_dir = [&] {
+    JobStatus s = sample_status();
+    s.run_dir = dir.string();
+    return s;
+  };
+  StatusReply log = route_status_request("GET", "/train.jsonl", with_dir);
+  CHECK(log.status == 200);
+  CHECK(log.body.empty());
+  std::ofstream(dir / "train.jsonl") << "{\"step\":1,\"loss\":5.5}\n";
+  log = route_status_request("GET", "/train.jsonl", with_dir);
+  CHECK(log.status == 200);
+  CHECK(log.content_type == "application/x-ndjson");
+  CHECK(log.body == "{\"step\":1,\"loss\":5.5}\n");
+  std::filesystem::remove_all(dir);
+  calls = 4;
   CHECK(route_status_request("GET", "/metricsx", snap).status == 404);
   const auto post = route_status_request("POST", "/metrics", snap);
   CHECK(post.status == 405);
@@ -319,7 +407,7 @@ TEST_CASE("status: a live server on a free port answers every page") {
   CHECK(metrics.status == 200);
   CHECK(metrics.headers["content-type"].starts_with("text/plain; version=0.0.4"));
   CHECK(metrics.headers["connection"] == "close");
-  CHECK(parse_prometheus(metrics.body).size() == 14);
+  CHECK(parse_prometheus(metrics.body).size() == 20 + 4 * 5);  // 20 job-wide, 4 per member
 
   HttpAnswer status = get(port, "/status");
   CHECK(status.status == 200);
@@ -408,5 +496,76 @@ TEST_CASE("status: write_addr_file writes one HOST:PORT line - never 0.0.0.0") {
   CHECK_THROWS_AS(write_addr_file(path, "no-port"), UsageError);
   CHECK_THROWS_AS(write_addr_file(path, "host:70000"), UsageError);
   CHECK(std::distance(std::filesystem::directory_iterator(dir), {}) == 1);  // no temp files
+  std::filesystem::remove_all(dir);
+}
+
+// The page in a real browser (Debian's chromium, headless): it fetches /status and /train.jsonl
+// from the server (the live page embeds no history, so every point drawn came through
+// /train.jsonl), draws the charts and the members table, and renders to a screenshot.
+TEST_CASE("status: the page in headless Chromium - charts from /train.jsonl - members - screenshot") {
+  std::string chromium;
+  for (const char* name : {"chromium", "chromium-browser", "google-chrome"}) {
+    if (std::system(("command -v " + std::string(name) + " >/dev/null 2>&1").c_str()) == 0) {
+      chromium = name;
+      break;
+    }
+  }
+  if (chromium.empty()) {
+    MESSAGE("SKIPPED: no chromium (Debian: chromium; scripts/install-deps.sh)");
+    return;
+  }
+  const auto dir = std::filesystem::temp_directory_path() / ("ptrain-page-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  {
+    std::ofstream log(dir / "train.jsonl");
+    for (int step = 1; step <= 30; ++step) {
+      log << "{\"step\":" << step << ",\"loss\":" << 5.5 / (1 + 0.05 * step) << ",\"lr\":" << 6e-4 * step / 30
+          << ",\"grad_norm\":" << 1.0 + 0.1 * (step % 3) << ",\"clipped\":false,\"tokens\":" << step * 128
+          << ",\"tokens_per_s\":" << 5000 + 10 * step << ",\"step_s\":0.02,\"bytes_per_token\":2000,\"elapsed_s\":"
+          << 0.02 * step << ",\"time\":\"2026-01-01T00:00:00.000Z\"}\n";
+      if (step % 10 == 0) log << "{\"step\":" << step << ",\"val_loss\":" << 5.6 / (1 + 0.05 * step) << ",\"val_ppl\":1}\n";
+    }
+  }
+  ServerFixture f;
+  f.status.run_dir = (dir / "sample").string();
+  std::filesystem::create_directories(f.status.run_dir);
+  std::filesystem::copy_file(dir / "train.jsonl", std::filesystem::path(f.status.run_dir) / "train.jsonl");
+  f.status.finished = true;  // one poll, then the page keeps its picture
+  const std::string url = "http://127.0.0.1:" + std::to_string(f.server->port()) + "/";
+  const std::string common = "timeout 90 " + chromium + " --headless --no-sandbox --disable-gpu --no-first-run "
+                             "--user-data-dir=" + (dir / "profile").string() +
+                             " --virtual-time-budget=5000 --window-size=1280,1100 ";
+  const std::string dom_file = (dir / "dom.html").string();
+  int st = std::system((common + "--dump-dom " + url + " > " + dom_file + " 2>/dev/null").c_str());
+  REQUIRE(WIFEXITED(st));
+  REQUIRE(WEXITSTATUS(st) == 0);
+  std::ifstream in(dom_file);
+  const std::string dom((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  CHECK(dom.find("data-ready=\"1\"") != std::string::npos);
+  CHECK_MESSAGE(dom.find("data-points=\"30\"") != std::string::npos, "the 30 logged steps, fetched from /train.jsonl");
+  auto count = [&dom](const std::string& what) {
+    size_t n = 0;
+    for (size_t at = dom.find(what); at != std::string::npos; at = dom.find(what, at + 1)) ++n;
+    return n;
+  };
+  CHECK(count("class=\"val-loss\"") == 3);
+  CHECK(count("class=\"train-loss-smooth\"") == 1);
+  CHECK(count("class=\"xtick\"") >= 4 * 3);  // every chart has an x axis with ticks
+  CHECK(dom.find("<h1 id=\"run-name\">sample</h1>") != std::string::npos);
+  CHECK(dom.find("step 42 of 100") != std::string::npos);
+  CHECK(dom.find("<td>node-2</td>") != std::string::npos);
+  CHECK(dom.find("step 40") != std::string::npos);  // a checkpoint
+  CHECK(dom.find("finished") != std::string::npos);
+  // A screenshot (docs/status.md shows one taken this way).
+  const auto png = dir / "page.png";
+  st = std::system((common + "--screenshot=" + png.string() + " " + url + " >/dev/null 2>&1").c_str());
+  CHECK(WIFEXITED(st));
+  REQUIRE(std::filesystem::exists(png));
+  CHECK(std::filesystem::file_size(png) > 20000);
+  std::ifstream p(png, std::ios::binary);
+  char magic[4] = {};
+  p.read(magic, 4);
+  CHECK(std::string(magic + 1, 3) == "PNG");
   std::filesystem::remove_all(dir);
 }
