@@ -26,6 +26,7 @@ void add_bench_command(CLI::App& app, Action& action);
 void add_coordinator_command(CLI::App& app, Action& action);
 void add_server_command(CLI::App& app, Action& action);
 void add_worker_command(CLI::App& app, Action& action);
+void add_check_ledger_command(CLI::App& app, Action& action);
 
 // The job secret's file for a role: --secret-file, else $PTRAIN_SECRET_FILE (the only place that
 // reads it). UsageError when neither is given.

@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
   ptrain::cli::add_coordinator_command(app, action);
   ptrain::cli::add_server_command(app, action);
   ptrain::cli::add_worker_command(app, action);
+  ptrain::cli::add_check_ledger_command(app, action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -86,7 +86,9 @@ bool JobStatus::operator==(const JobStatus& o) const {
          bytes_pushed_total == o.bytes_pushed_total && bytes_pulled_total == o.bytes_pulled_total &&
          step_seconds == o.step_seconds && last_checkpoint_step == o.last_checkpoint_step &&
          std::equal(loss_history.begin(), loss_history.end(), o.loss_history.begin(),
-                    o.loss_history.end(), same_point);
+                    o.loss_history.end(), same_point) &&
+         membership_changes == o.membership_changes && events == o.events &&
+         waiting == o.waiting;
 }
 
 std::array<int64_t, 3> count_members(const JobStatus& s) {
@@ -137,6 +139,17 @@ std::string render_prometheus(const JobStatus& s) {
        "Step of the last published checkpoint (-1 before the first).");
   fmt::format_to(std::back_inserter(out), "ptrain_last_checkpoint_step {}\n",
                  s.last_checkpoint_step);
+  head("ptrain_membership_changes_total", "counter",
+       "Membership changes by kind (join, leave, lost, restart, resume).");
+  for (const char* kind : {"join", "leave", "lost", "restart", "resume"}) {
+    const auto it = s.membership_changes.find(kind);
+    fmt::format_to(std::back_inserter(out), "ptrain_membership_changes_total{{kind=\"{}\"}} {}\n",
+                   kind, it == s.membership_changes.end() ? 0 : it->second);
+  }
+  head("ptrain_waiting_for_workers", "gauge",
+       "1 while the job waits for workers (fewer than cluster.min_workers), else 0.");
+  fmt::format_to(std::back_inserter(out), "ptrain_waiting_for_workers {}\n",
+                 s.waiting.empty() ? 0 : 1);
   return out;
 }
 
@@ -157,6 +170,11 @@ std::string render_status_json(const JobStatus& s) {
   }
   json history = json::array();
   for (const auto& p : s.loss_history) history.push_back(json::array({p.step, num(p.loss)}));
+  json events = json::array();
+  for (const auto& e : s.events) {
+    events.push_back({{"kind", e.kind}, {"role", e.role}, {"id", e.id}, {"step", e.step},
+                      {"time", e.time}, {"text", e.text}});
+  }
   json j = {
       {"step", s.step},
       {"loss", num(s.loss)},
@@ -174,6 +192,9 @@ std::string render_status_json(const JobStatus& s) {
       {"last_checkpoint_step", s.last_checkpoint_step},
       {"members", std::move(members)},
       {"loss_history", std::move(history)},
+      {"membership_changes", s.membership_changes},
+      {"events", std::move(events)},
+      {"waiting", s.waiting},
   };
   return j.dump(1) + "\n";
 }
@@ -208,6 +229,13 @@ JobStatus parse_status_json(std::string_view text) {
     for (const auto& p : j.at("loss_history")) {
       s.loss_history.push_back({p.at(0).get<int64_t>(), num_from(p.at(1))});
     }
+    s.membership_changes = j.at("membership_changes").get<std::map<std::string, int64_t>>();
+    for (const auto& e : j.at("events")) {
+      s.events.push_back({e.at("kind").get<std::string>(), e.at("role").get<std::string>(),
+                          e.at("id").get<int64_t>(), e.at("step").get<int64_t>(),
+                          e.at("time").get<double>(), e.at("text").get<std::string>()});
+    }
+    s.waiting = j.at("waiting").get<std::string>();
     return s;
   } catch (const nlohmann::json::exception& e) {
     throw IoError(fmt::format("status JSON: {}", e.what()));
@@ -235,6 +263,15 @@ std::string render_status_html(const JobStatus& s) {
                  "&middot; pushed {:.1f} MB, pulled {:.1f} MB</p>\n",
                  s.step_seconds.compute, s.step_seconds.push, s.step_seconds.wait,
                  s.step_seconds.pull, s.bytes_pushed_total / 1e6, s.bytes_pulled_total / 1e6);
+  if (!s.waiting.empty()) fmt::format_to(it, "<p><b>{}</b></p>\n", html_escape(s.waiting));
+  if (!s.events.empty()) {
+    fmt::format_to(it, "<p>membership events (latest last):</p>\n<ul>\n");
+    const size_t from = s.events.size() > 10 ? s.events.size() - 10 : 0;
+    for (size_t i = from; i < s.events.size(); ++i) {
+      fmt::format_to(it, "<li>step {}: {}</li>\n", s.events[i].step, html_escape(s.events[i].text));
+    }
+    fmt::format_to(it, "</ul>\n");
+  }
 
   // The loss curve: at most 500 points, scaled into a 600x200 box.
   std::vector<LossPoint> pts;

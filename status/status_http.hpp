@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -60,6 +61,17 @@ struct LossPoint {
   bool operator==(const LossPoint&) const = default;
 };
 
+// A membership event as /status lists it: a join, leave, loss, restart or resume.
+struct MembershipEventStatus {
+  std::string kind;    // "join", "leave", "lost", "restart", "resume"
+  std::string role;    // "worker", "server", "coordinator"
+  int64_t id = 0;
+  int64_t step = 0;    // steps applied when it happened
+  double time = 0.0;   // UNIX seconds
+  std::string text;    // the log line
+  bool operator==(const MembershipEventStatus&) const = default;
+};
+
 // A consistent snapshot of the job, taken by the coordinator when the status server asks.
 struct JobStatus {
   int64_t step = 0;                 // optimizer steps applied
@@ -72,6 +84,9 @@ struct JobStatus {
   StepSeconds step_seconds;
   int64_t last_checkpoint_step = -1;   // -1: no checkpoint published yet
   std::vector<LossPoint> loss_history; // for the HTML curve (the renderer thins it to ≤ 500)
+  std::map<std::string, int64_t> membership_changes;  // by kind, since this coordinator started
+  std::vector<MembershipEventStatus> events;           // the last 100, oldest first
+  std::string waiting;  // "" or why the job is waiting (fewer workers than cluster.min_workers)
   bool operator==(const JobStatus&) const;  // NaN losses compare equal to each other
 };
 
@@ -82,12 +97,15 @@ std::array<int64_t, 3> count_members(const JobStatus& s);
 //   ptrain_step, ptrain_loss, ptrain_tokens_per_second, ptrain_members{role="coordinator|server|
 //   worker"} (all three always present), ptrain_membership_epoch, ptrain_bytes_pushed_total and
 //   ptrain_bytes_pulled_total (counters), ptrain_step_seconds{phase="compute|push|wait|pull"},
-//   ptrain_last_checkpoint_step (-1 before the first checkpoint). Gauges and counters only; NaN
+//   ptrain_last_checkpoint_step (-1 before the first checkpoint),
+//   ptrain_membership_changes_total{kind="join|leave|lost|restart|resume"} (counters, every kind
+//   always present), ptrain_waiting_for_workers (1 while below cluster.min_workers). Gauges and counters only; NaN
 //   is written "NaN", infinities "+Inf"/"-Inf".
 std::string render_prometheus(const JobStatus& s);
 
 // JSON object with the same figures ("members_by_role", "step_seconds" as objects), "members" as
-// an array of objects (role as a name), "loss_history" as [[step, loss], ...]. NaN is null.
+// an array of objects (role as a name), "loss_history" as [[step, loss], ...], "events" as an
+// array of objects, "membership_changes" as an object by kind, "waiting" as a string. NaN is null.
 std::string render_status_json(const JobStatus& s);
 
 // Parses render_status_json's output (tools, tests). Throws IoError naming what is wrong.
