@@ -1,5 +1,8 @@
-// `ptrain worker --coordinator HOST:PORT [--device D] [--secret-file PATH] [--threads N]`: a worker as its own
-// process (launch/worker_process.hpp). Only parsing here. --device (cpu, cuda, cuda:N) overrides
+// `ptrain worker (--coordinator HOST:PORT | --run-dir RUN_DIR) [--device D] [--secret-file PATH]
+// [--threads N]`: a worker as its own process (launch/worker_process.hpp). Only parsing here.
+// --run-dir reads RUN_DIR/coordinator.addr and (unless --secret-file or PTRAIN_SECRET_FILE names
+// one) RUN_DIR/secret: a worker started at any time joins the running job at its next step
+// boundary. SIGTERM or SIGINT: it leaves at the next step boundary and exits 0. --device (cpu, cuda, cuda:N) overrides
 // the job's device.type for this worker; a device that is no device or not built is refused
 // before the worker joins the job.
 #include "cli/commands.hpp"
@@ -7,21 +10,50 @@
 #include "worker/backend/backend_factory.hpp"
 #include "launch/worker_process.hpp"
 
+#include <atomic>
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 
 namespace ptrain::cli {
+namespace {
+
+std::atomic<bool> g_leave{false};
+extern "C" void on_worker_leave(int) { g_leave.store(true); }
+
+// RUN_DIR/coordinator.addr's one line.
+std::string read_addr_file(const std::string& run_dir) {
+  const std::string path = (std::filesystem::path(run_dir) / "coordinator.addr").string();
+  std::ifstream in(path);
+  std::string addr;
+  if (!in || !std::getline(in, addr) || addr.empty()) {
+    throw IoError(fmt::format("--run-dir: cannot read the coordinator's address from {} (is the "
+                              "job running, and is RUN_DIR its run.dir?)",
+                              path));
+  }
+  return addr;
+}
+
+}  // namespace
 
 void add_worker_command(CLI::App& app, Action& action) {
   struct Args {
     std::string coordinator;
+    std::string run_dir;
     std::string device;  // "" = the job's device.type
     std::string secret_file;
     int threads = 0;
   };
   auto args = std::make_shared<Args>();
   auto* sub = app.add_subcommand("worker", "Run a worker role; learns the job from the coordinator");
-  sub->add_option("--coordinator", args->coordinator, "The coordinator's HOST:PORT "
-                                                      "(RUN_DIR/coordinator.addr)")->required();
+  auto* coord = sub->add_option("--coordinator", args->coordinator,
+                                "The coordinator's HOST:PORT (RUN_DIR/coordinator.addr)");
+  auto* run_dir = sub->add_option("--run-dir", args->run_dir,
+                                  "The job's run.dir: reads coordinator.addr and secret there");
+  coord->excludes(run_dir);
+  run_dir->excludes(coord);
   sub->add_option("--device", args->device,
                   "Compute device: cpu (cuda, cuda:N: not implemented yet); default: the job's "
                   "device.type");
@@ -33,8 +65,40 @@ void add_worker_command(CLI::App& app, Action& action) {
   sub->callback([&action, args] {
     action = [args] {
       if (!args->device.empty()) check_device(args->device, "--device");
-      net::Secret secret = net::read_secret_file(secret_file_path(args->secret_file));
-      run_worker_process({args->coordinator, args->device, args->threads}, std::move(secret));
+      if (args->coordinator.empty() && args->run_dir.empty()) {
+        throw UsageError("ptrain worker: give --coordinator HOST:PORT or --run-dir RUN_DIR");
+      }
+      std::string secret_path = args->secret_file;
+      const char* env = std::getenv("PTRAIN_SECRET_FILE");
+      if (secret_path.empty() && !args->run_dir.empty() && (env == nullptr || *env == '\0')) {
+        secret_path = (std::filesystem::path(args->run_dir) / "secret").string();
+      }
+      net::Secret secret = net::read_secret_file(secret_file_path(secret_path));
+      const std::string coordinator =
+          args->run_dir.empty() ? args->coordinator : read_addr_file(args->run_dir);
+      struct sigaction sa {};
+      sa.sa_handler = on_worker_leave;
+      sigemptyset(&sa.sa_mask);
+      sigaction(SIGINT, &sa, nullptr);
+      sigaction(SIGTERM, &sa, nullptr);
+      WorkerProcessOptions o{coordinator, args->device, args->threads};
+      o.leave_requested = [] { return g_leave.load(); };
+      // TEST ONLY (docs/elastic.md): PTRAIN_TEST_WORKER_FAULT=PHASE:STEP kills this worker with
+      // SIGKILL at that phase of that step, so tests can lose a worker at an exact point.
+      if (const char* f = std::getenv("PTRAIN_TEST_WORKER_FAULT"); f != nullptr && *f != '\0') {
+        const std::string spec = f;
+        const auto colon = spec.find(':');
+        const std::string phase = spec.substr(0, colon);
+        if (colon == std::string::npos ||
+            (phase != "before-push" && phase != "mid-push" && phase != "after-push")) {
+          throw UsageError(fmt::format("PTRAIN_TEST_WORKER_FAULT={}: expected PHASE:STEP with "
+                                       "PHASE before-push, mid-push or after-push",
+                                       spec));
+        }
+        o.fault_phase = phase;
+        o.fault_step = std::stoll(spec.substr(colon + 1));
+      }
+      run_worker_process(o, std::move(secret));
       return 0;
     };
   });

@@ -29,6 +29,7 @@ void add_worker_command(CLI::App& app, Action& action);
 void add_hf_commands(CLI::App& app, Action& action);  // export-hf, import-hf
 void add_tokenize_command(CLI::App& app, Action& action);
 void add_report_command(CLI::App& app, Action& action);
+void add_check_ledger_command(CLI::App& app, Action& action);
 
 // The job secret's file for a role: --secret-file, else $PTRAIN_SECRET_FILE (the only place that
 // reads it). UsageError when neither is given.

@@ -29,6 +29,7 @@ int main(int argc, char** argv) {
   ptrain::cli::add_hf_commands(app, action);
   ptrain::cli::add_tokenize_command(app, action);
   ptrain::cli::add_report_command(app, action);
+  ptrain::cli::add_check_ledger_command(app, action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

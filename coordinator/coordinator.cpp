@@ -2,6 +2,7 @@
 
 #include "common/data/val_loss.hpp"
 #include "common/error.hpp"
+#include "common/io/ledger.hpp"
 #include "common/io/sharded_checkpoint.hpp"
 #include "common/io/token_file.hpp"
 #include "common/proto/codec.hpp"
@@ -20,6 +21,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <set>
 #include <utility>
 
 namespace ptrain {
@@ -60,7 +62,8 @@ class CoordinatorRun {
         membership_(membership),
         num_servers_(static_cast<int64_t>(o.server_ranges.size())),
         steps_(cfg_.train.steps),
-        scheduler_(cfg_.checkpoint.every_steps, cfg_.train.steps),
+        scheduler_(cfg_.checkpoint.every_steps, cfg_.train.steps,
+                   cfg_.checkpoint.every_minutes),
         machine_(step_machine_options()) {}
 
   RunSummary run();
@@ -68,12 +71,18 @@ class CoordinatorRun {
  private:
   StepMachineOptions step_machine_options() const;
   net::Envelope next(const std::string& waiting_for);
+  std::optional<net::Envelope> poll(Clock::time_point wake);
+  bool stale(const net::Envelope& env, int64_t t) const;
   void apply_membership_events(std::vector<net::MembershipEvent> events);
   void apply_all_membership_events();
+  void record_event(const std::string& kind, const net::Endpoint& who, const std::string& text);
+  void set_waiting(const std::string& text);
   void send(std::vector<StepOutgoing> out);
   [[noreturn]] void throw_step_failure();
   void start_servers(const StartState& st);
-  void run_step(int64_t t);
+  bool wait_for_workers(int64_t t);
+  bool run_step(int64_t t);
+  void drop_late_workers(int64_t t);
   void check_finite(int64_t t);
   void log_step(int64_t step);
   uint64_t data_plane_bytes() const;
@@ -100,6 +109,12 @@ class CoordinatorRun {
   std::vector<net::MembershipEvent> pending_events_;
   std::optional<DataPlan> plan_;
   std::optional<RunLog> log_;
+  std::optional<LedgerWriter> ledger_;
+  // Workers taking part (welcomed; not lost or gone), and each one's windows of the running step.
+  std::set<int32_t> active_;
+  std::map<int32_t, std::vector<DataWindow>> step_windows_;
+  Clock::time_point last_checkpoint_at_;
+  int64_t last_checkpoint_step_ = -1;
   int64_t val_windows_ = 0;  // windows of data.val per evaluation (0: no data.val)
   uint64_t next_request_ = 1;
 
@@ -137,18 +152,21 @@ StepMachineOptions CoordinatorRun::step_machine_options() const {
                                   so.servers.size(), num_servers_));
   }
   so.max_norm = cfg_.optim.grad_clip;
-  // Today's policy: a lost worker stops the job (resume continues from the last checkpoint).
-  so.worker_loss = WorkerLossPolicy::kStopJob;
+  // Elastic: a lost worker costs its share of the step, not the job.
+  so.worker_loss = WorkerLossPolicy::kCompleteStep;
   return so;
 }
 
-net::Envelope CoordinatorRun::next(const std::string& waiting_for) {
-  const auto deadline = Clock::now() + o_.timeout;
+// One message for the caller, or nullopt once membership changes were applied (the caller
+// re-checks what it waits for) or `wake` passed. Joins are read from the membership, not from
+// their Register frames; a worker's Shutdown is its goodbye (it leaves); a worker's Failure makes
+// it lost (its reason in the event), a server's stops the job.
+std::optional<net::Envelope> CoordinatorRun::poll(Clock::time_point wake) {
   for (;;) {
     // A member's last words (a Failure, with its own exit code and reason) reach the queue before
     // its connection is seen dropped: membership changes are applied only after a look at the
     // queue found nothing.
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(wake - Clock::now());
     const std::chrono::milliseconds wait =
         pending_events_.empty()
             ? std::clamp(left, std::chrono::milliseconds(1), kMembershipPoll)
@@ -156,18 +174,39 @@ net::Envelope CoordinatorRun::next(const std::string& waiting_for) {
     std::optional<net::Envelope> env = transport_.receive(wait);
     if (env) {
       last_seen_[env->from] = Clock::now();
+      const bool worker = env->from.role == net::Role::kWorker;
       if (auto* f = std::get_if<proto::Failure>(&env->message)) {
-        throw Error(proto::failure_code(*f), fmt::format("{} failed: {}", env->from.str(),
-                                                                f->message));
+        if (!worker) {
+          throw Error(proto::failure_code(*f),
+                      fmt::format("{} failed: {}", env->from.str(), f->message));
+        }
+        membership_.report_lost(env->from,
+                                fmt::format("{} failed: {}", env->from.str(), f->message));
+        continue;
       }
-      return std::move(*env);
+      if (std::holds_alternative<proto::Register>(env->message)) continue;
+      if (worker && std::holds_alternative<proto::Shutdown>(env->message)) {
+        membership_.report_left(
+            env->from, fmt::format("{} left ({})", env->from.str(),
+                                   std::get<proto::Shutdown>(env->message).reason));
+        continue;
+      }
+      return env;
     }
     if (!pending_events_.empty()) {
       apply_membership_events(std::exchange(pending_events_, {}));
-      continue;
+      return std::nullopt;
     }
     pending_events_ = membership_.take_events();
-    if (pending_events_.empty() && Clock::now() >= deadline) {
+    if (pending_events_.empty() && Clock::now() >= wake) return std::nullopt;
+  }
+}
+
+net::Envelope CoordinatorRun::next(const std::string& waiting_for) {
+  const auto deadline = Clock::now() + o_.timeout;
+  for (;;) {
+    if (std::optional<net::Envelope> env = poll(deadline)) return std::move(*env);
+    if (Clock::now() >= deadline) {
       throw Error(ExitCode::kIo,
                   fmt::format("coordinator: nothing arrived within {} s while waiting for {}",
                               std::chrono::duration_cast<std::chrono::seconds>(o_.timeout).count(),
@@ -176,16 +215,75 @@ net::Envelope CoordinatorRun::next(const std::string& waiting_for) {
   }
 }
 
+// A worker's report or push about a step before `t`: it was dropped from that step (late, or
+// stopped and woken up); what it sends now changes nothing.
+// The same for a worker that has no part in the running step (dropped from an earlier attempt
+// at it, or between steps).
+bool CoordinatorRun::stale(const net::Envelope& env, int64_t t) const {
+  if (const auto* d = std::get_if<proto::WorkerStepDone>(&env.message)) {
+    return d->step < t || step_windows_.count(d->worker_id) == 0;
+  }
+  if (const auto* p = std::get_if<proto::PushReceived>(&env.message)) {
+    return p->step < t || step_windows_.count(p->worker_id) == 0;
+  }
+  return false;
+}
+
+void CoordinatorRun::record_event(const std::string& kind, const net::Endpoint& who,
+                                  const std::string& text) {
+  const char* role = who.role == net::Role::kServer ? "server"
+                     : who.role == net::Role::kWorker ? "worker"
+                                                      : "coordinator";
+  if (ledger_) ledger_->event(kind, role, who.id, summary_.final_step);
+  if (o_.status == nullptr) return;
+  const int64_t step = summary_.final_step;
+  const double now = std::chrono::duration<double>(
+                         std::chrono::system_clock::now().time_since_epoch())
+                         .count();
+  o_.status->update([&](JobStatus& s) {
+    s.membership_changes[kind]++;
+    s.membership_events.push_back({kind, role, who.id, step, now, text});
+    if (s.membership_events.size() > 100) s.membership_events.erase(s.membership_events.begin());
+    add_status_event(s, text);  // the page's list of recent events shows it too
+  });
+}
+
+void CoordinatorRun::set_waiting(const std::string& text) {
+  if (o_.status == nullptr) return;
+  o_.status->update([&](JobStatus& s) { s.waiting = text; });
+}
+
 void CoordinatorRun::apply_membership_events(std::vector<net::MembershipEvent> events) {
   for (const net::MembershipEvent& ev : events) {
+    const net::Endpoint& who = ev.member.endpoint;
+    const bool worker = who.role == net::Role::kWorker;
     if (ev.change == net::MembershipChange::kJoined) {
-      // It takes part from the next step on (run_step reads the members at the step boundary).
-      spdlog::info("{} joined (membership epoch {})", ev.member.label(), ev.epoch);
+      // It takes part from the next step boundary on (run_step reads active_ there).
+      if (worker && o_.welcome) o_.welcome(ev.member);
+      if (worker) active_.insert(who.id);
+      const std::string text = fmt::format("{} joined (membership epoch {}); it takes part from "
+                                           "step {}",
+                                           ev.member.label(), ev.epoch, summary_.final_step + 1);
+      spdlog::info("{}", text);
+      record_event("join", who, text);
       continue;
     }
-    spdlog::warn("{}; membership epoch {}", ev.reason, ev.epoch);
-    send(machine_.on_member_lost(ev.member.endpoint, ev.reason));
-    if (machine_.failure()) throw_step_failure();
+    const bool left = ev.change == net::MembershipChange::kLeft;
+    if (worker) active_.erase(who.id);
+    const std::string text =
+        fmt::format("{}; membership epoch {}{}", ev.reason, ev.epoch,
+                    worker ? fmt::format(", {} worker(s) left in the job", active_.size()) : "");
+    if (left) {
+      spdlog::info("{}", text);
+    } else {
+      spdlog::warn("{}", text);
+    }
+    record_event(left ? "leave" : "lost", who, text);
+    send(machine_.on_member_lost(who, ev.reason));
+    // No contributor left is the step's to handle (run_step begins it again); the rest stop.
+    if (machine_.failure() && machine_.failure()->kind != StepFailure::Kind::kNoContributors) {
+      throw_step_failure();
+    }
   }
 }
 
@@ -253,54 +351,193 @@ void CoordinatorRun::start_servers(const StartState& st) {
                slowest_s, std::chrono::duration<double>(Clock::now() - t0).count());
 }
 
-void CoordinatorRun::run_step(int64_t t) {
-  const auto step_start = Clock::now();
-  // The step boundary: the workers that are members now take part (a member that joined since
-  // the last step is in, one lost is out), in worker-id order.
+// Below cluster.min_workers the job waits for workers to join, saying so; after
+// cluster.wait_timeout_s it writes a checkpoint and stops. Returns false when a stop was
+// requested while waiting (the caller checkpoints and stops).
+bool CoordinatorRun::wait_for_workers(int64_t t) {
   apply_all_membership_events();
-  const std::vector<net::Endpoint> workers = membership_.workers();
-  if (workers.empty()) throw net::PeerLost(fmt::format("step {}: the job has no worker", t + 1));
-  const std::vector<int64_t> windows = plan_->next_step(cfg_.train.batch_size);
-  const auto split = split_batch(cfg_.train.batch_size, static_cast<int64_t>(workers.size()));
-  std::vector<WorkerWork> work;
-  for (size_t i = 0; i < workers.size(); ++i) {
-    const auto [b, e] = split[i];
-    work.push_back({workers[i].id, {windows.begin() + b, windows.begin() + e}});
-  }
-  send(machine_.begin_step(t, membership_.epoch(), std::move(work)));
-  worker_done_at_.clear();
-  while (!machine_.applied()) {
-    net::Envelope env = next(fmt::format("step {}: {}", t + 1, phase_name(machine_.phase())));
-    const bool report = std::holds_alternative<proto::WorkerStepDone>(env.message);
-    send(machine_.handle(env.from, env.message));
-    if (report && machine_.reports().count(env.from.id) != 0) {
-      worker_done_at_.emplace(env.from.id, Clock::now());
+  const int64_t need = cfg_.cluster.min_workers;
+  if (static_cast<int64_t>(active_.size()) >= need) return true;
+  const auto t0 = Clock::now();
+  const auto give_up = t0 + std::chrono::milliseconds(
+                                static_cast<int64_t>(cfg_.cluster.wait_timeout_s * 1000));
+  auto say = [&] {
+    const std::string text = fmt::format(
+        "step {}/{} | waiting for workers: {} of cluster.min_workers {} (for {:.0f} s; a "
+        "checkpoint and stop after cluster.wait_timeout_s {} s)",
+        t + 1, steps_, active_.size(), need,
+        std::chrono::duration<double>(Clock::now() - t0).count(), cfg_.cluster.wait_timeout_s);
+    spdlog::warn("{}", text);
+    set_waiting(text);
+  };
+  say();
+  auto said = Clock::now();
+  while (static_cast<int64_t>(active_.size()) < need) {
+    if (o_.stop_requested && o_.stop_requested(summary_.final_step)) {
+      set_waiting("");
+      return false;
     }
-    if (machine_.failure()) throw_step_failure();
+    if (Clock::now() >= give_up) {
+      if (last_checkpoint_step_ != summary_.final_step) checkpoint(summary_.final_step);
+      set_waiting("");
+      throw Error(ExitCode::kIo,
+                  fmt::format("stopped at step {}: {} worker(s), fewer than cluster.min_workers "
+                              "({}), for cluster.wait_timeout_s ({} s); the checkpoint {} "
+                              "resumes it",
+                              summary_.final_step, active_.size(), need,
+                              cfg_.cluster.wait_timeout_s, summary_.last_checkpoint));
+    }
+    if (std::optional<net::Envelope> env =
+            poll(std::min(give_up, Clock::now() + std::chrono::milliseconds(500)))) {
+      if (!stale(*env, t)) send(machine_.handle(env->from, env->message));
+    }
+    if (Clock::now() - said > std::chrono::seconds(10)) {
+      say();
+      said = Clock::now();
+    }
   }
-  for (const auto& [id, d] : machine_.reports()) worker_done_[id] = d;
-  for (const auto& [id, a] : machine_.applied_reports()) server_applied_[id] = a;
-  // "wait": from a worker's report (its pushes done) to the step applied everywhere, averaged.
-  const auto applied_at = Clock::now();
-  double wait_sum = 0.0;
-  for (const auto& [id, at] : worker_done_at_) {
-    wait_sum += std::chrono::duration<double>(applied_at - at).count();
+  set_waiting("");
+  spdlog::info("step {}/{}: {} worker(s), the job goes on", t + 1, steps_, active_.size());
+  return true;
+}
+
+// cluster.step_deadline_s passed: the workers whose push has not reached every server are
+// dropped from the step (they stay members); their windows go back to the pool.
+void CoordinatorRun::drop_late_workers(int64_t t) {
+  const std::vector<int32_t> contributors = machine_.contributors();
+  const std::vector<int32_t> dropped = machine_.dropped();
+  for (int32_t id : machine_.workers()) {
+    if (std::binary_search(contributors.begin(), contributors.end(), id) ||
+        std::binary_search(dropped.begin(), dropped.end(), id)) {
+      continue;
+    }
+    const std::string why = fmt::format(
+        "worker {} missed the deadline of step {} (cluster.step_deadline_s {} s); its windows go "
+        "back to the pool",
+        id, t + 1, cfg_.cluster.step_deadline_s);
+    spdlog::warn("{}", why);
+    send(machine_.on_member_lost(net::worker_endpoint(id), why));
   }
-  last_wait_s_ = worker_done_at_.empty()
-                     ? 0.0
-                     : wait_sum / static_cast<double>(worker_done_at_.size());
-  spdlog::debug("step {}: slowest worker pull {:.4f} s, compute {:.4f} s; step {:.4f} s", t + 1,
-                machine_.max_pull_s(), machine_.max_compute_s(),
-                std::chrono::duration<double>(Clock::now() - step_start).count());
-  last_step_tokens_ = machine_.tokens();
-  summary_.tokens_seen += last_step_tokens_;
-  summary_.final_loss = machine_.loss();
-  summary_.final_step = t + 1;
-  const double step_s = std::chrono::duration<double>(Clock::now() - step_start).count();
-  interval_loss_sum_ += machine_.loss();
-  interval_step_s_sum_ += step_s;
-  ++interval_steps_;
-  update_status(t + 1, step_s);
+}
+
+// Runs step t with the workers taking part now; returns false when a stop was requested while
+// too few workers were there (nothing was run).
+bool CoordinatorRun::run_step(int64_t t) {
+  const int64_t B = cfg_.train.batch_size;
+  for (;;) {  // a step whose every worker was dropped is begun again with the workers left
+    if (!wait_for_workers(t)) return false;
+    const auto step_start = Clock::now();
+    // The step boundary: the workers taking part now (a member that joined since the last step
+    // is in, one lost or gone is out), in worker-id order; at most B (one window each).
+    std::vector<int32_t> workers(active_.begin(), active_.end());
+    if (static_cast<int64_t>(workers.size()) > B) workers.resize(static_cast<size_t>(B));
+    const std::vector<DataWindow> windows = plan_->take(B);
+    const auto split = split_batch(B, static_cast<int64_t>(workers.size()));
+    std::vector<WorkerWork> work;
+    step_windows_.clear();
+    for (size_t i = 0; i < workers.size(); ++i) {
+      const auto [b, e] = split[i];
+      std::vector<DataWindow> mine(windows.begin() + b, windows.begin() + e);
+      WorkerWork w{workers[i], {}};
+      for (const DataWindow& d : mine) w.windows.push_back(d.window);
+      step_windows_[workers[i]] = std::move(mine);
+      work.push_back(std::move(w));
+    }
+    send(machine_.begin_step(t, membership_.epoch(), std::move(work)));
+    worker_done_at_.clear();
+    const auto forever = Clock::time_point::max();
+    auto deadline = cfg_.cluster.step_deadline_s > 0
+                        ? step_start + std::chrono::milliseconds(static_cast<int64_t>(
+                                           cfg_.cluster.step_deadline_s * 1000))
+                        : forever;
+    auto quiet_since = Clock::now();
+    while (!machine_.applied() && !machine_.failure()) {
+      std::optional<net::Envelope> env =
+          poll(std::min(deadline, quiet_since + o_.timeout));
+      if (machine_.failure()) break;
+      if (!env) {
+        if (Clock::now() >= deadline && machine_.phase() == StepPhase::kGathering) {
+          drop_late_workers(t);
+          deadline = forever;
+        } else if (Clock::now() - quiet_since >= o_.timeout) {
+          throw Error(ExitCode::kIo,
+                      fmt::format("coordinator: nothing arrived within {} s during step {} ({})",
+                                  std::chrono::duration_cast<std::chrono::seconds>(o_.timeout)
+                                      .count(),
+                                  t + 1, phase_name(machine_.phase())));
+        }
+        continue;
+      }
+      quiet_since = Clock::now();
+      if (stale(*env, t)) continue;
+      const bool report = std::holds_alternative<proto::WorkerStepDone>(env->message);
+      send(machine_.handle(env->from, env->message));
+      if (report && machine_.reports().count(env->from.id) != 0) {
+        worker_done_at_.emplace(env->from.id, Clock::now());
+      }
+      if (machine_.failure() &&
+          machine_.failure()->kind != StepFailure::Kind::kNoContributors) {
+        throw_step_failure();
+      }
+    }
+    if (machine_.failure()) {
+      // Every worker of the step was dropped before its push reached every server: nothing was
+      // applied; all its windows go back, and the step begins again with the workers left.
+      std::vector<DataWindow> back;
+      for (const auto& [id, w] : step_windows_) back.insert(back.end(), w.begin(), w.end());
+      spdlog::warn("{}; its {} window(s) go back to the pool and the step begins again",
+                   machine_.failure()->message, back.size());
+      plan_->give_back(back);
+      step_windows_.clear();
+      machine_ = StepMachine(step_machine_options());
+      continue;
+    }
+    // The windows of the contributors were applied (ledger); the others go back to the pool.
+    const std::vector<int32_t> contributors = machine_.contributors();
+    std::vector<DataWindow> applied, back;
+    std::vector<int32_t> missing;
+    for (const auto& [id, w] : step_windows_) {
+      if (std::binary_search(contributors.begin(), contributors.end(), id)) {
+        applied.insert(applied.end(), w.begin(), w.end());
+      } else {
+        back.insert(back.end(), w.begin(), w.end());
+        missing.push_back(id);
+      }
+    }
+    ledger_->step(t + 1, applied);
+    if (!back.empty()) {
+      plan_->give_back(back);
+      spdlog::warn("step {} applied {} of {} windows (without worker(s) {}); {} window(s) go back "
+                   "to the pool",
+                   t + 1, applied.size(), applied.size() + back.size(), fmt::join(missing, ", "),
+                   back.size());
+    }
+    step_windows_.clear();
+    for (const auto& [id, d] : machine_.reports()) worker_done_[id] = d;
+    for (const auto& [id, a] : machine_.applied_reports()) server_applied_[id] = a;
+    // "wait": from a worker's report (its pushes done) to the step applied everywhere, averaged.
+    const auto applied_at = Clock::now();
+    double wait_sum = 0.0;
+    for (const auto& [id, at] : worker_done_at_) {
+      wait_sum += std::chrono::duration<double>(applied_at - at).count();
+    }
+    last_wait_s_ = worker_done_at_.empty()
+                       ? 0.0
+                       : wait_sum / static_cast<double>(worker_done_at_.size());
+    spdlog::debug("step {}: slowest worker pull {:.4f} s, compute {:.4f} s; step {:.4f} s", t + 1,
+                  machine_.max_pull_s(), machine_.max_compute_s(),
+                  std::chrono::duration<double>(Clock::now() - step_start).count());
+    last_step_tokens_ = machine_.tokens();
+    summary_.tokens_seen += last_step_tokens_;
+    summary_.final_loss = machine_.loss();
+    summary_.final_step = t + 1;
+    const double step_s = std::chrono::duration<double>(Clock::now() - step_start).count();
+    interval_loss_sum_ += machine_.loss();
+    interval_step_s_sum_ += step_s;
+    ++interval_steps_;
+    update_status(t + 1, step_s);
+    return true;
+  }
 }
 
 uint64_t CoordinatorRun::data_plane_bytes() const {
@@ -373,36 +610,63 @@ void CoordinatorRun::evaluate(int64_t step) {
   const auto n = static_cast<int64_t>(batches.size());
   std::vector<double> sums(static_cast<size_t>(n), 0.0);
   std::vector<int64_t> tokens(static_cast<size_t>(n), 0);
-  std::map<int32_t, std::pair<int64_t, int64_t>> assigned;  // worker → its batches [b, e)
+  // First batch → (worker, end batch): a lost worker's batches go to another worker.
+  std::map<int64_t, std::pair<int32_t, int64_t>> assigned;
   apply_all_membership_events();
-  const std::vector<net::Endpoint> workers = membership_.workers();
-  if (workers.empty()) throw Error(ExitCode::kIo, fmt::format("no worker to run the validation of step {}", step));
-  const auto split = split_batch(n, static_cast<int64_t>(workers.size()));
-  for (size_t w = 0; w < workers.size(); ++w) {
-    const auto [b, e] = split[w];
-    if (b == e) continue;
-    const int32_t worker = workers[w].id;
-    assigned[worker] = {b, e};
+  if (active_.empty()) {
+    spdlog::warn("step {}/{}: no worker to run the validation; skipped", step, steps_);
+    return;
+  }
+  auto assign = [&](int32_t worker, int64_t b, int64_t e) {
+    assigned[b] = {worker, e};
     transport_.send(net::worker_endpoint(worker),
                     proto::EvalBegin{id, step, batches[static_cast<size_t>(b)].first,
                                      batches[static_cast<size_t>(e - 1)].second, batch});
+  };
+  const std::vector<int32_t> workers(active_.begin(), active_.end());
+  const auto split = split_batch(n, static_cast<int64_t>(workers.size()));
+  for (size_t w = 0; w < workers.size(); ++w) {
+    const auto [b, e] = split[w];
+    if (b != e) assign(workers[w], b, e);
   }
   const std::string what = fmt::format("the validation of step {}", step);
   double slowest_s = 0.0;
+  const auto give_up = Clock::now() + o_.timeout;
   while (!assigned.empty()) {
-    net::Envelope env = next(what);
-    auto* d = std::get_if<proto::EvalDone>(&env.message);
-    const auto it = d != nullptr ? assigned.find(d->worker_id) : assigned.end();
-    if (it == assigned.end() || d->request_id != id || d->version != step ||
-        env.from != net::worker_endpoint(d->worker_id) ||
-        d->window_begin != batches[static_cast<size_t>(it->second.first)].first ||
-        static_cast<int64_t>(d->loss_sums.size()) != it->second.second - it->second.first) {
-      throw proto::ProtocolError(fmt::format("coordinator: unexpected {} from {} during {}",
-                                             proto::type_name(proto::type_of(env.message)),
-                                             env.from.str(), what));
+    std::optional<net::Envelope> env = poll(give_up);
+    if (!env) {
+      if (Clock::now() >= give_up) {
+        throw Error(ExitCode::kIo, fmt::format("coordinator: nothing arrived within {} s during {}",
+                                               std::chrono::duration_cast<std::chrono::seconds>(
+                                                   o_.timeout).count(), what));
+      }
+      // Membership changed: batches of a worker no longer there go to one that is.
+      for (auto& [b, we] : assigned) {
+        if (active_.count(we.first) != 0) continue;
+        if (active_.empty()) {
+          spdlog::warn("{}: no worker left; skipped", what);
+          return;
+        }
+        assign(*active_.begin(), b, we.second);
+      }
+      continue;
     }
-    std::copy(d->loss_sums.begin(), d->loss_sums.end(), sums.begin() + it->second.first);
-    std::copy(d->tokens.begin(), d->tokens.end(), tokens.begin() + it->second.first);
+    if (stale(*env, step)) continue;
+    auto* d = std::get_if<proto::EvalDone>(&env->message);
+    const int64_t first = d != nullptr && batch > 0 ? d->window_begin / batch : -1;
+    const auto it = d != nullptr ? assigned.find(first) : assigned.end();
+    if (it == assigned.end() || d->request_id != id || d->version != step ||
+        env->from != net::worker_endpoint(d->worker_id) ||
+        d->window_begin != batches[static_cast<size_t>(first)].first ||
+        static_cast<int64_t>(d->loss_sums.size()) != it->second.second - first) {
+      // A batch given to another worker after its first one was thought lost: already counted.
+      if (d != nullptr && d->request_id == id && it == assigned.end()) continue;
+      throw proto::ProtocolError(fmt::format("coordinator: unexpected {} from {} during {}",
+                                             proto::type_name(proto::type_of(env->message)),
+                                             env->from.str(), what));
+    }
+    std::copy(d->loss_sums.begin(), d->loss_sums.end(), sums.begin() + first);
+    std::copy(d->tokens.begin(), d->tokens.end(), tokens.begin() + first);
     slowest_s = std::max(slowest_s, d->eval_s);
     assigned.erase(it);
   }
@@ -466,6 +730,8 @@ void CoordinatorRun::checkpoint(int64_t step) {
   meta.data = plan_->state();
   summary_.last_checkpoint = finish_sharded_checkpoint(cfg_.run.dir, tmp, layout_, meta,
                                                        num_servers_, cfg_.checkpoint.keep);
+  last_checkpoint_step_ = step;
+  last_checkpoint_at_ = Clock::now();
   spdlog::info("step {}/{} | checkpoint {} ({} shards; slowest shard {:.3f} s, {:.3f} s in all)",
                step, steps_, summary_.last_checkpoint, num_servers_, slowest_s,
                std::chrono::duration<double>(Clock::now() - t0).count());
@@ -657,6 +923,15 @@ RunSummary CoordinatorRun::run() {
     const TokenFile train = TokenFile::open(cfg_.data.train);
     plan_.emplace(train.num_windows(layout_.dims().T), st.data);
   }
+  // The ledger keeps what happened up to the start step; steps past it are run again.
+  ledger_.emplace(cfg_.run.dir, st.step);
+  for (const net::Endpoint& w : membership_.workers()) active_.insert(w.id);
+  last_checkpoint_at_ = Clock::now();
+  if (!st.resumed_from.empty()) {
+    last_checkpoint_step_ = st.step;
+    record_event("resume", net::coordinator_endpoint(),
+                 fmt::format("resumed from {} at step {}", st.resumed_from, st.step));
+  }
   if (!cfg_.data.val.empty()) {
     const TokenFile val = TokenFile::open(cfg_.data.val);
     val_windows_ = val_window_count(val.num_windows(layout_.dims().T), cfg_.train.eval_windows);
@@ -680,7 +955,15 @@ RunSummary CoordinatorRun::run() {
   tokens_at_last_log_ = tokens_at_last_line_ = summary_.tokens_seen;
 
   for (int64_t t = summary_.start_step; t < steps_; ++t) {
-    run_step(t);
+    if (!run_step(t)) {
+      // Asked to stop while waiting for workers: the state of the last applied step is kept.
+      if (last_checkpoint_step_ != summary_.final_step) checkpoint(summary_.final_step);
+      spdlog::info("stopping at step {}/{} as asked; `checkpoint.resume: auto` continues from "
+                   "the checkpoint",
+                   summary_.final_step, steps_);
+      summary_.interrupted = true;
+      break;
+    }
     const int64_t step = t + 1;
     if (step % std::max<int64_t>(1, cfg_.train.log_every) == 0 || step == steps_ ||
         t == summary_.start_step) {
@@ -691,7 +974,9 @@ RunSummary CoordinatorRun::run() {
       evaluate(step);
     }
     const bool stop = step < steps_ && o_.stop_requested && o_.stop_requested(step);
-    if (scheduler_.due(step) || stop) checkpoint(step);
+    const double minutes =
+        std::chrono::duration<double>(Clock::now() - last_checkpoint_at_).count() / 60.0;
+    if (scheduler_.due(step, minutes) || stop) checkpoint(step);
     if (stop) {
       spdlog::info("stopping at step {}/{} as asked; `checkpoint.resume: auto` continues from "
                    "the checkpoint",

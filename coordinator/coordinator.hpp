@@ -4,8 +4,14 @@
 // servers' partial norms, computes the clip coefficient, commits the step), then logs,
 // evaluates and checkpoints when due. The loop is a thin driver: receive → machine → send.
 // Membership changes (net::Membership) are drained while it waits; a lost member goes to the
-// machine, which holds the job's policy: today a lost server or worker stops the job (PeerLost
-// naming it and the phase; the last complete checkpoint stays `latest`). A checkpoint is sharded: with
+// machine, which holds the job's policy (docs/elastic.md): a lost or leaving worker does not stop
+// the job — the step completes with the gradients that reached every server, the windows of a
+// worker dropped from it go back to the data plan's pool — while a lost server stops the job
+// (PeerLost naming it and the phase; `ptrain run` restarts it from the latest checkpoint). A
+// worker that joins (or a Shutdown from a worker: it leaves) takes effect at the next step
+// boundary. Below cluster.min_workers the job waits, and after cluster.wait_timeout_s writes a
+// checkpoint and stops. Every applied step's windows, and every join, leave, loss and resume, go
+// to RUN_DIR/ledger.jsonl (common/io/ledger.hpp). A checkpoint is sharded: with
 // the next step held (a consistent cut), every server writes its shard-K.h5 into the checkpoint's
 // temp folder in parallel and acks; the coordinator then verifies the shards, writes the index
 // checkpoint.h5 and publishes (finish_sharded_checkpoint). Starts the servers from a
@@ -48,6 +54,9 @@ struct CoordinatorOptions {
   // Where the figures of the status endpoint go (owned by the caller, who serves them); null =
   // none. Updated after every step and checkpoint (see docs/status.md for each figure).
   StatusService* status = nullptr;
+  // Sends the job's Welcome to a worker that joined after the start (the processes launch);
+  // empty = nobody joins after the start (a fixed membership).
+  std::function<void(const net::Member&)> welcome;
 };
 
 struct RunSummary {

@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 namespace ptrain {
 
 uint64_t SplitMix64::mix64(uint64_t z) {
@@ -62,6 +64,14 @@ DataPlan::DataPlan(int64_t num_windows, DataState start) : n_(num_windows), stat
         "checkpoint written for another token file or model.seq_len?",
         state_.epoch, state_.position, n_));
   }
+  for (const DataWindow& w : state_.returned) {
+    if (w.window < 0 || w.window >= n_ || w.epoch < 0 || w.epoch > state_.epoch) {
+      throw DataError(fmt::format(
+          "the checkpoint's returned window {} (data epoch {}) does not fit data.train's {} "
+          "windows at data epoch {}",
+          w.window, w.epoch, n_, state_.epoch));
+    }
+  }
   if (state_.position == n_) {
     ++state_.epoch;
     state_.position = 0;
@@ -70,13 +80,32 @@ DataPlan::DataPlan(int64_t num_windows, DataState start) : n_(num_windows), stat
 
 std::vector<int64_t> DataPlan::next_step(int64_t B) {
   std::vector<int64_t> out;
+  for (const DataWindow& w : take(B)) out.push_back(w.window);
+  return out;
+}
+
+void DataPlan::give_back(const std::vector<DataWindow>& windows) {
+  for (const DataWindow& w : windows) {
+    PTRAIN_ENFORCE(w.window >= 0 && w.window < n_ && w.epoch >= 0 && w.epoch <= state_.epoch,
+                   "window {} of epoch {} given back (the plan has {} windows, epoch {})",
+                   w.window, w.epoch, n_, state_.epoch);
+    state_.returned.push_back(w);
+  }
+}
+
+std::vector<DataWindow> DataPlan::take(int64_t B) {
+  std::vector<DataWindow> out;
   out.reserve(static_cast<size_t>(B));
-  for (int64_t i = 0; i < B; ++i) {
+  const auto from_pool =
+      std::min<int64_t>(B, static_cast<int64_t>(state_.returned.size()));
+  out.insert(out.end(), state_.returned.begin(), state_.returned.begin() + from_pool);
+  state_.returned.erase(state_.returned.begin(), state_.returned.begin() + from_pool);
+  for (int64_t i = from_pool; i < B; ++i) {
     if (perm_epoch_ != state_.epoch) {
       perm_ = window_permutation(state_.seed, state_.epoch, n_);
       perm_epoch_ = state_.epoch;
     }
-    out.push_back(perm_[static_cast<size_t>(state_.position)]);
+    out.push_back({state_.epoch, perm_[static_cast<size_t>(state_.position)]});
     if (++state_.position == n_) {
       ++state_.epoch;
       state_.position = 0;

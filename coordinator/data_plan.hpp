@@ -14,6 +14,12 @@
 // (/data: seed, epoch, position), so a resumed run takes exactly the windows the uninterrupted
 // run would have.
 //
+// Windows given back (give_back: the worker that had them was lost, left or missed the step's
+// deadline, so their gradients were not applied) wait in a pool, oldest first, and are handed out
+// again before any new position — each keeps the data epoch it was drawn in. So in every data
+// epoch each window is applied exactly once, whatever happens to the workers; the pool is part of
+// the cursor a checkpoint stores (/data/returned).
+//
 // The B windows of a step are split among W workers in worker-id order as contiguous chunks,
 // the first B mod W workers taking one more: the run uses the same windows whatever W is.
 #pragma once
@@ -52,8 +58,13 @@ class DataPlan {
   // fresh run). Throws DataError when num_windows < 1.
   DataPlan(int64_t num_windows, DataState start);
 
-  // The next step's B windows, in position order; advances the cursor.
+  // The next step's B windows: the returned pool first (oldest first), then new positions in
+  // order; advances the cursor.
+  std::vector<DataWindow> take(int64_t B);
+  // take(B) without the epochs.
   std::vector<int64_t> next_step(int64_t B);
+  // Windows handed out whose gradients were not applied: handed out again by the next take().
+  void give_back(const std::vector<DataWindow>& windows);
 
   // The cursor: the next position to hand out (position < num_windows always).
   const DataState& state() const { return state_; }

@@ -9,7 +9,8 @@
 
 namespace ptrain {
 
-Registrar::Registrar(int64_t servers, int64_t workers) : servers_(servers), workers_(workers) {}
+Registrar::Registrar(int64_t servers, int64_t workers, int64_t max_workers)
+    : servers_(servers), workers_(workers), max_workers_(max_workers) {}
 
 net::Identity Registrar::identify(const proto::Message& first, const std::string& peer) {
   const auto* reg = std::get_if<proto::Register>(&first);
@@ -37,9 +38,11 @@ net::Identity Registrar::identify(const proto::Message& first, const std::string
   }
   if (reg->role == static_cast<uint8_t>(net::Role::kWorker)) {
     std::lock_guard lock(mu_);
-    if (added(net::Role::kWorker) >= workers_) {
-      throw ConfigError(
-          fmt::format("the job already has its {} worker(s) (cluster.workers)", workers_));
+    const auto present = static_cast<int64_t>(workers().size());
+    if (max_workers_ > 0 && present >= max_workers_) {
+      throw ConfigError(fmt::format("the job already has {} worker(s), its cap "
+                                    "(cluster.max_workers = {})",
+                                    present, max_workers_));
     }
     return {add_member(net::Role::kWorker, host, peer, reg->host).endpoint, true};
   }

@@ -2,8 +2,10 @@
 // worker that connects and sends Register joins (ids in arrival order per role, never reused);
 // a member whose connection the coordinator's TcpNode drops without a Shutdown (closed, broken,
 // a bad frame, or heartbeats missed for cluster.peer_timeout_s) is lost, and the loss event's
-// reason names the member, its address and the node's cause. Roles beyond the job's size
-// (cluster.servers, cluster.workers) are refused at registration.
+// reason names the member, its address and the node's cause. Servers beyond cluster.servers, and
+// workers beyond cluster.max_workers present at once (0 = no cap), are refused at registration
+// with a message naming the key. Workers may register at any time: one that registers after
+// the job started joins it (the coordinator welcomes it at its next look at the membership).
 //
 // Wiring (coordinator_process.cpp): the node's IdentifyFn is identify(); its peer_lost calls
 // connection_lost(), which records the loss here and tells the node the loss is not its to
@@ -23,7 +25,9 @@ namespace ptrain {
 
 class Registrar final : public net::Membership {
  public:
-  Registrar(int64_t servers, int64_t workers);
+  // The job starts once `servers` servers and `workers` workers registered; `max_workers` (0 =
+  // no cap) bounds the workers present at once.
+  Registrar(int64_t servers, int64_t workers, int64_t max_workers = 0);
 
   // The node's IdentifyFn: `first` must be a Register; `peer` is the connection's "HOST:PORT".
   // Throws ProtocolError (not a Register, bad role) or ConfigError (the job is full).
@@ -40,7 +44,7 @@ class Registrar final : public net::Membership {
   std::vector<std::string> server_addresses() const;
 
  private:
-  int64_t servers_, workers_;
+  int64_t servers_, workers_, max_workers_;
   mutable std::mutex mu_;  // server_addrs_ only (the member table has its own lock)
   std::vector<std::string> server_addrs_;
 };

@@ -43,7 +43,7 @@ RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secr
   // Who is in the job: registrations join it, dropped connections are losses (with the node's
   // cause). The node never stops the coordinator on a loss itself (peer_lost false): the
   // coordinator drains the membership's events and decides.
-  auto registrar = std::make_shared<Registrar>(S, W);
+  auto registrar = std::make_shared<Registrar>(S, W, cfg.cluster.max_workers);
   net::TcpNodeOptions no;
   no.self_role = net::Role::kCoordinator;
   no.heartbeat = ms(cfg.cluster.heartbeat_s);
@@ -70,6 +70,7 @@ RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secr
       net::make_transport(net::TransportOptions::tcp(net::coordinator_endpoint(), node));
   net::Transport& transport = *transport_ptr;
   int64_t registered = 0;
+  std::vector<net::Member> starters;  // welcomed below; later joiners are welcomed by the job
   while (registered < registrar->expected()) {
     if (o.stop_requested && o.stop_requested()) {
       throw Error(ExitCode::kInterrupted,
@@ -89,6 +90,7 @@ RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secr
         throw net::PeerLost(fmt::format("{} before the job started", ev.reason));
       }
       ++registered;
+      starters.push_back(ev.member);
       spdlog::info("{} registered{} ({} of {})", ev.member.label(),
                    ev.member.name.empty() ? "" : fmt::format(" from host {}", ev.member.name),
                    registered, registrar->expected());
@@ -103,7 +105,7 @@ RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secr
   w.layout_hash = layout.hash();
   w.tokenizer_json = tokenizer->to_json();
   w.server_addresses = addrs;
-  for (const net::Member& m : registrar->members()) {
+  for (const net::Member& m : starters) {
     w.id = m.endpoint.id;
     transport.send(m.endpoint, w);
   }
@@ -116,6 +118,16 @@ RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secr
   co.tokenizer_json = tokenizer->to_json();
   if (o.stop_requested) co.stop_requested = [f = o.stop_requested](int64_t) { return f(); };
   co.status = &status;
+  // A worker joining the running job gets the same Welcome, with its id and the epoch now.
+  co.welcome = [&transport, &registrar, w](const net::Member& m) mutable {
+    w.id = m.endpoint.id;
+    w.membership_epoch = registrar->epoch();
+    try {
+      transport.send(m.endpoint, w);
+    } catch (const net::PeerLost& e) {
+      registrar->report_lost(m.endpoint, e.what());
+    }
+  };
   RunSummary summary;
   try {
     summary = run_coordinator(co, layout, transport, *registrar);

@@ -5,6 +5,9 @@
 
 #include "common/error.hpp"
 #include "common/net/auth.hpp"
+#include "common/io/checkpoint_format.hpp"
+#include "common/io/ledger.hpp"
+#include "common/io/run_checkpoints.hpp"
 #include "common/util/fs.hpp"
 #include "common/util/run_lock.hpp"
 
@@ -21,6 +24,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <thread>
 
 namespace ptrain {
@@ -123,34 +127,30 @@ class LogFollower {
   std::string pending_;
 };
 
-}  // namespace
+// Why one attempt at the job ended.
+struct Attempt {
+  int rc = 0;                // the coordinator's exit code (or 1 when it was killed)
+  bool restart = false;      // a server or the coordinator was lost: restart from a checkpoint
+  std::string lost_role;     // "server" or "coordinator"
+  int64_t lost_id = 0;
+  std::string why;           // "server 1 killed by signal 9"
+};
 
-int run_processes_job(const Config& config, const ProcessJobOptions& o) {
+bool died_badly(int status) { return !(WIFEXITED(status) && WEXITSTATUS(status) == 0); }
+
+// One start of every role: the coordinator (its address awaited), the servers, the workers; then
+// watches them. A lost worker is the coordinator's business (the step completes without it). A
+// server that dies, or a coordinator killed by a signal, ends the attempt at once (the group is
+// killed: a job without one of its shards cannot go on) and asks for a restart.
+Attempt run_attempt(const Config& config, const ProcessJobOptions& o, const std::string& binary,
+                    const std::string& secret_file, const std::vector<std::string>& extra_sets,
+                    const std::string& job_id) {
   const fs::path run_dir(config.run.dir);
-  // One job per run directory: taken before anything in it is touched, held until the launcher
-  // exits (its roles die with it); the coordinator it spawns joins this job's id.
-  const RunLock run_lock = RunLock::acquire(run_dir.string());
-  make_dirs(run_dir.string());
-  make_dirs((run_dir / "logs").string());
-  std::string secret_file = o.secret_file;
-  if (secret_file.empty()) {
-    secret_file = (run_dir / "secret").string();
-    std::error_code ec;
-    fs::remove(secret_file, ec);
-    net::write_secret_file(secret_file, net::OverwriteSecret::kYes);
-  }
   const std::string addr_file = (run_dir / "coordinator.addr").string();
   {
     std::error_code ec;
     fs::remove(addr_file, ec);
   }
-  std::string binary = o.ptrain_binary;
-  {
-    std::error_code ec;
-    const auto real = fs::read_symlink(binary, ec);
-    if (!ec) binary = real.string();
-  }
-
   std::vector<Child> children;
   pid_t pgid = 0;
   bool killed = false;
@@ -158,16 +158,16 @@ int run_processes_job(const Config& config, const ProcessJobOptions& o) {
     if (pgid > 0) ::kill(-pgid, sig);
     killed = killed || sig == SIGKILL;
   };
-  auto finish = [&](int rc) {
-    // Everyone gets a grace period to exit on their own, then SIGKILL; all are reaped.
-    const auto grace = Clock::now() + std::chrono::milliseconds(
-                                          static_cast<int64_t>(config.cluster.peer_timeout_s * 1000) + 5000);
-    while (!all_done(children) && Clock::now() < grace) {
+  // Everyone gets 2 s to exit on their own (they have the coordinator's Shutdown), then SIGKILL;
+  // all are reaped.
+  auto finish = [&](std::chrono::milliseconds grace) {
+    const auto until = Clock::now() + grace;
+    while (!all_done(children) && Clock::now() < until) {
       reap(children);
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     if (!all_done(children)) {
-      spdlog::warn("killing the roles that did not exit");
+      spdlog::debug("killing the roles that did not exit");
       kill_all(SIGKILL);
       for (auto& c : children) {
         if (!c.done) {
@@ -178,13 +178,16 @@ int run_processes_job(const Config& config, const ProcessJobOptions& o) {
     }
     report_signal_deaths(children, killed);
     for (const auto& c : children) spdlog::debug("{}: {}", c.name, describe(c.status));
-    return rc;
   };
 
   try {
     std::vector<std::string> cargs = {binary, "coordinator", o.config_path, "--listen",
                                       "127.0.0.1:0", "--secret-file", secret_file};
     for (const auto& s : o.sets) {
+      cargs.push_back("--set");
+      cargs.push_back(s);
+    }
+    for (const auto& s : extra_sets) {
       cargs.push_back("--set");
       cargs.push_back(s);
     }
@@ -208,10 +211,10 @@ int run_processes_job(const Config& config, const ProcessJobOptions& o) {
                                   addr_file, clog));
       }
       if (const std::optional<CoordinatorAddr> a = read_coordinator_addr(run_dir.string())) {
-        if (a->job_id != run_lock.job_id()) {
+        if (a->job_id != job_id) {
           throw IoError(fmt::format("{} names job {}, not this job ({}): another job wrote it",
                                     addr_file, a->job_id.empty() ? "(none)" : a->job_id,
-                                    run_lock.job_id()));
+                                    job_id));
         }
         addr = a->host_port;
       }
@@ -237,53 +240,145 @@ int run_processes_job(const Config& config, const ProcessJobOptions& o) {
                                  secret_file, "--threads", std::to_string(worker_threads)},
                                 pgid, (run_dir / "logs" / fmt::format("worker-{}.log", k)).string())});
     }
+    const size_t first_worker = 1 + static_cast<size_t>(config.cluster.servers);
 
     bool forwarded = false;
-    std::optional<Clock::time_point> first_death;
+    std::vector<bool> told(children.size(), false);
+    Attempt a;
     for (;;) {
       follow.poll();
       reap(children);
       report_signal_deaths(children, killed);
-      if (children[0].done) {
-        follow.poll();
-        break;
-      }
       if (!forwarded && o.stop_requested && o.stop_requested()) {
         spdlog::info("stop requested: asking the coordinator to checkpoint and stop");
         ::kill(children[0].pid, SIGTERM);
         forwarded = true;
       }
-      // A role died: the coordinator should notice within the peer timeout; if it does not, the
-      // launcher stops the job itself.
-      for (size_t i = 1; i < children.size(); ++i) {
-        if (children[i].done && !first_death) {
-          first_death = Clock::now();
-          // Roles exit 0 on the coordinator's Shutdown, just before it exits itself.
-          if (exit_code(children[i].status) == 0) {
-            spdlog::debug("{} exited ({})", children[i].name, describe(children[i].status));
-          } else {
-            spdlog::warn("{} exited ({})", children[i].name, describe(children[i].status));
+      // The coordinator first: killed, its servers and workers exit too (its loss is fatal to
+      // them) and must not be taken for the cause.
+      auto lost_server = [&] {
+        for (size_t i = 1; i < first_worker; ++i) {
+          if (children[i].done && died_badly(children[i].status)) {
+            a.restart = true;
+            a.lost_role = "server";
+            a.lost_id = static_cast<int64_t>(i - 1);
+            a.why = fmt::format("{} {}", children[i].name, describe(children[i].status));
+            return;
+          }
+        }
+      };
+      if (children[0].done) {
+        follow.poll();
+        if (!forwarded && WIFSIGNALED(children[0].status)) {
+          a.restart = true;
+          a.lost_role = "coordinator";
+          a.why = fmt::format("the coordinator was {}", describe(children[0].status));
+        } else if (!forwarded && children[0].status != 0) {
+          lost_server();  // it stopped because a server was lost
+        }
+        break;
+      }
+      // A server lost: its shard is gone; the job restarts from the latest checkpoint.
+      if (!forwarded) lost_server();
+      if (a.restart) break;
+      for (size_t i = first_worker; i < children.size(); ++i) {
+        if (children[i].done && !told[i]) {
+          told[i] = true;
+          // A worker that left (exit 0) or was lost: the coordinator goes on without it.
+          if (died_badly(children[i].status)) {
+            spdlog::warn("{} exited ({}); the job goes on without it", children[i].name,
+                         describe(children[i].status));
           }
         }
       }
-      if (first_death && Clock::now() - *first_death >
-                             std::chrono::milliseconds(static_cast<int64_t>(
-                                 config.cluster.peer_timeout_s * 1000) + 10'000)) {
-        spdlog::error("the coordinator did not stop after a role exited; killing the job");
-        kill_all(SIGKILL);
-      }
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    const int rc = exit_code(children[0].status);
-    if (rc != 0) {
-      spdlog::error("the coordinator stopped the job ({}); logs in {}",
-                    describe(children[0].status), (run_dir / "logs").string());
+    if (a.restart) {
+      // Decided: the whole attempt goes down within 2 s. The coordinator, which notices a lost
+      // server at once, gets that long to log why it stops; then SIGKILL to everyone (what the
+      // servers hold is incomplete without the lost one, and nothing more can be published).
+      const auto until = Clock::now() + std::chrono::milliseconds(2000);
+      while (!children[0].done && Clock::now() < until) {
+        reap(children);
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      follow.poll();
+      kill_all(SIGKILL);
+      finish(std::chrono::milliseconds(0));
+      follow.poll();
+      a.rc = 1;
+      return a;
     }
-    return finish(rc);
+    a.rc = exit_code(children[0].status);
+    finish(std::chrono::milliseconds(2000));
+    return a;
   } catch (...) {
     kill_all(SIGKILL);
-    finish(1);
+    finish(std::chrono::milliseconds(0));
     throw;
+  }
+}
+
+// Steps applied by the newest valid checkpoint of the run, or nullopt without one.
+std::optional<int64_t> latest_checkpoint_step(const std::string& run_dir) {
+  const std::optional<std::string> dir = find_latest_checkpoint(run_dir);
+  if (!dir) return std::nullopt;
+  return read_checkpoint_meta(checkpoint_file(*dir)).step;
+}
+
+}  // namespace
+
+int run_processes_job(const Config& config, const ProcessJobOptions& o) {
+  const fs::path run_dir(config.run.dir);
+  // One job per run directory: taken before anything in it is touched, held until the launcher
+  // exits (its roles die with it, restarts included); the coordinator it spawns joins this job's id.
+  const RunLock run_lock = RunLock::acquire(run_dir.string());
+  make_dirs(run_dir.string());
+  make_dirs((run_dir / "logs").string());
+  std::string secret_file = o.secret_file;
+  if (secret_file.empty()) {
+    secret_file = (run_dir / "secret").string();
+    std::error_code ec;
+    fs::remove(secret_file, ec);
+    net::write_secret_file(secret_file, net::OverwriteSecret::kYes);
+  }
+  std::string binary = o.ptrain_binary;
+  {
+    std::error_code ec;
+    const auto real = fs::read_symlink(binary, ec);
+    if (!ec) binary = real.string();
+  }
+  // The supervisor: a lost server or coordinator restarts the job from the latest complete
+  // checkpoint, at most cluster.max_restarts times.
+  std::vector<std::string> extra_sets;
+  for (int64_t restarts = 0;; ++restarts) {
+    const auto t0 = Clock::now();
+    const Attempt a = run_attempt(config, o, binary, secret_file, extra_sets, run_lock.job_id());
+    if (!a.restart) {
+      if (a.rc != 0) {
+        spdlog::error("the coordinator stopped the job (exit {}); logs in {}", a.rc,
+                      (run_dir / "logs").string());
+      }
+      return a.rc;
+    }
+    const std::optional<int64_t> step = latest_checkpoint_step(run_dir.string());
+    if (restarts >= config.cluster.max_restarts) {
+      spdlog::error("{}; no restart left (cluster.max_restarts = {}); the job stops{}; logs in {}",
+                    a.why, config.cluster.max_restarts,
+                    step ? fmt::format(" (the checkpoint of step {} resumes it)", *step) : "",
+                    (run_dir / "logs").string());
+      return static_cast<int>(ExitCode::kIo);
+    }
+    // The restarted job resumes from this run's latest checkpoint, whatever checkpoint.resume
+    // said (a path or `never` named where the first attempt started).
+    if (step) extra_sets = {"checkpoint.resume=auto"};
+    append_ledger_event(run_dir.string(), "restart", a.lost_role, a.lost_id, step.value_or(0));
+    spdlog::warn("{}; restarting the job ({} of cluster.max_restarts {}) from {} ({:.1f} s after "
+                 "the attempt began)",
+                 a.why, restarts + 1, config.cluster.max_restarts,
+                 step ? fmt::format("the checkpoint of step {}", *step)
+                      : std::string("the start (no checkpoint yet)"),
+                 std::chrono::duration<double>(Clock::now() - t0).count());
   }
 }
 

@@ -6,8 +6,12 @@
 // Every child is in the job's own process group (led by the coordinator), gets
 // PR_SET_PDEATHSIG(SIGKILL) so it dies with the launcher, and logs to RUN_DIR/logs/ROLE-N.log.
 // A stop request (SIGINT/SIGTERM to the launcher) is forwarded to the coordinator, which writes a
-// checkpoint and stops everyone. Whatever happens, the group is killed and every child reaped
-// before this returns: no orphans.
+// checkpoint and stops everyone. A worker that dies or leaves is the coordinator's business (the
+// job goes on). The supervisor: a server that dies, or a coordinator killed by a signal, brings
+// the whole attempt down at once (SIGKILL to the group) and starts every role again, resuming
+// from the run's latest complete checkpoint (cluster.max_restarts times at most; each restart is
+// a "restart" line in RUN_DIR/ledger.jsonl). Once the coordinator exits, the others get 2 s to
+// exit, then SIGKILL. Whatever happens, every child is reaped before this returns: no orphans.
 #pragma once
 
 #include "common/config/config.hpp"
@@ -26,7 +30,8 @@ struct ProcessJobOptions {
   std::function<bool()> stop_requested;  // polled; true once = forward SIGTERM to the coordinator
 };
 
-// Returns the coordinator's exit status (0: trained, or stopped with a checkpoint written).
+// Returns the coordinator's exit status (0: trained, or stopped with a checkpoint written), or 4
+// when no restart was left.
 // Throws IoError when the roles cannot be started.
 int run_processes_job(const Config& config, const ProcessJobOptions& options);
 

@@ -41,6 +41,9 @@ void run_worker_process(const WorkerProcessOptions& o, net::Secret secret) {
   wo.micro_batch = cfg.train.micro_batch;
   wo.threads = o.threads > 0 ? o.threads : threads_per_role(cfg.run.threads, 1);
   wo.device = o.device.empty() ? device_type_name(cfg.device.type) : o.device;
+  wo.leave_requested = o.leave_requested;
+  wo.fault_phase = o.fault_phase;
+  wo.fault_step = o.fault_step;
   spdlog::info("worker {}: connected to {} server(s), device {}, {} thread(s)", id, S, wo.device,
                wo.threads);
   const std::unique_ptr<net::Transport> transport =
@@ -48,12 +51,20 @@ void run_worker_process(const WorkerProcessOptions& o, net::Secret secret) {
                    : net::make_transport(net::TransportOptions::tcp(net::worker_endpoint(id), node));
   try {
     run_worker(wo, layout, std::move(ranges), *transport);
+  } catch (const net::PeerLost& e) {
+    node->close();
+    throw net::PeerLost(fmt::format(
+        "worker {}: {}; the coordinator dropped this worker (silent longer than "
+        "cluster.peer_timeout_s = {} s) or stopped; `ptrain worker` started again joins as a new "
+        "worker",
+        id, e.what(), cfg.cluster.peer_timeout_s));
   } catch (...) {
     node->close();
     throw;
   }
   node->close();
-  spdlog::info("worker {}: stopped", id);
+  const bool left = o.leave_requested && o.leave_requested();
+  spdlog::info("worker {}: {}", id, left ? "left the job" : "stopped");
 }
 
 }  // namespace ptrain

@@ -1,6 +1,8 @@
 // `ptrain worker`: a worker as its own process. Joins the job through the coordinator
 // (common/net/cluster_join.hpp), connects to every server (PeerHello), then runs run_worker over
-// TCP until Shutdown. Only the coordinator's loss is fatal here (it stops the job for any other).
+// TCP until Shutdown or until it leaves. Only the coordinator's loss is fatal here: a worker
+// whose connection the coordinator dropped (silent past cluster.peer_timeout_s, e.g. stopped and
+// woken up) exits saying so; started again it joins as a new worker.
 #pragma once
 
 #include "common/net/auth.hpp"
@@ -25,6 +27,11 @@ struct WorkerProcessOptions {
   std::function<std::unique_ptr<net::Transport>(const net::Endpoint& self,
                                                 std::shared_ptr<net::TcpNode> node)>
       data_plane;
+  // Polled; true = leave the job at the next step boundary and return (SIGTERM). Empty = never.
+  std::function<bool()> leave_requested;
+  // TEST ONLY: WorkerOptions::fault_phase / fault_step (PTRAIN_TEST_WORKER_FAULT).
+  std::string fault_phase;
+  int64_t fault_step = 0;
 };
 
 void run_worker_process(const WorkerProcessOptions& options, net::Secret secret);

@@ -123,6 +123,15 @@ void RequestHandler::on_push(const Endpoint& from, p::GradPush&& m, std::vector<
            out);
     return;
   }
+  if (store_.loaded() && (m.step < store_.version() || (m.step == store_.version() && prepared_))) {
+    // Late: that step closed without this worker (it was dropped: lost, stopped or past the step
+    // deadline) and its windows went back to the pool. Expected in an elastic job; not an error.
+    spdlog::info("server {}: ignored a late push from worker {} for step {} (the server is at "
+                 "version {}{})",
+                 options_.server_id, m.worker_id, m.step, store_.version(),
+                 prepared_ ? ", reducing that step without it" : "");
+    return;
+  }
   if (m.membership_epoch < membership_epoch_) {
     refuse(from,
            fmt::format("stale push from worker {} (membership epoch {}, current {})", m.worker_id,

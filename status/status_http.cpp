@@ -80,7 +80,9 @@ bool JobStatus::operator==(const JobStatus& o) const {
          run_dir == o.run_dir && start_step == o.start_step && target_steps == o.target_steps &&
          tokens_total == o.tokens_total && same_double(lr, o.lr) && same_double(grad_norm, o.grad_norm) &&
          same_double(val_loss, o.val_loss) && val_step == o.val_step && elapsed_s == o.elapsed_s &&
-         checkpoints == o.checkpoints && events == o.events && finished == o.finished;
+         checkpoints == o.checkpoints && events == o.events && finished == o.finished &&
+         membership_changes == o.membership_changes &&
+         membership_events == o.membership_events && waiting == o.waiting;
 }
 
 void add_status_event(JobStatus& s, const std::string& text) {
@@ -174,6 +176,16 @@ std::string render_prometheus(const JobStatus& s) {
   per_member("ptrain_member_pulled_bytes_total", "counter",
              "Weight bytes a worker received (a server: sent) since it started.",
              [](const MemberStatus& m) { return std::to_string(m.bytes_pulled); });
+  head("ptrain_membership_changes_total", "counter",
+       "Membership changes by kind (join, leave, lost, restart, resume).");
+  for (const char* kind : {"join", "leave", "lost", "restart", "resume"}) {
+    const auto found = s.membership_changes.find(kind);
+    fmt::format_to(it, "ptrain_membership_changes_total{{kind=\"{}\"}} {}\n", kind,
+                   found == s.membership_changes.end() ? 0 : found->second);
+  }
+  head("ptrain_waiting_for_workers", "gauge",
+       "1 while the job waits for workers (fewer than cluster.min_workers), else 0.");
+  fmt::format_to(it, "ptrain_waiting_for_workers {}\n", s.waiting.empty() ? 0 : 1);
   return out;
 }
 
@@ -194,6 +206,11 @@ std::string render_status_json(const JobStatus& s) {
   }
   json history = json::array();
   for (const auto& p : s.loss_history) history.push_back(json::array({p.step, num(p.loss)}));
+  json membership_events = json::array();
+  for (const auto& e : s.membership_events) {
+    membership_events.push_back({{"kind", e.kind}, {"role", e.role}, {"id", e.id}, {"step", e.step},
+                      {"time", e.time}, {"text", e.text}});
+  }
   json j = {
       {"step", s.step},
       {"loss", num(s.loss)},
@@ -224,6 +241,9 @@ std::string render_status_json(const JobStatus& s) {
       {"checkpoints", s.checkpoints},
       {"events", s.events},
       {"finished", s.finished},
+      {"membership_changes", s.membership_changes},
+      {"membership_events", std::move(membership_events)},
+      {"waiting", s.waiting},
   };
   return j.dump(1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
@@ -270,6 +290,13 @@ JobStatus parse_status_json(std::string_view text) {
     s.checkpoints = j.at("checkpoints").get<std::vector<int64_t>>();
     s.events = j.at("events").get<std::vector<std::string>>();
     s.finished = j.at("finished").get<bool>();
+    s.membership_changes = j.at("membership_changes").get<std::map<std::string, int64_t>>();
+    for (const auto& e : j.at("membership_events")) {
+      s.membership_events.push_back({e.at("kind").get<std::string>(), e.at("role").get<std::string>(),
+                          e.at("id").get<int64_t>(), e.at("step").get<int64_t>(),
+                          e.at("time").get<double>(), e.at("text").get<std::string>()});
+    }
+    s.waiting = j.at("waiting").get<std::string>();
     return s;
   } catch (const nlohmann::json::exception& e) {
     throw IoError(fmt::format("status JSON: {}", e.what()));

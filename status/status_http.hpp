@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -64,6 +65,17 @@ struct LossPoint {
   bool operator==(const LossPoint&) const = default;
 };
 
+// A membership event as /status lists it: a join, leave, loss, restart or resume.
+struct MembershipEventStatus {
+  std::string kind;    // "join", "leave", "lost", "restart", "resume"
+  std::string role;    // "worker", "server", "coordinator"
+  int64_t id = 0;
+  int64_t step = 0;    // steps applied when it happened
+  double time = 0.0;   // UNIX seconds
+  std::string text;    // the log line
+  bool operator==(const MembershipEventStatus&) const = default;
+};
+
 // A consistent snapshot of the job, taken by the coordinator when the status server asks.
 struct JobStatus {
   int64_t step = 0;                 // optimizer steps applied
@@ -89,6 +101,9 @@ struct JobStatus {
   std::vector<int64_t> checkpoints;  // steps published by this run, oldest first
   std::vector<std::string> events;   // recent events, "ISO-time text", newest last (≤ 50)
   bool finished = false;             // the run ended (the page stops polling)
+  std::map<std::string, int64_t> membership_changes;  // by kind, since this coordinator started
+  std::vector<MembershipEventStatus> membership_events;  // the last 100, oldest first
+  std::string waiting;  // "" or why the job is waiting (fewer workers than cluster.min_workers)
   bool operator==(const JobStatus&) const;  // NaN losses compare equal to each other
 };
 
@@ -107,11 +122,13 @@ std::array<int64_t, 3> count_members(const JobStatus& s);
 // ptrain_pushed_bytes_total, ptrain_pulled_bytes_total, ptrain_step_phase_seconds{phase},
 // ptrain_last_checkpoint_step (-1 before the first). Per member, labelled {role, id, host}:
 // ptrain_member_step, ptrain_member_heartbeat_age_seconds, ptrain_member_pushed_bytes_total,
-// ptrain_member_pulled_bytes_total. NaN is written "NaN", infinities "+Inf"/"-Inf".
+// ptrain_member_pulled_bytes_total; ptrain_membership_changes_total{kind="join|leave|lost|restart|resume"}
+// (every kind always present), ptrain_waiting_for_workers (1 while below cluster.min_workers). NaN is written "NaN", infinities "+Inf"/"-Inf".
 std::string render_prometheus(const JobStatus& s);
 
 // JSON object with the same figures ("members_by_role", "step_seconds" as objects), "members" as
-// an array of objects (role as a name), "loss_history" as [[step, loss], ...]. NaN is null.
+// an array of objects (role as a name), "loss_history" as [[step, loss], ...], "events" as an
+// array of objects, "membership_changes" as an object by kind, "waiting" as a string. NaN is null.
 std::string render_status_json(const JobStatus& s);
 
 // Parses render_status_json's output (tools, tests). Throws IoError naming what is wrong.

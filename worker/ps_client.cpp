@@ -48,9 +48,16 @@ PsClient::Ticket PsClient::pull(int64_t version, std::span<float> dst) {
 }
 
 PsClient::Ticket PsClient::push(const PushMeta& meta, std::span<const float> grads) {
+  return push_to(meta, grads, 0, ranges_.size());
+}
+
+PsClient::Ticket PsClient::push_to(const PushMeta& meta, std::span<const float> grads,
+                                   size_t first, size_t last) {
   PTRAIN_ENFORCE(static_cast<int64_t>(grads.size()) == total_, "push of {} floats, need {}",
                  grads.size(), total_);
-  for (size_t k = 0; k < ranges_.size(); ++k) {
+  PTRAIN_ENFORCE(first <= last && last <= ranges_.size(), "push to servers [{}, {}) of {}", first,
+                 last, ranges_.size());
+  for (size_t k = first; k < last; ++k) {
     const auto& r = ranges_[k];
     proto::GradPush m;
     m.step = meta.step;

@@ -48,6 +48,9 @@ class PsClient {
   // Sends each server its slice of `grads` (the whole flat vector). Complete (and `grads` free
   // to change) once it returns.
   Ticket push(const PushMeta& meta, std::span<const float> grads);
+  // The same to servers [first, last) only (push() = all of them); a test's fault injection
+  // stops between two servers with it.
+  Ticket push_to(const PushMeta& meta, std::span<const float> grads, size_t first, size_t last);
 
   // Blocks until the ticket's replies are in. Throws (naming the server) when a server answers
   // with a Failure or another version than asked, and TimeoutError-like Error after `timeout`.

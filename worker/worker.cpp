@@ -14,6 +14,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
 #include <optional>
 
 namespace ptrain {
@@ -23,6 +26,15 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// Test-only fault injection (WorkerOptions::fault_phase): a real SIGKILL, as `kill -9` would.
+[[noreturn]] void die_for_test(const std::string& me, const std::string& phase, int64_t step) {
+  std::fprintf(stderr, "%s: test fault injection: SIGKILL at %s of step %lld\n", me.c_str(),
+               phase.c_str(), static_cast<long long>(step));
+  std::fflush(stderr);
+  ::raise(SIGKILL);
+  std::abort();
 }
 
 // The loop itself; run_worker wraps it with failure reporting.
@@ -77,11 +89,25 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
   };
 
   for (;;) {
-    std::optional<net::Envelope> env = client.next_other(o.timeout);
-    if (!env) {
-      throw Error(ExitCode::kIo,
-                  fmt::format("{}: no message from the coordinator within {} s", me,
-                              std::chrono::duration_cast<std::chrono::seconds>(o.timeout).count()));
+    // Between messages is a step boundary: the place to leave.
+    std::optional<net::Envelope> env;
+    const auto give_up = Clock::now() + o.timeout;
+    while (!env) {
+      if (o.leave_requested && o.leave_requested()) {
+        transport.send(net::coordinator_endpoint(),
+                       proto::Shutdown{fmt::format("{} leaving at a step boundary", me)});
+        return;
+      }
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(give_up - Clock::now());
+      if (left.count() <= 0) {
+        throw Error(ExitCode::kIo,
+                    fmt::format("{}: no message from the coordinator within {} s", me,
+                                std::chrono::duration_cast<std::chrono::seconds>(o.timeout)
+                                    .count()));
+      }
+      env = client.next_other(o.leave_requested ? std::min(left, std::chrono::milliseconds(100))
+                                                : left);
     }
     if (std::holds_alternative<proto::Shutdown>(env->message)) return;
     if (auto* f = std::get_if<proto::Failure>(&env->message)) {
@@ -110,8 +136,15 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
     const double compute_s = seconds_since(t1);
 
     const auto t2 = Clock::now();
-    client.push(PushMeta{begin->step, begin->membership_epoch, o.worker_id, sum.tokens},
-                train.grads_host());
+    const PushMeta meta{begin->step, begin->membership_epoch, o.worker_id, sum.tokens};
+    const bool fault = !o.fault_phase.empty() && begin->step + 1 >= o.fault_step;
+    if (fault && o.fault_phase == "before-push") die_for_test(me, o.fault_phase, o.fault_step);
+    if (fault && o.fault_phase == "mid-push") {
+      client.push_to(meta, train.grads_host(), 0, 1);
+      die_for_test(me, o.fault_phase, o.fault_step);
+    }
+    client.push(meta, train.grads_host());
+    if (fault && o.fault_phase == "after-push") die_for_test(me, o.fault_phase, o.fault_step);
     const double push_s = seconds_since(t2);
 
     const net::TransportCounters c = transport.counters();

@@ -7,6 +7,9 @@
 // Validation: on EvalBegin{version, windows of data.val, batch} it pulls that version and
 // answers EvalDone with the forward pass's loss sum of each batch (the coordinator combines them
 // in a fixed order: common/data/val_loss.hpp).
+// Leaving (SIGTERM to `ptrain worker`): once leave_requested() is true, the worker finishes the
+// step it is in (push and report), then — at the step boundary — says goodbye to the coordinator
+// (a Shutdown from a worker is its leave) and returns; the job goes on without it.
 // The model never sees the network: it fills a gradient buffer; this loop decides what to send.
 #pragma once
 
@@ -37,9 +40,17 @@ struct WorkerOptions {
   // Test hook: builds the compute backend instead of `device` (e.g. a fake device backend);
   // empty = make_backend(device, threads).
   std::function<std::unique_ptr<Backend>(int threads)> make_backend;
+  // Polled between messages; true = leave the job at the next step boundary. Empty = never.
+  std::function<bool()> leave_requested;
+  // TEST ONLY (fault injection, `PTRAIN_TEST_WORKER_FAULT=PHASE:STEP` on `ptrain worker`): at
+  // its first step numbered `fault_step` (1-based) or later the worker kills itself with SIGKILL at `fault_phase`:
+  // "before-push" (gradients computed, nothing pushed), "mid-push" (pushed to server 0 only),
+  // "after-push" (pushed everywhere, not reported). Empty = none.
+  std::string fault_phase;
+  int64_t fault_step = 0;
 };
 
-// Runs until Shutdown. On an error it sends a Failure to the coordinator (if it can) and
+// Runs until Shutdown (or until it left). On an error it sends a Failure to the coordinator (if it can) and
 // rethrows; throws TransportClosed when the job is stopping.
 void run_worker(const WorkerOptions& options, const ParamLayout& layout,
                 std::vector<proto::KeyRange> server_ranges, net::Transport& transport);

@@ -106,7 +106,15 @@ const Key kKeys[] = {
     {"cluster.staleness", field<&Config::cluster, &ClusterConfig::staleness>, at_least(0)},
     {"cluster.heartbeat_s", field<&Config::cluster, &ClusterConfig::heartbeat_s>, above(0)},
     {"cluster.peer_timeout_s", field<&Config::cluster, &ClusterConfig::peer_timeout_s>, above(0)},
+    {"cluster.min_workers", field<&Config::cluster, &ClusterConfig::min_workers>, at_least(1)},
+    {"cluster.max_workers", field<&Config::cluster, &ClusterConfig::max_workers>, at_least(0)},
+    {"cluster.wait_timeout_s", field<&Config::cluster, &ClusterConfig::wait_timeout_s>, above(0)},
+    {"cluster.step_deadline_s", field<&Config::cluster, &ClusterConfig::step_deadline_s>,
+     at_least(0)},
+    {"cluster.max_restarts", field<&Config::cluster, &ClusterConfig::max_restarts>, at_least(0)},
     {"checkpoint.every_steps", field<&Config::checkpoint, &CheckpointConfig::every_steps>,
+     at_least(0)},
+    {"checkpoint.every_minutes", field<&Config::checkpoint, &CheckpointConfig::every_minutes>,
      at_least(0)},
     {"checkpoint.keep", field<&Config::checkpoint, &CheckpointConfig::keep>, at_least(1)},
     {"checkpoint.resume", field<&Config::checkpoint, &CheckpointConfig::resume>, {},
@@ -554,6 +562,13 @@ class Loader {
       fail(where_of({"cluster.transport", "cluster.launch"}),
            "cluster.transport: mpi needs cluster.launch: mpi (every role a rank of one MPI job, "
            "started by mpirun or srun)");
+    }
+    if (c.cluster.max_workers > 0 &&
+        c.cluster.max_workers < std::max(c.cluster.workers, c.cluster.min_workers)) {
+      fail(where_of({"cluster.max_workers", "cluster.workers", "cluster.min_workers"}),
+           fmt::format("cluster.max_workers ({}) must be 0 (no cap) or >= cluster.workers ({}) "
+                       "and cluster.min_workers ({})",
+                       c.cluster.max_workers, c.cluster.workers, c.cluster.min_workers));
     }
     if (c.cluster.sync == SyncMode::kBsp && c.cluster.staleness != 0) {
       fail(where_of({"cluster.staleness"}),

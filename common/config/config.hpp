@@ -83,7 +83,13 @@ struct ClusterConfig {
   SyncMode sync = SyncMode::kBsp;
   int64_t staleness = 0;
   double heartbeat_s = 1.0;      // TCP roles: a heartbeat each way every this many seconds
-  double peer_timeout_s = 10.0;  // TCP roles: a peer silent this long is lost (the job stops)
+  double peer_timeout_s = 5.0;   // TCP roles: a peer silent this long is lost
+  // Elastic membership (docs/elastic.md).
+  int64_t min_workers = 1;       // fewest workers a step runs with; below it the job waits
+  int64_t max_workers = 0;       // most workers at once (0 = no cap); more joiners are refused
+  double wait_timeout_s = 600.0; // waiting below min_workers this long: checkpoint and stop
+  double step_deadline_s = 0.0;  // a step closes this long after it began with what arrived (0 = off)
+  int64_t max_restarts = 3;      // `ptrain run`: restarts of the job after a lost server/coordinator
 
   bool operator==(const ClusterConfig&) const = default;
 };
@@ -96,6 +102,7 @@ inline DataTransport effective_transport(const ClusterConfig& c) {
 
 struct CheckpointConfig {
   int64_t every_steps = 0;  // 0 = only the final step
+  double every_minutes = 10.0;  // also a checkpoint once this many minutes passed since the last (0 = off)
   int64_t keep = 3;
   std::string resume = "auto";  // "auto", "never" or a path (absolute after resolution)
 

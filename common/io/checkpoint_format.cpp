@@ -158,6 +158,18 @@ CheckpointMeta read_meta(const h5::File& f, const std::string& file) {
   m.data.seed = data.attr_uint64("seed");
   m.data.epoch = data.attr_int64("epoch");
   m.data.position = data.attr_int64("position");
+  if (data.exists("returned")) {
+    const h5::Dataset r = data.open_dataset("returned");
+    const std::vector<int64_t> shape = r.shape();
+    if (r.type().dtype != h5::DType::kInt64 || shape.size() != 2 || shape[1] != 2) {
+      throw CheckpointError(fmt::format("{}: /data/returned is {} of shape [{}], expected int64 "
+                                        "(n, 2) rows [epoch, window]",
+                                        file, r.type().describe(), fmt::join(shape, ",")));
+    }
+    std::vector<int64_t> flat(static_cast<size_t>(r.size()));
+    r.read(flat);
+    for (size_t i = 0; i + 1 < flat.size(); i += 2) m.data.returned.push_back({flat[i], flat[i + 1]});
+  }
   return m;
 }
 
@@ -255,6 +267,16 @@ void write_tokenizer_and_data(h5::File& f, const CheckpointMeta& meta) {
     d.set_attr("seed", static_cast<uint64_t>(meta.data.seed));
     d.set_attr("epoch", static_cast<int64_t>(meta.data.epoch));
     d.set_attr("position", static_cast<int64_t>(meta.data.position));
+    if (!meta.data.returned.empty()) {
+      std::vector<int64_t> flat;
+      for (const DataWindow& w : meta.data.returned) {
+        flat.push_back(w.epoch);
+        flat.push_back(w.window);
+      }
+      h5::Dataset r = d.create_dataset("returned", h5::DType::kInt64,
+                                       {static_cast<int64_t>(meta.data.returned.size()), 2});
+      r.write(std::span<const int64_t>(flat));
+    }
   }
 }
 

@@ -30,10 +30,22 @@ namespace ptrain {
 inline constexpr int32_t kCheckpointFormatVersion = 1;
 
 // Where the data plan stands, for exact resume.
+// A window of data.train as the data plan hands it out: its index and the data epoch it
+// belongs to (the epoch whose permutation it came from).
+struct DataWindow {
+  int64_t epoch = 0;
+  int64_t window = 0;
+  bool operator==(const DataWindow&) const = default;
+};
+
 struct DataState {
   uint64_t seed = 0;
   int64_t epoch = 0;
   int64_t position = 0;  // next permutation position of `epoch` to hand out
+  // Windows handed out but returned unapplied (a worker lost or late): the plan hands them out
+  // again before any new position. Stored as /data/returned, int64 (n, 2) rows [epoch, window];
+  // absent = none (checkpoints written before this existed).
+  std::vector<DataWindow> returned;
 };
 
 // Everything but the tensors: cheap to read, enough to rebuild the layout.

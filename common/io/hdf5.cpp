@@ -434,6 +434,9 @@ void Dataset::write(std::span<const float> d) {
 void Dataset::write(std::span<const int32_t> d) {
   dataset_io(*this, H5T_NATIVE_INT32, const_cast<int32_t*>(d.data()), d.size(), true);
 }
+void Dataset::write(std::span<const int64_t> d) {
+  dataset_io(*this, H5T_NATIVE_INT64, const_cast<int64_t*>(d.data()), d.size(), true);
+}
 void Dataset::write(std::span<const uint8_t> d) {
   dataset_io(*this, H5T_NATIVE_UINT8, const_cast<uint8_t*>(d.data()), d.size(), true);
 }
@@ -442,6 +445,9 @@ void Dataset::read(std::span<float> d) const {
 }
 void Dataset::read(std::span<int32_t> d) const {
   dataset_io(*this, H5T_NATIVE_INT32, d.data(), d.size(), false);
+}
+void Dataset::read(std::span<int64_t> d) const {
+  dataset_io(*this, H5T_NATIVE_INT64, d.data(), d.size(), false);
 }
 void Dataset::read(std::span<uint8_t> d) const {
   dataset_io(*this, H5T_NATIVE_UINT8, d.data(), d.size(), false);

@@ -104,9 +104,11 @@ class Dataset : public Object {
   // HDF5 converts when the stored type differs (callers check type() first when that matters).
   void write(std::span<const float> data);
   void write(std::span<const int32_t> data);
+  void write(std::span<const int64_t> data);
   void write(std::span<const uint8_t> data);
   void read(std::span<float> out) const;
   void read(std::span<int32_t> out) const;
+  void read(std::span<int64_t> out) const;
   void read(std::span<uint8_t> out) const;
 
   // Reads `rows` whole rows (dimension 0) starting at row `row_begin`; out.size() must be

@@ -69,6 +69,10 @@ bool Membership::report_lost(const Endpoint& e, const std::string& reason) {
   return remove_member(e, MembershipChange::kLost, reason);
 }
 
+bool Membership::report_left(const Endpoint& e, const std::string& reason) {
+  return remove_member(e, MembershipChange::kLeft, reason);
+}
+
 void Membership::start() {
   std::lock_guard lock(mu_);
   started_ = true;

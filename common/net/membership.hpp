@@ -68,6 +68,9 @@ class Membership {
   // The caller found `e` unreachable (e.g. a send failed): a kLost event, unless `e` is not (or no
   // longer) a member. Returns whether this was news.
   bool report_lost(const Endpoint& e, const std::string& reason);
+  // `e` said goodbye (a worker leaving at a step boundary): a kLeft event, unless `e` is not (or
+  // no longer) a member. Returns whether this was news.
+  bool report_left(const Endpoint& e, const std::string& reason);
 
   // The job starts with the members present now, as epoch 0; every later change bumps the epoch.
   void start();

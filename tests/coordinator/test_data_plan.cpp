@@ -4,6 +4,7 @@
 // sums to B, is contiguous in worker-id order, and gives the same windows whatever W is; the
 // cursor resumes exactly. (The step's bookkeeping is tested in test_step_machine.cpp.)
 #include "common/error.hpp"
+#include "coordinator/checkpoint_scheduler.hpp"
 #include "coordinator/data_plan.hpp"
 
 #include <doctest/doctest.h>
@@ -117,4 +118,49 @@ TEST_CASE("coordinator: the same windows whatever the number of workers") {
       CHECK(joined == windows);
     }
   }
+}
+
+TEST_CASE("data plan: windows given back are handed out first - keep their epoch - are checkpointed") {
+  // 5 windows, batches of 3: a step straddles epochs; a lost worker's windows come back.
+  DataPlan plan(5, DataState{11, 0, 0});
+  const std::vector<DataWindow> s1 = plan.take(3);
+  const std::vector<DataWindow> s2 = plan.take(3);  // 2 of epoch 0, 1 of epoch 1
+  CHECK(s2[0].epoch == 0);
+  CHECK(s2[2].epoch == 1);
+  plan.give_back({s2[1], s2[2]});  // their worker was lost
+  CHECK(plan.state().returned.size() == 2);
+  const std::vector<DataWindow> s3 = plan.take(3);
+  CHECK(s3[0] == s2[1]);
+  CHECK(s3[1] == s2[2]);
+  CHECK(s3[2].epoch == 1);
+  CHECK(plan.state().returned.empty());
+  // Within each epoch every window once: epoch 0 is complete after s1, s2[0], s3[0].
+  std::set<int64_t> e0;
+  for (const auto& w : {s1[0], s1[1], s1[2], s2[0], s3[0]}) {
+    CHECK(w.epoch == 0);
+    CHECK(e0.insert(w.window).second);
+  }
+  CHECK(e0.size() == 5);
+  // A pool bigger than a step: the rest waits; the cursor (with its pool) resumes exactly.
+  plan.give_back(s3);
+  const std::vector<DataWindow> s4 = plan.take(2);
+  DataPlan resumed(5, plan.state());
+  CHECK(resumed.take(4) == plan.take(4));
+  CHECK(s4[0] == s3[0]);
+}
+
+TEST_CASE("data plan: a returned window that does not fit the data is refused") {
+  DataState st{1, 0, 2};
+  st.returned = {{0, 7}};
+  CHECK_THROWS_WITH_AS(DataPlan(5, st), doctest::Contains("returned window 7"), DataError);
+}
+
+TEST_CASE("checkpoint scheduler: every N steps - every M minutes - the final step") {
+  CheckpointScheduler s(0, 100, 10.0);
+  CHECK_FALSE(s.due(5, 9.9));
+  CHECK(s.due(5, 10.0));
+  CHECK(s.due(100, 0.0));
+  CheckpointScheduler off(4, 100, 0.0);
+  CHECK(off.due(8, 0.0));
+  CHECK_FALSE(off.due(9, 1e9));
 }

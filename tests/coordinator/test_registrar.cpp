@@ -56,14 +56,14 @@ TEST_CASE("registrar: registrations join in arrival order with stable ids - epoc
 }
 
 TEST_CASE("registrar: roles beyond the job's size and malformed first frames are refused") {
-  Registrar r(1, 1);
+  Registrar r(1, 1, /*max_workers=*/1);
   r.identify(reg(net::Role::kServer, ":7000"), "127.0.0.1:1");
   r.identify(reg(net::Role::kWorker), "127.0.0.1:2");
   try {
     r.identify(reg(net::Role::kWorker), "127.0.0.1:3");
-    FAIL("a third role was accepted");
+    FAIL("a worker beyond cluster.max_workers was accepted");
   } catch (const ConfigError& e) {
-    CHECK(std::string(e.what()).find("cluster.workers") != std::string::npos);
+    CHECK(std::string(e.what()).find("its cap (cluster.max_workers = 1)") != std::string::npos);
   }
   CHECK_THROWS_AS(r.identify(reg(net::Role::kServer), "127.0.0.1:4"), ConfigError);
   CHECK_THROWS_AS(r.identify(proto::Heartbeat{}, "127.0.0.1:5"), proto::ProtocolError);
@@ -101,6 +101,16 @@ TEST_CASE("registrar: a dropped connection is one loss event naming its cause - 
   CHECK(server_events[0].reason ==
         "server 0 (127.0.0.1:1) was lost (connection reset by the peer)");
   CHECK(r.epoch() == 2);
-  // The job is full for good: ids are not reused.
-  CHECK_THROWS_AS(r.identify(reg(net::Role::kWorker), "127.0.0.1:9"), ConfigError);
+  // A worker joining later (no cap: cluster.max_workers 0) gets a new id: ids are not reused.
+  CHECK(r.identify(reg(net::Role::kWorker), "127.0.0.1:9").endpoint == worker_endpoint(2));
+  const auto joined = r.take_events();
+  REQUIRE(joined.size() == 1);
+  CHECK(joined[0].change == net::MembershipChange::kJoined);
+  CHECK(joined[0].epoch == 3);
+  // A worker that says goodbye leaves (kLeft), once.
+  CHECK(r.report_left(worker_endpoint(2), "worker 2 left"));
+  CHECK_FALSE(r.report_left(worker_endpoint(2), "worker 2 left"));
+  const auto left = r.take_events();
+  REQUIRE(left.size() == 1);
+  CHECK(left[0].change == net::MembershipChange::kLeft);
 }

@@ -235,6 +235,11 @@ TEST_CASE("dist: a 2-server/2-worker processes job trains - exits 0 - leaves not
 TEST_CASE("dist: wrong secret and hostile peers are dropped - the job continues") {
   TempDir dir("dist-hostile");
   const std::string cfg = write_config(dir, 100000, "processes");
+  {  // a cap, so that a third worker is refused
+    std::string c = slurp(cfg);
+    c.replace(c.find("peer_timeout_s: 2"), 17, "peer_timeout_s: 2, max_workers: 2");
+    std::ofstream(cfg) << c;
+  }
   const Proc p = start({"run", cfg}, dir / "err.txt");
   wait_for_steps(dir / "run", 2);
   const std::string addr = [&] {
@@ -284,7 +289,7 @@ TEST_CASE("dist: wrong secret and hostile peers are dropped - the job continues"
     std::memcpy(v.data() + 4, &ver, 2);
     after_auth(v, false);
   }
-  {  // a third worker in a 2-worker job
+  {  // a third worker in a job capped at 2 workers
     after_auth(reg, false);
   }
   const size_t before = read_lines(dir / "run/train.jsonl").size();
@@ -298,7 +303,7 @@ TEST_CASE("dist: wrong secret and hostile peers are dropped - the job continues"
   CHECK(log.find("truncated frame") != std::string::npos);
   CHECK(log.find("over the") != std::string::npos);
   CHECK(log.find("protocol version 99") != std::string::npos);
-  CHECK(log.find("already has its 2 worker(s)") != std::string::npos);
+  CHECK(log.find("its cap (cluster.max_workers = 2)") != std::string::npos);
 }
 
 TEST_CASE("dist: SIGTERM checkpoints and stops - resume equals a straight run (bitwise)") {
@@ -327,13 +332,16 @@ TEST_CASE("dist: SIGTERM checkpoints and stops - resume equals a straight run (b
   CHECK(std::memcmp(resumed.data(), straight.data(), resumed.size() * sizeof(float)) == 0);
 }
 
-TEST_CASE("dist: kill -9 of a worker or a server stops the job naming it - latest intact") {
-  for (const std::string victim : {"worker", "server"}) {
+// A lost worker no longer stops the job, and a lost server is restarted (test_elastic.cpp); with
+// no restart left (cluster.max_restarts: 0) a lost server stops it, naming it.
+TEST_CASE("dist: kill -9 of a server with no restart left stops the job naming it - latest intact") {
+  for (const std::string victim : {"server"}) {
     CAPTURE(victim);
     TempDir dir("dist-kill-" + victim);
     const std::string cfg = write_config(dir, 100000, "processes");
     std::string c = slurp(cfg);
     c.replace(c.find("every_steps: 0"), 14, "every_steps: 2");
+    c.replace(c.find("peer_timeout_s: 2"), 17, "peer_timeout_s: 2, max_restarts: 0");
     std::ofstream(cfg) << c;
     const Proc p = start({"run", cfg}, dir / "err.txt");
     wait_for_steps(dir / "run", 3);
@@ -496,6 +504,7 @@ TEST_CASE("dist: kill -9 of a server while checkpoints are written - latest alwa
   // A checkpoint after every step; keep them all, so a reader of `latest` never races keep-K's
   // removal of the folder it is reading (tiny steps publish several checkpoints per second).
   c.replace(c.find("every_steps: 0"), 14, "every_steps: 1, keep: 100000");
+  c.replace(c.find("peer_timeout_s: 2"), 17, "peer_timeout_s: 2, max_restarts: 0");
   std::ofstream(cfg) << c;
   const Proc p = start({"run", cfg}, dir / "err.txt");
   wait_for_steps(dir / "run", 2);

@@ -1,0 +1,275 @@
+// Elastic membership and fault tolerance end to end (label `dist`): real `ptrain run` jobs on
+// 127.0.0.1 that workers join (`ptrain worker --run-dir`) and leave (SIGTERM), lose a worker
+// (SIGKILL at an exact phase of a step through the test-only PTRAIN_TEST_WORKER_FAULT, SIGSTOP
+// past the peer timeout), lose a server or the coordinator (SIGKILL: the supervisor restarts the
+// job from the latest checkpoint), and resume with another worker count. Each ends with SIGTERM
+// to the launcher (a checkpoint, exit 0) and the data ledger checked: within each data epoch no
+// window twice, every completed epoch whole (check_run_ledger). Every test kills what it starts.
+#include "support/job_test_util.hpp"
+#include "support/ptrain_process.hpp"
+
+#include "common/io/ledger.hpp"
+
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <nlohmann/json.hpp>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <thread>
+
+extern char** environ;
+
+using namespace ptrain;
+using namespace ptrain::testing;
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using test::slurp;
+
+namespace {
+
+using Proc = test::PtrainProcess;
+
+// 2 servers, `workers` workers, a short peer timeout, a checkpoint every 5 steps, a corpus of
+// 124 windows (31 steps of 4 per data epoch: tests cross several epochs).
+std::string elastic_config(const TempDir& dir, int64_t workers, const std::string& extra = "") {
+  if (!fs::exists(dir / "train.tok")) write_corpus(dir / "train.tok", 2000, 7);
+  const std::string cfg = dir / "job.yaml";
+  std::ofstream(cfg) << "run: {dir: run, seed: 5, threads: 1}\n"
+                        "data: {train: train.tok, tokenizer: byte}\n"
+                        "model: {seq_len: 16, n_layer: 1, n_head: 2, n_embd: 16}\n"
+                        "train: {steps: 100000, batch_size: 4, micro_batch: 2, eval_every: 0, "
+                        "log_every: 1}\n"
+                        "cluster: {workers: "
+                     << workers
+                     << ", servers: 2, launch: processes, heartbeat_s: 0.2, peer_timeout_s: 2"
+                     << extra << "}\n"
+                        "checkpoint: {every_steps: 5, keep: 2, resume: auto}\n";
+  return cfg;
+}
+
+int64_t steps_done(const std::string& run_dir) {
+  const auto lines = read_lines(run_dir + "/train.jsonl");
+  if (lines.empty()) return 0;
+  return nlohmann::json::parse(lines.back()).at("step").get<int64_t>();
+}
+
+// Waits until train.jsonl reaches step `n`; false after `limit`.
+bool reach_step(const std::string& run_dir, int64_t n, std::chrono::seconds limit) {
+  const auto deadline = Clock::now() + limit;
+  while (steps_done(run_dir) < n) {
+    if (Clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
+}
+
+// Ledger events of `kind` so far.
+int64_t ledger_events(const std::string& run_dir, const std::string& kind) {
+  int64_t n = 0;
+  for (const std::string& line : read_lines(run_dir + "/ledger.jsonl")) {
+    const auto j = nlohmann::json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.value("event", "") == kind) ++n;
+  }
+  return n;
+}
+
+bool wait_event(const std::string& run_dir, const std::string& kind, int64_t count,
+                std::chrono::seconds limit) {
+  const auto deadline = Clock::now() + limit;
+  while (ledger_events(run_dir, kind) < count) {
+    if (Clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return true;
+}
+
+// `ptrain worker --run-dir RUN_DIR` (its own process group), with `fault` in
+// PTRAIN_TEST_WORKER_FAULT when given.
+Proc start_worker(const std::string& run_dir, const std::string& log, const std::string& fault = "") {
+  if (!fault.empty()) setenv("PTRAIN_TEST_WORKER_FAULT", fault.c_str(), 1);
+  Proc p = test::start_ptrain({"worker", "--run-dir", run_dir, "--threads", "1"}, log);
+  unsetenv("PTRAIN_TEST_WORKER_FAULT");
+  return p;
+}
+
+// The launcher's child roles: pid by "coordinator", "server-0", "worker-1"... from argv.
+std::map<std::string, pid_t> roles_of(pid_t launcher) {
+  std::map<std::string, pid_t> out;
+  std::map<std::string, int> seen;
+  std::ifstream in("/proc/" + std::to_string(launcher) + "/task/" + std::to_string(launcher) +
+                   "/children");
+  std::vector<pid_t> kids;
+  for (pid_t k; in >> k;) kids.push_back(k);
+  std::sort(kids.begin(), kids.end());  // started in order: coordinator, servers, workers
+  for (pid_t k : kids) {
+    std::ifstream c("/proc/" + std::to_string(k) + "/cmdline");
+    std::string cmd((std::istreambuf_iterator<char>(c)), std::istreambuf_iterator<char>());
+    for (const char* role : {"coordinator", "server", "worker"}) {
+      if (cmd.find(std::string("\0", 1) + role + std::string("\0", 1)) != std::string::npos) {
+        const std::string r = role;
+        out[r == "coordinator" ? r : r + "-" + std::to_string(seen[r]++)] = k;
+      }
+    }
+  }
+  return out;
+}
+
+pid_t role_pid(pid_t launcher, const std::string& name) {
+  const auto deadline = Clock::now() + std::chrono::seconds(30);
+  for (;;) {
+    const auto roles = roles_of(launcher);
+    if (const auto it = roles.find(name); it != roles.end()) return it->second;
+    REQUIRE_MESSAGE(Clock::now() < deadline, "no " << name << " under the launcher");
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+// The wait status of a process this test started, within `limit` (killed after it).
+int wait_status(pid_t pid, std::chrono::seconds limit) {
+  return test::wait_ptrain_status(Proc{pid}, limit);
+}
+
+// SIGTERM to the launcher: a checkpoint and exit 0; then the ledger holds.
+void stop_and_check(const Proc& job, const std::string& run_dir) {
+  kill(job.pid, SIGTERM);
+  CHECK(test::wait_ptrain(job, std::chrono::seconds(60)) == 0);
+  const LedgerCheck c = check_run_ledger(run_dir);
+  INFO(c.to_json());
+  CHECK(c.ok());
+  CHECK(c.doubled == 0);
+  CHECK(c.missing == 0);
+  CHECK(c.step_lines > 0);
+  CHECK_FALSE(c.complete_epochs.empty());  // at least one whole data epoch was checked
+}
+
+}  // namespace
+
+TEST_CASE("dist elastic: a worker joins mid-run - a third is refused by max_workers - SIGTERM leaves") {
+  TempDir dir("elastic-join");
+  const std::string run = dir / "run";
+  const Proc job = test::start_ptrain(
+      {"run", elastic_config(dir, 1, ", max_workers: 2")}, dir / "err.txt");
+  REQUIRE(reach_step(run, 3, std::chrono::seconds(90)));
+  const Proc joiner = start_worker(run, dir / "joiner.txt");
+  REQUIRE(wait_event(run, "join", 1, std::chrono::seconds(30)));
+  const int64_t at_join = steps_done(run);
+  REQUIRE(reach_step(run, at_join + 5, std::chrono::seconds(30)));
+  // Beyond cluster.max_workers: refused, with the key named.
+  const Proc third = start_worker(run, dir / "third.txt");
+  const int third_status = wait_status(third.pid, std::chrono::seconds(30));
+  CHECK(WIFEXITED(third_status));
+  CHECK(WEXITSTATUS(third_status) != 0);
+  CHECK(slurp(dir / "third.txt").find("cluster.max_workers") != std::string::npos);
+  // SIGTERM: the joiner leaves at a step boundary and exits 0; the job goes on.
+  kill(joiner.pid, SIGTERM);
+  const int left = wait_status(joiner.pid, std::chrono::seconds(20));
+  CHECK(WIFEXITED(left));
+  CHECK(WEXITSTATUS(left) == 0);
+  REQUIRE(wait_event(run, "leave", 1, std::chrono::seconds(10)));
+  const int64_t at_leave = steps_done(run);
+  REQUIRE(reach_step(run, std::max<int64_t>(at_leave + 5, 70), std::chrono::seconds(60)));
+  const std::string log = slurp(run + "/logs/coordinator-0.log");
+  CHECK(log.find("worker 1") != std::string::npos);
+  CHECK(log.find("joined") != std::string::npos);
+  CHECK(log.find("left") != std::string::npos);
+  stop_and_check(job, run);
+}
+
+TEST_CASE("dist elastic: a worker killed before - between - after its pushes - the job goes on") {
+  for (const std::string phase : {"before-push", "mid-push", "after-push"}) {
+    CAPTURE(phase);
+    TempDir dir("elastic-kill-" + phase);
+    const std::string run = dir / "run";
+    const Proc job = test::start_ptrain({"run", elastic_config(dir, 1)}, dir / "err.txt");
+    REQUIRE(reach_step(run, 3, std::chrono::seconds(90)));
+    // It joins, then kills itself with SIGKILL at `phase` of its first step.
+    const Proc victim = start_worker(run, dir / "victim.txt", phase + ":1");
+    const int st = wait_status(victim.pid, std::chrono::seconds(60));
+    REQUIRE(WIFSIGNALED(st));
+    CHECK(WTERMSIG(st) == SIGKILL);
+    const auto died = Clock::now();
+    const int64_t at = steps_done(run);
+    // The job applies steps again within 5 s of the loss.
+    CHECK(reach_step(run, at + 2, std::chrono::seconds(5)));
+    MESSAGE(phase << ": from SIGKILL to 2 more applied steps: "
+                  << std::chrono::duration<double>(Clock::now() - died).count() << " s");
+    REQUIRE(wait_event(run, "lost", 1, std::chrono::seconds(10)));
+    REQUIRE(reach_step(run, std::max<int64_t>(at + 5, 70), std::chrono::seconds(60)));
+    const std::string log = slurp(run + "/logs/coordinator-0.log");
+    INFO(log.substr(log.size() > 4000 ? log.size() - 4000 : 0));
+    CHECK(log.find("worker 1 (127.0.0.1:") != std::string::npos);
+    // Before its push reached every server its windows went back; after, they were applied.
+    const bool returned = log.find("go back to the pool") != std::string::npos;
+    CHECK(returned == (phase != "after-push"));
+    stop_and_check(job, run);
+  }
+}
+
+TEST_CASE("dist elastic: a worker stopped past the peer timeout is dropped - woken up it exits") {
+  TempDir dir("elastic-stop");
+  const std::string run = dir / "run";
+  const Proc job = test::start_ptrain({"run", elastic_config(dir, 2)}, dir / "err.txt");
+  REQUIRE(reach_step(run, 3, std::chrono::seconds(90)));
+  const pid_t w = role_pid(job.pid, "worker-1");
+  kill(w, SIGSTOP);
+  const auto stopped = Clock::now();
+  REQUIRE(wait_event(run, "lost", 1, std::chrono::seconds(10)));
+  const int64_t at = steps_done(run);
+  CHECK(reach_step(run, at + 2, std::chrono::seconds(5)));
+  const double recovery = std::chrono::duration<double>(Clock::now() - stopped).count();
+  MESSAGE("from SIGSTOP to 2 more applied steps: " << recovery << " s (peer timeout 2 s)");
+  CHECK(recovery < 2.0 + 5.0);
+  kill(w, SIGCONT);
+  // Woken up it learns it was dropped and exits; the job goes on.
+  const auto deadline = Clock::now() + std::chrono::seconds(20);
+  while (kill(w, 0) == 0 && Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  CHECK(kill(w, 0) != 0);  // exited (and reaped by the launcher)
+  CHECK(slurp(run + "/logs/worker-1.log").find("dropped") != std::string::npos);
+  REQUIRE(reach_step(run, std::max<int64_t>(steps_done(run) + 5, 70), std::chrono::seconds(60)));
+  stop_and_check(job, run);
+}
+
+TEST_CASE("dist elastic: SIGKILL of a server then of the coordinator - supervised restarts resume") {
+  TempDir dir("elastic-restart");
+  const std::string run = dir / "run";
+  const Proc job = test::start_ptrain({"run", elastic_config(dir, 2)}, dir / "err.txt");
+  REQUIRE(reach_step(run, 7, std::chrono::seconds(90)));
+  kill(role_pid(job.pid, "server-1"), SIGKILL);
+  REQUIRE(wait_event(run, "restart", 1, std::chrono::seconds(20)));
+  REQUIRE(wait_event(run, "resume", 1, std::chrono::seconds(60)));
+  const int64_t resumed = steps_done(run);
+  REQUIRE(reach_step(run, resumed + 8, std::chrono::seconds(60)));
+  kill(role_pid(job.pid, "coordinator"), SIGKILL);
+  REQUIRE(wait_event(run, "restart", 2, std::chrono::seconds(20)));
+  REQUIRE(wait_event(run, "resume", 2, std::chrono::seconds(60)));
+  REQUIRE(reach_step(run, std::max<int64_t>(steps_done(run) + 5, 70), std::chrono::seconds(60)));
+  const std::string err = slurp(dir / "err.txt");
+  CHECK(err.find("restarting the job (1 of cluster.max_restarts 3)") != std::string::npos);
+  CHECK(err.find("restarting the job (2 of cluster.max_restarts 3)") != std::string::npos);
+  stop_and_check(job, run);
+}
+
+TEST_CASE("dist elastic: resume with another worker count continues the same data epochs") {
+  TempDir dir("elastic-resume");
+  const std::string run = dir / "run";
+  const std::string cfg = elastic_config(dir, 2);
+  const Proc a = test::start_ptrain({"run", cfg}, dir / "err.txt");
+  REQUIRE(reach_step(run, 40, std::chrono::seconds(90)));
+  kill(a.pid, SIGTERM);
+  REQUIRE(test::wait_ptrain(a, std::chrono::seconds(60)) == 0);
+  const int64_t first = steps_done(run);
+  const Proc b = test::start_ptrain({"run", cfg, "--set", "cluster.workers=3"}, dir / "err2.txt");
+  REQUIRE(reach_step(run, first + 40, std::chrono::seconds(90)));
+  CHECK(ledger_events(run, "resume") == 1);
+  stop_and_check(b, run);
+}
