@@ -11,6 +11,7 @@ PACKAGES=(
   libopenblas-openmp-dev    # CPU sgemm; the OpenMP build cooperates with our OpenMP loops
   libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libssl-dev
   doctest-dev
+  zlib1g-dev libzstd-dev    # gzip and zstd corpus inputs (ptrain prepare)
   clang-14 libclang-rt-14-dev  # libFuzzer for the frame-decoder fuzz test (tests/fuzz)
   fortunes                  # the quickstart corpus (/usr/share/games/fortunes)
   python3-torch python3-h5py python3-numpy  # reference numbers and benchmarks (/usr/bin/python3)
