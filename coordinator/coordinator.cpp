@@ -933,7 +933,7 @@ RunSummary CoordinatorRun::run() {
                  fmt::format("resumed from {} at step {}", st.resumed_from, st.step));
   }
   if (!cfg_.data.val.empty()) {
-    const TokenFile val = TokenFile::open(cfg_.data.val);
+    const TokenFile val = TokenFile::open(cfg_.data.val, "val");
     val_windows_ = val_window_count(val.num_windows(layout_.dims().T), cfg_.train.eval_windows);
     if (val_windows_ < 1) {
       throw DataError(fmt::format("{} (data.val) has no complete window of {} tokens",

@@ -102,8 +102,8 @@ void check_supported(const Config& c) {
 // Fails at start-up, naming the file, rather than in a thread mid-job.
 void check_data(const Config& c, const ParamLayout& layout) {
   const int64_t T = layout.dims().T;
-  auto check = [&](const std::string& path, const char* key) {
-    const TokenFile f = TokenFile::open(path);
+  auto check = [&](const std::string& path, const char* key, const char* split) {
+    const TokenFile f = TokenFile::open(path, split);
     if (f.vocab_size() > layout.dims().V) {
       throw DataError(fmt::format("{} ({}) was written with a vocabulary of {} tokens, the "
                                   "tokenizer ({}) has {}",
@@ -115,8 +115,8 @@ void check_data(const Config& c, const ParamLayout& layout) {
                                   path, key, f.size(), T + 1));
     }
   };
-  check(c.data.train, "data.train");
-  if (!c.data.val.empty()) check(c.data.val, "data.val");
+  check(c.data.train, "data.train", "train");
+  if (!c.data.val.empty()) check(c.data.val, "data.val", "val");
 }
 
 }  // namespace

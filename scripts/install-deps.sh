@@ -13,6 +13,7 @@ PACKAGES=(
   doctest-dev
   libopenmpi-dev openmpi-bin  # cluster.launch: mpi and the MPI data plane (optional at build time)
   slurm-wlm munge           # the local SLURM cluster of the `slurm` tests (scripts/slurm/local-cluster.sh)
+  zlib1g-dev libzstd-dev    # gzip and zstd corpus inputs (ptrain prepare)
   clang-14 libclang-rt-14-dev  # libFuzzer for the frame-decoder fuzz test (tests/fuzz)
   fortunes                  # the quickstart corpus (/usr/share/games/fortunes)
   python3-torch python3-h5py python3-numpy  # reference numbers and benchmarks (/usr/bin/python3)

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 ./scripts/build.sh
 PTRAIN=build/cli/ptrain
-if [ ! -f data/fortunes/train.tok ]; then
+if [ ! -f data/fortunes/manifest.json ]; then
   $PTRAIN prepare --input /usr/share/games/fortunes --doc-separator % --tokenizer bpe \
     --vocab-size 2048 --val-fraction 0.05 --seed 1 --output data/fortunes
 fi

@@ -37,8 +37,9 @@ CheckpointModel open_checkpoint_model(const std::string& ckpt, bool with_optimiz
 // Meta data, config, tokenizer and layout only (no tensor is read).
 CheckpointModel open_checkpoint_header(const std::string& ckpt);
 
-// DataError unless the token file's vocabulary equals the checkpoint tokenizer's (data prepared
-// with another tokenizer).
+// DataError unless the token file's vocabulary equals the checkpoint tokenizer's and, where the
+// file records one, its tokenizer hash is the checkpoint tokenizer's (data prepared with another
+// tokenizer), naming both.
 void check_token_file_vocab(const TokenFile& tf, const CheckpointModel& cm);
 
 // Windows [first, first+n) of T+1 tokens (stride T) into `out` (n·(T+1)); DataError naming the

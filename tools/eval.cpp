@@ -24,7 +24,7 @@ EvalResult evaluate(const EvalOptions& o) {
   const CheckpointModel cm = open_checkpoint_model(o.checkpoint);
   const ParamLayout& layout = *cm.layout;
   const int64_t T = layout.dims().T;
-  const TokenFile tf = TokenFile::open(o.data);
+  const TokenFile tf = TokenFile::open(o.data, "val");  // a prepared folder: its val split
   check_token_file_vocab(tf, cm);
   const int64_t windows = tf.num_windows(T);
   if (windows < 1) {

@@ -65,7 +65,7 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
           "{}: EvalBegin for windows [{}, {}) in batches of {} (this worker's micro-batch is {})",
           me, e.window_begin, e.window_end, e.batch, o.micro_batch));
     }
-    if (!val_file) val_file.emplace(TokenFile::open(o.val_path));
+    if (!val_file) val_file.emplace(TokenFile::open(o.val_path, "val"));
     const BatchLoader val(*val_file, layout.dims().T);
     client.wait(client.pull(e.version, train.weights_host()), o.timeout);
     train.upload_weights();

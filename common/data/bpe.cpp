@@ -14,7 +14,7 @@
 #include <algorithm>
 #include <array>
 #include <climits>
-#include <mutex>
+#include <atomic>
 #include <queue>
 #include <unordered_map>
 
@@ -94,11 +94,7 @@ inline uint64_t pair_key(int32_t a, int32_t b) {
   return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
 }
 
-// Heterogeneous lookup: find a cached word by string_view without building a std::string.
-struct StringHash {
-  using is_transparent = void;
-  size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
-};
+using bpe::StringHash;
 
 class BpeTokenizer final : public Tokenizer {
  public:
@@ -130,13 +126,9 @@ class BpeTokenizer final : public Tokenizer {
     bpe::pretokenize(bytes, words);
     std::vector<int32_t> out;
     out.reserve(bytes.size() / 3 + 1);
-    // One lock per call: the cache is shared, and callers encode whole documents at a time.
-    std::lock_guard lock(cache_mutex_);
-    if (cache_.size() > kMaxCacheWords) cache_.clear();
     for (std::string_view w : words) {
-      auto it = cache_.find(w);
-      if (it == cache_.end()) it = cache_.emplace(std::string(w), encode_word(w)).first;
-      out.insert(out.end(), it->second.begin(), it->second.end());
+      const auto& ids = bpe::WordCache::get(serial_, w, [this](std::string_view x) { return encode_word(x); });
+      out.insert(out.end(), ids.begin(), ids.end());
     }
     return out;
   }
@@ -168,40 +160,22 @@ class BpeTokenizer final : public Tokenizer {
   }
 
  private:
-  static constexpr size_t kMaxCacheWords = size_t{1} << 20;
-
   // Applies merges in rank order (lowest new id first), each to every occurrence left to right:
   // the same order the trainer created them in, so training-time segmentations are reproduced.
   std::vector<int32_t> encode_word(std::string_view w) const {
     std::vector<int32_t> ids(w.size());
     for (size_t k = 0; k < w.size(); ++k) ids[k] = static_cast<unsigned char>(w[k]);
-    while (ids.size() > 1) {
-      int32_t best = INT32_MAX;
-      for (size_t k = 0; k + 1 < ids.size(); ++k) {
-        auto it = ranks_.find(pair_key(ids[k], ids[k + 1]));
-        if (it != ranks_.end() && it->second < best) best = it->second;
-      }
-      if (best == INT32_MAX) break;
-      const auto [a, b] = merges_[best - kNumBytes];
-      size_t out = 0;
-      for (size_t k = 0; k < ids.size();) {
-        if (k + 1 < ids.size() && ids[k] == a && ids[k + 1] == b) {
-          ids[out++] = best;
-          k += 2;
-        } else {
-          ids[out++] = ids[k++];
-        }
-      }
-      ids.resize(out);
-    }
+    bpe::merge_word(ids, [this](int32_t a, int32_t b) {
+      auto it = ranks_.find(pair_key(a, b));
+      return it == ranks_.end() ? std::pair{INT32_MAX, 0} : std::pair{it->second, it->second};
+    });
     return ids;
   }
 
   std::vector<BpeMerge> merges_;
   std::unordered_map<uint64_t, int32_t> ranks_;  // pair -> the id it merges into
   std::vector<std::string> pieces_;              // id -> its bytes
-  mutable std::mutex cache_mutex_;
-  mutable std::unordered_map<std::string, std::vector<int32_t>, StringHash, std::equal_to<>> cache_;
+  uint64_t serial_ = bpe::WordCache::next_owner();
 };
 
 // ---- training ----
@@ -235,33 +209,24 @@ std::unique_ptr<Tokenizer> make_bpe_tokenizer(std::vector<BpeMerge> merges) {
   return std::make_unique<BpeTokenizer>(std::move(merges));
 }
 
-std::unique_ptr<Tokenizer> train_bpe_tokenizer(std::span<const std::string_view> documents,
-                                               int64_t vocab_size) {
+namespace {
+
+// Trains from distinct words and their counts (sorted, so the result is a function of the counts).
+std::unique_ptr<Tokenizer> train_from_counts(std::vector<std::pair<std::string_view, int64_t>> sorted,
+                                             int64_t vocab_size) {
   if (vocab_size < kNumBytes + 1 || vocab_size > INT32_MAX) {
     throw UsageError(fmt::format("bpe vocabulary size must be in [257, {}] (256 bytes + merges + "
                                  "<|endoftext|>), got {}", INT32_MAX, vocab_size));
   }
   const int64_t want_merges = vocab_size - kNumBytes - 1;
-
-  // Distinct words, sorted so that word indices (and so every container's order) are reproducible.
+  std::sort(sorted.begin(), sorted.end());
   std::vector<TrainWord> words;
-  {
-    std::unordered_map<std::string_view, int64_t> word_counts;
-    std::vector<std::string_view> pieces;
-    for (std::string_view doc : documents) {
-      pieces.clear();
-      bpe::pretokenize(doc, pieces);
-      for (std::string_view p : pieces) ++word_counts[p];
-    }
-    std::vector<std::pair<std::string_view, int64_t>> sorted(word_counts.begin(), word_counts.end());
-    std::sort(sorted.begin(), sorted.end());
-    words.reserve(sorted.size());
-    for (const auto& [w, c] : sorted) {
-      if (w.size() < 2) continue;  // nothing to merge inside it
-      TrainWord tw{std::vector<int32_t>(w.size()), c};
-      for (size_t k = 0; k < w.size(); ++k) tw.syms[k] = static_cast<unsigned char>(w[k]);
-      words.push_back(std::move(tw));
-    }
+  words.reserve(sorted.size());
+  for (const auto& [w, c] : sorted) {
+    if (w.size() < 2) continue;  // nothing to merge inside it
+    TrainWord tw{std::vector<int32_t>(w.size()), c};
+    for (size_t k = 0; k < w.size(); ++k) tw.syms[k] = static_cast<unsigned char>(w[k]);
+    words.push_back(std::move(tw));
   }
 
   std::unordered_map<uint64_t, int64_t> counts;
@@ -346,6 +311,38 @@ std::unique_ptr<Tokenizer> train_bpe_tokenizer(std::span<const std::string_view>
                  merges.size(), kNumBytes + merges.size() + 1, vocab_size);
   }
   return make_bpe_tokenizer(std::move(merges));
+}
+
+}  // namespace
+
+std::unique_ptr<Tokenizer> train_bpe_tokenizer(std::span<const std::string_view> documents,
+                                               int64_t vocab_size) {
+  BpeWordCounter counter;
+  for (std::string_view doc : documents) counter.add(doc);
+  return counter.train(vocab_size);
+}
+
+struct BpeWordCounter::Impl {
+  std::unordered_map<std::string, int64_t, StringHash, std::equal_to<>> counts;
+  std::vector<std::string_view> pieces;
+};
+
+BpeWordCounter::BpeWordCounter() : impl_(std::make_unique<Impl>()) {}
+BpeWordCounter::~BpeWordCounter() = default;
+
+void BpeWordCounter::add(std::string_view document) {
+  impl_->pieces.clear();
+  bpe::pretokenize(document, impl_->pieces);
+  for (std::string_view p : impl_->pieces) {
+    auto it = impl_->counts.find(p);
+    if (it == impl_->counts.end()) it = impl_->counts.emplace(std::string(p), 0).first;
+    ++it->second;
+  }
+}
+
+std::unique_ptr<Tokenizer> BpeWordCounter::train(int64_t vocab_size) const {
+  std::vector<std::pair<std::string_view, int64_t>> words(impl_->counts.begin(), impl_->counts.end());
+  return train_from_counts(std::move(words), vocab_size);
 }
 
 }  // namespace ptrain

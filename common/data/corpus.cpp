@@ -1,7 +1,13 @@
-// Corpus preparation: inputs -> documents -> seeded train/val split -> tokenizer -> token files and
-// manifest. Every choice that affects the output is a function of the inputs, the options and the
-// seed (sorted folder walks, a stable split, a deterministic BPE trainer), so two runs agree byte
-// for byte.
+// Corpus preparation, streaming: inputs are read three times at most, never held whole.
+//   1. count: every file is read and split into documents (bad JSONL, unreadable files and empty
+//      corpora fail here, before the output folder is touched); n documents, so the split rule.
+//   2. sample (bpe only): the first --bpe-sample-bytes of train documents train the tokenizer.
+//   3. encode: the reading thread cuts documents into batches of a few MiB, a pool of threads
+//      encodes them, and the reading thread appends the results, in batch order, to the split's
+//      shard writer. At most two batches per thread are in flight, which bounds memory.
+// Every choice that affects the output is a function of the inputs, the options and the seed
+// (sorted folder walks, a split decided per document index, a deterministic BPE trainer, batches
+// written in order), so two runs agree byte for byte whatever --threads is.
 #include "common/data/corpus.hpp"
 
 #include "common/data/tokenizer.hpp"
@@ -13,284 +19,313 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <exception>
 #include <filesystem>
-#include <set>
-#include <unordered_map>
+#include <mutex>
+#include <regex>
+#include <thread>
 
 namespace ptrain {
 namespace fs = std::filesystem;
 namespace {
 
-constexpr size_t kBinaryProbeBytes = 8192;
-
-bool is_blank(std::string_view s) {
-  return std::all_of(s.begin(), s.end(), [](char c) {
-    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
-  });
-}
-
-std::string shorten(std::string s, size_t max = 80) {
-  if (s.size() > max) s = s.substr(0, max) + "...";
-  return s;
-}
-
-std::string json_message(const nlohmann::json::exception& e) {
-  std::string m = e.what();
-  if (!m.empty() && m[0] == '[') {
-    if (auto p = m.find("] "); p != std::string::npos) m.erase(0, p + 2);
-  }
-  // We parse one JSONL line at a time and report FILE:LINE ourselves; "line 1" would mislead.
-  if (auto p = m.find("at line 1, column "); p != std::string::npos) m.replace(p, 18, "at column ");
-  return m;
-}
-
-// A file found while walking the inputs, before duplicates are resolved.
-struct Candidate {
-  std::string path;
-  std::string canonical;
-  bool via_symlink;
-};
-
-class Walker {
- public:
-  Walker(const std::string& exclude_dir, std::vector<SkippedPath>& skipped) : skipped_(skipped) {
-    std::error_code ec;
-    if (!exclude_dir.empty() && fs::is_directory(exclude_dir, ec)) exclude_ = fs::canonical(exclude_dir, ec).string();
-  }
-
-  void add_input(const std::string& path) {
-    std::error_code ec;
-    const fs::file_status lst = fs::symlink_status(path, ec);
-    if (ec && ec != std::errc::no_such_file_or_directory) {
-      throw IoError(fmt::format("cannot access input {}: {}", path, ec.message()));
-    }
-    if (!fs::exists(lst)) throw IoError(fmt::format("input not found: {}", path));
-    const fs::file_status st = fs::status(path, ec);
-    if (ec || !fs::exists(st)) throw IoError(fmt::format("input {} is a broken symlink", path));
-    if (fs::is_directory(st)) {
-      walk(path);
-    } else if (fs::is_regular_file(st)) {
-      add_file(path, fs::is_symlink(lst));
-    } else {
-      throw IoError(fmt::format("input {} is neither a regular file nor a folder", path));
-    }
-  }
-
-  std::vector<Candidate> take() { return std::move(files_); }
-
- private:
-  void walk(const std::string& dir) {
-    std::error_code ec;
-    const std::string canon = fs::canonical(dir, ec).string();
-    if (ec) throw IoError(fmt::format("cannot read folder {}: {}", dir, ec.message()));
-    if (canon == exclude_) {
-      skip(dir, "the output folder");
-      return;
-    }
-    if (!dirs_seen_.insert(canon).second) {
-      skip(dir, "a folder already read (symlink loop or duplicate)");
-      return;
-    }
-    std::vector<fs::path> entries;
-    fs::directory_iterator it(dir, ec);
-    if (ec) throw IoError(fmt::format("cannot read folder {}: {}", dir, ec.message()));
-    for (; it != fs::directory_iterator(); it.increment(ec)) {
-      if (ec) break;
-      entries.push_back(it->path());
-    }
-    if (ec) throw IoError(fmt::format("cannot read folder {}: {}", dir, ec.message()));
-    // Byte order of names, not the file system's: the same corpus gives the same document order.
-    std::sort(entries.begin(), entries.end(),
-              [](const fs::path& a, const fs::path& b) { return a.filename().string() < b.filename().string(); });
-    for (const fs::path& p : entries) {
-      const std::string ps = p.string();
-      const fs::file_status lst = fs::symlink_status(p, ec);
-      if (ec) throw IoError(fmt::format("cannot access {}: {}", ps, ec.message()));
-      const fs::file_status st = fs::is_symlink(lst) ? fs::status(p, ec) : lst;
-      if (fs::is_symlink(lst) && (ec || !fs::exists(st))) {
-        skip(ps, "broken symlink");
-      } else if (fs::is_directory(st)) {
-        walk(ps);
-      } else if (fs::is_regular_file(st)) {
-        add_file(ps, fs::is_symlink(lst));
-      } else {
-        skip(ps, "not a regular file");
-      }
-    }
-  }
-
-  void add_file(const std::string& path, bool via_symlink) {
-    std::error_code ec;
-    std::string canon = fs::canonical(path, ec).string();
-    if (ec) throw IoError(fmt::format("cannot access {}: {}", path, ec.message()));
-    files_.push_back({path, std::move(canon), via_symlink});
-  }
-
-  void skip(const std::string& path, const std::string& reason) {
-    spdlog::warn("skipping {}: {}", path, reason);
-    skipped_.push_back({path, reason});
-  }
-
-  std::vector<SkippedPath>& skipped_;
-  std::string exclude_;
-  std::set<std::string> dirs_seen_;
-  std::vector<Candidate> files_;
-};
-
-class CorpusBuilder {
- public:
-  CorpusBuilder(Corpus& c, const std::optional<std::string>& sep) : c_(c), sep_(sep) {}
-
-  void read(const std::string& path) {
-    std::string bytes = read_file(path);  // IoError naming the path when unreadable
-    const bool jsonl = fs::path(path).extension() == ".jsonl";
-    if (!jsonl && std::memchr(bytes.data(), '\0', std::min(bytes.size(), kBinaryProbeBytes)) != nullptr) {
-      spdlog::warn("skipping {}: binary (a NUL byte in its first 8 KiB)", path);
-      c_.skipped.push_back({path, "binary (a NUL byte in its first 8 KiB)"});
-      return;
-    }
-    file_ = static_cast<int32_t>(c_.files.size());
-    c_.files.push_back({path, 0, static_cast<int64_t>(bytes.size())});
-    const std::string& text = c_.storage.emplace_back(std::move(bytes));
-    if (jsonl) {
-      read_jsonl(path, text);
-    } else {
-      read_text(text);
-    }
-  }
-
- private:
-  void add(std::string_view doc) {
-    if (is_blank(doc)) {
-      ++c_.empty_documents;
-      return;
-    }
-    c_.documents.push_back({doc, file_});
-    ++c_.files[file_].documents;
-  }
-
-  // Calls f(line, begin, end) for each line; `line` has its "\n" (and a trailing "\r") removed.
-  template <typename F>
-  static void for_each_line(std::string_view s, F&& f) {
-    size_t begin = 0;
-    while (begin < s.size()) {
-      size_t nl = s.find('\n', begin);
-      const size_t end = nl == std::string_view::npos ? s.size() : nl + 1;
-      std::string_view line = s.substr(begin, (nl == std::string_view::npos ? s.size() : nl) - begin);
-      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-      f(line, begin, end);
-      begin = end;
-    }
-  }
-
-  void read_text(std::string_view text) {
-    if (!sep_) {
-      add(text);
-      return;
-    }
-    size_t doc_begin = 0;
-    for_each_line(text, [&](std::string_view line, size_t begin, size_t end) {
-      if (line == *sep_) {
-        add(text.substr(doc_begin, begin - doc_begin));
-        doc_begin = end;
-      }
-    });
-    add(text.substr(doc_begin));
-  }
-
-  void read_jsonl(const std::string& path, std::string_view text) {
-    int64_t line_no = 0;
-    for_each_line(text, [&](std::string_view line, size_t, size_t) {
-      ++line_no;
-      if (is_blank(line)) return;
-      nlohmann::json j;
-      try {
-        j = nlohmann::json::parse(line);
-      } catch (const nlohmann::json::exception& e) {
-        throw DataError(fmt::format("{}:{}: not valid JSON: {}", path, line_no, json_message(e)));
-      }
-      if (!j.is_object() || !j.contains("text") || !j["text"].is_string()) {
-        throw DataError(fmt::format("{}:{}: expected an object with a string \"text\", got {}", path, line_no,
-                                    shorten(j.dump())));
-      }
-      add(c_.storage.emplace_back(j["text"].get<std::string>()));
-    });
-  }
-
-  Corpus& c_;
-  const std::optional<std::string>& sep_;
-  int32_t file_ = -1;
-};
-
-// splitmix64 (Steele, Lea, Flood 2014): tiny, fully specified, the same everywhere.
-class SplitMix64 {
- public:
-  explicit SplitMix64(uint64_t seed) : s_(seed) {}
-  uint64_t next() {
-    uint64_t z = (s_ += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  // Uniform in [0, bound), by rejection so that no value is favoured.
-  uint64_t below(uint64_t bound) {
-    const uint64_t threshold = (0 - bound) % bound;
-    for (;;) {
-      const uint64_t r = next();
-      if (r >= threshold) return r % bound;
-    }
-  }
-
- private:
-  uint64_t s_;
-};
-
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-// Writes the outputs under temporary names, then renames them all into place: a failure before the
-// renames leaves the folder untouched.
-class Staging {
+uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+constexpr size_t kBatchBytes = size_t{2} << 20;
+constexpr int64_t kMinShardSize = 1024;
+
+// ---- pass 1: counting ----
+
+class CountSink final : public DocumentSink {
  public:
-  explicit Staging(std::string dir) : dir_(std::move(dir)) {}
-  ~Staging() {
-    for (const auto& [tmp, final_path] : files_) {
-      std::error_code ec;
-      fs::remove(tmp, ec);
+  void piece(std::string_view text) override { bytes += static_cast<int64_t>(text.size()); }
+  void end_document() override { ++documents; }
+  int64_t documents = 0, bytes = 0;
+};
+
+// A file's documents counted in pass 1, so that later passes (and ranks) agree on indices.
+struct FileCount {
+  std::string path;
+  int64_t first_document = 0;
+  int64_t documents = 0;
+  int64_t bytes = 0;
+};
+
+// ---- pass 2: the bpe sample ----
+
+class SampleSink final : public DocumentSink {
+ public:
+  SampleSink(const SplitRule& rule, int64_t first_document, int64_t budget, BpeWordCounter& counter)
+      : rule_(rule), next_(first_document), budget_(budget), counter_(counter) {}
+  void piece(std::string_view text) override {
+    if (!rule_.is_val(next_) && taken < budget_) {
+      counter_.add(text);
+      taken += static_cast<int64_t>(text.size());
     }
   }
-  std::string stage(const std::string& name) {
-    std::string tmp = (fs::path(dir_) / fmt::format(".{}.staging.{}", name, ::getpid())).string();
-    files_.emplace_back(tmp, (fs::path(dir_) / name).string());
-    return tmp;
+  void end_document() override { ++next_; }
+  bool done() const override { return taken >= budget_; }
+  int64_t taken = 0;
+
+ private:
+  const SplitRule& rule_;
+  int64_t next_;
+  int64_t budget_;
+  BpeWordCounter& counter_;
+};
+
+// ---- pass 3: encoding ----
+
+struct Batch {
+  struct Item {
+    size_t offset, length;  // into text; length 0 = just an eot
+    uint8_t split;          // 0 train, 1 val
+    bool eot;               // append <|endoftext|> after it
+  };
+  std::string text;
+  std::vector<Item> items;
+  std::vector<uint32_t> out[2];
+  std::exception_ptr error;
+  bool done = false;
+};
+
+// Encodes batches on `threads` threads; results are taken back in submission order.
+class EncodePool {
+ public:
+  EncodePool(const Tokenizer& tok, int threads) : tok_(tok) {
+    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { run(); });
   }
-  void commit() {
-    for (const auto& [tmp, final_path] : files_) {
-      std::error_code ec;
-      fs::rename(tmp, final_path, ec);
-      if (ec) throw IoError(fmt::format("cannot rename {} to {}: {}", tmp, final_path, ec.message()));
+  ~EncodePool() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
     }
-    files_.clear();
-    fsync_path(dir_);
+    cv_work_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  void submit(std::shared_ptr<Batch> b) {
+    {
+      std::lock_guard lock(mu_);
+      queue_.push_back(b);
+      order_.push_back(std::move(b));
+    }
+    cv_work_.notify_one();
+  }
+  size_t in_flight() const { return order_.size(); }
+  // The oldest batch, once encoded (rethrows its error).
+  std::shared_ptr<Batch> take() {
+    std::unique_lock lock(mu_);
+    cv_done_.wait(lock, [&] { return order_.front()->done; });
+    std::shared_ptr<Batch> b = std::move(order_.front());
+    order_.pop_front();
+    if (b->error) std::rethrow_exception(b->error);
+    return b;
   }
 
  private:
-  std::string dir_;
-  std::vector<std::pair<std::string, std::string>> files_;
+  void run() {
+    for (;;) {
+      std::shared_ptr<Batch> b;
+      {
+        std::unique_lock lock(mu_);
+        cv_work_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        b = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      try {
+        const auto eot = static_cast<uint32_t>(tok_.eot());
+        for (const auto& it : b->items) {
+          auto& out = b->out[it.split];
+          if (it.length > 0) {
+            for (int32_t id : tok_.encode(std::string_view(b->text).substr(it.offset, it.length))) {
+              out.push_back(static_cast<uint32_t>(id));
+            }
+          }
+          if (it.eot) out.push_back(eot);
+        }
+      } catch (...) {
+        b->error = std::current_exception();
+      }
+      {
+        std::lock_guard lock(mu_);
+        b->done = true;
+      }
+      cv_done_.notify_all();
+    }
+  }
+
+  const Tokenizer& tok_;
+  std::vector<std::thread> threads_;
+  std::mutex mu_;
+  std::condition_variable cv_work_, cv_done_;
+  std::deque<std::shared_ptr<Batch>> queue_, order_;
+  bool stop_ = false;
 };
+
+struct ShardInfo {
+  std::string file;
+  int64_t tokens = 0, bytes = 0;
+  uint32_t crc = 0;
+};
+
+// One split's token stream cut into shards of at most shard_size bytes: concatenated, the shards
+// are exactly the stream a single file would hold.
+class ShardedWriter {
+ public:
+  ShardedWriter(std::string dir, std::string name, int64_t vocab, std::string hash, int64_t shard_size)
+      : dir_(std::move(dir)), name_(std::move(name)), vocab_(vocab), hash_(std::move(hash)),
+        capacity_((shard_size - 64) / TokenFileWriter::token_width(vocab)) {}
+
+  void append(std::span<const uint32_t> t) {
+    while (!t.empty()) {
+      if (!cur_) open_next();
+      const auto n = static_cast<size_t>(std::min<int64_t>(capacity_ - cur_->tokens(), static_cast<int64_t>(t.size())));
+      cur_->append(t.first(n));
+      t = t.subspan(n);
+      if (cur_->tokens() == capacity_) close();
+    }
+  }
+  void finish() {
+    if (!cur_ && shards_.empty()) open_next();  // an empty split still has one (empty) shard
+    if (cur_) close();
+  }
+  const std::vector<ShardInfo>& shards() const { return shards_; }
+  int64_t tokens() const { return total_ + (cur_ ? cur_->tokens() : 0); }
+
+ private:
+  void open_next() {
+    const std::string file = fmt::format("{}-{:05d}.tok", name_, shards_.size());
+    cur_ = std::make_unique<TokenFileWriter>((fs::path(dir_) / file).string(), vocab_, hash_);
+    shards_.push_back({file, 0, 0, 0});
+  }
+  void close() {
+    cur_->commit();
+    shards_.back().tokens = cur_->tokens();
+    shards_.back().bytes = cur_->bytes();
+    shards_.back().crc = cur_->tokens_crc32c();
+    total_ += cur_->tokens();
+    cur_.reset();
+  }
+
+  std::string dir_, name_;
+  int64_t vocab_;
+  std::string hash_;
+  int64_t capacity_;
+  std::unique_ptr<TokenFileWriter> cur_;
+  std::vector<ShardInfo> shards_;
+  int64_t total_ = 0;
+};
+
+// Cuts documents into batches for the pool and writes finished batches in order.
+class EncodeSink final : public DocumentSink {
+ public:
+  EncodeSink(const SplitRule& rule, EncodePool& pool, size_t max_in_flight, ShardedWriter* writers[2])
+      : rule_(rule), pool_(pool), max_in_flight_(max_in_flight), writers_{writers[0], writers[1]} {}
+
+  void start_file(int64_t first_document) {
+    next_ = first_document;
+    file_counted_[0] = file_counted_[1] = false;
+  }
+  void piece(std::string_view text) override {
+    if (!in_doc_) begin_doc();
+    batch_->items.push_back({batch_->text.size(), text.size(), split_, false});
+    batch_->text.append(text);
+    stats[split_].bytes += static_cast<int64_t>(text.size());
+  }
+  void end_document() override {
+    if (!in_doc_) begin_doc();
+    batch_->items.push_back({batch_->text.size(), 0, split_, true});
+    ++stats[split_].documents;
+    in_doc_ = false;
+    ++next_;
+    if (batch_->text.size() >= kBatchBytes) flush();
+  }
+  void finish() {
+    if (batch_ && !batch_->items.empty()) flush();
+    while (pool_.in_flight() > 0) write(pool_.take());
+  }
+
+  SplitStats stats[2];
+
+ private:
+  void begin_doc() {
+    in_doc_ = true;
+    split_ = rule_.is_val(next_) ? 1 : 0;
+    if (!file_counted_[split_]) {
+      file_counted_[split_] = true;
+      ++stats[split_].files;
+    }
+    if (!batch_) batch_ = std::make_shared<Batch>();
+  }
+  void flush() {
+    pool_.submit(std::move(batch_));
+    batch_.reset();
+    while (pool_.in_flight() >= max_in_flight_) write(pool_.take());
+  }
+  void write(const std::shared_ptr<Batch>& b) {
+    for (int s = 0; s < 2; ++s) writers_[s]->append(b->out[s]);
+  }
+
+  const SplitRule& rule_;
+  EncodePool& pool_;
+  size_t max_in_flight_;
+  ShardedWriter* writers_[2];
+  std::shared_ptr<Batch> batch_;
+  int64_t next_ = 0;
+  bool in_doc_ = false;
+  uint8_t split_ = 0;
+  bool file_counted_[2] = {false, false};
+};
+
+class CollectSink final : public DocumentSink {
+ public:
+  explicit CollectSink(Corpus& c) : c_(c) {}
+  void piece(std::string_view text) override { cur_.append(text); }
+  void end_document() override {
+    c_.documents.push_back({c_.storage.emplace_back(std::move(cur_)), static_cast<int32_t>(c_.files.size())});
+    cur_.clear();
+  }
+
+ private:
+  Corpus& c_;
+  std::string cur_;
+};
+
+// Removes what an earlier prepare into `dir` left: its manifest first (the folder no longer
+// reads as complete), then its shards and any partial files.
+void clear_previous_output(const std::string& dir) {
+  std::error_code ec;
+  fs::remove(fs::path(dir) / "manifest.json", ec);
+  if (ec) throw IoError(fmt::format("cannot remove {}/manifest.json: {}", dir, ec.message()));
+  fsync_path(dir);
+  static const std::regex kOurs(R"((train|val)-[0-9]{5,}\.tok(\.partial)?)");
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (std::regex_match(e.path().filename().string(), kOurs)) fs::remove(e.path(), ec);
+  }
+}
 
 }  // namespace
 
 TokenizerKind parse_tokenizer_kind(const std::string& s) {
   if (s == "byte") return TokenizerKind::kByte;
   if (s == "bpe") return TokenizerKind::kBpe;
-  throw UsageError(fmt::format("--tokenizer must be \"byte\" or \"bpe\", got \"{}\"", s));
+  if (s == "gpt2") return TokenizerKind::kGpt2;
+  throw UsageError(fmt::format("--tokenizer must be \"byte\", \"bpe\" or \"gpt2\", got \"{}\"", s));
 }
 
 void validate(const PrepareOptions& opt) {
@@ -314,65 +349,104 @@ void validate(const PrepareOptions& opt) {
   if (opt.doc_separator && opt.doc_separator->find('\n') != std::string::npos) {
     throw UsageError("--doc-separator is one line and cannot contain a newline");
   }
+  if (opt.text_key.empty()) throw UsageError("--text-key must name a JSONL field, got \"\"");
+  if (opt.threads < 0 || opt.threads > 1024) {
+    throw UsageError(fmt::format("--threads must be in [0, 1024] (0 = every core), got {}", opt.threads));
+  }
+  if (opt.shard_size < kMinShardSize) {
+    throw UsageError(fmt::format("--shard-size must be at least {} bytes, got {}", kMinShardSize, opt.shard_size));
+  }
+  if (opt.bpe_sample_bytes < 1) {
+    throw UsageError(fmt::format("--bpe-sample-bytes must be at least 1, got {}", opt.bpe_sample_bytes));
+  }
+  const bool gpt2 = opt.tokenizer == TokenizerKind::kGpt2;
+  if (gpt2 && (opt.gpt2_vocab.empty() || opt.gpt2_merges.empty())) {
+    throw UsageError("--tokenizer gpt2 needs --vocab vocab.json and --merges merges.txt (GPT-2's files)");
+  }
+  if (!gpt2 && (!opt.gpt2_vocab.empty() || !opt.gpt2_merges.empty())) {
+    throw UsageError("--vocab and --merges are for --tokenizer gpt2 only");
+  }
+  if (gpt2 && opt.vocab_size) {
+    throw UsageError("--vocab-size does not fit --tokenizer gpt2, whose vocabulary comes from --vocab");
+  }
 }
 
-Corpus read_corpus(const std::vector<std::string>& inputs, const std::optional<std::string>& doc_separator,
-                   const std::string& exclude_dir) {
-  Corpus corpus;
-  Walker walker(exclude_dir, corpus.skipped);
-  for (const auto& in : inputs) walker.add_input(in);
-  const std::vector<Candidate> found = walker.take();
 
-  // The same file reached twice (a symlink beside its target, or named twice) is read once: as its
-  // first plain occurrence if it has one, else as its first occurrence.
-  std::unordered_map<std::string, size_t> reader;
-  for (size_t k = 0; k < found.size(); ++k) {
-    auto [it, fresh] = reader.emplace(found[k].canonical, k);
-    if (!fresh && found[it->second].via_symlink && !found[k].via_symlink) it->second = k;
-  }
-  CorpusBuilder builder(corpus, doc_separator);
-  int64_t duplicates = 0;
-  for (size_t k = 0; k < found.size(); ++k) {
-    const size_t chosen = reader.at(found[k].canonical);
-    if (chosen != k) {
-      corpus.skipped.push_back({found[k].path, fmt::format("{} a file already read ({})",
-                                                           found[k].via_symlink ? "symlink to" : "repeats",
-                                                           found[chosen].path)});
-      spdlog::debug("skipping {}: {}", found[k].path, corpus.skipped.back().reason);
-      ++duplicates;
+Corpus read_corpus(const std::vector<std::string>& inputs, const std::optional<std::string>& doc_separator,
+                   const std::string& exclude_dir, const std::string& text_key) {
+  Corpus corpus;
+  const DocumentRules rules{doc_separator, text_key};
+  for (const std::string& path : list_input_files(inputs, exclude_dir, corpus.skipped)) {
+    CollectSink sink(corpus);
+    const size_t before = corpus.documents.size();
+    const FileReadResult r = read_documents(path, rules, sink);
+    if (r.binary) {
+      spdlog::warn("skipping {}: binary (a NUL byte in its first 8 KiB)", path);
+      corpus.skipped.push_back({path, "binary (a NUL byte in its first 8 KiB)"});
       continue;
     }
-    builder.read(found[k].path);
-  }
-  if (duplicates > 0) {
-    spdlog::info("skipped {} symlink(s) or repeated path(s) to files already read (listed in the manifest)",
-                 duplicates);
+    corpus.files.push_back({path, static_cast<int64_t>(corpus.documents.size() - before), r.bytes});
+    corpus.empty_documents += r.empty_documents;
   }
   return corpus;
 }
 
-std::vector<int64_t> seeded_permutation(int64_t n, uint64_t seed) {
-  std::vector<int64_t> p(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) p[i] = i;
-  SplitMix64 rng(seed);
-  for (int64_t i = n - 1; i > 0; --i) {
-    const auto j = static_cast<int64_t>(rng.below(static_cast<uint64_t>(i) + 1));
-    std::swap(p[i], p[j]);
-  }
-  return p;
+SplitRule::SplitRule(int64_t n, int64_t n_val, uint64_t seed) : n_(n), n_val_(n_val) {
+  PTRAIN_ENFORCE(n >= 0 && n_val >= 0 && n_val <= n, "split of {} documents with {} in val", n, n_val);
+  int bits = 2;
+  while (bits < 62 && (int64_t{1} << bits) < n) bits += 2;
+  half_bits_ = bits / 2;
+  uint64_t s = mix64(seed ^ 0x5350'4C49'5452'554Cull);  // "SPLITRUL"
+  for (auto& k : keys_) k = mix64(s += 0x9E3779B97F4A7C15ull);
+}
+
+int64_t SplitRule::permute(int64_t k) const {
+  PTRAIN_ENFORCE(k >= 0 && k < n_, "document {} outside [0, {})", k, n_);
+  const uint64_t mask = (uint64_t{1} << half_bits_) - 1;
+  auto x = static_cast<uint64_t>(k);
+  do {  // cycle walking: a bijection on [0, 4^h) restricted to [0, n) stays a bijection
+    uint64_t l = x >> half_bits_, r = x & mask;
+    for (uint64_t key : keys_) {
+      const uint64_t f = mix64(r ^ key) & mask;
+      const uint64_t nl = r;
+      r = l ^ f;
+      l = nl;
+    }
+    x = (l << half_bits_) | r;
+  } while (x >= static_cast<uint64_t>(n_));
+  return static_cast<int64_t>(x);
 }
 
 PrepareResult prepare_corpus(const PrepareOptions& opt) {
   validate(opt);
   const auto t_start = Clock::now();
+  const DocumentRules rules{opt.doc_separator, opt.text_key};
 
-  Corpus corpus = read_corpus(opt.inputs, opt.doc_separator, opt.output_dir);
-  const auto n = static_cast<int64_t>(corpus.documents.size());
+  // Pass 1: count.
+  std::vector<SkippedPath> skipped;
+  const std::vector<std::string> paths = list_input_files(opt.inputs, opt.output_dir, skipped);
+  std::vector<FileCount> files;
+  int64_t n = 0, total_bytes = 0, file_bytes = 0, empty_documents = 0, binary = 0;
+  for (const std::string& path : paths) {
+    CountSink sink;
+    const FileReadResult r = read_documents(path, rules, sink);
+    if (r.binary) {
+      spdlog::warn("skipping {}: binary (a NUL byte in its first 8 KiB)", path);
+      skipped.push_back({path, "binary (a NUL byte in its first 8 KiB)"});
+      ++binary;
+      continue;
+    }
+    files.push_back({path, n, r.documents, r.bytes});
+    n += r.documents;
+    total_bytes += sink.bytes;
+    file_bytes += r.bytes;
+    empty_documents += r.empty_documents;
+  }
   if (n == 0) {
     throw DataError(fmt::format("no documents found in {} ({} files read, {} skipped{})",
-                                fmt::join(opt.inputs, ", "), corpus.files.size(), corpus.skipped.size(),
-                                corpus.empty_documents > 0
-                                    ? fmt::format(", {} empty documents dropped", corpus.empty_documents) : ""));
+                                fmt::join(opt.inputs, ", "), files.size(), skipped.size(),
+                                empty_documents > 0 ? fmt::format(", {} empty documents dropped", empty_documents)
+                                                    : ""));
   }
   const int64_t n_val = static_cast<int64_t>(std::llround(static_cast<double>(n) * opt.val_fraction));
   if (opt.val_fraction > 0 && n_val == 0) {
@@ -383,109 +457,146 @@ PrepareResult prepare_corpus(const PrepareOptions& opt) {
     throw DataError(fmt::format("train split is empty: {} documents with --val-fraction {}; lower "
                                 "--val-fraction or add data", n, opt.val_fraction));
   }
-  if (n_val == 0) spdlog::warn("--val-fraction 0: val.tok will hold no tokens (nothing to evaluate on)");
-  int64_t total_bytes = 0;
-  for (const auto& d : corpus.documents) total_bytes += static_cast<int64_t>(d.text.size());
-  spdlog::info("read {} documents ({} bytes) from {} files in {:.2f} s", n, total_bytes, corpus.files.size(),
-               seconds_since(t_start));
+  spdlog::info("counted {} documents ({} bytes) in {} files in {:.2f} s{}", n, total_bytes, files.size(),
+               seconds_since(t_start), binary > 0 ? fmt::format("; {} binary files skipped", binary) : "");
+  const SplitRule rule(n, n_val, opt.seed);
 
-  // Whole documents go to val by a seeded shuffle; each split keeps reading order, so files stay
-  // contiguous in the token stream (training permutes windows anyway).
-  std::vector<char> is_val(static_cast<size_t>(n), 0);
-  const std::vector<int64_t> perm = seeded_permutation(n, opt.seed);
-  for (int64_t k = 0; k < n_val; ++k) is_val[perm[k]] = 1;
-  std::vector<std::string_view> train_texts;
-  train_texts.reserve(static_cast<size_t>(n - n_val));
-  for (int64_t i = 0; i < n; ++i) {
-    if (!is_val[i]) train_texts.push_back(corpus.documents[i].text);
+  PrepareResult result;
+  result.files_read = static_cast<int64_t>(files.size());
+  result.files_skipped = static_cast<int64_t>(skipped.size());
+  result.binary_skipped = binary;
+  if (opt.dry_run) {
+    result.train.documents = n - n_val;
+    result.val.documents = n_val;
+    result.train.bytes = total_bytes;  // both splits together: per-split bytes need a read per document
+    result.seconds = seconds_since(t_start);
+    return result;
   }
+  if (n_val == 0) spdlog::warn("--val-fraction 0: the val split will hold no tokens (nothing to evaluate on)");
 
+  // Pass 2: the tokenizer.
   std::unique_ptr<Tokenizer> tok;
   if (opt.tokenizer == TokenizerKind::kByte) {
     tok = make_byte_tokenizer();
+  } else if (opt.tokenizer == TokenizerKind::kGpt2) {
+    tok = load_gpt2_tokenizer(opt.gpt2_vocab, opt.gpt2_merges);
   } else {
     const auto t = Clock::now();
-    tok = train_bpe_tokenizer(train_texts, opt.vocab_size.value_or(kDefaultBpeVocabSize));
-    spdlog::info("trained bpe: vocabulary {} in {:.2f} s", tok->vocab_size(), seconds_since(t));
+    BpeWordCounter counter;
+    int64_t taken = 0;
+    for (const FileCount& f : files) {
+      SampleSink sink(rule, f.first_document, opt.bpe_sample_bytes - taken, counter);
+      read_documents(f.path, rules, sink);
+      taken += sink.taken;
+      if (taken >= opt.bpe_sample_bytes) break;
+    }
+    tok = counter.train(opt.vocab_size.value_or(kDefaultBpeVocabSize));
+    spdlog::info("trained bpe on {} bytes of train documents: vocabulary {} in {:.2f} s", taken,
+                 tok->vocab_size(), seconds_since(t));
   }
+  const std::string hash = tokenizer_hash(*tok);
 
+  // Pass 3: encode and write.
+  make_dirs(opt.output_dir);
+  clear_previous_output(opt.output_dir);
   const auto t_enc = Clock::now();
-  std::vector<uint32_t> tokens[2];  // [0] train, [1] val
+  const int threads = opt.threads > 0 ? opt.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  ShardedWriter train_w(opt.output_dir, "train", tok->vocab_size(), hash, opt.shard_size);
+  ShardedWriter val_w(opt.output_dir, "val", tok->vocab_size(), hash, opt.shard_size);
+  ShardedWriter* writers[2] = {&train_w, &val_w};
   SplitStats stats[2];
-  std::vector<std::set<int32_t>> files_in(2);
-  for (int64_t i = 0; i < n; ++i) {
-    const Document& d = corpus.documents[i];
-    const int s = is_val[i];
-    for (int32_t id : tok->encode(d.text)) tokens[s].push_back(static_cast<uint32_t>(id));
-    tokens[s].push_back(static_cast<uint32_t>(tok->eot()));
-    ++stats[s].documents;
-    stats[s].bytes += static_cast<int64_t>(d.text.size());
-    files_in[s].insert(d.file);
+  {
+    EncodePool pool(*tok, threads);
+    EncodeSink sink(rule, pool, 2 * static_cast<size_t>(threads), writers);
+    auto t_log = Clock::now();
+    int64_t read = 0;
+    for (const FileCount& f : files) {
+      sink.start_file(f.first_document);
+      read_documents(f.path, rules, sink);
+      read += f.bytes;
+      if (seconds_since(t_log) > 10) {
+        spdlog::info("encoded {:.1f} of {:.1f} MB ({:.1f} MB/s)", read / 1e6, file_bytes / 1e6,
+                     read / 1e6 / seconds_since(t_enc));
+        t_log = Clock::now();
+      }
+    }
+    sink.finish();
+    stats[0] = sink.stats[0];
+    stats[1] = sink.stats[1];
   }
+  train_w.finish();
+  val_w.finish();
   for (int s = 0; s < 2; ++s) {
-    stats[s].tokens = static_cast<int64_t>(tokens[s].size());
-    stats[s].files = static_cast<int64_t>(files_in[s].size());
+    stats[s].tokens = writers[s]->tokens();
+    stats[s].shards = static_cast<int64_t>(writers[s]->shards().size());
   }
-  spdlog::info("encoded {} + {} tokens in {:.2f} s", stats[0].tokens, stats[1].tokens, seconds_since(t_enc));
-
-  PrepareResult result;
+  result.encode_seconds = seconds_since(t_enc);
+  PTRAIN_ENFORCE(stats[0].documents + stats[1].documents == n && stats[1].documents == n_val,
+                 "encoded {} + {} documents, counted {} ({} val): did an input change during prepare?",
+                 stats[0].documents, stats[1].documents, n, n_val);
   result.tokenizer_kind = tok->kind();
   result.vocab_size = tok->vocab_size();
+  result.tokenizer_hash = hash;
   result.train = stats[0];
   result.val = stats[1];
-  result.files_read = static_cast<int64_t>(corpus.files.size());
-  result.files_skipped = static_cast<int64_t>(corpus.skipped.size());
 
   // No timestamps or timings: the same inputs and seed give a byte-identical manifest.
   using ojson = nlohmann::ordered_json;
-  auto split_json = [](const SplitStats& s, const char* file) {
-    return ojson{{"file", file},
-                 {"files", s.files},
+  auto split_json = [](const SplitStats& s, const ShardedWriter& w) {
+    ojson shards = ojson::array();
+    for (const auto& sh : w.shards()) {
+      shards.push_back({{"file", sh.file}, {"tokens", sh.tokens}, {"bytes", sh.bytes},
+                        {"crc32c", fmt::format("{:08x}", sh.crc)}});
+    }
+    return ojson{{"files", s.files},
                  {"documents", s.documents},
                  {"bytes", s.bytes},
                  {"tokens", s.tokens},
-                 {"bytes_per_token", s.tokens > 0 ? static_cast<double>(s.bytes) / static_cast<double>(s.tokens) : 0.0}};
+                 {"bytes_per_token", s.tokens > 0 ? static_cast<double>(s.bytes) / static_cast<double>(s.tokens) : 0.0},
+                 {"shards", std::move(shards)}};
   };
   ojson m;
   m["format"] = "ptrain-manifest";
-  m["version"] = 1;
+  m["version"] = 2;
   m["ptrain_version"] = PTRAIN_VERSION;
   m["inputs"] = opt.inputs;
   m["doc_separator"] = opt.doc_separator ? ojson(*opt.doc_separator) : ojson(nullptr);
+  m["text_key"] = opt.text_key;
   m["seed"] = opt.seed;
   m["val_fraction"] = opt.val_fraction;
+  m["split_rule"] = "feistel-v1: document k of n (reading order, non-empty documents from 0) is in val when "
+                    "P(k) < round(n * val_fraction), P the seeded permutation of docs/formats.md";
+  m["shard_size"] = opt.shard_size;
   m["tokenizer"] = {{"file", "tokenizer.json"}, {"kind", tok->kind()}, {"vocab_size", tok->vocab_size()},
-                    {"eot", tok->eot()}};
+                    {"eot", tok->eot()}, {"hash", hash}};
   if (opt.tokenizer == TokenizerKind::kBpe) {
     m["tokenizer"]["requested_vocab_size"] = opt.vocab_size.value_or(kDefaultBpeVocabSize);
+    m["tokenizer"]["sample_bytes"] = opt.bpe_sample_bytes;
   }
   m["files_read"] = result.files_read;
   m["files_skipped"] = result.files_skipped;
+  m["binary_files_skipped"] = binary;
   m["documents"] = n;
-  m["empty_documents_dropped"] = corpus.empty_documents;
-  m["splits"] = {{"train", split_json(stats[0], "train.tok")}, {"val", split_json(stats[1], "val.tok")}};
-  ojson files = ojson::array();
-  for (const auto& f : corpus.files) files.push_back({{"path", f.path}, {"documents", f.documents}, {"bytes", f.bytes}});
-  m["files"] = std::move(files);
-  ojson skipped = ojson::array();
-  for (const auto& s : corpus.skipped) skipped.push_back({{"path", s.path}, {"reason", s.reason}});
-  m["skipped"] = std::move(skipped);
+  m["empty_documents_dropped"] = empty_documents;
+  m["splits"] = {{"train", split_json(stats[0], train_w)}, {"val", split_json(stats[1], val_w)}};
+  ojson fj = ojson::array();
+  for (const auto& f : files) fj.push_back({{"path", f.path}, {"documents", f.documents}, {"bytes", f.bytes}});
+  m["files"] = std::move(fj);
+  ojson sj = ojson::array();
+  for (const auto& s : skipped) sj.push_back({{"path", s.path}, {"reason", s.reason}});
+  m["skipped"] = std::move(sj);
   // Paths come from the file system and may hold invalid UTF-8: replace rather than fail.
   result.manifest_json = m.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  write_file_atomic((fs::path(opt.output_dir) / "tokenizer.json").string(), tok->to_json());
+  write_file_atomic((fs::path(opt.output_dir) / "manifest.json").string(), result.manifest_json);  // last
+  result.seconds = seconds_since(t_start);
 
-  make_dirs(opt.output_dir);
-  Staging staging(opt.output_dir);
-  write_token_file(staging.stage("train.tok"), tok->vocab_size(), tokens[0]);
-  write_token_file(staging.stage("val.tok"), tok->vocab_size(), tokens[1]);
-  write_file_atomic(staging.stage("tokenizer.json"), tok->to_json());
-  write_file_atomic(staging.stage("manifest.json"), result.manifest_json);
-  staging.commit();
-
-  spdlog::info("wrote {}/{{train,val}}.tok: train {} docs, {} tokens ({:.3f} bytes/token); val {} docs, {} "
-               "tokens; {} tokenizer, V = {}; {:.2f} s in all",
-               opt.output_dir, stats[0].documents, stats[0].tokens,
+  spdlog::info("wrote {}: train {} docs, {} tokens in {} shard(s) ({:.3f} bytes/token); val {} docs, {} tokens in "
+               "{} shard(s); {} tokenizer, V = {}; encoded {:.1f} MB in {:.2f} s on {} thread(s); {:.2f} s in all",
+               opt.output_dir, stats[0].documents, stats[0].tokens, stats[0].shards,
                stats[0].tokens ? static_cast<double>(stats[0].bytes) / static_cast<double>(stats[0].tokens) : 0.0,
-               stats[1].documents, stats[1].tokens, tok->kind(), tok->vocab_size(), seconds_since(t_start));
+               stats[1].documents, stats[1].tokens, stats[1].shards, tok->kind(), tok->vocab_size(),
+               total_bytes / 1e6, result.encode_seconds, threads, result.seconds);
   return result;
 }
 

@@ -1,8 +1,12 @@
-// Corpus preparation (`ptrain prepare`): read files and folders into documents, split them into
-// train/val by whole documents, train or pick a tokenizer, write DIR/{train,val}.tok,
-// DIR/tokenizer.json and DIR/manifest.json. Rules are in docs/contracts.md ("Command line: prepare")
-// and docs/formats.md. Not here: reading token files back (common/io/token_file.hpp).
+// Corpus preparation (`ptrain prepare`): stream files and folders of text/JSONL (plain, gzip or
+// zstd) as documents, split them into train/val by whole documents, train or pick a tokenizer,
+// encode on several threads and write sharded token files DIR/{train,val}-%05d.tok,
+// DIR/tokenizer.json and DIR/manifest.json. Memory stays bounded whatever the corpus size. Rules
+// are in docs/contracts.md ("Command line: prepare") and docs/formats.md. Not here: reading token
+// files back (common/io/token_file.hpp); reading inputs (corpus_reader.hpp).
 #pragma once
+
+#include "common/data/corpus_reader.hpp"
 
 #include <cstdint>
 #include <deque>
@@ -13,21 +17,29 @@
 
 namespace ptrain {
 
-enum class TokenizerKind { kByte, kBpe };
+enum class TokenizerKind { kByte, kBpe, kGpt2 };
 
-// "byte" / "bpe"; UsageError otherwise.
+// "byte" / "bpe" / "gpt2"; UsageError otherwise.
 TokenizerKind parse_tokenizer_kind(const std::string& s);
 
 inline constexpr int64_t kDefaultBpeVocabSize = 4096;
 inline constexpr double kDefaultValFraction = 0.05;
+inline constexpr int64_t kDefaultShardSize = int64_t{256} << 20;       // bytes per token file
+inline constexpr int64_t kDefaultBpeSampleBytes = int64_t{128} << 20;  // text the BPE trainer sees
 
 struct PrepareOptions {
   std::vector<std::string> inputs;          // files and folders, read in this order
   TokenizerKind tokenizer = TokenizerKind::kByte;
   std::optional<int64_t> vocab_size;        // total V; bpe default kDefaultBpeVocabSize, byte 257 only
-  double val_fraction = kDefaultValFraction;  // [0, 1); 0 writes an empty val.tok on purpose
+  std::string gpt2_vocab, gpt2_merges;      // gpt2: vocab.json and merges.txt
+  double val_fraction = kDefaultValFraction;  // [0, 1); 0 writes an empty val split on purpose
   std::optional<std::string> doc_separator; // a line equal to this separates documents in text files
+  std::string text_key = "text";            // JSONL: the field holding a document's text
   uint64_t seed = 0;
+  int threads = 0;                          // encoding threads; 0 = every core
+  int64_t shard_size = kDefaultShardSize;   // most bytes per token file (header included)
+  int64_t bpe_sample_bytes = kDefaultBpeSampleBytes;  // bpe: train on the first this many bytes of train
+  bool dry_run = false;                     // count and report; write nothing
   std::string output_dir;
 };
 
@@ -35,7 +47,7 @@ struct PrepareOptions {
 // line with the empty-split errors).
 void validate(const PrepareOptions& opt);
 
-// ---- reading ----
+// ---- reading into memory (small corpora and tests) ----
 
 struct Document {
   std::string_view text;  // points into Corpus::storage
@@ -45,12 +57,7 @@ struct Document {
 struct SourceFile {
   std::string path;
   int64_t documents = 0;
-  int64_t bytes = 0;
-};
-
-struct SkippedPath {
-  std::string path;
-  std::string reason;
+  int64_t bytes = 0;  // decompressed
 };
 
 // Move-only: documents point into `storage`.
@@ -61,21 +68,33 @@ struct Corpus {
   Corpus(const Corpus&) = delete;
   Corpus& operator=(const Corpus&) = delete;
 
-  std::deque<std::string> storage;   // file contents and decoded JSONL texts (stable addresses)
+  std::deque<std::string> storage;   // document texts (stable addresses)
   std::vector<SourceFile> files;     // files read, in reading order
   std::vector<Document> documents;   // non-empty documents, in reading order
   std::vector<SkippedPath> skipped;  // with a warning logged for each
   int64_t empty_documents = 0;       // dropped (empty or whitespace only)
 };
 
-// Reads `inputs` (files, folders recursed in byte-sorted name order) into documents. `exclude_dir`
-// (the output folder) is skipped if met. Throws IoError for a missing or unreadable path and
-// DataError for a bad JSONL line (FILE:LINE). An empty result is not an error here.
+// Reads `inputs` into memory as prepare would see them (list_input_files + read_documents).
 Corpus read_corpus(const std::vector<std::string>& inputs, const std::optional<std::string>& doc_separator,
-                   const std::string& exclude_dir = "");
+                   const std::string& exclude_dir = "", const std::string& text_key = "text");
 
-// Positions [0, n) shuffled by Fisher–Yates over splitmix64(seed); the same on every platform.
-std::vector<int64_t> seeded_permutation(int64_t n, uint64_t seed);
+// The train/val rule: document k (reading order, counting non-empty documents from 0) of n goes to
+// val when P(k) < n_val, P a seeded permutation of [0, n): a 4-round Feistel network over splitmix64
+// round keys, cycle-walked into [0, n). Exactly n_val documents go to val, any one document's side
+// is known without the others (constant memory, any order, any rank), and the same (n, seed) gives
+// the same split everywhere.
+class SplitRule {
+ public:
+  SplitRule(int64_t n, int64_t n_val, uint64_t seed);
+  int64_t permute(int64_t k) const;  // P(k)
+  bool is_val(int64_t k) const { return permute(k) < n_val_; }
+
+ private:
+  int64_t n_, n_val_;
+  int half_bits_;
+  uint64_t keys_[4];
+};
 
 // ---- the whole command ----
 
@@ -84,19 +103,25 @@ struct SplitStats {
   int64_t documents = 0;
   int64_t bytes = 0;      // document bytes (eot not counted)
   int64_t tokens = 0;     // including one eot per document
+  int64_t shards = 0;
 };
 
 struct PrepareResult {
   std::string tokenizer_kind;
   int64_t vocab_size = 0;
+  std::string tokenizer_hash;
   SplitStats train, val;
   int64_t files_read = 0;
   int64_t files_skipped = 0;
-  std::string manifest_json;  // what was written to DIR/manifest.json
+  int64_t binary_skipped = 0;
+  std::string manifest_json;  // what was written to DIR/manifest.json ("" on a dry run)
+  double seconds = 0, encode_seconds = 0;
 };
 
-// Runs the whole preparation. Outputs are staged beside their final names and renamed into place
-// only after everything succeeded, so a failure leaves DIR as it was.
+// Runs the whole preparation. Inputs are read (and checked) in full before DIR is touched; then
+// DIR/manifest.json is removed first and written last, and each shard appears under its name only
+// once complete, so an interrupted run leaves no manifest (training refuses the folder until a
+// prepare completes) and no half-written shard under a final name.
 PrepareResult prepare_corpus(const PrepareOptions& opt);
 
 }  // namespace ptrain

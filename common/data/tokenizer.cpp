@@ -5,6 +5,7 @@
 #include "common/data/bpe.hpp"
 #include "common/error.hpp"
 #include "common/util/fs.hpp"
+#include "common/util/hash.hpp"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -116,8 +117,25 @@ std::unique_ptr<Tokenizer> tokenizer_from_json(const std::string& json, const st
     } catch (const DataError& e) {
       throw DataError(fmt::format("{}: {}", origin, e.what()));
     }
+  } else if (kind == "gpt2") {
+    if (j.value("pretokenizer", std::string()) != "gpt2-regex-v1") {
+      throw DataError(fmt::format("{}: a gpt2 tokenizer needs \"pretokenizer\": \"gpt2-regex-v1\"", origin));
+    }
+    auto strings = [&](const char* key) {
+      if (!j.contains(key) || !j[key].is_array()) {
+        throw DataError(fmt::format("{}: a gpt2 tokenizer needs a \"{}\" array of strings", origin, key));
+      }
+      std::vector<std::string> out;
+      out.reserve(j[key].size());
+      for (const auto& e : j[key]) {
+        if (!e.is_string()) throw DataError(fmt::format("{}: \"{}\"[{}] is not a string", origin, key, out.size()));
+        out.push_back(e.get<std::string>());
+      }
+      return out;
+    };
+    tok = make_gpt2_tokenizer(strings("tokens"), strings("merges"), origin);
   } else {
-    throw DataError(fmt::format("{}: unknown tokenizer kind {} (expected \"byte\" or \"bpe\")", origin,
+    throw DataError(fmt::format("{}: unknown tokenizer kind {} (expected \"byte\", \"bpe\" or \"gpt2\")", origin,
                                 j.contains("kind") ? j["kind"].dump() : "(missing)"));
   }
   if (vocab != tok->vocab_size() || eot != tok->eot()) {
@@ -127,6 +145,8 @@ std::unique_ptr<Tokenizer> tokenizer_from_json(const std::string& json, const st
   }
   return tok;
 }
+
+std::string tokenizer_hash(const Tokenizer& tok) { return sha256_hex(tok.to_json()); }
 
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec) {
   if (spec == "byte") return make_byte_tokenizer();

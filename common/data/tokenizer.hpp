@@ -30,6 +30,10 @@ std::unique_ptr<Tokenizer> tokenizer_from_json(const std::string& json, const st
 // "byte" or a path to tokenizer.json (IoError / DataError naming the path).
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec);
 
+// Lowercase hex SHA-256 of the tokenizer's JSON (to_json()): two tokenizers with the same hash
+// encode alike. Token files carry its first 32 hex digits, manifests all of it.
+std::string tokenizer_hash(const Tokenizer& tok);
+
 // ---- byte-level BPE (bpe.cpp) ----
 // Merge k (0-based) joins ids (first, second) into the new id 256 + k; eot = 256 + merges.size().
 using BpeMerge = std::pair<int32_t, int32_t>;
@@ -44,5 +48,33 @@ std::unique_ptr<Tokenizer> make_bpe_tokenizer(std::vector<BpeMerge> merges);
 // documents (in any order) give the same merges. Single-threaded.
 std::unique_ptr<Tokenizer> train_bpe_tokenizer(std::span<const std::string_view> documents,
                                                int64_t vocab_size);
+
+// The same trainer fed incrementally: add() pre-tokenizes a document and counts its words, so
+// memory grows with the distinct words seen, not with the text (prepare feeds it a bounded sample).
+class BpeWordCounter {
+ public:
+  BpeWordCounter();
+  ~BpeWordCounter();
+  void add(std::string_view document);
+  std::unique_ptr<Tokenizer> train(int64_t vocab_size) const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// ---- GPT-2's tokenizer (gpt2_tokenizer.cpp) ----
+// Token for token what GPT-2's reference encoder gives: its pre-tokenizer regex over Unicode
+// classes, byte-level BPE in its byte-to-unicode alphabet, eot = <|endoftext|> (50256). Kind
+// "gpt2"; tokenizer.json carries the vocabulary and merges so checkpoints need nothing else.
+
+// From GPT-2's vocab.json (encoder.json: token string -> id) and merges.txt (vocab.bpe: a
+// "#version" line, then "a b" per line, rank = line order). Throws IoError / DataError naming
+// the file (and line).
+std::unique_ptr<Tokenizer> load_gpt2_tokenizer(const std::string& vocab_json, const std::string& merges_txt);
+
+// From the token strings by id and the merge lines ("a b"); `origin` names them in errors.
+std::unique_ptr<Tokenizer> make_gpt2_tokenizer(std::vector<std::string> tokens, const std::vector<std::string>& merges,
+                                               const std::string& origin);
 
 }  // namespace ptrain

@@ -38,8 +38,8 @@ cat > good.yaml <<'YAML'
 run:
   dir: run
 data:
-  train: data/train.tok
-  val: data/val.tok
+  train: data
+  val: data
 model:
   seq_len: 16
   n_layer: 1
@@ -82,12 +82,12 @@ expect 5 "val-fraction|val_fraction" -- "$PTRAIN" prepare --input corpus --token
 expect 5 "no documents" -- "$PTRAIN" prepare --input empty --tokenizer byte --output data
 
 # ---- token files -----------------------------------------------------------------------------
-head -c 40 data/train.tok > truncated.tok
+head -c 40 data/train-00000.tok > truncated.tok
 expect 5 "truncated.tok" -- "$PTRAIN" eval --checkpoint good.h5 --data truncated.tok
 # A worker's --device is checked before it contacts anyone (nothing listens on port 1).
 expect 8 "--device 'cuda'.*not implemented yet" -- "$PTRAIN" worker --coordinator 127.0.0.1:1 --device cuda
 expect 2 "--device 'tpu' is not a device; valid devices: cpu, cuda, cuda:N" -- "$PTRAIN" worker --coordinator 127.0.0.1:1 --device tpu
-cp data/train.tok flipped.tok
+cp data/train-00000.tok flipped.tok
 printf '\xff' | dd of=flipped.tok bs=1 seek=100 conv=notrunc status=none
 expect 5 "flipped.tok.*(CRC|checksum)" -- "$PTRAIN" eval --checkpoint good.h5 --data flipped.tok
 printf 'not a token file at all, just text that is long enough to hold a header......' > text.tok
@@ -107,14 +107,14 @@ with h5py.File("crc.h5", "r+") as f:
     d = f["model/transformer.wpe.weight"]
     d[0, 0] = d[0, 0] + 1.0
 PY
-  expect 6 "transformer.wpe.weight.*(crc|CRC|checksum)" -- "$PTRAIN" eval --checkpoint crc.h5 --data data/val.tok
+  expect 6 "transformer.wpe.weight.*(crc|CRC|checksum)" -- "$PTRAIN" eval --checkpoint crc.h5 --data data/val-00000.tok
   cp good.h5 version.h5
   /usr/bin/python3 -c 'import h5py, numpy as np; f = h5py.File("version.h5", "r+"); f.attrs["format_version"] = np.int32(99); f.close()'
   expect 6 "format_version.*99" -- "$PTRAIN" inspect version.h5
 else
   echo "skipped: /usr/bin/python3 has no h5py (2 checkpoint corruption cases)"
 fi
-expect 5 "windows|batch" -- "$PTRAIN" grad --checkpoint good.h5 --data data/val.tok --batch-size 100000 --out g.h5
+expect 5 "windows|batch" -- "$PTRAIN" grad --checkpoint good.h5 --data data/val-00000.tok --batch-size 100000 --out g.h5
 [ -e g.h5 ] && { echo "FAIL: a failed grad left g.h5 behind"; failures=$((failures + 1)); }
 
 sha_after=$(sha256sum data/* good.h5 | sha256sum)

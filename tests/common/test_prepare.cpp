@@ -63,9 +63,10 @@ bool skipped_with(const Corpus& c, const std::string& path_end, const std::strin
   });
 }
 
-// Decodes a token file into its documents (split at eot).
-std::vector<std::string> decode_documents(const std::string& path, const Tokenizer& tok) {
-  TokenFile f = TokenFile::open(path);
+// Decodes a split of a prepared folder (or a token file) into its documents (split at eot).
+std::vector<std::string> decode_documents(const std::string& path, const Tokenizer& tok,
+                                          const std::string& split = "train") {
+  TokenFile f = TokenFile::open(path, split);
   std::vector<std::string> docs;
   std::vector<int32_t> cur;
   for (int64_t i = 0; i < f.size(); ++i) {
@@ -170,8 +171,8 @@ TEST_CASE("prepare: byte tokenizer end to end - every document once - eot after 
 
   auto tok = load_tokenizer(dir / "out/tokenizer.json");
   CHECK(tok->kind() == "byte");
-  auto train = decode_documents(dir / "out/train.tok", *tok);
-  auto val = decode_documents(dir / "out/val.tok", *tok);
+  auto train = decode_documents(dir / "out", *tok);
+  auto val = decode_documents(dir / "out", *tok, "val");
   CHECK(train.size() == 30);
   CHECK(val.size() == 10);
   std::set<std::string> all(train.begin(), train.end());
@@ -195,7 +196,7 @@ TEST_CASE("prepare: byte tokenizer end to end - every document once - eot after 
   // Only the four outputs: no staging files left behind.
   std::set<std::string> names;
   for (const auto& e : fs::directory_iterator(dir.path / "out")) names.insert(e.path().filename().string());
-  CHECK(names == std::set<std::string>{"manifest.json", "tokenizer.json", "train.tok", "val.tok"});
+  CHECK(names == std::set<std::string>{"manifest.json", "tokenizer.json", "train-00000.tok", "val-00000.tok"});
 
   // Rerun with the output inside the input folder: the outputs are not read as corpus.
   PrepareOptions inside = opt;
@@ -213,25 +214,34 @@ TEST_CASE("prepare: the split is seeded and deterministic") {
   opt.val_fraction = 0.1;
   opt.seed = 1;
   prepare_corpus(opt);
-  const std::string train1 = read_file(dir / "out/train.tok"), tok1 = read_file(dir / "out/tokenizer.json");
+  const std::string train1 = read_file(dir / "out/train-00000.tok"), tok1 = read_file(dir / "out/tokenizer.json");
   const std::string man1 = read_file(dir / "out/manifest.json");
   prepare_corpus(opt);
-  CHECK(read_file(dir / "out/train.tok") == train1);
+  CHECK(read_file(dir / "out/train-00000.tok") == train1);
   CHECK(read_file(dir / "out/tokenizer.json") == tok1);
   CHECK(read_file(dir / "out/manifest.json") == man1);
   opt.seed = 2;
   const PrepareResult r2 = prepare_corpus(opt);
-  CHECK(read_file(dir / "out/train.tok") != train1);
+  CHECK(read_file(dir / "out/train-00000.tok") != train1);
   CHECK(r2.val.documents == 20);
 
-  const auto p = seeded_permutation(1000, 5);
-  CHECK(p == seeded_permutation(1000, 5));
-  CHECK(p != seeded_permutation(1000, 6));
-  std::vector<int64_t> sorted = p;
-  std::sort(sorted.begin(), sorted.end());
-  for (int64_t i = 0; i < 1000; ++i) REQUIRE(sorted[i] == i);
-  CHECK(seeded_permutation(0, 1).empty());
-  CHECK(seeded_permutation(1, 1) == std::vector<int64_t>{0});
+  // The split rule is a seeded permutation of [0, n), evaluated one index at a time.
+  for (int64_t n : {1, 2, 3, 5, 16, 17, 1000, 4099}) {
+    const SplitRule a(n, n / 3, 5), b(n, n / 3, 5), c(n, n / 3, 6);
+    std::vector<int64_t> p, q, r;
+    int64_t val = 0;
+    for (int64_t k = 0; k < n; ++k) {
+      p.push_back(a.permute(k));
+      q.push_back(b.permute(k));
+      r.push_back(c.permute(k));
+      val += a.is_val(k);
+    }
+    CHECK(p == q);
+    if (n >= 16) CHECK(p != r);
+    CHECK(val == n / 3);
+    std::sort(p.begin(), p.end());
+    for (int64_t i = 0; i < n; ++i) REQUIRE(p[i] == i);
+  }
 }
 
 TEST_CASE("prepare: bpe end to end decodes back to the documents") {
@@ -254,9 +264,9 @@ TEST_CASE("prepare: bpe end to end decodes back to the documents") {
   CHECK(r.train.tokens * 2 < r.train.bytes);  // it compresses
   auto tok = load_tokenizer(dir / "out/tokenizer.json");
   CHECK(tok->vocab_size() == r.vocab_size);
-  CHECK(TokenFile::open(dir / "out/train.tok").vocab_size() == r.vocab_size);
-  auto train = decode_documents(dir / "out/train.tok", *tok);
-  auto val = decode_documents(dir / "out/val.tok", *tok);
+  CHECK(TokenFile::open(dir / "out").vocab_size() == r.vocab_size);
+  auto train = decode_documents(dir / "out", *tok);
+  auto val = decode_documents(dir / "out/manifest.json", *tok, "val");
   CHECK(train.size() == 54);
   CHECK(val.size() == 6);
   CHECK(train[0].rfind("Record ", 0) == 0);
@@ -266,7 +276,7 @@ TEST_CASE("prepare: every bad input is refused with a clear error - leaving the 
   TempDir dir;
   PrepareOptions good = many_docs(dir, 20);
   prepare_corpus(good);
-  const std::string before = read_file(dir / "out/train.tok") + read_file(dir / "out/manifest.json");
+  const std::string before = read_file(dir / "out/train-00000.tok") + read_file(dir / "out/manifest.json");
 
   PrepareOptions o = good;
   o.inputs.clear();
@@ -330,7 +340,7 @@ TEST_CASE("prepare: every bad input is refused with a clear error - leaving the 
     refused<IoError>(o, "secret.txt");
   }
 
-  CHECK(read_file(dir / "out/train.tok") + read_file(dir / "out/manifest.json") == before);
+  CHECK(read_file(dir / "out/train-00000.tok") + read_file(dir / "out/manifest.json") == before);
   std::set<std::string> names;
   for (const auto& e : fs::directory_iterator(dir.path / "out")) names.insert(e.path().filename().string());
   CHECK(names.size() == 4);
@@ -354,6 +364,6 @@ TEST_CASE("prepare: the command line maps failures to exit codes and creates not
   CHECK(run("--input " + (dir / "one.txt") + " --tokenizer bpe --vocab-size 100" + out) == 2);
   CHECK(!fs::exists(dir.path / "o"));
   CHECK(run("--input " + (dir / "one.txt") + " --tokenizer bpe --vocab-size 300 --val-fraction 0" + out) == 0);
-  CHECK(TokenFile::open(dir / "o/val.tok").size() == 0);
-  CHECK(TokenFile::open(dir / "o/train.tok").size() > 0);
+  CHECK(TokenFile::open(dir / "o", "val").size() == 0);
+  CHECK(TokenFile::open(dir / "o").size() > 0);
 }
