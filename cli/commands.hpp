@@ -21,6 +21,8 @@ void add_init_command(CLI::App& app, Action& action);
 void add_grad_command(CLI::App& app, Action& action);
 void add_eval_command(CLI::App& app, Action& action);
 void add_generate_command(CLI::App& app, Action& action);
+void add_fill_mask_command(CLI::App& app, Action& action);
+void add_finetune_command(CLI::App& app, Action& action);
 void add_inspect_command(CLI::App& app, Action& action);
 void add_bench_command(CLI::App& app, Action& action);
 void add_coordinator_command(CLI::App& app, Action& action);

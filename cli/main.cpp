@@ -21,6 +21,8 @@ int main(int argc, char** argv) {
   ptrain::cli::add_grad_command(app, action);
   ptrain::cli::add_eval_command(app, action);
   ptrain::cli::add_generate_command(app, action);
+  ptrain::cli::add_fill_mask_command(app, action);
+  ptrain::cli::add_finetune_command(app, action);
   ptrain::cli::add_inspect_command(app, action);
   ptrain::cli::add_bench_command(app, action);
   ptrain::cli::add_coordinator_command(app, action);

@@ -170,6 +170,7 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
     wo.train_path = config.data.train;
     wo.val_path = config.data.val;
     wo.micro_batch = config.train.micro_batch;
+    wo.seed = config.run.seed;
     wo.threads = threads_per_role(config.run.threads, W);
     wo.device = device_type_name(config.device.type);
     wo.make_backend = options.make_backend;

@@ -39,6 +39,7 @@ void run_worker_process(const WorkerProcessOptions& o, net::Secret secret) {
   wo.train_path = cfg.data.train;
   wo.val_path = cfg.data.val;
   wo.micro_batch = cfg.train.micro_batch;
+  wo.seed = cfg.run.seed;
   wo.threads = o.threads > 0 ? o.threads : threads_per_role(cfg.run.threads, 1);
   wo.device = o.device.empty() ? device_type_name(cfg.device.type) : o.device;
   wo.leave_requested = o.leave_requested;

@@ -8,12 +8,14 @@
 #include "worker/backend/backend_factory.hpp"
 #include "worker/model/backend.hpp"
 #include "worker/model/gpt.hpp"
+#include "worker/train_step.hpp"
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <chrono>
+#include <memory>
 #include <cmath>
 #include <cstdio>
 #include <vector>
@@ -33,9 +35,22 @@ EvalResult evaluate(const EvalOptions& o) {
   }
   auto backend = make_backend_for(o.device, cm.config);
   const int64_t micro = std::clamp<int64_t>(cm.config.train.micro_batch, 1, windows);
-  Gpt gpt(layout, *backend, micro);
-  GptState state(layout, *backend);
-  state.upload_params(cm.params);
+  // BERT goes through the worker's TrainStep: the same masking (the fixed evaluation masks of
+  // each window, common/data/mlm.hpp) as the in-run validation.
+  const bool bert = layout.dims().arch == ModelArch::kBert;
+  std::unique_ptr<Gpt> gpt;
+  std::unique_ptr<GptState> state;
+  std::unique_ptr<TrainStep> mlm;
+  if (bert) {
+    mlm = std::make_unique<TrainStep>(layout, *backend, micro);
+    mlm->set_weights(cm.params);
+  } else {
+    gpt = std::make_unique<Gpt>(layout, *backend, micro);
+    state = std::make_unique<GptState>(layout, *backend);
+    state->upload_params(cm.params);
+  }
+  int64_t correct = 0;
+  std::vector<int64_t> ids;
   const auto t0 = std::chrono::steady_clock::now();
   // The batches and the order of the sum are those of the in-run evaluation
   // (common/data/val_loss.hpp), so its val_loss at a checkpoint's step is this number.
@@ -46,7 +61,15 @@ EvalResult evaluate(const EvalOptions& o) {
   for (size_t k = 0; k < batches.size(); ++k) {
     const auto [w0, w1] = batches[k];
     read_windows(tf, w0, w1 - w0, T, layout.dims().V, batch);
-    const LossSum ls = gpt.forward_loss(state, batch, w1 - w0, T);
+    LossSum ls;
+    if (bert) {
+      ids.resize(static_cast<size_t>(w1 - w0));
+      for (int64_t w = w0; w < w1; ++w) ids[static_cast<size_t>(w - w0)] = w;
+      ls = mlm->loss(batch, w1 - w0, ids);
+      correct += ls.correct;
+    } else {
+      ls = gpt->forward_loss(*state, batch, w1 - w0, T);
+    }
     sums[k] = ls.loss_sum;
     counts[k] = ls.tokens;
   }
@@ -59,6 +82,7 @@ EvalResult evaluate(const EvalOptions& o) {
   r.windows = windows;
   r.tokens = total.tokens;
   r.step = cm.meta.step;
+  if (bert) r.accuracy = total.tokens > 0 ? static_cast<double>(correct) / total.tokens : 0.0;
   spdlog::info("{} (step {}) on {}: {} windows, {} tokens in {:.2f} s", cm.file, cm.meta.step,
                tf.path(), windows, total.tokens, seconds);
   return r;
@@ -72,11 +96,13 @@ void print_eval(const EvalResult& r, bool json) {
     j["windows"] = r.windows;
     j["tokens"] = r.tokens;
     j["step"] = r.step;
+    if (r.accuracy >= 0) j["accuracy"] = r.accuracy;
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("loss %.6f  perplexity %.4f  (%lld windows, %lld tokens, step %lld)\n", r.loss,
                 r.perplexity, static_cast<long long>(r.windows), static_cast<long long>(r.tokens),
                 static_cast<long long>(r.step));
+    if (r.accuracy >= 0) std::printf("masked-token accuracy %.4f\n", r.accuracy);
   }
 }
 

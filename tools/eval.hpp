@@ -1,7 +1,8 @@
 // `ptrain eval`'s work: the mean cross-entropy of a checkpoint over every complete window of a
 // token file (file order, T = model.seq_len, batches of train.micro_batch windows, summed as
 // common/data/val_loss.hpp says, so the in-run val_loss at the checkpoint's step is this number),
-// and its perplexity, on a chosen device (default: the stored device.type).
+// and its perplexity, on a chosen device (default: the stored device.type). For BERT the same over
+// the masked positions, plus the masked-token accuracy ("accuracy" in the JSON).
 #pragma once
 
 #include <cstdint>
@@ -22,6 +23,9 @@ struct EvalResult {
   int64_t windows = 0;      // complete windows of T+1 tokens evaluated
   int64_t tokens = 0;       // targets summed over
   int64_t step = 0;         // the checkpoint's step
+  // BERT (masked LM): loss, perplexity and tokens are over the predicted positions of the fixed
+  // evaluation masks (common/data/mlm.hpp); accuracy = argmax hits among them. -1 for GPT.
+  double accuracy = -1.0;
 };
 
 // Evaluates and logs the run (file, step, windows, tokens, seconds) on stderr. Throws IoError /

@@ -71,6 +71,11 @@ struct Sampler {
 GenerateResult generate(const GenerateOptions& o) {
   const CheckpointModel cm = open_checkpoint_model(o.checkpoint);
   const ParamLayout& layout = *cm.layout;
+  if (layout.dims().arch != ModelArch::kGpt) {
+    throw UsageError(fmt::format("{}: generate needs a causal LM (model.arch gpt), this one is "
+                                 "model.arch {}; use fill-mask",
+                                 cm.file, model_arch_name(layout.dims().arch)));
+  }
   const Tokenizer& tok = *cm.tokenizer;
   const int64_t T = layout.dims().T;
   const int64_t V = layout.dims().V;

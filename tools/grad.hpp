@@ -6,7 +6,10 @@
 //   /inputs       int32 (B, T+1)   the windows
 //   /loss         float32 scalar   mean loss
 //   /grad/<name>  float32, each tensor at full shape (attr crc32c like a checkpoint's)
-// plus root attributes naming the checkpoint, data file, step, batch size, seq_len and layout
+// For BERT (masked LM): window b becomes [CLS] … [SEP] with the fixed evaluation masks of window b
+// (common/data/mlm.hpp), and the file holds /inputs int32 (B, T) (the masked ids), /labels int32
+// (B, T) (-100 = not predicted), /loss (mean over predicted positions), /grad/<name>, attr arch.
+// Root attributes name the checkpoint, data file, step, batch size, seq_len and layout
 // hash. Everything is checked before the output is written, and it is written atomically (no file
 // on failure).
 #pragma once

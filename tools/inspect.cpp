@@ -150,7 +150,7 @@ void inspect(const InspectOptions& o) {
     j["data"] = {{"seed", cm.meta.data.seed},
                  {"epoch", cm.meta.data.epoch},
                  {"position", cm.meta.data.position}};
-    j["model"] = {{"vocab_size", d.V}, {"vocab_padded", d.Vp}, {"seq_len", d.T},
+    j["model"] = {{"arch", model_arch_name(d.arch)}, {"vocab_size", d.V}, {"vocab_padded", d.Vp}, {"seq_len", d.T},
                   {"n_layer", d.L},    {"n_head", d.NH},       {"n_embd", d.C},
                   {"parameters", layout.total()}};
     j["tokenizer"] = {{"kind", cm.tokenizer->kind()}, {"vocab_size", cm.tokenizer->vocab_size()}};
@@ -185,8 +185,8 @@ void inspect(const InspectOptions& o) {
   line(fmt::format("layout hash  {}", cm.meta.layout_hash));
   line(fmt::format("data         seed {}   epoch {}   position {}", cm.meta.data.seed,
                    cm.meta.data.epoch, cm.meta.data.position));
-  line(fmt::format("model        V {} (rows {})   T {}   L {}   NH {}   C {}   {} parameters", d.V,
-                   d.Vp, d.T, d.L, d.NH, d.C, layout.total()));
+  line(fmt::format("model        {}   V {} (rows {})   T {}   L {}   NH {}   C {}   {} parameters",
+                   model_arch_name(d.arch), d.V, d.Vp, d.T, d.L, d.NH, d.C, layout.total()));
   line(fmt::format("tokenizer    {} ({} tokens)", cm.tokenizer->kind(), cm.tokenizer->vocab_size()));
   if (other) {
     line(fmt::format("diff against {} (step {}): ‖A−B‖/‖B‖ over all weights {}", other->file,

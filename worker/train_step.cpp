@@ -1,6 +1,7 @@
 // TrainStep: the worker's per-step compute (train_step.hpp).
 #include "worker/train_step.hpp"
 
+#include "common/data/mlm.hpp"
 #include "common/error.hpp"
 #include "worker/batch_loader.hpp"
 
@@ -8,11 +9,17 @@
 
 namespace ptrain {
 
-TrainStep::TrainStep(const ParamLayout& layout, Backend& backend, int64_t micro_batch)
+TrainStep::TrainStep(const ParamLayout& layout, Backend& backend, int64_t micro_batch,
+                     uint64_t mask_seed)
     : layout_(layout),
       be_(backend),
       micro_batch_(micro_batch),
-      gpt_(layout, backend, micro_batch),
+      mask_seed_(mask_seed),
+      gpt_(layout.dims().arch == ModelArch::kGpt ? std::make_unique<Gpt>(layout, backend, micro_batch)
+                                                 : nullptr),
+      bert_(layout.dims().arch == ModelArch::kBert
+                ? std::make_unique<Bert>(layout, backend, micro_batch)
+                : nullptr),
       state_(layout, backend),
       weights_host_(backend.alloc_host<float>(layout.total())),
       grads_host_(backend.alloc_host<float>(layout.total())) {}
@@ -26,7 +33,26 @@ void TrainStep::set_weights(std::span<const float> weights) {
   upload_weights();
 }
 
-LossSum TrainStep::compute(std::span<const int32_t> windows, int64_t n) {
+void TrainStep::mask_windows(std::span<const int32_t> windows, int64_t b, int64_t e,
+                             std::span<const int64_t> window_ids, int64_t step, bool eval) {
+  const int64_t T = layout_.dims().T;
+  PTRAIN_ENFORCE(static_cast<int64_t>(window_ids.size()) >= e,
+                 "BERT needs the window ids of its windows (got {} for {})", window_ids.size(), e);
+  const BertTokens tok = bert_tokens(layout_.dims());
+  mlm_inputs_.resize(static_cast<size_t>((e - b) * T));
+  mlm_labels_.resize(mlm_inputs_.size());
+  for (int64_t i = b; i < e; ++i) {
+    const int64_t w = window_ids[static_cast<size_t>(i)];
+    const uint64_t key = eval ? mlm_mask_key(0, kEvalMaskStep, w) : mlm_mask_key(mask_seed_, step, w);
+    const auto out = static_cast<size_t>((i - b) * T);
+    mlm_example(windows.subspan(static_cast<size_t>(i * (T + 1)), static_cast<size_t>(T + 1)), T,
+                tok, key, std::span<int32_t>(mlm_inputs_).subspan(out, static_cast<size_t>(T)),
+                std::span<int32_t>(mlm_labels_).subspan(out, static_cast<size_t>(T)));
+  }
+}
+
+LossSum TrainStep::compute(std::span<const int32_t> windows, int64_t n,
+                           std::span<const int64_t> window_ids, int64_t step) {
   const int64_t T = layout_.dims().T;
   PTRAIN_ENFORCE(n >= 0 && static_cast<int64_t>(windows.size()) == n * (T + 1),
                  "windows: expected {}·{} token ids, got {}", n, T + 1, windows.size());
@@ -35,28 +61,41 @@ LossSum TrainStep::compute(std::span<const int32_t> windows, int64_t n) {
   for (const auto& [b, e] : micro_batches(n, micro_batch_)) {
     const std::span<const int32_t> mb = windows.subspan(static_cast<size_t>(b * (T + 1)),
                                                         static_cast<size_t>((e - b) * (T + 1)));
-    const LossSum ls = gpt_.forward_backward(state_, mb, e - b, T, 1.0f);
+    LossSum ls;
+    if (bert_) {
+      mask_windows(windows, b, e, window_ids, step, false);
+      ls = bert_->mlm_forward_backward(state_, mlm_inputs_, mlm_labels_, e - b, T, 1.0f);
+    } else {
+      ls = gpt_->forward_backward(state_, mb, e - b, T, 1.0f);
+    }
     sum.loss_sum += ls.loss_sum;
     sum.tokens += ls.tokens;
+    sum.correct += ls.correct;
   }
   state_.download_grads_async(grads_host_);
   be_.synchronize();  // the download (and the upload before it) are complete: both buffers free
   return sum;
 }
 
-LossSum TrainStep::loss(std::span<const int32_t> windows, int64_t n) {
+LossSum TrainStep::loss(std::span<const int32_t> windows, int64_t n,
+                        std::span<const int64_t> window_ids) {
   const int64_t T = layout_.dims().T;
   PTRAIN_ENFORCE(n >= 1 && n <= micro_batch_ && static_cast<int64_t>(windows.size()) == n * (T + 1),
                  "loss: expected 1..{} windows of {} token ids, got {} ids for {}", micro_batch_,
                  T + 1, windows.size(), n);
-  return gpt_.forward_loss(state_, windows, n, T);
+  if (bert_) {
+    mask_windows(windows, 0, n, window_ids, 0, true);
+    return bert_->mlm_loss(state_, mlm_inputs_, mlm_labels_, n, T);
+  }
+  return gpt_->forward_loss(state_, windows, n, T);
 }
 
-LossSum TrainStep::compute(const BatchLoader& loader, std::span<const int64_t> window_ids) {
+LossSum TrainStep::compute(const BatchLoader& loader, std::span<const int64_t> window_ids,
+                           int64_t step) {
   PTRAIN_ENFORCE(loader.T() == layout_.dims().T, "batch loader T {} but the model's T is {}",
                  loader.T(), layout_.dims().T);
   loader.load(window_ids, tokens_);
-  return compute(tokens_, static_cast<int64_t>(window_ids.size()));
+  return compute(tokens_, static_cast<int64_t>(window_ids.size()), window_ids, step);
 }
 
 }  // namespace ptrain

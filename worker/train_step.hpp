@@ -14,15 +14,23 @@
 // apply to workers' pushes; so splitting a step between workers at micro-batch boundaries gives
 // bitwise the same sum.
 //
+// BERT (layout arch bert): each window becomes a masked [CLS] … [SEP] sequence
+// (common/data/mlm.hpp) keyed by (mask_seed = run.seed, step, window index); training windows are
+// keyed by their step, validation windows by the fixed evaluation key, so every worker count
+// gives the same masks. The loss and the token count are over the predicted positions only (the
+// servers' mean is then the mean over the step's predicted positions, as BertForMaskedLM's loss).
+//
 // Not thread-safe: one TrainStep per worker thread.
 #pragma once
 
 #include "common/tensor/param_layout.hpp"
 #include "worker/model/backend.hpp"
+#include "worker/model/bert.hpp"
 #include "worker/model/gpt.hpp"
 #include "worker/model/gpt_state.hpp"
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -34,7 +42,8 @@ class TrainStep {
  public:
   // micro_batch: most sequences per forward/backward (>= 1). `layout` and `backend` must outlive
   // the TrainStep.
-  TrainStep(const ParamLayout& layout, Backend& backend, int64_t micro_batch);
+  TrainStep(const ParamLayout& layout, Backend& backend, int64_t micro_batch,
+            uint64_t mask_seed = 0);
 
   // The pinned host buffer of the weights (layout.total() floats): write the step's weights into
   // it (e.g. pull them there), then upload_weights().
@@ -49,14 +58,19 @@ class TrainStep {
   // windows: n·(T+1) token ids, n >= 1, T = layout.dims().T; micro-batches of at most
   // micro_batch windows in order. Returns Σ token losses and the token count (n·T); the
   // token-sum gradient is in grads_host() when it returns (every transfer complete).
-  LossSum compute(std::span<const int32_t> windows, int64_t n);
+  // BERT: window_ids (n) and step key the masks (required); GPT ignores them.
+  LossSum compute(std::span<const int32_t> windows, int64_t n,
+                  std::span<const int64_t> window_ids = {}, int64_t step = 0);
   // The same for windows named by index in a token file (worker/batch_loader.hpp).
-  LossSum compute(const BatchLoader& loader, std::span<const int64_t> window_ids);
+  LossSum compute(const BatchLoader& loader, std::span<const int64_t> window_ids,
+                  int64_t step = 0);
 
   // Validation: Σ token losses and the token count of `n` windows (n·(T+1) token ids, n <=
   // micro_batch) under the uploaded weights — one forward pass, no gradient work. Used with
   // val_batches (common/data/val_loss.hpp) so that the sum order is `ptrain eval`'s.
-  LossSum loss(std::span<const int32_t> windows, int64_t n);
+  // BERT: window_ids (n) key the fixed evaluation masks (required).
+  LossSum loss(std::span<const int32_t> windows, int64_t n,
+               std::span<const int64_t> window_ids = {});
 
   // The token-sum gradient of the last compute() (layout.total() floats, pinned host memory);
   // valid until the next compute().
@@ -72,10 +86,17 @@ class TrainStep {
   const ParamLayout& layout_;
   Backend& be_;
   int64_t micro_batch_;
-  Gpt gpt_;
+  uint64_t mask_seed_;
+  std::unique_ptr<Gpt> gpt_;    // model.arch gpt
+  std::unique_ptr<Bert> bert_;  // model.arch bert
   GptState state_;
   HostBuffer<float> weights_host_, grads_host_;
   std::vector<int32_t> tokens_;  // compute(loader, ids)'s windows
+  std::vector<int32_t> mlm_inputs_, mlm_labels_;  // BERT: one micro-batch's masked sequences
+
+  // BERT: the masked sequences of windows [b, e) of `windows` into mlm_inputs_/mlm_labels_.
+  void mask_windows(std::span<const int32_t> windows, int64_t b, int64_t e,
+                    std::span<const int64_t> window_ids, int64_t step, bool eval);
 };
 
 }  // namespace ptrain

@@ -44,7 +44,7 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
   omp_set_num_threads(threads);
   std::unique_ptr<Backend> backend =
       o.make_backend ? o.make_backend(threads) : make_backend(o.device, threads);
-  TrainStep train(layout, *backend, o.micro_batch);
+  TrainStep train(layout, *backend, o.micro_batch, o.seed);
   TokenFile file = TokenFile::open(o.train_path);
   BatchLoader loader(file, layout.dims().T);
   PsClient client(transport, std::move(server_ranges));
@@ -80,7 +80,7 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
       ids.resize(static_cast<size_t>(end - b));
       for (int64_t i = b; i < end; ++i) ids[static_cast<size_t>(i - b)] = e.window_begin + i;
       val.load(ids, tokens);
-      const LossSum ls = train.loss(tokens, end - b);
+      const LossSum ls = train.loss(tokens, end - b, ids);
       done.loss_sums.push_back(ls.loss_sum);
       done.tokens.push_back(ls.tokens);
     }
@@ -132,7 +132,7 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
 
     const auto t1 = Clock::now();
     train.upload_weights();
-    const LossSum sum = train.compute(loader, begin->windows);
+    const LossSum sum = train.compute(loader, begin->windows, begin->step);
     const double compute_s = seconds_since(t1);
 
     const auto t2 = Clock::now();

@@ -33,6 +33,7 @@ struct WorkerOptions {
   std::string train_path;    // data.train (.tok)
   std::string val_path;      // data.val (.tok); "" = none (an EvalBegin is then an error)
   int64_t micro_batch = 1;   // sequences per forward/backward
+  uint64_t seed = 0;         // run.seed: keys BERT's masks (common/data/mlm.hpp)
   int threads = 1;           // OpenMP/OpenBLAS threads of this worker (set in its thread)
   std::string device = "cpu";  // compute device (worker/backend/backend_factory.hpp)
   // Longest wait for the coordinator's next message or for weights (a peer that is gone).

@@ -41,7 +41,7 @@ namespace {
 // A typed pointer into a Config. Every std::string key is a path (or one of its key's words).
 using FieldRef =
     std::variant<int64_t*, int*, uint64_t*, double*, std::string*, Launch*, DataTransport*,
-                 SyncMode*, DeviceType*>;
+                 SyncMode*, DeviceType*, ModelArch*>;
 
 template <auto Section, auto Member>
 FieldRef field(Config& c) {
@@ -78,6 +78,7 @@ const Key kKeys[] = {
     {"data.train", field<&Config::data, &DataConfig::train>},
     {"data.val", field<&Config::data, &DataConfig::val>},
     {"data.tokenizer", field<&Config::data, &DataConfig::tokenizer>, {}, {"byte"}},
+    {"model.arch", field<&Config::model, &ModelConfig::arch>},
     {"model.vocab_size", field<&Config::model, &ModelConfig::vocab_size>, at_least(1), {"auto"}},
     {"model.seq_len", field<&Config::model, &ModelConfig::seq_len>, at_least(1)},
     {"model.n_layer", field<&Config::model, &ModelConfig::n_layer>, at_least(1)},
@@ -120,6 +121,10 @@ const Key kKeys[] = {
     {"checkpoint.resume", field<&Config::checkpoint, &CheckpointConfig::resume>, {},
      {"auto", "never"}},
     {"status.port", field<&Config::status, &StatusConfig::port>, Bounds{0, false, 65535, false}},
+    {"finetune.checkpoint", field<&Config::finetune, &FinetuneConfig::checkpoint>},
+    {"finetune.train", field<&Config::finetune, &FinetuneConfig::train>},
+    {"finetune.val", field<&Config::finetune, &FinetuneConfig::val>},
+    {"finetune.epochs", field<&Config::finetune, &FinetuneConfig::epochs>, at_least(1)},
 };
 
 // Enum spellings; `built` = usable now. The others are refused with "not implemented yet" rather
@@ -141,6 +146,9 @@ constexpr Choice<SyncMode> kSyncChoices[] = {{SyncMode::kBsp, "bsp", true},
                                              {SyncMode::kAsync, "async", false}};
 constexpr Choice<DeviceType> kDeviceChoices[] = {{DeviceType::kCpu, "cpu", true},
                                                  {DeviceType::kCuda, "cuda", false}};
+constexpr Choice<ModelArch> kArchChoices[] = {{ModelArch::kGpt, "gpt", true},
+                                              {ModelArch::kBert, "bert", true}};
+std::span<const Choice<ModelArch>> choices_for(const ModelArch*) { return kArchChoices; }
 std::span<const Choice<Launch>> choices_for(const Launch*) { return kLaunchChoices; }
 std::span<const Choice<DataTransport>> choices_for(const DataTransport*) {
   return kTransportChoices;
@@ -546,6 +554,11 @@ class Loader {
            fmt::format("model.n_embd ({}) must be divisible by model.n_head ({})", c.model.n_embd,
                        c.model.n_head));
     }
+    if (c.model.arch == ModelArch::kBert && c.model.seq_len < 3) {
+      fail(where_of({"model.seq_len", "model.arch"}),
+           fmt::format("model.seq_len ({}) must be >= 3 for model.arch bert ([CLS] text [SEP])",
+                       c.model.seq_len));
+    }
     if (c.train.batch_size < c.cluster.workers) {
       fail(where_of({"train.batch_size", "cluster.workers"}),
            fmt::format("train.batch_size ({}) must be >= cluster.workers ({}): every worker takes "
@@ -606,7 +619,7 @@ bool Config::operator==(const Config& o) const {
   return run == o.run && data == o.data && model == o.model && device == o.device &&
          train == o.train &&
          optim == o.optim && cluster == o.cluster && checkpoint == o.checkpoint &&
-         status == o.status;
+         status == o.status && finetune == o.finetune;
 }
 
 const char* device_type_name(DeviceType type) {
@@ -614,6 +627,14 @@ const char* device_type_name(DeviceType type) {
     if (c.value == type) return c.name.data();  // string literals: NUL-terminated
   }
   PTRAIN_ENFORCE(false, "device type {} has no name", static_cast<int>(type));
+  return "";
+}
+
+const char* model_arch_name(ModelArch arch) {
+  for (const auto& c : kArchChoices) {
+    if (c.value == arch) return c.name.data();
+  }
+  PTRAIN_ENFORCE(false, "model architecture {} has no name", static_cast<int>(arch));
   return "";
 }
 

@@ -15,9 +15,12 @@ enum class Launch { kThreads, kProcesses, kMpi };
 enum class DataTransport { kAuto, kTcp, kMpi };
 enum class SyncMode { kBsp, kSsp, kAsync };
 enum class DeviceType { kCpu, kCuda };
+enum class ModelArch { kGpt, kBert };
 
 // The config spelling of a device type ("cpu", "cuda"): what the worker's backend factory takes.
 const char* device_type_name(DeviceType type);
+// The config spelling of a model architecture ("gpt", "bert").
+const char* model_arch_name(ModelArch arch);
 
 struct RunConfig {
   std::string dir = "runs/default";  // absolute after resolution
@@ -41,6 +44,7 @@ struct ModelConfig {
   int64_t n_layer = 4;
   int64_t n_head = 4;
   int64_t n_embd = 128;
+  ModelArch arch = ModelArch::kGpt;  // gpt: causal LM (GPT-2); bert: masked LM (BertForMaskedLM)
 
   bool operator==(const ModelConfig&) const = default;
 };
@@ -115,6 +119,16 @@ struct StatusConfig {
   bool operator==(const StatusConfig&) const = default;
 };
 
+// `ptrain finetune` only: a sequence-classification head trained from a BERT checkpoint.
+struct FinetuneConfig {
+  std::string checkpoint;  // the pretrained BERT (masked-LM) checkpoint
+  std::string train;       // JSONL {"text": ..., "label": ...} (absolute after resolution)
+  std::string val;         // JSONL, the held-out split accuracy is reported on
+  int64_t epochs = 3;      // passes over finetune.train (batches of train.batch_size)
+
+  bool operator==(const FinetuneConfig&) const = default;
+};
+
 struct Config {
   RunConfig run;
   DataConfig data;
@@ -125,6 +139,7 @@ struct Config {
   ClusterConfig cluster;
   CheckpointConfig checkpoint;
   StatusConfig status;
+  FinetuneConfig finetune;
 
   std::string source;  // where it came from (file path, or "<checkpoint>" ...), for messages
 

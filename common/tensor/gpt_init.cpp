@@ -68,8 +68,10 @@ void init_gpt_params_range(const ParamLayout& layout, uint64_t seed, int64_t beg
     if (ends_with(t.name, "attn.c_proj.weight") || ends_with(t.name, "mlp.c_proj.weight")) {
       stddev = residual_std;
     }
-    const bool is_ln_weight =
-        t.name.find(".ln_") != std::string::npos && ends_with(t.name, ".weight");
+    // GPT-2's ln_*/ln_f, BERT's LayerNorm (BERT names have no ".ln_" and no c_proj).
+    const bool is_ln_weight = (t.name.find(".ln_") != std::string::npos ||
+                               t.name.find("LayerNorm") != std::string::npos) &&
+                              ends_with(t.name, ".weight");
     if (ends_with(t.name, ".bias") || is_ln_weight) {
       const float v = is_ln_weight ? 1.0f : 0.0f;
       std::fill(p, p + (hi - lo), v);

@@ -15,13 +15,14 @@ namespace ptrain {
 ModelDims model_dims(const ModelConfig& model, int64_t tokenizer_vocab) {
   PTRAIN_ENFORCE(tokenizer_vocab > 0, "tokenizer vocabulary must be positive");
   ModelDims d;
-  d.V = tokenizer_vocab;
-  d.Vp = model.vocab_size == 0 ? tokenizer_vocab : model.vocab_size;
+  d.arch = model.arch;
+  d.V = tokenizer_vocab + (model.arch == ModelArch::kBert ? kBertSpecialTokens : 0);
+  d.Vp = model.vocab_size == 0 ? d.V : model.vocab_size;
   if (d.Vp < d.V) {
     throw ConfigError(fmt::format(
-        "model.vocab_size: {} is smaller than the tokenizer's vocabulary ({}); use `auto` or a "
+        "model.vocab_size: {} is smaller than the model's vocabulary ({}{}); use `auto` or a "
         "larger value",
-        d.Vp, d.V));
+        d.Vp, d.V, model.arch == ModelArch::kBert ? ": the tokenizer's and BERT's 4 special tokens" : ""));
   }
   d.T = model.seq_len;
   d.L = model.n_layer;
@@ -31,8 +32,7 @@ ModelDims model_dims(const ModelConfig& model, int64_t tokenizer_vocab) {
 }
 
 ParamLayout::ParamLayout(const ModelDims& dims) : dims_(dims) {
-  const int64_t C = dims.C;
-  auto add = [this](std::string name, std::vector<int64_t> shape) {
+  const AddTensor add = [this](std::string name, std::vector<int64_t> shape) {
     TensorSpec t;
     t.name = std::move(name);
     t.shape = std::move(shape);
@@ -44,6 +44,21 @@ ParamLayout::ParamLayout(const ModelDims& dims) : dims_(dims) {
     tensors_.push_back(std::move(t));
     return tensors_.back().offset;
   };
+  if (dims.arch == ModelArch::kBert) {
+    build_bert(add);
+  } else {
+    build_gpt(add);
+  }
+  std::string lines;
+  for (const auto& t : tensors_) {
+    lines += fmt::format("{}\t{}\t{}\n", t.name, fmt::join(t.shape, ","), t.offset);
+  }
+  hash_ = sha256_hex(lines);
+}
+
+void ParamLayout::build_gpt(const AddTensor& add) {
+  const ModelDims& dims = dims_;
+  const int64_t C = dims.C;
   wte_ = add("transformer.wte.weight", {dims.Vp, C});
   wpe_ = add("transformer.wpe.weight", {dims.T, C});
   for (int64_t l = 0; l < dims.L; ++l) {
@@ -65,12 +80,49 @@ ParamLayout::ParamLayout(const ModelDims& dims) : dims_(dims) {
   }
   ln_f_w_ = add("transformer.ln_f.weight", {C});
   ln_f_b_ = add("transformer.ln_f.bias", {C});
+}
 
-  std::string lines;
-  for (const auto& t : tensors_) {
-    lines += fmt::format("{}\t{}\t{}\n", t.name, fmt::join(t.shape, ","), t.offset);
+// Hugging Face BertForMaskedLM's state_dict order (BertForSequenceClassification's with labels);
+// the MLM decoder weight is tied to the word embeddings and not stored twice. The intermediate
+// width is 4·C. wte()/wpe() name the word and position embeddings, so the initialisation and the
+// padded-row rules are the GPT ones.
+void ParamLayout::build_bert(const AddTensor& add) {
+  const ModelDims& dims = dims_;
+  const int64_t C = dims.C, I = 4 * dims.C;
+  wte_ = add("bert.embeddings.word_embeddings.weight", {dims.Vp, C});
+  wpe_ = add("bert.embeddings.position_embeddings.weight", {dims.T, C});
+  add("bert.embeddings.token_type_embeddings.weight", {2, C});
+  add("bert.embeddings.LayerNorm.weight", {C});
+  add("bert.embeddings.LayerNorm.bias", {C});
+  for (int64_t l = 0; l < dims.L; ++l) {
+    const std::string p = fmt::format("bert.encoder.layer.{}.", l);
+    for (const char* qkv : {"query", "key", "value"}) {
+      add(p + "attention.self." + qkv + ".weight", {C, C});
+      add(p + "attention.self." + qkv + ".bias", {C});
+    }
+    add(p + "attention.output.dense.weight", {C, C});
+    add(p + "attention.output.dense.bias", {C});
+    add(p + "attention.output.LayerNorm.weight", {C});
+    add(p + "attention.output.LayerNorm.bias", {C});
+    add(p + "intermediate.dense.weight", {I, C});
+    add(p + "intermediate.dense.bias", {I});
+    add(p + "output.dense.weight", {C, I});
+    add(p + "output.dense.bias", {C});
+    add(p + "output.LayerNorm.weight", {C});
+    add(p + "output.LayerNorm.bias", {C});
   }
-  hash_ = sha256_hex(lines);
+  if (dims.num_labels > 0) {
+    add("bert.pooler.dense.weight", {C, C});
+    add("bert.pooler.dense.bias", {C});
+    add("classifier.weight", {dims.num_labels, C});
+    add("classifier.bias", {dims.num_labels});
+  } else {
+    add("cls.predictions.bias", {dims.Vp});
+    add("cls.predictions.transform.dense.weight", {C, C});
+    add("cls.predictions.transform.dense.bias", {C});
+    add("cls.predictions.transform.LayerNorm.weight", {C});
+    add("cls.predictions.transform.LayerNorm.bias", {C});
+  }
 }
 
 const TensorSpec* ParamLayout::try_find(const std::string& name) const {

@@ -1,15 +1,18 @@
 // The flat parameter vector and the table that names its pieces. Built once from the model
 // dimensions; gradients and AdamW moments mirror it; a server's shard is a [begin,end) range of it.
-// Names and shapes follow Hugging Face GPT-2 (y = x·W + b, W of shape (in, out)).
+// Names and shapes follow Hugging Face: GPT-2 for model.arch gpt (y = x·W + b, W of shape (in, out));
+// BertForMaskedLM for model.arch bert (nn.Linear: y = x·Wᵀ + b, W of shape (out, in)), or
+// BertForSequenceClassification when the dims name a number of labels (fine-tuning).
 #pragma once
 
+#include "common/config/config.hpp"
+
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
 namespace ptrain {
-
-struct ModelConfig;
 
 // Shape letters used throughout: B batch, T sequence, C channels, V vocab (tokenizer),
 // Vp vocab padded (model rows), L layers, NH heads.
@@ -20,14 +23,22 @@ struct ModelDims {
   int64_t L = 0;
   int64_t NH = 0;
   int64_t C = 0;
+  ModelArch arch = ModelArch::kGpt;
+  // BERT only: 0 = the masked-LM head (cls.predictions.*, BertForMaskedLM); K > 0 = the pooler and
+  // a K-way classifier instead (bert.pooler.*, classifier.*, BertForSequenceClassification).
+  int64_t num_labels = 0;
 };
+
+// BERT adds four tokens after the tokenizer's ids (at model level: token files and tokenizers
+// are the same for both architectures): V_model = V_tokenizer + 4.
+constexpr int64_t kBertSpecialTokens = 4;
 
 // Floats in one row of a tensor of `shape`: the product of the dimensions after the first (1 for
 // a 1-D tensor, whose "rows" are single elements). Shard boundaries fall between rows.
 int64_t shape_row_size(const std::vector<int64_t>& shape);
 
-// Resolves `model.vocab_size` (0 = auto) against the tokenizer's size. Throws ConfigError when
-// the configured size is smaller than the tokenizer's.
+// Resolves `model.vocab_size` (0 = auto) against the tokenizer's size (plus BERT's special tokens
+// for model.arch bert). Throws ConfigError when the configured size is smaller.
 ModelDims model_dims(const ModelConfig& model, int64_t tokenizer_vocab);
 
 struct TensorSpec {
@@ -63,6 +74,8 @@ class ParamLayout {
   int64_t wpe() const { return wpe_; }
   int64_t ln_f_w() const { return ln_f_w_; }
   int64_t ln_f_b() const { return ln_f_b_; }
+  // Offset of a named tensor (find(name).offset): how the BERT model addresses its tensors.
+  int64_t offset_of(const std::string& name) const { return find(name).offset; }
 
   // Splits [0,total) into `n` contiguous ranges balanced by size; range k is server k's shard.
   // Every boundary falls on a row boundary of the tensor it cuts (see TensorSpec::row_size; a
@@ -75,6 +88,10 @@ class ParamLayout {
   bool is_row_boundary(int64_t x) const;
 
  private:
+  using AddTensor = std::function<int64_t(std::string, std::vector<int64_t>)>;
+  void build_gpt(const AddTensor& add);
+  void build_bert(const AddTensor& add);
+
   ModelDims dims_;
   std::vector<TensorSpec> tensors_;
   std::vector<LayerOffsets> layers_;

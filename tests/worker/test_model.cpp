@@ -1,8 +1,7 @@
 // The GPT model against PyTorch's golden fixtures (scripts/gen_fixtures.py, tests/fixtures/), and
 // live against PyTorch when /usr/bin/python3 can import torch; plus the model's own invariants:
 // padded rows, decoder = full forward, bitwise determinism, micro-batch accumulation, initialisation.
-// The fixture format is documented at the top of scripts/gen_fixtures.py; load_fixture() below is a
-// self-contained reader of it.
+// The fixture format is documented at the top of scripts/gen_fixtures.py; support/fixture.hpp reads it.
 #include "worker/backend/cpu/cpu_backend.hpp"
 #include "worker/model/backend.hpp"
 #include "worker/model/gpt.hpp"
@@ -11,6 +10,7 @@
 #include "common/tensor/gpt_init.hpp"
 #include "common/util/fs.hpp"
 #include "ptrain/build_config.hpp"
+#include "support/fixture.hpp"
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
@@ -30,92 +30,14 @@
 namespace ptrain {
 namespace {
 
+using testing::Fixture;
+using testing::fixture_path;
+using testing::load_fixture;
+using testing::torch_available;
+using testing::TorchTempDir;
 namespace fs = std::filesystem;
 
-constexpr int kFixtureVersion = 1;
 const char* const kGptFixtures[] = {"gpt_odd", "gpt_unpadded", "gpt_long"};
-
-// ---- fixture reader ---------------------------------------------------------------------------
-
-struct Fixture {
-  std::string path;  // the manifest
-  nlohmann::json m;
-  std::string blob;
-
-  const nlohmann::json* entry(const std::string& name) const {
-    for (const auto& t : m.at("tensors")) {
-      if (t.at("name") == name) return &t;
-    }
-    return nullptr;
-  }
-  bool has(const std::string& name) const { return entry(name) != nullptr; }
-
-  template <typename T>
-  std::vector<T> get(const std::string& name, const char* dtype) const {
-    const nlohmann::json* e = entry(name);
-    if (e == nullptr) throw std::runtime_error(fmt::format("{}: no tensor '{}'", path, name));
-    if (e->at("dtype") != dtype) {
-      throw std::runtime_error(fmt::format("{}: tensor '{}' is {}, expected {}", path, name,
-                                           e->at("dtype").get<std::string>(), dtype));
-    }
-    const size_t off = e->at("offset"), nbytes = e->at("nbytes");
-    if (off + nbytes > blob.size() || nbytes % sizeof(T) != 0) {
-      throw std::runtime_error(fmt::format("{}: tensor '{}' lies outside the blob", path, name));
-    }
-    std::vector<T> v(nbytes / sizeof(T));
-    std::memcpy(v.data(), blob.data() + off, nbytes);  // little-endian host assumed (x86-64)
-    return v;
-  }
-  std::vector<float> f32(const std::string& name) const { return get<float>(name, "float32"); }
-  std::vector<int32_t> i32(const std::string& name) const { return get<int32_t>(name, "int32"); }
-  std::vector<double> f64(const std::string& name) const { return get<double>(name, "float64"); }
-
-  int64_t cfg(const char* key) const { return m.at("config").at(key).get<int64_t>(); }
-  ModelDims dims() const {
-    ModelDims d;
-    d.V = cfg("V"), d.Vp = cfg("Vp"), d.T = cfg("T"), d.L = cfg("L"), d.NH = cfg("NH"),
-    d.C = cfg("C");
-    return d;
-  }
-
-  // Tensors "<prefix><hf name>" gathered into a flat vector in the layout's order.
-  std::vector<float> flat(const ParamLayout& layout, const std::string& prefix) const {
-    std::vector<float> v(static_cast<size_t>(layout.total()));
-    for (const auto& t : layout.tensors()) {
-      const std::vector<float> x = f32(prefix + t.name);
-      if (static_cast<int64_t>(x.size()) != t.count) {
-        throw std::runtime_error(fmt::format("{}: '{}{}' has {} values, layout says {}", path,
-                                             prefix, t.name, x.size(), t.count));
-      }
-      std::memcpy(v.data() + t.offset, x.data(), x.size() * sizeof(float));
-    }
-    return v;
-  }
-};
-
-Fixture load_fixture(const std::string& manifest_path) {
-  Fixture f;
-  f.path = manifest_path;
-  f.m = nlohmann::json::parse(read_file(manifest_path));
-  const int version = f.m.value("version", -1);
-  if (f.m.value("format", "") != "ptrain-fixture" || version != kFixtureVersion) {
-    throw std::runtime_error(fmt::format(
-        "{}: fixture format version {} but this test reads version {}; regenerate the fixtures "
-        "with `/usr/bin/python3 scripts/gen_fixtures.py`",
-        manifest_path, version, kFixtureVersion));
-  }
-  f.blob = read_file((fs::path(manifest_path).parent_path() / f.m.at("blob").get<std::string>()).string());
-  if (f.blob.size() != f.m.at("blob_bytes").get<size_t>()) {
-    throw std::runtime_error(fmt::format("{}: blob has {} bytes, manifest says {}; regenerate",
-                                         manifest_path, f.blob.size(),
-                                         f.m.at("blob_bytes").get<size_t>()));
-  }
-  return f;
-}
-
-std::string fixture_path(const std::string& dir, const std::string& name) {
-  return (fs::path(dir) / (name + ".json")).string();
-}
 
 // ---- comparison against one gpt fixture ---------------------------------------------------------
 
@@ -197,25 +119,6 @@ Worst check_gpt_fixture(const Fixture& fx) {
   return worst;
 }
 
-bool torch_available() {
-  const std::string py = PTRAIN_TORCH_PYTHON;
-  if (py.empty()) return false;
-  return std::system(fmt::format("'{}' -c 'import torch, numpy' >/dev/null 2>&1", py).c_str()) == 0;
-}
-
-struct TempDir {
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "ptrain-test-XXXXXX").string();
-    if (mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string path;
-};
-
 // Deterministic random weights at GPT-2 scale ×`gain` (so that attention is far from uniform).
 std::vector<float> random_params(const ParamLayout& layout, uint64_t seed, float gain) {
   std::vector<float> p(static_cast<size_t>(layout.total()));
@@ -256,7 +159,7 @@ TEST_CASE("model matches PyTorch live (runs scripts/gen_fixtures.py when torch i
     MESSAGE("torch not importable by '" << PTRAIN_TORCH_PYTHON << "': live comparison skipped");
     return;
   }
-  TempDir tmp;
+  TorchTempDir tmp;
   const std::string cmd = fmt::format("'{}' '{}/gen_fixtures.py' --out '{}' 2>'{}/log.txt'",
                                       PTRAIN_TORCH_PYTHON, PTRAIN_TEST_SCRIPTS, tmp.path, tmp.path);
   const int rc = std::system(cmd.c_str());
@@ -277,7 +180,7 @@ TEST_CASE("model matches PyTorch live (runs scripts/gen_fixtures.py when torch i
 }
 
 TEST_CASE("model refuses a fixture of another format version - with a hint") {
-  TempDir tmp;
+  TorchTempDir tmp;
   auto m = nlohmann::json::parse(read_file(fixture_path(PTRAIN_TEST_FIXTURES, "gpt_odd")));
   m["version"] = 999;
   const std::string p = fixture_path(tmp.path, "old");

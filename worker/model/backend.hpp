@@ -196,6 +196,58 @@ class Backend {
   // = dloss · (softmax − onehot(target)). Columns V..ld-1 are not touched.
   virtual void crossentropy_forward_backward(float* losses, float* logits, const int32_t* targets,
                                              float dloss, int64_t N, int64_t V, int64_t ld) = 0;
+
+  // ---- encoder (BERT) ops -------------------------------------------------------------------
+  // Used only by the BERT model (bert.cpp); the GPT path never calls them. A backend that has not
+  // built them inherits these defaults, which throw NotImplementedError naming the backend and the
+  // op (so a BERT job on such a backend stops with a clear message instead of computing nonsense).
+  // Linear layers here store weights as nn.Linear does, w (OC, IC): y = x·wᵀ + b.
+
+  // out (N,OC; row stride ldo ≥ OC) = inp (N,IC) · wᵀ + bias (OC; may be null); w (OC,IC).
+  virtual void linear_forward(float* out, int64_t ldo, const float* inp, const float* w,
+                              const float* bias, int64_t N, int64_t IC, int64_t OC);
+  // dinp (N,IC) = dout · w, WRITTEN, or ADDED when accumulate_dinp (skipped when dinp is null);
+  // dw (OC,IC) += doutᵀ · inp; dbias (OC) += Σ_rows dout (skipped when null). dout rows have
+  // stride lddo ≥ OC.
+  virtual void linear_backward(float* dinp, bool accumulate_dinp, float* dw, float* dbias,
+                               const float* dout, int64_t lddo, const float* inp, const float* w,
+                               int64_t N, int64_t IC, int64_t OC);
+  // layernorm_forward with a given eps (BERT: 1e-12). layernorm_backward serves both.
+  virtual void layernorm_forward_eps(float* out, float* mean, float* rstd, const float* inp,
+                                     const float* w, const float* b, int64_t N, int64_t C,
+                                     float eps);
+  // Exact GELU: out = 0.5·x·(1 + erf(x/√2)); backward dinp = dout · gelu'(inp) (may alias dout).
+  virtual void gelu_erf_forward(float* out, const float* inp, int64_t n);
+  virtual void gelu_erf_backward(float* dinp, const float* inp, const float* dout, int64_t n);
+  // out = tanh(inp); backward from the saved output: dinp = dout · (1 − out²) (may alias dout).
+  virtual void tanh_forward(float* out, const float* inp, int64_t n);
+  virtual void tanh_backward(float* dinp, const float* out, const float* dout, int64_t n);
+  // out (N,C) = wte[tokens[n]] + wtt[types[n]] + wpe[n mod T]; types null = all 0.
+  virtual void embedding_forward(float* out, const int32_t* tokens, const int32_t* types,
+                                 const float* wte, const float* wpe, const float* wtt, int64_t B,
+                                 int64_t T, int64_t C);
+  // dwte[tokens[n]] += dout[n]; dwpe[t] += Σ_b dout[b,t]; dwtt[types[n]] += dout[n]; fixed order.
+  virtual void embedding_backward(float* dwte, float* dwpe, float* dwtt, const float* dout,
+                                  const int32_t* tokens, const int32_t* types, int64_t B,
+                                  int64_t T, int64_t C);
+  // Bidirectional attention, softmax(q·kᵀ/√hd)·v per head over every key, qkv and out as in
+  // attention_forward. key_valid (B,T) int32, may be null (all valid): keys with 0 get probability
+  // exactly 0 (padding); a row needs at least one valid key. att (B,NH,T,T) saved for backward.
+  virtual void attention_bidir_forward(float* out, float* att, const float* qkv,
+                                       const int32_t* key_valid, int64_t B, int64_t T, int64_t C,
+                                       int64_t NH);
+  // dqkv (B,T,3C) = ...; scratch (B,NH,T,T) overwritten. Masked keys need no mask here: their
+  // probabilities are 0.
+  virtual void attention_bidir_backward(float* dqkv, float* scratch, const float* dout,
+                                        const float* qkv, const float* att, int64_t B, int64_t T,
+                                        int64_t C, int64_t NH);
+  // dst (M,C) row m = src row idx[m].
+  virtual void gather_rows(float* dst, const float* src, const int32_t* idx, int64_t M, int64_t C);
+  // dst row idx[m] = src row m (other rows of dst untouched); idx has no repeats.
+  virtual void scatter_rows(float* dst, const float* src, const int32_t* idx, int64_t M,
+                            int64_t C);
+  // out[n] = the first index of the largest of logits[n, 0..V) (rows of stride ld).
+  virtual void argmax_rows(int32_t* out, const float* logits, int64_t N, int64_t V, int64_t ld);
 };
 
 template <typename T, MemoryKind K>

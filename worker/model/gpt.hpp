@@ -16,6 +16,7 @@ namespace ptrain {
 struct LossSum {
   double loss_sum = 0.0;  // sum of per-target cross-entropy (nats)
   int64_t tokens = 0;     // targets counted
+  int64_t correct = 0;    // BERT only: targets the model's argmax predicted (masked-LM accuracy)
   double mean() const { return tokens ? loss_sum / static_cast<double>(tokens) : 0.0; }
 };
 

@@ -40,6 +40,8 @@ constexpr int64_t kColAlign = 64;   // column blocks likewise (also the column-s
 constexpr int64_t kSerialGemm = int64_t{1} << 18;  // M·N·K below which a product runs on one thread
 constexpr float kGeluS = 0.7978845608028654f;  // sqrt(2/pi)
 constexpr float kGeluK = 0.044715f;
+constexpr float kInvSqrt2 = 0.7071067811865476f;
+constexpr float kInvSqrt2Pi = 0.3989422804014327f;  // 1/sqrt(2·pi)
 
 [[gnu::always_inline]] inline float fast_exp(float x) {
   x = x < -87.0f ? -87.0f : x;
@@ -376,6 +378,12 @@ class CpuBackend final : public Backend {
 
   void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* w,
                          const float* b, int64_t N, int64_t C) override {
+    layernorm_forward_eps(out, mean, rstd, inp, w, b, N, C, kLayerNormEps);
+  }
+
+  void layernorm_forward_eps(float* out, float* mean, float* rstd, const float* inp,
+                             const float* w, const float* b, int64_t N, int64_t C,
+                             float eps) override {
     const float inv_c = 1.0f / static_cast<float>(C);
 #pragma omp parallel for num_threads(nt_) schedule(static) if (N * C > (1 << 14))
     for (int64_t n = 0; n < N; ++n) {
@@ -392,7 +400,7 @@ class CpuBackend final : public Backend {
       }
       for (; i < C; ++i) acc[i - (C / kLanes) * kLanes] += (x[i] - m) * (x[i] - m);
       const float var = reduce_lanes(acc) * inv_c;
-      const float s = 1.0f / std::sqrt(var + kLayerNormEps);
+      const float s = 1.0f / std::sqrt(var + eps);
       float* o = out + n * C;
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) o[c] = (x[c] - m) * s * w[c] + b[c];
@@ -625,6 +633,228 @@ class CpuBackend final : public Backend {
       losses[n] = std::log(sum) - zy;
       scale_row(row, dloss / sum, V);
       row[y] -= dloss;
+    }
+  }
+
+
+  // ---- encoder (BERT) ops -------------------------------------------------------------------
+
+  void linear_forward(float* out, int64_t ldo, const float* inp, const float* w, const float* bias,
+                      int64_t N, int64_t IC, int64_t OC) override {
+    // As matmul_residual_forward: rows split across threads, each presets its rows to the bias
+    // and accumulates its product onto them.
+    const bool serial = N * IC * OC < kSerialGemm || nt_ == 1;
+#pragma omp parallel num_threads(serial ? 1 : nt_)
+    {
+      const Range r = part(N, kRowAlign);
+      if (!r.empty()) {
+        float beta = 0.0f;
+        if (bias != nullptr) {
+          for (int64_t n = r.begin; n < r.end; ++n) {
+            std::memcpy(out + n * ldo, bias, static_cast<size_t>(OC) * sizeof(float));
+          }
+          beta = 1.0f;
+        }
+        sgemm(Trans::kNo, Trans::kYes, r.size(), OC, IC, 1.0f, inp + r.begin * IC, IC, w, IC, beta,
+              out + r.begin * ldo, ldo);
+      }
+    }
+  }
+
+  void linear_backward(float* dinp, bool accumulate_dinp, float* dw, float* dbias,
+                       const float* dout, int64_t lddo, const float* inp, const float* w,
+                       int64_t N, int64_t IC, int64_t OC) override {
+    const bool serial = N * IC * OC < kSerialGemm || nt_ == 1;
+#pragma omp parallel num_threads(serial ? 1 : nt_)
+    {
+      if (dinp != nullptr) {
+        const Range r = part(N, kRowAlign);
+        if (!r.empty()) {
+          sgemm(Trans::kNo, Trans::kNo, r.size(), IC, OC, 1.0f, dout + r.begin * lddo, lddo, w, IC,
+                accumulate_dinp ? 1.0f : 0.0f, dinp + r.begin * IC, IC);
+        }
+      }
+      if (prefer_rows(OC, IC, nt_)) {
+        const Range r = part(OC, kRowAlign);
+        if (!r.empty()) {
+          sgemm(Trans::kYes, Trans::kNo, r.size(), IC, N, 1.0f, dout + r.begin, lddo, inp, IC, 1.0f,
+                dw + r.begin * IC, IC);
+        }
+      } else {
+        const Range c = part(IC, kColAlign);
+        if (!c.empty()) {
+          sgemm(Trans::kYes, Trans::kNo, OC, c.size(), N, 1.0f, dout, lddo, inp + c.begin, IC, 1.0f,
+                dw + c.begin, IC);
+        }
+      }
+      if (dbias != nullptr) {
+        const Range c = part(OC, kColAlign);
+        if (!c.empty()) column_sums_add(dbias, dout, N, c.begin, c.end, lddo);
+      }
+    }
+  }
+
+  void gelu_erf_forward(float* out, const float* inp, int64_t n) override {
+#pragma omp parallel for num_threads(nt_) schedule(static) if (n > (1 << 14))
+    for (int64_t i = 0; i < n; ++i) {
+      const float x = inp[i];
+      out[i] = 0.5f * x * (1.0f + std::erf(x * kInvSqrt2));
+    }
+  }
+
+  // gelu'(x) = Φ(x) + x·φ(x), Φ(x) = 0.5·(1 + erf(x/√2)), φ(x) = e^{−x²/2}/√(2π).
+  void gelu_erf_backward(float* dinp, const float* inp, const float* dout, int64_t n) override {
+#pragma omp parallel for num_threads(nt_) schedule(static) if (n > (1 << 14))
+    for (int64_t i = 0; i < n; ++i) {
+      const float x = inp[i];
+      const float cdf = 0.5f * (1.0f + std::erf(x * kInvSqrt2));
+      const float pdf = std::exp(-0.5f * x * x) * kInvSqrt2Pi;
+      dinp[i] = dout[i] * (cdf + x * pdf);
+    }
+  }
+
+  void tanh_forward(float* out, const float* inp, int64_t n) override {
+#pragma omp parallel for num_threads(nt_) schedule(static) if (n > (1 << 14))
+    for (int64_t i = 0; i < n; ++i) out[i] = std::tanh(inp[i]);
+  }
+
+  void tanh_backward(float* dinp, const float* out, const float* dout, int64_t n) override {
+#pragma omp parallel for simd num_threads(nt_) schedule(static) if (n > (1 << 14))
+    for (int64_t i = 0; i < n; ++i) dinp[i] = dout[i] * (1.0f - out[i] * out[i]);
+  }
+
+  void embedding_forward(float* out, const int32_t* tokens, const int32_t* types, const float* wte,
+                         const float* wpe, const float* wtt, int64_t B, int64_t T,
+                         int64_t C) override {
+    const int64_t N = B * T;
+#pragma omp parallel for num_threads(nt_) schedule(static) if (N * C > (1 << 15))
+    for (int64_t n = 0; n < N; ++n) {
+      const float* e = wte + static_cast<int64_t>(tokens[n]) * C;
+      const float* y = wtt + static_cast<int64_t>(types != nullptr ? types[n] : 0) * C;
+      const float* p = wpe + (n % T) * C;
+      float* o = out + n * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) o[c] = (e[c] + y[c]) + p[c];
+    }
+  }
+
+  void embedding_backward(float* dwte, float* dwpe, float* dwtt, const float* dout,
+                          const int32_t* tokens, const int32_t* types, int64_t B, int64_t T,
+                          int64_t C) override {
+    // As encoder_backward: column blocks in parallel, rows in order within a block.
+    const int64_t N = B * T;
+    const int64_t nblk = (C + kColBlock - 1) / kColBlock;
+#pragma omp parallel for num_threads(nt_) schedule(static) if (N * C > (1 << 14))
+    for (int64_t blk = 0; blk < nblk; ++blk) {
+      const int64_t c0 = blk * kColBlock;
+      const int64_t w = std::min(kColBlock, C - c0);
+      for (int64_t n = 0; n < N; ++n) {
+        const float* d = dout + n * C + c0;
+        float* e = dwte + static_cast<int64_t>(tokens[n]) * C + c0;
+        float* y = dwtt + static_cast<int64_t>(types != nullptr ? types[n] : 0) * C + c0;
+        float* p = dwpe + (n % T) * C + c0;
+#pragma omp simd
+        for (int64_t j = 0; j < w; ++j) {
+          e[j] += d[j];
+          y[j] += d[j];
+          p[j] += d[j];
+        }
+      }
+    }
+  }
+
+  void attention_bidir_forward(float* out, float* att, const float* qkv, const int32_t* key_valid,
+                               int64_t B, int64_t T, int64_t C, int64_t NH) override {
+    const int64_t hd = C / NH;
+    const int64_t C3 = 3 * C;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    const float ninf = -std::numeric_limits<float>::infinity();
+#pragma omp parallel for collapse(2) num_threads(nt_) schedule(static)
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t h = 0; h < NH; ++h) {
+        const float* q = qkv + b * T * C3 + h * hd;
+        const float* k = q + C;
+        const float* v = q + 2 * C;
+        const int32_t* valid = key_valid != nullptr ? key_valid + b * T : nullptr;
+        float* A = att + (b * NH + h) * T * T;
+        sgemm(Trans::kNo, Trans::kYes, T, T, hd, scale, q, C3, k, C3, 0.0f, A, T);
+        for (int64_t t = 0; t < T; ++t) {
+          float* row = A + t * T;
+          if (valid != nullptr) {
+            for (int64_t s = 0; s < T; ++s) row[s] = valid[s] != 0 ? row[s] : ninf;
+          }
+          const float mx = row_max(row, T);
+          const float sum = exp_shift_sum(row, mx, T);
+          scale_row(row, 1.0f / sum, T);
+          // fast_exp clamps at e^-87: a padded key gets exactly 0, not 1e-38.
+          if (valid != nullptr) {
+            for (int64_t s = 0; s < T; ++s) row[s] = valid[s] != 0 ? row[s] : 0.0f;
+          }
+        }
+        sgemm(Trans::kNo, Trans::kNo, T, hd, T, 1.0f, A, T, v, C3, 0.0f, out + b * T * C + h * hd,
+              C);
+      }
+    }
+  }
+
+  void attention_bidir_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
+                                const float* att, int64_t B, int64_t T, int64_t C,
+                                int64_t NH) override {
+    const int64_t hd = C / NH;
+    const int64_t C3 = 3 * C;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+#pragma omp parallel for collapse(2) num_threads(nt_) schedule(static)
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t h = 0; h < NH; ++h) {
+        const float* q = qkv + b * T * C3 + h * hd;
+        const float* k = q + C;
+        const float* v = q + 2 * C;
+        float* dq = dqkv + b * T * C3 + h * hd;
+        float* dk = dq + C;
+        float* dv = dq + 2 * C;
+        const float* A = att + (b * NH + h) * T * T;
+        float* dA = scratch + (b * NH + h) * T * T;
+        const float* dO = dout + b * T * C + h * hd;
+        sgemm(Trans::kNo, Trans::kYes, T, T, hd, 1.0f, dO, C, v, C3, 0.0f, dA, T);
+        for (int64_t t = 0; t < T; ++t) {
+          const float* arow = A + t * T;
+          float* drow = dA + t * T;
+          const float dot = row_dot(arow, drow, T);
+#pragma omp simd
+          for (int64_t s = 0; s < T; ++s) drow[s] = arow[s] * (drow[s] - dot) * scale;
+        }
+        sgemm(Trans::kNo, Trans::kNo, T, hd, T, 1.0f, dA, T, k, C3, 0.0f, dq, C3);
+        sgemm(Trans::kYes, Trans::kNo, T, hd, T, 1.0f, dA, T, q, C3, 0.0f, dk, C3);
+        sgemm(Trans::kYes, Trans::kNo, T, hd, T, 1.0f, A, T, dO, C, 0.0f, dv, C3);
+      }
+    }
+  }
+
+  void gather_rows(float* dst, const float* src, const int32_t* idx, int64_t M,
+                   int64_t C) override {
+#pragma omp parallel for num_threads(nt_) schedule(static) if (M * C > (1 << 15))
+    for (int64_t m = 0; m < M; ++m) {
+      std::memcpy(dst + m * C, src + static_cast<int64_t>(idx[m]) * C,
+                  static_cast<size_t>(C) * sizeof(float));
+    }
+  }
+
+  void scatter_rows(float* dst, const float* src, const int32_t* idx, int64_t M,
+                    int64_t C) override {
+#pragma omp parallel for num_threads(nt_) schedule(static) if (M * C > (1 << 15))
+    for (int64_t m = 0; m < M; ++m) {
+      std::memcpy(dst + static_cast<int64_t>(idx[m]) * C, src + m * C,
+                  static_cast<size_t>(C) * sizeof(float));
+    }
+  }
+
+  void argmax_rows(int32_t* out, const float* logits, int64_t N, int64_t V, int64_t ld) override {
+#pragma omp parallel for num_threads(nt_) schedule(static) if (N * V > (1 << 15))
+    for (int64_t n = 0; n < N; ++n) {
+      const float* row = logits + n * ld;
+      int64_t best = 0;
+      for (int64_t v = 1; v < V; ++v) best = row[v] > row[best] ? v : best;
+      out[n] = static_cast<int32_t>(best);
     }
   }
 
