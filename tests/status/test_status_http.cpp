@@ -43,6 +43,9 @@ JobStatus sample_status() {
   s.step_seconds = {0.5, 0.125, 0.0625, 0.25};
   s.last_checkpoint_step = 40;
   for (int i = 0; i <= 42; ++i) s.loss_history.push_back({i, 10.0 / (1 + i)});
+  s.membership_changes = {{"join", 1}, {"lost", 2}};
+  s.events = {{"lost", "worker", 1, 40, 1764650000.5, "worker 1 (127.0.0.1:4) was lost <x>"}};
+  s.waiting = "step 43/100 | waiting for workers: 0 of cluster.min_workers 1";
   return s;
 }
 
@@ -223,8 +226,17 @@ TEST_CASE("status: /metrics has exactly the contract's metric names and labels")
       "ptrain_step_seconds,phase=wait",
       "ptrain_step_seconds,phase=pull",
       "ptrain_last_checkpoint_step",
+      "ptrain_membership_changes_total,kind=join",
+      "ptrain_membership_changes_total,kind=leave",
+      "ptrain_membership_changes_total,kind=lost",
+      "ptrain_membership_changes_total,kind=restart",
+      "ptrain_membership_changes_total,kind=resume",
+      "ptrain_waiting_for_workers",
   };
   CHECK(keys == expected);
+  CHECK(value["ptrain_membership_changes_total,kind=lost"] == "2");
+  CHECK(value["ptrain_membership_changes_total,kind=restart"] == "0");
+  CHECK(value["ptrain_waiting_for_workers"] == "1");
   CHECK(value["ptrain_step"] == "42");
   CHECK(std::stod(value["ptrain_loss"]) == 3.25);
   CHECK(std::stod(value["ptrain_tokens_per_second"]) == 12345.5);
@@ -319,7 +331,7 @@ TEST_CASE("status: a live server on a free port answers every page") {
   CHECK(metrics.status == 200);
   CHECK(metrics.headers["content-type"].starts_with("text/plain; version=0.0.4"));
   CHECK(metrics.headers["connection"] == "close");
-  CHECK(parse_prometheus(metrics.body).size() == 14);
+  CHECK(parse_prometheus(metrics.body).size() == 20);
 
   HttpAnswer status = get(port, "/status");
   CHECK(status.status == 200);
