@@ -279,3 +279,32 @@ TEST_CASE("dist elastic: resume with another worker count continues the same dat
   CHECK(ledger_events(run, "resume") == 1);
   stop_and_check(b, run);
 }
+
+TEST_CASE("dist elastic: below min_workers the job waits - a joiner lets it go on - the wait timeout checkpoints and stops") {
+  {  // a worker joins while the job waits
+    TempDir dir("elastic-min");
+    const std::string run = dir / "run";
+    const Proc job = test::start_ptrain(
+        {"run", elastic_config(dir, 1, ", min_workers: 2, wait_timeout_s: 60")}, dir / "err.txt");
+    const auto deadline = Clock::now() + std::chrono::seconds(60);
+    while (slurp(run + "/logs/coordinator-0.log").find("waiting for workers") == std::string::npos) {
+      REQUIRE_MESSAGE(Clock::now() < deadline, "the job did not say it waits");
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    CHECK(steps_done(run) == 0);
+    const Proc joiner = start_worker(run, dir / "joiner.txt");
+    REQUIRE(reach_step(run, 70, std::chrono::seconds(60)));
+    stop_and_check(job, run);
+    CHECK(wait_status(joiner.pid, std::chrono::seconds(20)) == 0);  // told to stop: exit 0
+  }
+  {  // nobody comes: a checkpoint, then exit 4 naming it
+    TempDir dir("elastic-min-timeout");
+    const std::string run = dir / "run";
+    const Proc job = test::start_ptrain(
+        {"run", elastic_config(dir, 1, ", min_workers: 2, wait_timeout_s: 2")}, dir / "err.txt");
+    CHECK(test::wait_ptrain(job, std::chrono::seconds(90)) == 4);
+    const std::string err = slurp(dir / "err.txt");
+    CHECK(err.find("fewer than cluster.min_workers (2)") != std::string::npos);
+    CHECK(fs::exists(run + "/checkpoints/latest"));
+  }
+}
