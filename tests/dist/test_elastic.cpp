@@ -182,7 +182,12 @@ TEST_CASE("dist elastic: a worker joins mid-run - a third is refused by max_work
   const int left = wait_status(joiner.pid, std::chrono::seconds(20));
   CHECK(WIFEXITED(left));
   CHECK(WEXITSTATUS(left) == 0);
-  REQUIRE(wait_event(run, "leave", 1, std::chrono::seconds(10)));
+  if (!wait_event(run, "leave", 1, std::chrono::seconds(10))) {
+    const std::string clog = slurp(run + "/logs/coordinator-0.log");
+    FAIL("no leave event; coordinator log tail:\n"
+         << clog.substr(clog.size() > 3000 ? clog.size() - 3000 : 0) << "\njoiner:\n"
+         << slurp(dir / "joiner.txt"));
+  }
   const int64_t at_leave = steps_done(run);
   REQUIRE(reach_step(run, std::max<int64_t>(at_leave + 5, 70), std::chrono::seconds(60)));
   const std::string log = slurp(run + "/logs/coordinator-0.log");
