@@ -2,7 +2,7 @@
 // [--threads N]`: a worker as its own process (launch/worker_process.hpp). Only parsing here.
 // --run-dir reads RUN_DIR/coordinator.addr and (unless --secret-file or PTRAIN_SECRET_FILE names
 // one) RUN_DIR/secret: a worker started at any time joins the running job at its next step
-// boundary. SIGTERM or SIGINT: it leaves at the next step boundary and exits 0. --device (cpu, cuda, cuda:N) overrides
+// boundary, and joins it again if `ptrain run` restarts it. SIGTERM or SIGINT: it leaves at the next step boundary and exits 0. --device (cpu, cuda, cuda:N) overrides
 // the job's device.type for this worker; a device that is no device or not built is refused
 // before the worker joins the job.
 #include "cli/commands.hpp"
@@ -14,7 +14,6 @@
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <memory>
 
 namespace ptrain::cli {
@@ -22,19 +21,6 @@ namespace {
 
 std::atomic<bool> g_leave{false};
 extern "C" void on_worker_leave(int) { g_leave.store(true); }
-
-// RUN_DIR/coordinator.addr's one line.
-std::string read_addr_file(const std::string& run_dir) {
-  const std::string path = (std::filesystem::path(run_dir) / "coordinator.addr").string();
-  std::ifstream in(path);
-  std::string addr;
-  if (!in || !std::getline(in, addr) || addr.empty()) {
-    throw IoError(fmt::format("--run-dir: cannot read the coordinator's address from {} (is the "
-                              "job running, and is RUN_DIR its run.dir?)",
-                              path));
-  }
-  return addr;
-}
 
 }  // namespace
 
@@ -74,14 +60,12 @@ void add_worker_command(CLI::App& app, Action& action) {
         secret_path = (std::filesystem::path(args->run_dir) / "secret").string();
       }
       net::Secret secret = net::read_secret_file(secret_file_path(secret_path));
-      const std::string coordinator =
-          args->run_dir.empty() ? args->coordinator : read_addr_file(args->run_dir);
       struct sigaction sa {};
       sa.sa_handler = on_worker_leave;
       sigemptyset(&sa.sa_mask);
       sigaction(SIGINT, &sa, nullptr);
       sigaction(SIGTERM, &sa, nullptr);
-      WorkerProcessOptions o{coordinator, args->device, args->threads};
+      WorkerProcessOptions o{args->coordinator, args->device, args->threads};
       o.leave_requested = [] { return g_leave.load(); };
       // TEST ONLY (docs/elastic.md): PTRAIN_TEST_WORKER_FAULT=PHASE:STEP kills this worker with
       // SIGKILL at that phase of that step, so tests can lose a worker at an exact point.
@@ -98,7 +82,11 @@ void add_worker_command(CLI::App& app, Action& action) {
         o.fault_phase = phase;
         o.fault_step = std::stoll(spec.substr(colon + 1));
       }
-      run_worker_process(o, std::move(secret));
+      if (args->run_dir.empty()) {
+        run_worker_process(o, std::move(secret));
+      } else {
+        run_worker_in_run_dir(o, args->run_dir, secret);
+      }
       return 0;
     };
   });

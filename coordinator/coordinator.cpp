@@ -72,7 +72,7 @@ class CoordinatorRun {
   StepMachineOptions step_machine_options() const;
   net::Envelope next(const std::string& waiting_for);
   std::optional<net::Envelope> poll(Clock::time_point wake);
-  bool stale(const net::Envelope& env, int64_t t) const;
+  bool stale(const net::Envelope& env, int64_t t);
   void apply_membership_events(std::vector<net::MembershipEvent> events);
   void apply_all_membership_events();
   void record_event(const std::string& kind, const net::Endpoint& who, const std::string& text);
@@ -112,6 +112,10 @@ class CoordinatorRun {
   std::optional<LedgerWriter> ledger_;
   // Workers taking part (welcomed; not lost or gone), and each one's windows of the running step.
   std::set<int32_t> active_;
+  // Workers dropped from a step for missing its deadline that have not reported it yet: still
+  // busy with it, so they get no new step until their (ignored) report arrives.
+  std::set<int32_t> busy_;
+  std::vector<int32_t> ready_workers() const;
   std::map<int32_t, std::vector<DataWindow>> step_windows_;
   Clock::time_point last_checkpoint_at_;
   int64_t last_checkpoint_step_ = -1;
@@ -219,8 +223,15 @@ net::Envelope CoordinatorRun::next(const std::string& waiting_for) {
 // stopped and woken up); what it sends now changes nothing.
 // The same for a worker that has no part in the running step (dropped from an earlier attempt
 // at it, or between steps).
-bool CoordinatorRun::stale(const net::Envelope& env, int64_t t) const {
+bool CoordinatorRun::stale(const net::Envelope& env, int64_t t) {
   if (const auto* d = std::get_if<proto::WorkerStepDone>(&env.message)) {
+    // A straggler's report of the step it was dropped from (busy workers get no new step): it
+    // is free for the next one.
+    if (busy_.erase(d->worker_id) != 0) {
+      spdlog::info("worker {} finished step {} late; it takes part again from the next step",
+                   d->worker_id, d->step + 1);
+      return true;
+    }
     return d->step < t || step_windows_.count(d->worker_id) == 0;
   }
   if (const auto* p = std::get_if<proto::PushReceived>(&env.message)) {
@@ -270,6 +281,7 @@ void CoordinatorRun::apply_membership_events(std::vector<net::MembershipEvent> e
     }
     const bool left = ev.change == net::MembershipChange::kLeft;
     if (worker) active_.erase(who.id);
+    if (worker) busy_.erase(who.id);
     const std::string text =
         fmt::format("{}; membership epoch {}{}", ev.reason, ev.epoch,
                     worker ? fmt::format(", {} worker(s) left in the job", active_.size()) : "");
@@ -351,13 +363,21 @@ void CoordinatorRun::start_servers(const StartState& st) {
                slowest_s, std::chrono::duration<double>(Clock::now() - t0).count());
 }
 
+std::vector<int32_t> CoordinatorRun::ready_workers() const {
+  std::vector<int32_t> out;
+  for (int32_t id : active_) {
+    if (busy_.count(id) == 0) out.push_back(id);
+  }
+  return out;
+}
+
 // Below cluster.min_workers the job waits for workers to join, saying so; after
 // cluster.wait_timeout_s it writes a checkpoint and stops. Returns false when a stop was
 // requested while waiting (the caller checkpoints and stops).
 bool CoordinatorRun::wait_for_workers(int64_t t) {
   apply_all_membership_events();
   const int64_t need = cfg_.cluster.min_workers;
-  if (static_cast<int64_t>(active_.size()) >= need) return true;
+  if (static_cast<int64_t>(ready_workers().size()) >= need) return true;
   const auto t0 = Clock::now();
   const auto give_up = t0 + std::chrono::milliseconds(
                                 static_cast<int64_t>(cfg_.cluster.wait_timeout_s * 1000));
@@ -365,14 +385,14 @@ bool CoordinatorRun::wait_for_workers(int64_t t) {
     const std::string text = fmt::format(
         "step {}/{} | waiting for workers: {} of cluster.min_workers {} (for {:.0f} s; a "
         "checkpoint and stop after cluster.wait_timeout_s {} s)",
-        t + 1, steps_, active_.size(), need,
+        t + 1, steps_, ready_workers().size(), need,
         std::chrono::duration<double>(Clock::now() - t0).count(), cfg_.cluster.wait_timeout_s);
     spdlog::warn("{}", text);
     set_waiting(text);
   };
   say();
   auto said = Clock::now();
-  while (static_cast<int64_t>(active_.size()) < need) {
+  while (static_cast<int64_t>(ready_workers().size()) < need) {
     if (o_.stop_requested && o_.stop_requested(summary_.final_step)) {
       set_waiting("");
       return false;
@@ -397,7 +417,8 @@ bool CoordinatorRun::wait_for_workers(int64_t t) {
     }
   }
   set_waiting("");
-  spdlog::info("step {}/{}: {} worker(s), the job goes on", t + 1, steps_, active_.size());
+  spdlog::info("step {}/{}: {} worker(s), the job goes on", t + 1, steps_,
+               ready_workers().size());
   return true;
 }
 
@@ -416,6 +437,7 @@ void CoordinatorRun::drop_late_workers(int64_t t) {
         "back to the pool",
         id, t + 1, cfg_.cluster.step_deadline_s);
     spdlog::warn("{}", why);
+    busy_.insert(id);
     send(machine_.on_member_lost(net::worker_endpoint(id), why));
   }
 }
@@ -429,7 +451,7 @@ bool CoordinatorRun::run_step(int64_t t) {
     const auto step_start = Clock::now();
     // The step boundary: the workers taking part now (a member that joined since the last step
     // is in, one lost or gone is out), in worker-id order; at most B (one window each).
-    std::vector<int32_t> workers(active_.begin(), active_.end());
+    std::vector<int32_t> workers = ready_workers();
     if (static_cast<int64_t>(workers.size()) > B) workers.resize(static_cast<size_t>(B));
     const std::vector<DataWindow> windows = plan_->take(B);
     const auto split = split_batch(B, static_cast<int64_t>(workers.size()));

@@ -140,7 +140,7 @@ bool died_badly(int status) { return !(WIFEXITED(status) && WEXITSTATUS(status) 
 
 // One start of every role: the coordinator (its address awaited), the servers, the workers; then
 // watches them. A lost worker is the coordinator's business (the step completes without it). A
-// server that dies, or a coordinator killed by a signal, ends the attempt at once (the group is
+// server or a coordinator killed by a signal (SIGKILL, a crash, the OOM killer) ends the attempt at once (the group is
 // killed: a job without one of its shards cannot go on) and asks for a restart.
 Attempt run_attempt(const Config& config, const ProcessJobOptions& o, const std::string& binary,
                     const std::string& secret_file, const std::vector<std::string>& extra_sets,
@@ -258,7 +258,9 @@ Attempt run_attempt(const Config& config, const ProcessJobOptions& o, const std:
       // them) and must not be taken for the cause.
       auto lost_server = [&] {
         for (size_t i = 1; i < first_worker; ++i) {
-          if (children[i].done && died_badly(children[i].status)) {
+          // Killed or crashed (a signal); a server that exits with an error code stopped for a
+          // reason a restart would meet again (its Failure tells the coordinator, which stops).
+          if (children[i].done && WIFSIGNALED(children[i].status)) {
             a.restart = true;
             a.lost_role = "server";
             a.lost_id = static_cast<int64_t>(i - 1);

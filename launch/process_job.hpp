@@ -7,8 +7,8 @@
 // PR_SET_PDEATHSIG(SIGKILL) so it dies with the launcher, and logs to RUN_DIR/logs/ROLE-N.log.
 // A stop request (SIGINT/SIGTERM to the launcher) is forwarded to the coordinator, which writes a
 // checkpoint and stops everyone. A worker that dies or leaves is the coordinator's business (the
-// job goes on). The supervisor: a server that dies, or a coordinator killed by a signal, brings
-// the whole attempt down at once (SIGKILL to the group) and starts every role again, resuming
+// job goes on). The supervisor: a server or the coordinator killed by a signal (SIGKILL, a crash)
+// brings the whole attempt down within 2 s (SIGKILL to the group) and starts every role again, resuming
 // from the run's latest complete checkpoint (cluster.max_restarts times at most; each restart is
 // a "restart" line in RUN_DIR/ledger.jsonl). Once the coordinator exits, the others get 2 s to
 // exit, then SIGKILL. Whatever happens, every child is reaped before this returns: no orphans.

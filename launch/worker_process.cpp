@@ -8,6 +8,11 @@
 #include "worker/worker.hpp"
 
 #include <omp.h>
+#include <chrono>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <thread>
 #include <spdlog/spdlog.h>
 
 namespace ptrain {
@@ -66,6 +71,77 @@ void run_worker_process(const WorkerProcessOptions& o, net::Secret secret) {
   node->close();
   const bool left = o.leave_requested && o.leave_requested();
   spdlog::info("worker {}: {}", id, left ? "left the job" : "stopped");
+}
+
+namespace {
+
+// RUN_DIR/coordinator.addr's line, or "" while there is none.
+std::string try_read_addr(const std::string& run_dir) {
+  std::ifstream in((std::filesystem::path(run_dir) / "coordinator.addr").string());
+  std::string addr;
+  if (in) std::getline(in, addr);
+  return addr;
+}
+
+// The address once the file holds one other than `old` (any, for ""), waiting up to `limit`.
+std::string wait_for_addr(const std::string& run_dir, const std::string& old,
+                          std::chrono::milliseconds limit) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  for (;;) {
+    std::string addr = try_read_addr(run_dir);
+    if (!addr.empty() && addr != old) return addr;
+    if (std::chrono::steady_clock::now() >= until) return "";
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+}  // namespace
+
+void run_worker_in_run_dir(const WorkerProcessOptions& options, const std::string& run_dir,
+                           const net::Secret& secret) {
+  std::string addr = wait_for_addr(run_dir, "", std::chrono::seconds(60));
+  if (addr.empty()) {
+    throw IoError(fmt::format("--run-dir: no coordinator address in {}/coordinator.addr within 60 s "
+                              "(is the job running, and is RUN_DIR its run.dir?)",
+                              run_dir));
+  }
+  for (;;) {
+    WorkerProcessOptions o = options;
+    o.coordinator = addr;
+    std::exception_ptr failure;
+    try {
+      run_worker_process(o, secret);
+    } catch (const Error&) {
+      // The coordinator or a server lost (PeerLost), or an error a restart explains: decided
+      // below by what coordinator.addr does.
+      failure = std::current_exception();
+    }
+    if (options.leave_requested && options.leave_requested()) {
+      if (failure) std::rethrow_exception(failure);
+      return;
+    }
+    // The job ended (a Shutdown) or the coordinator was lost. A restart removes
+    // coordinator.addr at once and writes the new one within seconds; the same address after 5 s
+    // means the job is over, or this worker was dropped from a job that goes on.
+    const auto first = std::chrono::steady_clock::now();
+    std::string now = addr;
+    while (std::chrono::steady_clock::now() - first < std::chrono::seconds(5)) {
+      now = try_read_addr(run_dir);
+      if (now != addr) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    if (now == addr) {
+      if (failure) std::rethrow_exception(failure);
+      return;
+    }
+    now = wait_for_addr(run_dir, addr, std::chrono::seconds(60));
+    if (now.empty()) {
+      if (failure) std::rethrow_exception(failure);
+      return;
+    }
+    spdlog::warn("the job restarted (coordinator now at {}): joining it again as a new worker", now);
+    addr = now;
+  }
 }
 
 }  // namespace ptrain

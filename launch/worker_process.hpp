@@ -36,4 +36,12 @@ struct WorkerProcessOptions {
 
 void run_worker_process(const WorkerProcessOptions& options, net::Secret secret);
 
+// `ptrain worker --run-dir RUN_DIR`: the coordinator's address from RUN_DIR/coordinator.addr
+// (waiting up to 60 s for it), then run_worker_process. When that ends (a Shutdown, or the
+// coordinator lost) and coordinator.addr disappears or changes within 5 s — the `ptrain run`
+// supervisor restarting the job — it joins the restarted job as a new worker; otherwise it ends
+// as run_worker_process did. Leaving (leave_requested) ends it at once.
+void run_worker_in_run_dir(const WorkerProcessOptions& options, const std::string& run_dir,
+                           const net::Secret& secret);
+
 }  // namespace ptrain

@@ -82,7 +82,9 @@ void PsClient::dispatch(net::Envelope&& env) {
                                              env.from.str()));
     }
     PullState& st = it->second;
-    if (reply->version != st.version) {
+    if (reply->version > st.version) {
+      st.newer = true;  // late: the job moved on (wait() says so)
+    } else if (reply->version != st.version) {
       throw Error(ExitCode::kIo,
                   fmt::format("{}: asked {} for weights version {}, it sent version {}",
                               transport_.self().str(), env.from.str(), st.version,
@@ -116,9 +118,9 @@ void PsClient::dispatch(net::Envelope&& env) {
   others_.push_back(std::move(env));
 }
 
-void PsClient::wait(Ticket ticket, std::chrono::milliseconds timeout) {
+bool PsClient::wait(Ticket ticket, std::chrono::milliseconds timeout) {
   auto it = pulls_.find(ticket);
-  if (it == pulls_.end()) return;  // a push, or already complete
+  if (it == pulls_.end()) return true;  // a push, or already complete
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (it->second.remaining > 0) {
     const auto now = std::chrono::steady_clock::now();
@@ -133,7 +135,9 @@ void PsClient::wait(Ticket ticket, std::chrono::milliseconds timeout) {
         std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now));
     if (env) dispatch(std::move(*env));
   }
+  const bool current = !it->second.newer;
   pulls_.erase(it);
+  return current;
 }
 
 std::optional<net::Envelope> PsClient::next_other(std::chrono::milliseconds timeout) {

@@ -53,8 +53,10 @@ class PsClient {
   Ticket push_to(const PushMeta& meta, std::span<const float> grads, size_t first, size_t last);
 
   // Blocks until the ticket's replies are in. Throws (naming the server) when a server answers
-  // with a Failure or another version than asked, and TimeoutError-like Error after `timeout`.
-  void wait(Ticket ticket, std::chrono::milliseconds timeout);
+  // with a Failure or an older version than asked, and TimeoutError-like Error after `timeout`.
+  // Returns false when a server sent a NEWER version than the pull asked for: the step that
+  // version belongs to closed without this worker (it was late), so its StepBegin is stale.
+  bool wait(Ticket ticket, std::chrono::milliseconds timeout);
 
   // The next message that is not a pull reply: from the queue, else from the transport.
   std::optional<net::Envelope> next_other(std::chrono::milliseconds timeout);
@@ -67,6 +69,7 @@ class PsClient {
     int64_t version = 0;
     std::span<float> dst;
     int remaining = 0;
+    bool newer = false;  // a server sent a newer version than asked
   };
   void dispatch(net::Envelope&& env);
 

@@ -127,7 +127,13 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
     // The weights arrive straight in the step's pinned buffer and go up once; the step's
     // token-sum gradient comes back once, into the other pinned buffer, and is pushed from there.
     const auto t0 = Clock::now();
-    client.wait(client.pull(begin->step, train.weights_host()), o.timeout);
+    if (!client.wait(client.pull(begin->step, train.weights_host()), o.timeout)) {
+      // Late (stopped or slow past the step deadline): that step closed without us and its
+      // windows went back to the pool. Report it empty, so the coordinator gives us the next one.
+      transport.send(net::coordinator_endpoint(),
+                     proto::WorkerStepDone{o.worker_id, begin->step, 0.0, 0, seconds_since(t0)});
+      continue;
+    }
     const double pull_s = seconds_since(t0);
 
     const auto t1 = Clock::now();

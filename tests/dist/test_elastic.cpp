@@ -39,7 +39,8 @@ using Proc = test::PtrainProcess;
 
 // 2 servers, `workers` workers, a short peer timeout, a checkpoint every 5 steps, a corpus of
 // 124 windows (31 steps of 4 per data epoch: tests cross several epochs).
-std::string elastic_config(const TempDir& dir, int64_t workers, const std::string& extra = "") {
+std::string elastic_config(const TempDir& dir, int64_t workers, const std::string& extra = "",
+                           const std::string& peer_timeout = "2") {
   if (!fs::exists(dir / "train.tok")) write_corpus(dir / "train.tok", 2000, 7);
   const std::string cfg = dir / "job.yaml";
   std::ofstream(cfg) << "run: {dir: run, seed: 5, threads: 1}\n"
@@ -49,7 +50,8 @@ std::string elastic_config(const TempDir& dir, int64_t workers, const std::strin
                         "log_every: 1}\n"
                         "cluster: {workers: "
                      << workers
-                     << ", servers: 2, launch: processes, heartbeat_s: 0.2, peer_timeout_s: 2"
+                     << ", servers: 2, launch: processes, heartbeat_s: 0.2, peer_timeout_s: "
+                     << peer_timeout
                      << extra << "}\n"
                         "checkpoint: {every_steps: 5, keep: 2, resume: auto}\n";
   return cfg;
@@ -137,6 +139,15 @@ int wait_status(pid_t pid, std::chrono::seconds limit) {
   return test::wait_ptrain_status(Proc{pid}, limit);
 }
 
+// `ptrain run` of elastic_config(dir, workers, extra), once it applied `steps` steps.
+Proc start_job(const TempDir& dir, int64_t workers, int64_t steps, const std::string& extra = "",
+               const std::string& peer_timeout = "2") {
+  const Proc job = test::start_ptrain({"run", elastic_config(dir, workers, extra, peer_timeout)},
+                                      dir / "err.txt");
+  REQUIRE(reach_step(dir / "run", steps, std::chrono::seconds(90)));
+  return job;
+}
+
 // SIGTERM to the launcher: a checkpoint and exit 0; then the ledger holds.
 void stop_and_check(const Proc& job, const std::string& run_dir) {
   kill(job.pid, SIGTERM);
@@ -155,9 +166,7 @@ void stop_and_check(const Proc& job, const std::string& run_dir) {
 TEST_CASE("dist elastic: a worker joins mid-run - a third is refused by max_workers - SIGTERM leaves") {
   TempDir dir("elastic-join");
   const std::string run = dir / "run";
-  const Proc job = test::start_ptrain(
-      {"run", elastic_config(dir, 1, ", max_workers: 2")}, dir / "err.txt");
-  REQUIRE(reach_step(run, 3, std::chrono::seconds(90)));
+  const Proc job = start_job(dir, 1, 3, ", max_workers: 2");
   const Proc joiner = start_worker(run, dir / "joiner.txt");
   REQUIRE(wait_event(run, "join", 1, std::chrono::seconds(30)));
   const int64_t at_join = steps_done(run);
@@ -173,7 +182,12 @@ TEST_CASE("dist elastic: a worker joins mid-run - a third is refused by max_work
   const int left = wait_status(joiner.pid, std::chrono::seconds(20));
   CHECK(WIFEXITED(left));
   CHECK(WEXITSTATUS(left) == 0);
-  REQUIRE(wait_event(run, "leave", 1, std::chrono::seconds(10)));
+  if (!wait_event(run, "leave", 1, std::chrono::seconds(10))) {
+    const std::string clog = slurp(run + "/logs/coordinator-0.log");
+    FAIL("no leave event; coordinator log tail:\n"
+         << clog.substr(clog.size() > 3000 ? clog.size() - 3000 : 0) << "\njoiner:\n"
+         << slurp(dir / "joiner.txt"));
+  }
   const int64_t at_leave = steps_done(run);
   REQUIRE(reach_step(run, std::max<int64_t>(at_leave + 5, 70), std::chrono::seconds(60)));
   const std::string log = slurp(run + "/logs/coordinator-0.log");
@@ -188,8 +202,7 @@ TEST_CASE("dist elastic: a worker killed before - between - after its pushes - t
     CAPTURE(phase);
     TempDir dir("elastic-kill-" + phase);
     const std::string run = dir / "run";
-    const Proc job = test::start_ptrain({"run", elastic_config(dir, 1)}, dir / "err.txt");
-    REQUIRE(reach_step(run, 3, std::chrono::seconds(90)));
+    const Proc job = start_job(dir, 1, 3);
     // It joins, then kills itself with SIGKILL at `phase` of its first step.
     const Proc victim = start_worker(run, dir / "victim.txt", phase + ":1");
     const int st = wait_status(victim.pid, std::chrono::seconds(60));
@@ -216,8 +229,7 @@ TEST_CASE("dist elastic: a worker killed before - between - after its pushes - t
 TEST_CASE("dist elastic: a worker stopped past the peer timeout is dropped - woken up it exits") {
   TempDir dir("elastic-stop");
   const std::string run = dir / "run";
-  const Proc job = test::start_ptrain({"run", elastic_config(dir, 2)}, dir / "err.txt");
-  REQUIRE(reach_step(run, 3, std::chrono::seconds(90)));
+  const Proc job = start_job(dir, 2, 3);
   const pid_t w = role_pid(job.pid, "worker-1");
   kill(w, SIGSTOP);
   const auto stopped = Clock::now();
@@ -242,8 +254,7 @@ TEST_CASE("dist elastic: a worker stopped past the peer timeout is dropped - wok
 TEST_CASE("dist elastic: SIGKILL of a server then of the coordinator - supervised restarts resume") {
   TempDir dir("elastic-restart");
   const std::string run = dir / "run";
-  const Proc job = test::start_ptrain({"run", elastic_config(dir, 2)}, dir / "err.txt");
-  REQUIRE(reach_step(run, 7, std::chrono::seconds(90)));
+  const Proc job = start_job(dir, 2, 7);
   kill(role_pid(job.pid, "server-1"), SIGKILL);
   REQUIRE(wait_event(run, "restart", 1, std::chrono::seconds(20)));
   REQUIRE(wait_event(run, "resume", 1, std::chrono::seconds(60)));
@@ -272,4 +283,33 @@ TEST_CASE("dist elastic: resume with another worker count continues the same dat
   REQUIRE(reach_step(run, first + 40, std::chrono::seconds(90)));
   CHECK(ledger_events(run, "resume") == 1);
   stop_and_check(b, run);
+}
+
+TEST_CASE("dist elastic: below min_workers the job waits - a joiner lets it go on - the wait timeout checkpoints and stops") {
+  {  // a worker joins while the job waits
+    TempDir dir("elastic-min");
+    const std::string run = dir / "run";
+    const Proc job = test::start_ptrain(
+        {"run", elastic_config(dir, 1, ", min_workers: 2, wait_timeout_s: 60")}, dir / "err.txt");
+    const auto deadline = Clock::now() + std::chrono::seconds(60);
+    while (slurp(run + "/logs/coordinator-0.log").find("waiting for workers") == std::string::npos) {
+      REQUIRE_MESSAGE(Clock::now() < deadline, "the job did not say it waits");
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    CHECK(steps_done(run) == 0);
+    const Proc joiner = start_worker(run, dir / "joiner.txt");
+    REQUIRE(reach_step(run, 70, std::chrono::seconds(60)));
+    stop_and_check(job, run);
+    CHECK(wait_status(joiner.pid, std::chrono::seconds(20)) == 0);  // told to stop: exit 0
+  }
+  {  // nobody comes: a checkpoint, then exit 4 naming it
+    TempDir dir("elastic-min-timeout");
+    const std::string run = dir / "run";
+    const Proc job = test::start_ptrain(
+        {"run", elastic_config(dir, 1, ", min_workers: 2, wait_timeout_s: 2")}, dir / "err.txt");
+    CHECK(test::wait_ptrain(job, std::chrono::seconds(90)) == 4);
+    const std::string err = slurp(dir / "err.txt");
+    CHECK(err.find("fewer than cluster.min_workers (2)") != std::string::npos);
+    CHECK(fs::exists(run + "/checkpoints/latest"));
+  }
 }

@@ -57,6 +57,9 @@ JobStatus sample_status() {
   s.elapsed_s = 12.5;
   s.checkpoints = {20, 40};
   s.events = {"2026-01-01T00:00:00Z started", "2026-01-01T00:00:10Z step 40: checkpoint"};
+  s.membership_changes = {{"join", 1}, {"lost", 2}};
+  s.membership_events = {{"lost", "worker", 1, 40, 1764650000.5, "worker 1 (127.0.0.1:4) was lost <x>"}};
+  s.waiting = "step 43/100 | waiting for workers: 0 of cluster.min_workers 1";
   return s;
 }
 
@@ -243,6 +246,12 @@ TEST_CASE("status: /metrics has exactly the contract's metric names and labels")
       "ptrain_step_phase_seconds,phase=wait",
       "ptrain_step_phase_seconds,phase=pull",
       "ptrain_last_checkpoint_step",
+      "ptrain_membership_changes_total,kind=join",
+      "ptrain_membership_changes_total,kind=leave",
+      "ptrain_membership_changes_total,kind=lost",
+      "ptrain_membership_changes_total,kind=restart",
+      "ptrain_membership_changes_total,kind=resume",
+      "ptrain_waiting_for_workers",
   };
   for (const char* name : {"ptrain_member_step", "ptrain_member_heartbeat_age_seconds",
                            "ptrain_member_pushed_bytes_total", "ptrain_member_pulled_bytes_total"}) {
@@ -253,6 +262,9 @@ TEST_CASE("status: /metrics has exactly the contract's metric names and labels")
   }
   CHECK(keys == expected);
   CHECK(value["ptrain_build_info,version=" PTRAIN_VERSION] == "1");
+  CHECK(value["ptrain_membership_changes_total,kind=lost"] == "2");
+  CHECK(value["ptrain_membership_changes_total,kind=restart"] == "0");
+  CHECK(value["ptrain_waiting_for_workers"] == "1");
   CHECK(value["ptrain_step"] == "42");
   CHECK(value["ptrain_target_steps"] == "100");
   CHECK(value["ptrain_tokens_total"] == "5376");
@@ -407,7 +419,7 @@ TEST_CASE("status: a live server on a free port answers every page") {
   CHECK(metrics.status == 200);
   CHECK(metrics.headers["content-type"].starts_with("text/plain; version=0.0.4"));
   CHECK(metrics.headers["connection"] == "close");
-  CHECK(parse_prometheus(metrics.body).size() == 20 + 4 * 5);  // 20 job-wide, 4 per member
+  CHECK(parse_prometheus(metrics.body).size() == 26 + 4 * 5);  // 26 job-wide, 4 per member
 
   HttpAnswer status = get(port, "/status");
   CHECK(status.status == 200);
