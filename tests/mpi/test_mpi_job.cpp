@@ -94,7 +94,7 @@ TEST_CASE("mpi: mpirun -n 5 trains over the MPI data plane - bitwise equal to TC
   CHECK(read_lines(dir / "run/train.jsonl").size() == 5);
   for (const char* log : {"rank-0-coordinator.log", "rank-1-server.log", "rank-2-server.log",
                           "rank-3-worker.log", "rank-4-worker.log"}) {
-    CHECK_MESSAGE(fs::exists(dir / "run/logs" / log), log);
+    CHECK_MESSAGE(fs::exists(dir.path / "run/logs" / log), log);
   }
   const auto mpi = final_weights(dir / "run");
 
