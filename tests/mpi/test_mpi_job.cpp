@@ -4,6 +4,7 @@
 // Every test kills the process group it started (mpirun and its ranks) whatever happens.
 #include "support/job_test_util.hpp"
 #include "support/ptrain_process.hpp"
+#include "support/tiny_job.hpp"
 
 #include "common/io/checkpoint_format.hpp"
 
@@ -42,19 +43,6 @@ std::string write_config(const TempDir& dir, int64_t steps, const std::string& l
   return cfg;
 }
 
-ParamLayout tiny_layout() {
-  ModelConfig m;
-  m.seq_len = 16;
-  m.n_layer = 1;
-  m.n_head = 2;
-  m.n_embd = 16;
-  return ParamLayout(model_dims(m, 257));
-}
-
-std::vector<float> final_weights(const std::string& run_dir) {
-  return read_checkpoint(run_dir + "/checkpoints/latest/checkpoint.h5", tiny_layout(), false)
-      .params;
-}
 
 // mpirun -n N ptrain run CONFIG ARGS..., in a process group of its own.
 test::PtrainProcess mpirun(int n, const std::vector<std::string>& args, const std::string& err) {

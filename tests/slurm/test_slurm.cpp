@@ -142,6 +142,14 @@ int64_t latest_step(const std::string& run_dir) {
   return std::stoll(name.substr(name.find('-') + 1));
 }
 
+// A long job (a million steps) from train.sbatch, held by `job`, once it has logged 3 steps.
+void start_long_job(const TempDir& dir, const std::string& run, Job& job) {
+  const std::string cfg = write_config(dir, 1000000);
+  job.id = submit(dir, "train.sbatch", cfg + " " + run);
+  wait_state(job.id, {"RUNNING"}, std::chrono::seconds(60), dir);
+  wait_for_steps(run, 3, job.id, dir);
+}
+
 }  // namespace
 
 TEST_CASE("slurm: train.sbatch trains a 4-task MPI job - checkpoint - loss - logs per task") {
@@ -173,11 +181,9 @@ TEST_CASE("slurm: train.sbatch trains a 4-task MPI job - checkpoint - loss - log
 TEST_CASE("slurm: scancel --signal=USR1 to the tasks - a checkpoint - the job ends cleanly") {
   need_cluster();
   TempDir dir("slurm-usr1");
-  const std::string cfg = write_config(dir, 1000000);
   const std::string run = dir / "run";
-  Job job{submit(dir, "train.sbatch", cfg + " " + run)};
-  wait_state(job.id, {"RUNNING"}, std::chrono::seconds(60), dir);
-  wait_for_steps(run, 3, job.id, dir);
+  Job job;
+  start_long_job(dir, run, job);
   REQUIRE(sh("scancel --signal=USR1 " + job.id).second == 0);
   const std::string st = wait_state(job.id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"},
                                     std::chrono::seconds(60), dir);
@@ -193,11 +199,9 @@ TEST_CASE("slurm: scancel --signal=USR1 to the tasks - a checkpoint - the job en
 TEST_CASE("slurm: SIGUSR1 to the batch shell - checkpoint - requeue - resumes from it") {
   need_cluster();
   TempDir dir("slurm-requeue");
-  const std::string cfg = write_config(dir, 1000000);
   const std::string run = dir / "run";
-  Job job{submit(dir, "train.sbatch", cfg + " " + run)};
-  wait_state(job.id, {"RUNNING"}, std::chrono::seconds(60), dir);
-  wait_for_steps(run, 3, job.id, dir);
+  Job job;
+  start_long_job(dir, run, job);
   // What the template's `--signal=B:USR1@120` delivers before the time limit, now.
   REQUIRE(sh("scancel --batch --signal=USR1 " + job.id).second == 0);
   // The job requeues itself; it may start again once its credential expires (cred_expire + 1 s):
