@@ -174,3 +174,29 @@ TEST_CASE("mpi: bench ps measures the MPI data plane beside TCP in one run") {
   }
   CHECK(seen == std::set<std::string>{"tcp", "mpi"});
 }
+
+TEST_CASE("mpi: SIGUSR1 to one worker rank only - rank 0 checkpoints - every rank exits 0") {
+  TempDir dir("mpi-usr1");
+  const std::string cfg = write_config(dir, 1000000, "mpi", "run");
+  const auto p = mpirun(5, {cfg}, dir / "err.txt");
+  const auto deadline = Clock::now() + std::chrono::seconds(120);
+  while (read_lines(dir / "run/train.jsonl").size() < 3) {
+    if (Clock::now() > deadline) {
+      kill(-p.pid, SIGKILL);
+      test::wait_ptrain_status(p, std::chrono::seconds(10));
+      FAIL("the job did not start training: " << test::slurp(dir / "err.txt"));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  const pid_t worker = rank_pid(cfg, 4);
+  REQUIRE(worker > 0);
+  REQUIRE(kill(worker, SIGUSR1) == 0);  // not to mpirun, not to rank 0: one worker only
+  CHECK_MESSAGE(test::wait_ptrain(p, std::chrono::seconds(60)) == 0, test::slurp(dir / "err.txt"));
+  const std::string err = test::slurp(dir / "err.txt");
+  CHECK(err.find("passing it to the coordinator") != std::string::npos);
+  CHECK(err.find("stopping at step") != std::string::npos);
+  const std::string latest = fs::read_symlink(dir / "run/checkpoints/latest").string();
+  CHECK(latest.rfind("step-", 0) == 0);
+  CHECK(latest != "step-01000000");
+  CHECK_NOTHROW(final_weights(dir / "run"));
+}
