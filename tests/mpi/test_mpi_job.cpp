@@ -69,6 +69,22 @@ pid_t rank_pid(const std::string& cfg, int rank) {
   return -1;
 }
 
+// Waits until the job under `dir`/run logged `steps` steps (and, if asked, published a
+// checkpoint); kills it and fails the test after 120 s.
+void wait_training(const test::PtrainProcess& p, const TempDir& dir, size_t steps,
+                   bool with_checkpoint) {
+  const auto deadline = Clock::now() + std::chrono::seconds(120);
+  while ((with_checkpoint && !fs::exists(dir / "run/checkpoints/latest")) ||
+         read_lines(dir / "run/train.jsonl").size() < steps) {
+    if (Clock::now() > deadline) {
+      kill(-p.pid, SIGKILL);
+      test::wait_ptrain_status(p, std::chrono::seconds(10));
+      FAIL("the job did not start training: " << test::slurp(dir / "err.txt"));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
 }  // namespace
 
 TEST_CASE("mpi: mpirun -n 5 trains over the MPI data plane - bitwise equal to TCP and threads") {
@@ -122,17 +138,7 @@ TEST_CASE("mpi: kill -9 of a worker rank ends every rank within 10 s naming its 
   TempDir dir("mpi-kill");
   const std::string cfg = write_config(dir, 100000, "mpi", "run", 2);
   const auto p = mpirun(5, {cfg}, dir / "err.txt");
-  // Wait for training (and a checkpoint) to be under way.
-  const auto deadline = Clock::now() + std::chrono::seconds(120);
-  while (!fs::exists(dir / "run/checkpoints/latest") ||
-         read_lines(dir / "run/train.jsonl").size() < 4) {
-    if (Clock::now() > deadline) {
-      kill(-p.pid, SIGKILL);
-      test::wait_ptrain_status(p, std::chrono::seconds(10));
-      FAIL("the job did not start training: " << test::slurp(dir / "err.txt"));
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  wait_training(p, dir, 4, /*with_checkpoint=*/true);
   const pid_t victim = rank_pid(cfg, 3);
   REQUIRE_MESSAGE(victim > 0, "no process for rank 3");
   const auto t0 = Clock::now();
@@ -179,15 +185,7 @@ TEST_CASE("mpi: SIGUSR1 to one worker rank only - rank 0 checkpoints - every ran
   TempDir dir("mpi-usr1");
   const std::string cfg = write_config(dir, 1000000, "mpi", "run");
   const auto p = mpirun(5, {cfg}, dir / "err.txt");
-  const auto deadline = Clock::now() + std::chrono::seconds(120);
-  while (read_lines(dir / "run/train.jsonl").size() < 3) {
-    if (Clock::now() > deadline) {
-      kill(-p.pid, SIGKILL);
-      test::wait_ptrain_status(p, std::chrono::seconds(10));
-      FAIL("the job did not start training: " << test::slurp(dir / "err.txt"));
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  wait_training(p, dir, 3, /*with_checkpoint=*/false);
   const pid_t worker = rank_pid(cfg, 4);
   REQUIRE(worker > 0);
   REQUIRE(kill(worker, SIGUSR1) == 0);  // not to mpirun, not to rank 0: one worker only
