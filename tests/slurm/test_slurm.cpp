@@ -204,13 +204,13 @@ TEST_CASE("slurm: SIGUSR1 to the batch shell - checkpoint - requeue - resumes fr
   start_long_job(dir, run, job);
   // What the template's `--signal=B:USR1@120` delivers before the time limit, now.
   REQUIRE(sh("scancel --batch --signal=USR1 " + job.id).second == 0);
-  // The job requeues itself; it may start again once its credential expires (cred_expire + 1 s):
-  // ask for now instead.
+  // The job requeues itself; it starts again once its old credential has expired (the local
+  // cluster's cred_expire + 1 s = 21 s). Forcing StartTime=now races that revocation: slurmd
+  // may then kill the new run ("Job credential revoked").
   wait_state(job.id, {"PENDING"}, std::chrono::seconds(60), dir);
   const int64_t k = latest_step(run);
   CHECK(k >= 3);
-  sh("scontrol update jobid=" + job.id + " StartTime=now");
-  wait_state(job.id, {"RUNNING"}, std::chrono::seconds(60), dir);
+  wait_state(job.id, {"RUNNING"}, std::chrono::seconds(90), dir);
   CHECK(job_field(job.id, "Restarts") == "1");
   // The second run continues at step k + 1: the steps logged are 1, 2, ... without a repeat.
   const auto until = Clock::now() + std::chrono::seconds(120);
@@ -226,6 +226,41 @@ TEST_CASE("slurm: SIGUSR1 to the batch shell - checkpoint - requeue - resumes fr
   const std::string out = test::slurp(dir.path / ("slurm-" + job.id + ".out"));
   CHECK(out.find("requeueing job " + job.id) != std::string::npos);
   CHECK(out.find("(restart 1)") != std::string::npos);
+}
+
+TEST_CASE("slurm: elastic-core.sbatch starts the coordinator and servers - a worker joins by RUN_DIR") {
+  need_cluster();
+  TempDir dir("slurm-core");
+  write_corpus(dir / "train.tok", 20000, 7);
+  const std::string cfg = dir / "job.yaml";
+  std::ofstream(cfg) << "run: {seed: 5, threads: 1}\n"
+                        "data: {train: train.tok, tokenizer: byte}\n"
+                        "model: {seq_len: 16, n_layer: 1, n_head: 2, n_embd: 16}\n"
+                        "train: {steps: 8, batch_size: 4, micro_batch: 2, eval_every: 0, "
+                        "log_every: 1}\n"
+                        "cluster: {workers: 1, servers: 2, heartbeat_s: 0.5, peer_timeout_s: 5}\n"
+                        "checkpoint: {every_steps: 0, resume: auto}\n";
+  const std::string run = dir / "run";
+  Job core{submit(dir, "elastic-core.sbatch", cfg + " " + run, "-n 3")};
+  // A worker outside the job, as a worker job would be: it needs only what RUN_DIR holds.
+  const auto until = Clock::now() + std::chrono::seconds(60);
+  while (!fs::exists(run + "/coordinator.addr")) {
+    REQUIRE_MESSAGE(Clock::now() < until, "no coordinator.addr:\n"
+                                              << test::slurp(dir.path / ("slurm-" + core.id + ".out")));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  const std::string addr = read_lines(run + "/coordinator.addr").at(0);
+  const auto w = test::start_ptrain({"worker", "--coordinator", addr, "--secret-file",
+                                     run + "/secret", "--threads", "1"},
+                                    dir / "worker.err");
+  CHECK_MESSAGE(test::wait_ptrain(w, std::chrono::seconds(120)) == 0, test::slurp(dir / "worker.err"));
+  const std::string st = wait_state(core.id, {"COMPLETED", "FAILED", "CANCELLED"},
+                                    std::chrono::seconds(60), dir);
+  CHECK(st == "COMPLETED");
+  CHECK(latest_step(run) == 8);
+  for (int task = 0; task < 3; ++task) {
+    CHECK(fs::exists(fs::path(run) / "logs" / fmt::format("core.job-{}.task-{}.log", core.id, task)));
+  }
 }
 
 TEST_CASE("slurm: elastic pair - a worker job added and one cancelled while it trains") {
