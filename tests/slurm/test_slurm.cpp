@@ -105,15 +105,19 @@ std::string wait_state(const std::string& id, const std::set<std::string>& state
   return st;
 }
 
-std::string write_config(const TempDir& dir, int64_t steps) {
+// The tiny job's config in `dir` (its corpus beside it); `cluster` is the YAML of the cluster keys
+// besides the liveness settings.
+std::string write_config(const TempDir& dir, int64_t steps,
+                         const std::string& cluster = "workers: 2, servers: 1",
+                         int64_t batch_size = 4) {
   if (!fs::exists(dir / "train.tok")) write_corpus(dir / "train.tok", 20000, 7);
   const std::string cfg = dir / "job.yaml";
   std::ofstream(cfg) << "run: {seed: 5, threads: 1}\n"
                      << "data: {train: train.tok, tokenizer: byte}\n"
                         "model: {seq_len: 16, n_layer: 1, n_head: 2, n_embd: 16}\n"
-                        "train: {steps: " << steps << ", batch_size: 4, micro_batch: 2, "
-                     << "eval_every: 0, log_every: 1}\n"
-                        "cluster: {workers: 2, servers: 1, heartbeat_s: 0.5, peer_timeout_s: 5}\n"
+                        "train: {steps: " << steps << ", batch_size: " << batch_size
+                     << ", micro_batch: 2, eval_every: 0, log_every: 1}\n"
+                        "cluster: {" << cluster << ", heartbeat_s: 0.5, peer_timeout_s: 5}\n"
                         "checkpoint: {every_steps: 0, resume: auto}\n";
   return cfg;
 }
@@ -231,15 +235,7 @@ TEST_CASE("slurm: SIGUSR1 to the batch shell - checkpoint - requeue - resumes fr
 TEST_CASE("slurm: elastic-core.sbatch starts the coordinator and servers - a worker joins by RUN_DIR") {
   need_cluster();
   TempDir dir("slurm-core");
-  write_corpus(dir / "train.tok", 20000, 7);
-  const std::string cfg = dir / "job.yaml";
-  std::ofstream(cfg) << "run: {seed: 5, threads: 1}\n"
-                        "data: {train: train.tok, tokenizer: byte}\n"
-                        "model: {seq_len: 16, n_layer: 1, n_head: 2, n_embd: 16}\n"
-                        "train: {steps: 8, batch_size: 4, micro_batch: 2, eval_every: 0, "
-                        "log_every: 1}\n"
-                        "cluster: {workers: 1, servers: 2, heartbeat_s: 0.5, peer_timeout_s: 5}\n"
-                        "checkpoint: {every_steps: 0, resume: auto}\n";
+  const std::string cfg = write_config(dir, 8, "workers: 1, servers: 2");
   const std::string run = dir / "run";
   Job core{submit(dir, "elastic-core.sbatch", cfg + " " + run, "-n 3")};
   // A worker outside the job, as a worker job would be: it needs only what RUN_DIR holds.
@@ -275,16 +271,8 @@ TEST_CASE("slurm: elastic pair - a worker job added and one cancelled while it t
     std::_Exit(77);
   }
   TempDir dir("slurm-elastic");
-  write_corpus(dir / "train.tok", 20000, 7);
-  const std::string cfg = dir / "job.yaml";
-  std::ofstream(cfg) << "run: {seed: 5, threads: 1}\n"
-                        "data: {train: train.tok, tokenizer: byte}\n"
-                        "model: {seq_len: 16, n_layer: 1, n_head: 2, n_embd: 16}\n"
-                        "train: {steps: 1000000, batch_size: 8, micro_batch: 2, eval_every: 0, "
-                        "log_every: 1}\n"
-                        "cluster: {workers: 1, min_workers: 1, servers: 1, heartbeat_s: 0.5, "
-                        "peer_timeout_s: 5}\n"
-                        "checkpoint: {every_steps: 0, resume: auto}\n";
+  const std::string cfg =
+      write_config(dir, 1000000, "workers: 1, min_workers: 1, servers: 1", /*batch_size=*/8);
   const std::string run = dir / "run";
   Job core{submit(dir, "elastic-core.sbatch", cfg + " " + run)};
   Job workers{submit(dir, "elastic-workers.sbatch", run, "--array=0-1")};
