@@ -497,9 +497,13 @@ void measure_ps_mpi(const BenchPsOptions& o, const fs::path& dir, Measured& m,
   if (!net::mpi_built() || std::string(PTRAIN_MPIEXEC).empty()) {
     throw NotImplementedError("bench ps --transport mpi: this build has no MPI (PTRAIN_MPI)");
   }
+  // mpirun starts the program itself: /proc/self/exe would name mpirun's own daemon.
+  std::error_code ec;
+  const fs::path real = fs::read_symlink(o.ptrain_binary, ec);
+  const std::string binary = ec ? o.ptrain_binary : real.string();
   std::vector<std::string> args{"--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
                                 "--mca", "btl_vader_single_copy_mechanism", "none", "-n",
-                                std::to_string(S + W), o.ptrain_binary};
+                                std::to_string(S + W), binary};
   const auto peer = common_args(o, S, W);
   args.insert(args.end(), peer.begin(), peer.end());
   args.insert(args.end(), {"--role", "mpi"});

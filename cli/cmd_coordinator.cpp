@@ -58,16 +58,7 @@ void add_coordinator_command(CLI::App& app, Action& action) {
       o.config = config;
       o.listen = args->listen;
       o.stop_requested = [] { return g_stop.load(); };
-      const RunSummary s = run_coordinator_process(o, std::move(secret));
-      if (s.final_step > s.start_step) {
-        spdlog::info("done: step {} | loss {:.4f} | {:.0f} tok/s | {:.3f} s/step | {}",
-                     s.final_step, s.final_loss, s.tokens_per_s, s.mean_step_s,
-                     s.last_checkpoint.empty() ? "no checkpoint" : s.last_checkpoint);
-      }
-      if (s.interrupted) {
-        spdlog::info("interrupted at step {}; the checkpoint {} resumes it", s.final_step,
-                     s.last_checkpoint);
-      }
+      log_run_summary(run_coordinator_process(o, std::move(secret)));
       return 0;
     };
   });

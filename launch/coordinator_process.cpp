@@ -25,6 +25,18 @@ std::chrono::milliseconds ms(double s) {
 
 }  // namespace
 
+void log_run_summary(const RunSummary& s) {
+  if (s.final_step > s.start_step) {
+    spdlog::info("done: step {} | loss {:.4f} | {:.0f} tok/s | {:.3f} s/step | {}", s.final_step,
+                 s.final_loss, s.tokens_per_s, s.mean_step_s,
+                 s.last_checkpoint.empty() ? "no checkpoint" : s.last_checkpoint);
+  }
+  if (s.interrupted) {
+    spdlog::info("interrupted at step {}; the checkpoint {} resumes it", s.final_step,
+                 s.last_checkpoint);
+  }
+}
+
 RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secret secret) {
   const Config& cfg = o.config;
   if (cfg.cluster.sync != SyncMode::kBsp) {

@@ -28,4 +28,8 @@ struct CoordinatorProcessOptions {
 
 RunSummary run_coordinator_process(const CoordinatorProcessOptions& options, net::Secret secret);
 
+// The closing lines of a coordinator process: "done: step ..." and, when stopped early, which
+// checkpoint resumes it.
+void log_run_summary(const RunSummary& summary);
+
 }  // namespace ptrain

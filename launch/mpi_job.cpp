@@ -135,16 +135,7 @@ int run_mpi_job(const Config& cfg, const MpiJobOptions& o) {
                      effective_transport(cfg.cluster) == DataTransport::kMpi ? "MPI" : "TCP");
         world.broadcast(addr, 0);
       };
-      const RunSummary s = run_coordinator_process(co, std::move(secret));
-      if (s.final_step > s.start_step) {
-        spdlog::info("done: step {} | loss {:.4f} | {:.0f} tok/s | {:.3f} s/step | {}",
-                     s.final_step, s.final_loss, s.tokens_per_s, s.mean_step_s,
-                     s.last_checkpoint.empty() ? "no checkpoint" : s.last_checkpoint);
-      }
-      if (s.interrupted) {
-        spdlog::info("interrupted at step {}; the checkpoint {} resumes it", s.final_step,
-                     s.last_checkpoint);
-      }
+      log_run_summary(run_coordinator_process(co, std::move(secret)));
     } else {
       net::Secret secret(world.broadcast("", 0));
       const std::string coordinator = world.broadcast("", 0);

@@ -13,6 +13,10 @@
 #include "common/proto/frame_decoder.hpp"
 #include "common/util/hash.hpp"
 
+// The C API only: without these, mpi.h also declares the removed C++ bindings, whose library
+// ptrain does not link.
+#define OMPI_SKIP_MPICXX 1
+#define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 #include <spdlog/spdlog.h>
 

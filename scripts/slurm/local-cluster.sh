@@ -37,8 +37,8 @@ die() { say "error: $*"; exit 1; }
 # A pid file names a live process that is not a zombie (PID 1 in containers may reap late).
 alive() {
   local pid
-  [ -s "$1" ] || return 1
-  pid=$(cat "$1")
+  pid=$(cat "$1" 2>/dev/null) || return 1  # a daemon removes its pid file as it exits
+  [ -n "$pid" ] || return 1
   kill -0 "$pid" 2>/dev/null || return 1
   [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]
 }
@@ -48,7 +48,7 @@ alive() {
 stop() {
   local name=$1 pf=$2 pid
   alive "$pf" || { rm -f "$pf"; return 0; }
-  pid=$(cat "$pf")
+  pid=$(cat "$pf" 2>/dev/null) || return 0
   if ! tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "$name"; then
     say "$name: pid $pid is not $name; left alone"; rm -f "$pf"; return 0
   fi

@@ -536,8 +536,9 @@ TEST_CASE_TEMPLATE_DEFINE("conformance: a silent peer is declared lost within th
   H h;
   if constexpr (!H::kConnections) {
     MESSAGE(std::string(H::kName)
-            << ": roles are threads of one process: there is no peer that can fall "
-               "silent and no heartbeat; not applicable");
+            << ": no connections (threads of one process, or MPI ranks whose loss the TCP "
+               "control plane detects): no peer can fall silent here and there is no "
+               "heartbeat; not applicable");
     (void)h.peer(0);
   } else {
     // A live but idle peer is kept (its node sends heartbeats) ...

@@ -4,6 +4,7 @@
 #include "support/http_get.hpp"
 #include "support/job_test_util.hpp"
 #include "support/ptrain_process.hpp"
+#include "support/tiny_job.hpp"
 
 #include "common/io/checkpoint_format.hpp"
 #include "common/io/run_checkpoints.hpp"
@@ -99,19 +100,6 @@ std::string write_config(const TempDir& dir, int64_t steps, const std::string& l
   return cfg;
 }
 
-ParamLayout tiny_layout() {
-  ModelConfig m;
-  m.seq_len = 16;
-  m.n_layer = 1;
-  m.n_head = 2;
-  m.n_embd = 16;
-  return ParamLayout(model_dims(m, 257));
-}
-
-std::vector<float> final_weights(const std::string& run_dir) {
-  return read_checkpoint(run_dir + "/checkpoints/latest/checkpoint.h5", tiny_layout(), false)
-      .params;
-}
 
 // Waits (at most 90 s) for `path` to exist.
 void wait_for_file(const fs::path& path) {

@@ -4,6 +4,7 @@
 // Every test kills the process group it started (mpirun and its ranks) whatever happens.
 #include "support/job_test_util.hpp"
 #include "support/ptrain_process.hpp"
+#include "support/tiny_job.hpp"
 
 #include "common/io/checkpoint_format.hpp"
 
@@ -42,19 +43,6 @@ std::string write_config(const TempDir& dir, int64_t steps, const std::string& l
   return cfg;
 }
 
-ParamLayout tiny_layout() {
-  ModelConfig m;
-  m.seq_len = 16;
-  m.n_layer = 1;
-  m.n_head = 2;
-  m.n_embd = 16;
-  return ParamLayout(model_dims(m, 257));
-}
-
-std::vector<float> final_weights(const std::string& run_dir) {
-  return read_checkpoint(run_dir + "/checkpoints/latest/checkpoint.h5", tiny_layout(), false)
-      .params;
-}
 
 // mpirun -n N ptrain run CONFIG ARGS..., in a process group of its own.
 test::PtrainProcess mpirun(int n, const std::vector<std::string>& args, const std::string& err) {
@@ -81,6 +69,22 @@ pid_t rank_pid(const std::string& cfg, int rank) {
   return -1;
 }
 
+// Waits until the job under `dir`/run logged `steps` steps (and, if asked, published a
+// checkpoint); kills it and fails the test after 120 s.
+void wait_training(const test::PtrainProcess& p, const TempDir& dir, size_t steps,
+                   bool with_checkpoint) {
+  const auto deadline = Clock::now() + std::chrono::seconds(120);
+  while ((with_checkpoint && !fs::exists(dir / "run/checkpoints/latest")) ||
+         read_lines(dir / "run/train.jsonl").size() < steps) {
+    if (Clock::now() > deadline) {
+      kill(-p.pid, SIGKILL);
+      test::wait_ptrain_status(p, std::chrono::seconds(10));
+      FAIL("the job did not start training: " << test::slurp(dir / "err.txt"));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
 }  // namespace
 
 TEST_CASE("mpi: mpirun -n 5 trains over the MPI data plane - bitwise equal to TCP and threads") {
@@ -94,7 +98,7 @@ TEST_CASE("mpi: mpirun -n 5 trains over the MPI data plane - bitwise equal to TC
   CHECK(read_lines(dir / "run/train.jsonl").size() == 5);
   for (const char* log : {"rank-0-coordinator.log", "rank-1-server.log", "rank-2-server.log",
                           "rank-3-worker.log", "rank-4-worker.log"}) {
-    CHECK_MESSAGE(fs::exists(dir / "run/logs" / log), log);
+    CHECK_MESSAGE(fs::exists(dir.path / "run/logs" / log), log);
   }
   const auto mpi = final_weights(dir / "run");
 
@@ -134,17 +138,7 @@ TEST_CASE("mpi: kill -9 of a worker rank ends every rank within 10 s naming its 
   TempDir dir("mpi-kill");
   const std::string cfg = write_config(dir, 100000, "mpi", "run", 2);
   const auto p = mpirun(5, {cfg}, dir / "err.txt");
-  // Wait for training (and a checkpoint) to be under way.
-  const auto deadline = Clock::now() + std::chrono::seconds(120);
-  while (!fs::exists(dir / "run/checkpoints/latest") ||
-         read_lines(dir / "run/train.jsonl").size() < 4) {
-    if (Clock::now() > deadline) {
-      kill(-p.pid, SIGKILL);
-      test::wait_ptrain_status(p, std::chrono::seconds(10));
-      FAIL("the job did not start training: " << test::slurp(dir / "err.txt"));
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  wait_training(p, dir, 4, /*with_checkpoint=*/true);
   const pid_t victim = rank_pid(cfg, 3);
   REQUIRE_MESSAGE(victim > 0, "no process for rank 3");
   const auto t0 = Clock::now();
@@ -185,4 +179,22 @@ TEST_CASE("mpi: bench ps measures the MPI data plane beside TCP in one run") {
     CHECK(r["seconds"].get<double>() > 0);
   }
   CHECK(seen == std::set<std::string>{"tcp", "mpi"});
+}
+
+TEST_CASE("mpi: SIGUSR1 to one worker rank only - rank 0 checkpoints - every rank exits 0") {
+  TempDir dir("mpi-usr1");
+  const std::string cfg = write_config(dir, 1000000, "mpi", "run");
+  const auto p = mpirun(5, {cfg}, dir / "err.txt");
+  wait_training(p, dir, 3, /*with_checkpoint=*/false);
+  const pid_t worker = rank_pid(cfg, 4);
+  REQUIRE(worker > 0);
+  REQUIRE(kill(worker, SIGUSR1) == 0);  // not to mpirun, not to rank 0: one worker only
+  CHECK_MESSAGE(test::wait_ptrain(p, std::chrono::seconds(60)) == 0, test::slurp(dir / "err.txt"));
+  const std::string err = test::slurp(dir / "err.txt");
+  CHECK(err.find("passing it to the coordinator") != std::string::npos);
+  CHECK(err.find("stopping at step") != std::string::npos);
+  const std::string latest = fs::read_symlink(dir / "run/checkpoints/latest").string();
+  CHECK(latest.rfind("step-", 0) == 0);
+  CHECK(latest != "step-01000000");
+  CHECK_NOTHROW(final_weights(dir / "run"));
 }

@@ -7,11 +7,13 @@
 #include "support/ptrain_process.hpp"
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -103,15 +105,19 @@ std::string wait_state(const std::string& id, const std::set<std::string>& state
   return st;
 }
 
-std::string write_config(const TempDir& dir, int64_t steps) {
+// The tiny job's config in `dir` (its corpus beside it); `cluster` is the YAML of the cluster keys
+// besides the liveness settings.
+std::string write_config(const TempDir& dir, int64_t steps,
+                         const std::string& cluster = "workers: 2, servers: 1",
+                         int64_t batch_size = 4) {
   if (!fs::exists(dir / "train.tok")) write_corpus(dir / "train.tok", 20000, 7);
   const std::string cfg = dir / "job.yaml";
   std::ofstream(cfg) << "run: {seed: 5, threads: 1}\n"
                      << "data: {train: train.tok, tokenizer: byte}\n"
                         "model: {seq_len: 16, n_layer: 1, n_head: 2, n_embd: 16}\n"
-                        "train: {steps: " << steps << ", batch_size: 4, micro_batch: 2, "
-                     << "eval_every: 0, log_every: 1}\n"
-                        "cluster: {workers: 2, servers: 1, heartbeat_s: 0.5, peer_timeout_s: 5}\n"
+                        "train: {steps: " << steps << ", batch_size: " << batch_size
+                     << ", micro_batch: 2, eval_every: 0, log_every: 1}\n"
+                        "cluster: {" << cluster << ", heartbeat_s: 0.5, peer_timeout_s: 5}\n"
                         "checkpoint: {every_steps: 0, resume: auto}\n";
   return cfg;
 }
@@ -138,6 +144,14 @@ void wait_for_steps(const std::string& run_dir, size_t n, const std::string& id,
 int64_t latest_step(const std::string& run_dir) {
   const std::string name = fs::read_symlink(run_dir + "/checkpoints/latest").string();
   return std::stoll(name.substr(name.find('-') + 1));
+}
+
+// A long job (a million steps) from train.sbatch, held by `job`, once it has logged 3 steps.
+void start_long_job(const TempDir& dir, const std::string& run, Job& job) {
+  const std::string cfg = write_config(dir, 1000000);
+  job.id = submit(dir, "train.sbatch", cfg + " " + run);
+  wait_state(job.id, {"RUNNING"}, std::chrono::seconds(60), dir);
+  wait_for_steps(run, 3, job.id, dir);
 }
 
 }  // namespace
@@ -171,11 +185,9 @@ TEST_CASE("slurm: train.sbatch trains a 4-task MPI job - checkpoint - loss - log
 TEST_CASE("slurm: scancel --signal=USR1 to the tasks - a checkpoint - the job ends cleanly") {
   need_cluster();
   TempDir dir("slurm-usr1");
-  const std::string cfg = write_config(dir, 1000000);
   const std::string run = dir / "run";
-  Job job{submit(dir, "train.sbatch", cfg + " " + run)};
-  wait_state(job.id, {"RUNNING"}, std::chrono::seconds(60), dir);
-  wait_for_steps(run, 3, job.id, dir);
+  Job job;
+  start_long_job(dir, run, job);
   REQUIRE(sh("scancel --signal=USR1 " + job.id).second == 0);
   const std::string st = wait_state(job.id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"},
                                     std::chrono::seconds(60), dir);
@@ -191,20 +203,18 @@ TEST_CASE("slurm: scancel --signal=USR1 to the tasks - a checkpoint - the job en
 TEST_CASE("slurm: SIGUSR1 to the batch shell - checkpoint - requeue - resumes from it") {
   need_cluster();
   TempDir dir("slurm-requeue");
-  const std::string cfg = write_config(dir, 1000000);
   const std::string run = dir / "run";
-  Job job{submit(dir, "train.sbatch", cfg + " " + run)};
-  wait_state(job.id, {"RUNNING"}, std::chrono::seconds(60), dir);
-  wait_for_steps(run, 3, job.id, dir);
+  Job job;
+  start_long_job(dir, run, job);
   // What the template's `--signal=B:USR1@120` delivers before the time limit, now.
   REQUIRE(sh("scancel --batch --signal=USR1 " + job.id).second == 0);
-  // The job requeues itself; it may start again once its credential expires (cred_expire + 1 s):
-  // ask for now instead.
+  // The job requeues itself; it starts again once its old credential has expired (the local
+  // cluster's cred_expire + 1 s = 21 s). Forcing StartTime=now races that revocation: slurmd
+  // may then kill the new run ("Job credential revoked").
   wait_state(job.id, {"PENDING"}, std::chrono::seconds(60), dir);
   const int64_t k = latest_step(run);
   CHECK(k >= 3);
-  sh("scontrol update jobid=" + job.id + " StartTime=now");
-  wait_state(job.id, {"RUNNING"}, std::chrono::seconds(60), dir);
+  wait_state(job.id, {"RUNNING"}, std::chrono::seconds(90), dir);
   CHECK(job_field(job.id, "Restarts") == "1");
   // The second run continues at step k + 1: the steps logged are 1, 2, ... without a repeat.
   const auto until = Clock::now() + std::chrono::seconds(120);
@@ -222,6 +232,33 @@ TEST_CASE("slurm: SIGUSR1 to the batch shell - checkpoint - requeue - resumes fr
   CHECK(out.find("(restart 1)") != std::string::npos);
 }
 
+TEST_CASE("slurm: elastic-core.sbatch starts the coordinator and servers - a worker joins by RUN_DIR") {
+  need_cluster();
+  TempDir dir("slurm-core");
+  const std::string cfg = write_config(dir, 8, "workers: 1, servers: 2");
+  const std::string run = dir / "run";
+  Job core{submit(dir, "elastic-core.sbatch", cfg + " " + run, "-n 3")};
+  // A worker outside the job, as a worker job would be: it needs only what RUN_DIR holds.
+  const auto until = Clock::now() + std::chrono::seconds(60);
+  while (!fs::exists(run + "/coordinator.addr")) {
+    REQUIRE_MESSAGE(Clock::now() < until, "no coordinator.addr:\n"
+                                              << test::slurp(dir.path / ("slurm-" + core.id + ".out")));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  const std::string addr = read_lines(run + "/coordinator.addr").at(0);
+  const auto w = test::start_ptrain({"worker", "--coordinator", addr, "--secret-file",
+                                     run + "/secret", "--threads", "1"},
+                                    dir / "worker.err");
+  CHECK_MESSAGE(test::wait_ptrain(w, std::chrono::seconds(120)) == 0, test::slurp(dir / "worker.err"));
+  const std::string st = wait_state(core.id, {"COMPLETED", "FAILED", "CANCELLED"},
+                                    std::chrono::seconds(60), dir);
+  CHECK(st == "COMPLETED");
+  CHECK(latest_step(run) == 8);
+  for (int task = 0; task < 3; ++task) {
+    CHECK(fs::exists(fs::path(run) / "logs" / fmt::format("core.job-{}.task-{}.log", core.id, task)));
+  }
+}
+
 TEST_CASE("slurm: elastic pair - a worker job added and one cancelled while it trains") {
   need_cluster();
   // Worker join (`ptrain worker --run-dir`) is what the workers' template runs: without it in
@@ -234,16 +271,8 @@ TEST_CASE("slurm: elastic pair - a worker job added and one cancelled while it t
     std::_Exit(77);
   }
   TempDir dir("slurm-elastic");
-  write_corpus(dir / "train.tok", 20000, 7);
-  const std::string cfg = dir / "job.yaml";
-  std::ofstream(cfg) << "run: {seed: 5, threads: 1}\n"
-                        "data: {train: train.tok, tokenizer: byte}\n"
-                        "model: {seq_len: 16, n_layer: 1, n_head: 2, n_embd: 16}\n"
-                        "train: {steps: 1000000, batch_size: 8, micro_batch: 2, eval_every: 0, "
-                        "log_every: 1}\n"
-                        "cluster: {workers: 1, min_workers: 1, servers: 1, heartbeat_s: 0.5, "
-                        "peer_timeout_s: 5}\n"
-                        "checkpoint: {every_steps: 0, resume: auto}\n";
+  const std::string cfg =
+      write_config(dir, 1000000, "workers: 1, min_workers: 1, servers: 1", /*batch_size=*/8);
   const std::string run = dir / "run";
   Job core{submit(dir, "elastic-core.sbatch", cfg + " " + run)};
   Job workers{submit(dir, "elastic-workers.sbatch", run, "--array=0-1")};
