@@ -4,9 +4,11 @@
 namespace ptrain::cli {
 
 void add_set_option(CLI::App* sub, std::vector<std::string>& sets) {
-  sub->add_option("--set", sets, "Override a config key: --set section.key=value (repeatable)")
+  // Several pairs may follow one --set (--set a.b=1 c.d=2) and --set may repeat; CONFIG comes
+  // before them, or a pair without '=' is refused by parse_override naming it.
+  sub->add_option("--set", sets, "Override config keys: --set section.key=value [section.key=value ...] (repeatable)")
       ->take_all()
-      ->allow_extra_args(false);
+      ->allow_extra_args(true);
 }
 
 Config load_config_with_sets(const std::string& path, const std::vector<std::string>& sets) {
