@@ -18,6 +18,16 @@ Config load_config_with_sets(const std::string& path, const std::vector<std::str
   return load_config(path, overrides);
 }
 
+void add_print_config_flag(CLI::App* sub, bool& flag) {
+  sub->add_flag("--print-config", flag, "Print the resolved config (every key, paths absolute) and exit");
+}
+
+void add_allow_config_change_flag(CLI::App* sub, bool& flag) {
+  sub->add_flag("--allow-config-change", flag,
+                "Resume even when the checkpoint's config differs in keys that change the training "
+                "(model, optimizer, data, batch...); the differences are listed either way");
+}
+
 void add_device_option(CLI::App* sub, std::string& device) {
   sub->add_option("--device", device,
                   "Compute device: cpu (cuda, cuda:N: not implemented yet); default: device.type");

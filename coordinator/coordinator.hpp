@@ -48,6 +48,9 @@ struct CoordinatorOptions {
   // Where the figures of the status endpoint go (owned by the caller, who serves them); null =
   // none. Updated after every step and checkpoint (see docs/status.md for each figure).
   StatusService* status = nullptr;
+  // Resume even when the checkpoint's config differs in keys that change the training
+  // (load_start_state); `--allow-config-change`.
+  bool allow_config_change = false;
 };
 
 struct RunSummary {

@@ -112,6 +112,7 @@ RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secr
   co.tokenizer_json = tokenizer->to_json();
   if (o.stop_requested) co.stop_requested = [f = o.stop_requested](int64_t) { return f(); };
   co.status = &status;
+  co.allow_config_change = o.allow_config_change;
   RunSummary summary;
   try {
     summary = run_coordinator(co, layout, transport, *registrar);

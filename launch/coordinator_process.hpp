@@ -21,6 +21,7 @@ struct CoordinatorProcessOptions {
   std::string listen = "127.0.0.1:0";  // HOST:PORT; port 0 = a free one
   // Polled while waiting for registrations and after every step (SIGINT/SIGTERM).
   std::function<bool()> stop_requested;
+  bool allow_config_change = false;  // CoordinatorOptions::allow_config_change
 };
 
 RunSummary run_coordinator_process(const CoordinatorProcessOptions& options, net::Secret secret);

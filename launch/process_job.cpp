@@ -165,6 +165,7 @@ int run_processes_job(const Config& config, const ProcessJobOptions& o) {
       cargs.push_back("--set");
       cargs.push_back(s);
     }
+    if (o.allow_config_change) cargs.push_back("--allow-config-change");
     const std::string clog = (run_dir / "logs" / "coordinator-0.log").string();
     children.push_back({"coordinator", spawn(cargs, 0, clog)});
     pgid = children[0].pid;
