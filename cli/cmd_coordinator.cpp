@@ -9,6 +9,7 @@
 #include <atomic>
 #include <csignal>
 #include <cstdlib>
+#include <iostream>
 #include <memory>
 
 namespace ptrain::cli {
@@ -34,12 +35,16 @@ void add_coordinator_command(CLI::App& app, Action& action) {
     std::vector<std::string> sets;
     std::string listen = "0.0.0.0:0";
     std::string secret_file;
+    bool print_config = false;
+    bool allow_config_change = false;
   };
   auto args = std::make_shared<Args>();
   auto* sub = app.add_subcommand(
       "coordinator", "Run the coordinator role: accepts servers and workers over TCP, runs the job");
   sub->add_option("CONFIG", args->config, "YAML config file")->required();
   add_set_option(sub, args->sets);
+  add_print_config_flag(sub, args->print_config);
+  add_allow_config_change_flag(sub, args->allow_config_change);
   sub->add_option("--listen", args->listen, "HOST:PORT to listen on (port 0 = a free port; "
                                             "written to RUN_DIR/coordinator.addr)");
   sub->add_option("--secret-file", args->secret_file,
@@ -47,6 +52,10 @@ void add_coordinator_command(CLI::App& app, Action& action) {
   sub->callback([&action, args] {
     action = [args] {
       const Config config = load_config_with_sets(args->config, args->sets);
+      if (args->print_config) {
+        std::cout << config.to_yaml() << std::flush;
+        return 0;
+      }
       net::Secret secret = net::read_secret_file(secret_file_path(args->secret_file));
       struct sigaction sa {};
       sa.sa_handler = on_coordinator_stop;
@@ -58,6 +67,7 @@ void add_coordinator_command(CLI::App& app, Action& action) {
       o.config = config;
       o.listen = args->listen;
       o.stop_requested = [] { return g_stop.load(); };
+      o.allow_config_change = args->allow_config_change;
       log_run_summary(run_coordinator_process(o, std::move(secret)));
       return 0;
     };

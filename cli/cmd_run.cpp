@@ -13,6 +13,7 @@
 #include <atomic>
 #include <csignal>
 #include <cstdlib>
+#include <iostream>
 #include <memory>
 
 namespace ptrain::cli {
@@ -52,6 +53,8 @@ void add_run_command(CLI::App& app, Action& action) {
   struct Args {
     std::string config;
     std::vector<std::string> sets;
+    bool print_config = false;
+    bool allow_config_change = false;
   };
   auto args = std::make_shared<Args>();
   auto* sub = app.add_subcommand(
@@ -60,15 +63,22 @@ void add_run_command(CLI::App& app, Action& action) {
              "(cluster.launch: threads); writes RUN_DIR/train.jsonl and checkpoints");
   sub->add_option("CONFIG", args->config, "YAML config file")->required();
   add_set_option(sub, args->sets);
+  add_print_config_flag(sub, args->print_config);
+  add_allow_config_change_flag(sub, args->allow_config_change);
   sub->callback([&action, args] {
     action = [args] {
       const Config config = load_config_with_sets(args->config, args->sets);
+      if (args->print_config) {
+        std::cout << config.to_yaml() << std::flush;
+        return 0;
+      }
       if (config.cluster.launch == Launch::kMpi) {
         install_mpi_stop_handlers();
         MpiJobOptions mo;
         mo.stop_requested = [] { return g_stop.load(); };
         mo.slurm_job_id = env_or_empty("SLURM_JOB_ID");
         mo.slurm_task_id = env_or_empty("SLURM_PROCID");
+        mo.allow_config_change = args->allow_config_change;
         return run_mpi_job(config, mo);
       }
       install_stop_handlers();
@@ -77,10 +87,12 @@ void add_run_command(CLI::App& app, Action& action) {
         po.config_path = args->config;
         po.sets = args->sets;
         po.stop_requested = [] { return g_stop.load(); };
+        po.allow_config_change = args->allow_config_change;
         return run_processes_job(config, po);
       }
       ThreadsJobOptions options;
       options.stop_requested = [](int64_t) { return g_stop.load(); };
+      options.allow_config_change = args->allow_config_change;
       const RunSummary s = run_threads_job(config, options);
       if (s.final_step > s.start_step) {
         spdlog::info("done: step {} | loss {:.4f}{} | {:.0f} tok/s | {:.3f} s/step | {}", s.final_step,

@@ -42,6 +42,12 @@ void add_set_option(CLI::App* sub, std::vector<std::string>& sets);
 // Loads CONFIG with the --set overrides applied (ConfigError / UsageError on bad input).
 Config load_config_with_sets(const std::string& path, const std::vector<std::string>& sets);
 
+// `--print-config`: print the resolved config (every key, paths absolute) on stdout and exit.
+void add_print_config_flag(CLI::App* sub, bool& flag);
+// `--allow-config-change`: resume although the checkpoint's config differs in keys that change the
+// training.
+void add_allow_config_change_flag(CLI::App* sub, bool& flag);
+
 // `--device D` on a subcommand that runs the model (eval, generate, grad, bench train).
 void add_device_option(CLI::App* sub, std::string& device);
 

@@ -4,9 +4,11 @@
 namespace ptrain::cli {
 
 void add_set_option(CLI::App* sub, std::vector<std::string>& sets) {
-  sub->add_option("--set", sets, "Override a config key: --set section.key=value (repeatable)")
+  // Several pairs may follow one --set (--set a.b=1 c.d=2) and --set may repeat; CONFIG comes
+  // before them, or a pair without '=' is refused by parse_override naming it.
+  sub->add_option("--set", sets, "Override config keys: --set section.key=value [section.key=value ...] (repeatable)")
       ->take_all()
-      ->allow_extra_args(false);
+      ->allow_extra_args(true);
 }
 
 Config load_config_with_sets(const std::string& path, const std::vector<std::string>& sets) {
@@ -14,6 +16,16 @@ Config load_config_with_sets(const std::string& path, const std::vector<std::str
   overrides.reserve(sets.size());
   for (const auto& s : sets) overrides.push_back(parse_override(s));
   return load_config(path, overrides);
+}
+
+void add_print_config_flag(CLI::App* sub, bool& flag) {
+  sub->add_flag("--print-config", flag, "Print the resolved config (every key, paths absolute) and exit");
+}
+
+void add_allow_config_change_flag(CLI::App* sub, bool& flag) {
+  sub->add_flag("--allow-config-change", flag,
+                "Resume even when the checkpoint's config differs in keys that change the training "
+                "(model, optimizer, data, batch...); the differences are listed either way");
 }
 
 void add_device_option(CLI::App* sub, std::string& device) {

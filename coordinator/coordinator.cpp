@@ -931,7 +931,7 @@ void CoordinatorRun::broadcast_shutdown(const std::string& reason) {
 
 RunSummary CoordinatorRun::run() {
   t_start_ = Clock::now();
-  StartState st = load_start_state(cfg_, layout_);
+  StartState st = load_start_state(cfg_, layout_, o_.allow_config_change);
   summary_.start_step = st.step;
   summary_.final_step = st.step;
   summary_.tokens_seen = st.tokens_seen;

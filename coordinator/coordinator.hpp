@@ -57,6 +57,9 @@ struct CoordinatorOptions {
   // Sends the job's Welcome to a worker that joined after the start (the processes launch);
   // empty = nobody joins after the start (a fixed membership).
   std::function<void(const net::Member&)> welcome;
+  // Resume even when the checkpoint's config differs in keys that change the training
+  // (load_start_state); `--allow-config-change`.
+  bool allow_config_change = false;
 };
 
 struct RunSummary {

@@ -6,6 +6,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <filesystem>
+
 namespace ptrain {
 
 namespace {
@@ -16,9 +18,48 @@ StartState fresh(const Config& config) {
   return s;
 }
 
+void check_config_change(const Config& config, const std::string& file, const CheckpointMeta& meta,
+                         bool allow) {
+  Config stored;
+  try {
+    stored = parse_config_text(meta.config_yaml, file + " (attribute config_yaml)",
+                               std::filesystem::path(file).parent_path().string());
+  } catch (const Error& e) {
+    spdlog::warn("{}: its stored config does not load ({}); cannot compare it with this run's", file, e.what());
+    return;
+  }
+  std::string refused;
+  for (const ConfigDifference& d : config_differences(stored, config)) {
+    const std::string line = fmt::format("{}: {} in the checkpoint, {} now", d.key, d.before, d.after);
+    if (resume_safe_key(d.key)) {
+      spdlog::info("resume: {}", line);
+    } else if (allow) {
+      spdlog::warn("resume: {} (allowed by --allow-config-change)", line);
+    } else {
+      refused += "\n  " + line;
+    }
+  }
+  if (!refused.empty()) {
+    throw ConfigError(fmt::format(
+        "{}: this run's config differs from the checkpoint's in keys that change the training:{}\n"
+        "Resume with the checkpoint's values, start a fresh run (another run.dir, or "
+        "checkpoint.resume: never), or pass --allow-config-change to resume anyway",
+        file, refused));
+  }
+}
+
 }  // namespace
 
-StartState load_start_state(const Config& config, const ParamLayout& layout) {
+bool resume_safe_key(const std::string& key) {
+  static const char* const kSafe[] = {"run.dir", "run.threads", "train.steps", "train.micro_batch",
+                                      "train.eval_every", "train.eval_windows", "train.log_every"};
+  for (const char* k : kSafe) {
+    if (key == k) return true;
+  }
+  return key.starts_with("checkpoint.") || key.starts_with("cluster.") || key.starts_with("status.");
+}
+
+StartState load_start_state(const Config& config, const ParamLayout& layout, bool allow_config_change) {
   const std::string& resume = config.checkpoint.resume;
   std::string path;
   if (resume == "never") {
@@ -39,6 +80,7 @@ StartState load_start_state(const Config& config, const ParamLayout& layout) {
         "different model config",
         file, meta.layout_hash, layout.hash()));
   }
+  check_config_change(config, file, meta, allow_config_change);
   StartState s;
   s.step = meta.step;
   s.tokens_seen = meta.tokens_seen;

@@ -22,6 +22,16 @@ struct StartState {
   std::string resumed_from;  // the checkpoint .h5 file (symlinks resolved); empty = fresh
 };
 
-StartState load_start_state(const Config& config, const ParamLayout& layout);
+// On resume, the checkpoint's stored config is compared with `config`, key by key: keys that only
+// change when, how often or where the run reports (train.steps, the eval, log and checkpoint
+// cadence, checkpoint.*, run.dir, run.threads, train.micro_batch, cluster.*, status.*) are
+// listed and allowed; any other difference (model, optimizer, data, batch size, seed...) is
+// refused with ConfigError listing every differing key with both values, unless
+// `allow_config_change` (then they are listed as warnings).
+StartState load_start_state(const Config& config, const ParamLayout& layout, bool allow_config_change = false);
+
+// Whether changing `key` between a checkpoint and its resume changes nothing of the training
+// itself (see load_start_state).
+bool resume_safe_key(const std::string& key);
 
 }  // namespace ptrain

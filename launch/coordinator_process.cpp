@@ -140,6 +140,7 @@ RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secr
       registrar->report_lost(m.endpoint, e.what());
     }
   };
+  co.allow_config_change = o.allow_config_change;
   RunSummary summary;
   try {
     summary = run_coordinator(co, layout, transport, *registrar);

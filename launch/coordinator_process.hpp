@@ -24,6 +24,7 @@ struct CoordinatorProcessOptions {
   // Called with the address in RUN_DIR/coordinator.addr once it listens (the MPI launch shares it
   // with every rank).
   std::function<void(const std::string& address)> on_listening;
+  bool allow_config_change = false;  // CoordinatorOptions::allow_config_change
 };
 
 RunSummary run_coordinator_process(const CoordinatorProcessOptions& options, net::Secret secret);

@@ -121,6 +121,7 @@ int run_mpi_job(const Config& cfg, const MpiJobOptions& o) {
       CoordinatorProcessOptions co;
       co.config = cfg;
       co.listen = "0.0.0.0:0";
+      co.allow_config_change = o.allow_config_change;
       bool relayed = false;
       co.stop_requested = [&] {
         if (!relayed && world.nudged()) {

@@ -30,6 +30,7 @@ struct MpiJobOptions {
   // SLURM's job and task ids when run under SLURM ("" otherwise), for the log file names.
   std::string slurm_job_id;
   std::string slurm_task_id;
+  bool allow_config_change = false;  // CoordinatorOptions::allow_config_change (rank 0)
 };
 
 // Runs this rank's role. Returns the exit code (rank 0: the coordinator's; 0 for a role that ended

@@ -191,6 +191,7 @@ Attempt run_attempt(const Config& config, const ProcessJobOptions& o, const std:
       cargs.push_back("--set");
       cargs.push_back(s);
     }
+    if (o.allow_config_change) cargs.push_back("--allow-config-change");
     const std::string clog = (run_dir / "logs" / "coordinator-0.log").string();
     children.push_back({"coordinator", spawn(cargs, 0, clog)});
     pgid = children[0].pid;

@@ -28,6 +28,7 @@ struct ProcessJobOptions {
   std::string secret_file;        // "" = generate RUN_DIR/secret
   std::string ptrain_binary = "/proc/self/exe";
   std::function<bool()> stop_requested;  // polled; true once = forward SIGTERM to the coordinator
+  bool allow_config_change = false;      // passed on to the coordinator
 };
 
 // Returns the coordinator's exit status (0: trained, or stopped with a checkpoint written), or 4

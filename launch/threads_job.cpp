@@ -190,6 +190,7 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
   co.tokenizer_json = tokenizer->to_json();
   co.timeout = options.timeout;
   co.stop_requested = options.stop_requested;
+  co.allow_config_change = options.allow_config_change;
   co.status = &status;
   // Every role is a thread of this process: the membership is fixed (a failing thread stops the
   // whole job through the fabric, never as a membership change).

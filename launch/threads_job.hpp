@@ -26,6 +26,8 @@ struct ThreadsJobOptions {
   std::chrono::milliseconds timeout{std::chrono::hours(1)};
   // See CoordinatorOptions::stop_requested (SIGINT/SIGTERM in `ptrain run`; tests).
   std::function<bool(int64_t)> stop_requested;
+  // See CoordinatorOptions::allow_config_change (`--allow-config-change`).
+  bool allow_config_change = false;
   // Test-only knob: builds every worker's compute backend (given its thread count) instead of
   // `device.type`, e.g. the tests' fake device backend. Empty = device.type.
   std::function<std::unique_ptr<Backend>(int threads)> make_backend;

@@ -615,6 +615,16 @@ std::string Config::to_yaml() const {
   return out;
 }
 
+std::vector<ConfigDifference> config_differences(const Config& before, const Config& after) {
+  Config a = before, b = after;  // the table's accessors take a mutable Config
+  std::vector<ConfigDifference> out;
+  for (const Key& key : kKeys) {
+    std::string va = format_value(key, key.field(a)), vb = format_value(key, key.field(b));
+    if (va != vb) out.push_back({std::string(key.name), std::move(va), std::move(vb)});
+  }
+  return out;
+}
+
 bool Config::operator==(const Config& o) const {
   return run == o.run && data == o.data && model == o.model && device == o.device &&
          train == o.train &&

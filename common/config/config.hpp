@@ -170,6 +170,13 @@ Config parse_config_text(const std::string& yaml_text, const std::string& origin
 // Parses "a.b=value" (as given to --set). Throws UsageError when malformed.
 ConfigOverride parse_override(const std::string& text);
 
+// The keys whose values differ between two configs, in defaults.yaml order, each with both values
+// as to_yaml() writes them (resume compares the checkpoint's config with the run's).
+struct ConfigDifference {
+  std::string key, before, after;
+};
+std::vector<ConfigDifference> config_differences(const Config& before, const Config& after);
+
 // Every valid key, "section.name", in defaults.yaml order.
 const std::vector<std::string>& config_keys();
 

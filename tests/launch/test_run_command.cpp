@@ -94,3 +94,47 @@ TEST_CASE("coordinator run command: SIGTERM stops with a checkpoint - the next r
   CHECK(err2.find("resuming from") != std::string::npos);
   CHECK(err2.find("step " + std::to_string(stopped + 2) + "/") != std::string::npos);
 }
+
+TEST_CASE("coordinator run command: a resume with a changed config is refused naming the keys - unless allowed") {
+  TempDir dir("run-change");
+  const std::string cfg = write_config(dir, 2);
+  CHECK(wait_exit(start({"run", cfg}, dir / "err.txt")) == 0);
+  // More steps and another log cadence: safe, listed, resumed.
+  CHECK(wait_exit(start({"run", cfg, "--set", "train.steps=3", "train.log_every=2"}, dir / "err2.txt")) == 0);
+  CHECK(slurp(dir / "err2.txt").find("resume: train.steps: 2 in the checkpoint, 3 now") != std::string::npos);
+  CHECK(fs::read_symlink(dir / "run/checkpoints/latest") == "step-00000003");
+  // Another learning rate and batch size: refused, both keys named with both values, nothing run.
+  const Proc q = start({"run", cfg, "--set", "train.steps=4", "optim.lr=0.5", "train.batch_size=8"}, dir / "err3.txt");
+  CHECK(wait_exit(q) == 3);
+  const std::string err = slurp(dir / "err3.txt");
+  CHECK_MESSAGE(err.find("optim.lr: ") != std::string::npos, err);
+  CHECK(err.find(", 0.5 now") != std::string::npos);
+  CHECK(err.find("train.batch_size: 4 in the checkpoint, 8 now") != std::string::npos);
+  CHECK(err.find("--allow-config-change") != std::string::npos);
+  const size_t refused = err.find("keys that change the training:");
+  REQUIRE(refused != std::string::npos);
+  CHECK(err.find("train.steps", refused) == std::string::npos);  // a safe key is listed, not refused
+  CHECK(fs::read_symlink(dir / "run/checkpoints/latest") == "step-00000003");
+  // Allowed: it resumes, warning about each key.
+  const Proc r = start({"run", cfg, "--allow-config-change", "--set", "train.steps=4", "optim.lr=0.5"}, dir / "err4.txt");
+  CHECK(wait_exit(r) == 0);
+  CHECK(slurp(dir / "err4.txt").find("allowed by --allow-config-change") != std::string::npos);
+  CHECK(fs::read_symlink(dir / "run/checkpoints/latest") == "step-00000004");
+}
+
+TEST_CASE("coordinator run command: --print-config prints the resolved config and runs nothing") {
+  TempDir dir("run-print");
+  const std::string cfg = write_config(dir, 2);
+  const std::string out = std::string(dir / "out.txt");
+  const Proc p = test::start_ptrain({"run", cfg, "--print-config", "--set", "train.steps=7", "optim.lr=0.002"},
+                                    dir / "err.txt", out);
+  CHECK(wait_exit(p) == 0);
+  const std::string yaml = slurp(out);
+  CHECK(yaml.find("  steps: 7\n") != std::string::npos);
+  CHECK(yaml.find("  lr: 0.002\n") != std::string::npos);
+  CHECK(yaml.find("  train: \"" + std::string(dir / "train.tok") + "\"\n") != std::string::npos);  // absolute
+  CHECK_FALSE(fs::exists(dir / "run"));
+  const Proc q = test::start_ptrain({"init", cfg, "--print-config"}, dir / "err.txt", out);
+  CHECK(wait_exit(q) == 0);
+  CHECK(slurp(out).find("  steps: 2\n") != std::string::npos);
+}

@@ -581,3 +581,20 @@ TEST_CASE("status: the page in headless Chromium - charts from /train.jsonl - me
   CHECK(std::string(magic + 1, 3) == "PNG");
   std::filesystem::remove_all(dir);
 }
+
+// The Grafana dashboard in the repository queries only metrics that /metrics serves.
+TEST_CASE("status: the Grafana dashboard names only served metrics") {
+  const std::string file = std::string(PTRAIN_TEST_SCRIPTS) + "/../docs/grafana/ptrain-dashboard.json";
+  std::ifstream in(file);
+  REQUIRE_MESSAGE(in.good(), file);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string metrics = render_prometheus(sample_status());
+  static const std::regex name(R"(ptrain_[a-z_]+)");
+  size_t n = 0;
+  for (auto it = std::sregex_iterator(text.begin(), text.end(), name); it != std::sregex_iterator(); ++it, ++n) {
+    const std::string m = it->str();
+    if (m == "ptrain_training") continue;  // the dashboard's uid
+    CHECK_MESSAGE(metrics.find("# TYPE " + m + " ") != std::string::npos, m);
+  }
+  CHECK(n >= 15);
+}
