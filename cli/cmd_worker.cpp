@@ -65,7 +65,10 @@ void add_worker_command(CLI::App& app, Action& action) {
       sigemptyset(&sa.sa_mask);
       sigaction(SIGINT, &sa, nullptr);
       sigaction(SIGTERM, &sa, nullptr);
-      WorkerProcessOptions o{args->coordinator, args->device, args->threads};
+      WorkerProcessOptions o;
+      o.coordinator = args->coordinator;
+      o.device = args->device;
+      o.threads = args->threads;
       o.leave_requested = [] { return g_leave.load(); };
       // TEST ONLY (docs/elastic.md): PTRAIN_TEST_WORKER_FAULT=PHASE:STEP kills this worker with
       // SIGKILL at that phase of that step, so tests can lose a worker at an exact point.

@@ -14,7 +14,7 @@ namespace {
 
 StartState fresh(const Config& config) {
   StartState s;
-  s.data = DataState{config.run.seed, 0, 0};
+  s.data = DataState{config.run.seed, 0, 0, {}};
   return s;
 }
 

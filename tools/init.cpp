@@ -21,7 +21,7 @@ void init_checkpoint(const InitOptions& o) {
   data.meta.tokens_seen = 0;
   data.meta.config_yaml = config.to_yaml();
   data.meta.tokenizer_json = tokenizer->to_json();
-  data.meta.data = DataState{config.run.seed, 0, 0};
+  data.meta.data = DataState{config.run.seed, 0, 0, {}};
   write_checkpoint_file_atomic(o.out, layout, data);  // m, v empty: written as zeros
   spdlog::info("wrote {}: {} parameters in {} tensors (V {} padded to {}, T {}, L {}, NH {}, C {}), "
                "seed {}",

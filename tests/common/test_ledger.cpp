@@ -38,7 +38,7 @@ TEST_CASE("ledger: one line per step and data epoch - events - the exactly-once 
   CHECK(nlohmann::json::parse(lines[1])["event"] == "lost");
 
   // Cursor in epoch 1: epoch 0 must be whole.
-  LedgerCheck c = check_ledger(dir / "ledger.jsonl", 4, DataState{5, 1, 2}, 3);
+  LedgerCheck c = check_ledger(dir / "ledger.jsonl", 4, DataState{5, 1, 2, {}}, 3);
   CHECK(c.ok());
   CHECK(c.complete_epochs == std::vector<int64_t>{0});
   CHECK(c.events["lost"] == 1);
@@ -48,7 +48,7 @@ TEST_CASE("ledger: one line per step and data epoch - events - the exactly-once 
     LedgerWriter w(dir.path.string(), 3);
     w.step(4, {{1, 0}});
   }
-  c = check_ledger(dir / "ledger.jsonl", 4, DataState{5, 2, 0}, 4);
+  c = check_ledger(dir / "ledger.jsonl", 4, DataState{5, 2, 0, {}}, 4);
   CHECK_FALSE(c.ok());
   CHECK(c.doubled == 1);
   CHECK(c.missing == 2);  // windows 1 and 3 of epoch 1

@@ -73,7 +73,7 @@ TEST_CASE("coordinator: the batch split sums to B - contiguous - the first B mod
 
 TEST_CASE("coordinator: steps take consecutive positions and roll over epochs") {
   const int64_t n = 10, B = 4;
-  DataPlan plan(n, DataState{7, 0, 0});
+  DataPlan plan(n, DataState{7, 0, 0, {}});
   const auto e0 = window_permutation(7, 0, n), e1 = window_permutation(7, 1, n);
   std::vector<int64_t> stream(e0);
   stream.insert(stream.end(), e1.begin(), e1.end());
@@ -90,24 +90,24 @@ TEST_CASE("coordinator: steps take consecutive positions and roll over epochs") 
   std::set<int64_t> first(got.begin(), got.begin() + n);
   CHECK(first.size() == static_cast<size_t>(n));
   // B larger than the epoch.
-  DataPlan big(3, DataState{1, 0, 0});
+  DataPlan big(3, DataState{1, 0, 0, {}});
   CHECK(big.next_step(7).size() == 7);
   CHECK(big.state().epoch == 2);
   CHECK(big.state().position == 1);
-  CHECK_THROWS_AS(DataPlan(0, DataState{1, 0, 0}), DataError);
-  CHECK_THROWS_WITH_AS(DataPlan(10, DataState{1, 0, 11}), doctest::Contains("does not fit"),
+  CHECK_THROWS_AS(DataPlan(0, DataState{1, 0, 0, {}}), DataError);
+  CHECK_THROWS_WITH_AS(DataPlan(10, DataState{1, 0, 11, {}}), doctest::Contains("does not fit"),
                        DataError);
 }
 
 TEST_CASE("coordinator: the cursor resumes exactly") {
-  DataPlan a(37, DataState{99, 0, 0});
+  DataPlan a(37, DataState{99, 0, 0, {}});
   for (int t = 0; t < 6; ++t) a.next_step(8);
   DataPlan b(37, a.state());
   for (int t = 0; t < 10; ++t) CHECK(a.next_step(8) == b.next_step(8));
 }
 
 TEST_CASE("coordinator: the same windows whatever the number of workers") {
-  DataPlan plan(1000, DataState{5, 0, 0});
+  DataPlan plan(1000, DataState{5, 0, 0, {}});
   for (int t = 0; t < 3; ++t) {
     const auto windows = plan.next_step(13);
     for (int64_t W : {1, 2, 3, 4}) {
@@ -122,7 +122,7 @@ TEST_CASE("coordinator: the same windows whatever the number of workers") {
 
 TEST_CASE("data plan: windows given back are handed out first - keep their epoch - are checkpointed") {
   // 5 windows, batches of 3: a step straddles epochs; a lost worker's windows come back.
-  DataPlan plan(5, DataState{11, 0, 0});
+  DataPlan plan(5, DataState{11, 0, 0, {}});
   const std::vector<DataWindow> s1 = plan.take(3);
   const std::vector<DataWindow> s2 = plan.take(3);  // 2 of epoch 0, 1 of epoch 1
   CHECK(s2[0].epoch == 0);

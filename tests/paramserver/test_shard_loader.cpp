@@ -35,7 +35,7 @@ CheckpointData random_state(const ParamLayout& layout, int64_t step) {
   }
   d.meta.step = step;
   d.meta.tokenizer_json = "{}";
-  d.meta.data = DataState{9, 0, step};
+  d.meta.data = DataState{9, 0, step, {}};
   return d;
 }
 

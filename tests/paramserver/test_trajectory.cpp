@@ -155,7 +155,7 @@ Replay replay(const Fixture& fx, const TempDir& dir, int64_t W, int64_t S, int64
   init.meta.step = 0;
   init.meta.config_yaml = cfg.to_yaml();
   init.meta.tokenizer_json = make_byte_tokenizer()->to_json();
-  init.meta.data = DataState{seed, 0, 0};
+  init.meta.data = DataState{seed, 0, 0, {}};
   const std::string init_file = dir / "init.h5";
   write_checkpoint_file(init_file, layout, init);
   cfg.checkpoint.resume = init_file;

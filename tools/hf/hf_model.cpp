@@ -185,7 +185,7 @@ ImportResult import_hf(const ImportOptions& o) {
 
   data.meta.config_yaml = config.to_yaml();
   data.meta.tokenizer_json = tokenizer->to_json();
-  data.meta.data = DataState{config.run.seed, 0, 0};
+  data.meta.data = DataState{config.run.seed, 0, 0, {}};
   make_dirs(folder.string());
   write_file_atomic(r.tokenizer, data.meta.tokenizer_json);
   write_file_atomic(r.config, yaml);
