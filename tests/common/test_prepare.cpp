@@ -6,6 +6,7 @@
 #include "common/error.hpp"
 #include "common/io/token_file.hpp"
 #include "common/util/fs.hpp"
+#include "tools/data_stats.hpp"
 
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
@@ -515,4 +516,27 @@ TEST_CASE("prepare: --dry-run counts and writes nothing - and options out of ran
   o = opt;
   o.gpt2_vocab = "v.json";
   refused<UsageError>(o, "--vocab and --merges are for --tokenizer gpt2 only");
+}
+
+TEST_CASE("prepare: data stats reads the manifest - windows per shard add up - epochs for given steps") {
+  TempDir dir;
+  PrepareOptions opt = many_docs(dir, 200);
+  opt.shard_size = 1024;  // 480 tokens a shard
+  const PrepareResult r = prepare_corpus(opt);
+  REQUIRE(r.train.shards >= 3);
+  tools::DataStatsOptions o;
+  o.dir = dir / "out";
+  o.seq_len = 16;
+  o.steps = 10;
+  o.batch_size = 8;
+  const auto j = nlohmann::json::parse(tools::data_stats_json(o));
+  const int64_t windows = (r.train.tokens - 1) / 16;
+  CHECK(j["splits"]["train"]["tokens"] == r.train.tokens);
+  CHECK(j["splits"]["train"]["windows"] == windows);
+  int64_t sum = 0;
+  for (const auto& s : j["splits"]["train"]["shards"]) sum += s["windows"].get<int64_t>();
+  CHECK(sum == windows);
+  CHECK(j["splits"]["train"]["epochs"].get<double>() == doctest::Approx(80.0 / windows));
+  CHECK(j["tokenizer"]["hash"] == r.tokenizer_hash);
+  CHECK(tools::data_stats_text(j.dump()).find("train: 190 documents") != std::string::npos);
 }
