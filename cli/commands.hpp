@@ -16,6 +16,7 @@ namespace ptrain::cli {
 using Action = std::function<int()>;
 
 void add_prepare_command(CLI::App& app, Action& action);
+void add_data_command(CLI::App& app, Action& action);
 void add_run_command(CLI::App& app, Action& action);
 void add_init_command(CLI::App& app, Action& action);
 void add_grad_command(CLI::App& app, Action& action);

@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", PTRAIN_VERSION);
   ptrain::cli::Action action;
   ptrain::cli::add_prepare_command(app, action);
+  ptrain::cli::add_data_command(app, action);
   ptrain::cli::add_run_command(app, action);
   ptrain::cli::add_init_command(app, action);
   ptrain::cli::add_grad_command(app, action);

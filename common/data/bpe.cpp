@@ -122,15 +122,7 @@ class BpeTokenizer final : public Tokenizer {
   int32_t eot() const override { return kNumBytes + static_cast<int32_t>(merges_.size()); }
 
   std::vector<int32_t> encode(std::string_view bytes) const override {
-    std::vector<std::string_view> words;
-    bpe::pretokenize(bytes, words);
-    std::vector<int32_t> out;
-    out.reserve(bytes.size() / 3 + 1);
-    for (std::string_view w : words) {
-      const auto& ids = bpe::WordCache::get(serial_, w, [this](std::string_view x) { return encode_word(x); });
-      out.insert(out.end(), ids.begin(), ids.end());
-    }
-    return out;
+    return bpe::encode_cached(bytes, serial_, bpe::pretokenize, [this](std::string_view w) { return encode_word(w); });
   }
 
   std::string decode(std::span<const int32_t> ids) const override {

@@ -93,4 +93,20 @@ class WordCache {
   static constexpr size_t kMaxWords = size_t{1} << 18;
 };
 
+// Encodes `text` piece by piece: `pretokenize(text, pieces)` cuts it, `encode_word(piece)` encodes
+// a piece not yet in this thread's cache for tokenizer `owner`.
+template <typename Pretokenize, typename EncodeWord>
+std::vector<int32_t> encode_cached(std::string_view text, uint64_t owner, Pretokenize&& pretokenize,
+                                   EncodeWord&& encode_word) {
+  std::vector<std::string_view> words;
+  pretokenize(text, words);
+  std::vector<int32_t> out;
+  out.reserve(text.size() / 3 + 1);
+  for (std::string_view w : words) {
+    const auto& ids = WordCache::get(owner, w, encode_word);
+    out.insert(out.end(), ids.begin(), ids.end());
+  }
+  return out;
+}
+
 }  // namespace ptrain::bpe

@@ -183,9 +183,10 @@ class GzipSource final : public ByteSource {
   ~GzipSource() override { ::gzclose(gz_); }
   size_t read(char* buf, size_t cap) override {
     const int n = ::gzread(gz_, buf, static_cast<unsigned>(std::min<size_t>(cap, 1u << 30)));
-    if (n < 0) {
-      int code = 0;
-      const char* msg = ::gzerror(gz_, &code);
+    int code = Z_OK;
+    const char* msg = ::gzerror(gz_, &code);
+    // A truncated stream ends with 0 bytes and Z_BUF_ERROR ("unexpected end of file").
+    if (n < 0 || (n == 0 && code != Z_OK)) {
       throw IoError(fmt::format("cannot decompress {} (gzip): {}", path_, msg ? msg : "error"));
     }
     return static_cast<size_t>(n);

@@ -197,15 +197,7 @@ class Gpt2Tokenizer final : public Tokenizer {
   int32_t eot() const override { return eot_; }
 
   std::vector<int32_t> encode(std::string_view text) const override {
-    std::vector<std::string_view> words;
-    gpt2_pretokenize(text, words);
-    std::vector<int32_t> out;
-    out.reserve(text.size() / 3 + 1);
-    for (std::string_view w : words) {
-      const auto& ids = bpe::WordCache::get(serial_, w, [this](std::string_view x) { return encode_word(x); });
-      out.insert(out.end(), ids.begin(), ids.end());
-    }
-    return out;
+    return bpe::encode_cached(text, serial_, gpt2_pretokenize, [this](std::string_view w) { return encode_word(w); });
   }
 
   std::string decode(std::span<const int32_t> ids) const override {

@@ -6,6 +6,7 @@
 // Also `bench train --tokens` against `ptrain run` on the same token file (the same step).
 #include "support/checkpoint_test_util.hpp"
 #include "support/ptrain_process.hpp"
+#include "common/data/tokenizer.hpp"
 #include "common/error.hpp"
 #include "common/io/checkpoint_format.hpp"
 #include "common/io/hdf5.hpp"
@@ -571,4 +572,22 @@ TEST_CASE("tools: scripts/check_checkpoint.py accepts what init writes") {
   CHECK(j["ok"] == true);
   CHECK(j["layout_hash"] == ParamLayout(fx.dims).hash());
   CHECK(j["parameters"] == ParamLayout(fx.dims).total());
+}
+
+TEST_CASE("tools eval: data made with another tokenizer is refused naming both - same-tokenizer data runs") {
+  Fixture fx;
+  fx.init();  // tokenizer byte
+  const std::string byte_hash = tokenizer_hash(*make_byte_tokenizer());
+  // The same tokens stamped with the byte tokenizer's hash: evaluated.
+  write_token_file(fx.path("same.tok"), 257, fx.tokens, byte_hash);
+  const Result ok = fx.run({"eval", "--checkpoint", fx.ckpt, "--data", fx.path("same.tok"), "--json"});
+  CHECK_MESSAGE(ok.rc == 0, ok.err);
+  // Stamped with another tokenizer's hash (a BPE of the same size would look alike by vocabulary).
+  const std::string other(64, 'a');
+  write_token_file(fx.path("other.tok"), 257, fx.tokens, other);
+  const Result bad = fx.run({"eval", "--checkpoint", fx.ckpt, "--data", fx.path("other.tok")});
+  CHECK(bad.rc == 5);
+  CHECK(contains(bad.err, "other.tok"));
+  CHECK(contains(bad.err, other.substr(0, 32)));
+  CHECK(contains(bad.err, byte_hash.substr(0, 32)));
 }

@@ -398,7 +398,7 @@ TEST_CASE("config: to_yaml emits every key and parses back to an equal config") 
 TEST_CASE("config: configs/quickstart.yaml loads") {
   const Config c = load_config((kConfigDir / "quickstart.yaml").string());
   const std::string root = fs::absolute(kConfigDir).lexically_normal().parent_path().string();
-  CHECK(c.data.train == root + "/data/fortunes/train.tok");
+  CHECK(c.data.train == root + "/data/fortunes");  // the prepared folder: its train shards
   CHECK(c.data.tokenizer == root + "/data/fortunes/tokenizer.json");
   CHECK(c.run.dir == root + "/runs/quickstart");
   CHECK(c.model.vocab_size == 0);

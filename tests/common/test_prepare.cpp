@@ -6,9 +6,11 @@
 #include "common/error.hpp"
 #include "common/io/token_file.hpp"
 #include "common/util/fs.hpp"
+#include "tools/data_stats.hpp"
 
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -366,4 +368,175 @@ TEST_CASE("prepare: the command line maps failures to exit codes and creates not
   CHECK(run("--input " + (dir / "one.txt") + " --tokenizer bpe --vocab-size 300 --val-fraction 0" + out) == 0);
   CHECK(TokenFile::open(dir / "o", "val").size() == 0);
   CHECK(TokenFile::open(dir / "o").size() > 0);
+}
+
+namespace {
+
+// VmData of this process (private writable memory, what RLIMIT_DATA caps), in bytes.
+int64_t vm_data_bytes() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmData:", 0) == 0) return std::stoll(line.substr(7)) * 1024;
+  }
+  return -1;
+}
+
+// Runs `body` in a child process whose memory may grow by at most `budget` bytes beyond what it
+// holds at the fork (RLIMIT_DATA); the child's exit status: 0 = body returned, 3 = it threw.
+template <typename F>
+int with_memory_cap(int64_t budget, F&& body) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    struct rlimit lim {};
+    lim.rlim_cur = lim.rlim_max = static_cast<rlim_t>(vm_data_bytes() + budget);
+    if (::setrlimit(RLIMIT_DATA, &lim) != 0) ::_exit(4);
+    try {
+      body();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "under the memory cap: %s\n", e.what());
+      ::_exit(3);
+    }
+    ::_exit(0);
+  }
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+}  // namespace
+
+TEST_CASE("prepare: memory stays bounded - a corpus several times larger than a memory cap") {
+  TempDir dir;
+  constexpr int64_t kBudget = int64_t{96} << 20;
+  // 6 files of 64 MiB: 4 x the budget, in documents of about 1 MiB and one 64 MiB document. The
+  // budget covers two encoding threads (their stacks alone are 16 MiB) and the batches in flight.
+  std::string block;
+  for (int i = 0; block.size() < (size_t{1} << 20); ++i) {
+    block += "line " + std::to_string(i % 977) + " of a corpus that is larger than the memory cap\n";
+  }
+  fs::create_directories(dir.path / "in");
+  for (int f = 0; f < 6; ++f) {
+    std::ofstream out(dir.path / "in" / ("f" + std::to_string(f) + ".txt"), std::ios::binary);
+    for (int k = 0; k < 64; ++k) out << block << (f == 5 ? "" : "%\n");
+  }
+  PrepareOptions opt;
+  opt.inputs = {dir / "in"};
+  opt.doc_separator = "%";
+  opt.tokenizer = TokenizerKind::kBpe;
+  opt.vocab_size = 512;
+  opt.bpe_sample_bytes = 8 << 20;
+  opt.threads = 2;
+  opt.shard_size = 32 << 20;
+  opt.output_dir = dir / "out";
+  // The cap bites: holding a sixth of the corpus in memory fails under it.
+  CHECK(with_memory_cap(kBudget, [] {
+          std::vector<char> v(size_t{112} << 20, 'x');
+          std::printf("%d\n", v[12345]);  // used, so the allocation is not elided
+        }) == 3);
+  CHECK(with_memory_cap(kBudget, [&] { prepare_corpus(opt); }) == 0);
+  const auto m = nlohmann::json::parse(read_file(dir / "out/manifest.json"));
+  CHECK(m["documents"] == 5 * 64 + 1);
+  CHECK(m["splits"]["train"]["bytes"].get<int64_t>() + m["splits"]["val"]["bytes"].get<int64_t>() >=
+        6 * (int64_t{64} << 20));
+  CHECK(m["splits"]["train"]["shards"].size() >= 2);
+}
+
+TEST_CASE("prepare: gzip and zstd inputs - JSONL with --text-key - read as their plain text") {
+  TempDir dir;
+  std::string text, jsonl;
+  for (int i = 0; i < 30; ++i) text += "plain document " + std::to_string(i) + "\n%\n";
+  for (int i = 0; i < 30; ++i) jsonl += nlohmann::json{{"body", "record " + std::to_string(i)}, {"id", i}}.dump() + "\n";
+  dir.write("plain/a.txt", text);
+  dir.write("plain/b.jsonl", jsonl);
+  dir.write("packed/a.txt", text);
+  dir.write("packed/b.jsonl", jsonl);
+  // a.txt as two concatenated gzip members; b.jsonl as zstd.
+  REQUIRE(std::system(("cd " + (dir / "packed") + " && head -c 100 a.txt | gzip -c > a.txt.gz && tail -c +101 a.txt | "
+                       "gzip -c >> a.txt.gz && rm a.txt && zstd -q --rm b.jsonl").c_str()) == 0);
+  REQUIRE(fs::exists(dir.path / "packed/a.txt.gz"));
+  REQUIRE(fs::exists(dir.path / "packed/b.jsonl.zst"));
+  CHECK(compression_of(dir / "packed/a.txt.gz") == "gzip");
+  CHECK(compression_of(dir / "packed/b.jsonl.zst") == "zstd");
+  CHECK(compression_of(dir / "plain/a.txt") == "plain");
+
+  const Corpus plain = read_corpus({dir / "plain"}, std::string("%"), "", "body");
+  const Corpus packed = read_corpus({dir / "packed"}, std::string("%"), "", "body");
+  CHECK(plain.documents.size() == 60);
+  CHECK(texts(packed) == texts(plain));
+  CHECK(texts(packed)[30] == "record 0");
+  CHECK(packed.skipped.empty());
+
+  // The same token files from either, whatever the number of threads.
+  PrepareOptions a;
+  a.inputs = {dir / "plain"};
+  a.doc_separator = "%";
+  a.text_key = "body";
+  a.tokenizer = TokenizerKind::kBpe;
+  a.vocab_size = 300;
+  a.threads = 1;
+  a.output_dir = dir / "out-plain";
+  PrepareOptions b = a;
+  b.inputs = {dir / "packed"};
+  b.threads = 3;
+  b.output_dir = dir / "out-packed";
+  prepare_corpus(a);
+  prepare_corpus(b);
+  CHECK(read_file(dir / "out-plain/train-00000.tok") == read_file(dir / "out-packed/train-00000.tok"));
+  CHECK(read_file(dir / "out-plain/tokenizer.json") == read_file(dir / "out-packed/tokenizer.json"));
+
+  // A JSONL line without the key, and a damaged compressed file, are refused naming the file.
+  a.text_key = "text";
+  refused<DataError>(a, "b.jsonl:1: expected an object with a string \"text\"");
+  std::string gz = read_file(dir / "packed/a.txt.gz");
+  gz.resize(gz.size() / 2);
+  dir.write("broken/a.txt.gz", gz);
+  b.inputs = {dir / "broken"};
+  refused<IoError>(b, "a.txt.gz");
+}
+
+TEST_CASE("prepare: --dry-run counts and writes nothing - and options out of range are refused") {
+  TempDir dir;
+  PrepareOptions opt = many_docs(dir, 40);
+  opt.dry_run = true;
+  const PrepareResult r = prepare_corpus(opt);
+  CHECK(r.train.documents + r.val.documents == 40);
+  CHECK(r.val.documents == 2);
+  CHECK(!fs::exists(dir.path / "out"));
+  opt.dry_run = false;
+  PrepareOptions o = opt;
+  o.shard_size = 100;
+  refused<UsageError>(o, "--shard-size must be at least");
+  o = opt;
+  o.threads = -1;
+  refused<UsageError>(o, "--threads");
+  o = opt;
+  o.tokenizer = TokenizerKind::kGpt2;
+  refused<UsageError>(o, "--tokenizer gpt2 needs --vocab");
+  o = opt;
+  o.gpt2_vocab = "v.json";
+  refused<UsageError>(o, "--vocab and --merges are for --tokenizer gpt2 only");
+}
+
+TEST_CASE("prepare: data stats reads the manifest - windows per shard add up - epochs for given steps") {
+  TempDir dir;
+  PrepareOptions opt = many_docs(dir, 200);
+  opt.shard_size = 1024;  // 480 tokens a shard
+  const PrepareResult r = prepare_corpus(opt);
+  REQUIRE(r.train.shards >= 3);
+  tools::DataStatsOptions o;
+  o.dir = dir / "out";
+  o.seq_len = 16;
+  o.steps = 10;
+  o.batch_size = 8;
+  const auto j = nlohmann::json::parse(tools::data_stats_json(o));
+  const int64_t windows = (r.train.tokens - 1) / 16;
+  CHECK(j["splits"]["train"]["tokens"] == r.train.tokens);
+  CHECK(j["splits"]["train"]["windows"] == windows);
+  int64_t sum = 0;
+  for (const auto& s : j["splits"]["train"]["shards"]) sum += s["windows"].get<int64_t>();
+  CHECK(sum == windows);
+  CHECK(j["splits"]["train"]["epochs"].get<double>() == doctest::Approx(80.0 / windows));
+  CHECK(j["tokenizer"]["hash"] == r.tokenizer_hash);
+  CHECK(tools::data_stats_text(j.dump()).find("train: 190 documents") != std::string::npos);
 }
