@@ -76,6 +76,11 @@ model vocabulary (tokenizer's + 4 special tokens), "run_seed", "step". Tensors:
   "inputs"          int32   (B, T)     [CLS] masked text [SEP]
   "labels"          int32   (B, T)     target ids, -100 where not predicted
   "param/<hf name>", "logits" (B, T, Vp), "loss", "grad/<hf name>" as for kind "gpt"
+kind "bert_cls" (bert_cls.json): BertForSequenceClassification on padded sequences: the encoder
+above with the key-padding mask (padded keys -inf before the softmax), pooler tanh(dense(h[:, 0])),
+classifier; loss = mean cross-entropy over the B sequences. config adds "num_labels". Tensors
+"inputs" int32 (B, T) (padded with [PAD]), "valid" int32 (B, T) (1 = real token), "labels" int32 (B),
+"param/…", "logits" (B, K), "loss", "grad/…".
 kind "bert_trajectory" (bert_trajectory_v1.json): 10 AdamW steps as "trajectory" on the MLM
 loss; batch t is windows[t] masked with step t and window ids t·B + b. Tensors "windows"
 (S, B, T+1), "inputs"/"labels" (S, B, T), "param0/…", "loss", "grad_norm", "lr", "final/…".
@@ -236,14 +241,9 @@ def gen_gpt(out_dir, name, V, Vp, T, L, NH, C, B, seed):
     print(f"{name}: loss {loss.item():.6f}, {n} bytes", file=sys.stderr)
 
 
-def gen_trajectory(out_dir, c):
-    V, Vp, T, L, NH, C, B = c["V"], c["Vp"], c["T"], c["L"], c["NH"], c["C"], c["B"]
+def make_optimizer(P, names, c):
+    """torch's AdamW (decay on tensors with >= 2 dims) and LambdaLR warmup + cosine (SCHEDULE_TEXT)."""
     S, W = c["steps"], c["warmup_steps"]
-    gen = torch.Generator().manual_seed(c["seed"])
-    P0 = make_params(gen, V, Vp, T, L, NH, C, "init")
-    batches = torch.randint(0, V, (S, B, T + 1), generator=gen, dtype=torch.int64)
-    names = [k for k, _ in param_specs(V, Vp, T, L, NH, C)]
-    P = {k: P0[k].clone().requires_grad_(True) for k in names}
     decay = [P[k] for k in names if P[k].dim() >= 2]
     no_decay = [P[k] for k in names if P[k].dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": c["weight_decay"]},
@@ -256,7 +256,18 @@ def gen_trajectory(out_dir, c):
         lr_t = c["min_lr"] + 0.5 * (c["lr"] - c["min_lr"]) * (1 + math.cos(math.pi * (t - W) / (S - W)))
         return lr_t / c["lr"]
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def gen_trajectory(out_dir, c):
+    V, Vp, T, L, NH, C, B = c["V"], c["Vp"], c["T"], c["L"], c["NH"], c["C"], c["B"]
+    S, W = c["steps"], c["warmup_steps"]
+    gen = torch.Generator().manual_seed(c["seed"])
+    P0 = make_params(gen, V, Vp, T, L, NH, C, "init")
+    batches = torch.randint(0, V, (S, B, T + 1), generator=gen, dtype=torch.int64)
+    names = [k for k, _ in param_specs(V, Vp, T, L, NH, C)]
+    P = {k: P0[k].clone().requires_grad_(True) for k in names}
+    opt, sched = make_optimizer(P, names, c)
     losses, norms, lrs = [], [], []
     for t in range(S):
         opt.zero_grad(set_to_none=False)
@@ -481,19 +492,7 @@ def gen_bert_trajectory(out_dir, c):
     windows = torch.randint(0, Vtok, (S, B, T + 1), generator=gen, dtype=torch.int64)
     names = [k for k, _ in bert_specs(Vp, T, L, C)]
     P = {k: P0[k].clone().requires_grad_(True) for k in names}
-    decay = [P[k] for k in names if P[k].dim() >= 2]
-    no_decay = [P[k] for k in names if P[k].dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": c["weight_decay"]},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=c["lr"], betas=(c["beta1"], c["beta2"]), eps=c["eps"])
-
-    def factor(t):
-        if t < W:
-            return (t + 1) / W
-        lr_t = c["min_lr"] + 0.5 * (c["lr"] - c["min_lr"]) * (1 + math.cos(math.pi * (t - W) / (S - W)))
-        return lr_t / c["lr"]
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    opt, sched = make_optimizer(P, names, c)
     losses, norms, lrs, all_in, all_lab = [], [], [], [], []
     for t in range(S):
         inputs, labels = masked_batch(windows[t], T, Vtok, c["run_seed"], t, [t * B + b for b in range(B)])
@@ -529,6 +528,52 @@ def gen_bert_trajectory(out_dir, c):
     print(f"{c['name']}: losses {losses[0]:.4f} -> {losses[-1]:.4f}, {n} bytes", file=sys.stderr)
 
 
+
+BERT_CLS = ("bert_cls", 57, 61, 19, 2, 3, 24, 4, 3, 34)  # name, V_tok, Vp, T, L, NH, C, B, K, seed
+
+
+def gen_bert_cls(out_dir, name, Vtok, Vp, T, L, NH, C, B, K, seed):
+    V = Vtok + 4
+    gen = torch.Generator().manual_seed(seed)
+    P32 = make_bert_params(gen, V, Vp, T, L, C, "rich")
+    del P32["cls.predictions.bias"]
+    for k in [k for k in P32 if k.startswith("cls.predictions.")]:
+        del P32[k]
+    P32["bert.pooler.dense.weight"] = (torch.randn((C, C), generator=gen) * 0.08).float()
+    P32["bert.pooler.dense.bias"] = (torch.randn((C,), generator=gen) * 0.05).float()
+    P32["classifier.weight"] = (torch.randn((K, C), generator=gen) * 0.3).float()
+    P32["classifier.bias"] = (torch.randn((K,), generator=gen) * 0.05).float()
+    lengths = [T, 5, 11, 3][:B]
+    ids = torch.full((B, T), Vtok, dtype=torch.int64)  # [PAD]
+    valid = torch.zeros((B, T), dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        text = torch.randint(0, Vtok, (n - 2,), generator=gen, dtype=torch.int64)
+        ids[b, 0], ids[b, n - 1] = Vtok + 1, Vtok + 2
+        ids[b, 1:n - 1] = text
+        valid[b, :n] = True
+    labels = torch.randint(0, K, (B,), generator=gen, dtype=torch.int64)
+    P = {k: v.to(torch.float64).requires_grad_(True) for k, v in P32.items()}
+    h = bert_encode(P, ids, L, NH, C, valid)
+    pooled = torch.tanh(F.linear(h[:, 0], P["bert.pooler.dense.weight"], P["bert.pooler.dense.bias"]))
+    logits = F.linear(pooled, P["classifier.weight"], P["classifier.bias"])
+    loss = F.cross_entropy(logits, labels)
+    loss.backward()
+    specs = bert_specs(Vp, T, L, C, K)
+    blob = Blob()
+    blob.add("inputs", ids.numpy(), np.int32)
+    blob.add("valid", valid.numpy(), np.int32)
+    blob.add("labels", labels.numpy(), np.int32)
+    for k, _ in specs:
+        blob.add("param/" + k, P32[k].numpy(), np.float32)
+    blob.add("logits", logits.detach().numpy(), np.float32)
+    blob.add("loss", np.array(loss.item()), np.float32)
+    for k, _ in specs:
+        blob.add("grad/" + k, P[k].grad.numpy(), np.float32)
+    config = dict(arch="bert", V=V, Vp=Vp, T=T, L=L, NH=NH, C=C, B=B, seed=seed, num_labels=K)
+    n = blob.write(out_dir, name, {"kind": "bert_cls", "compute_dtype": "float64", "config": config})
+    print(f"{name}: loss {loss.item():.6f}, {n} bytes", file=sys.stderr)
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -537,7 +582,7 @@ def main():
     ap.add_argument("--list", action="store_true", help="print the fixture names and exit")
     args = ap.parse_args()
     all_names = ([g[0] for g in GPT_CONFIGS] + [TRAJECTORY["name"]] + [g[0] for g in BERT_CONFIGS]
-                 + [BERT_TRAJECTORY["name"]])
+                 + [BERT_TRAJECTORY["name"], BERT_CLS[0]])
     if args.list:
         print("\n".join(all_names))
         return 0
@@ -558,6 +603,8 @@ def main():
             gen_bert(args.out, *g)
     if BERT_TRAJECTORY["name"] in wanted:
         gen_bert_trajectory(args.out, BERT_TRAJECTORY)
+    if BERT_CLS[0] in wanted:
+        gen_bert_cls(args.out, *BERT_CLS)
     return 0
 
 

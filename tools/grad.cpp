@@ -20,6 +20,16 @@
 namespace ptrain::tools {
 namespace {
 
+// The root attributes naming where the gradient comes from.
+void write_header(h5::File& f, const CheckpointModel& cm, const TokenFile& tf, int64_t B) {
+  f.set_attr("checkpoint", cm.file);
+  f.set_attr("data", tf.path());
+  f.set_attr("step", cm.meta.step);
+  f.set_attr("batch_size", B);
+  f.set_attr("seq_len", cm.layout->dims().T);
+  f.set_attr("layout_hash", cm.layout->hash());
+}
+
 // The parameter gradients under /grad, each with its CRC32C.
 void write_grads(h5::File& f, const ParamLayout& layout, const std::vector<float>& grads) {
   h5::Group g = f.create_group("grad");
@@ -70,12 +80,7 @@ GradResult write_bert_grad(const GradOptions& o, const CheckpointModel& cm, cons
   state.download_grads(grads);
   const float loss = static_cast<float>(total.mean());
   h5::write_file_atomically(o.out, [&](h5::File& f) {
-    f.set_attr("checkpoint", cm.file);
-    f.set_attr("data", tf.path());
-    f.set_attr("step", cm.meta.step);
-    f.set_attr("batch_size", B);
-    f.set_attr("seq_len", T);
-    f.set_attr("layout_hash", layout.hash());
+    write_header(f, cm, tf, B);
     f.set_attr("arch", "bert");
     f.create_dataset("inputs", h5::DType::kInt32, {B, T}).write(std::span<const int32_t>(inputs));
     f.create_dataset("labels", h5::DType::kInt32, {B, T}).write(std::span<const int32_t>(labels));
@@ -129,12 +134,7 @@ GradResult write_grad(const GradOptions& o) {
   const float loss = static_cast<float>(total.mean());
 
   h5::write_file_atomically(o.out, [&](h5::File& f) {
-    f.set_attr("checkpoint", cm.file);
-    f.set_attr("data", tf.path());
-    f.set_attr("step", cm.meta.step);
-    f.set_attr("batch_size", B);
-    f.set_attr("seq_len", T);
-    f.set_attr("layout_hash", layout.hash());
+    write_header(f, cm, tf, B);
     f.create_dataset("inputs", h5::DType::kInt32, {B, T + 1}).write(std::span<const int32_t>(inputs));
     f.create_dataset("loss", h5::DType::kFloat32, {}).write(std::span<const float>(&loss, 1));
     write_grads(f, layout, grads);

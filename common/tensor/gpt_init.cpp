@@ -1,6 +1,7 @@
 #include "common/tensor/gpt_init.hpp"
 
 #include "common/error.hpp"
+#include "common/util/hash.hpp"
 
 #include <omp.h>
 
@@ -12,13 +13,6 @@
 
 namespace ptrain {
 namespace {
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
 
 // A uniform in (0, 1) from 64 random bits.
 double unit_open(uint64_t bits) { return (static_cast<double>(bits >> 11) + 0.5) * 0x1.0p-53; }

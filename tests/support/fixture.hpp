@@ -61,6 +61,7 @@ struct Fixture {
     d.V = cfg("V"), d.Vp = cfg("Vp"), d.T = cfg("T"), d.L = cfg("L"), d.NH = cfg("NH"),
     d.C = cfg("C");
     if (m.at("config").value("arch", "gpt") == "bert") d.arch = ModelArch::kBert;
+    d.num_labels = m.at("config").value("num_labels", int64_t{0});
     return d;
   }
 

@@ -250,6 +250,44 @@ TEST_CASE("bert 10-step AdamW trajectory equals PyTorch (model + the servers' up
   CHECK(key_bias <= 1e-2);
 }
 
+TEST_CASE("bert sequence classification with padding matches PyTorch (BertForSequenceClassification)") {
+  const Fixture fx = load_fixture(fixture_path(PTRAIN_TEST_FIXTURES, "bert_cls"));
+  const ModelDims d = fx.dims();
+  REQUIRE(d.num_labels == 3);
+  const int64_t B = fx.cfg("B"), T = d.T, K = d.num_labels;
+  const ParamLayout layout(d);
+  CHECK(layout.tensors().back().name == "classifier.bias");
+  auto backend = make_cpu_backend(2);
+  Bert bert(layout, *backend, B);
+  GptState state(layout, *backend);
+  state.upload_params(fx.flat(layout, "param/"));
+  const auto inputs = fx.i32("inputs"), valid = fx.i32("valid"), labels = fx.i32("labels");
+  std::vector<float> logits(static_cast<size_t>(B * K));
+  const LossSum l = bert.classify_loss(state, inputs, valid, labels, B, T, logits);
+  const auto ref_logits = fx.f32("logits");
+  CHECK(max_rel(logits.data(), ref_logits.data(), B * K) <= 1e-5);
+  const double ref_loss = fx.f32("loss").at(0);
+  CHECK(std::fabs(l.mean() - ref_loss) / ref_loss <= 1e-5);
+  state.zero_grads();
+  const LossSum lb = bert.classify_forward_backward(state, inputs, valid, labels, B, T,
+                                                    1.0f / static_cast<float>(B));
+  CHECK(lb.loss_sum == l.loss_sum);
+  std::vector<float> grads(static_cast<size_t>(layout.total()));
+  state.download_grads(grads);
+  double worst = 0;
+  std::string worst_name;
+  for (const auto& t : layout.tensors()) {
+    if (t.name.find("attention.self.key.bias") != std::string::npos) continue;  // true gradient 0
+    const auto ref = fx.f32("grad/" + t.name);
+    const double rel = max_rel(grads.data() + t.offset, ref.data(), t.count);
+    INFO(t.name << ": relative " << rel);
+    CHECK(rel <= 1e-5);
+    if (rel > worst) worst = rel, worst_name = t.name;
+  }
+  MESSAGE(fmt::format("bert_cls: loss {:.7f} vs torch {:.7f}, worst gradient rel {:.2e} ({})",
+                      lb.mean(), ref_loss, worst, worst_name));
+}
+
 TEST_CASE("bert padding mask: padded keys change nothing for the real tokens") {
   // Classification layout, B = 2: sequence 1 is sequence 0 plus padding. The [CLS] logits of both
   // must agree (to float rounding), and the padded one must not depend on the pad tokens' ids.
