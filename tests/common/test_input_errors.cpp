@@ -77,3 +77,4 @@ TEST_CASE("input errors: an unreadable checkpoint says why - not 'not an HDF5 fi
     }
   }
 }
+
