@@ -1,8 +1,9 @@
 #include "launch/threads_job.hpp"
 
+#include "launch/preflight.hpp"
+
 #include "common/data/tokenizer.hpp"
 #include "common/error.hpp"
-#include "common/io/token_file.hpp"
 #include "common/net/inproc_transport.hpp"
 #include "common/net/membership.hpp"
 #include "common/util/fs.hpp"
@@ -99,41 +100,22 @@ void check_supported(const Config& c) {
   if (c.data.train.empty()) throw ConfigError("data.train: no training token file is set");
 }
 
-// Fails at start-up, naming the file, rather than in a thread mid-job.
-void check_data(const Config& c, const ParamLayout& layout) {
-  const int64_t T = layout.dims().T;
-  auto check = [&](const std::string& path, const char* key, const char* split) {
-    const TokenFile f = TokenFile::open(path, split);
-    if (f.vocab_size() > layout.dims().V) {
-      throw DataError(fmt::format("{} ({}) was written with a vocabulary of {} tokens, the "
-                                  "tokenizer ({}) has {}",
-                                  path, key, f.vocab_size(), c.data.tokenizer, layout.dims().V));
-    }
-    if (f.num_windows(T) < 1) {
-      throw DataError(fmt::format("{} ({}) has no complete window: {} tokens, a window is "
-                                  "model.seq_len + 1 = {}",
-                                  path, key, f.size(), T + 1));
-    }
-  };
-  check(c.data.train, "data.train", "train");
-  if (!c.data.val.empty()) check(c.data.val, "data.val", "val");
-}
-
 }  // namespace
 
 RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& options) {
   check_supported(config);
+  // One job per run directory, held until this function returns; then every input is checked
+  // before a thread starts.
+  const RunLock run_lock = RunLock::acquire(config.run.dir);
+  preflight_job(config);
   const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(config.data.tokenizer);
   const ParamLayout layout(model_dims(config.model, tokenizer->vocab_size()));
   const auto shards = layout.shard_ranges(config.cluster.servers);
   std::vector<proto::KeyRange> ranges;
   for (const auto& [b, e] : shards) ranges.push_back({b, e});
-  check_data(config, layout);
   warn_if_oversubscribed(config);
   const auto W = config.cluster.workers;
   const auto S = config.cluster.servers;
-  // One job per run directory, held until this function returns.
-  const RunLock run_lock = RunLock::acquire(config.run.dir);
 
   spdlog::info("job: {} parameters in {} tensors, {} server(s), {} worker(s) x {} thread(s), "
                "batch {} x {} tokens, {} steps",

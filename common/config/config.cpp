@@ -59,6 +59,8 @@ struct Bounds {
 };
 constexpr Bounds at_least(double lo) { return {lo, false, kInf, false}; }
 constexpr Bounds above(double lo) { return {lo, true, kInf, false}; }
+// Counts and sizes: beyond these, a config is a typo or a unit mistake, not a job.
+constexpr Bounds within(double lo, double hi) { return {lo, false, hi, false}; }
 constexpr Bounds kFraction{0, false, 1, true};  // [0, 1): Adam's betas
 
 struct Key {
@@ -75,19 +77,21 @@ const Key kKeys[] = {
     {"run.dir", field<&Config::run, &RunConfig::dir>},
     {"run.seed", field<&Config::run, &RunConfig::seed>},
     {"run.threads", field<&Config::run, &RunConfig::threads>, at_least(0)},
+    {"run.max_memory", field<&Config::run, &RunConfig::max_memory>, at_least(1), {"auto"}},
     {"data.train", field<&Config::data, &DataConfig::train>},
     {"data.val", field<&Config::data, &DataConfig::val>},
     {"data.tokenizer", field<&Config::data, &DataConfig::tokenizer>, {}, {"byte"}},
     {"model.arch", field<&Config::model, &ModelConfig::arch>},
-    {"model.vocab_size", field<&Config::model, &ModelConfig::vocab_size>, at_least(1), {"auto"}},
-    {"model.seq_len", field<&Config::model, &ModelConfig::seq_len>, at_least(1)},
-    {"model.n_layer", field<&Config::model, &ModelConfig::n_layer>, at_least(1)},
-    {"model.n_head", field<&Config::model, &ModelConfig::n_head>, at_least(1)},
-    {"model.n_embd", field<&Config::model, &ModelConfig::n_embd>, at_least(1)},
+    {"model.vocab_size", field<&Config::model, &ModelConfig::vocab_size>, within(1, 0x1p31),
+     {"auto"}},
+    {"model.seq_len", field<&Config::model, &ModelConfig::seq_len>, within(1, 0x1p20)},
+    {"model.n_layer", field<&Config::model, &ModelConfig::n_layer>, within(1, 4096)},
+    {"model.n_head", field<&Config::model, &ModelConfig::n_head>, within(1, 4096)},
+    {"model.n_embd", field<&Config::model, &ModelConfig::n_embd>, within(1, 0x1p17)},
     {"device.type", field<&Config::device, &DeviceConfig::type>},
     {"train.steps", field<&Config::train, &TrainConfig::steps>, at_least(1)},
-    {"train.batch_size", field<&Config::train, &TrainConfig::batch_size>, at_least(1)},
-    {"train.micro_batch", field<&Config::train, &TrainConfig::micro_batch>, at_least(1)},
+    {"train.batch_size", field<&Config::train, &TrainConfig::batch_size>, within(1, 0x1p24)},
+    {"train.micro_batch", field<&Config::train, &TrainConfig::micro_batch>, within(1, 0x1p24)},
     {"train.eval_every", field<&Config::train, &TrainConfig::eval_every>, at_least(0)},
     {"train.eval_windows", field<&Config::train, &TrainConfig::eval_windows>, at_least(0)},
     {"train.log_every", field<&Config::train, &TrainConfig::log_every>, at_least(1)},
@@ -99,8 +103,8 @@ const Key kKeys[] = {
     {"optim.beta2", field<&Config::optim, &OptimConfig::beta2>, kFraction},
     {"optim.eps", field<&Config::optim, &OptimConfig::eps>, above(0)},
     {"optim.grad_clip", field<&Config::optim, &OptimConfig::grad_clip>, at_least(0)},
-    {"cluster.workers", field<&Config::cluster, &ClusterConfig::workers>, at_least(1)},
-    {"cluster.servers", field<&Config::cluster, &ClusterConfig::servers>, at_least(1)},
+    {"cluster.workers", field<&Config::cluster, &ClusterConfig::workers>, within(1, 4096)},
+    {"cluster.servers", field<&Config::cluster, &ClusterConfig::servers>, within(1, 1024)},
     {"cluster.launch", field<&Config::cluster, &ClusterConfig::launch>},
     {"cluster.transport", field<&Config::cluster, &ClusterConfig::transport>},
     {"cluster.sync", field<&Config::cluster, &ClusterConfig::sync>},

@@ -26,6 +26,7 @@ struct RunConfig {
   std::string dir = "runs/default";  // absolute after resolution
   uint64_t seed = 1337;
   int threads = 0;  // compute threads per process; 0 = all cores
+  int64_t max_memory = 0;  // bytes all roles on this machine may use; 0 = auto (available memory)
 
   bool operator==(const RunConfig&) const = default;
 };

@@ -22,6 +22,12 @@
 #include "common/util/hash.hpp"
 #include "ptrain/build_config.hpp"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -74,6 +80,16 @@ auto damaged_guard(const std::string& file, F&& f) {
 // Opens an existing HDF5 file read-only; `who` starts every message ("FILE", or "INDEX: shard
 // PATH"). No signature or an HDF5 open failure: CheckpointError; a lock held by a writer: IoError.
 h5::File open_readonly(const std::string& path, const std::string& who) {
+  // A file that cannot be read is not "not an HDF5 file": say why it cannot be read.
+  {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    char probe[8];
+    const int err = fd < 0 ? errno : (::read(fd, probe, sizeof probe) < 0 ? errno : 0);
+    if (fd >= 0) ::close(fd);
+    if (err != 0) {
+      throw IoError(fmt::format("{}: cannot read {}: {}", who, path, std::strerror(err)));
+    }
+  }
   if (!h5::has_hdf5_signature(path)) {
     throw CheckpointError(fmt::format(
         "{}: not an HDF5 file (no HDF5 signature at its start; truncated or not a checkpoint)",

@@ -91,7 +91,7 @@ std::vector<std::string> keys_in(const std::string& text) {
 TEST_CASE("config: defaults.yaml lists exactly the keys of config_keys() - in order") {
   const std::string text = read_file((kConfigDir / "defaults.yaml").string());
   CHECK(keys_in(text) == config_keys());
-  CHECK(config_keys().size() == 49);  // elastic 6, cluster.transport, model.arch, finetune.* 4
+  CHECK(config_keys().size() == 50);  // elastic 6, cluster.transport, model.arch, finetune.* 4, run.max_memory
 }
 
 TEST_CASE("config: defaults.yaml holds exactly the struct defaults") {
@@ -232,21 +232,21 @@ TEST_CASE("config: out-of-range values name file:line:col and the key") {
       {"optim:\n  warmup_steps: -1", "optim.warmup_steps must be >= 0, got -1"},
       {"model:\n  n_embd: 130", "model.n_embd (130) must be divisible by model.n_head (4)"},
       {"model:\n  n_head: 3", "model.n_embd (128) must be divisible by model.n_head (3)"},
-      {"model:\n  seq_len: 0", "model.seq_len must be >= 1, got 0"},
-      {"model:\n  n_layer: 0", "model.n_layer must be >= 1, got 0"},
-      {"model:\n  n_head: 0", "model.n_head must be >= 1, got 0"},
-      {"model:\n  n_embd: -4", "model.n_embd must be >= 1, got -4"},
+      {"model:\n  seq_len: 0", "model.seq_len must be in [1, 1048576], got 0"},
+      {"model:\n  n_layer: 0", "model.n_layer must be in [1, 4096], got 0"},
+      {"model:\n  n_head: 0", "model.n_head must be in [1, 4096], got 0"},
+      {"model:\n  n_embd: -4", "model.n_embd must be in [1, 131072], got -4"},
       {"model:\n  vocab_size: 0", "model.vocab_size: must be >= 1 or auto, got 0"},
-      {"model:\n  vocab_size: -3", "model.vocab_size must be >= 1, got -3"},
+      {"model:\n  vocab_size: -3", "model.vocab_size must be in [1, 2147483648], got -3"},
       {"train:\n  steps: 0", "train.steps must be >= 1, got 0"},
-      {"train:\n  batch_size: 0", "train.batch_size must be >= 1, got 0"},
-      {"train:\n  micro_batch: 0", "train.micro_batch must be >= 1, got 0"},
+      {"train:\n  batch_size: 0", "train.batch_size must be in [1, 16777216], got 0"},
+      {"train:\n  micro_batch: 0", "train.micro_batch must be in [1, 16777216], got 0"},
       {"train:\n  log_every: 0", "train.log_every must be >= 1, got 0"},
       {"train:\n  eval_every: -1", "train.eval_every must be >= 0, got -1"},
       {"train:\n  eval_windows: -1", "train.eval_windows must be >= 0, got -1"},
       {"run:\n  threads: -1", "run.threads must be >= 0, got -1"},
-      {"cluster:\n  workers: 0", "cluster.workers must be >= 1, got 0"},
-      {"cluster:\n  servers: 0", "cluster.servers must be >= 1, got 0"},
+      {"cluster:\n  workers: 0", "cluster.workers must be in [1, 4096], got 0"},
+      {"cluster:\n  servers: 0", "cluster.servers must be in [1, 1024], got 0"},
       {"cluster:\n  workers: 17", "train.batch_size (16) must be >= cluster.workers (17)"},
       {"cluster:\n  staleness: -1", "cluster.staleness must be >= 0, got -1"},
       {"checkpoint:\n  keep: 0", "checkpoint.keep must be >= 1, got 0"},
@@ -358,7 +358,7 @@ TEST_CASE("config: load_config errors name the file") {
   CHECK(contains(error_of<IoError>([&] { load_config(missing); }), missing));
   CHECK(contains(error_of<IoError>([&] { load_config(tmp.path.string()); }), tmp.path.string()));
   const std::string path = tmp.write("bad.yaml", "data:\n  train: x\nmodel:\n  n_head: 0\n");
-  CHECK(error_of([&] { load_config(path); }) == path + ":4:11: model.n_head must be >= 1, got 0");
+  CHECK(error_of([&] { load_config(path); }) == path + ":4:11: model.n_head must be in [1, 4096], got 0");
 }
 
 TEST_CASE("config: to_yaml emits every key and parses back to an equal config") {
