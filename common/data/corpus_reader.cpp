@@ -68,7 +68,13 @@ class Walker {
     }
     if (!fs::exists(lst)) throw IoError(fmt::format("input not found: {}", path));
     const fs::file_status st = fs::status(path, ec);
-    if (ec || !fs::exists(st)) throw IoError(fmt::format("input {} is a broken symlink", path));
+    if (ec == std::errc::too_many_symbolic_link_levels) {
+      throw IoError(fmt::format("input {} is a symlink loop ({})", path, ec.message()));
+    }
+    if (ec && ec != std::errc::no_such_file_or_directory) {
+      throw IoError(fmt::format("cannot access input {}: {}", path, ec.message()));
+    }
+    if (!fs::exists(st)) throw IoError(fmt::format("input {} is a broken symlink", path));
     if (fs::is_directory(st)) {
       walk(path);
     } else if (fs::is_regular_file(st)) {
@@ -110,7 +116,7 @@ class Walker {
       if (ec) throw IoError(fmt::format("cannot access {}: {}", ps, ec.message()));
       const fs::file_status st = fs::is_symlink(lst) ? fs::status(p, ec) : lst;
       if (fs::is_symlink(lst) && (ec || !fs::exists(st))) {
-        skip(ps, "broken symlink");
+        skip(ps, ec == std::errc::too_many_symbolic_link_levels ? "symlink loop" : "broken symlink");
       } else if (fs::is_directory(st)) {
         walk(ps);
       } else if (fs::is_regular_file(st)) {
