@@ -108,7 +108,7 @@ int64_t available_memory() {
   return 0;
 }
 
-void preflight_job(const Config& config) {
+void preflight_job(const Config& config, bool allow_config_change) {
   const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(config.data.tokenizer);
   // Memory first: nothing below allocates by the model's size before it is known to fit.
   const MemoryEstimate mem = estimate_memory(config, tokenizer->vocab_size());
@@ -142,7 +142,7 @@ void preflight_job(const Config& config) {
   check_writable(config.run.dir, "run.dir");
   check_writable((fs::path(config.run.dir) / "checkpoints").string(), "the checkpoint folder");
   // The checkpoint a resume would read: readable, and written for this model.
-  (void)load_start_state(config, ParamLayout(dims));
+  (void)load_start_state(config, ParamLayout(dims), allow_config_change);
 }
 
 }  // namespace ptrain

@@ -40,6 +40,6 @@ int64_t available_memory();
 
 // Every check above. Throws ConfigError (memory), DataError / IoError (data, directories),
 // CheckpointError (resume) naming the key or file.
-void preflight_job(const Config& config);
+void preflight_job(const Config& config, bool allow_config_change = false);
 
 }  // namespace ptrain

@@ -337,7 +337,7 @@ int run_processes_job(const Config& config, const ProcessJobOptions& o) {
   // One job per run directory: taken before anything in it is touched, held until the launcher
   // exits (its roles die with it, restarts included); the coordinator it spawns joins this job's id.
   const RunLock run_lock = RunLock::acquire(run_dir.string());
-  preflight_job(config);  // every input checked before any role starts
+  preflight_job(config, o.allow_config_change);  // every input checked before any role starts
   make_dirs(run_dir.string());
   make_dirs((run_dir / "logs").string());
   std::string secret_file = o.secret_file;

@@ -107,7 +107,7 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
   // One job per run directory, held until this function returns; then every input is checked
   // before a thread starts.
   const RunLock run_lock = RunLock::acquire(config.run.dir);
-  preflight_job(config);
+  preflight_job(config, options.allow_config_change);
   const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(config.data.tokenizer);
   const ParamLayout layout(model_dims(config.model, tokenizer->vocab_size()));
   const auto shards = layout.shard_ranges(config.cluster.servers);

@@ -27,7 +27,7 @@ done > corpus/a.txt
   --output data >/dev/null 2>&1 || { echo "setup: prepare failed"; exit 1; }
 cat > job.yaml <<YAML
 run: {dir: $WORK/run, seed: 1, threads: 1}
-data: {train: $WORK/data/train.tok, tokenizer: byte}
+data: {train: $WORK/data, tokenizer: byte}
 model: {seq_len: 16, n_layer: 1, n_head: 2, n_embd: 16}
 train: {steps: 1600, batch_size: 4, micro_batch: 2, eval_every: 0, log_every: 1}
 cluster: {workers: 1, servers: 1, launch: processes}

@@ -34,7 +34,7 @@ done > corpus/a.txt
   --output data >/dev/null 2>&1 || { echo "setup: prepare failed"; exit 1; }
 cat > init.yaml <<YAML
 run: {dir: run, seed: 1}
-data: {train: $WORK/data/train.tok, tokenizer: byte}
+data: {train: $WORK/data, tokenizer: byte}
 model: {seq_len: 64, n_layer: 2, n_head: 2, n_embd: 64}
 YAML
 
@@ -60,7 +60,7 @@ done
 mount -t tmpfs -o size=1m tmpfs "$MNT"
 cat > job.yaml <<YAML
 run: {dir: $MNT/run, seed: 1, threads: 1}
-data: {train: $WORK/data/train.tok, tokenizer: byte}
+data: {train: $WORK/data, tokenizer: byte}
 model: {seq_len: 32, n_layer: 2, n_head: 2, n_embd: 64}
 train: {steps: 4, batch_size: 4, micro_batch: 2, eval_every: 0, log_every: 1}
 cluster: {workers: 1, servers: 2, launch: processes}
@@ -79,7 +79,8 @@ finals=$(find "$MNT/run/checkpoints" -maxdepth 1 -name 'step-*' ! -name '*.tmp' 
 umount "$MNT"
 
 # ---- a role that crashes is named by the launcher --------------------------------------------
-sed -e "s|dir: $MNT/run|dir: $WORK/run2|" -e 's/steps: 4,/steps: 100000,/' -e 's/every_steps: 2/every_steps: 0/' job.yaml > long.yaml
+sed -e "s|dir: $MNT/run|dir: $WORK/run2|" -e 's/steps: 4,/steps: 100000,/' -e 's/every_steps: 2/every_steps: 0/' \
+  -e 's/launch: processes}/launch: processes, max_restarts: 0}/' job.yaml > long.yaml  # the crash ends the job
 setsid "$PTRAIN" run long.yaml >/dev/null 2>"$WORK/long.err" &
 JOB_PID=$!
 for _ in $(seq 1 600); do

@@ -408,8 +408,8 @@ int with_memory_cap(int64_t budget, F&& body) {
 
 TEST_CASE("prepare: memory stays bounded - a corpus several times larger than a memory cap") {
   TempDir dir;
-  constexpr int64_t kBudget = int64_t{96} << 20;
-  // 6 files of 64 MiB: 4 x the budget, in documents of about 1 MiB and one 64 MiB document. The
+  constexpr int64_t kBudget = int64_t{128} << 20;
+  // 6 files of 64 MiB: 3 x the budget, in documents of about 1 MiB and one 64 MiB document. The
   // budget covers two encoding threads (their stacks alone are 16 MiB) and the batches in flight.
   std::string block;
   for (int i = 0; block.size() < (size_t{1} << 20); ++i) {
@@ -431,7 +431,7 @@ TEST_CASE("prepare: memory stays bounded - a corpus several times larger than a 
   opt.output_dir = dir / "out";
   // The cap bites: holding a sixth of the corpus in memory fails under it.
   CHECK(with_memory_cap(kBudget, [] {
-          std::vector<char> v(size_t{112} << 20, 'x');
+          std::vector<char> v(size_t{144} << 20, 'x');
           std::printf("%d\n", v[12345]);  // used, so the allocation is not elided
         }) == 3);
   CHECK(with_memory_cap(kBudget, [&] { prepare_corpus(opt); }) == 0);

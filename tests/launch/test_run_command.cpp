@@ -117,7 +117,7 @@ TEST_CASE("coordinator run command: a resume with a changed config is refused na
   CHECK(fs::read_symlink(dir / "run/checkpoints/latest") == "step-00000003");
   // Allowed: it resumes, warning about each key.
   const Proc r = start({"run", cfg, "--allow-config-change", "--set", "train.steps=4", "optim.lr=0.5"}, dir / "err4.txt");
-  CHECK(wait_exit(r) == 0);
+  CHECK_MESSAGE(wait_exit(r) == 0, slurp(dir / "err4.txt"));
   CHECK(slurp(dir / "err4.txt").find("allowed by --allow-config-change") != std::string::npos);
   CHECK(fs::read_symlink(dir / "run/checkpoints/latest") == "step-00000004");
 }

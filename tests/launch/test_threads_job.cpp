@@ -337,6 +337,7 @@ TEST_CASE("coordinator job: settings it cannot run are refused") {
   CHECK_THROWS_AS(run_threads_job(c), IoError);
   c = small_config(dir);
   c.model.seq_len = 30000;  // longer than the corpus: no complete window
+  c.run.max_memory = int64_t{1} << 50;  // (the memory estimate would refuse it first)
   CHECK_THROWS_WITH_AS(run_threads_job(c), doctest::Contains("no complete window"), DataError);
   c = small_config(dir);
   write_corpus(dir / "val.tok", 10, 3);

@@ -64,7 +64,7 @@ struct Fixture {
     REQUIRE(run({"prepare", "--input", path("corpus.txt"), "--doc-separator", "%", "--tokenizer", "bpe",
                  "--vocab-size", "300", "--val-fraction", "0.2", "--output", path("data")}).rc == 0);
     std::ofstream(dir / "tiny.yaml") << "run:\n  dir: " << path("run") << "\n  threads: 1\n"
-        "data:\n  train: data/train.tok\n  val: data/val.tok\n  tokenizer: data/tokenizer.json\n"
+        "data:\n  train: data\n  val: data\n  tokenizer: data/tokenizer.json\n"
         "model:\n  vocab_size: 304\n  seq_len: 16\n  n_layer: 2\n  n_head: 2\n  n_embd: 32\n"
         "train:\n  steps: 30\n  batch_size: 8\n  micro_batch: 8\n  eval_every: 0\n"
         "optim:\n  lr: 0.01\n  warmup_steps: 3\n";
@@ -151,11 +151,11 @@ TEST_CASE("hf export: safetensors an independent reader accepts - PyTorch's loss
   CHECK(test::slurp(fx.dir / "hf/model.safetensors") == test::slurp(fx.dir / "hf2/model.safetensors"));
   CHECK(test::slurp(fx.dir / "hf/tokenizer.json") == test::slurp(fx.dir / "hf2/tokenizer.json"));
   // The imported config runs as it is once data.train names token files.
-  r = fx.run({"eval", "--checkpoint", fx.path("back/gpt.h5"), "--data", fx.path("data/val.tok"), "--json"});
+  r = fx.run({"eval", "--checkpoint", fx.path("back/gpt.h5"), "--data", fx.path("data"), "--json"});
   REQUIRE_MESSAGE(r.rc == 0, r.err);
   const double back_loss = nlohmann::json::parse(r.out)["loss"];
 
-  r = fx.run({"eval", "--checkpoint", fx.ckpt, "--data", fx.path("data/val.tok"), "--json"});
+  r = fx.run({"eval", "--checkpoint", fx.ckpt, "--data", fx.path("data"), "--json"});
   REQUIRE_MESSAGE(r.rc == 0, r.err);
   const double eval_loss = nlohmann::json::parse(r.out)["loss"];
   CHECK(back_loss == eval_loss);
@@ -167,7 +167,7 @@ TEST_CASE("hf export: safetensors an independent reader accepts - PyTorch's loss
     return;
   }
   {
-    const TokenFile tf = TokenFile::open(fx.path("data/val.tok"));
+    const TokenFile tf = TokenFile::open(fx.path("data"), "val");
     std::vector<uint32_t> ids(static_cast<size_t>(tf.size()));
     for (int64_t i = 0; i < tf.size(); ++i) ids[i] = static_cast<uint32_t>(tf.at(i));
     std::ofstream(fx.dir / "val.u32", std::ios::binary)
