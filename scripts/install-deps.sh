@@ -17,11 +17,17 @@ PACKAGES=(
   clang-14 libclang-rt-14-dev  # libFuzzer for the frame-decoder fuzz test (tests/fuzz)
   fortunes                  # the quickstart corpus (/usr/share/games/fortunes)
   python3-torch python3-h5py python3-numpy  # reference numbers and benchmarks (/usr/bin/python3)
-  nodejs npm                # the Hugging Face tokenizer client the export test runs (npm install at test time)
   chromium prometheus       # the status page test (headless) and promtool check metrics
 )
 
 missing=()
+# Node and npm run the reference tokenizer clients the tests install at test time (Hugging Face's
+# tokenizers, GPT-2's encoder). A Node that is already there (some images ship one that bundles npm
+# and conflicts with Debian's npm package) is used as it is.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  PACKAGES+=(nodejs npm)
+fi
+
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
