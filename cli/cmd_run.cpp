@@ -6,15 +6,22 @@
 #include "cli/commands.hpp"
 #include "launch/mpi_job.hpp"
 #include "launch/process_job.hpp"
+#include "launch/run_summary.hpp"
 #include "launch/threads_job.hpp"
+#include "tools/generate.hpp"
 
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <memory>
+#include <mutex>
+#include <thread>
 
 namespace ptrain::cli {
 namespace {
@@ -40,6 +47,88 @@ void install_mpi_stop_handlers() {
   sa.sa_handler = on_stop_signal;
   sigemptyset(&sa.sa_mask);
   for (int sig : {SIGINT, SIGTERM, SIGUSR1}) sigaction(sig, &sa, nullptr);
+}
+
+// train.sample_tokens: a sample from each checkpoint the run writes, printed on stderr between
+// the progress lines (as nanoGPT prints samples while it trains). Watches RUN_DIR/checkpoints/latest
+// from a thread of its own; the sampling (a small decode on one thread) never holds up the job,
+// and a failed sample is a warning. finish() samples the final checkpoint before the summary.
+class CheckpointSampler {
+ public:
+  CheckpointSampler(const std::string& run_dir, int64_t tokens)
+      : latest_(std::filesystem::path(run_dir) / "checkpoints" / "latest"), tokens_(tokens) {
+    seen_ = target();  // a resumed run's starting checkpoint was sampled by its own run
+    thread_ = std::thread([this] {
+      std::unique_lock lock(mu_);
+      while (!stop_) {
+        lock.unlock();
+        check();
+        lock.lock();
+        cv_.wait_for(lock, std::chrono::milliseconds(500), [this] { return stop_; });
+      }
+    });
+  }
+  ~CheckpointSampler() { finish(); }
+
+  void finish() {
+    if (!thread_.joinable()) return;
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+    check();
+  }
+
+ private:
+  std::filesystem::path target() const {
+    std::error_code ec;
+    std::filesystem::path t = std::filesystem::read_symlink(latest_, ec);
+    return ec ? std::filesystem::path() : t;
+  }
+
+  void check() {
+    const std::filesystem::path t = target();
+    if (t.empty() || t == seen_) return;
+    seen_ = t;
+    tools::GenerateOptions g;
+    g.checkpoint = (latest_.parent_path() / t).string();
+    g.prompt = "";  // from <|endoftext|>: the start of a document
+    g.max_tokens = tokens_;
+    g.temperature = 0.8;
+    g.top_k = 40;
+    g.seed = 1;  // the same draw at every checkpoint: the samples differ by what the model learned
+    g.threads = 1;
+    g.echo = false;
+    g.quiet = true;
+    std::string text;
+    g.out = [&text](std::string_view piece) { text += piece; };
+    try {
+      tools::generate(g);
+    } catch (const std::exception& e) {
+      spdlog::warn("no sample from {}: {}", g.checkpoint, e.what());
+      return;
+    }
+    const std::string block = fmt::format("---- sample from {} ----\n{}\n----\n", t.filename().string(), text);
+    std::fwrite(block.data(), 1, block.size(), stderr);
+    std::fflush(stderr);
+  }
+
+  std::filesystem::path latest_;
+  int64_t tokens_;
+  std::filesystem::path seen_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+// The end of a run that trained: the summary (launch/run_summary.hpp) on stderr.
+void print_summary(const Config& config, const std::string& config_path) {
+  const std::string s = run_summary(config, config_path);
+  std::fwrite(s.data(), 1, s.size(), stderr);
+  std::fflush(stderr);
 }
 
 std::string env_or_empty(const char* name) {
@@ -82,18 +171,26 @@ void add_run_command(CLI::App& app, Action& action) {
         return run_mpi_job(config, mo);
       }
       install_stop_handlers();
+      std::unique_ptr<CheckpointSampler> sampler;
+      if (config.train.sample_tokens > 0) {
+        sampler = std::make_unique<CheckpointSampler>(config.run.dir, config.train.sample_tokens);
+      }
       if (config.cluster.launch == Launch::kProcesses) {
         ProcessJobOptions po;
         po.config_path = args->config;
         po.sets = args->sets;
         po.stop_requested = [] { return g_stop.load(); };
         po.allow_config_change = args->allow_config_change;
-        return run_processes_job(config, po);
+        const int rc = run_processes_job(config, po);
+        if (sampler) sampler->finish();
+        if (rc == 0) print_summary(config, args->config);
+        return rc;
       }
       ThreadsJobOptions options;
       options.stop_requested = [](int64_t) { return g_stop.load(); };
       options.allow_config_change = args->allow_config_change;
       const RunSummary s = run_threads_job(config, options);
+      if (sampler) sampler->finish();
       if (s.final_step > s.start_step) {
         spdlog::info("done: step {} | loss {:.4f}{} | {:.0f} tok/s | {:.3f} s/step | {}", s.final_step,
                      s.final_loss,
@@ -105,6 +202,7 @@ void add_run_command(CLI::App& app, Action& action) {
         spdlog::info("interrupted at step {}; the checkpoint {} resumes it", s.final_step,
                      s.last_checkpoint);
       }
+      if (s.final_step > s.start_step) print_summary(config, args->config);
       return 0;
     };
   });

@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -51,5 +52,10 @@ void add_allow_config_change_flag(CLI::App* sub, bool& flag);
 
 // `--device D` on a subcommand that runs the model (eval, generate, grad, bench train).
 void add_device_option(CLI::App* sub, std::string& device);
+
+// `--threads N` on a tool that runs the model from a checkpoint (eval, generate): compute threads,
+// 0 = all cores, absent = the checkpoint's run.threads. check_threads_option: UsageError if < 0.
+void add_threads_option(CLI::App* sub, std::optional<int>& threads);
+void check_threads_option(const std::optional<int>& threads);
 
 }  // namespace ptrain::cli

@@ -1,6 +1,10 @@
 // Options and helpers shared by several subcommands (commands.hpp).
 #include "cli/commands.hpp"
 
+#include "common/error.hpp"
+
+#include <fmt/format.h>
+
 namespace ptrain::cli {
 
 void add_set_option(CLI::App* sub, std::vector<std::string>& sets) {
@@ -31,6 +35,17 @@ void add_allow_config_change_flag(CLI::App* sub, bool& flag) {
 void add_device_option(CLI::App* sub, std::string& device) {
   sub->add_option("--device", device,
                   "Compute device: cpu (cuda, cuda:N: not implemented yet); default: device.type");
+}
+
+void add_threads_option(CLI::App* sub, std::optional<int>& threads) {
+  sub->add_option("--threads", threads,
+                  "Compute threads; 0 = all cores (default: the checkpoint's run.threads)");
+}
+
+void check_threads_option(const std::optional<int>& threads) {
+  if (threads && *threads < 0) {
+    throw UsageError(fmt::format("--threads must be >= 0 (0 = all cores), got {}", *threads));
+  }
 }
 
 }  // namespace ptrain::cli

@@ -5,10 +5,16 @@
 namespace ptrain {
 void init_logging(bool verbose) {
   auto logger = spdlog::stderr_color_mt("ptrain");
-  logger->set_pattern("[%H:%M:%S.%e] [%^%l%$] %v");
+  logger->set_pattern(log_pattern());
   logger->set_level(verbose ? spdlog::level::debug : spdlog::level::info);
   spdlog::set_default_logger(logger);
 }
+std::string log_pattern(const std::string& tag) {
+  // ISO 8601 date and time with the UTC offset: a line read from a log days later, or beside
+  // another host's, still says when it happened.
+  return "[%Y-%m-%dT%H:%M:%S.%e%z] [%^%l%$] " + (tag.empty() ? std::string() : tag + " ") + "%v";
+}
+
 bool LogLimiter::allow(int64_t& held) {
   std::lock_guard lock(mu_);
   const auto now = std::chrono::steady_clock::now();

@@ -10,8 +10,12 @@
 #include <mutex>
 
 namespace ptrain {
-// Sets the process-wide logger: stderr, "[time] [level] message", level from `verbose`.
+// Sets the process-wide logger: stderr, log_pattern(), level from `verbose`.
 void init_logging(bool verbose = false);
+
+// The one line format of every log: "[2026-03-01T14:02:03.123+00:00] [info] TAG message" (the
+// date and time as ISO 8601, local time with its offset); `tag` ("" = none) goes before the message.
+std::string log_pattern(const std::string& tag = "");
 
 // Bounds how often one kind of line is logged (a flood of refused connections must not write
 // megabytes of log): at most `burst` lines per `window`; the ones held back are counted and the

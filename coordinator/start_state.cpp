@@ -52,7 +52,8 @@ void check_config_change(const Config& config, const std::string& file, const Ch
 
 bool resume_safe_key(const std::string& key) {
   static const char* const kSafe[] = {"run.dir", "run.threads", "train.steps", "train.micro_batch",
-                                      "train.eval_every", "train.eval_windows", "train.log_every"};
+                                      "train.eval_every", "train.eval_windows", "train.log_every",
+                                      "train.sample_tokens"};
   for (const char* k : kSafe) {
     if (key == k) return true;
   }

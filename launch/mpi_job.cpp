@@ -1,6 +1,7 @@
 #include "launch/mpi_job.hpp"
 
 #include "common/error.hpp"
+#include "common/log.hpp"
 #include "common/net/auth.hpp"
 #include "common/net/mpi_transport.hpp"
 #include "common/util/fs.hpp"
@@ -40,8 +41,7 @@ void log_to_rank_file(const std::string& run_dir, int rank, const char* role,
   auto file = std::make_shared<spdlog::sinks::basic_file_sink_mt>((dir / (name + ".log")).string(),
                                                                  /*truncate=*/false);
   spdlog::default_logger()->sinks().push_back(file);
-  spdlog::default_logger()->set_pattern(
-      fmt::format("[%H:%M:%S.%e] [%^%l%$] [rank {} {}] %v", rank, role));
+  spdlog::default_logger()->set_pattern(log_pattern(fmt::format("[rank {} {}]", rank, role)));
   spdlog::flush_on(spdlog::level::info);
 }
 

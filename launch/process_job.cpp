@@ -1,6 +1,7 @@
 #include "launch/process_job.hpp"
 
 #include "launch/preflight.hpp"
+#include "launch/role_logs.hpp"
 #include "launch/spawn.hpp"
 #include "launch/threads_job.hpp"
 
@@ -35,12 +36,24 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 struct Child {
-  std::string name;  // "coordinator", "server-0", "worker-1"
+  std::string name;  // "coordinator", "server-0", "worker-1" (the id once it joined)
   pid_t pid = -1;
   bool done = false;
   int status = 0;
   bool reported = false;  // its death by a signal was named in the log
+  std::optional<PendingRoleLog> log = std::nullopt;  // servers and workers: renamed to the id once it joined
 };
+
+// Renames each server's and worker's log after the id it joined with, and names the child so.
+void name_role_logs(std::vector<Child>& children) {
+  for (auto& c : children) {
+    if (!c.log || c.log->joined) continue;
+    if (c.log->poll()) {
+      c.name = role_log_name(*c.log->joined);
+      c.name.resize(c.name.size() - 4);  // without ".log"
+    }
+  }
+}
 
 // Names every role that died by a signal (a crash: SIGSEGV, SIGABRT, SIGBUS; or a kill from
 // outside), once each, whatever else the job reports: a crash must not pass unnoticed.
@@ -162,6 +175,7 @@ Attempt run_attempt(const Config& config, const ProcessJobOptions& o, const std:
   // Everyone gets 2 s to exit on their own (they have the coordinator's Shutdown), then SIGKILL;
   // all are reaped.
   auto finish = [&](std::chrono::milliseconds grace) {
+    name_role_logs(children);
     const auto until = Clock::now() + grace;
     while (!all_done(children) && Clock::now() < until) {
       reap(children);
@@ -193,6 +207,9 @@ Attempt run_attempt(const Config& config, const ProcessJobOptions& o, const std:
       cargs.push_back(s);
     }
     if (o.allow_config_change) cargs.push_back("--allow-config-change");
+    const std::string logs = (run_dir / "logs").string();
+    // The previous attempt's logs (an earlier run on this folder, a restart) are kept, numbered.
+    rotate_role_logs(logs);
     const std::string clog = (run_dir / "logs" / "coordinator-0.log").string();
     children.push_back({"coordinator", spawn(cargs, 0, clog)});
     pgid = children[0].pid;
@@ -229,18 +246,23 @@ Attempt run_attempt(const Config& config, const ProcessJobOptions& o, const std:
     warn_if_oversubscribed(config);
     const int server_threads = threads_per_role(config.run.threads, config.cluster.servers);
     const int worker_threads = threads_per_role(config.run.threads, config.cluster.workers);
+    // Until a role joined, its id is unknown: it is named by its start order (role_logs.hpp).
     for (int64_t k = 0; k < config.cluster.servers; ++k) {
-      children.push_back({fmt::format("server-{}", k),
+      PendingRoleLog log(logs, net::Role::kServer, k);
+      children.push_back({fmt::format("server-pending-{}", k),
                           spawn({binary, "server", "--coordinator", addr, "--listen",
                                  "127.0.0.1:0", "--secret-file", secret_file, "--threads",
                                  std::to_string(server_threads)},
-                                pgid, (run_dir / "logs" / fmt::format("server-{}.log", k)).string())});
+                                pgid, log.path())});
+      children.back().log = std::move(log);
     }
     for (int64_t k = 0; k < config.cluster.workers; ++k) {
-      children.push_back({fmt::format("worker-{}", k),
+      PendingRoleLog log(logs, net::Role::kWorker, k);
+      children.push_back({fmt::format("worker-pending-{}", k),
                           spawn({binary, "worker", "--coordinator", addr, "--secret-file",
                                  secret_file, "--threads", std::to_string(worker_threads)},
-                                pgid, (run_dir / "logs" / fmt::format("worker-{}.log", k)).string())});
+                                pgid, log.path())});
+      children.back().log = std::move(log);
     }
     const size_t first_worker = 1 + static_cast<size_t>(config.cluster.servers);
 
@@ -249,6 +271,7 @@ Attempt run_attempt(const Config& config, const ProcessJobOptions& o, const std:
     Attempt a;
     for (;;) {
       follow.poll();
+      name_role_logs(children);
       reap(children);
       report_signal_deaths(children, killed);
       if (!forwarded && o.stop_requested && o.stop_requested()) {
@@ -265,7 +288,8 @@ Attempt run_attempt(const Config& config, const ProcessJobOptions& o, const std:
           if (children[i].done && WIFSIGNALED(children[i].status)) {
             a.restart = true;
             a.lost_role = "server";
-            a.lost_id = static_cast<int64_t>(i - 1);
+            name_role_logs(children);  // its id, if it joined before it died
+            a.lost_id = children[i].log && children[i].log->joined ? children[i].log->joined->id : -1;
             a.why = fmt::format("{} {}", children[i].name, describe(children[i].status));
             return;
           }

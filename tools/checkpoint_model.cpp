@@ -32,6 +32,12 @@ CheckpointModel open_checkpoint_header(const std::string& ckpt) {
   return cm;
 }
 
+Config with_threads(const Config& stored, std::optional<int> threads) {
+  Config c = stored;
+  if (threads) c.run.threads = *threads;
+  return c;
+}
+
 CheckpointModel open_checkpoint_model(const std::string& ckpt, bool with_optimizer) {
   CheckpointModel cm = open_checkpoint_header(ckpt);
   CheckpointData d = read_checkpoint(cm.file, *cm.layout, with_optimizer);

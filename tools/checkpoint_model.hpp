@@ -10,6 +10,7 @@
 #include "common/tensor/param_layout.hpp"
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,10 @@ struct CheckpointModel {
   std::vector<float> params;            // layout->total() floats, verified
   std::vector<float> m, v;              // AdamW moments, only when asked for
 };
+
+// The stored config with run.threads replaced by `threads` when given (the tools' --threads,
+// 0 = all cores), for make_backend_for.
+Config with_threads(const Config& stored, std::optional<int> threads);
 
 // CKPT is a checkpoint .h5 or its directory. Throws IoError (missing file) or CheckpointError
 // (refused checkpoint, unparsable stored config or tokenizer), naming the file.

@@ -33,7 +33,7 @@ EvalResult evaluate(const EvalOptions& o) {
     throw DataError(fmt::format("{} has {} tokens: no complete window of T+1 = {} tokens", tf.path(),
                                 tf.size(), T + 1));
   }
-  auto backend = make_backend_for(o.device, cm.config);
+  auto backend = make_backend_for(o.device, with_threads(cm.config, o.threads));
   const int64_t micro = std::clamp<int64_t>(cm.config.train.micro_batch, 1, windows);
   // BERT goes through the worker's TrainStep: the same masking (the fixed evaluation masks of
   // each window, common/data/mlm.hpp) as the in-run validation.

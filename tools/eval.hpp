@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 namespace ptrain::tools {
@@ -15,6 +16,7 @@ struct EvalOptions {
   std::string data;        // .tok file
   std::string device;      // "" = the checkpoint's device.type; else a device name already checked
   bool json = false;       // print_eval: one JSON object instead of the text line
+  std::optional<int> threads;  // compute threads (--threads; 0 = all cores); nullopt = run.threads
 };
 
 struct EvalResult {

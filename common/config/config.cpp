@@ -5,7 +5,8 @@
 // runs in four passes so that a later source can fix an earlier one:
 //   1. the file, key by key: only the syntax and the type of each value are checked here;
 //   2. the --set overrides, the same way;
-//   3. relative paths resolved against the base of whoever set them (file folder or cwd);
+//   3. relative paths resolved: run.dir against the working directory, the others against the
+//      base of whoever set them (the file's folder, or cwd for --set);
 //   4. ranges, things not built yet, and the checks that involve two keys.
 // Every message starts with where the offending value came from: FILE:LINE:COL (1-based) for a
 // YAML node, "--set key=value" for an override, or just FILE for a default that fails a cross-check.
@@ -95,6 +96,7 @@ const Key kKeys[] = {
     {"train.eval_every", field<&Config::train, &TrainConfig::eval_every>, at_least(0)},
     {"train.eval_windows", field<&Config::train, &TrainConfig::eval_windows>, at_least(0)},
     {"train.log_every", field<&Config::train, &TrainConfig::log_every>, at_least(1)},
+    {"train.sample_tokens", field<&Config::train, &TrainConfig::sample_tokens>, within(0, 4096)},
     {"optim.lr", field<&Config::optim, &OptimConfig::lr>, at_least(0)},
     {"optim.min_lr", field<&Config::optim, &OptimConfig::min_lr>, at_least(0)},
     {"optim.warmup_steps", field<&Config::optim, &OptimConfig::warmup_steps>, at_least(0)},
@@ -520,14 +522,23 @@ class Loader {
     origins_[key.name] = {where, base_dir};
   }
 
-  // A key's default resolves like a value written in the file: against the file's folder.
+  // Inputs (data, tokenizer, a resume checkpoint) resolve against the folder of the file that
+  // names them, so a config and its data move together; a key's default resolves like a value
+  // written in the file. run.dir, an output, resolves against the working directory wherever it
+  // was set, as other launchers' output folders do: `ptrain run sub/job.yaml` writes ./runs/...,
+  // not sub/runs/....
   void resolve_paths() {
+    const std::string cwd = std::filesystem::current_path().string();
     for (const Key& key : kKeys) {
       FieldRef ref = key.field(cfg_);
       auto* slot = std::get_if<std::string*>(&ref);
       if (!slot) continue;
       std::string& path = **slot;
       if (path.empty() || has_word(key, path)) continue;
+      if (key.name == "run.dir") {
+        path = resolve_path(path, cwd);
+        continue;
+      }
       auto it = origins_.find(key.name);
       path = resolve_path(path, it != origins_.end() ? it->second.base_dir : base_dir_);
     }
@@ -574,6 +585,12 @@ class Loader {
            fmt::format("cluster.peer_timeout_s ({}) must be >= 2 x cluster.heartbeat_s ({}): a "
                        "peer would be declared lost between two heartbeats",
                        c.cluster.peer_timeout_s, c.cluster.heartbeat_s));
+    }
+    if (c.train.sample_tokens > 0 && c.cluster.launch == Launch::kMpi) {
+      fail(where_of({"train.sample_tokens", "cluster.launch"}),
+           "train.sample_tokens with cluster.launch: mpi is not implemented yet (samples come "
+           "from `ptrain run` with cluster.launch threads or processes; use `ptrain generate` on a "
+           "checkpoint)");
     }
     if (c.cluster.transport == DataTransport::kMpi && c.cluster.launch != Launch::kMpi) {
       fail(where_of({"cluster.transport", "cluster.launch"}),

@@ -63,6 +63,9 @@ struct TrainConfig {
   int64_t eval_every = 100;  // 0 = never (the final step is always evaluated when data.val is set)
   int64_t eval_windows = 0;  // windows of data.val per evaluation; 0 = all (the default)
   int64_t log_every = 10;
+  // `ptrain run` prints a sample of this many tokens from each checkpoint it writes (from
+  // <|endoftext|>, the start of a document); 0 = none.
+  int64_t sample_tokens = 0;
 
   bool operator==(const TrainConfig&) const = default;
 };

@@ -50,6 +50,8 @@ Joined join_cluster(std::shared_ptr<TcpNode> node, const JoinOptions& o) {
     for (std::string line; std::getline(in, line);) {
       if (!line.empty()) j.server_addresses.push_back(line);
     }
+    // The launcher names this role's log file after the id in this line (kJoinedLine).
+    spdlog::info("{}{}", kJoinedLine, Endpoint{o.role, j.welcome.id}.str());
     return j;
   }
 }

@@ -9,6 +9,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace ptrain::net {
@@ -29,8 +30,13 @@ struct Joined {
   std::vector<std::string> server_addresses;  // from welcome.server_addresses, one per server
 };
 
+// The line a member logs once it knows its id: kJoinedLine + "server 1" (Endpoint::str()). The
+// processes launcher reads it to name the member's log file after its id.
+inline constexpr std::string_view kJoinedLine = "joined the job as ";
+
 // `node` must already listen when role is kServer. Blocks until the Welcome (or throws: PeerLost
-// when the coordinator goes away, Error with the coordinator's reason when it refuses us).
+// when the coordinator goes away, Error with the coordinator's reason when it refuses us). Logs
+// kJoinedLine with the id the coordinator gave.
 Joined join_cluster(std::shared_ptr<TcpNode> node, const JoinOptions& options);
 
 // Node options for a server/worker: only the coordinator's loss is fatal.

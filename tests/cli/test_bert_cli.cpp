@@ -42,7 +42,7 @@ TEST_CASE("bert cli: run - eval - fill-mask - grad - inspect - finetune") {
   write_corpus(dir / "train.tok", 30000, 1);
   write_corpus(dir / "val.tok", 2000, 2);
   const std::string cfg = dir / "bert.yaml";
-  std::ofstream(cfg) << "run:\n  dir: run\n  seed: 3\n  threads: 1\n"
+  std::ofstream(cfg) << "run:\n  dir: " << dir / "run" << "\n  seed: 3\n  threads: 1\n"
                         "data:\n  train: train.tok\n  val: val.tok\n"
                         "model:\n  arch: bert\n  seq_len: 24\n  n_layer: 2\n  n_head: 2\n"
                         "  n_embd: 32\n"

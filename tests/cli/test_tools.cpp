@@ -357,12 +357,12 @@ TEST_CASE("tools eval: --json prints one object with the loss over every complet
   CHECK(r.out.empty());
 }
 
-TEST_CASE("tools generate: greedy is deterministic and prints only the continuation") {
+TEST_CASE("tools generate: greedy is deterministic - --no-echo prints only the continuation") {
   Fixture fx;
   fx.init();
   const std::string prompt = "the lazy";
   const std::vector<std::string> args{"generate", "--checkpoint", fx.ckpt, "--prompt", prompt,
-                                      "--temperature", "0", "--max-tokens", "5"};
+                                      "--temperature", "0", "--max-tokens", "5", "--no-echo"};
   const Result a = fx.run(args);
   REQUIRE_MESSAGE(a.rc == 0, a.err);
   const Result b = fx.run(args);
@@ -388,30 +388,136 @@ TEST_CASE("tools generate: greedy is deterministic and prints only the continuat
     if (i < 4) logits = dec.step(state, best);
   }
   CHECK(a.out == expect);
+  // By default the prompt comes first, and the text ends as a line.
+  std::vector<std::string> echoed = args;
+  echoed.pop_back();
+  const Result ae = fx.run(echoed);
+  REQUIRE_MESSAGE(ae.rc == 0, ae.err);
+  CHECK(ae.out == prompt + expect + "\n");
 
-  // Sampling with a seed is reproducible; the context limit is said on stderr.
+  // Sampling with a seed is reproducible.
   const std::vector<std::string> sampled{"generate", "--checkpoint", fx.ckpt, "--prompt", prompt,
                                          "--temperature", "1.5", "--top-k", "20", "--seed", "11",
-                                         "--max-tokens", "100"};
+                                         "--max-tokens", "10", "--no-echo"};
   const Result s1 = fx.run(sampled);
   const Result s2 = fx.run(sampled);
   REQUIRE_MESSAGE(s1.rc == 0, s1.err);
   CHECK(s1.out == s2.out);
-  CHECK(s1.out.size() <= static_cast<size_t>(fx.dims.T + 1 - prompt.size()));
-  if (s1.out.size() == static_cast<size_t>(fx.dims.T + 1 - prompt.size())) {
-    CHECK(contains(s1.err, "seq_len"));
-  }
   // An empty prompt starts from <|endoftext|>.
   const Result e = fx.run({"generate", "--checkpoint", fx.ckpt, "--prompt", "", "--temperature",
-                           "0", "--max-tokens", "3"});
+                           "0", "--max-tokens", "3", "--no-echo"});
   CHECK_MESSAGE(e.rc == 0, e.err);
   CHECK(e.out.size() <= 3);
-  // Bad values are usage errors; a prompt longer than the context is refused.
-  CHECK(fx.run({"generate", "--checkpoint", fx.ckpt, "--prompt", "x", "--temperature", "-1"}).rc == 2);
-  CHECK(fx.run({"generate", "--checkpoint", fx.ckpt, "--prompt", "x", "--top-k", "-3"}).rc == 2);
-  const Result longp = fx.run({"generate", "--checkpoint", fx.ckpt, "--prompt", std::string(40, 'a')});
-  CHECK(longp.rc == 2);
+  // Bad values are usage errors, naming the flag.
+  for (const auto& [flag, value] : std::vector<std::pair<std::string, std::string>>{
+           {"--temperature", "-1"}, {"--top-k", "-3"}, {"--top-p", "0"}, {"--top-p", "1.5"},
+           {"--num-samples", "0"}, {"--threads", "-1"}, {"--max-new-tokens", "-1"}}) {
+    const Result bad = fx.run({"generate", "--checkpoint", fx.ckpt, "--prompt", "x", flag, value});
+    CHECK_MESSAGE(bad.rc == 2, flag);
+    CHECK_MESSAGE(contains(bad.err, flag), bad.err);
+  }
+}
+
+// Greedy decoding over the whole context each time (no cache, no window): the reference the
+// sliding window is checked against while the context fits.
+TEST_CASE("tools generate: past seq_len the context slides - a long prompt keeps its end") {
+  Fixture fx;
+  fx.init();
+  const int64_t T = fx.dims.T;
+  // 40 new tokens with T = 16, from a 10-token prompt, greedy and with --ignore-eot so nothing
+  // stops it early: exactly 40 bytes follow the prompt.
+  const std::string prompt = "the lazy d";
+  const Result r = fx.run({"generate", "--checkpoint", fx.ckpt, "--prompt", prompt, "--temperature",
+                           "0", "--max-new-tokens", "40", "--ignore-eot", "--no-echo"});
+  REQUIRE_MESSAGE(r.rc == 0, r.err);
+  CHECK(contains(r.err, "slid"));
+  // <|endoftext|> is written as text: count decoded tokens by replaying the greedy rule below.
+  const ParamLayout layout(fx.dims);
+  const CheckpointData d = read_checkpoint(fx.ckpt, layout, false);
+  auto backend = make_cpu_backend(1);
+  GptState state(layout, *backend);
+  state.upload_params(d.params);
+  GptDecoder dec(layout, *backend);
+  std::vector<int32_t> ctx(prompt.begin(), prompt.end());
+  std::string expect;
+  const int64_t keep = T - T / 4;
+  std::span<const float> logits;
+  for (int32_t id : ctx) logits = dec.step(state, id);
+  for (int i = 0; i < 40; ++i) {
+    int32_t best = 0;
+    for (int32_t v = 1; v < 257; ++v) {
+      if (logits[v] > logits[best]) best = v;
+    }
+    expect += best == 256 ? std::string("<|endoftext|>") : std::string(1, static_cast<char>(best));
+    ctx.push_back(best);
+    if (dec.position() < T) {
+      logits = dec.step(state, best);
+    } else {  // full: restart on the newest 3T/4 tokens
+      dec.reset();
+      for (size_t k = ctx.size() - static_cast<size_t>(keep); k < ctx.size(); ++k) {
+        logits = dec.step(state, ctx[k]);
+      }
+    }
+  }
+  CHECK(r.out == expect);
+
+  // A prompt longer than the context keeps its last T tokens (warned), like a window.
+  const std::string tail(T, 'b');
+  const Result longp = fx.run({"generate", "--checkpoint", fx.ckpt, "--prompt", "aaaa" + tail,
+                               "--temperature", "0", "--max-tokens", "3", "--no-echo"});
+  REQUIRE_MESSAGE(longp.rc == 0, longp.err);
   CHECK(contains(longp.err, "seq_len"));
+  const Result same = fx.run({"generate", "--checkpoint", fx.ckpt, "--prompt", tail,
+                              "--temperature", "0", "--max-tokens", "3", "--no-echo"});
+  CHECK(longp.out == same.out);
+}
+
+TEST_CASE("tools generate: --num-samples - --top-p - --threads - eval --threads") {
+  Fixture fx;
+  fx.init();
+  const std::string prompt = "the";
+  const std::vector<std::string> base{"generate", "--checkpoint", fx.ckpt, "--prompt", prompt,
+                                      "--temperature", "1.2", "--seed", "5", "--max-tokens", "6",
+                                      "--ignore-eot"};
+  auto with = [&](std::vector<std::string> more) {
+    std::vector<std::string> a = base;
+    a.insert(a.end(), more.begin(), more.end());
+    return fx.run(a);
+  };
+  // Three samples, each the prompt and its text, separated; the first is the single sample.
+  const Result three = with({"--num-samples", "3"});
+  REQUIRE_MESSAGE(three.rc == 0, three.err);
+  const Result one = with({});
+  REQUIRE(one.rc == 0);
+  const std::string sep = "\n---------------\n";
+  size_t pieces = 1;
+  for (size_t at = three.out.find(sep); at != std::string::npos; at = three.out.find(sep, at + 1)) ++pieces;
+  CHECK(pieces == 3);
+  CHECK(three.out.starts_with(one.out.substr(0, one.out.size() - 1)));  // less the final newline
+  for (size_t at = 0, n = 0; n < 3; ++n) {
+    CHECK(three.out.compare(at, prompt.size(), prompt) == 0);
+    at = three.out.find(sep, at);
+    if (at == std::string::npos) break;
+    at += sep.size();
+  }
+  // A tiny top-p keeps only the most likely token: sampling becomes greedy.
+  const Result nucleus = with({"--top-p", "1e-9"});
+  const Result greedy = fx.run({"generate", "--checkpoint", fx.ckpt, "--prompt", prompt,
+                                "--temperature", "0", "--max-tokens", "6", "--ignore-eot"});
+  REQUIRE_MESSAGE(nucleus.rc == 0, nucleus.err);
+  CHECK(nucleus.out == greedy.out);
+  // top-p 1 is no cut: the same draw as without it.
+  CHECK(with({"--top-p", "1"}).out == one.out);
+  // --threads changes nothing in the result, for generate and eval alike.
+  CHECK(with({"--threads", "2"}).out == one.out);
+  const Result e1 = fx.run({"eval", "--checkpoint", fx.ckpt, "--data", fx.tok, "--json", "--threads", "1"});
+  const Result e0 = fx.run({"eval", "--checkpoint", fx.ckpt, "--data", fx.tok, "--json"});
+  REQUIRE_MESSAGE(e1.rc == 0, e1.err);
+  CHECK(nlohmann::json::parse(e1.out)["loss"].get<double>() ==
+        doctest::Approx(nlohmann::json::parse(e0.out)["loss"].get<double>()).epsilon(1e-6));
+  const Result eb = fx.run({"eval", "--checkpoint", fx.ckpt, "--data", fx.tok, "--threads", "-2"});
+  CHECK(eb.rc == 2);
+  CHECK(contains(eb.err, "--threads"));
 }
 
 TEST_CASE("tools inspect --diff: relative change per tensor and a different layout refused") {

@@ -91,7 +91,7 @@ std::vector<std::string> keys_in(const std::string& text) {
 TEST_CASE("config: defaults.yaml lists exactly the keys of config_keys() - in order") {
   const std::string text = read_file((kConfigDir / "defaults.yaml").string());
   CHECK(keys_in(text) == config_keys());
-  CHECK(config_keys().size() == 50);  // elastic 6, cluster.transport, model.arch, finetune.* 4, run.max_memory
+  CHECK(config_keys().size() == 51);  // elastic 6, cluster.transport, model.arch, finetune.* 4, run.max_memory, train.sample_tokens
 }
 
 TEST_CASE("config: defaults.yaml holds exactly the struct defaults") {
@@ -100,7 +100,7 @@ TEST_CASE("config: defaults.yaml holds exactly the struct defaults") {
   const Config loaded = load_config(path, {{"data.train", "/abs/train.tok"}});
   Config expected;
   expected.data.train = "/abs/train.tok";
-  expected.run.dir = resolve_path(expected.run.dir, kConfigDir.string());
+  expected.run.dir = resolve_path(expected.run.dir, fs::current_path().string());
   CHECK(loaded == expected);
   CHECK(loaded.to_yaml() == expected.to_yaml());
   CHECK(loaded.source == path);
@@ -110,7 +110,7 @@ TEST_CASE("config: a minimal file takes every other key's default") {
   const Config c = parse(kTrain);
   Config expected;
   expected.data.train = "/base/t.tok";
-  expected.run.dir = "/base/runs/default";
+  expected.run.dir = resolve_path("runs/default", fs::current_path().string());
   CHECK(c == expected);
   CHECK(c.source == "cfg.yaml");
   CHECK(c.model.vocab_size == 0);
@@ -322,13 +322,16 @@ TEST_CASE("config: parse_override splits section.key=value and refuses malformed
   CHECK(contains(error_of<UsageError>([] { parse_override("lr=3"); }), "did you mean 'optim.lr'?"));
 }
 
-TEST_CASE("config: relative paths resolve against the config file's folder - --set's against cwd") {
+TEST_CASE("config: relative paths resolve against the config file's folder - --set's and run.dir against cwd") {
   const Config c = parse(R"(
 run: {dir: out/../run1}
 data: {train: t.tok, val: /abs/v.tok, tokenizer: tok/tokenizer.json}
 checkpoint: {resume: ck/step-00000010}
 )");
-  CHECK(c.run.dir == "/base/run1");
+  // run.dir is an output: against the working directory, as other launchers' output folders.
+  CHECK(c.run.dir == resolve_path("run1", fs::current_path().string()));
+  CHECK(parse("run: {dir: /abs/run}\n" + kTrain).run.dir == "/abs/run");
+  CHECK(parse(kTrain).run.dir == resolve_path("runs/default", fs::current_path().string()));
   CHECK(c.data.train == "/base/t.tok");
   CHECK(c.data.val == "/abs/v.tok");
   CHECK(c.data.tokenizer == "/base/tok/tokenizer.json");
@@ -400,7 +403,8 @@ TEST_CASE("config: configs/quickstart.yaml loads") {
   const std::string root = fs::absolute(kConfigDir).lexically_normal().parent_path().string();
   CHECK(c.data.train == root + "/data/fortunes");  // the prepared folder: its train shards
   CHECK(c.data.tokenizer == root + "/data/fortunes/tokenizer.json");
-  CHECK(c.run.dir == root + "/runs/quickstart");
+  // run.dir against the working directory: the quickstart runs from the repository's root.
+  CHECK(c.run.dir == resolve_path("runs/quickstart", fs::current_path().string()));
   CHECK(c.model.vocab_size == 0);
   CHECK(c.cluster.workers == 2);
   CHECK(c.cluster.servers == 2);

@@ -105,7 +105,7 @@ TEST_CASE("preflight: ptrain run refuses a bad token file before any role starts
   toks[1000] = 280;  // only valid for the file's own claimed vocabulary
   write_token_file(dir / "train.tok", 300, toks);
   const std::string cfg = dir / "job.yaml";
-  std::ofstream(cfg) << "run: {dir: run, seed: 5, threads: 1}\n"
+  std::ofstream(cfg) << "run: {dir: " << dir / "run" << ", seed: 5, threads: 1}\n"
                         "data: {train: train.tok, tokenizer: byte}\n"
                         "model: {seq_len: 16, n_layer: 1, n_head: 2, n_embd: 16}\n"
                         "train: {steps: 30, batch_size: 4, micro_batch: 2, eval_every: 0, "

@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 
 #include <chrono>
+#include <regex>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -38,7 +39,7 @@ int wait_exit(const Proc& p) { return test::wait_ptrain(p); }
 std::string write_config(const TempDir& dir, int64_t steps) {
   write_corpus(dir / "train.tok", 20000, 7);
   const std::string cfg = dir / "job.yaml";
-  std::ofstream(cfg) << "run: {dir: run, seed: 5, threads: 2}\n"
+  std::ofstream(cfg) << "run: {dir: " << dir / "run" << ", seed: 5, threads: 2}\n"
                         "data: {train: train.tok, tokenizer: byte}\n"
                         "model: {seq_len: 16, n_layer: 1, n_head: 2, n_embd: 16}\n"
                         "train: {steps: " << steps << ", batch_size: 4, micro_batch: 2, "
@@ -137,4 +138,83 @@ TEST_CASE("coordinator run command: --print-config prints the resolved config an
   const Proc q = test::start_ptrain({"init", cfg, "--print-config"}, dir / "err.txt", out);
   CHECK(wait_exit(q) == 0);
   CHECK(slurp(out).find("  steps: 2\n") != std::string::npos);
+}
+
+TEST_CASE("coordinator run command: processes - samples at checkpoints - a summary - logs named by id, dated, kept on resume") {
+  TempDir dir("run-outputs");
+  write_corpus(dir / "train.tok", 20000, 7);
+  write_corpus(dir / "val.tok", 2000, 8);
+  const std::string cfg = dir / "job.yaml";
+  std::ofstream(cfg) << "run: {dir: " << dir / "run" << ", seed: 5, threads: 1}\n"
+                        "data: {train: train.tok, val: val.tok, tokenizer: byte}\n"
+                        "model: {seq_len: 16, n_layer: 1, n_head: 2, n_embd: 16}\n"
+                        "train: {steps: 4, batch_size: 4, micro_batch: 2, eval_every: 2, "
+                        "log_every: 1, sample_tokens: 8}\n"
+                        "cluster: {workers: 2, servers: 2, launch: processes}\n"
+                        "checkpoint: {every_steps: 2, resume: auto}\n";
+  REQUIRE_MESSAGE(wait_exit(start({"run", cfg}, dir / "err.txt")) == 0, slurp(dir / "err.txt"));
+  const std::string err = slurp(dir / "err.txt");
+  // A sample from each checkpoint, then the summary.
+  CHECK_MESSAGE(err.find("---- sample from step-00000002 ----") != std::string::npos, err);
+  CHECK(err.find("---- sample from step-00000004 ----") != std::string::npos);
+  const size_t summary = err.find("---- run summary: ");
+  REQUIRE(summary != std::string::npos);
+  CHECK(summary > err.find("---- sample from step-00000004 ----"));
+  CHECK(err.find("val loss    5.549 (ln V, V = 257", summary) != std::string::npos);  // ln 257
+  CHECK(err.find("perplexity", summary) != std::string::npos);
+  CHECK(err.find("tokens/s", summary) != std::string::npos);
+  CHECK(err.find("checkpoint  ", summary) != std::string::npos);
+  CHECK(err.find("step-00000004", summary) != std::string::npos);
+  CHECK(err.find("report      ", summary) != std::string::npos);
+  CHECK(err.find("logs        ", summary) != std::string::npos);
+  CHECK(err.find("ptrain generate --checkpoint", summary) != std::string::npos);
+
+  // Log files carry the ids their roles go by, and every line its date.
+  const std::regex dated(R"(^\[\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}[+-]\d{2}:\d{2}\] .*)");
+  for (const std::string role : {"server", "worker"}) {
+    for (int id = 0; id < 2; ++id) {
+      const std::string log = dir / ("run/logs/" + role + "-" + std::to_string(id) + ".log");
+      REQUIRE_MESSAGE(fs::exists(log), log);
+      const std::string text = slurp(log);
+      CHECK_MESSAGE(text.find("joined the job as " + role + " " + std::to_string(id) + "\n") != std::string::npos, text);
+      const std::string other = role + " " + std::to_string(1 - id) + ":";
+      CHECK_MESSAGE(text.find(other) == std::string::npos, text);  // no other id's lines
+      for (const std::string& line : read_lines(log)) CHECK_MESSAGE(std::regex_match(line, dated), line);
+    }
+  }
+  CHECK_FALSE(fs::exists(dir / "run/logs/server-pending-0.log"));
+  for (const std::string& line : read_lines(dir / "run/logs/coordinator-0.log")) {
+    CHECK_MESSAGE(std::regex_match(line, dated), line);
+  }
+
+  // A resume keeps the first attempt's logs, numbered; the new ones start fresh.
+  const std::string first = slurp(dir / "run/logs/coordinator-0.log");
+  REQUIRE_MESSAGE(wait_exit(start({"run", cfg, "--set", "train.steps=6"}, dir / "err2.txt")) == 0,
+                  slurp(dir / "err2.txt"));
+  CHECK(slurp(dir / "run/logs/coordinator-0.1.log") == first);
+  CHECK(fs::exists(dir / "run/logs/server-1.1.log"));
+  CHECK(fs::exists(dir / "run/logs/server-1.log"));
+  CHECK(slurp(dir / "run/logs/coordinator-0.log").find("resum") != std::string::npos);
+  CHECK(slurp(dir / "err2.txt").find("---- sample from step-00000006 ----") != std::string::npos);
+  CHECK(slurp(dir / "err2.txt").find("---- sample from step-00000004 ----") == std::string::npos);
+}
+
+TEST_CASE("coordinator run command: a relative run.dir is relative to the working directory, not the config's folder") {
+  TempDir dir("run-reldir");
+  fs::create_directories(dir / "configs");
+  write_corpus(dir / "configs/train.tok", 2000, 7);
+  std::ofstream(dir / "configs/job.yaml") << "run: {dir: runs/rel}\ndata: {train: train.tok}\n";
+  const std::string out = dir / "out.txt";
+  const Proc p = test::start_command(
+      {"/bin/sh", "-c", "cd '" + std::string(dir / "") + "' && exec '" PTRAIN_TEST_BINARY
+                        "' run configs/job.yaml --print-config"},
+      dir / "err.txt", out);
+  CHECK(wait_exit(p) == 0);
+  const std::string yaml = slurp(out);
+  CHECK_MESSAGE(yaml.find("  dir: \"" + (fs::path(dir / "runs/rel")).lexically_normal().string() + "\"\n") !=
+                    std::string::npos,
+                yaml);
+  // Data paths still follow the config file.
+  CHECK(yaml.find("  train: \"" + (fs::path(dir / "configs/train.tok")).lexically_normal().string() + "\"\n") !=
+        std::string::npos);
 }

@@ -26,7 +26,7 @@ namespace {
 std::string lock_config(const TempDir& dir, const std::string& launch) {
   write_corpus(dir / "train.tok", 20000, 7);
   const std::string cfg = dir / ("job-" + launch + ".yaml");
-  std::ofstream(cfg) << "run: {dir: run, seed: 5, threads: 1}\n"
+  std::ofstream(cfg) << "run: {dir: " << dir / "run" << ", seed: 5, threads: 1}\n"
                         "data: {train: train.tok, tokenizer: byte}\n"
                         "model: {seq_len: 16, n_layer: 1, n_head: 2, n_embd: 16}\n"
                         "train: {steps: 100000, batch_size: 4, micro_batch: 2, "
