@@ -55,8 +55,11 @@ void install_mpi_stop_handlers() {
 // and a failed sample is a warning. finish() samples the final checkpoint before the summary.
 class CheckpointSampler {
  public:
-  CheckpointSampler(const std::string& run_dir, int64_t tokens)
-      : latest_(std::filesystem::path(run_dir) / "checkpoints" / "latest"), tokens_(tokens) {
+  // `threads`: the sampler's compute threads. OpenBLAS's thread count is process-wide, so in a
+  // threads launch it must be the workers' own (one thread would slow their products down).
+  CheckpointSampler(const std::string& run_dir, int64_t tokens, int threads)
+      : latest_(std::filesystem::path(run_dir) / "checkpoints" / "latest"), tokens_(tokens),
+        threads_(threads) {
     seen_ = target();  // a resumed run's starting checkpoint was sampled by its own run
     thread_ = std::thread([this] {
       std::unique_lock lock(mu_);
@@ -99,7 +102,7 @@ class CheckpointSampler {
     g.temperature = 0.8;
     g.top_k = 40;
     g.seed = 1;  // the same draw at every checkpoint: the samples differ by what the model learned
-    g.threads = 1;
+    g.threads = threads_;
     g.echo = false;
     g.quiet = true;
     std::string text;
@@ -117,6 +120,7 @@ class CheckpointSampler {
 
   std::filesystem::path latest_;
   int64_t tokens_;
+  int threads_;
   std::filesystem::path seen_;
   std::mutex mu_;
   std::condition_variable cv_;
@@ -173,7 +177,11 @@ void add_run_command(CLI::App& app, Action& action) {
       install_stop_handlers();
       std::unique_ptr<CheckpointSampler> sampler;
       if (config.train.sample_tokens > 0) {
-        sampler = std::make_unique<CheckpointSampler>(config.run.dir, config.train.sample_tokens);
+        const int threads = config.cluster.launch == Launch::kThreads
+                                ? threads_per_role(config.run.threads, config.cluster.workers)
+                                : 1;  // the launcher's own process: one thread is plenty
+        sampler = std::make_unique<CheckpointSampler>(config.run.dir, config.train.sample_tokens,
+                                                      threads);
       }
       if (config.cluster.launch == Launch::kProcesses) {
         ProcessJobOptions po;
