@@ -201,13 +201,13 @@ __global__ void __launch_bounds__(kTile) flash_bwd_dq_kernel(float* dqkv, const 
     __syncthreads();
     if (t >= d.T) continue;
     const float* qt = sQ + row * ldp;
-    const float* dot_ = sdO + row * ldp;
+    const float* dOt = sdO + row * ldp;
     float* dqt = sdQ + row * ldp;
     for (int jj = 0; jj < kTile; ++jj) {
       const int64_t key = c0 + jj;
       if (key >= d.T || !kmath::key_visible(d.causal, valid, t, key)) continue;
       const float p = kmath::prob_from_lse(d.scale * dot(qt, sK + jj * hd, hd), lt);
-      const float ds = kmath::score_grad(p, dot(dot_, sV + jj * hd, hd), dt, d.scale);
+      const float ds = kmath::score_grad(p, dot(dOt, sV + jj * hd, hd), dt, d.scale);
       for (int c = 0; c < hd; ++c) dqt[c] = fmaf(ds, sK[jj * hd + c], dqt[c]);
     }
   }
