@@ -95,14 +95,14 @@ class TimingBackend final : public Backend {
   void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) override {
     timed("gelu_backward", [&] { in_.gelu_backward(dinp, inp, dout, n); });
   }
-  void attention_forward(float* out, float* att, const float* qkv, int64_t B, int64_t T, int64_t C,
-                         int64_t NH) override {
-    timed("attention_forward", [&] { in_.attention_forward(out, att, qkv, B, T, C, NH); });
+  void attention_forward(float* out, float* lse, const float* qkv,
+                         const AttentionShape& s) override {
+    timed("attention_forward", [&] { in_.attention_forward(out, lse, qkv, s); });
   }
-  void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
-                          const float* att, int64_t B, int64_t T, int64_t C, int64_t NH) override {
+  void attention_backward(float* dqkv, float* scratch, const float* dout, const float* out,
+                          const float* qkv, const float* lse, const AttentionShape& s) override {
     timed("attention_backward",
-          [&] { in_.attention_backward(dqkv, scratch, dout, qkv, att, B, T, C, NH); });
+          [&] { in_.attention_backward(dqkv, scratch, dout, out, qkv, lse, s); });
   }
   void attention_decode(float* out, float* scratch, const float* q, const float* kc,
                         const float* vc, int64_t npos, int64_t ld, int64_t C, int64_t NH) override {

@@ -3,6 +3,7 @@
 // are registered by cmd_bench_ps.cpp. What each measures: docs/benchmarks.md.
 #include "cli/commands.hpp"
 #include "cli/cmd_bench_ps.hpp"
+#include "bench/bench_attention.hpp"
 #include "bench/bench_sgemm.hpp"
 #include "bench/bench_train.hpp"
 #include "common/error.hpp"
@@ -12,7 +13,7 @@
 namespace ptrain::cli {
 
 void add_bench_command(CLI::App& app, Action& action) {
-  auto* bench = app.add_subcommand("bench", "Benchmarks: the training step of a config's model (train; --compare-launch: processes vs threads), the data plane vs raw TCP (ps), sgemm");
+  auto* bench = app.add_subcommand("bench", "Benchmarks: the training step of a config's model (train; --compare-launch: processes vs threads), the data plane vs raw TCP (ps), attention (flash vs materialised), sgemm");
   bench->require_subcommand(1);
 
   auto targs = std::make_shared<BenchTrainOptions>();
@@ -54,6 +55,23 @@ void add_bench_command(CLI::App& app, Action& action) {
   sgemm->add_option("--reps", sargs->reps, "Timed repetitions (default 5)");
   sgemm->add_flag("--json", sargs->json, "Print one JSON object on stdout");
   sgemm->callback([&action, sargs] { action = [sargs] { return run_bench_sgemm(*sargs); }; });
+
+  auto aargs = std::make_shared<BenchAttentionOptions>();
+  auto* att = bench->add_subcommand(
+      "attention", "Attention forward+backward: the backend's flash-style op against the "
+                   "materialised (T,T) version, time and memory kept, at each --seq-len");
+  att->add_option("--seq-len", aargs->seq_lens, "Sequence lengths T (default 1024 4096)")
+      ->expected(1, 64);
+  att->add_option("--batch", aargs->batch, "B (default 1)");
+  att->add_option("--heads", aargs->heads, "NH (default 12)");
+  att->add_option("--channels", aargs->channels, "C, a multiple of --heads (default 768)");
+  att->add_flag("--bidirectional", aargs->bidirectional,
+                "BERT's bidirectional attention instead of causal");
+  att->add_option("--reps", aargs->reps, "Timed repetitions (default 3)");
+  att->add_option("--threads", aargs->threads, "CPU threads; 0 = all cores (default)");
+  att->add_option("--device", aargs->device, "Compute device (default cpu)");
+  att->add_flag("--json", aargs->json, "Print one JSON object on stdout");
+  att->callback([&action, aargs] { action = [aargs] { return run_bench_attention(*aargs); }; });
 
   add_bench_ps_commands(bench, action);  // `bench ps` and its hidden helper (cmd_bench_ps.cpp)
 }

@@ -1,7 +1,8 @@
 // `ptrain finetune CONFIG [--set k=v]... [--json]`: sequence classification from a pretrained BERT
 // checkpoint (finetune.* keys, docs/config.md); the work is launch/finetune.hpp's. --json prints
 // one object {"labels", "train_examples", "val_examples", "steps", "train_loss", "val_loss",
-// "val_accuracy", "majority_accuracy"} on stdout; logs go to stderr.
+// "val_accuracy", "majority_accuracy", "checkpoint", "labels_file"} on stdout (the fine-tuned
+// checkpoint and its class names); logs go to stderr.
 #include "cli/commands.hpp"
 #include "launch/finetune.hpp"
 
@@ -33,12 +34,15 @@ void add_finetune_command(CLI::App& app, Action& action) {
                                   {"val_examples", r.val_examples}, {"steps", r.steps},
                                   {"train_loss", r.train_loss},   {"val_loss", r.val_loss},
                                   {"val_accuracy", r.val_accuracy},
-                                  {"majority_accuracy", r.majority_accuracy}};
+                                  {"majority_accuracy", r.majority_accuracy},
+                                  {"checkpoint", r.checkpoint}, {"labels_file", r.labels_file}};
         std::printf("%s\n", j.dump().c_str());
       } else {
         std::printf("val accuracy %.4f (majority class %.4f) over %lld examples, %zu classes\n",
                     r.val_accuracy, r.majority_accuracy, static_cast<long long>(r.val_examples),
                     r.labels.size());
+        std::printf("fine-tuned checkpoint: %s (labels: %s)\n", r.checkpoint.c_str(),
+                    r.labels_file.c_str());
       }
       return 0;
     };

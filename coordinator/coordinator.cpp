@@ -130,6 +130,8 @@ class CoordinatorRun {
   int64_t last_step_tokens_ = 0;
   // Since the previous train.jsonl line: the steps' losses and times, and the data-plane bytes.
   double interval_loss_sum_ = 0.0;
+  double interval_accuracy_sum_ = 0.0;  // masked-LM accuracy (BERT), over the steps that have one
+  int64_t interval_accuracy_steps_ = 0;
   double interval_step_s_sum_ = 0.0;
   int64_t interval_steps_ = 0;
   uint64_t bytes_at_last_log_ = 0;  // and tokens: the span of bytes_per_token (evaluations included)
@@ -555,6 +557,10 @@ bool CoordinatorRun::run_step(int64_t t) {
     summary_.final_step = t + 1;
     const double step_s = std::chrono::duration<double>(Clock::now() - step_start).count();
     interval_loss_sum_ += machine_.loss();
+    if (const std::optional<double> acc = machine_.accuracy()) {
+      interval_accuracy_sum_ += *acc;
+      ++interval_accuracy_steps_;
+    }
     interval_step_s_sum_ += step_s;
     ++interval_steps_;
     update_status(t + 1, step_s);
@@ -589,6 +595,11 @@ void CoordinatorRun::log_step(int64_t step) {
   r.step = step;
   const double n = static_cast<double>(std::max<int64_t>(1, interval_steps_));
   r.loss = interval_steps_ > 0 ? interval_loss_sum_ / n : machine_.loss();
+  if (interval_accuracy_steps_ > 0) {
+    r.accuracy = interval_accuracy_sum_ / static_cast<double>(interval_accuracy_steps_);
+  } else if (interval_steps_ == 0) {
+    r.accuracy = machine_.accuracy();
+  }
   r.lr = machine_.lr();
   r.grad_norm = machine_.global_norm();
   r.clipped = machine_.clip_coef() < 1.0f;
@@ -615,8 +626,8 @@ void CoordinatorRun::log_step(int64_t step) {
   tokens_at_last_log_ = summary_.tokens_seen;
   bytes_at_last_log_ = bytes;
   tokens_at_last_line_ = summary_.tokens_seen;
-  interval_loss_sum_ = interval_step_s_sum_ = 0.0;
-  interval_steps_ = 0;
+  interval_loss_sum_ = interval_step_s_sum_ = interval_accuracy_sum_ = 0.0;
+  interval_steps_ = interval_accuracy_steps_ = 0;
 }
 
 // Validation of weights version `step`, run by the workers: the val windows are cut into batches
@@ -813,6 +824,7 @@ void CoordinatorRun::update_status(int64_t step, double step_s) {
   if (o_.status == nullptr) return;
   const auto now = Clock::now();
   const double loss = machine_.loss();
+  const std::optional<double> accuracy = machine_.accuracy();
   const double tps = step_s > 0 ? static_cast<double>(last_step_tokens_) / step_s : 0.0;
   // Phase times: the workers' view of this step, averaged over the workers that reported it.
   StepSeconds phases;
@@ -870,6 +882,7 @@ void CoordinatorRun::update_status(int64_t step, double step_s) {
   o_.status->update([&](JobStatus& s) {
     s.step = step;
     s.loss = loss;
+    if (accuracy) s.accuracy = *accuracy;
     s.tokens_per_second = tps;
     s.membership_epoch = epoch;
     s.bytes_pushed_total = pushed;

@@ -50,6 +50,7 @@ void RunLog::step(const StepRecord& r) {
   nlohmann::ordered_json j;
   j["step"] = r.step;
   j["loss"] = r.loss;
+  if (r.accuracy) j["accuracy"] = *r.accuracy;
   j["lr"] = r.lr;
   j["grad_norm"] = r.grad_norm;
   j["clipped"] = r.clipped;

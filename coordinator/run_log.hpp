@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdint>
 #include <fstream>
+#include <optional>
 #include <string>
 
 namespace ptrain {
@@ -24,6 +25,9 @@ struct StepRecord {
   double tokens_per_s = 0.0;  // since the previous logged step
   double step_s = 0.0;        // mean wall time of a step since the previous logged step
   double bytes_per_token = 0.0;  // data-plane bytes pushed + pulled per trained token, same span
+  // Masked-LM accuracy (BERT) of the same steps as `loss`, their mean; absent for GPT runs (no
+  // "accuracy" key is written).
+  std::optional<double> accuracy;
 };
 
 class RunLog {

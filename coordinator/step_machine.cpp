@@ -291,6 +291,18 @@ double StepMachine::loss() const {
   return n > 0 ? loss / static_cast<double>(n) : 0.0;
 }
 
+std::optional<double> StepMachine::accuracy() const {
+  int64_t correct = 0, n = 0;
+  for (int32_t id : contributors()) {
+    const auto r = reports_.find(id);
+    if (r == reports_.end() || r->second.correct < 0) continue;
+    correct += r->second.correct;
+    n += r->second.tokens;
+  }
+  if (n == 0) return std::nullopt;
+  return static_cast<double>(correct) / static_cast<double>(n);
+}
+
 int64_t StepMachine::tokens() const {
   int64_t n = 0;
   for (int32_t id : contributors()) {

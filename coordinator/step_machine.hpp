@@ -127,6 +127,10 @@ class StepMachine {
 
   // Loss of the step: Σ loss_sum / Σ tokens over the contributors' reports, in worker-id order.
   double loss() const;
+  // Masked-LM accuracy of the step (BERT): Σ correct / Σ tokens over the contributors' reports
+  // that carry one (WorkerStepDone::correct ≥ 0), token-weighted like loss(); nullopt when none
+  // does (GPT) or they have no tokens.
+  std::optional<double> accuracy() const;
   // Target tokens of the contributors (their reports; their pushes for one lost after pushing).
   int64_t tokens() const;
   double lr() const;  // as reported by the lowest server id (0 before any StepApplied)

@@ -117,6 +117,11 @@ FinetuneResult run_finetune(const Config& config) {
     throw ConfigError(fmt::format("finetune.checkpoint: {} is model.arch {}, fine-tuning needs bert",
                                   ckpt, model_arch_name(pre.model.arch)));
   }
+  if (pre.model.num_labels > 0) {
+    throw ConfigError(fmt::format("finetune.checkpoint: {} is already a {}-way classifier "
+                                  "(model.num_labels); fine-tuning starts from a masked-LM checkpoint",
+                                  ckpt, pre.model.num_labels));
+  }
   const auto tk = tokenizer_from_json(meta.tokenizer_json, ckpt + " (dataset /tokenizer)");
   const ParamLayout mlm_layout(model_dims(pre.model, tk->vocab_size()));
   const CheckpointData pretrained = read_checkpoint(ckpt, mlm_layout, false);
@@ -233,6 +238,31 @@ FinetuneResult run_finetune(const Config& config) {
                  "(majority class {:.4f})",
                  epoch + 1, res.train_loss, res.val_loss, res.val_accuracy, res.majority_accuracy);
   }
+
+  // The fine-tuned model: HF BertForSequenceClassification names (the layout's), its config the
+  // pretraining one with model.num_labels K (so every reader rebuilds this layout) and this
+  // run's finetune.* keys; the class names beside it, index k = class k, as HF's id2label.
+  Config saved = pre;
+  saved.model.num_labels = dims.num_labels;
+  saved.finetune = config.finetune;
+  CheckpointData out;
+  out.meta.step = res.steps;
+  out.meta.tokens_seen = pretrained.meta.tokens_seen;
+  out.meta.config_yaml = saved.to_yaml();
+  out.meta.tokenizer_json = meta.tokenizer_json;
+  out.meta.data = DataState{config.run.seed, 0, 0, {}};
+  out.params = std::move(w);
+  out.m = std::move(m);
+  out.v = std::move(v);
+  res.checkpoint = config.run.dir + "/finetuned.h5";
+  write_checkpoint_file_atomic(res.checkpoint, layout, out);
+  nlohmann::json id2label = nlohmann::json::object();
+  for (size_t k = 0; k < res.labels.size(); ++k) id2label[std::to_string(k)] = res.labels[k];
+  res.labels_file = config.run.dir + "/finetuned.labels.json";
+  write_file_atomic(res.labels_file,
+                    nlohmann::json{{"num_labels", res.labels.size()}, {"id2label", id2label}}
+                            .dump(1) + "\n");
+  spdlog::info("finetune: wrote {} and {}", res.checkpoint, res.labels_file);
   return res;
 }
 

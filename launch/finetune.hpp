@@ -6,7 +6,10 @@
 // accuracy on the held-out JSONL after every epoch, against the majority-class baseline. One
 // process, one backend: the fine-tuning sets are small. No dropout (as in pretraining).
 // Writes RUN_DIR/finetune.jsonl: one object per epoch {"epoch", "step", "train_loss",
-// "val_loss", "val_accuracy", "majority_accuracy"}.
+// "val_loss", "val_accuracy", "majority_accuracy"}; at the end the fine-tuned checkpoint
+// RUN_DIR/finetuned.h5 (Hugging Face BertForSequenceClassification names: bert.* encoder,
+// bert.pooler.dense.*, classifier.*; config with model.num_labels K; AdamW moments) and
+// RUN_DIR/finetuned.labels.json {"num_labels": K, "id2label": {"0": label, ...}}.
 #pragma once
 
 #include "common/config/config.hpp"
@@ -25,6 +28,8 @@ struct FinetuneResult {
   double val_loss = 0.0;           // after the last epoch
   double val_accuracy = 0.0;       // after the last epoch
   double majority_accuracy = 0.0;  // predicting train's most frequent label on the val split
+  std::string checkpoint;          // RUN_DIR/finetuned.h5
+  std::string labels_file;         // RUN_DIR/finetuned.labels.json
 };
 
 // Throws ConfigError (keys unset, a GPT checkpoint), IoError / DataError naming file:line for the

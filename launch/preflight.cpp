@@ -73,13 +73,14 @@ MemoryEstimate estimate_memory(const Config& c, int64_t tokenizer_vocab) {
   const double P = V * C + T * C + L * (12 * C * C + 13 * C) + 2 * C;
   MemoryEstimate e;
   // A worker: weights and gradients, and the activations of one micro-batch (per layer the
-  // residual stream, LayerNorms, QKV, attention scores NH·T² and the 4·C MLP; logits and
-  // probabilities V per position), kept for backward and mirrored by their gradients.
-  const double acts = mb * T * (L * (16 * C + 2 * NH * T + 6) + 2 * V + 4 * C);
+  // residual stream, LayerNorms, QKV, the attention rows' log-sum-exp (NH per position: no T×T
+  // scores are kept) and the 4·C MLP; logits and probabilities V per position), kept for backward
+  // and mirrored by their gradients.
+  const double acts = mb * T * (L * (16 * C + NH + 6) + 2 * V + 4 * C);
   const double worker = kBase + 2 * P * kF + 2 * acts * kF;
   const std::string worker_keys =
-      2 * acts > 2 * P ? "train.micro_batch x model.seq_len x (model.n_layer x (model.n_embd + "
-                         "model.n_head x model.seq_len) + vocabulary)"
+      2 * acts > 2 * P ? "train.micro_batch x model.seq_len x (model.n_layer x model.n_embd + "
+                         "vocabulary)"
                        : "model.n_embd^2 x model.n_layer + vocabulary x model.n_embd";
   // A server: its 1/S of weights, both AdamW moments and the gradient sum, plus one gradient
   // slot per worker (summed in worker-id order).
@@ -109,6 +110,12 @@ int64_t available_memory() {
 }
 
 void preflight_job(const Config& config, bool allow_config_change) {
+  if (config.model.num_labels > 0) {
+    throw ConfigError(fmt::format(
+        "{}: model.num_labels is {}: a classification head is trained by `ptrain finetune`; "
+        "pretraining (masked LM) needs model.num_labels 0",
+        config.source, config.model.num_labels));
+  }
   const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(config.data.tokenizer);
   // Memory first: nothing below allocates by the model's size before it is known to fit.
   const MemoryEstimate mem = estimate_memory(config, tokenizer->vocab_size());

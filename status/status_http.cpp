@@ -79,6 +79,7 @@ bool JobStatus::operator==(const JobStatus& o) const {
                     o.loss_history.end(), same_point) &&
          run_dir == o.run_dir && start_step == o.start_step && target_steps == o.target_steps &&
          tokens_total == o.tokens_total && same_double(lr, o.lr) && same_double(grad_norm, o.grad_norm) &&
+         same_double(accuracy, o.accuracy) &&
          same_double(val_loss, o.val_loss) && val_step == o.val_step && elapsed_s == o.elapsed_s &&
          checkpoints == o.checkpoints && events == o.events && finished == o.finished &&
          membership_changes == o.membership_changes &&
@@ -245,6 +246,8 @@ std::string render_status_json(const JobStatus& s) {
       {"membership_events", std::move(membership_events)},
       {"waiting", s.waiting},
   };
+  // Masked-LM runs only: a GPT run's /status has no "accuracy" key.
+  if (std::isfinite(s.accuracy)) j["accuracy"] = s.accuracy;
   return j.dump(1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
 
@@ -284,6 +287,7 @@ JobStatus parse_status_json(std::string_view text) {
     s.tokens_total = j.at("tokens_total").get<int64_t>();
     s.lr = num_from(j.at("lr"));
     s.grad_norm = num_from(j.at("grad_norm"));
+    if (j.contains("accuracy")) s.accuracy = num_from(j.at("accuracy"));
     s.val_loss = num_from(j.at("val_loss"));
     s.val_step = j.at("val_step").get<int64_t>();
     s.elapsed_s = num_from(j.at("elapsed_s"));

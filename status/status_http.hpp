@@ -95,6 +95,7 @@ struct JobStatus {
   int64_t tokens_total = 0;          // target tokens trained on, whole run, resumes included
   double lr = std::nan("");          // learning rate of the last applied step
   double grad_norm = std::nan("");   // its global gradient norm, before clipping
+  double accuracy = std::nan("");    // masked-LM accuracy of the last step (BERT runs only)
   double val_loss = std::nan("");    // the last evaluation's
   int64_t val_step = -1;             // its step (-1: none yet)
   double elapsed_s = 0.0;            // training time, continued across resumes

@@ -50,6 +50,7 @@ h2{font-size:16px;margin:16px 0 6px}
 <div class="chart"><h3>loss (train: points and smoothed; validation: dots)</h3><svg id="chart-loss" width="100%" viewBox="0 0 560 240"></svg></div>
 <div class="chart"><h3>learning rate</h3><svg id="chart-lr" width="100%" viewBox="0 0 560 240"></svg></div>
 <div class="chart"><h3>gradient norm (before clipping)</h3><svg id="chart-grad-norm" width="100%" viewBox="0 0 560 240"></svg></div>
+<div class="chart" id="chart-accuracy-box" hidden><h3>masked-token accuracy (train)</h3><svg id="chart-accuracy" width="100%" viewBox="0 0 560 240"></svg></div>
 <div class="chart"><h3>tokens / s</h3><svg id="chart-tokens" width="100%" viewBox="0 0 560 240"></svg></div>
 </div>
 <h2>members</h2>
@@ -165,6 +166,11 @@ function render(status, log) {
     ["val perplexity", lastVal ? lastVal.val_ppl : Math.exp(status.val_loss)], ["learning rate", status.lr],
     ["grad norm", status.grad_norm], ["tokens/s", last ? last.tokens_per_s : status.tokens_per_second],
     ["tokens", status.tokens_total], ["bytes/token", last ? last.bytes_per_token : NaN]];
+  // Masked-LM (BERT) runs report the masked-token accuracy; GPT runs have none.
+  const accPts = train.filter(r => r.accuracy !== undefined).map(r => [r.step, r.accuracy]);
+  const accNow = status.accuracy !== undefined && status.accuracy !== null ? status.accuracy
+               : (accPts.length ? accPts[accPts.length - 1][1] : undefined);
+  if (accNow !== undefined) cards.splice(1, 0, ["masked accuracy", accNow]);
   const box = document.getElementById("cards");
   box.innerHTML = "";
   for (const [k, v] of cards) {
@@ -181,6 +187,8 @@ function render(status, log) {
     {points: val.map(r => [r.step, r.val_loss]), color: "#dc2626", kind: "dots", cls: "val-loss"}]);
   drawChart(document.getElementById("chart-lr"), [{points: train.map(r => [r.step, r.lr]), color: "#059669", kind: "line"}], {zero: true});
   drawChart(document.getElementById("chart-grad-norm"), [{points: train.filter(r => r.grad_norm !== undefined).map(r => [r.step, r.grad_norm]), color: "#d97706", kind: "line"}], {zero: true});
+  document.getElementById("chart-accuracy-box").hidden = accPts.length === 0;
+  if (accPts.length) drawChart(document.getElementById("chart-accuracy"), [{points: accPts, color: "#0891b2", kind: "line", cls: "train-accuracy"}], {zero: true});
   drawChart(document.getElementById("chart-tokens"), [{points: train.slice(1).map(r => [r.step, r.tokens_per_s]), color: "#7c3aed", kind: "line"}], {zero: true});
   const tbody = document.querySelector("#members tbody");
   tbody.innerHTML = "";
@@ -277,6 +285,7 @@ std::string write_run_report(const std::string& run_dir) {
       s.loss = j.value("loss", std::nan(""));
       s.lr = j.value("lr", std::nan(""));
       s.grad_norm = j.value("grad_norm", std::nan(""));
+      s.accuracy = j.value("accuracy", std::nan(""));
       s.tokens_total = j.value("tokens", int64_t{0});
       s.elapsed_s = j.value("elapsed_s", 0.0);
     }

@@ -24,8 +24,12 @@ std::vector<std::vector<Filler>> fill_mask(const FillMaskOptions& o) {
   const ModelDims& d = layout.dims();
   if (d.arch != ModelArch::kBert || d.num_labels > 0) {
     throw UsageError(fmt::format("{}: fill-mask needs a masked-LM checkpoint (model.arch bert), "
-                                 "this one is model.arch {}",
-                                 cm.file, model_arch_name(d.arch)));
+                                 "this one is model.arch {}{}",
+                                 cm.file, model_arch_name(d.arch),
+                                 d.num_labels > 0 ? fmt::format(" with a {}-way classification "
+                                                                "head (model.num_labels)",
+                                                                d.num_labels)
+                                                  : std::string()));
   }
   const BertTokens tok = bert_tokens(d);
   constexpr std::string_view kMarker = "[MASK]";

@@ -22,7 +22,14 @@ TrainStep::TrainStep(const ParamLayout& layout, Backend& backend, int64_t micro_
                 : nullptr),
       state_(layout, backend),
       weights_host_(backend.alloc_host<float>(layout.total())),
-      grads_host_(backend.alloc_host<float>(layout.total())) {}
+      grads_host_(backend.alloc_host<float>(layout.total())) {
+  if (layout.dims().num_labels > 0) {
+    throw ConfigError(fmt::format(
+        "model.num_labels is {}: this is a sequence classifier (`ptrain finetune` trains and "
+        "evaluates it); masked-LM training and evaluation need a checkpoint without one",
+        layout.dims().num_labels));
+  }
+}
 
 void TrainStep::upload_weights() { state_.upload_params_async(weights_host_); }
 

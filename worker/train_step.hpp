@@ -79,6 +79,8 @@ class TrainStep {
   const ParamLayout& layout() const { return layout_; }
   Backend& backend() const { return be_; }
   int64_t micro_batch() const { return micro_batch_; }
+  // Whether LossSum::correct means something (masked-LM accuracy: model.arch bert).
+  bool has_accuracy() const { return bert_ != nullptr; }
   // The model state on the backend (parameters and the gradient sum), e.g. for inspection.
   GptState& state() { return state_; }
 

@@ -161,7 +161,8 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
                               c.bytes_sent_by_type[static_cast<size_t>(
                                   proto::MessageType::kGradPush)],
                               c.bytes_received_by_type[static_cast<size_t>(
-                                  proto::MessageType::kPullReply)]});
+                                  proto::MessageType::kPullReply)],
+                              train.has_accuracy() ? sum.correct : -1});
   }
 }
 

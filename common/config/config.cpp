@@ -89,6 +89,7 @@ const Key kKeys[] = {
     {"model.n_layer", field<&Config::model, &ModelConfig::n_layer>, within(1, 4096)},
     {"model.n_head", field<&Config::model, &ModelConfig::n_head>, within(1, 4096)},
     {"model.n_embd", field<&Config::model, &ModelConfig::n_embd>, within(1, 0x1p17)},
+    {"model.num_labels", field<&Config::model, &ModelConfig::num_labels>, within(0, 0x1p20)},
     {"device.type", field<&Config::device, &DeviceConfig::type>},
     {"train.steps", field<&Config::train, &TrainConfig::steps>, at_least(1)},
     {"train.batch_size", field<&Config::train, &TrainConfig::batch_size>, within(1, 0x1p24)},
@@ -568,6 +569,11 @@ class Loader {
       fail(where_of({"model.n_embd", "model.n_head"}),
            fmt::format("model.n_embd ({}) must be divisible by model.n_head ({})", c.model.n_embd,
                        c.model.n_head));
+    }
+    if (c.model.num_labels > 0 && c.model.arch != ModelArch::kBert) {
+      fail(where_of({"model.num_labels", "model.arch"}),
+           fmt::format("model.num_labels ({}) needs model.arch bert (a classification head)",
+                       c.model.num_labels));
     }
     if (c.model.arch == ModelArch::kBert && c.model.seq_len < 3) {
       fail(where_of({"model.seq_len", "model.arch"}),

@@ -46,6 +46,9 @@ struct ModelConfig {
   int64_t n_head = 4;
   int64_t n_embd = 128;
   ModelArch arch = ModelArch::kGpt;  // gpt: causal LM (GPT-2); bert: masked LM (BertForMaskedLM)
+  // bert only: 0 = the masked-LM head; K > 0 = a K-way sequence-classification head (pooler +
+  // classifier, BertForSequenceClassification), as in the checkpoints `ptrain finetune` writes.
+  int64_t num_labels = 0;
 
   bool operator==(const ModelConfig&) const = default;
 };

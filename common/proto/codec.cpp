@@ -282,7 +282,7 @@ void fields(IO&& io, M& m) {
     io(m.server_id), io(m.step), io(m.worker_id), io(m.tokens);
   } else if constexpr (std::is_same_v<T, WorkerStepDone>) {
     io(m.worker_id), io(m.step), io(m.loss_sum), io(m.tokens), io(m.pull_s), io(m.compute_s),
-        io(m.push_s), io(m.bytes_pushed), io(m.bytes_pulled);
+        io(m.push_s), io(m.bytes_pushed), io(m.bytes_pulled), io(m.correct);
   } else if constexpr (std::is_same_v<T, StepContributors>) {
     io(m.step), io(m.membership_epoch), io(m.workers);
   } else if constexpr (std::is_same_v<T, NormReport>) {

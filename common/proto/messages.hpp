@@ -43,7 +43,8 @@ inline constexpr uint32_t kMagic = 0x4E525450u;
 // 4: the header's CRC32C covers the header only; the payload's CRC32C follows the payload (a
 //    4-byte trailer), so a sender computes it while writing borrowed floats (codec.hpp).
 //    Types 12 and 13 (CheckpointRequest / CheckpointReply) retired.
-inline constexpr uint16_t kProtocolVersion = 4;
+// 5: WorkerStepDone carries `correct` (masked-LM accuracy of BERT runs).
+inline constexpr uint16_t kProtocolVersion = 5;
 
 enum class MessageType : uint16_t {
   kLoadShard = 1,
@@ -166,6 +167,9 @@ struct WorkerStepDone {
   double push_s = 0.0;    // seconds sending gradients
   uint64_t bytes_pushed = 0;  // GradPush frame bytes this worker sent since it started
   uint64_t bytes_pulled = 0;  // PullReply frame bytes this worker received since it started
+  // Masked-LM (BERT): of `tokens` targets, how many the model's argmax predicted; -1 for a model
+  // without a token accuracy (GPT).
+  int64_t correct = -1;
   bool operator==(const WorkerStepDone&) const = default;
 };
 

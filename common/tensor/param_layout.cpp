@@ -28,6 +28,7 @@ ModelDims model_dims(const ModelConfig& model, int64_t tokenizer_vocab) {
   d.L = model.n_layer;
   d.NH = model.n_head;
   d.C = model.n_embd;
+  d.num_labels = model.num_labels;
   return d;
 }
 

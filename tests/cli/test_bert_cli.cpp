@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -56,6 +57,24 @@ TEST_CASE("bert cli: run - eval - fill-mask - grad - inspect - finetune") {
   Out r = ptrain_cmd(dir, {"run", cfg, "--set", "run.dir=" + (dir / "run")});
   REQUIRE_MESSAGE(r.rc == 0, r.err);
   const std::string ckpt = dir / "run/checkpoints/latest";
+  {
+    // train.jsonl and the final status carry the masked-token accuracy, a fraction that grows
+    // from chance (1/261) as the model learns.
+    std::vector<double> acc;
+    for (const std::string& line : read_lines(dir / "run/train.jsonl")) {
+      const auto j = nlohmann::json::parse(line);
+      if (!j.contains("loss")) continue;
+      REQUIRE_MESSAGE(j.contains("accuracy"), line);
+      acc.push_back(j.at("accuracy").get<double>());
+      CHECK(acc.back() >= 0.0);
+      CHECK(acc.back() <= 1.0);
+    }
+    REQUIRE(acc.size() == 6);
+    CHECK(acc.back() > acc.front());
+    CHECK(acc.back() > 0.05);
+    const auto st = nlohmann::json::parse(test::slurp(dir / "run/status.json"));
+    CHECK(st.at("accuracy").get<double>() > 0.0);
+  }
 
   r = ptrain_cmd(dir, {"eval", "--checkpoint", ckpt, "--data", dir / "val.tok", "--json"});
   REQUIRE_MESSAGE(r.rc == 0, r.err);
@@ -134,4 +153,31 @@ TEST_CASE("bert cli: run - eval - fill-mask - grad - inspect - finetune") {
   CHECK(ft.at("labels").size() == 3);
   CHECK(ft.at("val_accuracy").get<double>() > ft.at("majority_accuracy").get<double>() + 0.2);
   CHECK(read_lines(dir / "ft/finetune.jsonl").size() == 4);
+
+  // The fine-tuned checkpoint: BertForSequenceClassification names, readable by every tool that
+  // rebuilds the layout from its config (model.num_labels 3), and its class names.
+  CHECK(ft.at("checkpoint").get<std::string>() == dir / "ft/finetuned.h5");
+  r = ptrain_cmd(dir, {"inspect", dir / "ft/finetuned.h5", "--json"});
+  REQUIRE_MESSAGE(r.rc == 0, r.err);
+  const auto ins = nlohmann::json::parse(r.out);
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (const auto& t : ins.at("tensors")) {
+    if (t.at("group") == "model") shapes[t.at("name")] = t.at("shape").get<std::vector<int64_t>>();
+  }
+  CHECK(shapes.at("classifier.weight") == std::vector<int64_t>{3, 32});
+  CHECK(shapes.at("classifier.bias") == std::vector<int64_t>{3});
+  CHECK(shapes.at("bert.pooler.dense.weight") == std::vector<int64_t>{32, 32});
+  CHECK(shapes.count("bert.embeddings.word_embeddings.weight") == 1);
+  CHECK(shapes.count("cls.predictions.bias") == 0);
+  const auto lab = nlohmann::json::parse(test::slurp(dir / "ft/finetuned.labels.json"));
+  CHECK(lab.at("num_labels") == 3);
+  CHECK(lab.at("id2label").at("0") == "0");
+  CHECK(lab.at("id2label").at("2") == "2");
+  // A classifier is not a masked-LM model: pretraining and fill-mask refuse it by name.
+  r = ptrain_cmd(dir, {"fill-mask", "--checkpoint", dir / "ft/finetuned.h5", "--text", "a [MASK]"});
+  CHECK(r.rc != 0);
+  r = ptrain_cmd(dir, {"finetune", cfg, "--set", "run.dir=" + (dir / "ft2"), "--set",
+                       "finetune.checkpoint=" + (dir / "ft/finetuned.h5")});
+  CHECK(r.rc == 3);
+  CHECK(r.err.find("model.num_labels") != std::string::npos);
 }

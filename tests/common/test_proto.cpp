@@ -38,6 +38,7 @@ std::vector<Message> samples() {
   out.push_back(GradPush{12, 3, 1, 4096, {100, 104}, {1e-30f, -2.5f, 3.0f, 1e30f}});
   out.push_back(PushReceived{1, 12, 3, 4096});
   out.push_back(WorkerStepDone{2, 12, 12345.678, 4096, 0.01, 1.5, 0.02, 1ull << 33, 77});
+  out.push_back(WorkerStepDone{3, 12, 12345.678, 4096, 0.01, 1.5, 0.02, 1ull << 33, 77, 1234});
   out.push_back(StepContributors{12, 3, {0, 1, 3}});
   out.push_back(NormReport{1, 12, 3.25e-3, 4096, -1});
   out.push_back(StepCommit{12, {0, 1, 3}, 2.5, 0.4f});

@@ -153,7 +153,25 @@ TEST_CASE("step machine: 2 workers and 2 servers - any arrival order - same set 
   CHECK(c.workers == std::vector<int32_t>{0, 1});
   CHECK(sm.loss() == (30.0 + 60.0) / 40.0);
   CHECK(sm.tokens() == 40);
+  CHECK_FALSE(sm.accuracy());  // GPT workers report no accuracy (correct = -1)
   CHECK(sm.max_compute_s() == 0.0);
+}
+
+TEST_CASE("step machine: masked-LM accuracy is token-weighted over the contributors' reports") {
+  StepMachine sm = make_machine(1);
+  sm.begin_step(0, 0, work_for({0, 1, 2}));
+  p::WorkerStepDone d0 = done(0, 0, 30.0, 10), d1 = done(1, 0, 60.0, 30), d2 = done(2, 0, 5.0, 50);
+  d0.correct = 5;   // 50% of 10
+  d1.correct = 3;   // 10% of 30
+  d2.correct = 50;  // worker 2 does not contribute (never pushed): not counted
+  CHECK(sm.handle(server_endpoint(0), push(0, 0, 0, 10)).empty());
+  CHECK(sm.handle(worker_endpoint(0), d0).empty());
+  CHECK(sm.handle(worker_endpoint(1), d1).empty());
+  CHECK(sm.handle(worker_endpoint(2), d2).empty());
+  CHECK(sm.handle(server_endpoint(0), push(0, 0, 1, 30)).empty());
+  REQUIRE(sm.accuracy().has_value());
+  // Token-weighted: (5 + 3) / (10 + 30) = 0.2, not the mean of 0.5 and 0.1.
+  CHECK(*sm.accuracy() == doctest::Approx(0.2));
 }
 
 TEST_CASE("step machine: partial norms are summed in server-id order in fp64") {

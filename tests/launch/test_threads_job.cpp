@@ -263,6 +263,7 @@ TEST_CASE("coordinator job: train.jsonl has every field - a resume drops the lin
       CHECK_MESSAGE(j.contains(k), k);
     }
     CHECK(j.at("clipped") == true);
+    CHECK_FALSE(j.contains("accuracy"));  // masked-LM (BERT) runs only
     CHECK(j.at("grad_norm").get<double>() > 1e-3);
     CHECK(j.at("step_s").get<double>() > 0);
     // Each step pushes and pulls every parameter (4 bytes each way, plus frame headers) for its

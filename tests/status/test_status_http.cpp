@@ -341,6 +341,14 @@ TEST_CASE("status: JSON round trip keeps every figure and member") {
   CHECK(json.find("\"members_by_role\"") != std::string::npos);
   CHECK(json.find("\"role\": \"worker\"") != std::string::npos);
   CHECK(json.find("\"loss\": null") != std::string::npos);  // the servers' NaN loss
+  // A GPT run has no masked-LM accuracy: no key. A BERT run's comes back.
+  CHECK(json.find("\"accuracy\"") == std::string::npos);
+  JobStatus bert = s;
+  bert.accuracy = 0.375;
+  const std::string bjson = render_status_json(bert);
+  CHECK(bjson.find("\"accuracy\": 0.375") != std::string::npos);
+  CHECK(parse_status_json(bjson) == bert);
+  CHECK_FALSE(parse_status_json(bjson) == s);
   CHECK_THROWS_AS(parse_status_json("{\"step\": 1}"), IoError);
   CHECK_THROWS_AS(parse_status_json("not json"), IoError);
 }

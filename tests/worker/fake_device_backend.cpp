@@ -345,25 +345,30 @@ void FakeDeviceBackend::gelu_backward(float* dinp, const float* inp, const float
   cpu_->gelu_backward(dinp, inp, dout, n);
 }
 
-void FakeDeviceBackend::attention_forward(float* out, float* att, const float* qkv, int64_t B,
-                                          int64_t T, int64_t C, int64_t NH) {
+void FakeDeviceBackend::attention_forward(float* out, float* lse, const float* qkv,
+                                          const AttentionShape& sh) {
+  const int64_t B = sh.B, T = sh.T, C = sh.C, NH = sh.NH;
   dev("attention_forward", "out", out, B * T * C);
-  dev("attention_forward", "att", att, B * NH * T * T);
+  dev("attention_forward", "lse", lse, B * NH * T);
   dev("attention_forward", "qkv", qkv, B * T * 3 * C);
+  dev("attention_forward", "key_valid", sh.key_valid, B * T, true);
   Access a(*this);
-  cpu_->attention_forward(out, att, qkv, B, T, C, NH);
+  cpu_->attention_forward(out, lse, qkv, sh);
 }
 
 void FakeDeviceBackend::attention_backward(float* dqkv, float* scratch, const float* dout,
-                                           const float* qkv, const float* att, int64_t B,
-                                           int64_t T, int64_t C, int64_t NH) {
+                                           const float* out, const float* qkv, const float* lse,
+                                           const AttentionShape& sh) {
+  const int64_t B = sh.B, T = sh.T, C = sh.C, NH = sh.NH;
   dev("attention_backward", "dqkv", dqkv, B * T * 3 * C);
-  dev("attention_backward", "scratch", scratch, B * NH * T * T);
+  dev("attention_backward", "scratch", scratch, B * NH * T);
   dev("attention_backward", "dout", dout, B * T * C);
+  dev("attention_backward", "out", out, B * T * C);
   dev("attention_backward", "qkv", qkv, B * T * 3 * C);
-  dev("attention_backward", "att", att, B * NH * T * T);
+  dev("attention_backward", "lse", lse, B * NH * T);
+  dev("attention_backward", "key_valid", sh.key_valid, B * T, true);
   Access a(*this);
-  cpu_->attention_backward(dqkv, scratch, dout, qkv, att, B, T, C, NH);
+  cpu_->attention_backward(dqkv, scratch, dout, out, qkv, lse, sh);
 }
 
 void FakeDeviceBackend::attention_decode(float* out, float* scratch, const float* q,

@@ -83,10 +83,10 @@ class FakeDeviceBackend final : public Backend {
   void residual_forward(float* out, const float* a, const float* b, int64_t n) override;
   void gelu_forward(float* out, const float* inp, int64_t n) override;
   void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) override;
-  void attention_forward(float* out, float* att, const float* qkv, int64_t B, int64_t T, int64_t C,
-                         int64_t NH) override;
-  void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
-                          const float* att, int64_t B, int64_t T, int64_t C, int64_t NH) override;
+  void attention_forward(float* out, float* lse, const float* qkv,
+                         const AttentionShape& shape) override;
+  void attention_backward(float* dqkv, float* scratch, const float* dout, const float* out,
+                          const float* qkv, const float* lse, const AttentionShape& shape) override;
   void attention_decode(float* out, float* scratch, const float* q, const float* kcache,
                         const float* vcache, int64_t npos, int64_t ld, int64_t C,
                         int64_t NH) override;

@@ -110,19 +110,31 @@ double ref_gelu(double x) {
   return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
 }
 
-// out (B,T,C) from qkv (B,T,3C); probs (B,NH,T,T) if non-null.
+// Which keys query row t of batch b sees: s ≤ t when causal; valid (B,T) non-empty = padding mask.
+struct RefMask {
+  bool causal = true;
+  std::vector<int32_t> valid;
+  bool visible(int64_t b, int64_t T, int64_t t, int64_t s) const {
+    if (causal && s > t) return false;
+    return valid.empty() || valid[static_cast<size_t>(b * T + s)] != 0;
+  }
+};
+
+// out (B,T,C) from qkv (B,T,3C); probs (B,NH,T,T) and lse (B,NH,T) if non-null.
 DVec ref_attention(const DVec& qkv, int64_t B, int64_t T, int64_t C, int64_t NH,
-                   DVec* probs = nullptr) {
+                   DVec* probs = nullptr, const RefMask& mask = {}, DVec* lse = nullptr) {
   const int64_t hd = C / NH;
   DVec out(static_cast<size_t>(B * T * C), 0.0);
   if (probs) probs->assign(static_cast<size_t>(B * NH * T * T), 0.0);
+  if (lse) lse->assign(static_cast<size_t>(B * NH * T), 0.0);
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t h = 0; h < NH; ++h) {
       for (int64_t t = 0; t < T; ++t) {
         const double* q = &qkv[(b * T + t) * 3 * C + h * hd];
-        DVec s(static_cast<size_t>(t + 1));
+        DVec s(static_cast<size_t>(T), 0.0);
         double mx = -1e300;
-        for (int64_t u = 0; u <= t; ++u) {
+        for (int64_t u = 0; u < T; ++u) {
+          if (!mask.visible(b, T, t, u)) continue;
           const double* k = &qkv[(b * T + u) * 3 * C + C + h * hd];
           double d = 0;
           for (int64_t i = 0; i < hd; ++i) d += q[i] * k[i];
@@ -130,8 +142,12 @@ DVec ref_attention(const DVec& qkv, int64_t B, int64_t T, int64_t C, int64_t NH,
           mx = std::max(mx, s[u]);
         }
         double sum = 0;
-        for (auto& x : s) sum += (x = std::exp(x - mx));
-        for (int64_t u = 0; u <= t; ++u) {
+        for (int64_t u = 0; u < T; ++u) {
+          if (mask.visible(b, T, t, u)) sum += (s[u] = std::exp(s[u] - mx));
+        }
+        if (lse) (*lse)[(b * NH + h) * T + t] = mx + std::log(sum);
+        for (int64_t u = 0; u < T; ++u) {
+          if (!mask.visible(b, T, t, u)) continue;
           const double p = s[u] / sum;
           if (probs) (*probs)[((b * NH + h) * T + t) * T + u] = p;
           const double* v = &qkv[(b * T + u) * 3 * C + 2 * C + h * hd];
@@ -145,20 +161,20 @@ DVec ref_attention(const DVec& qkv, int64_t B, int64_t T, int64_t C, int64_t NH,
 
 // Analytic attention backward in fp64 (validated against finite differences below).
 DVec ref_attention_backward(const DVec& qkv, const DVec& dout, int64_t B, int64_t T, int64_t C,
-                            int64_t NH) {
+                            int64_t NH, const RefMask& mask = {}) {
   const int64_t hd = C / NH;
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
   DVec P;
-  ref_attention(qkv, B, T, C, NH, &P);
+  ref_attention(qkv, B, T, C, NH, &P, mask);
   DVec dqkv(qkv.size(), 0.0);
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t h = 0; h < NH; ++h) {
       for (int64_t t = 0; t < T; ++t) {
         const double* p = &P[((b * NH + h) * T + t) * T];
         const double* dO = &dout[(b * T + t) * C + h * hd];
-        DVec dp(static_cast<size_t>(t + 1));
+        DVec dp(static_cast<size_t>(T));
         double dsum = 0;
-        for (int64_t u = 0; u <= t; ++u) {
+        for (int64_t u = 0; u < T; ++u) {
           const double* v = &qkv[(b * T + u) * 3 * C + 2 * C + h * hd];
           double d = 0;
           for (int64_t i = 0; i < hd; ++i) {
@@ -168,7 +184,7 @@ DVec ref_attention_backward(const DVec& qkv, const DVec& dout, int64_t B, int64_
           dp[u] = d;
           dsum += p[u] * d;
         }
-        for (int64_t u = 0; u <= t; ++u) {
+        for (int64_t u = 0; u < T; ++u) {
           const double ds = p[u] * (dp[u] - dsum) * scale;
           for (int64_t i = 0; i < hd; ++i) {
             dqkv[(b * T + t) * 3 * C + h * hd + i] += ds * qkv[(b * T + u) * 3 * C + C + h * hd + i];
@@ -344,37 +360,60 @@ TEST_CASE("cpu_backend gelu forward and backward") {
 }
 
 TEST_CASE("cpu_backend attention reference backward equals finite differences") {
-  // Validates the fp64 reference used below, on a size small enough for finite differences.
+  // Validates the fp64 reference used below, on a size small enough for finite differences:
+  // causal, and bidirectional with padding keys.
   const int64_t B = 2, T = 5, C = 6, NH = 2;
   const DVec qkv = to_d(randn(B * T * 3 * C, 30));
   const DVec dout = to_d(randn(B * T * C, 31));
-  auto f = [&](const DVec& x) { return dot(ref_attention(x, B, T, C, NH), dout); };
-  const DVec fd = finite_diff(f, qkv);
-  const DVec an = ref_attention_backward(qkv, dout, B, T, C, NH);
-  Vec an_f(an.begin(), an.end());
-  expect_close("reference attention backward vs finite differences", an_f, fd, 1e-6, 1e-5);
+  for (const RefMask& mask : {RefMask{true, {}}, RefMask{false, {1, 1, 0, 1, 0, 1, 1, 1, 1, 0}}}) {
+    auto f = [&](const DVec& x) { return dot(ref_attention(x, B, T, C, NH, nullptr, mask), dout); };
+    const DVec fd = finite_diff(f, qkv);
+    const DVec an = ref_attention_backward(qkv, dout, B, T, C, NH, mask);
+    Vec an_f(an.begin(), an.end());
+    expect_close("reference attention backward vs finite differences", an_f, fd, 1e-6, 1e-5);
+  }
 }
 
+// Sizes cross the CPU backend's tiles (64 query rows, 128 keys): T = 1, exact tiles, partial
+// tiles in both directions, and a padded key tile that is wholly masked for every row.
 TEST_CASE("cpu_backend attention forward and backward match the reference") {
   auto be = make_cpu_backend(2);
-  struct Case { int64_t B, T, C, NH; };
-  for (Case k : {Case{1, 1, 4, 1}, Case{2, 13, 36, 3}, Case{1, 64, 16, 2}, Case{2, 70, 20, 5},
-                 Case{1, 150, 24, 2}}) {
+  struct Case { int64_t B, T, C, NH; bool causal; bool padded; };
+  for (Case k : {Case{1, 1, 4, 1, true, false}, Case{2, 13, 36, 3, true, false},
+                 Case{1, 64, 16, 2, true, false}, Case{2, 70, 20, 5, true, false},
+                 Case{1, 150, 24, 2, true, false}, Case{1, 1, 4, 1, false, false},
+                 Case{2, 13, 36, 3, false, true}, Case{2, 70, 20, 5, false, false},
+                 Case{2, 300, 24, 2, false, true}}) {
     CAPTURE(k.T);
     CAPTURE(k.NH);
+    CAPTURE(k.causal);
+    CAPTURE(k.padded);
     const Vec qkv = randn(k.B * k.T * 3 * k.C, 40 + k.T, 1.5f);
     const Vec dout = randn(k.B * k.T * k.C, 50 + k.T);
-    Vec out(k.B * k.T * k.C), att(k.B * k.NH * k.T * k.T), dqkv(qkv.size(), 7.0f);
-    Vec scratch(att.size());
-    be->attention_forward(out.data(), att.data(), qkv.data(), k.B, k.T, k.C, k.NH);
-    DVec probs;
-    const DVec ref = ref_attention(to_d(qkv), k.B, k.T, k.C, k.NH, &probs);
+    RefMask mask{k.causal, {}};
+    if (k.padded) {
+      // Batch row 0: every third key is padding; batch row 1: keys 5..T-1 are (a ragged tail,
+      // which for T = 300 leaves the key tile 128..255 fully masked).
+      for (int64_t b = 0; b < k.B; ++b) {
+        for (int64_t t = 0; t < k.T; ++t) {
+          mask.valid.push_back(b == 0 ? (t % 3 != 2) : (t < 5));
+        }
+      }
+    }
+    AttentionShape sh{k.B, k.T, k.C, k.NH, k.causal, mask.valid.empty() ? nullptr : mask.valid.data()};
+    Vec out(k.B * k.T * k.C), lse(k.B * k.NH * k.T), dqkv(qkv.size(), 7.0f);
+    Vec scratch(lse.size(), 3.0f);
+    be->attention_forward(out.data(), lse.data(), qkv.data(), sh);
+    DVec probs, ref_lse;
+    const DVec ref = ref_attention(to_d(qkv), k.B, k.T, k.C, k.NH, &probs, mask, &ref_lse);
     expect_close("attention_forward", out, ref, 1e-5, 1e-5);
-    be->attention_backward(dqkv.data(), scratch.data(), dout.data(), qkv.data(), att.data(), k.B,
-                           k.T, k.C, k.NH);
-    const DVec dref = ref_attention_backward(to_d(qkv), to_d(dout), k.B, k.T, k.C, k.NH);
+    expect_close("attention_forward lse", lse, ref_lse, 1e-5, 1e-5);
+    be->attention_backward(dqkv.data(), scratch.data(), dout.data(), out.data(), qkv.data(),
+                           lse.data(), sh);
+    const DVec dref = ref_attention_backward(to_d(qkv), to_d(dout), k.B, k.T, k.C, k.NH, mask);
     expect_close("attention_backward (written, not accumulated)", dqkv, dref, 1e-5,
                  1e-5 * std::max(1.0, max_abs(dref)));
+    if (!k.causal) continue;
 
     // Decoding one position against a KV cache equals the corresponding row of the full pass.
     const int64_t C3 = 3 * k.C;
@@ -482,9 +521,10 @@ TEST_CASE("cpu_backend reductions are bitwise reproducible and independent of th
   CHECK(run_ln(*be2) == run_ln(*be2));
   const Vec qkv = randn(B * T * 3 * C, 94), ad = randn(B * T * C, 95);
   auto run_att = [&](Backend& be) {
-    Vec o(B * T * C), att(B * NH * T * T), sc(att.size()), d(qkv.size());
-    be.attention_forward(o.data(), att.data(), qkv.data(), B, T, C, NH);
-    be.attention_backward(d.data(), sc.data(), ad.data(), qkv.data(), att.data(), B, T, C, NH);
+    Vec o(B * T * C), lse(B * NH * T), sc(lse.size()), d(qkv.size());
+    const AttentionShape sh{B, T, C, NH, true, nullptr};
+    be.attention_forward(o.data(), lse.data(), qkv.data(), sh);
+    be.attention_backward(d.data(), sc.data(), ad.data(), o.data(), qkv.data(), lse.data(), sh);
     o.insert(o.end(), d.begin(), d.end());
     return o;
   };

@@ -44,14 +44,6 @@ void Backend::embedding_backward(float*, float*, float*, const float*, const int
                                  const int32_t*, int64_t, int64_t, int64_t) {
   missing(*this, "embedding_backward");
 }
-void Backend::attention_bidir_forward(float*, float*, const float*, const int32_t*, int64_t,
-                                      int64_t, int64_t, int64_t) {
-  missing(*this, "attention_bidir_forward");
-}
-void Backend::attention_bidir_backward(float*, float*, const float*, const float*, const float*,
-                                       int64_t, int64_t, int64_t, int64_t) {
-  missing(*this, "attention_bidir_backward");
-}
 void Backend::gather_rows(float*, const float*, const int32_t*, int64_t, int64_t) {
   missing(*this, "gather_rows");
 }

@@ -85,6 +85,14 @@ using HostBuffer = BackendArray<T, MemoryKind::kHost>;
 
 enum class Trans { kNo, kYes };
 
+// The shape of one attention call (see Backend::attention_forward). key_valid: (B,T) int32 in
+// backend memory, 0 = a padding key no query may attend to; null = every key valid.
+struct AttentionShape {
+  int64_t B = 0, T = 0, C = 0, NH = 0;
+  bool causal = true;
+  const int32_t* key_valid = nullptr;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -172,16 +180,20 @@ class Backend {
   // dinp = dout · gelu'(inp); dinp may alias dout.
   virtual void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) = 0;
 
-  // ---- attention (causal, softmax(q·kᵀ/√hd)·v per head) ------------------------------------
+  // ---- attention (softmax(q·kᵀ/√hd)·v per head; causal for GPT, bidirectional for BERT) -------
   // qkv (B,T,3C) with columns [Q|K|V], head h owning columns h·hd..(h+1)·hd of each block.
-  // out (B,T,C); att (B,NH,T,T) the softmax probabilities, saved for backward (entries above the
-  // diagonal are unspecified).
-  virtual void attention_forward(float* out, float* att, const float* qkv, int64_t B, int64_t T,
-                                 int64_t C, int64_t NH) = 0;
-  // dqkv (B,T,3C) = ...; scratch (B,NH,T,T) is overwritten.
+  // out (B,T,C). lse (B,NH,T): each query row's log-sum-exp of its visible scores, saved for
+  // backward, which recomputes the probabilities from it (no (T,T) matrix is kept: memory is
+  // O(B·NH·T), and a backend may tile the computation flash-style). Keys visible to row t: s ≤ t
+  // when shape.causal; and only keys with shape.key_valid[b,s] ≠ 0 when key_valid is non-null
+  // (padding; such keys get probability exactly 0). Every row needs at least one visible key.
+  virtual void attention_forward(float* out, float* lse, const float* qkv,
+                                 const AttentionShape& shape) = 0;
+  // dqkv (B,T,3C) = d(Σ dout·out)/dqkv, WRITTEN. out and lse are what attention_forward returned
+  // for this qkv; scratch (B,NH,T) is overwritten (rowsum(dout ∘ out)).
   virtual void attention_backward(float* dqkv, float* scratch, const float* dout,
-                                  const float* qkv, const float* att, int64_t B, int64_t T,
-                                  int64_t C, int64_t NH) = 0;
+                                  const float* out, const float* qkv, const float* lse,
+                                  const AttentionShape& shape) = 0;
   // One query against a KV cache (decoding): out (C) for query q (C) attending to positions
   // 0..npos-1 of kcache/vcache (rows of C floats, row stride ld). scratch: at least npos floats.
   virtual void attention_decode(float* out, float* scratch, const float* q, const float* kcache,
@@ -230,17 +242,6 @@ class Backend {
   virtual void embedding_backward(float* dwte, float* dwpe, float* dwtt, const float* dout,
                                   const int32_t* tokens, const int32_t* types, int64_t B,
                                   int64_t T, int64_t C);
-  // Bidirectional attention, softmax(q·kᵀ/√hd)·v per head over every key, qkv and out as in
-  // attention_forward. key_valid (B,T) int32, may be null (all valid): keys with 0 get probability
-  // exactly 0 (padding); a row needs at least one valid key. att (B,NH,T,T) saved for backward.
-  virtual void attention_bidir_forward(float* out, float* att, const float* qkv,
-                                       const int32_t* key_valid, int64_t B, int64_t T, int64_t C,
-                                       int64_t NH);
-  // dqkv (B,T,3C) = ...; scratch (B,NH,T,T) overwritten. Masked keys need no mask here: their
-  // probabilities are 0.
-  virtual void attention_bidir_backward(float* dqkv, float* scratch, const float* dout,
-                                        const float* qkv, const float* att, int64_t B, int64_t T,
-                                        int64_t C, int64_t NH);
   // dst (M,C) row m = src row idx[m].
   virtual void gather_rows(float* dst, const float* src, const int32_t* idx, int64_t M, int64_t C);
   // dst row idx[m] = src row m (other rows of dst untouched); idx has no repeats.

@@ -35,7 +35,7 @@ struct BlockOffsets {
 
 struct BlockActs {
   float* qkv;   // (N,3C) [Q|K|V]
-  float* att;   // (B,NH,T,T)
+  float* lse;   // (B,NH,T) attention rows' log-sum-exp
   float* a;     // (N,C) attention output before the dense
   float* s1;    // (N,C) LN1 input
   float* ln1_mean;
@@ -88,6 +88,8 @@ struct Bert::Impl {
           *preds = nullptr;
   float *emb = nullptr, *emb_mean = nullptr, *emb_rstd = nullptr, *x0 = nullptr;
   std::vector<BlockActs> acts;
+  // The key-padding mask of the last encode() (null = none), which its backward reapplies.
+  const int32_t* key_mask = nullptr;
   // Head (MLM: M ≤ N rows; classification: B rows use the first rows of the same buffers).
   float *hm = nullptr, *t = nullptr, *tg = nullptr, *tl = nullptr, *tl_mean = nullptr,
         *tl_rstd = nullptr, *logits = nullptr, *losses = nullptr;
@@ -133,7 +135,7 @@ struct Bert::Impl {
 
   void allocate() {
     const int64_t N = max_batch * d.T, C = d.C, I = 4 * C;
-    const int64_t att = max_batch * d.NH * d.T * d.T;
+    const int64_t att = max_batch * d.NH * d.T;
     const int64_t width = d.num_labels > 0 ? d.num_labels : d.Vp;
     const int64_t per_block = 3 * N * C + att + 5 * N * C + 2 * N * I + 4 * N;
     const int64_t total = 2 * N * C + 2 * N + d.L * per_block + 4 * N * C + 2 * N + N * width + N;
@@ -157,7 +159,7 @@ struct Bert::Impl {
     acts.resize(static_cast<size_t>(d.L));
     for (BlockActs& a : acts) {
       a.qkv = take(3 * N * C);
-      a.att = take(att);
+      a.lse = take(att);
       a.a = take(N * C);
       a.s1 = take(N * C);
       a.ln1_mean = take(N);
@@ -184,7 +186,7 @@ struct Bert::Impl {
   void allocate_gradients() {
     if (!grad_mem.empty()) return;
     const int64_t N = max_batch * d.T, C = d.C, I = 4 * C;
-    const int64_t att = max_batch * d.NH * d.T * d.T;
+    const int64_t att = max_batch * d.NH * d.T;
     grad_mem = be.alloc<float>(4 * N * C + 3 * N * C + N * I + att);
     float* p = grad_mem.data();
     dh = p, p += N * C;
@@ -243,6 +245,7 @@ struct Bert::Impl {
 
   // Embeddings and every block; returns the last hidden states (N,C).
   const float* encode(const float* P, int64_t B, int64_t T, bool masked) {
+    key_mask = masked ? valid : nullptr;
     const int64_t N = B * T, C = d.C, I = 4 * C;
     be.embedding_forward(emb, tokens, nullptr, P + wte, P + wpe, P + wtt, B, T, C);
     be.layernorm_forward_eps(x0, emb_mean, emb_rstd, emb, P + emb_ln_w, P + emb_ln_b, N, C,
@@ -254,7 +257,8 @@ struct Bert::Impl {
       be.linear_forward(a.qkv, 3 * C, x, P + o.q_w, P + o.q_b, N, C, C);
       be.linear_forward(a.qkv + C, 3 * C, x, P + o.k_w, P + o.k_b, N, C, C);
       be.linear_forward(a.qkv + 2 * C, 3 * C, x, P + o.v_w, P + o.v_b, N, C, C);
-      be.attention_bidir_forward(a.a, a.att, a.qkv, masked ? valid : nullptr, B, T, C, d.NH);
+      be.attention_forward(a.a, a.lse, a.qkv,
+                           AttentionShape{B, T, C, d.NH, false, key_mask});
       be.linear_forward(a.s1, C, a.a, P + o.ao_w, P + o.ao_b, N, C, C);
       be.residual_forward(a.s1, a.s1, x, N * C);
       be.layernorm_forward_eps(a.h1, a.ln1_mean, a.ln1_rstd, a.s1, P + o.ln1_w, P + o.ln1_b, N, C,
@@ -288,7 +292,8 @@ struct Bert::Impl {
       be.layernorm_backward(ds, G + o.ln1_w, G + o.ln1_b, dx, a.s1, P + o.ln1_w, a.ln1_mean,
                             a.ln1_rstd, N, C);  // ds = d s1
       be.linear_backward(da, false, G + o.ao_w, G + o.ao_b, ds, C, a.a, P + o.ao_w, N, C, C);
-      be.attention_bidir_backward(dqkv, datt, da, a.qkv, a.att, B, T, C, d.NH);
+      be.attention_backward(dqkv, datt, da, a.a, a.qkv, a.lse,
+                            AttentionShape{B, T, C, d.NH, false, key_mask});
       be.copy(dh, ds, N * C);  // the residual's share of d x
       be.linear_backward(dh, true, G + o.q_w, G + o.q_b, dqkv, 3 * C, x, P + o.q_w, N, C, C);
       be.linear_backward(dh, true, G + o.k_w, G + o.k_b, dqkv + C, 3 * C, x, P + o.k_w, N, C, C);

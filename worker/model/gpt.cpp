@@ -50,7 +50,7 @@ struct LayerActs {
   float* ln1_mean;  // (N)
   float* ln1_rstd;  // (N)
   float* qkv;       // (N,3C)
-  float* att;       // (B,NH,T,T) softmax probabilities
+  float* lse;       // (B,NH,T) attention rows' log-sum-exp
   float* atty;      // (N,C) attention output before c_proj
   float* res2;      // (N,C) residual after the attention branch
   float* ln2;       // (N,C)
@@ -143,7 +143,7 @@ struct Gpt::Impl {
   float* d_atty = nullptr;  // (N,C)
   float* d_qkv = nullptr;   // (N,3C)
   float* d_fch = nullptr;   // (N,4C) at the GELU output, then (in place) at its input
-  float* d_att = nullptr;   // (B,NH,T,T) attention backward scratch
+  float* d_att = nullptr;   // (B,NH,T) attention backward scratch
 
   // Host staging of token ids and losses.
   std::vector<int32_t> host_inputs, host_targets;
@@ -151,8 +151,8 @@ struct Gpt::Impl {
 
   void allocate_activations() {
     const int64_t N = max_batch * d.T, C = d.C;
-    const int64_t att = max_batch * d.NH * d.T * d.T;
-    // ln1, qkv (3), atty, res2, ln2, res3; fch, fch_gelu (4 each); 4 row statistics; att.
+    const int64_t att = max_batch * d.NH * d.T;
+    // ln1, qkv (3), atty, res2, ln2, res3; fch, fch_gelu (4 each); 4 row statistics; lse.
     const int64_t per_layer = 8 * N * C + 8 * N * C + 4 * N + att;
     const int64_t total = N * C + d.L * per_layer + N * C + 2 * N + N * d.Vp + N;
     act_mem = be.alloc<float>(total);
@@ -171,7 +171,7 @@ struct Gpt::Impl {
       a.ln1_mean = take(N);
       a.ln1_rstd = take(N);
       a.qkv = take(3 * N * C);
-      a.att = take(att);
+      a.lse = take(att);
       a.atty = take(N * C);
       a.res2 = take(N * C);
       a.ln2 = take(N * C);
@@ -192,7 +192,7 @@ struct Gpt::Impl {
   void allocate_gradients() {
     if (!grad_mem.empty()) return;
     const int64_t N = max_batch * d.T, C = d.C;
-    const int64_t att = max_batch * d.NH * d.T * d.T;
+    const int64_t att = max_batch * d.NH * d.T;
     grad_mem = be.alloc<float>(3 * N * C + 3 * N * C + 4 * N * C + att);
     float* p = grad_mem.data();
     d_res = p, p += N * C;
@@ -229,7 +229,7 @@ struct Gpt::Impl {
       // Attention branch: res2 = res + c_proj(attention(c_attn(ln_1(res)))).
       be.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, res, w.ln_1_w, w.ln_1_b, N, C);
       be.matmul_forward(a.qkv, a.ln1, w.c_attn_w, w.c_attn_b, N, C, 3 * C);
-      be.attention_forward(a.atty, a.att, a.qkv, B, T, C, d.NH);
+      be.attention_forward(a.atty, a.lse, a.qkv, AttentionShape{B, T, C, d.NH, true, nullptr});
       be.matmul_residual_forward(a.res2, res, a.atty, w.attn_proj_w, w.attn_proj_b, N, C, C);
       // MLP branch: res3 = res2 + c_proj(gelu(c_fc(ln_2(res2)))).
       be.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, w.ln_2_w, w.ln_2_b, N, C);
@@ -282,7 +282,8 @@ struct Gpt::Impl {
       // Attention branch.
       be.matmul_backward(d_atty, g.attn_proj_w, g.attn_proj_b, d_res, a.atty, w.attn_proj_w, N, C,
                          C);
-      be.attention_backward(d_qkv, d_att, d_atty, a.qkv, a.att, B, T, C, d.NH);
+      be.attention_backward(d_qkv, d_att, d_atty, a.atty, a.qkv, a.lse,
+                            AttentionShape{B, T, C, d.NH, true, nullptr});
       be.matmul_backward(d_ln, g.c_attn_w, g.c_attn_b, d_qkv, a.ln1, w.c_attn_w, N, C, 3 * C);
       be.layernorm_backward(d_res, g.ln_1_w, g.ln_1_b, d_ln, res_in, w.ln_1_w, a.ln1_mean,
                             a.ln1_rstd, N, C);

@@ -13,6 +13,7 @@
 #include "worker/backend/cpu/cpu_backend.hpp"
 
 #include "common/error.hpp"
+#include "worker/backend/kernel_math.hpp"
 
 #include <cblas.h>
 #include <fmt/format.h>
@@ -26,6 +27,7 @@
 #include <cstring>
 #include <limits>
 #include <new>
+#include <vector>
 
 namespace ptrain {
 namespace {
@@ -34,7 +36,8 @@ constexpr float kLayerNormEps = 1e-5f;
 constexpr int kLanes = 16;          // accumulators per in-row reduction
 constexpr int64_t kRowChunk = 64;   // rows per partial sum in column reductions
 constexpr int64_t kColBlock = 64;   // columns per task in column reductions
-constexpr int64_t kAttBlock = 32;   // query rows per block in attention (causal blocking)
+constexpr int64_t kAttRows = 64;    // query rows per attention tile
+constexpr int64_t kAttCols = 128;   // key columns per attention tile
 constexpr int64_t kRowAlign = 16;   // row blocks of a product per thread are multiples of this
 constexpr int64_t kColAlign = 64;   // column blocks likewise (also the column-sum block width)
 constexpr int64_t kSerialGemm = int64_t{1} << 18;  // M·N·K below which a product runs on one thread
@@ -43,23 +46,8 @@ constexpr float kGeluK = 0.044715f;
 constexpr float kInvSqrt2 = 0.7071067811865476f;
 constexpr float kInvSqrt2Pi = 0.3989422804014327f;  // 1/sqrt(2·pi)
 
-[[gnu::always_inline]] inline float fast_exp(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
-  // n = round(x·log2 e) by the 1.5·2^23 trick (vectorises; std::floor would be a libm call).
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
-  return p * std::bit_cast<float>(e);
-}
+// One definition of e^x for this backend and the CUDA kernels (worker/backend/kernel_math.hpp).
+[[gnu::always_inline]] inline float fast_exp(float x) { return kmath::exp_approx(x); }
 
 inline float reduce_lanes(float* acc) {
   for (int w = kLanes / 2; w >= 1; w /= 2) {
@@ -139,6 +127,38 @@ inline float exp_shift_sum_const(const float* x, float mx, int64_t n) {
 inline void scale_row(float* x, float s, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) x[i] *= s;
+}
+
+// Scores of query row t against keys c0..c1-1 (row[j] is key c0 + j): invisible keys set to -∞
+// (kmath::key_visible: later keys when causal, padding keys).
+inline void mask_scores(float* row, bool causal, const int32_t* valid, int64_t t, int64_t c0,
+                        int64_t c1) {
+  const float ninf = kmath::neg_inf();
+  if (valid != nullptr || (causal && c1 > t + 1)) {
+    for (int64_t s = c0; s < c1; ++s) {
+      if (!kmath::key_visible(causal, valid, t, s)) row[s - c0] = ninf;
+    }
+  }
+}
+
+// row[j] = st.prob(row[j]) (e^(s − m), 0 for -∞); returns Σ row[j] (lanes, fixed order).
+inline float probs_sum(float* x, const kmath::OnlineSoftmaxRow& st, int64_t n) {
+  float acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+#pragma omp simd
+    for (int j = 0; j < kLanes; ++j) {
+      const float e = st.prob(x[i + j]);
+      x[i + j] = e;
+      acc[j] += e;
+    }
+  }
+  for (; i < n; ++i) {
+    const float e = st.prob(x[i]);
+    x[i] = e;
+    acc[i - (n / kLanes) * kLanes] += e;
+  }
+  return reduce_lanes(acc);
 }
 
 struct Range {
@@ -510,79 +530,129 @@ class CpuBackend final : public Backend {
     }
   }
 
-  void attention_forward(float* out, float* att, const float* qkv, int64_t B, int64_t T,
-                         int64_t C, int64_t NH) override {
+  // Flash-style, one (batch, head) per thread: query tiles of kAttRows rows against key tiles of
+  // kAttCols keys; scores of one tile live in a per-thread buffer, the softmax is folded in tile
+  // by tile (online softmax, kmath::OnlineSoftmaxRow) with the output accumulated in place in
+  // `out`, and only each row's log-sum-exp is kept for backward. Causal rows skip key tiles that
+  // lie wholly after them.
+  void attention_forward(float* out, float* lse, const float* qkv,
+                         const AttentionShape& sh) override {
+    const int64_t B = sh.B, T = sh.T, C = sh.C, NH = sh.NH;
     const int64_t hd = C / NH;
     const int64_t C3 = 3 * C;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-#pragma omp parallel for collapse(2) num_threads(nt_) schedule(static)
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t h = 0; h < NH; ++h) {
-        const float* q = qkv + b * T * C3 + h * hd;
-        const float* k = q + C;
-        const float* v = q + 2 * C;
-        float* A = att + (b * NH + h) * T * T;
-        float* o = out + b * T * C + h * hd;
-        for (int64_t r0 = 0; r0 < T; r0 += kAttBlock) {
-          const int64_t r1 = std::min(T, r0 + kAttBlock);
-          // Scores for query rows r0..r1-1 against keys 0..r1-1 (the causal lower part).
-          sgemm(Trans::kNo, Trans::kYes, r1 - r0, r1, hd, scale, q + r0 * C3, C3, k, C3, 0.0f,
-                A + r0 * T, T);
-          for (int64_t t = r0; t < r1; ++t) {
-            float* row = A + t * T;
-            const float mx = row_max(row, t + 1);
-            const float sum = exp_shift_sum(row, mx, t + 1);
-            scale_row(row, 1.0f / sum, t + 1);
-            for (int64_t s = t + 1; s < r1; ++s) row[s] = 0.0f;
+#pragma omp parallel num_threads(nt_)
+    {
+      std::vector<float> tile(static_cast<size_t>(kAttRows * kAttCols));
+      kmath::OnlineSoftmaxRow rows[kAttRows];
+#pragma omp for collapse(2) schedule(static)
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t h = 0; h < NH; ++h) {
+          const float* q = qkv + b * T * C3 + h * hd;
+          const float* k = q + C;
+          const float* v = q + 2 * C;
+          const int32_t* valid = sh.key_valid != nullptr ? sh.key_valid + b * T : nullptr;
+          float* o = out + b * T * C + h * hd;
+          float* L = lse + (b * NH + h) * T;
+          for (int64_t r0 = 0; r0 < T; r0 += kAttRows) {
+            const int64_t r1 = std::min(T, r0 + kAttRows);
+            for (int64_t t = r0; t < r1; ++t) {
+              rows[t - r0] = {};
+              std::fill_n(o + t * C, hd, 0.0f);
+            }
+            const int64_t kend = sh.causal ? r1 : T;
+            for (int64_t c0 = 0; c0 < kend; c0 += kAttCols) {
+              const int64_t c1 = std::min(kend, c0 + kAttCols);
+              const int64_t w = c1 - c0;
+              float* S = tile.data();
+              sgemm(Trans::kNo, Trans::kYes, r1 - r0, w, hd, scale, q + r0 * C3, C3, k + c0 * C3,
+                    C3, 0.0f, S, w);
+              for (int64_t t = r0; t < r1; ++t) {
+                float* row = S + (t - r0) * w;
+                mask_scores(row, sh.causal, valid, t, c0, c1);
+                kmath::OnlineSoftmaxRow& st = rows[t - r0];
+                const float corr = st.begin_tile(row_max(row, w));
+                if (corr != 1.0f) scale_row(o + t * C, corr, hd);
+                st.l += probs_sum(row, st, w);
+              }
+              sgemm(Trans::kNo, Trans::kNo, r1 - r0, hd, w, 1.0f, S, w, v + c0 * C3, C3, 1.0f,
+                    o + r0 * C, C);
+            }
+            for (int64_t t = r0; t < r1; ++t) {
+              scale_row(o + t * C, rows[t - r0].inv_l(), hd);
+              L[t] = rows[t - r0].lse();
+            }
           }
-          sgemm(Trans::kNo, Trans::kNo, r1 - r0, hd, r1, 1.0f, A + r0 * T, T, v, C3, 0.0f,
-                o + r0 * C, C);
         }
       }
     }
   }
 
-  void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
-                          const float* att, int64_t B, int64_t T, int64_t C,
-                          int64_t NH) override {
+  // Recomputes each tile's probabilities from the saved log-sum-exp: P = e^(S − lse),
+  // dP = dO·Vᵀ, dS = P∘(dP − D)·scale with D = rowsum(dO∘O); then dQ += dS·K, dK += dSᵀ·Q,
+  // dV += Pᵀ·dO. One (batch, head) per thread and tiles in a fixed order: deterministic.
+  void attention_backward(float* dqkv, float* scratch, const float* dout, const float* out,
+                          const float* qkv, const float* lse, const AttentionShape& sh) override {
+    const int64_t B = sh.B, T = sh.T, C = sh.C, NH = sh.NH;
     const int64_t hd = C / NH;
     const int64_t C3 = 3 * C;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-#pragma omp parallel for collapse(2) num_threads(nt_) schedule(static)
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t h = 0; h < NH; ++h) {
-        const float* q = qkv + b * T * C3 + h * hd;
-        const float* k = q + C;
-        const float* v = q + 2 * C;
-        float* dq = dqkv + b * T * C3 + h * hd;
-        float* dk = dq + C;
-        float* dv = dq + 2 * C;
-        const float* A = att + (b * NH + h) * T * T;
-        float* dA = scratch + (b * NH + h) * T * T;
-        const float* dO = dout + b * T * C + h * hd;
-        for (int64_t r0 = 0; r0 < T; r0 += kAttBlock) {
-          const int64_t r1 = std::min(T, r0 + kAttBlock);
-          // d(probabilities) = dO · vᵀ, then through the softmax (scale folded in).
-          sgemm(Trans::kNo, Trans::kYes, r1 - r0, r1, hd, 1.0f, dO + r0 * C, C, v, C3, 0.0f,
-                dA + r0 * T, T);
-          for (int64_t t = r0; t < r1; ++t) {
-            const float* arow = A + t * T;
-            float* drow = dA + t * T;
-            const float dot = row_dot(arow, drow, t + 1);
-#pragma omp simd
-            for (int64_t s = 0; s <= t; ++s) drow[s] = arow[s] * (drow[s] - dot) * scale;
-            for (int64_t s = t + 1; s < r1; ++s) drow[s] = 0.0f;
+#pragma omp parallel num_threads(nt_)
+    {
+      std::vector<float> ptile(static_cast<size_t>(kAttRows * kAttCols));
+      std::vector<float> dtile(static_cast<size_t>(kAttRows * kAttCols));
+#pragma omp for collapse(2) schedule(static)
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t h = 0; h < NH; ++h) {
+          const float* q = qkv + b * T * C3 + h * hd;
+          const float* k = q + C;
+          const float* v = q + 2 * C;
+          float* dq = dqkv + b * T * C3 + h * hd;
+          float* dk = dq + C;
+          float* dv = dq + 2 * C;
+          const float* dO = dout + b * T * C + h * hd;
+          const float* O = out + b * T * C + h * hd;
+          const float* L = lse + (b * NH + h) * T;
+          float* D = scratch + (b * NH + h) * T;
+          const int32_t* valid = sh.key_valid != nullptr ? sh.key_valid + b * T : nullptr;
+          for (int64_t t = 0; t < T; ++t) {
+            D[t] = row_dot(dO + t * C, O + t * C, hd);
+            std::fill_n(dq + t * C3, hd, 0.0f);
+            std::fill_n(dk + t * C3, hd, 0.0f);
+            std::fill_n(dv + t * C3, hd, 0.0f);
           }
-          sgemm(Trans::kNo, Trans::kNo, r1 - r0, hd, r1, 1.0f, dA + r0 * T, T, k, C3, 0.0f,
-                dq + r0 * C3, C3);
-        }
-        // Key/value rows c0..c1-1 receive from query rows c0..T-1 only.
-        for (int64_t c0 = 0; c0 < T; c0 += kAttBlock) {
-          const int64_t c1 = std::min(T, c0 + kAttBlock);
-          sgemm(Trans::kYes, Trans::kNo, c1 - c0, hd, T - c0, 1.0f, dA + c0 * T + c0, T,
-                q + c0 * C3, C3, 0.0f, dk + c0 * C3, C3);
-          sgemm(Trans::kYes, Trans::kNo, c1 - c0, hd, T - c0, 1.0f, A + c0 * T + c0, T,
-                dO + c0 * C, C, 0.0f, dv + c0 * C3, C3);
+          for (int64_t r0 = 0; r0 < T; r0 += kAttRows) {
+            const int64_t r1 = std::min(T, r0 + kAttRows);
+            const int64_t m = r1 - r0;
+            const int64_t kend = sh.causal ? r1 : T;
+            for (int64_t c0 = 0; c0 < kend; c0 += kAttCols) {
+              const int64_t c1 = std::min(kend, c0 + kAttCols);
+              const int64_t w = c1 - c0;
+              float* P = ptile.data();
+              float* dS = dtile.data();
+              sgemm(Trans::kNo, Trans::kYes, m, w, hd, scale, q + r0 * C3, C3, k + c0 * C3, C3,
+                    0.0f, P, w);
+              sgemm(Trans::kNo, Trans::kYes, m, w, hd, 1.0f, dO + r0 * C, C, v + c0 * C3, C3,
+                    0.0f, dS, w);
+              for (int64_t t = r0; t < r1; ++t) {
+                float* prow = P + (t - r0) * w;
+                float* drow = dS + (t - r0) * w;
+                mask_scores(prow, sh.causal, valid, t, c0, c1);
+                const float lt = L[t], dt = D[t];
+#pragma omp simd
+                for (int64_t j = 0; j < w; ++j) {
+                  prow[j] = kmath::prob_from_lse(prow[j], lt);
+                  drow[j] = kmath::score_grad(prow[j], drow[j], dt, scale);
+                }
+              }
+              sgemm(Trans::kNo, Trans::kNo, m, hd, w, 1.0f, dS, w, k + c0 * C3, C3, 1.0f,
+                    dq + r0 * C3, C3);
+              sgemm(Trans::kYes, Trans::kNo, w, hd, m, 1.0f, dS, w, q + r0 * C3, C3, 1.0f,
+                    dk + c0 * C3, C3);
+              sgemm(Trans::kYes, Trans::kNo, w, hd, m, 1.0f, P, w, dO + r0 * C, C, 1.0f,
+                    dv + c0 * C3, C3);
+            }
+          }
         }
       }
     }
@@ -759,73 +829,6 @@ class CpuBackend final : public Backend {
           y[j] += d[j];
           p[j] += d[j];
         }
-      }
-    }
-  }
-
-  void attention_bidir_forward(float* out, float* att, const float* qkv, const int32_t* key_valid,
-                               int64_t B, int64_t T, int64_t C, int64_t NH) override {
-    const int64_t hd = C / NH;
-    const int64_t C3 = 3 * C;
-    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    const float ninf = -std::numeric_limits<float>::infinity();
-#pragma omp parallel for collapse(2) num_threads(nt_) schedule(static)
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t h = 0; h < NH; ++h) {
-        const float* q = qkv + b * T * C3 + h * hd;
-        const float* k = q + C;
-        const float* v = q + 2 * C;
-        const int32_t* valid = key_valid != nullptr ? key_valid + b * T : nullptr;
-        float* A = att + (b * NH + h) * T * T;
-        sgemm(Trans::kNo, Trans::kYes, T, T, hd, scale, q, C3, k, C3, 0.0f, A, T);
-        for (int64_t t = 0; t < T; ++t) {
-          float* row = A + t * T;
-          if (valid != nullptr) {
-            for (int64_t s = 0; s < T; ++s) row[s] = valid[s] != 0 ? row[s] : ninf;
-          }
-          const float mx = row_max(row, T);
-          const float sum = exp_shift_sum(row, mx, T);
-          scale_row(row, 1.0f / sum, T);
-          // fast_exp clamps at e^-87: a padded key gets exactly 0, not 1e-38.
-          if (valid != nullptr) {
-            for (int64_t s = 0; s < T; ++s) row[s] = valid[s] != 0 ? row[s] : 0.0f;
-          }
-        }
-        sgemm(Trans::kNo, Trans::kNo, T, hd, T, 1.0f, A, T, v, C3, 0.0f, out + b * T * C + h * hd,
-              C);
-      }
-    }
-  }
-
-  void attention_bidir_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
-                                const float* att, int64_t B, int64_t T, int64_t C,
-                                int64_t NH) override {
-    const int64_t hd = C / NH;
-    const int64_t C3 = 3 * C;
-    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-#pragma omp parallel for collapse(2) num_threads(nt_) schedule(static)
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t h = 0; h < NH; ++h) {
-        const float* q = qkv + b * T * C3 + h * hd;
-        const float* k = q + C;
-        const float* v = q + 2 * C;
-        float* dq = dqkv + b * T * C3 + h * hd;
-        float* dk = dq + C;
-        float* dv = dq + 2 * C;
-        const float* A = att + (b * NH + h) * T * T;
-        float* dA = scratch + (b * NH + h) * T * T;
-        const float* dO = dout + b * T * C + h * hd;
-        sgemm(Trans::kNo, Trans::kYes, T, T, hd, 1.0f, dO, C, v, C3, 0.0f, dA, T);
-        for (int64_t t = 0; t < T; ++t) {
-          const float* arow = A + t * T;
-          float* drow = dA + t * T;
-          const float dot = row_dot(arow, drow, T);
-#pragma omp simd
-          for (int64_t s = 0; s < T; ++s) drow[s] = arow[s] * (drow[s] - dot) * scale;
-        }
-        sgemm(Trans::kNo, Trans::kNo, T, hd, T, 1.0f, dA, T, k, C3, 0.0f, dq, C3);
-        sgemm(Trans::kYes, Trans::kNo, T, hd, T, 1.0f, dA, T, q, C3, 0.0f, dk, C3);
-        sgemm(Trans::kYes, Trans::kNo, T, hd, T, 1.0f, A, T, dO, C, 0.0f, dv, C3);
       }
     }
   }
