@@ -140,7 +140,7 @@ TEST_CASE("coordinator run command: --print-config prints the resolved config an
   CHECK(slurp(out).find("  steps: 2\n") != std::string::npos);
 }
 
-TEST_CASE("coordinator run command: processes - samples at checkpoints - a summary - logs named by id, dated, kept on resume") {
+TEST_CASE("coordinator run command: processes - samples at checkpoints - a summary - logs named by id and dated and kept on resume") {
   TempDir dir("run-outputs");
   write_corpus(dir / "train.tok", 20000, 7);
   write_corpus(dir / "val.tok", 2000, 8);
