@@ -65,7 +65,7 @@ void expect_close(const char* what, const std::vector<float>& a, const std::vect
 
 }  // namespace
 
-TEST_CASE("cuda flash attention equals the CPU backend - forward, lse, backward") {
+TEST_CASE("cuda flash attention equals the CPU backend - forward and lse and backward") {
   skip_without_gpu();
   auto cpu = make_cpu_backend(0);
   struct Case { int64_t B, T, C, NH; bool causal, padded; };

@@ -199,7 +199,7 @@ TEST_CASE("coordinator run command: processes - samples at checkpoints - a summa
   CHECK(slurp(dir / "err2.txt").find("---- sample from step-00000004 ----") == std::string::npos);
 }
 
-TEST_CASE("coordinator run command: a relative run.dir is relative to the working directory, not the config's folder") {
+TEST_CASE("coordinator run command: a relative run.dir is relative to the working directory and not the config's folder") {
   TempDir dir("run-reldir");
   fs::create_directories(dir / "configs");
   write_corpus(dir / "configs/train.tok", 2000, 7);
