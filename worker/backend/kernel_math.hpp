@@ -60,6 +60,25 @@ PTRAIN_HD bool key_visible(bool causal, const int32_t* key_valid_row, int64_t t,
   return key_valid_row == nullptr || key_valid_row[s] != 0;
 }
 
+// Where one (batch b, head h) finds its operands. qkv (B,T,3C) has row stride 3C: Q at column h·hd,
+// K at C + h·hd, V at 2C + h·hd (qkv_at: the offset of its Q block, for dqkv as well); arrays of
+// shape (B,T,C) (out, dout) have it at io_at, row stride C; (B,NH,T) arrays (lse, D) at stat_at.
+struct HeadView {
+  const float* q;
+  const float* k;
+  const float* v;
+  const int32_t* valid;  // (T) key mask of batch b, or null
+  int64_t qkv_at, io_at, stat_at;
+};
+PTRAIN_HD HeadView head_view(const float* qkv, const int32_t* key_valid, int64_t b, int64_t h,
+                             int64_t T, int64_t C, int64_t NH) {
+  const int64_t hd = C / NH;
+  const int64_t qkv_at = b * T * 3 * C + h * hd;
+  return HeadView{qkv + qkv_at,    qkv + qkv_at + C,   qkv + qkv_at + 2 * C,
+                  key_valid != nullptr ? key_valid + b * T : nullptr,
+                  qkv_at,          b * T * C + h * hd, (b * NH + h) * T};
+}
+
 // The running state of one query row under online softmax: m the largest score seen so far,
 // l = Σ e^(s − m) over the scores seen so far. A key tile is folded in by
 //   corr = begin_tile(max of the tile's scores);  acc ·= corr;  l ·= corr (done here);

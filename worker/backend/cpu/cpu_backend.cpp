@@ -548,12 +548,11 @@ class CpuBackend final : public Backend {
 #pragma omp for collapse(2) schedule(static)
       for (int64_t b = 0; b < B; ++b) {
         for (int64_t h = 0; h < NH; ++h) {
-          const float* q = qkv + b * T * C3 + h * hd;
-          const float* k = q + C;
-          const float* v = q + 2 * C;
-          const int32_t* valid = sh.key_valid != nullptr ? sh.key_valid + b * T : nullptr;
-          float* o = out + b * T * C + h * hd;
-          float* L = lse + (b * NH + h) * T;
+          const kmath::HeadView hv = kmath::head_view(qkv, sh.key_valid, b, h, T, C, NH);
+          const float *q = hv.q, *k = hv.k, *v = hv.v;
+          const int32_t* valid = hv.valid;
+          float* o = out + hv.io_at;
+          float* L = lse + hv.stat_at;
           for (int64_t r0 = 0; r0 < T; r0 += kAttRows) {
             const int64_t r1 = std::min(T, r0 + kAttRows);
             for (int64_t t = r0; t < r1; ++t) {
@@ -604,17 +603,16 @@ class CpuBackend final : public Backend {
 #pragma omp for collapse(2) schedule(static)
       for (int64_t b = 0; b < B; ++b) {
         for (int64_t h = 0; h < NH; ++h) {
-          const float* q = qkv + b * T * C3 + h * hd;
-          const float* k = q + C;
-          const float* v = q + 2 * C;
-          float* dq = dqkv + b * T * C3 + h * hd;
+          const kmath::HeadView hv = kmath::head_view(qkv, sh.key_valid, b, h, T, C, NH);
+          const float *q = hv.q, *k = hv.k, *v = hv.v;
+          const int32_t* valid = hv.valid;
+          float* dq = dqkv + hv.qkv_at;
           float* dk = dq + C;
           float* dv = dq + 2 * C;
-          const float* dO = dout + b * T * C + h * hd;
-          const float* O = out + b * T * C + h * hd;
-          const float* L = lse + (b * NH + h) * T;
-          float* D = scratch + (b * NH + h) * T;
-          const int32_t* valid = sh.key_valid != nullptr ? sh.key_valid + b * T : nullptr;
+          const float* dO = dout + hv.io_at;
+          const float* O = out + hv.io_at;
+          const float* L = lse + hv.stat_at;
+          float* D = scratch + hv.stat_at;
           for (int64_t t = 0; t < T; ++t) {
             D[t] = row_dot(dO + t * C, O + t * C, hd);
             std::fill_n(dq + t * C3, hd, 0.0f);

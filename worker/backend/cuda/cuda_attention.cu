@@ -40,10 +40,9 @@ __global__ void __launch_bounds__(kTile) flash_fwd_kernel(float* out, float* lse
   const int row = threadIdx.x;
   const int64_t t = r0 + row;
   const int64_t C3 = 3 * d.C;
-  const float* q = qkv + b * d.T * C3 + h * hd;
-  const float* k = q + d.C;
-  const float* v = q + 2 * d.C;
-  const int32_t* valid = d.key_valid != nullptr ? d.key_valid + b * d.T : nullptr;
+  const kmath::HeadView hv = kmath::head_view(qkv, d.key_valid, b, h, d.T, d.C, d.NH);
+  const float *q = hv.q, *k = hv.k, *v = hv.v;
+  const int32_t* valid = hv.valid;
 
   load_tile(sQ, ldp, q, C3, r0, d.T, hd);
   for (int c = 0; c < hd; ++c) sO[row * ldp + c] = 0.0f;
@@ -84,9 +83,9 @@ __global__ void __launch_bounds__(kTile) flash_fwd_kernel(float* out, float* lse
   }
   if (t < d.T) {
     const float inv = st.inv_l();
-    float* dst = out + (b * d.T + t) * d.C + h * hd;
+    float* dst = out + hv.io_at + t * d.C;
     for (int c = 0; c < hd; ++c) dst[c] = sO[row * ldp + c] * inv;
-    lse[(b * d.NH + h) * d.T + t] = st.lse();
+    lse[hv.stat_at + t] = st.lse();
   }
 }
 
@@ -118,13 +117,12 @@ __global__ void __launch_bounds__(kTile) flash_bwd_dkdv_kernel(float* dqkv, cons
   const int row = threadIdx.x;
   const int64_t j = c0 + row;  // this thread's key
   const int64_t C3 = 3 * d.C;
-  const float* q = qkv + b * d.T * C3 + h * hd;
-  const float* k = q + d.C;
-  const float* v = q + 2 * d.C;
-  const float* dO = dout + b * d.T * d.C + h * hd;
-  const float* L = lse + (b * d.NH + h) * d.T;
-  const float* Dr = D + (b * d.NH + h) * d.T;
-  const int32_t* valid = d.key_valid != nullptr ? d.key_valid + b * d.T : nullptr;
+  const kmath::HeadView hv = kmath::head_view(qkv, d.key_valid, b, h, d.T, d.C, d.NH);
+  const float *q = hv.q, *k = hv.k, *v = hv.v;
+  const int32_t* valid = hv.valid;
+  const float* dO = dout + hv.io_at;
+  const float* L = lse + hv.stat_at;
+  const float* Dr = D + hv.stat_at;
 
   load_tile(sK, ldp, k, C3, c0, d.T, hd);
   load_tile(sV, ldp, v, C3, c0, d.T, hd);
@@ -159,7 +157,7 @@ __global__ void __launch_bounds__(kTile) flash_bwd_dkdv_kernel(float* dqkv, cons
     }
   }
   if (j < d.T) {
-    float* dk = dqkv + (b * d.T + j) * C3 + d.C + h * hd;
+    float* dk = dqkv + hv.qkv_at + j * C3 + d.C;
     float* dv = dk + d.C;
     for (int c = 0; c < hd; ++c) {
       dk[c] = sdK[row * ldp + c];
@@ -183,16 +181,15 @@ __global__ void __launch_bounds__(kTile) flash_bwd_dq_kernel(float* dqkv, const 
   const int row = threadIdx.x;
   const int64_t t = r0 + row;
   const int64_t C3 = 3 * d.C;
-  const float* q = qkv + b * d.T * C3 + h * hd;
-  const float* k = q + d.C;
-  const float* v = q + 2 * d.C;
-  const int32_t* valid = d.key_valid != nullptr ? d.key_valid + b * d.T : nullptr;
+  const kmath::HeadView hv = kmath::head_view(qkv, d.key_valid, b, h, d.T, d.C, d.NH);
+  const float *q = hv.q, *k = hv.k, *v = hv.v;
+  const int32_t* valid = hv.valid;
 
   load_tile(sQ, ldp, q, C3, r0, d.T, hd);
-  load_tile(sdO, ldp, dout + b * d.T * d.C + h * hd, d.C, r0, d.T, hd);
+  load_tile(sdO, ldp, dout + hv.io_at, d.C, r0, d.T, hd);
   for (int c = 0; c < hd; ++c) sdQ[row * ldp + c] = 0.0f;
-  const float lt = t < d.T ? lse[(b * d.NH + h) * d.T + t] : 0.0f;
-  const float dt = t < d.T ? D[(b * d.NH + h) * d.T + t] : 0.0f;
+  const float lt = t < d.T ? lse[hv.stat_at + t] : 0.0f;
+  const float dt = t < d.T ? D[hv.stat_at + t] : 0.0f;
   const int64_t kend = d.causal ? min(d.T, r0 + kTile) : d.T;
   for (int64_t c0 = 0; c0 < kend; c0 += kTile) {
     __syncthreads();
@@ -212,7 +209,7 @@ __global__ void __launch_bounds__(kTile) flash_bwd_dq_kernel(float* dqkv, const 
     }
   }
   if (t < d.T) {
-    float* dq = dqkv + (b * d.T + t) * C3 + h * hd;
+    float* dq = dqkv + hv.qkv_at + t * C3;
     for (int c = 0; c < hd; ++c) dq[c] = sdQ[row * ldp + c];
   }
 }
