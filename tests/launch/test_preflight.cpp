@@ -7,8 +7,10 @@
 #include "common/error.hpp"
 #include "common/io/checkpoint_format.hpp"
 #include "common/io/token_file.hpp"
+#include "coordinator/start_state.hpp"
 #include "launch/preflight.hpp"
 #include "support/job_test_util.hpp"
+#include "support/log_capture.hpp"
 #include "support/ptrain_process.hpp"
 
 #include <doctest/doctest.h>
@@ -90,6 +92,27 @@ TEST_CASE("preflight: token files - resume checkpoint - writable folders") {
     c.checkpoint.resume = ckpt;
     CHECK_THROWS_WITH_AS(preflight_job(c), doctest::Contains("different model config"),
                          CheckpointError);
+  }
+  SUBCASE("a compatible resume checkpoint: checked silently - the coordinator reports it once") {
+    const ParamLayout layout = layout_for(good);
+    Config before = good;
+    before.train.steps = good.train.steps + 7;  // a difference a resume allows, and reports
+    CheckpointData d;
+    d.params.assign(static_cast<size_t>(layout.total()), 0.5f);
+    d.meta.step = 2;
+    d.meta.config_yaml = before.to_yaml();
+    d.meta.tokenizer_json = "{}";
+    const std::string ckpt = dir / "same.h5";
+    write_checkpoint_file(ckpt, layout, d);
+    Config c = good;
+    c.checkpoint.resume = ckpt;
+    test::LogCapture log;
+    preflight_job(c);
+    CHECK(log.count("train.steps") == 0);
+    const StartState st = load_start_state(c, layout);
+    CHECK(st.step == 2);
+    CAPTURE(log.all());
+    CHECK(log.count("resume: train.steps") == 1);
   }
   SUBCASE("a checkpoint folder that cannot be made") {
     Config c = good;
