@@ -18,23 +18,28 @@ StartState fresh(const Config& config) {
   return s;
 }
 
+// With `report` false nothing is logged: the launcher's check before any role starts stays
+// silent, and the coordinator's own load reports each difference once.
 void check_config_change(const Config& config, const std::string& file, const CheckpointMeta& meta,
-                         bool allow) {
+                         bool allow, bool report) {
   Config stored;
   try {
     stored = parse_config_text(meta.config_yaml, file + " (attribute config_yaml)",
                                std::filesystem::path(file).parent_path().string());
   } catch (const Error& e) {
-    spdlog::warn("{}: its stored config does not load ({}); cannot compare it with this run's", file, e.what());
+    if (report) {
+      spdlog::warn("{}: its stored config does not load ({}); cannot compare it with this run's",
+                   file, e.what());
+    }
     return;
   }
   std::string refused;
   for (const ConfigDifference& d : config_differences(stored, config)) {
     const std::string line = fmt::format("{}: {} in the checkpoint, {} now", d.key, d.before, d.after);
     if (resume_safe_key(d.key)) {
-      spdlog::info("resume: {}", line);
+      if (report) spdlog::info("resume: {}", line);
     } else if (allow) {
-      spdlog::warn("resume: {} (allowed by --allow-config-change)", line);
+      if (report) spdlog::warn("resume: {} (allowed by --allow-config-change)", line);
     } else {
       refused += "\n  " + line;
     }
@@ -60,7 +65,10 @@ bool resume_safe_key(const std::string& key) {
   return key.starts_with("checkpoint.") || key.starts_with("cluster.") || key.starts_with("status.");
 }
 
-StartState load_start_state(const Config& config, const ParamLayout& layout, bool allow_config_change) {
+namespace {
+
+StartState start_state(const Config& config, const ParamLayout& layout, bool allow_config_change,
+                       bool report) {
   const std::string& resume = config.checkpoint.resume;
   std::string path;
   if (resume == "never") {
@@ -81,17 +89,27 @@ StartState load_start_state(const Config& config, const ParamLayout& layout, boo
         "different model config",
         file, meta.layout_hash, layout.hash()));
   }
-  check_config_change(config, file, meta, allow_config_change);
+  check_config_change(config, file, meta, allow_config_change, report);
   StartState s;
   s.step = meta.step;
   s.tokens_seen = meta.tokens_seen;
   s.data = meta.data;
   s.resumed_from = file;
-  if (s.data.seed != config.run.seed) {
+  if (report && s.data.seed != config.run.seed) {
     spdlog::warn("resuming with the data order of {} (seed {}), not run.seed {}", path,
                  s.data.seed, config.run.seed);
   }
   return s;
+}
+
+}  // namespace
+
+StartState load_start_state(const Config& config, const ParamLayout& layout, bool allow_config_change) {
+  return start_state(config, layout, allow_config_change, /*report=*/true);
+}
+
+void check_start_state(const Config& config, const ParamLayout& layout, bool allow_config_change) {
+  (void)start_state(config, layout, allow_config_change, /*report=*/false);
 }
 
 }  // namespace ptrain

@@ -30,6 +30,11 @@ struct StartState {
 // `allow_config_change` (then they are listed as warnings).
 StartState load_start_state(const Config& config, const ParamLayout& layout, bool allow_config_change = false);
 
+// The checks of load_start_state (the checkpoint readable, written for this layout, its config
+// compatible), silently: for the launcher before any role starts, so that the coordinator's own
+// load is the one that reports what the resume changes, once.
+void check_start_state(const Config& config, const ParamLayout& layout, bool allow_config_change = false);
+
 // Whether changing `key` between a checkpoint and its resume changes nothing of the training
 // itself (see load_start_state).
 bool resume_safe_key(const std::string& key);

@@ -148,8 +148,9 @@ void preflight_job(const Config& config, bool allow_config_change) {
   }
   check_writable(config.run.dir, "run.dir");
   check_writable((fs::path(config.run.dir) / "checkpoints").string(), "the checkpoint folder");
-  // The checkpoint a resume would read: readable, and written for this model.
-  (void)load_start_state(config, ParamLayout(dims), allow_config_change);
+  // The checkpoint a resume would read: readable, and written for this model. Silent: the
+  // coordinator loads it again and reports what the resume changes.
+  check_start_state(config, ParamLayout(dims), allow_config_change);
 }
 
 }  // namespace ptrain

@@ -2,18 +2,28 @@
 # A long fuzzing campaign over every libFuzzer target (tests/fuzz): each runs for SECONDS (default
 # 1800) on its growing corpus in build/tests/fuzz/corpus_NAME (the frame decoder: corpus/), with
 # the same limits as its CTest campaign, and the executions per target are summed at the end (the
-# figures docs/reliability.md records). Findings (crash-*, leak-*, oom-*, timeout-* files) are
-# left in build/tests/fuzz/findings/; keep a fixed one in tests/fuzz/regressions/NAME/.
-# Usage: scripts/fuzz-long.sh [BUILD_DIR] [SECONDS]
+# figures docs/reliability.md records, with the CPU seconds each got where /usr/bin/time exists).
+# Findings (crash-*, leak-*, oom-*, timeout-* files) are left in build/tests/fuzz/findings/; keep
+# a fixed one in tests/fuzz/regressions/NAME/. An input that runs longer than 30 s is a finding
+# too (a hang). Run it niced on a shared machine:
+#   nice -n 19 scripts/fuzz-long.sh build 3600
+# Usage: scripts/fuzz-long.sh [BUILD_DIR] [SECONDS] [TARGET...]   (default: every target)
+# Each target is brought up to date first, unless NO_BUILD=1 (a build running beside it).
 set -euo pipefail
 BUILD=${1:-build}
 SECONDS_EACH=${2:-1800}
+shift $(($# < 2 ? $# : 2))
+TARGETS=("$@")
+if [ ${#TARGETS[@]} -eq 0 ]; then
+  TARGETS=(frame_decoder auth_handshake config token_file status_request checkpoint)
+fi
 FUZZ="$BUILD/tests/fuzz"
-cmake --build "$BUILD" --target fuzz_targets >/dev/null
+SRC=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$FUZZ/findings"
-printf '%-16s %14s %10s\n' target executions exec/s
-for name in frame_decoder auth_handshake config token_file status_request checkpoint; do
+printf '%-16s %14s %8s %10s %8s\n' target executions seconds exec/s cpu_s
+for name in "${TARGETS[@]}"; do
   bin="$FUZZ/fuzz_$name"
+  [ "${NO_BUILD:-0}" = 1 ] || cmake --build "$BUILD" --target "fuzz_${name}_bin" >/dev/null
   corpus="$FUZZ/corpus_$name"
   extra=()
   case $name in
@@ -22,11 +32,23 @@ for name in frame_decoder auth_handshake config token_file status_request checkp
     *) extra=(-max_len=4096 -malloc_limit_mb=256) ;;
   esac
   mkdir -p "$corpus"
+  # Read-only seeds beside the growing corpus: the kept findings, and the shipped configs.
+  seeds=()
+  [ -d "$SRC/tests/fuzz/regressions/$name" ] && seeds+=("$SRC/tests/fuzz/regressions/$name")
+  [ "$name" = config ] && seeds+=("$SRC/configs")
   log="$FUZZ/findings/$name.log"
-  "$bin" "${extra[@]}" -max_total_time="$SECONDS_EACH" \
+  timer=()
+  [ -x /usr/bin/time ] && timer=(/usr/bin/time -f '%U %S' -o "$FUZZ/findings/$name.cpu")
+  "${timer[@]}" "$bin" "${extra[@]}" -max_total_time="$SECONDS_EACH" -timeout=30 \
     -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$FUZZ/findings/$name-" \
-    "$corpus" >"$log" 2>&1 || echo "$name: stopped with a finding, see $log"
+    "$corpus" "${seeds[@]}" >"$log" 2>&1 || echo "$name: stopped with a finding, see $log"
   execs=$(awk '/stat::number_of_executed_units/ {s += $2} END {print s + 0}' "$log")
-  rate=$(awk -v e="$execs" -v t="$SECONDS_EACH" 'BEGIN {printf "%.0f", e / t}')
-  printf '%-16s %14s %10s\n' "$name" "$execs" "$rate"
+  # libFuzzer's closing "Done N runs in S second(s)"; the time asked for when it stopped early.
+  took=$(awk '/^Done [0-9]+ runs in/ {t = $5} END {print t + 0}' "$log")
+  [ "$took" -gt 0 ] || took=$SECONDS_EACH
+  rate=$(awk -v e="$execs" -v t="$took" 'BEGIN {printf "%.0f", e / t}')
+  # CPU seconds it got (user + system): on a shared machine exec/s says more per CPU second.
+  cpu=-
+  [ -s "$FUZZ/findings/$name.cpu" ] && cpu=$(awk 'END {printf "%.0f", $1 + $2}' "$FUZZ/findings/$name.cpu")
+  printf '%-16s %14s %8s %10s %8s\n' "$name" "$execs" "$took" "$rate" "$cpu"
 done

@@ -12,7 +12,8 @@
 //
 // Not here: gathering the figures (the coordinator builds a JobStatus from what servers and
 // workers report) or running the io_context (the caller's thread does). This header does not
-// include Asio or Beast; only status_http.cpp does.
+// include Asio or Beast; only status_http.cpp (the server) does. The renderers and the router are
+// in status_render.cpp, which needs neither.
 #pragma once
 
 #include "common/net/transport.hpp"

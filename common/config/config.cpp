@@ -15,6 +15,7 @@
 // variables (none are read), and `~` expansion (paths are taken literally).
 #include "common/config/config.hpp"
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -26,6 +27,7 @@
 #include <map>
 #include <optional>
 #include <span>
+#include <sstream>
 #include <string_view>
 #include <system_error>
 #include <variant>
@@ -421,6 +423,61 @@ const char* node_kind(const YAML::Node& n) {
   }
 }
 
+// Only notes where documents start: the first pass of load_single_document below.
+class DocumentStarts : public YAML::EventHandler {
+ public:
+  YAML::Mark last;
+  void OnDocumentStart(const YAML::Mark& mark) override { last = mark; }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
+// A refusal of YAML text: WHERE:LINE:COL for a file (`key` empty), WHERE and KEY for a --set value.
+[[noreturn]] void refuse_yaml(const std::string& where, const std::string& key, const YAML::Mark& m,
+                              const std::string& problem) {
+  if (!key.empty()) fail(where, fmt::format("{}: malformed YAML value: {}", key, problem));
+  // yaml-cpp's marks are 0-based.
+  fail(fmt::format("{}:{}:{}", where, m.line + 1, m.column + 1),
+       fmt::format("malformed YAML: {}", problem));
+}
+
+// The one YAML document in `text` (a null node for an empty stream), or a refusal (refuse_yaml).
+// yaml-cpp 0.7 does not consume a ',' outside any flow collection: its parser reports an empty
+// document there and stays put, so LoadAll loops forever on a config holding a stray top-level ','
+// (found by fuzzing), and Load reads such a text as empty, silently. So the stream is first walked
+// event by event, asking for at most two documents: a second one is either a real second document
+// or that stuck token, and both are refused before yaml-cpp builds the node.
+YAML::Node load_single_document(const std::string& text, const std::string& where,
+                                const std::string& key = "") {
+  try {
+    std::istringstream in(text);
+    YAML::Parser parser(in);
+    DocumentStarts starts;
+    if (!parser.HandleNextDocument(starts)) return YAML::Node();  // nothing but comments/space
+    const YAML::Mark first = starts.last;
+    if (parser.HandleNextDocument(starts)) {
+      const YAML::Mark m = starts.last;
+      const bool inside = m.pos >= 0 && static_cast<size_t>(m.pos) < text.size();
+      if (inside && (text[m.pos] == ',' || m.pos == first.pos)) {
+        refuse_yaml(where, key, m,
+                    fmt::format("unexpected '{}' outside a [list] or {{mapping}}", text[m.pos]));
+      }
+      refuse_yaml(where, key, m, "expected one YAML document, found more ('---')");
+    }
+    return YAML::Load(text);
+  } catch (const YAML::ParserException& e) {
+    refuse_yaml(where, key, e.mark, e.msg);
+  }
+}
+
 class Loader {
  public:
   Loader(std::string origin, std::string base_dir)
@@ -429,17 +486,8 @@ class Loader {
   }
 
   void apply_text(const std::string& text) {
-    std::vector<YAML::Node> docs;
-    try {
-      docs = YAML::LoadAll(text);
-    } catch (const YAML::ParserException& e) {
-      // yaml-cpp's marks are 0-based.
-      fail(fmt::format("{}:{}:{}", origin_, e.mark.line + 1, e.mark.column + 1),
-           fmt::format("malformed YAML: {}", e.msg));
-    }
-    if (docs.size() > 1) fail(at(docs[1]), "expected one YAML document, found more ('---')");
-    if (docs.empty() || docs[0].IsNull()) return;  // empty file: all defaults
-    const YAML::Node& root = docs[0];
+    const YAML::Node root = load_single_document(text, origin_);
+    if (root.IsNull()) return;  // empty file: all defaults
     if (!root.IsMap()) {
       fail(at(root), fmt::format("expected a mapping of sections (run, data, model, ...), got {}",
                                  node_kind(root)));
@@ -465,12 +513,7 @@ class Loader {
       fail(where, fmt::format("unknown key '{}' (did you mean '{}'?)", o.key, nearest_key(o.key)));
     }
     // The value is a YAML scalar, so quoting works as in a file: --set 'data.val=""'.
-    YAML::Node value;
-    try {
-      value = YAML::Load(o.value);
-    } catch (const YAML::ParserException& e) {
-      fail(where, fmt::format("{}: malformed YAML value: {}", o.key, e.msg));
-    }
+    const YAML::Node value = load_single_document(o.value, where, o.key);
     assign_node(*key, value, where, std::filesystem::current_path().string());
   }
 

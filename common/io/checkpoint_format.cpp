@@ -817,7 +817,9 @@ CheckpointData read_checkpoint(const std::string& path, const ParamLayout& layou
 
 CheckpointSlice read_checkpoint_range(const std::string& path, const ParamLayout& layout,
                                       std::pair<int64_t, int64_t> range, bool with_optimizer) {
-  const auto [begin, end] = range;
+  // Plain variables, not a binding: clang 14 cannot capture bindings in the lambda below.
+  const int64_t begin = range.first;
+  const int64_t end = range.second;
   PTRAIN_ENFORCE(begin >= 0 && begin <= end && end <= layout.total(),
                  "checkpoint range [{}, {}) outside the parameter vector [0, {})", begin, end,
                  layout.total());
@@ -874,7 +876,8 @@ void write_checkpoint_shard(const std::string& tmp_dir, int64_t k, int64_t n_sha
                             const ParamLayout& layout, std::pair<int64_t, int64_t> range,
                             std::span<const float> weights, std::span<const float> m,
                             std::span<const float> v, int64_t step) {
-  const auto [begin, end] = range;
+  const int64_t begin = range.first;  // not a binding: clang 14 cannot capture one (below)
+  const int64_t end = range.second;
   PTRAIN_ENFORCE(n_shards >= 1 && n_shards <= kMaxShards, "shard count {} outside 1..{}",
                  n_shards, kMaxShards);
   PTRAIN_ENFORCE(k >= 0 && k < n_shards, "shard index {} outside 0..{}", k, n_shards - 1);

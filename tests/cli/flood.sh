@@ -6,25 +6,11 @@
 # answer during the flood, and the logs must stay small (refusals are logged at a bounded rate).
 # Usage: flood.sh PATH/TO/ptrain
 set -uo pipefail
-PTRAIN=$(realpath "${1:?usage: flood.sh PTRAIN}")
+. "$(dirname "$0")/lib.sh"
+cli_begin flood "${1:-}"
 PY=/usr/bin/python3
-WORK=$(mktemp -d /tmp/ptrain-flood-XXXXXX)
-cleanup() {
-  [ -n "${JOB_PID:-}" ] && kill -KILL -- "-$JOB_PID" 2>/dev/null
-  [ -n "${FLOOD_PID:-}" ] && kill -KILL "$FLOOD_PID" 2>/dev/null
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-cd "$WORK"
-failures=0
-fail() { echo "FAIL $*"; failures=$((failures + 1)); }
-
-mkdir corpus
-for i in $(seq 1 80); do
-  printf 'document %d: the quick brown fox jumps over the lazy dog, %d times\n%%\n' "$i" "$i"
-done > corpus/a.txt
-"$PTRAIN" prepare --input corpus --doc-separator % --tokenizer byte --val-fraction 0.2 --seed 3 \
-  --output data >/dev/null 2>&1 || { echo "setup: prepare failed"; exit 1; }
+cli_cleanup() { [ -n "${FLOOD_PID:-}" ] && kill -KILL "$FLOOD_PID" 2>/dev/null; }
+prepare_corpus 80
 cat > job.yaml <<YAML
 run: {dir: $WORK/run, seed: 1, threads: 1}
 data: {train: $WORK/data, tokenizer: byte}
@@ -100,5 +86,4 @@ size=$(du -sk run/logs | cut -f1)
 [ "$size" -lt 512 ] || fail "logs grew to ${size} KiB under the flood"
 echo "flood: $(cat flood.out); job exit $rc; $n checkpoints; logs ${size} KiB"
 grep -h "refused a connection" run/logs/*.log | head -n 2 | cut -c1-200
-if [ $failures -ne 0 ]; then echo "$failures failure(s)"; exit 1; fi
-echo "the job survived the flood"
+cli_end "the job survived the flood"

@@ -6,32 +6,19 @@
 # exits 77, which CTest shows as "Skipped", with the reason printed.
 # Usage: full_disk.sh PATH/TO/ptrain
 set -uo pipefail
-PTRAIN=$(realpath "${1:?usage: full_disk.sh PTRAIN}")
-WORK=$(mktemp -d /tmp/ptrain-disk-XXXXXX)
+. "$(dirname "$0")/lib.sh"
+cli_begin disk "${1:-}"
 MNT="$WORK/mnt"
 mkdir -p "$MNT"
-cleanup() {
-  [ -n "${JOB_PID:-}" ] && kill -KILL -- "-$JOB_PID" 2>/dev/null
-  umount "$MNT" 2>/dev/null
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+cli_cleanup() { umount "$MNT" 2>/dev/null; }
 if ! mount -t tmpfs -o size=64k tmpfs "$MNT" 2>"$WORK/mount.err"; then
   echo "skipped: cannot mount a tmpfs here ($(cat "$WORK/mount.err")); run as root to test a full disk"
   exit 77
 fi
 umount "$MNT"
-cd "$WORK"
-failures=0
-fail() { echo "FAIL $*"; failures=$((failures + 1)); }
 
 # ---- data and configs ---------------------------------------------------------------------------
-mkdir corpus
-for i in $(seq 1 60); do
-  printf 'document %d: the quick brown fox jumps over the lazy dog, %d times\n%%\n' "$i" "$i"
-done > corpus/a.txt
-"$PTRAIN" prepare --input corpus --doc-separator % --tokenizer byte --val-fraction 0.2 --seed 3 \
-  --output data >/dev/null 2>&1 || { echo "setup: prepare failed"; exit 1; }
+prepare_corpus 60
 cat > init.yaml <<YAML
 run: {dir: run, seed: 1}
 data: {train: $WORK/data, tokenizer: byte}
@@ -101,8 +88,4 @@ wait "$JOB_PID" 2>/dev/null
 JOB_PID=
 [ $failures -eq $before ] && echo "ok   crash report: $(grep -m1 'died by signal' "$WORK/long.err" | cut -c1-160)"
 
-if [ $failures -ne 0 ]; then
-  echo "$failures failure(s)"
-  exit 1
-fi
-echo "all full-disk cases passed"
+cli_end "all full-disk cases passed"

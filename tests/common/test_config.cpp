@@ -6,10 +6,15 @@
 
 #include <filesystem>
 #include <fstream>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
+#include <future>
 #include <regex>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/config/config.hpp"
@@ -163,6 +168,59 @@ TEST_CASE("config: malformed YAML names file:line:col (1-based)") {
   const std::string msg2 = parse_error("model:\n  n_layer: 4\n n_head: 4\n");
   CHECK(std::regex_search(msg2, std::regex(R"(^cfg\.yaml:3:\d+: malformed YAML: )")));
   CHECK(contains(parse_error("a: 1\n---\nb: 2\n"), "one YAML document"));
+}
+
+// parse_error(text, overrides) on a thread given 20 s: yaml-cpp 0.7's LoadAll loops forever on some
+// inputs, and such a hang ends this test process at once with the input named, instead of holding
+// the suite until CTest's timeout.
+std::string parse_error_bounded(const std::string& text,
+                                const std::vector<ConfigOverride>& overrides = {}) {
+  std::promise<std::string> result;
+  std::future<std::string> done = result.get_future();
+  std::thread([&result, text, overrides] {
+    std::string msg;
+    try {
+      parse(text, overrides);
+      msg = "(accepted)";
+    } catch (const ConfigError& e) {
+      msg = e.what();
+    } catch (const std::exception& e) {
+      msg = std::string("(not a ConfigError) ") + e.what();
+    }
+    result.set_value(msg);
+  }).detach();
+  if (done.wait_for(std::chrono::seconds(20)) != std::future_status::ready) {
+    std::fprintf(stderr, "the config parser hangs on this input: '%s'\n", text.c_str());
+    std::_Exit(1);
+  }
+  return done.get();
+}
+
+TEST_CASE("config: a stray top-level comma is refused at its line - not a hang or an empty config") {
+  // yaml-cpp 0.7 leaves such a ',' unconsumed: LoadAll looped forever on these (found by fuzzing
+  // the config parser) and Load read them as an empty document, i.e. all defaults.
+  CHECK(parse_error_bounded(",") ==
+        "cfg.yaml:1:1: malformed YAML: unexpected ',' outside a [list] or {mapping}");
+  CHECK(parse_error_bounded(",,") ==
+        "cfg.yaml:1:1: malformed YAML: unexpected ',' outside a [list] or {mapping}");
+  CHECK(parse_error_bounded("  ,") ==
+        "cfg.yaml:1:3: malformed YAML: unexpected ',' outside a [list] or {mapping}");
+  CHECK(parse_error_bounded("# a comment\n---\n,\n") ==
+        "cfg.yaml:3:1: malformed YAML: unexpected ',' outside a [list] or {mapping}");
+  CHECK(parse_error_bounded(kTrain + "...\n,\n") ==
+        "cfg.yaml:4:1: malformed YAML: unexpected ',' outside a [list] or {mapping}");
+  CHECK(parse_error_bounded("--- ,") ==
+        "cfg.yaml:1:5: malformed YAML: unexpected ',' outside a [list] or {mapping}");
+  // After a whole first document it is a second document all the same.
+  CHECK(parse_error_bounded(kTrain + "---\n,\n") ==
+        "cfg.yaml:3:1: malformed YAML: expected one YAML document, found more ('---')");
+  CHECK(parse_error_bounded(kTrain, {{"model.n_layer", ","}}) ==
+        "--set model.n_layer=,: model.n_layer: malformed YAML value: unexpected ',' outside a "
+        "[list] or {mapping}");
+  // Commas where YAML allows them still parse.
+  CHECK(parse_error_bounded("[,]") ==
+        "cfg.yaml:1:1: expected a mapping of sections (run, data, model, ...), got a list");
+  CHECK(parse(kTrain + "run:\n  dir: \"a, b\"\n").run.dir == "/base/a, b");
 }
 
 TEST_CASE("config: unknown keys and sections name the nearest valid key") {

@@ -5,11 +5,10 @@
 #include "common/net/tcp_transport.hpp"
 #include "common/proto/codec.hpp"
 #include "support/log_capture.hpp"
+#include "support/raw_socket.hpp"
 
 #include <doctest/doctest.h>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -22,6 +21,8 @@
 using namespace ptrain;
 using namespace ptrain::net;
 using namespace std::chrono_literals;
+using test::closed_within;
+using test::dial;
 
 namespace {
 
@@ -76,31 +77,6 @@ TEST_CASE("tcp hardening: a wrong secret is named on both sides at once - not a 
   client.close();
   server->close();
 }
-
-namespace {
-
-int dial(const std::string& host_port) {
-  const auto colon = host_port.rfind(':');
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(std::stoi(host_port.substr(colon + 1))));
-  inet_pton(AF_INET, host_port.substr(0, colon).c_str(), &a.sin_addr);
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  return fd;
-}
-
-bool closed_within(int fd, std::chrono::milliseconds limit) {
-  timeval tv{static_cast<time_t>(limit.count() / 1000),
-             static_cast<suseconds_t>((limit.count() % 1000) * 1000)};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  char c;
-  const ssize_t n = ::recv(fd, &c, 1, 0);
-  return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
-}
-
-}  // namespace
 
 TEST_CASE("tcp hardening: a flood of idle connections is capped - a real peer still gets in") {
   test::LogCapture log;

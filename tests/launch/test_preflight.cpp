@@ -7,8 +7,10 @@
 #include "common/error.hpp"
 #include "common/io/checkpoint_format.hpp"
 #include "common/io/token_file.hpp"
+#include "coordinator/start_state.hpp"
 #include "launch/preflight.hpp"
 #include "support/job_test_util.hpp"
+#include "support/log_capture.hpp"
 #include "support/ptrain_process.hpp"
 
 #include <doctest/doctest.h>
@@ -64,6 +66,21 @@ TEST_CASE("preflight: the memory estimate names run.max_memory and the keys behi
   CHECK(available_memory() > 0);
 }
 
+namespace {
+
+// A checkpoint at `path` written by a run of `written_by` (its layout and stored config), at `step`.
+void write_resume_checkpoint(const std::string& path, const Config& written_by, int64_t step) {
+  const ParamLayout layout = layout_for(written_by);
+  CheckpointData d;
+  d.params.assign(static_cast<size_t>(layout.total()), 0.5f);
+  d.meta.step = step;
+  d.meta.config_yaml = written_by.to_yaml();
+  d.meta.tokenizer_json = "{}";
+  write_checkpoint_file(path, layout, d);
+}
+
+}  // namespace
+
 TEST_CASE("preflight: token files - resume checkpoint - writable folders") {
   TempDir dir("preflight-inputs");
   const Config good = small_config(dir);
@@ -79,17 +96,27 @@ TEST_CASE("preflight: token files - resume checkpoint - writable folders") {
   SUBCASE("a resume checkpoint written for another model") {
     Config other = good;
     other.model.n_embd = 16;
-    const ParamLayout layout = layout_for(other);
-    CheckpointData d;
-    d.params.assign(static_cast<size_t>(layout.total()), 0.5f);
-    d.meta.config_yaml = other.to_yaml();
-    d.meta.tokenizer_json = "{}";
     const std::string ckpt = dir / "other.h5";
-    write_checkpoint_file(ckpt, layout, d);
+    write_resume_checkpoint(ckpt, other, 0);
     Config c = good;
     c.checkpoint.resume = ckpt;
     CHECK_THROWS_WITH_AS(preflight_job(c), doctest::Contains("different model config"),
                          CheckpointError);
+  }
+  SUBCASE("a compatible resume checkpoint: checked silently - the coordinator reports it once") {
+    Config before = good;
+    before.train.steps = good.train.steps + 7;  // a difference a resume allows, and reports
+    const std::string ckpt = dir / "same.h5";
+    write_resume_checkpoint(ckpt, before, 2);
+    Config c = good;
+    c.checkpoint.resume = ckpt;
+    test::LogCapture log;
+    preflight_job(c);
+    CHECK(log.count("train.steps") == 0);
+    const StartState st = load_start_state(c, layout_for(good));
+    CHECK(st.step == 2);
+    CAPTURE(log.all());
+    CHECK(log.count("resume: train.steps") == 1);
   }
   SUBCASE("a checkpoint folder that cannot be made") {
     Config c = good;
