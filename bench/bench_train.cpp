@@ -331,6 +331,12 @@ int run_bench_train(const BenchTrainOptions& o) {
   const double flops_per_token = 6.0 * static_cast<double>(layout.total()) +
                                  12.0 * static_cast<double>(dims.L * T * dims.C);
   const double gflops = flops_per_token * tokens_per_s / 1e9;
+  // On a GPU: MFU against the chip's dense bf16 product rate, measured now on the same device
+  // (cuBLASLt, 8192³), for the whole step and for the worker's forward+backward alone.
+  const DeviceInfo dev = device_info(*backend, 8192);
+  const double peak = dev.bf16_matmul_flops;
+  const double mfu = peak > 0 ? gflops * 1e9 / peak : 0.0;
+  const double mfu_fb = peak > 0 && fb > 0 ? flops_per_token * tokens_per_step / (fb / k) / peak : 0.0;
   if (timing) {
     spdlog::info("per-op time per step, {} timed steps: {:32s} {:>9s} {:>6s} {:>9s}", timed.size(),
                  "op", "wall ms", "wall%", "cpu ms");
@@ -368,6 +374,11 @@ int run_bench_train(const BenchTrainOptions& o) {
         {"optimizer_ms", up / k * 1e3},
         {"tokens_per_s", tokens_per_s},
         {"gflops", gflops},
+        {"device_bf16_peak_tflops", peak / 1e12},
+        {"mfu", mfu},
+        {"mfu_fwd_bwd", mfu_fb},
+        {"device_memory_used_bytes", dev.memory_used},
+        {"device_memory_total_bytes", dev.memory_total},
         {"loss", last.loss},
         {"grad_norm", last.grad_norm},
         {"clip_coef", last.clip_coef},
@@ -395,6 +406,14 @@ int run_bench_train(const BenchTrainOptions& o) {
     std::printf("  last step   loss %.4f, gradient norm %.4f, clip %.4f, lr %.3e\n", last.loss,
                 last.grad_norm, static_cast<double>(last.clip_coef), last.lr);
     std::printf("  threads     %d\n", backend->threads());
+    if (dev.is_device) {
+      std::printf("  device      bf16 product peak %.1f TFLOP/s (measured now, cuBLASLt 8192^3); "
+                  "memory %.2f of %.2f GiB in use\n",
+                  peak / 1e12, static_cast<double>(dev.memory_used) / (1 << 30),
+                  static_cast<double>(dev.memory_total) / (1 << 30));
+      std::printf("  MFU         %.1f%% of the step, %.1f%% of forward+backward\n", 100.0 * mfu,
+                  100.0 * mfu_fb);
+    }
   }
   return 0;
 }

@@ -22,6 +22,7 @@ enum class ExitCode : int {
   kNumeric = 7,    // NaN/Inf during training
   kNotImplemented = 8,
   kInterrupted = 9,
+  kDevice = 10,    // compute device unusable or failed (no driver, no GPU, a CUDA/cuBLAS error)
 };
 
 class Error : public std::runtime_error {
@@ -47,6 +48,7 @@ PTRAIN_DEFINE_ERROR(CheckpointError, kCheckpoint)
 PTRAIN_DEFINE_ERROR(NumericError, kNumeric)
 PTRAIN_DEFINE_ERROR(NotImplementedError, kNotImplemented)
 PTRAIN_DEFINE_ERROR(InternalError, kInternal)
+PTRAIN_DEFINE_ERROR(DeviceError, kDevice)
 #undef PTRAIN_DEFINE_ERROR
 
 }  // namespace ptrain

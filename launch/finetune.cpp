@@ -175,7 +175,8 @@ FinetuneResult run_finetune(const Config& config) {
   const UpdateRule rule = update_rule_for(opt, layout, {0, layout.total()});
   const int threads = threads_per_role(config.run.threads, 1);
   omp_set_num_threads(threads);
-  std::unique_ptr<Backend> be = make_backend(device_type_name(config.device.type), threads);
+  std::unique_ptr<Backend> be = make_backend(device_type_name(config.device.type),
+                                               backend_options(config.device, threads));
   Bert bert(layout, *be, B);
   GptState state(layout, *be);
 

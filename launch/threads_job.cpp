@@ -155,6 +155,7 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
     wo.seed = config.run.seed;
     wo.threads = threads_per_role(config.run.threads, W);
     wo.device = device_type_name(config.device.type);
+    wo.device_config = config.device;
     wo.make_backend = options.make_backend;
     wo.timeout = options.timeout;
     threads_.emplace_back([&failure, &fabric, &layout, &ranges, wo]() {

@@ -47,6 +47,7 @@ void run_worker_process(const WorkerProcessOptions& o, net::Secret secret) {
   wo.seed = cfg.run.seed;
   wo.threads = o.threads > 0 ? o.threads : threads_per_role(cfg.run.threads, 1);
   wo.device = o.device.empty() ? device_type_name(cfg.device.type) : o.device;
+  wo.device_config = cfg.device;
   wo.leave_requested = o.leave_requested;
   wo.fault_phase = o.fault_phase;
   wo.fault_step = o.fault_step;

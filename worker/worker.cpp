@@ -43,7 +43,8 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
   const int threads = std::max(1, o.threads);
   omp_set_num_threads(threads);
   std::unique_ptr<Backend> backend =
-      o.make_backend ? o.make_backend(threads) : make_backend(o.device, threads);
+      o.make_backend ? o.make_backend(threads)
+                     : make_backend(o.device, backend_options(o.device_config, threads));
   TrainStep train(layout, *backend, o.micro_batch, o.seed);
   TokenFile file = TokenFile::open(o.train_path);
   BatchLoader loader(file, layout.dims().T);

@@ -13,6 +13,7 @@
 // The model never sees the network: it fills a gradient buffer; this loop decides what to send.
 #pragma once
 
+#include "common/config/config.hpp"
 #include "common/net/transport.hpp"
 #include "common/proto/messages.hpp"
 #include "common/tensor/param_layout.hpp"
@@ -36,10 +37,11 @@ struct WorkerOptions {
   uint64_t seed = 0;         // run.seed: keys BERT's masks (common/data/mlm.hpp)
   int threads = 1;           // OpenMP/OpenBLAS threads of this worker (set in its thread)
   std::string device = "cpu";  // compute device (worker/backend/backend_factory.hpp)
+  DeviceConfig device_config;  // the config's device section: precision, allow_tf32 (not type)
   // Longest wait for the coordinator's next message or for weights (a peer that is gone).
   std::chrono::milliseconds timeout{std::chrono::hours(1)};
   // Test hook: builds the compute backend instead of `device` (e.g. a fake device backend);
-  // empty = make_backend(device, threads).
+  // empty = make_backend(device, backend_options(device_config, threads)).
   std::function<std::unique_ptr<Backend>(int threads)> make_backend;
   // Polled between messages; true = leave the job at the next step boundary. Empty = never.
   std::function<bool()> leave_requested;

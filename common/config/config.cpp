@@ -43,8 +43,8 @@ namespace {
 
 // A typed pointer into a Config. Every std::string key is a path (or one of its key's words).
 using FieldRef =
-    std::variant<int64_t*, int*, uint64_t*, double*, std::string*, Launch*, DataTransport*,
-                 SyncMode*, DeviceType*, ModelArch*>;
+    std::variant<int64_t*, int*, uint64_t*, double*, bool*, std::string*, Launch*, DataTransport*,
+                 SyncMode*, DeviceType*, DevicePrecision*, ModelArch*>;
 
 template <auto Section, auto Member>
 FieldRef field(Config& c) {
@@ -93,6 +93,8 @@ const Key kKeys[] = {
     {"model.n_embd", field<&Config::model, &ModelConfig::n_embd>, within(1, 0x1p17)},
     {"model.num_labels", field<&Config::model, &ModelConfig::num_labels>, within(0, 0x1p20)},
     {"device.type", field<&Config::device, &DeviceConfig::type>},
+    {"device.precision", field<&Config::device, &DeviceConfig::precision>},
+    {"device.allow_tf32", field<&Config::device, &DeviceConfig::allow_tf32>},
     {"train.steps", field<&Config::train, &TrainConfig::steps>, at_least(1)},
     {"train.batch_size", field<&Config::train, &TrainConfig::batch_size>, within(1, 0x1p24)},
     {"train.micro_batch", field<&Config::train, &TrainConfig::micro_batch>, within(1, 0x1p24)},
@@ -154,7 +156,12 @@ constexpr Choice<SyncMode> kSyncChoices[] = {{SyncMode::kBsp, "bsp", true},
                                              {SyncMode::kSsp, "ssp", false},
                                              {SyncMode::kAsync, "async", false}};
 constexpr Choice<DeviceType> kDeviceChoices[] = {{DeviceType::kCpu, "cpu", true},
-                                                 {DeviceType::kCuda, "cuda", false}};
+                                                 {DeviceType::kCuda, "cuda", PTRAIN_HAS_CUDA != 0}};
+constexpr Choice<DevicePrecision> kPrecisionChoices[] = {{DevicePrecision::kFp32, "fp32", true},
+                                                         {DevicePrecision::kBf16, "bf16", true}};
+std::span<const Choice<DevicePrecision>> choices_for(const DevicePrecision*) {
+  return kPrecisionChoices;
+}
 constexpr Choice<ModelArch> kArchChoices[] = {{ModelArch::kGpt, "gpt", true},
                                               {ModelArch::kBert, "bert", true}};
 std::span<const Choice<ModelArch>> choices_for(const ModelArch*) { return kArchChoices; }
@@ -277,6 +284,8 @@ std::string expected_kind(const Key& key, FieldRef ref) {
         using T = std::remove_pointer_t<decltype(p)>;
         if constexpr (std::is_same_v<T, double>) {
           return "a number";
+        } else if constexpr (std::is_same_v<T, bool>) {
+          return "true or false";
         } else if constexpr (std::is_same_v<T, uint64_t>) {
           return "a non-negative integer";
         } else if constexpr (std::is_integral_v<T>) {
@@ -310,6 +319,9 @@ void assign(const Key& key, Config& cfg, const std::optional<std::string>& text,
             auto v = parse_double(*text);
             if (!v) bad();
             *p = *v;
+          } else if constexpr (std::is_same_v<T, bool>) {
+            if (*text != "true" && *text != "false") bad();
+            *p = *text == "true";
           } else if constexpr (std::is_integral_v<T>) {
             if (has_word(key, *text)) {
               *p = 0;
@@ -344,7 +356,9 @@ std::string check_key(const Key& key, Config& cfg) {
   return std::visit(
       [&](auto* p) -> std::string {
         using T = std::remove_pointer_t<decltype(p)>;
-        if constexpr (std::is_arithmetic_v<T>) {
+        if constexpr (std::is_same_v<T, bool>) {
+          return "";
+        } else if constexpr (std::is_arithmetic_v<T>) {
           if (!key.words[0].empty() && *p == 0) return "";  // "auto"
           const double v = static_cast<double>(*p);
           const Bounds& b = key.bounds;
@@ -392,6 +406,8 @@ std::string format_value(const Key& key, FieldRef ref) {
           return has_word(key, *p) ? *p : yaml_quoted(*p);
         } else if constexpr (std::is_same_v<T, double>) {
           return fmt::format("{}", *p);  // shortest form that reads back to the same double
+        } else if constexpr (std::is_same_v<T, bool>) {
+          return *p ? "true" : "false";
         } else if constexpr (std::is_integral_v<T>) {
           return !key.words[0].empty() && *p == 0 ? std::string(key.words[0])
                                                   : fmt::format("{}", *p);

@@ -15,6 +15,9 @@ enum class Launch { kThreads, kProcesses, kMpi };
 enum class DataTransport { kAuto, kTcp, kMpi };
 enum class SyncMode { kBsp, kSsp, kAsync };
 enum class DeviceType { kCpu, kCuda };
+// What a device's matrix products read: fp32, or bf16 copies of their operands (fp32
+// accumulation and outputs; docs/cuda.md). The cpu backend computes in fp32 either way.
+enum class DevicePrecision { kFp32, kBf16 };
 enum class ModelArch { kGpt, kBert };
 
 // The config spelling of a device type ("cpu", "cuda"): what the worker's backend factory takes.
@@ -54,7 +57,9 @@ struct ModelConfig {
 };
 
 struct DeviceConfig {
-  DeviceType type = DeviceType::kCpu;  // each worker's compute device (`cuda`: not built yet)
+  DeviceType type = DeviceType::kCpu;  // each worker's compute device (`cuda`: when built with CUDA)
+  DevicePrecision precision = DevicePrecision::kFp32;  // matmul operands on a cuda device
+  bool allow_tf32 = false;  // fp32 products on a cuda device may use TF32 tensor cores
 
   bool operator==(const DeviceConfig&) const = default;
 };

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/config/config.hpp"
+#include "ptrain/build_config.hpp"
 #include "common/error.hpp"
 #include "common/util/fs.hpp"
 
@@ -335,8 +336,23 @@ TEST_CASE("config: values not built yet are refused with 'not implemented yet'")
   CHECK(starts_with(msg, "cfg.yaml:4:14: cluster.staleness: 2 is not implemented yet (valid now: 0"));
   CHECK(parse(kTrain).device.type == DeviceType::kCpu);
   CHECK(parse(kTrain + "device:\n  type: cpu\n").device.type == DeviceType::kCpu);
-  CHECK(parse_error(kTrain + "device:\n  type: cuda\n") ==
-        "cfg.yaml:4:9: device.type: 'cuda' is not implemented yet (valid now: cpu)");
+  if (PTRAIN_HAS_CUDA) {  // the config accepts it; the factory checks driver and GPU
+    CHECK(parse(kTrain + "device:\n  type: cuda\n").device.type == DeviceType::kCuda);
+  } else {
+    CHECK(parse_error(kTrain + "device:\n  type: cuda\n") ==
+          "cfg.yaml:4:9: device.type: 'cuda' is not implemented yet (valid now: cpu)");
+  }
+  {
+    const Config d = parse(kTrain + "device:\n  precision: bf16\n  allow_tf32: true\n");
+    CHECK(d.device.precision == DevicePrecision::kBf16);
+    CHECK(d.device.allow_tf32);
+    CHECK(parse(kTrain).device.precision == DevicePrecision::kFp32);
+    CHECK_FALSE(parse(kTrain).device.allow_tf32);
+  }
+  CHECK(parse_error(kTrain + "device:\n  precision: fp16\n") ==
+        "cfg.yaml:4:14: device.precision: expected one of fp32, bf16, got 'fp16'");
+  CHECK(parse_error(kTrain + "device:\n  allow_tf32: yes\n") ==
+        "cfg.yaml:4:15: device.allow_tf32: expected true or false, got 'yes'");
   CHECK(parse_error(kTrain + "device:\n  type: tpu\n") ==
         "cfg.yaml:4:9: device.type: expected one of cpu, cuda, got 'tpu'");
   CHECK(std::string(device_type_name(DeviceType::kCpu)) == "cpu");

@@ -4,6 +4,7 @@
 // worker's TrainStep and a whole threads job give bitwise the CPU backend's results on it, with
 // one upload of the weights and one download of the gradient per step.
 #include "common/error.hpp"
+#include "ptrain/build_config.hpp"
 #include "common/io/checkpoint_format.hpp"
 #include "common/tensor/gpt_init.hpp"
 #include "support/job_test_util.hpp"
@@ -347,18 +348,29 @@ TEST_CASE("fake device: a threads job on the fake device equals the CPU job bitw
   CHECK(bitwise_equal(ca.v, cb.v));
 }
 
-TEST_CASE("backend factory: cpu builds - cuda is not implemented yet - anything else names the valid ones") {
+TEST_CASE("backend factory: cpu builds - cuda says what is missing - anything else names the valid ones") {
   auto be = make_backend("cpu", 1);
   CHECK(be->host_accessible());
   CHECK(contains(be->name(), "cpu"));
   for (const std::string d : {"cuda", "cuda:0", "cuda:3"}) {
     CAPTURE(d);
     try {
-      make_backend(d, 1, "--device");
-      FAIL("accepted " << d);
-    } catch (const NotImplementedError& e) {
+      auto gpu = make_backend(d, 1, "--device");
+      // A machine with that GPU: the backend opens it.
+      CHECK(PTRAIN_HAS_CUDA);
+      CHECK(contains(gpu->name(), "cuda:"));
+      CHECK_FALSE(gpu->host_accessible());
+    } catch (const NotImplementedError& e) {  // a build without CUDA
+      CHECK_FALSE(PTRAIN_HAS_CUDA);
       CHECK(contains(e.what(), "--device '" + d + "'"));
       CHECK(contains(e.what(), "not implemented yet"));
+      CHECK(contains(e.what(), "no CUDA backend"));
+    } catch (const DeviceError& e) {  // CUDA built; no driver, no GPU, or no GPU with that number
+      CHECK(PTRAIN_HAS_CUDA);
+      CHECK(contains(e.what(), "--device '" + d + "'"));
+      CHECK((contains(e.what(), "no CUDA driver") || contains(e.what(), "no GPU") ||
+             contains(e.what(), "driver supports CUDA")));
+      CHECK(e.code() == ExitCode::kDevice);
     }
   }
   for (const std::string d : {"tpu", "", "CPU", "cuda:", "cuda:x", "cuda:-1"}) {

@@ -1,0 +1,36 @@
+// The CUDA backend's entry point for the backend factory, free of CUDA headers (the factory and
+// the rest of the worker compile without the toolkit's include paths). Only declared in a build
+// with CUDA (PTRAIN_HAS_CUDA); the class itself is in cuda_backend.hpp.
+#pragma once
+
+#include "common/config/config.hpp"
+#include "worker/model/backend.hpp"
+
+#include <memory>
+#include <string>
+#include <utility>
+
+namespace ptrain {
+
+struct CudaBackendOptions {
+  int device = 0;  // the N of cuda:N (CUDA's device numbering, after CUDA_VISIBLE_DEVICES)
+  DevicePrecision precision = DevicePrecision::kFp32;
+  bool allow_tf32 = false;  // fp32 products may use TF32 tensor cores
+};
+
+// Opens GPU `options.device`. Throws DeviceError saying which of these failed: no usable CUDA
+// driver, no GPU, no GPU with that number, a GPU older than the build's architectures.
+// `origin` ("--device", "device.type") starts every message.
+std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options,
+                                           const std::string& origin);
+
+// Whether `backend` was made by make_cuda_backend.
+bool is_cuda_backend(const Backend& backend);
+// For `backend` made by make_cuda_backend (else InternalError): the GPU's dense bf16 matrix
+// product rate measured now — cuBLASLt, an n×n·n×n product with bf16 inputs and fp32
+// accumulation and output, best of 5 timed runs after 2 untimed — in FLOP/s.
+double cuda_bf16_matmul_peak(Backend& backend, int64_t n);
+// Device memory of the backend's GPU: bytes in use (all processes) and total.
+std::pair<size_t, size_t> cuda_memory(Backend& backend);
+
+}  // namespace ptrain
