@@ -7,6 +7,7 @@
 #include "common/net/host_port.hpp"
 #include "common/net/mpi_transport.hpp"
 #include "common/net/tcp_transport.hpp"
+#include "common/proto/bf16.hpp"
 #include "common/proto/codec.hpp"
 #include "common/tensor/param_layout.hpp"
 
@@ -182,6 +183,12 @@ void wait_go() {
   if (read(0, &g, 1) != 1) throw IoError("bench ps-peer: no go signal (the orchestrator is gone)");
 }
 
+proto::FloatEncoding encoding_of(const std::string& dtype) {
+  if (dtype == "fp32") return proto::FloatEncoding::kFp32;
+  if (dtype == "bf16") return proto::FloatEncoding::kBf16;
+  throw UsageError(fmt::format("bench ps: --wire-dtype takes fp32 and/or bf16, not '{}'", dtype));
+}
+
 void serve(const BenchPsPeerOptions& o, net::Transport& t);
 void work(const BenchPsPeerOptions& o, net::Transport& t, const std::function<void()>& start);
 
@@ -208,14 +215,21 @@ int run_server(const BenchPsPeerOptions& o) {
 // A server's rounds over any transport: counts pushes, answers pulls once a round is complete.
 void serve(const BenchPsPeerOptions& o, net::Transport& t) {
   const proto::KeyRange range = ranges_of(o.floats, o.servers)[static_cast<size_t>(o.id)];
-  std::vector<float> weights(static_cast<size_t>(range.size()), 0.5f);
+  const proto::FloatEncoding enc = encoding_of(o.wire_dtype);
+  const auto n = static_cast<size_t>(range.size());
+  std::vector<float> weights(n, 0.5f);
+  // bf16: as a parameter server does, the weights of each version rounded once (per round here)
+  // and every reply of that version borrowed from there.
+  std::vector<float> packed(enc == proto::FloatEncoding::kBf16 ? proto::bf16_packed_size(n) : 0);
+  int64_t packed_round = -1;
   std::vector<int> pushes(static_cast<size_t>(o.rounds), 0);
   std::vector<std::pair<net::Endpoint, proto::PullRequest>> waiting;
   int done = 0;
   // As a parameter server does: a gradient slot per worker, where its next push is received
   // in place; replies borrow the weights (flushed before the loop goes on).
-  std::vector<std::vector<float>> slots(static_cast<size_t>(o.workers),
-                                        std::vector<float>(static_cast<size_t>(range.size())));
+  std::vector<std::vector<float>> slots(
+      static_cast<size_t>(o.workers),
+      std::vector<float>(static_cast<size_t>(proto::encoded_size(enc, range.size()))));
   auto post_slot = [&](int32_t w, int64_t round) {
     if (round < o.rounds) {
       t.post_receive(net::worker_endpoint(w), proto::MessageType::kGradPush,
@@ -224,15 +238,24 @@ void serve(const BenchPsPeerOptions& o, net::Transport& t) {
   };
   for (int32_t w = 0; w < o.workers; ++w) post_slot(w, 0);
   auto answer = [&](const net::Endpoint& to, const proto::PullRequest& r) {
-    t.send(to, proto::PullReply{r.request_id, r.version, range,
-                                proto::FloatRange::borrow(weights)});
+    if (enc == proto::FloatEncoding::kBf16) {
+      if (packed_round != r.version) {
+        proto::pack_bf16(weights, packed);
+        packed_round = r.version;
+      }
+      t.send(to, proto::PullReply{r.request_id, r.version, range,
+                                  proto::FloatRange::borrow(packed), enc});
+    } else {
+      t.send(to, proto::PullReply{r.request_id, r.version, range,
+                                  proto::FloatRange::borrow(weights), enc});
+    }
   };
   while (done < o.workers) {
     auto env = t.receive(std::chrono::milliseconds(120'000));
     if (!env) throw IoError("bench ps server: no message for 120 s");
     if (auto* p = std::get_if<proto::GradPush>(&env->message)) {
-      PTRAIN_ENFORCE(p->range == range && p->step >= 0 && p->step < o.rounds &&
-                         p->worker_id >= 0 && p->worker_id < o.workers,
+      PTRAIN_ENFORCE(p->range == range && p->encoding == enc && p->step >= 0 &&
+                         p->step < o.rounds && p->worker_id >= 0 && p->worker_id < o.workers,
                      "bench ps server: unexpected push");
       post_slot(p->worker_id, p->step + 1);
       if (++pushes[static_cast<size_t>(p->step)] == o.workers) {
@@ -241,7 +264,8 @@ void serve(const BenchPsPeerOptions& o, net::Transport& t) {
         t.flush(std::chrono::milliseconds(120'000));
       }
     } else if (auto* r = std::get_if<proto::PullRequest>(&env->message)) {
-      PTRAIN_ENFORCE(r->version >= 0 && r->version < o.rounds, "bench ps server: bad version");
+      PTRAIN_ENFORCE(r->version >= 0 && r->version < o.rounds && r->encoding == enc,
+                     "bench ps server: bad version or encoding");
       if (pushes[static_cast<size_t>(r->version)] == o.workers) {
         answer(env->from, *r);
         t.flush(std::chrono::milliseconds(120'000));
@@ -282,8 +306,21 @@ int run_worker(const BenchPsPeerOptions& o) {
 // may go) to its last reply; prints "result T0 T1 BYTES".
 void work(const BenchPsPeerOptions& o, net::Transport& t, const std::function<void()>& start) {
   const auto ranges = ranges_of(o.floats, o.servers);
+  const proto::FloatEncoding enc = encoding_of(o.wire_dtype);
+  const bool bf16 = enc == proto::FloatEncoding::kBf16;
   std::vector<float> grads(static_cast<size_t>(o.floats), 0.25f);
   std::vector<float> weights(static_cast<size_t>(o.floats), 0.0f);
+  // bf16, as a worker's PsClient does: each server's slice rounded into a packed buffer before
+  // its push; replies received into packed buffers and widened into `weights`.
+  std::vector<size_t> off{0};
+  for (const auto& kr : ranges) {
+    off.push_back(off.back() + static_cast<size_t>(proto::encoded_size(enc, kr.size())));
+  }
+  std::vector<float> push_packed(bf16 ? off.back() : 0), pull_packed(bf16 ? off.back() : 0);
+  auto packed_slice = [&](std::vector<float>& v, int k) {
+    return std::span<float>(v).subspan(off[static_cast<size_t>(k)],
+                                       off[static_cast<size_t>(k) + 1] - off[static_cast<size_t>(k)]);
+  };
   start();
   int64_t bytes = 0;
   const int64_t t0 = mono_ns();
@@ -292,34 +329,43 @@ void work(const BenchPsPeerOptions& o, net::Transport& t, const std::function<vo
     // round goes on; each reply received straight into its slice of `weights`.
     for (int k = 0; k < o.servers; ++k) {
       const proto::KeyRange& kr = ranges[static_cast<size_t>(k)];
-      proto::GradPush p{r, 0, o.id, 1, kr,
-                        proto::FloatRange::borrow(std::span<const float>(grads).subspan(
-                            static_cast<size_t>(kr.begin), static_cast<size_t>(kr.size())))};
+      const auto slice = std::span<const float>(grads).subspan(static_cast<size_t>(kr.begin),
+                                                               static_cast<size_t>(kr.size()));
+      proto::GradPush p{r, 0, o.id, 1, kr, proto::FloatRange::borrow(slice), enc};
+      if (bf16) {
+        proto::pack_bf16(slice, packed_slice(push_packed, k));
+        p.grads = proto::FloatRange::borrow(packed_slice(push_packed, k));
+      }
       t.send(net::server_endpoint(k), p);
-      bytes += kr.size() * 4;
+      bytes += static_cast<int64_t>(p.grads.size()) * 4;
     }
     t.flush(std::chrono::milliseconds(120'000));
     for (int k = 0; k < o.servers; ++k) {
       const proto::KeyRange& kr = ranges[static_cast<size_t>(k)];
       const auto id = static_cast<uint64_t>(r * o.servers + k);
       t.post_receive(net::server_endpoint(k), proto::MessageType::kPullReply, id,
-                     std::span<float>(weights).subspan(static_cast<size_t>(kr.begin),
-                                                       static_cast<size_t>(kr.size())));
-      t.send(net::server_endpoint(k), proto::PullRequest{id, r, kr});
+                     bf16 ? packed_slice(pull_packed, k)
+                          : std::span<float>(weights).subspan(static_cast<size_t>(kr.begin),
+                                                              static_cast<size_t>(kr.size())));
+      t.send(net::server_endpoint(k), proto::PullRequest{id, r, kr, enc});
     }
     for (int got = 0; got < o.servers;) {
       auto env = t.receive(std::chrono::milliseconds(120'000));
       if (!env) throw IoError("bench ps worker: no reply for 120 s");
       auto* rep = std::get_if<proto::PullReply>(&env->message);
       if (rep == nullptr) continue;
-      PTRAIN_ENFORCE(rep->version == r &&
-                         static_cast<int64_t>(rep->weights.size()) == rep->range.size(),
+      PTRAIN_ENFORCE(rep->version == r && rep->encoding == enc &&
+                         static_cast<int64_t>(rep->weights.size()) ==
+                             proto::encoded_size(enc, rep->range.size()),
                      "bench ps worker: bad reply");
-      if (rep->weights.data() != weights.data() + rep->range.begin) {  // not received in place
-        std::memcpy(weights.data() + rep->range.begin, rep->weights.data(),
-                    rep->weights.size() * sizeof(float));
+      const auto to = std::span<float>(weights).subspan(static_cast<size_t>(rep->range.begin),
+                                                        static_cast<size_t>(rep->range.size()));
+      if (bf16) {
+        proto::unpack_bf16(rep->weights, to);
+      } else if (rep->weights.data() != to.data()) {  // not received in place
+        std::memcpy(to.data(), rep->weights.data(), rep->weights.size() * sizeof(float));
       }
-      bytes += rep->range.size() * 4;
+      bytes += static_cast<int64_t>(rep->weights.size()) * 4;
       ++got;
     }
   }
@@ -432,6 +478,7 @@ int run_raw_send(const BenchPsPeerOptions& o) {
 
 struct Measured {
   std::string transport = "tcp";
+  std::string wire_dtype = "fp32";
   int servers = 0, workers = 0;
   int64_t bytes = 0;
   double seconds = 0;
@@ -442,9 +489,11 @@ struct Measured {
   double ratio() const { return gbps() / raw_gbps(); }
 };
 
-std::vector<std::string> common_args(const BenchPsOptions& o, int S, int W) {
-  return {"bench", "ps-peer", "--servers", std::to_string(S), "--workers", std::to_string(W),
-          "--floats", std::to_string(o.floats), "--rounds", std::to_string(o.rounds)};
+std::vector<std::string> common_args(const BenchPsOptions& o, int S, int W,
+                                     const std::string& wire_dtype = "fp32") {
+  return {"bench",       "ps-peer", "--servers", std::to_string(S),
+          "--workers",   std::to_string(W), "--floats", std::to_string(o.floats),
+          "--rounds",    std::to_string(o.rounds), "--wire-dtype", wire_dtype};
 }
 
 void measure_ps(const BenchPsOptions& o, const fs::path& dir, const std::string& secret,
@@ -453,7 +502,7 @@ void measure_ps(const BenchPsOptions& o, const fs::path& dir, const std::string&
   const auto deadline = Clock::now() + std::chrono::seconds(60);
   std::vector<std::string> addrs;
   for (int k = 0; k < S; ++k) {
-    auto args = common_args(o, S, W);
+    auto args = common_args(o, S, W, m.wire_dtype);
     args.insert(args.end(), {"--role", "server", "--id", std::to_string(k), "--secret-file", secret});
     kids.push_back(spawn(o.ptrain_binary, args, (dir / fmt::format("server-{}.log", k)).string(),
                          fmt::format("server {}", k)));
@@ -462,7 +511,7 @@ void measure_ps(const BenchPsOptions& o, const fs::path& dir, const std::string&
   std::string joined;
   for (const auto& a : addrs) joined += (joined.empty() ? "" : ",") + a;
   for (int w = 0; w < W; ++w) {
-    auto args = common_args(o, S, W);
+    auto args = common_args(o, S, W, m.wire_dtype);
     args.insert(args.end(), {"--role", "worker", "--id", std::to_string(w), "--secret-file", secret,
                              "--server-addrs", joined});
     kids.push_back(spawn(o.ptrain_binary, args, (dir / fmt::format("worker-{}.log", w)).string(),
@@ -504,7 +553,7 @@ void measure_ps_mpi(const BenchPsOptions& o, const fs::path& dir, Measured& m,
   std::vector<std::string> args{"--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
                                 "--mca", "btl_vader_single_copy_mechanism", "none", "-n",
                                 std::to_string(S + W), binary};
-  const auto peer = common_args(o, S, W);
+  const auto peer = common_args(o, S, W, m.wire_dtype);
   args.insert(args.end(), peer.begin(), peer.end());
   args.insert(args.end(), {"--role", "mpi"});
   kids.push_back(spawn(PTRAIN_MPIEXEC, args, (dir / "mpirun.log").string(), "mpirun"));
@@ -576,6 +625,8 @@ int run_bench_ps(const BenchPsOptions& o) {
     }
   }
   if (o.transports.empty()) throw UsageError("bench ps: --transport needs tcp and/or mpi");
+  if (o.wire_dtypes.empty()) throw UsageError("bench ps: --wire-dtype needs fp32 and/or bf16");
+  for (const std::string& d : o.wire_dtypes) encoding_of(d);
   const int max_s = *std::max_element(o.servers.begin(), o.servers.end());
   if (o.floats < max_s || o.rounds < 1) {
     throw UsageError(fmt::format("bench ps: --floats must be >= {} and --rounds >= 1", max_s));
@@ -587,18 +638,23 @@ int run_bench_ps(const BenchPsOptions& o) {
   fs::permissions(dir, fs::perms::owner_all, fs::perm_options::replace);
   const std::string secret = (dir / "secret").string();
   net::write_secret_file(secret);
+  std::vector<std::pair<std::string, std::string>> planes;  // (transport, wire dtype)
+  for (const std::string& t : o.transports) {
+    for (const std::string& d : o.wire_dtypes) planes.emplace_back(t, d);
+  }
   std::vector<Measured> results;
   std::vector<Child> kids;
   try {
     for (int S : o.servers) {
       for (int W : o.workers) {
-        for (const std::string& transport : o.transports) {
+        for (const auto& [transport, dtype] : planes) {
           Measured m;
           m.transport = transport;
+          m.wire_dtype = dtype;
           m.servers = S;
           m.workers = W;
-          spdlog::info("bench ps: {} server(s) x {} worker(s), {} floats, {} round(s), {}", S, W,
-                       o.floats, o.rounds, transport);
+          spdlog::info("bench ps: {} server(s) x {} worker(s), {} floats, {} round(s), {}, {}", S,
+                       W, o.floats, o.rounds, transport, dtype);
           if (transport == "mpi") {
             measure_ps_mpi(o, dir, m, kids);
           } else {
@@ -625,6 +681,7 @@ int run_bench_ps(const BenchPsOptions& o) {
     nlohmann::json rows = nlohmann::json::array();
     for (const auto& m : results) {
       rows.push_back({{"transport", m.transport},
+                      {"wire_dtype", m.wire_dtype},
                       {"servers", m.servers},
                       {"workers", m.workers},
                       {"bytes", m.bytes},
@@ -636,17 +693,18 @@ int run_bench_ps(const BenchPsOptions& o) {
                       {"ratio", m.ratio()}});
     }
     nlohmann::json j = {{"bench", "ps"},   {"floats", o.floats}, {"rounds", o.rounds},
-                        {"transports", o.transports}, {"results", rows}};
+                        {"transports", o.transports}, {"wire_dtypes", o.wire_dtypes},
+                        {"results", rows}};
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("bench ps: %lld floats (%.1f MB), %d round(s), one machine (TCP: loopback; MPI: "
                 "shared memory); bytes = payload pushed + pulled; raw = a plain TCP copy\n",
                 static_cast<long long>(o.floats), static_cast<double>(o.floats) * 4 / 1e6, o.rounds);
-    std::printf("  %9s %7s %7s %14s %9s %8s %9s %8s %7s\n", "transport", "servers", "workers",
-                "bytes", "seconds", "GB/s", "raw s", "raw GB/s", "ratio");
+    std::printf("  %9s %5s %7s %7s %14s %9s %8s %9s %8s %7s\n", "transport", "wire", "servers",
+                "workers", "bytes", "seconds", "GB/s", "raw s", "raw GB/s", "ratio");
     for (const auto& m : results) {
-      std::printf("  %9s %7d %7d %14lld %9.3f %8.3f %9.3f %8.3f %6.0f%%\n", m.transport.c_str(),
-                  m.servers, m.workers,
+      std::printf("  %9s %5s %7d %7d %14lld %9.3f %8.3f %9.3f %8.3f %6.0f%%\n",
+                  m.transport.c_str(), m.wire_dtype.c_str(), m.servers, m.workers,
                   static_cast<long long>(m.bytes), m.seconds, m.gbps(), m.raw_seconds,
                   m.raw_gbps(), 100 * m.ratio());
     }

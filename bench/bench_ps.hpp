@@ -14,6 +14,10 @@
 // optimizer): this measures the transport.
 //
 // bytes = W · rounds · 2 · N · 4 (payload floats pushed + pulled; frame headers not counted).
+// With --wire-dtype bf16 (cluster.wire_dtype) the floats travel packed, two bf16 per 4 bytes
+// (common/proto/bf16.hpp): bytes = W · rounds · 2 · ceil(N/2) · 4, and the time includes what a
+// real job pays for it — the worker rounds each push and widens each reply, the server rounds
+// its weights once per round — so the bf16 row's seconds compare directly with the fp32 row's.
 // seconds = from the common "go" to the last worker's last reply (CLOCK_MONOTONIC, shared by
 // the processes of one machine). The raw baseline moves the same byte count sender → receiver.
 #pragma once
@@ -36,6 +40,8 @@ struct BenchPsOptions {
   // Data planes to measure, each in the same run: "tcp" (peer processes over loopback TCP) and
   // "mpi" (the same peers as the ranks of one mpirun job, over the MPI transport).
   std::vector<std::string> transports{"tcp"};
+  // Encodings of the pushed and pulled floats, each measured in the same run: "fp32", "bf16".
+  std::vector<std::string> wire_dtypes{"fp32"};
 };
 
 // Prints a table (or one JSON object with --json) on stdout. Returns 0; throws UsageError for
@@ -54,6 +60,7 @@ struct BenchPsPeerOptions {
   std::string server_addrs;  // worker: comma-separated HOST:PORT of servers 0..S-1
   std::string raw_addr;      // raw-send: HOST:PORT of the receiver
   int64_t raw_bytes = 0;     // raw-send / raw-recv
+  std::string wire_dtype = "fp32";  // server/worker/mpi: "fp32" or "bf16"
 };
 int run_bench_ps_peer(const BenchPsPeerOptions& options);
 

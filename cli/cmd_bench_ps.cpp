@@ -21,6 +21,11 @@ void add_bench_ps_commands(CLI::App* bench, Action& action) {
   ps->add_option("--transport", a->transports,
                  "Data planes to measure in the same run: tcp (default), mpi, or tcp,mpi")
       ->delimiter(',');
+  ps->add_option("--wire-dtype", a->wire_dtypes,
+                 "Encodings of the pushed and pulled floats, each measured in the same run: fp32 "
+                 "(default), bf16 (cluster.wire_dtype: packed, half the bytes; the rounding and "
+                 "widening are timed), or fp32,bf16")
+      ->delimiter(',');
   ps->add_flag("--json", a->json, "Print one JSON object on stdout");
   ps->callback([&action, a] { action = [a] { return run_bench_ps(*a); }; });
 
@@ -37,6 +42,7 @@ void add_bench_ps_commands(CLI::App* bench, Action& action) {
   peer->add_option("--server-addrs", p->server_addrs);
   peer->add_option("--raw-addr", p->raw_addr);
   peer->add_option("--raw-bytes", p->raw_bytes);
+  peer->add_option("--wire-dtype", p->wire_dtype);
   peer->callback([&action, p] { action = [p] { return run_bench_ps_peer(*p); }; });
 }
 

@@ -91,6 +91,9 @@ class CoordinatorRun {
   void broadcast_shutdown(const std::string& reason);
   void init_status();
   void update_status(int64_t step, double step_s);
+  // The last step's phases: the workers' pull, compute and push averaged over the workers that
+  // reported it, and the coordinator's wait (last_wait_s_).
+  StepSeconds step_phases() const;
   void status_event(const std::string& text);
   void write_report(bool finished);
   std::vector<MemberStatus> status_members(int64_t step) const;
@@ -133,7 +136,9 @@ class CoordinatorRun {
   double interval_accuracy_sum_ = 0.0;  // masked-LM accuracy (BERT), over the steps that have one
   int64_t interval_accuracy_steps_ = 0;
   double interval_step_s_sum_ = 0.0;
+  StepSeconds interval_phase_sum_;
   int64_t interval_steps_ = 0;
+  uint64_t bytes_at_last_status_ = 0;  // data_plane_bytes() at the previous step's status
   uint64_t bytes_at_last_log_ = 0;  // and tokens: the span of bytes_per_token (evaluations included)
   int64_t tokens_at_last_line_ = 0;
   double elapsed_before_ = 0.0;  // training time of earlier attempts (train.jsonl, on resume)
@@ -562,6 +567,11 @@ bool CoordinatorRun::run_step(int64_t t) {
       ++interval_accuracy_steps_;
     }
     interval_step_s_sum_ += step_s;
+    const StepSeconds phases = step_phases();
+    interval_phase_sum_.compute += phases.compute;
+    interval_phase_sum_.push += phases.push;
+    interval_phase_sum_.wait += phases.wait;
+    interval_phase_sum_.pull += phases.pull;
     ++interval_steps_;
     update_status(t + 1, step_s);
     return true;
@@ -610,6 +620,8 @@ void CoordinatorRun::log_step(int64_t step) {
   const int64_t tokens = summary_.tokens_seen - tokens_at_last_log_;
   r.tokens_per_s = dt > 0 ? static_cast<double>(tokens) / dt : 0.0;
   r.step_s = interval_step_s_sum_ / n;
+  r.phase_s = {interval_phase_sum_.compute / n, interval_phase_sum_.push / n,
+               interval_phase_sum_.wait / n, interval_phase_sum_.pull / n};
   const uint64_t bytes = data_plane_bytes();
   const int64_t line_tokens = summary_.tokens_seen - tokens_at_last_line_;
   // A worker that restarts counts from zero again: never a negative span.
@@ -627,6 +639,7 @@ void CoordinatorRun::log_step(int64_t step) {
   bytes_at_last_log_ = bytes;
   tokens_at_last_line_ = summary_.tokens_seen;
   interval_loss_sum_ = interval_step_s_sum_ = interval_accuracy_sum_ = 0.0;
+  interval_phase_sum_ = {};
   interval_steps_ = interval_accuracy_steps_ = 0;
 }
 
@@ -820,13 +833,7 @@ void CoordinatorRun::status_event(const std::string& text) {
   if (o_.status != nullptr) o_.status->update([&](JobStatus& s) { add_status_event(s, text); });
 }
 
-void CoordinatorRun::update_status(int64_t step, double step_s) {
-  if (o_.status == nullptr) return;
-  const auto now = Clock::now();
-  const double loss = machine_.loss();
-  const std::optional<double> accuracy = machine_.accuracy();
-  const double tps = step_s > 0 ? static_cast<double>(last_step_tokens_) / step_s : 0.0;
-  // Phase times: the workers' view of this step, averaged over the workers that reported it.
+StepSeconds CoordinatorRun::step_phases() const {
   StepSeconds phases;
   const auto& reports = machine_.reports();
   for (const auto& [id, d] : reports) {
@@ -841,6 +848,23 @@ void CoordinatorRun::update_status(int64_t step, double step_s) {
     phases.pull /= n;
   }
   phases.wait = last_wait_s_;
+  return phases;
+}
+
+void CoordinatorRun::update_status(int64_t step, double step_s) {
+  if (o_.status == nullptr) return;
+  const auto now = Clock::now();
+  const double loss = machine_.loss();
+  const std::optional<double> accuracy = machine_.accuracy();
+  const double tps = step_s > 0 ? static_cast<double>(last_step_tokens_) / step_s : 0.0;
+  const StepSeconds phases = step_phases();
+  // A worker that restarts counts from zero again: never a negative span.
+  const uint64_t bytes = data_plane_bytes();
+  const uint64_t step_bytes = bytes >= bytes_at_last_status_ ? bytes - bytes_at_last_status_ : bytes;
+  bytes_at_last_status_ = bytes;
+  const double bytes_per_token = last_step_tokens_ > 0 ? static_cast<double>(step_bytes) /
+                                                             static_cast<double>(last_step_tokens_)
+                                                       : std::nan("");
   // Byte counters are per worker since it started: the job's total sums every worker's last.
   uint64_t pushed = 0, pulled = 0;
   for (const auto& [id, d] : worker_done_) {
@@ -888,6 +912,7 @@ void CoordinatorRun::update_status(int64_t step, double step_s) {
     s.bytes_pushed_total = pushed;
     s.bytes_pulled_total = pulled;
     s.step_seconds = phases;
+    s.bytes_per_token = bytes_per_token;
     s.tokens_total = tokens_total;
     s.lr = lr;
     s.grad_norm = grad_norm;

@@ -58,6 +58,10 @@ void RunLog::step(const StepRecord& r) {
   j["tokens_per_s"] = r.tokens_per_s;
   j["step_s"] = r.step_s;
   j["bytes_per_token"] = r.bytes_per_token;
+  j["compute_s"] = r.phase_s.compute;
+  j["push_s"] = r.phase_s.push;
+  j["wait_s"] = r.phase_s.wait;
+  j["pull_s"] = r.phase_s.pull;
   j["elapsed_s"] = r.elapsed_s;
   j["time"] = iso8601_now();
   write_line(j.dump());

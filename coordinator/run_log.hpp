@@ -1,9 +1,10 @@
 // What a run reports: RUN_DIR/train.jsonl (docs/formats.md: one JSON object per logged step —
 // step, loss (mean over the steps since the previous line), lr, grad_norm, clipped, tokens,
-// tokens_per_s, step_s, bytes_per_token, elapsed_s, time — and per evaluation — step, val_loss,
-// val_ppl, elapsed_s, time — each line written and flushed as it happens) and a progress line on
-// stderr. A resumed run keeps the lines up to its resume step, drops the later ones (steps the
-// checkpoint does not hold, which the run is about to redo) and continues elapsed_s from there.
+// tokens_per_s, step_s, bytes_per_token, compute_s, push_s, wait_s, pull_s, elapsed_s, time — and
+// per evaluation — step, val_loss, val_ppl, elapsed_s, time — each line written and flushed as
+// it happens) and a progress line on stderr. A resumed run keeps the lines up to its resume step,
+// drops the later ones (steps the checkpoint does not hold, which the run is about to redo) and
+// continues elapsed_s from there.
 #pragma once
 
 #include <chrono>
@@ -28,6 +29,12 @@ struct StepRecord {
   // Masked-LM accuracy (BERT) of the same steps as `loss`, their mean; absent for GPT runs (no
   // "accuracy" key is written).
   std::optional<double> accuracy;
+  // Mean seconds per step in each phase, same span (written as compute_s, push_s, wait_s, pull_s):
+  // the workers' pull, compute and push (averaged over workers) and the wait from a worker's
+  // report to the step applied on every server.
+  struct Phases {
+    double compute = 0.0, push = 0.0, wait = 0.0, pull = 0.0;
+  } phase_s;
 };
 
 class RunLog {

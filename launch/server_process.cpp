@@ -53,6 +53,7 @@ void run_server_process(const ServerProcessOptions& o, net::Secret secret) {
   so.omp_threads = o.threads > 0 ? o.threads : threads_per_role(cfg.run.threads, 1);
   so.server.write_shard = make_shard_writer(layout, id, cfg.cluster.servers, so.server.range);
   so.server.load_shard = make_shard_loader(layout, so.server.range);
+  so.server.push_encoding = wire_encoding(cfg.cluster);
   UpdateRule rule = update_rule_for(cfg, layout, so.server.range);
   const std::unique_ptr<net::Transport> transport =
       o.data_plane ? o.data_plane(net::server_endpoint(id), node)

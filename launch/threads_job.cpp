@@ -138,6 +138,7 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
     so.omp_threads = threads_per_role(config.run.threads, S);
     so.server.write_shard = make_shard_writer(layout, so.server.server_id, S, so.server.range);
     so.server.load_shard = make_shard_loader(layout, so.server.range);
+    so.server.push_encoding = wire_encoding(config.cluster);
     UpdateRule rule = update_rule_for(config, layout, so.server.range);
     threads_.emplace_back([&failure, &fabric, so, rule = std::move(rule)]() mutable {
       failure.guard(fmt::format("server {}", so.server.server_id), [&] {
@@ -158,6 +159,7 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
     wo.device_config = config.device;
     wo.make_backend = options.make_backend;
     wo.timeout = options.timeout;
+    wo.wire_encoding = wire_encoding(config.cluster);
     threads_.emplace_back([&failure, &fabric, &layout, &ranges, wo]() {
       failure.guard(fmt::format("worker {}", wo.worker_id), [&] {
         net::InprocTransport t(net::worker_endpoint(wo.worker_id), fabric);

@@ -11,6 +11,7 @@
 #pragma once
 
 #include "common/config/config.hpp"
+#include "common/proto/messages.hpp"
 #include "coordinator/coordinator.hpp"
 
 #include <chrono>
@@ -42,6 +43,12 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
 // number of workers (or servers) it starts on this machine; a role started by hand passes 1 (all
 // cores). Servers and workers each get the share of their kind: servers compute while workers wait.
 int threads_per_role(int64_t configured, int64_t roles_sharing);
+
+// cluster.wire_dtype as the encoding of pushes and pull replies (every launch, every role).
+inline proto::FloatEncoding wire_encoding(const ClusterConfig& c) {
+  return c.wire_dtype == WireDtype::kBf16 ? proto::FloatEncoding::kBf16
+                                          : proto::FloatEncoding::kFp32;
+}
 
 // For `ptrain run` (both launches): a warning when run.threads asks for more compute threads at
 // once than this machine has cores — W workers (or S servers) × run.threads — since busy-waiting

@@ -51,6 +51,7 @@ void run_worker_process(const WorkerProcessOptions& o, net::Secret secret) {
   wo.leave_requested = o.leave_requested;
   wo.fault_phase = o.fault_phase;
   wo.fault_step = o.fault_step;
+  wo.wire_encoding = wire_encoding(cfg.cluster);
   spdlog::info("worker {}: connected to {} server(s), device {}, {} thread(s)", id, S, wo.device,
                wo.threads);
   const std::unique_ptr<net::Transport> transport =

@@ -1,6 +1,7 @@
 #include "paramserver/aggregator.hpp"
 
 #include "common/error.hpp"
+#include "common/proto/bf16.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -9,8 +10,9 @@
 namespace ptrain {
 
 bool GradientAggregator::add(int32_t worker, int64_t tokens, std::span<const float> grads) {
-  PTRAIN_ENFORCE(static_cast<int64_t>(grads.size()) == size_,
-                 "push of {} floats to an aggregator of {}", grads.size(), size_);
+  PTRAIN_ENFORCE(static_cast<int64_t>(grads.size()) == slot_size_,
+                 "push of {} elements to an aggregator of {} ({} values in {})", grads.size(),
+                 slot_size_, size_, proto::encoding_name(encoding_));
   PTRAIN_ENFORCE(tokens >= 0, "negative token count {}", tokens);
   Slot& s = slots_[worker];
   if (s.filled) return false;
@@ -66,6 +68,16 @@ int64_t GradientAggregator::mean(std::span<const int32_t> contributors,
   }
   const auto denom = static_cast<double>(tokens);
   const size_t k = srcs.size();
+  if (encoding_ == proto::FloatEncoding::kBf16) {
+#pragma omp parallel for schedule(static) if (n > 32768)
+    for (int64_t i = 0; i < n; ++i) {
+      const auto u = static_cast<size_t>(i);
+      float acc = proto::packed_bf16_at(srcs[0], u);
+      for (size_t w = 1; w < k; ++w) acc += proto::packed_bf16_at(srcs[w], u);
+      dst[i] = static_cast<float>(static_cast<double>(acc) / denom);
+    }
+    return tokens;
+  }
 #pragma omp parallel for schedule(static) if (n > 32768)
   for (int64_t i = 0; i < n; ++i) {
     float acc = srcs[0][i];

@@ -6,7 +6,12 @@
 // micro-batches (worker.cpp) — and the division is done in fp64 and rounded once. So the result
 // never depends on arrival order, and when every worker's share is whole micro-batches of the
 // single-worker run (e.g. B = 8, micro_batch = 4, W = 1 or 2) it is bitwise the same whatever W.
+// With bf16 on the wire a slot holds the push as it arrived (packed, common/proto/bf16.hpp) and
+// the fold widens each value as it reads it: the same fp32 fold over the bf16-rounded gradients,
+// with no separate widening pass and half the slot memory.
 #pragma once
+
+#include "common/proto/messages.hpp"
 
 #include <cstdint>
 #include <map>
@@ -19,9 +24,14 @@ namespace ptrain {
 // push straight into it (Transport::post_receive), and add() then copies nothing.
 class GradientAggregator {
  public:
-  explicit GradientAggregator(int64_t size) : size_(size) {}
+  // `size` values per push, each carried in `encoding` (a slot holds encoded_size(encoding, size)
+  // elements).
+  explicit GradientAggregator(int64_t size,
+                              proto::FloatEncoding encoding = proto::FloatEncoding::kFp32)
+      : size_(size), encoding_(encoding), slot_size_(proto::encoded_size(encoding, size)) {}
 
-  // Keeps worker `worker`'s push: copied into its slot, unless `grads` already is that slot.
+  // Keeps worker `worker`'s push (slot_size() elements, in encoding()): copied into its slot,
+  // unless `grads` already is that slot.
   // Returns false (and keeps nothing) for a second push from it.
   bool add(int32_t worker, int64_t tokens, std::span<const float> grads);
   bool has(int32_t worker) const {
@@ -40,6 +50,8 @@ class GradientAggregator {
   // Forgets every push (keeps the slots).
   void clear();
   int64_t size() const { return size_; }
+  proto::FloatEncoding encoding() const { return encoding_; }
+  int64_t slot_size() const { return slot_size_; }
 
  private:
   struct Slot {
@@ -48,6 +60,8 @@ class GradientAggregator {
     std::vector<float> grads;
   };
   int64_t size_;
+  proto::FloatEncoding encoding_;
+  int64_t slot_size_;
   std::map<int32_t, Slot> slots_;
 };
 

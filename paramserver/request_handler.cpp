@@ -1,6 +1,7 @@
 #include "paramserver/request_handler.hpp"
 
 #include "common/error.hpp"
+#include "common/proto/bf16.hpp"
 #include "common/proto/codec.hpp"
 
 #include <fmt/format.h>
@@ -19,7 +20,7 @@ RequestHandler::RequestHandler(ServerOptions options, UpdateRule rule)
     : options_(options),
       rule_(std::move(rule)),
       store_(options.range),
-      aggregator_(options.range.size()) {}
+      aggregator_(options.range.size(), options.push_encoding) {}
 
 std::vector<Outgoing> RequestHandler::handle(const Endpoint& from, p::Message msg) {
   std::vector<Outgoing> out;
@@ -91,6 +92,7 @@ void RequestHandler::on_load(const Endpoint& from, const p::LoadShard& m,
   membership_epoch_ = m.membership_epoch;
   aggregator_.clear();
   prepared_.reset();
+  bf16_version_ = -1;  // the loaded weights may differ at the same version number
   serve_pending(out);
 }
 
@@ -108,11 +110,35 @@ void RequestHandler::on_pull(const Endpoint& from, const p::PullRequest& m,
     pending_pulls_.emplace_back(from, m);
     return;
   }
+  if (m.encoding == p::FloatEncoding::kBf16) {
+    out.push_back({from, p::PullReply{m.request_id, store_.version(), m.range,
+                                      bf16_weights(m.range), m.encoding}});
+    return;
+  }
   // Borrowed, not copied: the loop sends (and flushes) it before the weights change.
   const auto w = store_.weights().subspan(static_cast<size_t>(m.range.begin - options_.range.begin),
                                           static_cast<size_t>(m.range.size()));
   out.push_back({from, p::PullReply{m.request_id, store_.version(), m.range,
-                                    p::FloatRange::borrow(w)}});
+                                    p::FloatRange::borrow(w), m.encoding}});
+}
+
+p::FloatRange RequestHandler::bf16_weights(const p::KeyRange& r) {
+  if (bf16_version_ != store_.version()) {
+    bf16_weights_.resize(p::bf16_packed_size(store_.weights().size()));
+    p::pack_bf16(store_.weights(), bf16_weights_);
+    bf16_version_ = store_.version();
+  }
+  const auto offset = static_cast<size_t>(r.begin - options_.range.begin);
+  const auto n = static_cast<size_t>(r.size());
+  // Borrowed when the sub-range starts on a pair and its pad half (if any) is the shard's own;
+  // workers pull whole slices, so that is every worker pull. Other sub-ranges get a copy.
+  if (offset % 2 == 0 && (n % 2 == 0 || r.end == options_.range.end)) {
+    return p::FloatRange::borrow(
+        std::span<const float>(bf16_weights_).subspan(offset / 2, p::bf16_packed_size(n)));
+  }
+  std::vector<float> packed(p::bf16_packed_size(n));
+  p::pack_bf16(store_.weights().subspan(offset, n), packed);
+  return p::FloatRange(std::move(packed));
 }
 
 void RequestHandler::on_push(const Endpoint& from, p::GradPush&& m, std::vector<Outgoing>& out) {
@@ -137,6 +163,15 @@ void RequestHandler::on_push(const Endpoint& from, p::GradPush&& m, std::vector<
            fmt::format("stale push from worker {} (membership epoch {}, current {})", m.worker_id,
                        m.membership_epoch, membership_epoch_),
            out);
+    return;
+  }
+  if (m.encoding != options_.push_encoding) {
+    refuse(from,
+           fmt::format("push from worker {} for step {} carries {} floats, this server takes {} "
+                       "(cluster.wire_dtype must be the same for every role)",
+                       m.worker_id, m.step, p::encoding_name(m.encoding),
+                       p::encoding_name(options_.push_encoding)),
+           out, ExitCode::kConfig);
     return;
   }
   if (!store_.loaded() || m.step != store_.version() || prepared_) {

@@ -25,6 +25,11 @@
 // Without copies: a PullReply's weights are BORROWED from the shard (send and flush the output
 // before the next handle()); a push is kept in its worker's gradient slot, where the transport
 // can receive the next one directly (gradient_slots()).
+// bf16 on the wire (cluster.wire_dtype: bf16; common/proto/bf16.hpp): the weights, m and v stay
+// fp32 and so does the aggregation. Pushes arrive packed and are widened inside the fold; a push
+// in another encoding than ServerOptions::push_encoding is refused. A pull names its encoding:
+// for bf16 the handler rounds the weights of the version it holds once, into a buffer it keeps,
+// and borrows every bf16 reply of that version from there.
 #pragma once
 
 #include "common/error.hpp"
@@ -64,6 +69,8 @@ struct ServerOptions {
   proto::KeyRange range;  // this server's slice of the flat vector
   ShardWriter write_shard;  // empty: CheckpointShard is refused
   ShardLoader load_shard;   // empty: LoadShard is refused
+  // How workers' pushes carry their floats (cluster.wire_dtype); any other is refused.
+  proto::FloatEncoding push_encoding = proto::FloatEncoding::kFp32;
 };
 
 struct Outgoing {
@@ -102,6 +109,8 @@ class RequestHandler {
   void on_checkpoint_shard(const net::Endpoint& from, const proto::CheckpointShard& m,
                            std::vector<Outgoing>& out);
   void serve_pending(std::vector<Outgoing>& out);
+  // The bf16 encoding of the weights of sub-range `r` at the current version.
+  proto::FloatRange bf16_weights(const proto::KeyRange& r);
   void refuse(const net::Endpoint& to, const std::string& why, std::vector<Outgoing>& out,
               ExitCode code = ExitCode::kIo) const;
 
@@ -117,6 +126,9 @@ class RequestHandler {
     std::vector<float> mean;
   };
   std::optional<Prepared> prepared_;
+  // The weights rounded to bf16 (packed) at bf16_version_ (-1: none yet, or stale after a load).
+  std::vector<float> bf16_weights_;
+  int64_t bf16_version_ = -1;
   std::vector<std::pair<net::Endpoint, proto::PullRequest>> pending_pulls_;
   std::vector<std::pair<net::Endpoint, proto::CheckpointShard>> pending_shards_;
   bool stopped_ = false;

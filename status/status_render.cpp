@@ -63,7 +63,8 @@ bool JobStatus::operator==(const JobStatus& o) const {
          std::equal(members.begin(), members.end(), o.members.begin(), o.members.end(),
                     same_member) &&
          bytes_pushed_total == o.bytes_pushed_total && bytes_pulled_total == o.bytes_pulled_total &&
-         step_seconds == o.step_seconds && last_checkpoint_step == o.last_checkpoint_step &&
+         step_seconds == o.step_seconds && same_double(bytes_per_token, o.bytes_per_token) &&
+         last_checkpoint_step == o.last_checkpoint_step &&
          std::equal(loss_history.begin(), loss_history.end(), o.loss_history.begin(),
                     o.loss_history.end(), same_point) &&
          run_dir == o.run_dir && start_step == o.start_step && target_steps == o.target_steps &&
@@ -129,6 +130,9 @@ std::string render_prometheus(const JobStatus& s) {
       std::to_string(s.bytes_pushed_total));
   one("ptrain_pulled_bytes_total", "counter", "Weight bytes pulled by workers from servers since this run started.",
       std::to_string(s.bytes_pulled_total));
+  one("ptrain_bytes_per_token", "gauge",
+      "Data-plane bytes (gradient pushes + weight pulls) per target token of the last applied step.",
+      prom_value(s.bytes_per_token));
   head("ptrain_step_phase_seconds", "gauge", "Seconds of the last step by phase (mean over workers).");
   const std::pair<const char*, double> phases[] = {{"compute", s.step_seconds.compute},
                                                    {"push", s.step_seconds.push},
@@ -215,6 +219,7 @@ std::string render_status_json(const JobStatus& s) {
         {"push", num(s.step_seconds.push)},
         {"wait", num(s.step_seconds.wait)},
         {"pull", num(s.step_seconds.pull)}}},
+      {"bytes_per_token", num(s.bytes_per_token)},
       {"last_checkpoint_step", s.last_checkpoint_step},
       {"members", std::move(members)},
       {"loss_history", std::move(history)},
@@ -253,6 +258,8 @@ JobStatus parse_status_json(std::string_view text) {
     const auto& ss = j.at("step_seconds");
     s.step_seconds = {num_from(ss.at("compute")), num_from(ss.at("push")),
                       num_from(ss.at("wait")), num_from(ss.at("pull"))};
+    // Absent from a status.json written before the figure existed.
+    if (j.contains("bytes_per_token")) s.bytes_per_token = num_from(j.at("bytes_per_token"));
     s.last_checkpoint_step = j.at("last_checkpoint_step").get<int64_t>();
     for (const auto& m : j.at("members")) {
       MemberStatus ms;

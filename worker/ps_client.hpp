@@ -6,6 +6,10 @@
 // No copies of the vectors: a pull posts each server's slice of `dst` as the destination of its
 // reply (the transport reads the weights straight into it); a push sends each server its slice
 // of `grads` as a borrowed range and returns once every frame is written (flush).
+// With bf16 on the wire (cluster.wire_dtype: bf16) each push is first rounded into a packed
+// buffer the client keeps (common/proto/bf16.hpp), and a pull's replies land in a packed buffer
+// from a small pool (one per pull in flight) and are widened into `dst` as each arrives; both
+// are reused, so a step allocates nothing.
 #pragma once
 
 #include "common/net/transport.hpp"
@@ -34,8 +38,10 @@ class PsClient {
 
   // server_ranges[k] = server k's slice; together they tile [0, total). `send_timeout` bounds a
   // push's wait for its frames to be written.
+  // `encoding`: how pushes and pull replies carry their floats.
   PsClient(net::Transport& transport, std::vector<proto::KeyRange> server_ranges,
-           std::chrono::milliseconds send_timeout = std::chrono::minutes(10));
+           std::chrono::milliseconds send_timeout = std::chrono::minutes(10),
+           proto::FloatEncoding encoding = proto::FloatEncoding::kFp32);
   // Withdraws the pull destinations still posted.
   ~PsClient();
   PsClient(const PsClient&) = delete;
@@ -63,6 +69,7 @@ class PsClient {
 
   const std::vector<proto::KeyRange>& server_ranges() const { return ranges_; }
   int64_t total() const { return total_; }
+  proto::FloatEncoding encoding() const { return encoding_; }
 
  private:
   struct PullState {
@@ -70,6 +77,7 @@ class PsClient {
     std::span<float> dst;
     int remaining = 0;
     bool newer = false;  // a server sent a newer version than asked
+    std::vector<float> packed;  // bf16: the replies' packed floats (from packed_pool_)
   };
   void dispatch(net::Envelope&& env);
 
@@ -77,6 +85,11 @@ class PsClient {
   std::vector<proto::KeyRange> ranges_;
   std::chrono::milliseconds send_timeout_;
   int64_t total_ = 0;
+  proto::FloatEncoding encoding_;
+  // bf16: where server k's packed slice starts in a packed buffer (k = 0..S), in elements.
+  std::vector<size_t> packed_offsets_;
+  std::vector<float> push_packed_;                 // a push's rounded gradient
+  std::vector<std::vector<float>> packed_pool_;    // pull buffers not in use
   Ticket next_ticket_ = 1;
   std::map<Ticket, PullState> pulls_;
   std::deque<net::Envelope> others_;

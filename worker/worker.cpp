@@ -48,7 +48,7 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
   TrainStep train(layout, *backend, o.micro_batch, o.seed);
   TokenFile file = TokenFile::open(o.train_path);
   BatchLoader loader(file, layout.dims().T);
-  PsClient client(transport, std::move(server_ranges));
+  PsClient client(transport, std::move(server_ranges), std::chrono::minutes(10), o.wire_encoding);
   const std::string me = transport.self().str();
 
   // Validation (EvalBegin): the weights of that version, the forward pass over each batch of the

@@ -38,6 +38,8 @@ struct WorkerOptions {
   int threads = 1;           // OpenMP/OpenBLAS threads of this worker (set in its thread)
   std::string device = "cpu";  // compute device (worker/backend/backend_factory.hpp)
   DeviceConfig device_config;  // the config's device section: precision, allow_tf32 (not type)
+  // How pushes and pulls carry their floats (cluster.wire_dtype).
+  proto::FloatEncoding wire_encoding = proto::FloatEncoding::kFp32;
   // Longest wait for the coordinator's next message or for weights (a peer that is gone).
   std::chrono::milliseconds timeout{std::chrono::hours(1)};
   // Test hook: builds the compute backend instead of `device` (e.g. a fake device backend);

@@ -44,7 +44,7 @@ namespace {
 // A typed pointer into a Config. Every std::string key is a path (or one of its key's words).
 using FieldRef =
     std::variant<int64_t*, int*, uint64_t*, double*, bool*, std::string*, Launch*, DataTransport*,
-                 SyncMode*, DeviceType*, DevicePrecision*, ModelArch*>;
+                 SyncMode*, DeviceType*, DevicePrecision*, ModelArch*, WireDtype*>;
 
 template <auto Section, auto Member>
 FieldRef field(Config& c) {
@@ -116,6 +116,7 @@ const Key kKeys[] = {
     {"cluster.transport", field<&Config::cluster, &ClusterConfig::transport>},
     {"cluster.sync", field<&Config::cluster, &ClusterConfig::sync>},
     {"cluster.staleness", field<&Config::cluster, &ClusterConfig::staleness>, at_least(0)},
+    {"cluster.wire_dtype", field<&Config::cluster, &ClusterConfig::wire_dtype>},
     {"cluster.heartbeat_s", field<&Config::cluster, &ClusterConfig::heartbeat_s>, above(0)},
     {"cluster.peer_timeout_s", field<&Config::cluster, &ClusterConfig::peer_timeout_s>, above(0)},
     {"cluster.min_workers", field<&Config::cluster, &ClusterConfig::min_workers>, at_least(1)},
@@ -155,6 +156,8 @@ constexpr Choice<DataTransport> kTransportChoices[] = {{DataTransport::kAuto, "a
 constexpr Choice<SyncMode> kSyncChoices[] = {{SyncMode::kBsp, "bsp", true},
                                              {SyncMode::kSsp, "ssp", false},
                                              {SyncMode::kAsync, "async", false}};
+constexpr Choice<WireDtype> kWireDtypeChoices[] = {{WireDtype::kFp32, "fp32", true},
+                                                   {WireDtype::kBf16, "bf16", true}};
 constexpr Choice<DeviceType> kDeviceChoices[] = {{DeviceType::kCpu, "cpu", true},
                                                  {DeviceType::kCuda, "cuda", PTRAIN_HAS_CUDA != 0}};
 constexpr Choice<DevicePrecision> kPrecisionChoices[] = {{DevicePrecision::kFp32, "fp32", true},
@@ -171,6 +174,7 @@ std::span<const Choice<DataTransport>> choices_for(const DataTransport*) {
 }
 std::span<const Choice<SyncMode>> choices_for(const SyncMode*) { return kSyncChoices; }
 std::span<const Choice<DeviceType>> choices_for(const DeviceType*) { return kDeviceChoices; }
+std::span<const Choice<WireDtype>> choices_for(const WireDtype*) { return kWireDtypeChoices; }
 
 template <class E>
 std::string choice_names(const E* tag, bool built_only) {

@@ -14,6 +14,9 @@ enum class Launch { kThreads, kProcesses, kMpi };
 // `cluster.launch: mpi`, else TCP (effective_transport()).
 enum class DataTransport { kAuto, kTcp, kMpi };
 enum class SyncMode { kBsp, kSsp, kAsync };
+// How pushes and pulls carry their floats (cluster.wire_dtype): fp32, or bf16 rounded to nearest
+// even (servers keep fp32 weights and moments and aggregate in fp32).
+enum class WireDtype { kFp32, kBf16 };
 enum class DeviceType { kCpu, kCuda };
 // What a device's matrix products read: fp32, or bf16 copies of their operands (fp32
 // accumulation and outputs; docs/cuda.md). The cpu backend computes in fp32 either way.
@@ -98,6 +101,7 @@ struct ClusterConfig {
   DataTransport transport = DataTransport::kAuto;
   SyncMode sync = SyncMode::kBsp;
   int64_t staleness = 0;
+  WireDtype wire_dtype = WireDtype::kFp32;
   double heartbeat_s = 1.0;      // TCP roles: a heartbeat each way every this many seconds
   double peer_timeout_s = 5.0;   // TCP roles: a peer silent this long is lost
   // Elastic membership (docs/elastic.md).

@@ -21,6 +21,14 @@ MessageType type_of(const Message& m) {
   return std::visit([](const auto& x) { return std::decay_t<decltype(x)>::kType; }, m);
 }
 
+const char* encoding_name(FloatEncoding e) {
+  switch (e) {
+    case FloatEncoding::kFp32: return "fp32";
+    case FloatEncoding::kBf16: return "bf16";
+  }
+  return "unknown";
+}
+
 const char* type_name(MessageType t) {
   switch (t) {
     case MessageType::kLoadShard: return "LoadShard";
@@ -91,6 +99,7 @@ class Writer {
     raw(s.data(), s.size());
   }
   void put(bool b) { put(static_cast<uint8_t>(b ? 1 : 0)); }
+  void put(FloatEncoding e) { put(static_cast<uint8_t>(e)); }
   // The floats are not copied: the count goes into the head, the floats become the frame's
   // borrowed body (they are the last field of their message).
   void put(const FloatRange& f) {
@@ -160,6 +169,7 @@ class Sizer {
   }
   void put(const std::string& s) { n += sizeof(uint32_t) + s.size(); }
   void put(bool) { n += 1; }
+  void put(FloatEncoding) { n += 1; }
   void put(const FloatRange& f) { n += sizeof(uint64_t) + f.size() * sizeof(float); }
   size_t n = 0;
 };
@@ -221,6 +231,14 @@ class Reader {
     if (x > 1) fail(fmt::format("boolean field holds {}", x));
     b = x == 1;
   }
+  void get(FloatEncoding& e) {
+    uint8_t x = 0;
+    get(x);
+    if (x > kMaxFloatEncoding) {
+      fail(fmt::format("unknown float encoding {} (this build knows 0 = fp32, 1 = bf16)", x));
+    }
+    e = static_cast<FloatEncoding>(x);
+  }
   // The floats of a message (its last field). In a whole payload they are located here and
   // placed by take_floats (into a posted destination or a buffer of their own); in a head (the
   // payload without its floats, as the stream decoder splits it) only the count is read.
@@ -273,11 +291,12 @@ void fields(IO&& io, M& m) {
   } else if constexpr (std::is_same_v<T, StepBegin>) {
     io(m.step), io(m.membership_epoch), io(m.windows);
   } else if constexpr (std::is_same_v<T, PullRequest>) {
-    io(m.request_id), io(m.version), io(m.range);
+    io(m.request_id), io(m.version), io(m.range), io(m.encoding);
   } else if constexpr (std::is_same_v<T, PullReply>) {
-    io(m.request_id), io(m.version), io(m.range), io(m.weights);
+    io(m.request_id), io(m.version), io(m.range), io(m.encoding), io(m.weights);
   } else if constexpr (std::is_same_v<T, GradPush>) {
-    io(m.step), io(m.membership_epoch), io(m.worker_id), io(m.tokens), io(m.range), io(m.grads);
+    io(m.step), io(m.membership_epoch), io(m.worker_id), io(m.tokens), io(m.range), io(m.encoding),
+        io(m.grads);
   } else if constexpr (std::is_same_v<T, PushReceived>) {
     io(m.server_id), io(m.step), io(m.worker_id), io(m.tokens);
   } else if constexpr (std::is_same_v<T, WorkerStepDone>) {
@@ -322,19 +341,20 @@ void fields(IO&& io, M& m) {
 
 // Sizes that must agree with the range a bulk message carries.
 void check_sizes(const Message& msg, const Reader& r) {
-  auto check = [&r](const KeyRange& range, size_t n, const char* what) {
-    if (static_cast<int64_t>(n) != range.size()) {
-      r.fail(fmt::format("{} holds {} floats for range [{}, {}) of {}", what, n, range.begin,
-                         range.end, range.size()));
+  auto check = [&r](const KeyRange& range, FloatEncoding e, size_t n, const char* what) {
+    if (static_cast<int64_t>(n) != encoded_size(e, range.size())) {
+      r.fail(fmt::format("{} holds {} elements for range [{}, {}) of {} values in {} ({} expected)",
+                         what, n, range.begin, range.end, range.size(), encoding_name(e),
+                         encoded_size(e, range.size())));
     }
   };
   std::visit(
       [&](const auto& m) {
         using T = std::decay_t<decltype(m)>;
         if constexpr (std::is_same_v<T, PullReply>) {
-          check(m.range, m.weights.size(), "weights");
+          check(m.range, m.encoding, m.weights.size(), "weights");
         } else if constexpr (std::is_same_v<T, GradPush>) {
-          check(m.range, m.grads.size(), "grads");
+          check(m.range, m.encoding, m.grads.size(), "grads");
         } else if constexpr (std::is_same_v<T, EvalDone>) {
           if (m.tokens.size() != m.loss_sums.size()) {
             r.fail(fmt::format("{} token counts for {} loss sums", m.tokens.size(),
@@ -486,8 +506,9 @@ FrameHeader read_header(std::span<const std::byte, kHeaderSize> bytes) {
 size_t float_body_head(MessageType t) {
   // The fields before the floats, then the u64 count (messages.hpp, fields()).
   switch (t) {
-    case MessageType::kGradPush: return 8 + 8 + 4 + 8 + 16 + 8;  // step epoch worker tokens range n
-    case MessageType::kPullReply: return 8 + 8 + 16 + 8;         // request version range n
+    // step epoch worker tokens range encoding n
+    case MessageType::kGradPush: return 8 + 8 + 4 + 8 + 16 + 1 + 8;
+    case MessageType::kPullReply: return 8 + 8 + 16 + 1 + 8;  // request version range encoding n
     default: return 0;
   }
 }

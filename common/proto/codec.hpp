@@ -2,7 +2,7 @@
 // (in-process, TCP) moves exactly these frames; a byte stream is cut into them by the incremental
 // FrameDecoder (frame_decoder.hpp), which uses decode_frame's header checks.
 //
-// Frame = 24-byte header + payload + 4-byte trailer, all little-endian (protocol version 4):
+// Frame = 24-byte header + payload + 4-byte trailer, all little-endian (protocol version 5):
 //   offset  0  u32  magic            kMagic ("PTRN")
 //   offset  4  u16  protocol version kProtocolVersion
 //   offset  6  u16  message type     MessageType
@@ -12,7 +12,8 @@
 //   then the payload, then u32 payload CRC32C (over the payload bytes only)
 // The payload's CRC comes after it so that a sender can compute it while it writes the payload
 // from where it lies (borrowed floats, no copy), and the header is protected on its own.
-// Payload fields are written in struct order: integers and floats at their fixed width, a vector
+// Payload fields are written in struct order (except that GradPush's and PullReply's `encoding`,
+// declared after their floats, goes on the wire just before them): integers and floats at their fixed width, a vector
 // (or a FloatRange) as a u64 element count then the elements, a string as a u32 byte count then
 // the bytes. A FloatRange is always the last field of its message (GradPush, PullReply): its
 // message has a "float body" (its payload = a fixed-size head + the floats).

@@ -44,7 +44,9 @@ inline constexpr uint32_t kMagic = 0x4E525450u;
 //    4-byte trailer), so a sender computes it while writing borrowed floats (codec.hpp).
 //    Types 12 and 13 (CheckpointRequest / CheckpointReply) retired.
 // 5: WorkerStepDone carries `correct` (masked-LM accuracy of BERT runs).
-inline constexpr uint16_t kProtocolVersion = 5;
+// 6: PullRequest, PullReply and GradPush carry a FloatEncoding (u8; in the bulk messages just
+//    before the float count): fp32, or bf16 packed two per 4-byte element (bf16.hpp).
+inline constexpr uint16_t kProtocolVersion = 6;
 
 enum class MessageType : uint16_t {
   kLoadShard = 1,
@@ -81,6 +83,18 @@ inline constexpr uint16_t kMaxMessageType = 24;
 // The name a retired message type had ("CheckpointRequest" for 12), or nullptr for any other value.
 // A retired number lies inside [kMinMessageType, kMaxMessageType] but is not a MessageType.
 const char* retired_type_name(uint16_t type);
+
+// How a bulk message's floats are encoded (cluster.wire_dtype). kFp32: one value per 4-byte
+// element. kBf16: two bf16 values per 4-byte element, an odd count padded (common/proto/bf16.hpp),
+// so the FloatRange holds ceil(range.size() / 2) elements. The codec refuses any other value.
+enum class FloatEncoding : uint8_t { kFp32 = 0, kBf16 = 1 };
+inline constexpr uint8_t kMaxFloatEncoding = 1;
+// "fp32" / "bf16".
+const char* encoding_name(FloatEncoding e);
+// The 4-byte elements a bulk message carries for `values` values in encoding `e`.
+inline constexpr int64_t encoded_size(FloatEncoding e, int64_t values) {
+  return e == FloatEncoding::kBf16 ? (values + 1) / 2 : values;
+}
 
 // A contiguous range [begin, end) of the flat parameter vector, in floats.
 struct KeyRange {
@@ -120,6 +134,7 @@ struct PullRequest {
   uint64_t request_id = 0;  // echoed in the reply
   int64_t version = 0;
   KeyRange range;
+  FloatEncoding encoding = FloatEncoding::kFp32;  // how the reply should carry the weights
   bool operator==(const PullRequest&) const = default;
 };
 
@@ -128,7 +143,12 @@ struct PullReply {
   uint64_t request_id = 0;
   int64_t version = 0;
   KeyRange range;
-  FloatRange weights;  // range.size(); borrowed from the server's weights when sent
+  // encoded_size(encoding, range.size()) elements; borrowed from the server's weights (or their
+  // bf16 encoding) when sent
+  FloatRange weights;
+  // On the wire before the floats (a float body is always last); declared after them so that
+  // `PullReply{id, version, range, floats}` stays an fp32 reply.
+  FloatEncoding encoding = FloatEncoding::kFp32;
   bool operator==(const PullReply&) const = default;
 };
 
@@ -141,7 +161,10 @@ struct GradPush {
   int32_t worker_id = 0;
   int64_t tokens = 0;
   KeyRange range;
-  FloatRange grads;  // range.size(); borrowed from the worker's gradient when sent
+  // encoded_size(encoding, range.size()) elements; borrowed from the worker's gradient (or its
+  // bf16 encoding) when sent
+  FloatRange grads;
+  FloatEncoding encoding = FloatEncoding::kFp32;  // on the wire before the floats (as PullReply)
   bool operator==(const GradPush&) const = default;
 };
 
