@@ -2,7 +2,7 @@
 // (in-process, TCP) moves exactly these frames; a byte stream is cut into them by the incremental
 // FrameDecoder (frame_decoder.hpp), which uses decode_frame's header checks.
 //
-// Frame = 24-byte header + payload + 4-byte trailer, all little-endian (protocol version 5):
+// Frame = 24-byte header + payload + 4-byte trailer, all little-endian (protocol version 6):
 //   offset  0  u32  magic            kMagic ("PTRN")
 //   offset  4  u16  protocol version kProtocolVersion
 //   offset  6  u16  message type     MessageType
