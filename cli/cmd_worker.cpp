@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
+#include <stdexcept>
 
 namespace ptrain::cli {
 namespace {
@@ -71,19 +72,39 @@ void add_worker_command(CLI::App& app, Action& action) {
       o.threads = args->threads;
       o.leave_requested = [] { return g_leave.load(); };
       // TEST ONLY (docs/elastic.md): PTRAIN_TEST_WORKER_FAULT=PHASE:STEP kills this worker with
-      // SIGKILL at that phase of that step, so tests can lose a worker at an exact point.
+      // SIGKILL at that phase of that step, so tests can lose a worker at an exact point;
+      // delay-push:STEP:SECONDS makes it a straggler from that step on.
       if (const char* f = std::getenv("PTRAIN_TEST_WORKER_FAULT"); f != nullptr && *f != '\0') {
         const std::string spec = f;
+        const auto bad = [&spec] {
+          return UsageError(fmt::format(
+              "PTRAIN_TEST_WORKER_FAULT={}: expected PHASE:STEP with PHASE before-push, mid-push "
+              "or after-push, or delay-push:STEP:SECONDS",
+              spec));
+        };
         const auto colon = spec.find(':');
         const std::string phase = spec.substr(0, colon);
         if (colon == std::string::npos ||
-            (phase != "before-push" && phase != "mid-push" && phase != "after-push")) {
-          throw UsageError(fmt::format("PTRAIN_TEST_WORKER_FAULT={}: expected PHASE:STEP with "
-                                       "PHASE before-push, mid-push or after-push",
-                                       spec));
+            (phase != "before-push" && phase != "mid-push" && phase != "after-push" &&
+             phase != "delay-push")) {
+          throw bad();
+        }
+        const std::string rest = spec.substr(colon + 1);
+        const auto second = rest.find(':');
+        if ((phase == "delay-push") != (second != std::string::npos)) throw bad();
+        try {
+          size_t used = 0;
+          o.fault_step = std::stoll(rest.substr(0, second), &used);
+          if (used != rest.substr(0, second).size()) throw bad();
+          if (second != std::string::npos) {
+            const std::string secs = rest.substr(second + 1);
+            o.fault_delay_s = std::stod(secs, &used);
+            if (used != secs.size() || !(o.fault_delay_s >= 0)) throw bad();
+          }
+        } catch (const std::logic_error&) {  // stoll/stod: not a number, out of range
+          throw bad();
         }
         o.fault_phase = phase;
-        o.fault_step = std::stoll(spec.substr(colon + 1));
       }
       if (args->run_dir.empty()) {
         run_worker_process(o, std::move(secret));

@@ -110,6 +110,8 @@ class CoordinatorRun {
   StepMachine machine_;
   // Membership changes drained while a message may still be queued (see next()).
   std::vector<net::MembershipEvent> pending_events_;
+  // Members a send failed to reach, reported lost by poll() once the queue is read (see send()).
+  std::map<net::Endpoint, std::string> unreachable_;
   std::optional<DataPlan> plan_;
   std::optional<RunLog> log_;
   std::optional<LedgerWriter> ledger_;
@@ -207,6 +209,10 @@ std::optional<net::Envelope> CoordinatorRun::poll(Clock::time_point wake) {
     if (!pending_events_.empty()) {
       apply_membership_events(std::exchange(pending_events_, {}));
       return std::nullopt;
+    }
+    // The queue is read: a member we could not send to and that did not say goodbye is lost.
+    for (const auto& [who, why] : std::exchange(unreachable_, {})) {
+      membership_.report_lost(who, why);
     }
     pending_events_ = membership_.take_events();
     if (pending_events_.empty() && Clock::now() >= wake) return std::nullopt;
@@ -321,8 +327,10 @@ void CoordinatorRun::send(std::vector<StepOutgoing> out) {
     try {
       transport_.send(o.to, o.message);
     } catch (const net::PeerLost& e) {
-      // Unreachable: a loss like any other; its membership event decides what follows.
-      membership_.report_lost(o.to, e.what());
+      // Unreachable: a loss like any other, reported by poll() once the queue is read — a worker
+      // that left closes its connection right after its goodbye, which may still wait in the
+      // queue: reported now, its leave would be recorded as a loss.
+      unreachable_.emplace(o.to, e.what());
     }
   }
 }

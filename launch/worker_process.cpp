@@ -17,6 +17,33 @@
 
 namespace ptrain {
 
+namespace {
+
+// The first Failure a server or the coordinator sent that is still queued or arrives within a
+// second ("server 0: dropped worker 3: nothing received from it for 5 s ..."): a woken process's
+// I/O thread may still be reading the sockets its main thread found closed.
+std::optional<std::string> last_words(net::Transport& transport) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        until - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return std::nullopt;
+    try {
+      std::optional<net::Envelope> env = transport.receive(left);
+      if (!env) return std::nullopt;
+      if (const auto* f = std::get_if<proto::Failure>(&env->message)) {
+        return fmt::format("{}: {}", env->from.str(), f->message);
+      }
+    } catch (const net::TransportClosed&) {
+      return std::nullopt;
+    } catch (const Error&) {
+      // a loss or an undecodable frame queued before them: look further
+    }
+  }
+}
+
+}  // namespace
+
 void run_worker_process(const WorkerProcessOptions& o, net::Secret secret) {
   auto node = std::make_shared<net::TcpNode>(std::move(secret),
                                              net::member_node_options(net::Role::kWorker));
@@ -52,6 +79,7 @@ void run_worker_process(const WorkerProcessOptions& o, net::Secret secret) {
   wo.fault_phase = o.fault_phase;
   wo.fault_step = o.fault_step;
   wo.wire_encoding = wire_encoding(cfg.cluster);
+  wo.fault_delay_s = o.fault_delay_s;
   spdlog::info("worker {}: connected to {} server(s), device {}, {} thread(s)", id, S, wo.device,
                wo.threads);
   const std::unique_ptr<net::Transport> transport =
@@ -60,7 +88,16 @@ void run_worker_process(const WorkerProcessOptions& o, net::Secret secret) {
   try {
     run_worker(wo, layout, std::move(ranges), *transport);
   } catch (const net::PeerLost& e) {
+    // A connection closed under us. A peer that dropped this worker for its silence (it was
+    // stopped past cluster.peer_timeout_s) said why before closing; its words may still wait
+    // behind the failed send or the loss, and they are the answer.
+    const std::optional<std::string> why = last_words(*transport);
     node->close();
+    if (why) {
+      throw net::PeerLost(fmt::format("worker {}: {}; `ptrain worker` started again joins as a "
+                                      "new worker",
+                                      id, *why));
+    }
     throw net::PeerLost(fmt::format(
         "worker {}: {}; the coordinator dropped this worker (silent longer than "
         "cluster.peer_timeout_s = {} s) or stopped; `ptrain worker` started again joins as a new "

@@ -29,9 +29,10 @@ struct WorkerProcessOptions {
       data_plane;
   // Polled; true = leave the job at the next step boundary and return (SIGTERM). Empty = never.
   std::function<bool()> leave_requested;
-  // TEST ONLY: WorkerOptions::fault_phase / fault_step (PTRAIN_TEST_WORKER_FAULT).
+  // TEST ONLY: WorkerOptions::fault_phase / fault_step / fault_delay_s (PTRAIN_TEST_WORKER_FAULT).
   std::string fault_phase;
   int64_t fault_step = 0;
+  double fault_delay_s = 0.0;
 };
 
 void run_worker_process(const WorkerProcessOptions& options, net::Secret secret);

@@ -153,10 +153,11 @@ void PsClient::dispatch(net::Envelope&& env) {
     --st.remaining;
     return;
   }
+  // A server refusing a request, or any peer's last words (e.g. the coordinator or a server
+  // dropped this worker after cluster.peer_timeout_s of silence): the worker cannot go on.
   if (auto* f = std::get_if<proto::Failure>(&env.message);
-      f && env.from.role == net::Role::kServer) {
-    throw Error(proto::failure_code(*f),
-                fmt::format("{} refused a request: {}", env.from.str(), f->message));
+      f && env.from.role != net::Role::kWorker) {
+    throw Error(proto::failure_code(*f), fmt::format("{}: {}", env.from.str(), f->message));
   }
   others_.push_back(std::move(env));
 }

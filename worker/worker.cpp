@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
+#include <thread>
 
 namespace ptrain {
 namespace {
@@ -145,6 +146,11 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
     const auto t2 = Clock::now();
     const PushMeta meta{begin->step, begin->membership_epoch, o.worker_id, sum.tokens};
     const bool fault = !o.fault_phase.empty() && begin->step + 1 >= o.fault_step;
+    if (fault && o.fault_phase == "delay-push") {
+      std::fprintf(stderr, "%s: test fault injection: %.3g s before the push of step %lld\n",
+                   me.c_str(), o.fault_delay_s, static_cast<long long>(begin->step + 1));
+      std::this_thread::sleep_for(std::chrono::duration<double>(o.fault_delay_s));
+    }
     if (fault && o.fault_phase == "before-push") die_for_test(me, o.fault_phase, o.fault_step);
     if (fault && o.fault_phase == "mid-push") {
       client.push_to(meta, train.grads_host(), 0, 1);

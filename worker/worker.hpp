@@ -50,9 +50,12 @@ struct WorkerOptions {
   // TEST ONLY (fault injection, `PTRAIN_TEST_WORKER_FAULT=PHASE:STEP` on `ptrain worker`): at
   // its first step numbered `fault_step` (1-based) or later the worker kills itself with SIGKILL at `fault_phase`:
   // "before-push" (gradients computed, nothing pushed), "mid-push" (pushed to server 0 only),
-  // "after-push" (pushed everywhere, not reported). Empty = none.
+  // "after-push" (pushed everywhere, not reported); or, a straggler, "delay-push": from step
+  // `fault_step` on, every step sleeps `fault_delay_s` seconds before pushing (heartbeats go on,
+  // so only cluster.step_deadline_s can leave it behind). Empty = none.
   std::string fault_phase;
   int64_t fault_step = 0;
+  double fault_delay_s = 0.0;
 };
 
 // Runs until Shutdown (or until it left). On an error it sends a Failure to the coordinator (if it can) and

@@ -323,7 +323,23 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
     }
   }
 
+  // A peer silent past the peer timeout is dropped: its last words from us say so, when nothing
+  // else is being written to it (a frame cannot be cut in two). A stopped process (SIGSTOP) that
+  // wakes up reads them from its socket and can say it was dropped, instead of guessing.
+  void tell_dropped(const SessionPtr& s, const std::string& cause) {
+    if (!s->peer || !s->queue.empty()) return;
+    const std::vector<std::byte> b = proto::encode(proto::Failure{
+        static_cast<int32_t>(ExitCode::kIo),
+        fmt::format("dropped {}: {} (cluster.peer_timeout_s); a member dropped for its silence "
+                    "is not taken back",
+                    s->peer->str(), cause)});
+    boost::system::error_code ec;
+    s->sock.non_blocking(true, ec);  // never wait here: the I/O thread serves every peer
+    if (!ec) (void)s->sock.write_some(asio::buffer(b), ec);
+  }
+
   awaitable<void> ticker(SessionPtr s) {
+    auto last_tick = Clock::now();
     while (s->open) {
       s->tick.expires_after(opt.heartbeat);
       co_await s->tick.async_wait(nothrow_awaitable);
@@ -331,8 +347,16 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
       // Stopping (close() half-closed the socket): a heartbeat now would fail and drop the
       // session at once, closing it on unread bytes: a reset that can cost the peer our last frames.
       if (closing) continue;
-      if (Clock::now() - s->last_rx > opt.peer_timeout) {
-        drop(s, fmt::format("missed heartbeats for {:g} s", secs(opt.peer_timeout)));
+      // This process itself did not run for longer than the peer timeout (SIGSTOP, a suspended
+      // machine): the silence is ours, not the peer's. The reader first takes what the peer sent
+      // meanwhile (perhaps why it dropped us); the next tick judges the peer again.
+      const auto now = Clock::now();
+      const bool we_stalled = now - last_tick > opt.peer_timeout;
+      last_tick = now;
+      if (!we_stalled && now - s->last_rx > opt.peer_timeout) {
+        const std::string cause = fmt::format("missed heartbeats for {:g} s", secs(opt.peer_timeout));
+        tell_dropped(s, fmt::format("nothing received from it for {:g} s", secs(opt.peer_timeout)));
+        drop(s, cause);
         co_return;
       }
       proto::OutFrame hb = proto::encode_frame(proto::Heartbeat{unix_ms()});

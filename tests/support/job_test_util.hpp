@@ -17,6 +17,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <cstdlib>
 #include <vector>
 
 namespace ptrain::testing {
@@ -31,7 +32,11 @@ struct TempDir {
     std::filesystem::remove_all(path);
     std::filesystem::create_directories(path);
   }
+  // PTRAIN_TEST_KEEP_DIRS=1 keeps the folders (logs, ledgers) to read after a failed run.
   ~TempDir() {
+    if (const char* keep = std::getenv("PTRAIN_TEST_KEEP_DIRS"); keep != nullptr && *keep == '1') {
+      return;
+    }
     std::error_code ec;
     std::filesystem::remove_all(path, ec);
   }
