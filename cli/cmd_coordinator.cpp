@@ -61,8 +61,9 @@ void add_coordinator_command(CLI::App& app, Action& action) {
       sa.sa_handler = on_coordinator_stop;
       sigemptyset(&sa.sa_mask);
       sa.sa_flags = SA_RESETHAND;
-      sigaction(SIGINT, &sa, nullptr);
-      sigaction(SIGTERM, &sa, nullptr);
+      // SIGUSR1 too: SLURM's warning before a time limit (`--signal=USR1@LEAD`, or the
+      // elastic-core template passing on its `B:USR1`) asks for the same checkpoint and stop.
+      for (int sig : {SIGINT, SIGTERM, SIGUSR1}) sigaction(sig, &sa, nullptr);
       CoordinatorProcessOptions o;
       o.config = config;
       o.listen = args->listen;

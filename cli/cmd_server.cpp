@@ -1,11 +1,38 @@
 // `ptrain server --coordinator HOST:PORT [--listen HOST:PORT] [--secret-file PATH] [--threads N]`: a parameter
-// server as its own process (launch/server_process.hpp). Only parsing here.
+// server as its own process (launch/server_process.hpp). Only parsing and signal handling here:
+// a first SIGINT or SIGTERM, and SIGUSR1, do not stop a server: the coordinator's Shutdown does.
 #include "cli/commands.hpp"
 #include "launch/server_process.hpp"
 
+#include <unistd.h>
+
+#include <csignal>
 #include <memory>
 
 namespace ptrain::cli {
+namespace {
+
+// A stop signal only asks: the servers hold the weights' shards, so they must stay up to write
+// the checkpoint that the coordinator (signalled too: SLURM signals every task of a job at once)
+// orders before its Shutdown, which ends this process. SIGINT/SIGTERM reset themselves, so a
+// second one ends the process the default way; SIGUSR1 (SLURM's time-limit warning) is only noted.
+extern "C" void on_server_stop_signal(int) {
+  static const char kMsg[] =
+      "ptrain server: stop signal: serving until the coordinator's checkpoint and shutdown\n";
+  (void)!::write(STDERR_FILENO, kMsg, sizeof kMsg - 1);
+}
+
+void install_server_signal_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_server_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGUSR1, &sa, nullptr);
+  sa.sa_flags = SA_RESETHAND;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+}  // namespace
 
 void add_server_command(CLI::App& app, Action& action) {
   struct Args {
@@ -29,6 +56,7 @@ void add_server_command(CLI::App& app, Action& action) {
   sub->callback([&action, args] {
     action = [args] {
       net::Secret secret = net::read_secret_file(secret_file_path(args->secret_file));
+      install_server_signal_handlers();
       run_server_process({args->coordinator, args->listen, args->threads}, std::move(secret));
       return 0;
     };

@@ -6,6 +6,8 @@
 #include "support/job_test_util.hpp"
 #include "support/ptrain_process.hpp"
 
+#include "common/io/ledger.hpp"
+
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 #include <unistd.h>
@@ -141,6 +143,19 @@ void wait_for_steps(const std::string& run_dir, size_t n, const std::string& id,
   }
 }
 
+// Waits until RUN_DIR/ledger.jsonl holds a membership event of `kind` ("join", "leave").
+void wait_for_event(const std::string& run_dir, const std::string& kind, const std::string& id,
+                    const TempDir& dir) {
+  const auto until = Clock::now() + std::chrono::seconds(120);
+  const std::string needle = "\"event\":\"" + kind + "\"";
+  while (test::slurp(fs::path(run_dir) / "ledger.jsonl").find(needle) == std::string::npos) {
+    REQUIRE_MESSAGE(Clock::now() < until, "no " << kind << " event in the ledger of job " << id
+                                                << ":\n"
+                                                << test::slurp(dir.path / ("slurm-" + id + ".out")));
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
 int64_t latest_step(const std::string& run_dir) {
   const std::string name = fs::read_symlink(run_dir + "/checkpoints/latest").string();
   return std::stoll(name.substr(name.find('-') + 1));
@@ -233,11 +248,6 @@ TEST_CASE("slurm: SIGUSR1 to the batch shell - checkpoint - requeue - resumes fr
 }
 
 TEST_CASE("slurm: elastic-core.sbatch starts the coordinator and servers - a worker joins by RUN_DIR") {
-  // Known failing: the worker that joins by RUN_DIR loses the coordinator ("connection closed by
-  // the peer") soon after it joins the SLURM-started core. Skipped, visibly, until that is fixed.
-  std::cout << "SKIPPED: the elastic SLURM templates do not pass yet (a worker joining "
-               "elastic-core.sbatch by RUN_DIR loses the coordinator)" << std::endl;
-  std::_Exit(77);
   need_cluster();
   TempDir dir("slurm-core");
   const std::string cfg = write_config(dir, 8, "workers: 1, servers: 2");
@@ -265,11 +275,6 @@ TEST_CASE("slurm: elastic-core.sbatch starts the coordinator and servers - a wor
 }
 
 TEST_CASE("slurm: elastic pair - a worker job added and one cancelled while it trains") {
-  // Known failing: the worker that joins by RUN_DIR loses the coordinator ("connection closed by
-  // the peer") soon after it joins the SLURM-started core. Skipped, visibly, until that is fixed.
-  std::cout << "SKIPPED: the elastic SLURM templates do not pass yet (a worker joining "
-               "elastic-core.sbatch by RUN_DIR loses the coordinator)" << std::endl;
-  std::_Exit(77);
   need_cluster();
   // Worker join (`ptrain worker --run-dir`) is what the workers' template runs: without it in
   // this build, say so and skip.
@@ -288,20 +293,33 @@ TEST_CASE("slurm: elastic pair - a worker job added and one cancelled while it t
   Job workers{submit(dir, "elastic-workers.sbatch", run, "--array=0-1")};
   wait_for_steps(run, 3, core.id, dir);
   Job more{submit(dir, "elastic-workers.sbatch", run)};
-  wait_state(more.id, {"RUNNING"}, std::chrono::seconds(60), dir);
-  const size_t before = logged_steps(run).size();
-  wait_for_steps(run, before + 5, core.id, dir);
+  wait_for_event(run, "join", core.id, dir);  // its worker joins the running job
   REQUIRE(sh("scancel " + workers.id + "_0").second == 0);  // one worker leaves
+  wait_for_event(run, "leave", core.id, dir);
   wait_for_steps(run, logged_steps(run).size() + 5, core.id, dir);  // and training goes on
+  // SIGUSR1 to the core job's tasks: the coordinator checkpoints and stops every role (the
+  // servers keep serving until its Shutdown), and the job ends cleanly.
   REQUIRE(sh("scancel --signal=USR1 " + core.id).second == 0);
   const std::string st = wait_state(core.id, {"COMPLETED", "FAILED", "CANCELLED"},
                                     std::chrono::seconds(60), dir);
+  CAPTURE(test::slurp(dir.path / ("slurm-" + core.id + ".out")));
   CHECK(st == "COMPLETED");
-  const std::string ledger = test::slurp(fs::path(run) / "ledger.jsonl");
-  size_t joins = 0;
-  for (size_t at = 0; (at = ledger.find("\"join\"", at)) != std::string::npos; ++at) ++joins;
-  CHECK(joins >= 3);
-  const bool left = ledger.find("\"leave\"") != std::string::npos ||
-                    ledger.find("\"lost\"") != std::string::npos;
-  CHECK(left);
+  CHECK(job_field(core.id, "ExitCode") == "0:0");
+  const int64_t k = latest_step(run);
+  CHECK(k == logged_steps(run).back());
+  // The workers still in the job were stopped by the coordinator's Shutdown: their jobs end too.
+  for (const std::string& id : {workers.id + "_1", more.id}) {
+    CHECK_MESSAGE(wait_state(id, {"COMPLETED", "FAILED", "CANCELLED"}, std::chrono::seconds(60),
+                             dir) == "COMPLETED",
+                  "worker job " << id << ": " << sh("tail -n 5 '" + run + "'/logs/worker.*").first);
+  }
+  // Membership in the ledger: the added worker joined the running job, the cancelled one left
+  // (the workers present at the start are the job's first members, not joins).
+  // And the data: within each data epoch no window twice, every completed epoch whole.
+  LedgerCheck c = check_run_ledger(run);
+  CAPTURE(c.to_json());
+  CHECK(c.events["join"] >= 1);
+  CHECK(c.events["leave"] >= 1);
+  CHECK(c.ok());
+  CHECK(c.last_step == k);
 }
