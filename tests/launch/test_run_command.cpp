@@ -140,7 +140,7 @@ TEST_CASE("coordinator run command: --print-config prints the resolved config an
   CHECK(slurp(out).find("  steps: 2\n") != std::string::npos);
 }
 
-TEST_CASE("coordinator run command: processes - samples at checkpoints - a summary - logs named by id and dated and kept on resume") {
+TEST_CASE("coordinator run command: processes - samples at checkpoints - a summary - logs named by id - dated - kept on resume") {
   TempDir dir("run-outputs");
   write_corpus(dir / "train.tok", 20000, 7);
   write_corpus(dir / "val.tok", 2000, 8);
@@ -199,7 +199,7 @@ TEST_CASE("coordinator run command: processes - samples at checkpoints - a summa
   CHECK(slurp(dir / "err2.txt").find("---- sample from step-00000004 ----") == std::string::npos);
 }
 
-TEST_CASE("coordinator run command: a relative run.dir is relative to the working directory and not the config's folder") {
+TEST_CASE("coordinator run command: a relative run.dir is relative to the working directory - not the config folder") {
   TempDir dir("run-reldir");
   fs::create_directories(dir / "configs");
   write_corpus(dir / "configs/train.tok", 2000, 7);
