@@ -3,11 +3,67 @@
 // common/data/corpus.cpp). Only parsing here.
 #include "cli/commands.hpp"
 #include "common/data/corpus.hpp"
+#include "common/error.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <memory>
+#include <optional>
+#include <utility>
 
 namespace ptrain::cli {
+namespace {
+
+// This process's rank of a distributed prepare, from the launcher's environment: mpirun (Open MPI:
+// OMPI_COMM_WORLD_RANK/SIZE; MPICH, Intel MPI: PMI_RANK/PMI_SIZE) or srun (SLURM_PROCID of
+// SLURM_STEP_NUM_TASKS), whose ranks all run at once, so rank 0 waits for the others and writes
+// the manifest; else a SLURM job array (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, in steps of
+// SLURM_ARRAY_TASK_STEP, of SLURM_ARRAY_TASK_COUNT), whose tasks need not run at once, so a final
+// `--finalize` step writes it. Nothing found: one process.
+struct LauncherRank {
+  int rank = 0, ranks = 1;
+  bool concurrent = false;
+  std::string source;
+};
+
+std::optional<int> env_int(const char* name) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return std::nullopt;
+  try {
+    size_t used = 0;
+    const int x = std::stoi(v, &used);
+    if (used == std::strlen(v)) return x;
+  } catch (const std::exception&) {
+  }
+  throw UsageError(fmt::format("the environment variable {}=\"{}\" is not an integer", name, v));
+}
+
+LauncherRank launcher_rank() {
+  const std::pair<const char*, const char*> launchers[] = {
+      {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"}, {"PMI_RANK", "PMI_SIZE"}, {"SLURM_PROCID", "SLURM_STEP_NUM_TASKS"}};
+  for (const auto& [r, n] : launchers) {
+    const auto rank = env_int(r), size = env_int(n);
+    if (rank && size && *size > 1) return {*rank, *size, true, fmt::format("{}/{}", r, n)};
+  }
+  const auto id = env_int("SLURM_ARRAY_TASK_ID"), count = env_int("SLURM_ARRAY_TASK_COUNT");
+  if (id && count && *count > 1) {
+    const int min = env_int("SLURM_ARRAY_TASK_MIN").value_or(0), step = env_int("SLURM_ARRAY_TASK_STEP").value_or(1);
+    const int rank = step > 0 ? (*id - min) / step : -1;
+    if (rank < 0 || rank >= *count || (*id - min) % std::max(1, step) != 0) {
+      throw UsageError(fmt::format("SLURM_ARRAY_TASK_ID {} does not map to one of {} ranks (array from {} in steps "
+                                   "of {}): use an array 0-{} (or pass --rank and --ranks)",
+                                   *id, *count, min, step, *count - 1));
+    }
+    return {rank, *count, false, "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT"};
+  }
+  return {};
+}
+
+}  // namespace
 
 void add_prepare_command(CLI::App& app, Action& action) {
   struct Args {
@@ -24,6 +80,8 @@ void add_prepare_command(CLI::App& app, Action& action) {
     int64_t bpe_sample_bytes = kDefaultBpeSampleBytes;
     bool dry_run = false;
     std::string output;
+    int rank = 0, ranks = 1;
+    bool finalize = false;
   };
   auto args = std::make_shared<Args>();
   auto* sub = app.add_subcommand("prepare", "Tokenize text/JSONL files and folders (plain, .gz, .zst) into "
@@ -54,11 +112,21 @@ void add_prepare_command(CLI::App& app, Action& action) {
       ->capture_default_str();
   sub->add_flag("--dry-run", args->dry_run, "Read and count the inputs; write nothing");
   sub->add_option("--output", args->output, "Output folder (created if missing)")->required();
+  auto* rank = sub->add_option("--rank", args->rank,
+                               "Distributed prepare: this process's rank (default: from mpirun, srun or a SLURM "
+                               "job array)");
+  auto* ranks = sub->add_option("--ranks", args->ranks,
+                                "Distributed prepare: the number of ranks (1 = one process, whatever the launcher)");
+  rank->needs(ranks);
+  ranks->needs(rank);
+  sub->add_flag("--finalize", args->finalize,
+                "Distributed prepare: write the shards and manifest from every rank's part in OUTPUT/parts "
+                "(after a job array; same options as the ranks)");
 
   // Errors must surface from the action (main maps ptrain::Error to exit codes), not from parsing.
-  sub->callback([&action, args, vocab_size, sep] {
-    const bool has_vocab = vocab_size->count() > 0, has_sep = sep->count() > 0;
-    action = [args, has_vocab, has_sep] {
+  sub->callback([&action, args, vocab_size, sep, ranks] {
+    const bool has_vocab = vocab_size->count() > 0, has_sep = sep->count() > 0, has_ranks = ranks->count() > 0;
+    action = [args, has_vocab, has_sep, has_ranks] {
       PrepareOptions opt;
       opt.inputs = args->inputs;
       opt.tokenizer = parse_tokenizer_kind(args->tokenizer);
@@ -74,6 +142,17 @@ void add_prepare_command(CLI::App& app, Action& action) {
       opt.bpe_sample_bytes = args->bpe_sample_bytes;
       opt.dry_run = args->dry_run;
       opt.output_dir = args->output;
+      opt.finalize = args->finalize;
+      if (has_ranks) {
+        opt.rank = args->rank;
+        opt.ranks = args->ranks;
+      } else if (!opt.finalize && !opt.dry_run) {
+        const LauncherRank lr = launcher_rank();
+        opt.rank = lr.rank;
+        opt.ranks = lr.ranks;
+        opt.wait_for_parts = lr.concurrent;
+        if (lr.ranks > 1) spdlog::info("distributed prepare: rank {} of {} (from {})", lr.rank, lr.ranks, lr.source);
+      }
       const PrepareResult r = prepare_corpus(opt);
       if (opt.dry_run) {
         std::printf("dry run: %lld files (%lld skipped, %lld binary), %lld documents: train %lld, val %lld; "

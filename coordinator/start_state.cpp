@@ -1,7 +1,9 @@
 #include "coordinator/start_state.hpp"
 
+#include "common/data/tokenizer.hpp"
 #include "common/error.hpp"
 #include "common/io/run_checkpoints.hpp"
+#include "common/io/token_file.hpp"
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -53,6 +55,34 @@ void check_config_change(const Config& config, const std::string& file, const Ch
   }
 }
 
+// The tokenizer hash token data records, without reading its tokens: a prepared folder's (or
+// manifest's) from the manifest and shard headers, a .tok file's from its header.
+std::string data_tokenizer_hash(const std::string& path, std::string_view split) {
+  const std::filesystem::path p(path);
+  std::error_code ec;
+  if (std::filesystem::is_directory(p, ec) || p.extension() == ".json") {
+    return TokenFile::open(path, split).tokenizer_hash();
+  }
+  return read_token_file_header(path).tokenizer_hash;
+}
+
+// A checkpoint's model learnt the ids of its own tokenizer (an imported or `ptrain init`
+// checkpoint's too): data.train and data.val must have been prepared with it.
+void check_data_tokenizers(const Config& config, const std::string& file, const CheckpointMeta& meta) {
+  if (meta.tokenizer_json.empty()) return;
+  const std::unique_ptr<Tokenizer> tok = tokenizer_from_json(meta.tokenizer_json, file + " (dataset /tokenizer)");
+  const struct {
+    const std::string& path;
+    const char* key;
+    const char* split;
+  } data[] = {{config.data.train, "data.train", "train"}, {config.data.val, "data.val", "val"}};
+  for (const auto& d : data) {
+    if (d.path.empty()) continue;
+    check_data_tokenizer(fmt::format("{} ({})", d.path, d.key), data_tokenizer_hash(d.path, d.split), *tok,
+                         "the checkpoint " + file);
+  }
+}
+
 }  // namespace
 
 bool resume_safe_key(const std::string& key) {
@@ -89,6 +119,7 @@ StartState start_state(const Config& config, const ParamLayout& layout, bool all
         "different model config",
         file, meta.layout_hash, layout.hash()));
   }
+  check_data_tokenizers(config, file, meta);  // not overridable: the model would read other ids
   check_config_change(config, file, meta, allow_config_change, report);
   StartState s;
   s.step = meta.step;

@@ -27,7 +27,10 @@ struct StartState {
 // cadence, checkpoint.*, run.dir, run.threads, train.micro_batch, cluster.*, status.*) are
 // listed and allowed; any other difference (model, optimizer, data, batch size, seed...) is
 // refused with ConfigError listing every differing key with both values, unless
-// `allow_config_change` (then they are listed as warnings).
+// `allow_config_change` (then they are listed as warnings). Before that, data.train and data.val
+// must record the checkpoint's tokenizer (its hash; data without one is accepted): DataError
+// naming the data, its key, the checkpoint and both hashes otherwise, whatever
+// `allow_config_change` says.
 StartState load_start_state(const Config& config, const ParamLayout& layout, bool allow_config_change = false);
 
 // The checks of load_start_state (the checkpoint readable, written for this layout, its config

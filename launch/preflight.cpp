@@ -39,8 +39,11 @@ void check_writable(const std::string& dir, const std::string& what) {
 }
 
 void check_token_file(const std::string& path, const char* key, const char* split,
-                      const ModelDims& dims, const std::string& tokenizer) {
+                      const ModelDims& dims, const std::string& tokenizer, const Tokenizer& tok) {
   const TokenFile f = TokenFile::open(path, split);  // header, checksum, every id below its vocab
+  // data.tokenizer is what generate, eval and export will decode with.
+  check_data_tokenizer(fmt::format("{} ({})", path, key), f.tokenizer_hash(), tok,
+                       fmt::format("data.tokenizer ({})", tokenizer));
   if (f.vocab_size() > dims.V) {
     throw DataError(fmt::format("{} ({}) was written with a vocabulary of {} tokens, the "
                                 "tokenizer ({}) has {}: ids up to {} would index past the model's "
@@ -142,9 +145,9 @@ void preflight_job(const Config& config, bool allow_config_change) {
         big->driven_by));
   }
   const ModelDims dims = model_dims(config.model, tokenizer->vocab_size());
-  check_token_file(config.data.train, "data.train", "train", dims, config.data.tokenizer);
+  check_token_file(config.data.train, "data.train", "train", dims, config.data.tokenizer, *tokenizer);
   if (!config.data.val.empty()) {
-    check_token_file(config.data.val, "data.val", "val", dims, config.data.tokenizer);
+    check_token_file(config.data.val, "data.val", "val", dims, config.data.tokenizer, *tokenizer);
   }
   check_writable(config.run.dir, "run.dir");
   check_writable((fs::path(config.run.dir) / "checkpoints").string(), "the checkpoint folder");

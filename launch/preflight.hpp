@@ -4,9 +4,11 @@
 //   - memory: an estimate per role (weights, AdamW moments, gradients, activations, buffers) for
 //     every role this machine runs, against run.max_memory (auto = the machine's available
 //     memory), naming the keys that drive the largest part;
-//   - data: each token file opens (header, checksum, every id below its header's vocabulary) and
-//     its vocabulary fits the model's, with at least one window of model.seq_len + 1 tokens;
-//   - resume: the checkpoint that checkpoint.resume picks reads and has this model's layout;
+//   - data: each token file opens (header, checksum, every id below its header's vocabulary), was
+//     made with data.tokenizer (its hash) and its vocabulary fits the model's, with at least one
+//     window of model.seq_len + 1 tokens;
+//   - resume: the checkpoint that checkpoint.resume picks reads, has this model's layout, and
+//     data.train / data.val were made with its tokenizer;
 //   - directories: run.dir and run.dir/checkpoints can be written.
 // Used by both launches (threads and processes).
 #pragma once

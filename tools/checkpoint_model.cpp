@@ -54,15 +54,7 @@ void check_token_file_vocab(const TokenFile& tf, const CheckpointModel& cm) {
         "the data was prepared with another tokenizer",
         tf.path(), tf.vocab_size(), cm.tokenizer->vocab_size(), cm.file));
   }
-  // Same size is not same tokenizer (two BPEs of 4096 tokens): compare hashes where the data has
-  // one (format version 1 token files do not).
-  const std::string want = tokenizer_hash(*cm.tokenizer).substr(0, tf.tokenizer_hash().size());
-  if (!tf.tokenizer_hash().empty() && tf.tokenizer_hash() != want) {
-    throw DataError(fmt::format(
-        "{} was made with tokenizer {} but the checkpoint {} uses tokenizer {} ({}, {} tokens): the data was "
-        "prepared with another tokenizer; prepare it again with the checkpoint's tokenizer",
-        tf.path(), tf.tokenizer_hash(), cm.file, want, cm.tokenizer->kind(), cm.tokenizer->vocab_size()));
-  }
+  check_data_tokenizer(tf.path(), tf.tokenizer_hash(), *cm.tokenizer, "the checkpoint " + cm.file);
 }
 
 void read_windows(const TokenFile& tf, int64_t first, int64_t n, int64_t T, int64_t vocab,

@@ -41,6 +41,15 @@ struct PrepareOptions {
   int64_t bpe_sample_bytes = kDefaultBpeSampleBytes;  // bpe: train on the first this many bytes of train
   bool dry_run = false;                     // count and report; write nothing
   std::string output_dir;
+  // Distributed prepare (docs/commands.md "prepare"): with ranks > 1, this process is rank `rank`
+  // and encodes only its share of the input files into DIR/parts; rank 0 with `wait_for_parts`
+  // (under mpirun/srun, where all ranks run at once) then waits for the others' parts and writes
+  // the shards and manifest. `finalize`: only that last step (after a job array), with the options
+  // the ranks ran with. The shards and manifest are byte-identical to a one-process run.
+  int rank = 0;
+  int ranks = 1;
+  bool wait_for_parts = false;
+  bool finalize = false;
 };
 
 // Throws UsageError naming the option at fault (DataError for --val-fraction outside [0, 1), in
@@ -118,10 +127,12 @@ struct PrepareResult {
   double seconds = 0, encode_seconds = 0;
 };
 
-// Runs the whole preparation. Inputs are read (and checked) in full before DIR is touched; then
-// DIR/manifest.json is removed first and written last, and each shard appears under its name only
-// once complete, so an interrupted run leaves no manifest (training refuses the folder until a
-// prepare completes) and no half-written shard under a final name.
+// Runs the whole preparation (or one rank's share of it, or the final step of a distributed one).
+// Inputs are read (and checked) in full before DIR is touched; then DIR/prepare.incomplete
+// (kPrepareIncompleteFile) is created, DIR/manifest.json removed, the shards written (each under
+// its name only once complete), the manifest written and the marker removed last: a run killed at
+// any point leaves the marker, which readers refuse (naming it) and the next prepare into DIR
+// reports and starts over.
 PrepareResult prepare_corpus(const PrepareOptions& opt);
 
 }  // namespace ptrain

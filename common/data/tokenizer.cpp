@@ -148,6 +148,18 @@ std::unique_ptr<Tokenizer> tokenizer_from_json(const std::string& json, const st
 
 std::string tokenizer_hash(const Tokenizer& tok) { return sha256_hex(tok.to_json()); }
 
+void check_data_tokenizer(const std::string& data, const std::string& data_hash, const Tokenizer& tok,
+                          const std::string& tok_origin) {
+  if (data_hash.empty()) return;
+  const std::string want = tokenizer_hash(tok).substr(0, data_hash.size());
+  if (data_hash != want) {
+    throw DataError(fmt::format(
+        "{} was made with tokenizer {} but {} uses tokenizer {} ({}, {} tokens): the data was prepared with "
+        "another tokenizer; prepare it again with that tokenizer", data, data_hash, tok_origin, want, tok.kind(),
+        tok.vocab_size()));
+  }
+}
+
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec) {
   if (spec == "byte") return make_byte_tokenizer();
   return tokenizer_from_json(read_file(spec), spec);

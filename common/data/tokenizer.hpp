@@ -34,6 +34,13 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec);
 // encode alike. Token files carry its first 32 hex digits, manifests all of it.
 std::string tokenizer_hash(const Tokenizer& tok);
 
+// Refuses token data made with another tokenizer than `tok` (same vocabulary size is not the same
+// tokenizer: two BPEs of 4096 tokens). `data_hash`: the hash the data records (a prefix of
+// tokenizer_hash(); "" = unknown, as in format version 1 token files: accepted). `data` and
+// `tok_origin` name both sides in the DataError (a path and its config key; a checkpoint file).
+void check_data_tokenizer(const std::string& data, const std::string& data_hash, const Tokenizer& tok,
+                          const std::string& tok_origin);
+
 // ---- byte-level BPE (bpe.cpp) ----
 // Merge k (0-based) joins ids (first, second) into the new id 256 + k; eot = 256 + merges.size().
 using BpeMerge = std::pair<int32_t, int32_t>;

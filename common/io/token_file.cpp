@@ -209,6 +209,13 @@ void TokenFile::Impl::open_manifest(const std::string& manifest, std::string_vie
   namespace fs = std::filesystem;
   auto bad = [&](const std::string& what) { return DataError(fmt::format("manifest {}: {}", manifest, what)); };
   std::error_code ec;
+  const fs::path marker = fs::path(manifest).parent_path() / kPrepareIncompleteFile;
+  if (fs::exists(marker, ec)) {
+    throw DataError(fmt::format("{}: a `ptrain prepare` into this folder was interrupted or is still running "
+                                "({} exists), so its shards and manifest are not a complete output; wait for "
+                                "it, or run the same `ptrain prepare` again (it starts over)",
+                                fs::path(manifest).parent_path().string(), marker.string()));
+  }
   if (!fs::exists(manifest, ec)) {
     throw IoError(fmt::format("no manifest {}: the folder holds no complete `ptrain prepare` output (an "
                               "interrupted prepare leaves none); run or re-run `ptrain prepare`", manifest));

@@ -55,6 +55,11 @@ struct TokenFileHeader {
 };
 TokenFileHeader read_token_file_header(const std::string& path);
 
+// A file `ptrain prepare` keeps in its output folder while it writes there (created before the old
+// manifest is removed, removed after the new one is written): a folder holding it is the output of
+// an interrupted (or still running) prepare, and open() refuses it whatever else the folder holds.
+inline constexpr const char* kPrepareIncompleteFile = "prepare.incomplete";
+
 // Hex digits of the tokenizer hash stored in a token file header (16 bytes).
 inline constexpr size_t kTokenizerHashHexDigits = 32;
 

@@ -5,6 +5,9 @@
 #include "support/job_test_util.hpp"
 #include "support/ptrain_process.hpp"
 
+#include "common/data/tokenizer.hpp"
+#include "common/io/token_file.hpp"
+
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
 #include <fcntl.h>
@@ -217,4 +220,58 @@ TEST_CASE("coordinator run command: a relative run.dir is relative to the workin
   // Data paths still follow the config file.
   CHECK(yaml.find("  train: \"" + (fs::path(dir / "configs/train.tok")).lexically_normal().string() + "\"\n") !=
         std::string::npos);
+
+TEST_CASE("coordinator run command: data made with another tokenizer than the checkpoint's (or data.tokenizer) is refused naming both") {
+  TempDir dir("run-tokenizer");
+  // Prepared data and a tokenizer of the byte tokenizer's size but another kind (a BPE of 257
+  // tokens: no merges), so the model layout agrees and only the tokenizer hash tells them apart.
+  {
+    std::ofstream text(dir / "text.txt");
+    for (int i = 0; i < 400; ++i) text << "the parameter server sums gradient number " << i << "\n%\n";
+  }
+  REQUIRE(wait_exit(start({"prepare", "--input", dir / "text.txt", "--doc-separator", "%", "--tokenizer", "bpe",
+                           "--vocab-size", "257", "--val-fraction", "0", "--output", dir / "bpe"},
+                          dir / "prep.err")) == 0);
+  const std::string cfg = write_config(dir, 2);  // train.tok, tokenizer byte
+  const std::string byte_hash = tokenizer_hash(*make_byte_tokenizer());
+  const std::string bpe_hash = TokenFile::open(dir / "bpe").tokenizer_hash();
+  REQUIRE(bpe_hash.size() == 32);
+  REQUIRE(bpe_hash != byte_hash.substr(0, 32));
+  // The same tokens stamped with the byte tokenizer's hash; `ptrain init` writes a step-0
+  // checkpoint (tokenizer byte) on them.
+  const std::vector<uint32_t> tokens = [&] {
+    const TokenFile f = TokenFile::open(dir / "train.tok");
+    std::vector<uint32_t> t;
+    for (int64_t i = 0; i < f.size(); ++i) t.push_back(static_cast<uint32_t>(f.at(i)));
+    return t;
+  }();
+  write_token_file(dir / "stamped.tok", 257, tokens, byte_hash);
+  const std::string data = "data.train=" + (dir / "stamped.tok"), run_dir = "run.dir=" + (dir / "run");
+  REQUIRE(wait_exit(start({"init", cfg, "--set", data, run_dir, "--out", dir / "init.h5"}, dir / "init.err")) == 0);
+
+  // Starting from the byte checkpoint on data prepared with the BPE (and data.tokenizer the BPE's,
+  // so the data and the config agree): refused before any role starts, naming the data, its key,
+  // the checkpoint and both hashes; --allow-config-change does not lift it.
+  for (bool allow : {false, true}) {
+    std::vector<std::string> args{"run", cfg, "--set", "checkpoint.resume=" + (dir / "init.h5"), run_dir,
+                                  "data.train=" + (dir / "bpe"), "data.tokenizer=" + (dir / "bpe/tokenizer.json")};
+    if (allow) args.insert(args.begin() + 2, "--allow-config-change");
+    CHECK(wait_exit(start(args, dir / "err.txt")) == 5);
+    const std::string err = slurp(dir / "err.txt");
+    CAPTURE(err);
+    CHECK(err.find((dir / "bpe") + " (data.train) was made with tokenizer " + bpe_hash) != std::string::npos);
+    CHECK(err.find("the checkpoint " + (dir / "init.h5")) != std::string::npos);
+    CHECK(err.find(byte_hash.substr(0, 32)) != std::string::npos);
+  }
+  CHECK(!fs::exists(dir / "run/train.jsonl"));
+
+  // A fresh start on that data with data.tokenizer byte: refused naming data.tokenizer.
+  CHECK(wait_exit(start({"run", cfg, "--set", run_dir, "data.train=" + (dir / "bpe")}, dir / "err2.txt")) == 5);
+  CHECK(slurp(dir / "err2.txt").find("data.tokenizer (byte) uses tokenizer " + byte_hash.substr(0, 32)) !=
+        std::string::npos);
+
+  // The checkpoint on data stamped with its own tokenizer starts and trains.
+  const Proc ok = start({"run", cfg, "--set", "checkpoint.resume=" + (dir / "init.h5"), run_dir, data}, dir / "err3.txt");
+  CHECK_MESSAGE(wait_exit(ok) == 0, slurp(dir / "err3.txt"));
+  CHECK(read_lines(dir / "run/train.jsonl").size() == 2);
 }
