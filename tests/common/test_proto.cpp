@@ -482,9 +482,9 @@ TEST_CASE("proto: a frame of another protocol version is refused naming both ver
   put_at<uint16_t>(f, 4, 3);
   const DecodeResult r = decode_frame(std::span(f).first(kHeaderSize));
   REQUIRE(r.status == DecodeStatus::kBad);
-  CHECK(r.error == "protocol version 3 is not supported: this build speaks protocol version 5");
-  // A version-4 peer (bulk messages without their float encoding).
-  put_at<uint16_t>(f, 4, 4);
+  CHECK(r.error == fmt::format("protocol version 3 is not supported: this build speaks protocol version {}", kProtocolVersion));
+  // A version-5 peer (bulk messages without their float encoding).
+  put_at<uint16_t>(f, 4, 5);
   CHECK(decode_frame(std::span(f).first(kHeaderSize)).error ==
-        "protocol version 4 is not supported: this build speaks protocol version 5");
+        fmt::format("protocol version 5 is not supported: this build speaks protocol version {}", kProtocolVersion));
 }

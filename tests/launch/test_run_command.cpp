@@ -220,6 +220,7 @@ TEST_CASE("coordinator run command: a relative run.dir is relative to the workin
   // Data paths still follow the config file.
   CHECK(yaml.find("  train: \"" + (fs::path(dir / "configs/train.tok")).lexically_normal().string() + "\"\n") !=
         std::string::npos);
+}
 
 TEST_CASE("coordinator run command: data made with another tokenizer than the checkpoint's (or data.tokenizer) is refused naming both") {
   TempDir dir("run-tokenizer");
