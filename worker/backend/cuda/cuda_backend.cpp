@@ -1,6 +1,8 @@
 // CudaBackend (cuda_backend.hpp) and make_cuda_backend (cuda_factory.hpp).
 #include "worker/backend/cuda/cuda_backend.hpp"
 
+#include "worker/backend/cuda/cuda_attention.hpp"
+
 #include "common/error.hpp"
 #include "worker/backend/cuda/cuda_check.hpp"
 #include "worker/backend/cuda/cuda_kernels.hpp"
@@ -502,33 +504,16 @@ void CudaBackend::attention_decode(float* out, float* scratch, const float* q, c
   PTRAIN_CUDA_CHECK_LAUNCH();
 }
 
-// ==== training attention: NOT WIRED YET ==============================================================
-// The training attention ops (causal and bidirectional, forward and backward) are flash-style
-// kernels kept apart from this file (worker/backend/cuda/cuda_attention.*, free functions on
-// stream()); they are connected here. Until then these stop with a clear message rather than
-// compute anything.
-void CudaBackend::attention_not_wired(const char* op) const {
-  throw NotImplementedError(fmt::format(
-      "backend {}: op {} (training attention) is not implemented yet on the cuda backend; "
-      "use --device cpu",
-      name_, op));
+// Training attention (causal and padded bidirectional): the flash-style kernels of
+// cuda_attention.cu, on the compute stream like every other op.
+void CudaBackend::attention_forward(float* out, float* lse, const float* qkv,
+                                    const AttentionShape& shape) {
+  cuda::flash_attention_forward(out, lse, qkv, shape, compute_);
 }
-void CudaBackend::attention_forward(float*, float*, const float*, int64_t, int64_t, int64_t,
-                                    int64_t) {
-  attention_not_wired("attention_forward");
+void CudaBackend::attention_backward(float* dqkv, float* scratch, const float* dout,
+                                     const float* out, const float* qkv, const float* lse,
+                                     const AttentionShape& shape) {
+  cuda::flash_attention_backward(dqkv, scratch, dout, out, qkv, lse, shape, compute_);
 }
-void CudaBackend::attention_backward(float*, float*, const float*, const float*, const float*,
-                                     int64_t, int64_t, int64_t, int64_t) {
-  attention_not_wired("attention_backward");
-}
-void CudaBackend::attention_bidir_forward(float*, float*, const float*, const int32_t*, int64_t,
-                                          int64_t, int64_t, int64_t) {
-  attention_not_wired("attention_bidir_forward");
-}
-void CudaBackend::attention_bidir_backward(float*, float*, const float*, const float*,
-                                           const float*, int64_t, int64_t, int64_t, int64_t) {
-  attention_not_wired("attention_bidir_backward");
-}
-// ==== end of training attention =======================================================================
 
 }  // namespace ptrain

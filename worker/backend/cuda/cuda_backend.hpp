@@ -83,10 +83,10 @@ class CudaBackend final : public Backend {
   void residual_forward(float* out, const float* a, const float* b, int64_t n) override;
   void gelu_forward(float* out, const float* inp, int64_t n) override;
   void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) override;
-  void attention_forward(float* out, float* att, const float* qkv, int64_t B, int64_t T, int64_t C,
-                         int64_t NH) override;
-  void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
-                          const float* att, int64_t B, int64_t T, int64_t C, int64_t NH) override;
+  void attention_forward(float* out, float* lse, const float* qkv,
+                         const AttentionShape& shape) override;
+  void attention_backward(float* dqkv, float* scratch, const float* dout, const float* out,
+                          const float* qkv, const float* lse, const AttentionShape& shape) override;
   void attention_decode(float* out, float* scratch, const float* q, const float* kcache,
                         const float* vcache, int64_t npos, int64_t ld, int64_t C,
                         int64_t NH) override;
@@ -113,11 +113,6 @@ class CudaBackend final : public Backend {
   void embedding_backward(float* dwte, float* dwpe, float* dwtt, const float* dout,
                           const int32_t* tokens, const int32_t* types, int64_t B, int64_t T,
                           int64_t C) override;
-  void attention_bidir_forward(float* out, float* att, const float* qkv, const int32_t* key_valid,
-                               int64_t B, int64_t T, int64_t C, int64_t NH) override;
-  void attention_bidir_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
-                                const float* att, int64_t B, int64_t T, int64_t C,
-                                int64_t NH) override;
   void gather_rows(float* dst, const float* src, const int32_t* idx, int64_t M,
                    int64_t C) override;
   void scatter_rows(float* dst, const float* src, const int32_t* idx, int64_t M,
@@ -143,7 +138,6 @@ class CudaBackend final : public Backend {
                Operand b, float beta, const float* c, int64_t ldc, float* d, int64_t ldd,
                const float* bias);
   bool bf16() const { return options_.precision == DevicePrecision::kBf16; }
-  [[noreturn]] void attention_not_wired(const char* op) const;
 
   CudaBackendOptions options_;
   std::string name_;
