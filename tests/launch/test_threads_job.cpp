@@ -10,6 +10,7 @@
 #include "launch/threads_job.hpp"
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
@@ -237,6 +238,59 @@ TEST_CASE("coordinator job: N steps straight == N/2 + stop + resume (auto) + N/2
   const RunSummary fourth = run_threads_job(by_path);
   CHECK(fourth.start_step == 3);
   CHECK(final_state(by_path, fourth).params == want.params);
+}
+
+// docs/elastic.md, "Determinism, stated exactly": a step's gradient is a left fold of its
+// micro-batch gradients (each computed from zero, in window order) when every worker but the
+// first holds exactly one micro-batch — 1 worker, or `batch_size / micro_batch` workers — so a
+// resume between such worker counts is bitwise the straight run; other counts fold in another
+// order (B 8, micro-batch 2: 2 workers add (m1+m2)+(m3+m4); 3 workers cut 3/3/2) and are equal
+// only to rounding.
+TEST_CASE("coordinator job: resume at another worker count - bitwise between 1 and B/micro workers - to rounding otherwise") {
+  TempDir dir;
+  Config straight = small_config(dir);
+  straight.train.steps = 6;
+  straight.train.batch_size = 8;
+  straight.train.micro_batch = 2;
+  straight.cluster.servers = 2;
+  straight.run.threads = 1;  // one compute thread per worker in every run
+  const RunSummary s = run_threads_job(straight);
+  const auto want = final_state(straight, s);
+
+  // Steps 1-3 with `first` workers, then a resume with `then`.
+  auto resumed = [&](int64_t first, int64_t then) {
+    Config c = straight;
+    c.run.dir = dir / fmt::format("{}-then-{}", first, then);
+    c.cluster.workers = first;
+    c.checkpoint.resume = "auto";
+    ThreadsJobOptions stop_at_3;
+    stop_at_3.stop_requested = [](int64_t step) { return step == 3; };
+    REQUIRE(run_threads_job(c, stop_at_3).final_step == 3);
+    c.cluster.workers = then;
+    const RunSummary r = run_threads_job(c);
+    CHECK(r.start_step == 3);
+    CHECK(r.final_step == 6);
+    return final_state(c, r);
+  };
+  const auto four_one = resumed(4, 1);
+  CHECK(four_one.params == want.params);
+  CHECK(four_one.m == want.m);
+  CHECK(four_one.v == want.v);
+
+  for (const auto& [first, then] : {std::pair<int64_t, int64_t>{1, 2}, {4, 3}}) {
+    CAPTURE(first);
+    CAPTURE(then);
+    const auto got = resumed(first, then);
+    double key_bias = 0;
+    const Worst w = worst_rel_l2_without_key_bias(layout_for(straight), got.params, want.params,
+                                                  &key_bias);
+    MESSAGE("1 worker straight vs " << first << " then " << then
+            << " workers: worst per-tensor relative L2 " << w.value << " (" << w.tensor
+            << ") without the attention key biases; key biases " << key_bias << "; bitwise "
+            << (got.params == want.params));
+    CHECK(w.value <= 1e-5);
+    CHECK(key_bias <= 1e-3);  // rounding noise of a gradient that is exactly 0 (see above)
+  }
 }
 
 TEST_CASE("coordinator job: train.jsonl has every field - a resume drops the lines past its step and continues elapsed_s") {
