@@ -162,9 +162,10 @@ int64_t latest_step(const std::string& run_dir) {
 }
 
 // A long job (a million steps) from train.sbatch, held by `job`, once it has logged 3 steps.
-void start_long_job(const TempDir& dir, const std::string& run, Job& job) {
+void start_long_job(const TempDir& dir, const std::string& run, Job& job,
+                    const std::string& sbatch_flags = "") {
   const std::string cfg = write_config(dir, 1000000);
-  job.id = submit(dir, "train.sbatch", cfg + " " + run);
+  job.id = submit(dir, "train.sbatch", cfg + " " + run, sbatch_flags);
   wait_state(job.id, {"RUNNING"}, std::chrono::seconds(60), dir);
   wait_for_steps(run, 3, job.id, dir);
 }
@@ -213,6 +214,34 @@ TEST_CASE("slurm: scancel --signal=USR1 to the tasks - a checkpoint - the job en
   CHECK(k >= 3);
   CHECK(k < 1000000);
   CHECK(logged_steps(run).back() == k);
+}
+
+TEST_CASE("slurm: scancel --full --signal=USR1 (batch shell and tasks) - one checkpoint - clean end") {
+  need_cluster();
+  TempDir dir("slurm-usr1-full");
+  const std::string run = dir / "run";
+  Job job;
+  // Without the requeue, so that the job's end is observable: every task gets SIGUSR1 twice (from
+  // scancel, then from the batch shell's trap passing it on), and must still stop only once.
+  start_long_job(dir, run, job, "--export=ALL,PTRAIN_NO_REQUEUE=1");
+  REQUIRE(sh("scancel --full --signal=USR1 " + job.id).second == 0);
+  const std::string st = wait_state(job.id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"},
+                                    std::chrono::seconds(60), dir);
+  const std::string out = test::slurp(dir.path / ("slurm-" + job.id + ".out"));
+  CAPTURE(out);
+  CHECK(st == "COMPLETED");
+  CHECK(job_field(job.id, "ExitCode") == "0:0");
+  CHECK(job_field(job.id, "Restarts") == "0");
+  CHECK(out.find("SIGUSR1: every task checkpoints and stops") != std::string::npos);
+  CHECK(out.find("the tasks ended (exit 0)") != std::string::npos);
+  const int64_t k = latest_step(run);
+  CHECK(k >= 3);
+  CHECK(logged_steps(run).back() == k);
+  size_t checkpoints = 0;
+  for (const auto& e : fs::directory_iterator(fs::path(run) / "checkpoints")) {
+    checkpoints += e.path().filename().string().rfind("step-", 0) == 0 ? 1 : 0;
+  }
+  CHECK(checkpoints == 1);  // checkpoint.every_steps is 0: only the stop wrote one
 }
 
 TEST_CASE("slurm: SIGUSR1 to the batch shell - checkpoint - requeue - resumes from it") {
@@ -322,4 +351,10 @@ TEST_CASE("slurm: elastic pair - a worker job added and one cancelled while it t
   CHECK(c.events["leave"] >= 1);
   CHECK(c.ok());
   CHECK(c.last_step == k);
+  // Logs per task, named with the SLURM job and task ids.
+  const fs::path logs = fs::path(run) / "logs";
+  for (int task = 0; task < 2; ++task) {
+    CHECK(fs::exists(logs / fmt::format("core.job-{}.task-{}.log", core.id, task)));
+  }
+  CHECK(fs::exists(logs / fmt::format("worker.job-{}.task-0.log", more.id)));
 }
