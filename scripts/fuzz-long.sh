@@ -28,7 +28,9 @@ for name in "${TARGETS[@]}"; do
   extra=()
   case $name in
     frame_decoder) corpus="$FUZZ/corpus"; extra=(-write_seeds="$corpus" -max_len=8192 -malloc_limit_mb=64) ;;
-    checkpoint) extra=(-write_seeds="$corpus" -max_len=65536 -malloc_limit_mb=256) ;;
+    # -detect_leaks=0: HDF5 keeps blocks on its free lists between files, which LeakSanitizer's
+    # per-input check reports as leaks inside libhdf5 (they do not reproduce on their own).
+    checkpoint) extra=(-write_seeds="$corpus" -max_len=65536 -malloc_limit_mb=256 -detect_leaks=0) ;;
     *) extra=(-max_len=4096 -malloc_limit_mb=256) ;;
   esac
   mkdir -p "$corpus"
@@ -39,13 +41,13 @@ for name in "${TARGETS[@]}"; do
   log="$FUZZ/findings/$name.log"
   timer=()
   [ -x /usr/bin/time ] && timer=(/usr/bin/time -f '%U %S' -o "$FUZZ/findings/$name.cpu")
+  start=$(date +%s)
   "${timer[@]}" "$bin" "${extra[@]}" -max_total_time="$SECONDS_EACH" -timeout=30 \
     -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$FUZZ/findings/$name-" \
     "$corpus" "${seeds[@]}" >"$log" 2>&1 || echo "$name: stopped with a finding, see $log"
   execs=$(awk '/stat::number_of_executed_units/ {s += $2} END {print s + 0}' "$log")
-  # libFuzzer's closing "Done N runs in S second(s)"; the time asked for when it stopped early.
-  took=$(awk '/^Done [0-9]+ runs in/ {t = $5} END {print t + 0}' "$log")
-  [ "$took" -gt 0 ] || took=$SECONDS_EACH
+  took=$(($(date +%s) - start))  # shorter than asked when it stopped at a finding
+  [ "$took" -gt 0 ] || took=1
   rate=$(awk -v e="$execs" -v t="$took" 'BEGIN {printf "%.0f", e / t}')
   # CPU seconds it got (user + system): on a shared machine exec/s says more per CPU second.
   cpu=-

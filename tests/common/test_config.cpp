@@ -224,6 +224,14 @@ TEST_CASE("config: a stray top-level comma is refused at its line - not a hang o
   CHECK(parse(kTrain + "run:\n  dir: \"a, b\"\n").run.dir == "/base/a, b");
 }
 
+TEST_CASE("config: a silent peer is lost after at most 5 s by default - and the key sets it") {
+  // On a LAN or loopback a hung (SIGSTOPped) peer must be noticed within seconds, not 10 s.
+  const Config c = parse(kTrain);
+  CHECK(c.cluster.peer_timeout_s <= 5.0);
+  CHECK(c.cluster.peer_timeout_s >= 2 * c.cluster.heartbeat_s);
+  CHECK(parse(kTrain, {{"cluster.peer_timeout_s", "30"}}).cluster.peer_timeout_s == 30.0);
+}
+
 TEST_CASE("config: unknown keys and sections name the nearest valid key") {
   CHECK(parse_error(kTrain + "optim:\n  lrr: 0.1\n") ==
         "cfg.yaml:4:3: unknown key 'optim.lrr' (did you mean 'optim.lr'?)");
