@@ -757,6 +757,8 @@ void CoordinatorRun::checkpoint(int64_t step) {
   double slowest_s = 0.0;
   for (int64_t done = 0; done < num_servers_;) {
     net::Envelope env = next(fmt::format("checkpoint shards of step {}", step));
+    // A straggler's late report (or a server's note of its late push) can arrive now.
+    if (stale(env, step)) continue;
     auto* m = std::get_if<proto::CheckpointShardWritten>(&env.message);
     if (m == nullptr || m->request_id != id || m->version != step || m->server_id < 0 ||
         m->server_id >= num_servers_ || have[static_cast<size_t>(m->server_id)] ||
