@@ -11,6 +11,8 @@
 #   thread: prepare's third pass, which reads, decompresses, splits, encodes and writes);
 #   spm_encode (one process, single-threaded) of the first SPM_SLICE_MB of the same text, with a
 #   model trained once by spm_train (BPE, the same vocabulary, the same 32 MiB sample).
+# Wall-clock rates and rates per CPU-second (user + system time, which a loaded machine disturbs
+# far less) are both printed.
 # Prints one line per run and a summary of ranges.
 # Usage: scripts/bench_prepare.sh [SIZE_MB=2048] [VOCAB=4096] [WORK=/tmp/ptrain-bench-prepare]
 #                                 [REPEATS=2] [SPM_SLICE_MB=256]
@@ -89,32 +91,35 @@ rm -f sample.txt
 for r in $(seq 1 "$REPEATS"); do
   for t in 1 2; do
     rm -rf out
-    /usr/bin/time -f "%M %e" -o time.txt "$PTRAIN" prepare --input in --doc-separator % --tokenizer bpe \
+    /usr/bin/time -f "%M %e %U %S" -o time.txt "$PTRAIN" prepare --input in --doc-separator % --tokenizer bpe \
       --vocab-size "$VOCAB" --bpe-sample-bytes $SAMPLE --threads $t --output out 2> log.txt
-    read -r rss secs < time.txt
+    read -r rss secs user sys < time.txt
     enc=$(grep -o 'encoded [0-9.]* MB in [0-9.]* s' log.txt | tail -1 | awk '{print $5}')
     rate=$(python3 -c "print(round($BYTES/1e6/$enc/$t, 2))")
-    echo "run $r: ptrain prepare threads=$t: total ${secs} s, encode ${enc} s = ${rate} MB/s per thread, peak RSS $((rss / 1024)) MiB, load $(cut -d' ' -f1 /proc/loadavg)"
-    echo "ptrain$t $rate $((rss / 1024))" >> results.txt
+    cpu=$(python3 -c "print(round($BYTES/1e6/($user+$sys), 2))")
+    echo "run $r: ptrain prepare threads=$t: total ${secs} s, encode ${enc} s = ${rate} MB/s per thread, ${cpu} MB per CPU-second (whole command: count, bpe training, encode), peak RSS $((rss / 1024)) MiB, load $(cut -d' ' -f1 /proc/loadavg)"
+    echo "ptrain$t $rate $((rss / 1024)) $cpu" >> results.txt
     rm -rf out
   done
-  /usr/bin/time -f "%M %e" -o time.txt spm_encode --model=spm.model --output_format=id < slice.txt > /dev/null
-  read -r rss secs < time.txt
+  /usr/bin/time -f "%M %e %U %S" -o time.txt spm_encode --model=spm.model --output_format=id < slice.txt > /dev/null
+  read -r rss secs user sys < time.txt
   rate=$(python3 -c "print(round($SLICE/1e6/$secs, 2))")
-  echo "run $r: spm_encode (1 process) of the first $SPM_SLICE_MB MiB: ${secs} s = ${rate} MB/s, peak RSS $((rss / 1024)) MiB, load $(cut -d' ' -f1 /proc/loadavg)"
-  echo "spm $rate $((rss / 1024))" >> results.txt
+  cpu=$(python3 -c "print(round($SLICE/1e6/($user+$sys), 2))")
+  echo "run $r: spm_encode (1 process) of the first $SPM_SLICE_MB MiB: ${secs} s = ${rate} MB/s, ${cpu} MB per CPU-second, peak RSS $((rss / 1024)) MiB, load $(cut -d' ' -f1 /proc/loadavg)"
+  echo "spm $rate $((rss / 1024)) $cpu" >> results.txt
 done
 python3 - <<'PY'
 rows = {}
 for line in open("results.txt"):
-    name, rate, rss = line.split()
-    rows.setdefault(name, []).append((float(rate), int(rss)))
+    name, rate, rss, cpu = line.split()
+    rows.setdefault(name, []).append((float(rate), int(rss), float(cpu)))
 def rng(v): return f"{min(v)}–{max(v)}" if min(v) != max(v) else f"{v[0]}"
 for name, label in (("ptrain1", "ptrain 1 thread"), ("ptrain2", "ptrain 2 threads"), ("spm", "spm_encode")):
     v = rows.get(name, [])
-    if v: print(f"summary: {label}: {rng([r for r, _ in v])} MB/s per thread, peak RSS {rng([m for _, m in v])} MiB")
+    if v: print(f"summary: {label}: {rng([r for r, _, _ in v])} MB/s per thread (wall), {rng([c for _, _, c in v])} MB per CPU-second, peak RSS {rng([m for _, m, _ in v])} MiB")
 if rows.get("ptrain1") and rows.get("spm"):
-    lo = min(r for r, _ in rows["ptrain1"]) / max(r for r, _ in rows["spm"])
-    hi = max(r for r, _ in rows["ptrain1"]) / min(r for r, _ in rows["spm"])
-    print(f"summary: ptrain 1 thread / spm_encode per thread: {lo:.1f}x–{hi:.1f}x")
+    for i, what in ((0, "wall"), (2, "CPU time")):
+        lo = min(r[i] for r in rows["ptrain1"]) / max(r[i] for r in rows["spm"])
+        hi = max(r[i] for r in rows["ptrain1"]) / min(r[i] for r in rows["spm"])
+        print(f"summary: ptrain 1 thread / spm_encode per thread ({what}): {lo:.1f}x–{hi:.1f}x")
 PY

@@ -128,7 +128,7 @@ TEST_CASE("prepare: killed half-way (SIGKILL) - readers refuse the folder naming
   CHECK(!fs::exists(out + "/manifest.json"));
 
   // Training (TokenFile, as the coordinator, workers and preflight open data) refuses it.
-  for (const std::string path : {out, out + "/manifest.json"}) {
+  for (const std::string& path : {out, out + "/manifest.json"}) {
     try {
       (void)TokenFile::open(path, "train");
       FAIL("an interrupted folder was opened");
