@@ -4,14 +4,14 @@
 // models, the attention op tests) therefore exercise the same per-element math the GPU runs; only
 // the indexing, tiling and memory movement around it differ per backend.
 //
-// Plain C++ with no standard-library calls beyond <cmath>'s logf and <cstdint>, so nvcc accepts it
+// Plain C++ with no standard-library calls beyond <cmath>'s logf, <cstdint> and a host-only memcpy, so nvcc accepts it
 // in device code. Not a tensor library: each function works on one element or one row state.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #if !defined(__CUDA_ARCH__)
-#include <bit>
+#include <cstring>
 #endif
 
 #if defined(__CUDACC__)
@@ -29,7 +29,11 @@ PTRAIN_HD float bits_to_float(int32_t bits) {
 #if defined(__CUDA_ARCH__)
   return __int_as_float(bits);
 #else
-  return std::bit_cast<float>(bits);
+  // memcpy, not std::bit_cast: nvcc's host pass compiles .cu files as C++17. Compilers turn it
+  // into a register move (it still vectorises).
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
 #endif
 }
 
