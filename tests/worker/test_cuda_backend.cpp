@@ -492,16 +492,6 @@ std::vector<float> model_params(const ParamLayout& layout, uint64_t seed) {
   return p;
 }
 
-// Runs `f`, or skips visibly while the cuda backend's training attention is not wired.
-template <class F>
-void unless_attention_missing(F&& f) {
-  try {
-    f();
-  } catch (const NotImplementedError& e) {
-    skip(std::string("the cuda backend cannot train yet: ") + e.what());
-  }
-}
-
 }  // namespace
 
 TEST_CASE("cuda: a training step and a 10-step SGD trajectory equal the CPU's - fp32 TF32 bf16") {
@@ -514,7 +504,7 @@ TEST_CASE("cuda: a training step and a 10-step SGD trajectory equal the CPU's - 
     auto cpu = make_cpu_backend(2);
     TrainStep on_cpu(layout, *cpu, micro), on_gpu(layout, *gpu, micro);
     std::vector<float> pc = model_params(layout, 71), pg = pc;
-    unless_attention_missing([&] {
+    {
       for (int step = 0; step < 10; ++step) {
         CAPTURE(step);
         on_cpu.set_weights(pc);
@@ -537,7 +527,7 @@ TEST_CASE("cuda: a training step and a 10-step SGD trajectory equal the CPU's - 
           pg[i] -= lr * gg[i];
         }
       }
-    });
+    }
     expect_close(std::string("weights after 10 steps ") + mode.name, pg, pc, 4 * mode.abs,
                  4 * mode.rel);
   }
@@ -573,7 +563,7 @@ TEST_CASE("cuda: a step is bitwise repeatable on the GPU") {
   const int64_t n = 4, T = kDims.T;
   const auto windows = rand_ids(static_cast<size_t>(n * (T + 1)), static_cast<int32_t>(kDims.V), 84);
   const auto params = model_params(layout, 85);
-  unless_attention_missing([&] {
+  {
     TrainStep a(layout, *gpu, 2);
     auto gpu2 = gpu_or_skip();
     TrainStep b(layout, *gpu2, 2);
@@ -588,5 +578,5 @@ TEST_CASE("cuda: a step is bitwise repeatable on the GPU") {
     a.set_weights(params);  // and again on the same backend
     a.compute(windows, n);
     CHECK(bitwise(std::vector<float>(a.grads_host().begin(), a.grads_host().end()), ga));
-  });
+  }
 }
