@@ -343,7 +343,7 @@ void fields(IO&& io, M& m) {
 void check_sizes(const Message& msg, const Reader& r) {
   auto check = [&r](const KeyRange& range, FloatEncoding e, size_t n, const char* what) {
     if (static_cast<int64_t>(n) != encoded_size(e, range.size())) {
-      r.fail(fmt::format("{} holds {} elements for range [{}, {}) of {} values in {} ({} expected)",
+      r.fail(fmt::format("{} holds {} floats for range [{}, {}) of {} values in {} ({} expected)",
                          what, n, range.begin, range.end, range.size(), encoding_name(e),
                          encoded_size(e, range.size())));
     }

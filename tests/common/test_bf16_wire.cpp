@@ -134,7 +134,7 @@ TEST_CASE("bf16 wire: GradPush and PullReply carry their encoding - the element 
   GradPush wrong{4, 1, 2, 77, {10, 13}, v};
   wrong.encoding = FloatEncoding::kBf16;
   CHECK_THROWS_WITH_AS(decode(encode(wrong)),
-                       doctest::Contains("grads holds 3 elements for range [10, 13) of 3 values "
+                       doctest::Contains("grads holds 3 floats for range [10, 13) of 3 values "
                                          "in bf16 (2 expected)"),
                        ProtocolError);
   // An encoding this build does not know.

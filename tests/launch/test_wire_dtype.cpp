@@ -79,10 +79,15 @@ TEST_CASE("wire dtype: a bf16 threads job trains - close to fp32 - repeats bitwi
   const auto wa = read_checkpoint(fp32.run.dir + "/checkpoints/latest/checkpoint.h5", layout, false);
   const auto wb = read_checkpoint(bf16.run.dir + "/checkpoints/latest/checkpoint.h5", layout, false);
   const auto wc = read_checkpoint(again.run.dir + "/checkpoints/latest/checkpoint.h5", layout, false);
+  // After 12 AdamW steps at lr 1e-2 the whole vector differs by ~1.3% (tiny gradients whose
+  // bf16 rounding flips an update); a tensor that started at zero (LayerNorm biases) sees the
+  // most, relative to its small norm.
+  const double all = rel_l2(wb.params.data(), wa.params.data(), layout.total());
   const Worst w = worst_rel_l2(layout, wb.params, wa.params);
-  INFO("worst tensor " << w.tensor << " rel L2 " << w.value);
-  CHECK(w.value > 0);
-  CHECK(w.value < 0.05);
+  INFO("whole vector rel L2 " << all << "; worst tensor " << w.tensor << " rel L2 " << w.value);
+  CHECK(all > 0);
+  CHECK(all < 0.03);
+  CHECK(w.value < 0.15);
   CHECK(wb.params == wc.params);  // deterministic: bitwise the same on a repeat
 
   // Half the data-plane bytes: per token in train.jsonl, and in what /metrics serves (the

@@ -44,6 +44,7 @@ JobStatus sample_status() {
   s.bytes_pushed_total = 8000;
   s.bytes_pulled_total = 16000;
   s.step_seconds = {0.5, 0.125, 0.0625, 0.25};
+  s.bytes_per_token = 187.5;
   s.last_checkpoint_step = 40;
   for (int i = 0; i <= 42; ++i) s.loss_history.push_back({i, 10.0 / (1 + i)});
   s.run_dir = "/runs/sample";
@@ -241,6 +242,7 @@ TEST_CASE("status: /metrics has exactly the contract's metric names and labels")
       "ptrain_membership_epoch",
       "ptrain_pushed_bytes_total",
       "ptrain_pulled_bytes_total",
+      "ptrain_bytes_per_token",
       "ptrain_step_phase_seconds,phase=compute",
       "ptrain_step_phase_seconds,phase=push",
       "ptrain_step_phase_seconds,phase=wait",
@@ -279,6 +281,7 @@ TEST_CASE("status: /metrics has exactly the contract's metric names and labels")
   CHECK(value["ptrain_membership_epoch"] == "3");
   CHECK(value["ptrain_pushed_bytes_total"] == "8000");
   CHECK(value["ptrain_pulled_bytes_total"] == "16000");
+  CHECK(std::stod(value["ptrain_bytes_per_token"]) == 187.5);
   CHECK(std::stod(value["ptrain_step_phase_seconds,phase=compute"]) == 0.5);
   CHECK(std::stod(value["ptrain_step_phase_seconds,phase=wait"]) == 0.0625);
   CHECK(value["ptrain_last_checkpoint_step"] == "40");
@@ -427,7 +430,7 @@ TEST_CASE("status: a live server on a free port answers every page") {
   CHECK(metrics.status == 200);
   CHECK(metrics.headers["content-type"].starts_with("text/plain; version=0.0.4"));
   CHECK(metrics.headers["connection"] == "close");
-  CHECK(parse_prometheus(metrics.body).size() == 26 + 4 * 5);  // 26 job-wide, 4 per member
+  CHECK(parse_prometheus(metrics.body).size() == 27 + 4 * 5);  // 27 job-wide, 4 per member
 
   HttpAnswer status = get(port, "/status");
   CHECK(status.status == 200);
