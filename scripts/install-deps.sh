@@ -18,6 +18,7 @@ PACKAGES=(
   fortunes                  # the quickstart corpus (/usr/share/games/fortunes)
   python3-torch python3-h5py python3-numpy  # reference numbers and benchmarks (/usr/bin/python3)
   chromium prometheus       # the status page test (headless) and promtool check metrics
+  sentencepiece time        # scripts/bench_prepare.sh: spm_train/spm_encode beside prepare; peak RSS
 )
 
 missing=()
