@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -26,6 +27,17 @@ namespace ptrain::test {
 struct PtrainProcess {
   pid_t pid = -1;  // also its process group id
 };
+
+// Every process group a test started, killed when the test executable exits: a case that fails
+// half-way (a REQUIRE throws) must not leave its job running. A group whose processes have all
+// ended is gone, and kill() on it does nothing.
+inline std::vector<pid_t>& started_groups() {
+  static std::vector<pid_t> groups;
+  return groups;
+}
+inline void kill_started_groups() {
+  for (const pid_t g : started_groups()) kill(-g, SIGKILL);
+}
 
 // `ptrain ARGS...`; stderr to `err_file`, stdout to `out_file` ("" = /dev/null).
 inline PtrainProcess start_command(std::vector<std::string> full, const std::string& err_file,
@@ -60,6 +72,9 @@ inline PtrainProcess start_command(std::vector<std::string> full, const std::str
   posix_spawn_file_actions_destroy(&fa);
   posix_spawnattr_destroy(&at);
   REQUIRE_MESSAGE(rc == 0, "cannot start " << full[0]);
+  static const bool registered = std::atexit(kill_started_groups) == 0;
+  (void)registered;
+  started_groups().push_back(p.pid);
   return p;
 }
 
