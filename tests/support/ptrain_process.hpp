@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -37,6 +38,13 @@ inline std::vector<pid_t>& started_groups() {
 }
 inline void kill_started_groups() {
   for (const pid_t g : started_groups()) kill(-g, SIGKILL);
+}
+// Forgets group `g` once none of its processes is left (pids are reused: a later test's group
+// could get the same id).
+inline void forget_group_if_empty(pid_t g) {
+  if (kill(-g, 0) == 0) return;
+  auto& v = started_groups();
+  v.erase(std::remove(v.begin(), v.end(), g), v.end());
 }
 
 // `ptrain ARGS...`; stderr to `err_file`, stdout to `out_file` ("" = /dev/null).
@@ -86,7 +94,10 @@ inline int wait_ptrain_status(const PtrainProcess& p,
   int status = 0;
   for (;;) {
     const pid_t r = waitpid(p.pid, &status, WNOHANG);
-    if (r == p.pid) return status;
+    if (r == p.pid) {
+      forget_group_if_empty(p.pid);
+      return status;
+    }
     if (std::chrono::steady_clock::now() > deadline) {
       kill(-p.pid, SIGKILL);
       waitpid(p.pid, &status, 0);
