@@ -83,7 +83,11 @@ RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secr
   net::Transport& transport = *transport_ptr;
   int64_t registered = 0;
   std::vector<net::Member> starters;  // welcomed below; later joiners are welcomed by the job
-  while (registered < registrar->expected()) {
+  // Every server and at least cluster.workers workers, counted apart: more workers may register
+  // first (`ptrain worker --run-dir` joining a restarted job) and must not stand in for a server
+  // that is still starting.
+  int64_t servers_in = 0, workers_in = 0;
+  while (servers_in < cfg.cluster.servers || workers_in < cfg.cluster.workers) {
     if (o.stop_requested && o.stop_requested()) {
       throw Error(ExitCode::kInterrupted,
                   fmt::format("stopped before the job started ({} of {} roles registered)",
@@ -102,6 +106,7 @@ RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secr
         throw net::PeerLost(fmt::format("{} before the job started", ev.reason));
       }
       ++registered;
+      ++(ev.member.endpoint.role == net::Role::kServer ? servers_in : workers_in);
       starters.push_back(ev.member);
       spdlog::info("{} registered{} ({} of {})", ev.member.label(),
                    ev.member.name.empty() ? "" : fmt::format(" from host {}", ev.member.name),

@@ -41,7 +41,7 @@ RANDOM=$SEED
 PEER_TIMEOUT=2
 
 # A corpus: the fortunes if installed, else generated text.
-if [[ ! -f data/train.tok ]]; then
+if [[ ! -f data/manifest.json ]]; then
   if [[ -d /usr/share/games/fortunes ]]; then
     head -c 300000 /usr/share/games/fortunes/fortunes > corpus.txt
   else
@@ -51,7 +51,7 @@ if [[ ! -f data/train.tok ]]; then
 fi
 cat > job.yaml <<EOF
 run: {dir: run, seed: $SEED, threads: 1}
-data: {train: data/train.tok, tokenizer: byte}
+data: {train: data, tokenizer: byte}
 model: {seq_len: 32, n_layer: 2, n_head: 2, n_embd: 32}
 train: {steps: 100000000, batch_size: 8, micro_batch: 2, eval_every: 0, log_every: 1}
 cluster: {workers: 2, servers: 2, launch: processes, heartbeat_s: 0.5, peer_timeout_s: $PEER_TIMEOUT, max_restarts: 1000000}
