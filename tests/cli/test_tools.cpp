@@ -78,7 +78,7 @@ struct Fixture {
     fs::remove_all(dir);
     fs::create_directories(dir);
     config = (dir / "tiny.yaml").string();
-    std::ofstream(config) << "run:\n  dir: run\n  seed: 7\n  threads: 1\n"
+    std::ofstream(config) << "run:\n  dir: " << (dir / "run").string() << "\n  seed: 7\n  threads: 1\n"
                              "data:\n  train: train.tok\n  tokenizer: byte\n"
                              "model:\n  vocab_size: 260\n  seq_len: 16\n  n_layer: 2\n  n_head: 2\n"
                              "  n_embd: 16\n"
