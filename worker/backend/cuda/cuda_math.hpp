@@ -87,11 +87,18 @@ PTRAIN_HD MaxSum maxsum_push(MaxSum a, float x) {
   }
   return a;
 }
+// combine(a, b) and combine(b, a) are the same bits: the operands are put in a canonical order
+// first (larger m, then larger s), so a compiler fusing the multiply-add (nvcc does by default)
+// cannot make the two lanes of a butterfly disagree.
 PTRAIN_HD MaxSum maxsum_combine(MaxSum a, MaxSum b) {
   if (a.s == 0.0f) return b;  // empty sides carry m = −inf: e^{−inf − (−inf)} would be NaN
   if (b.s == 0.0f) return a;
-  const float m = a.m > b.m ? a.m : b.m;
-  return {m, a.s * expf(a.m - m) + b.s * expf(b.m - m)};
+  if (b.m > a.m || (b.m == a.m && b.s > a.s)) {
+    const MaxSum t = a;
+    a = b;
+    b = t;
+  }
+  return {a.m, a.s + b.s * expf(b.m - a.m)};
 }
 // −log softmax(x)[y] from the row's statistics and x_y.
 PTRAIN_HD float crossentropy_loss(MaxSum st, float xy) { return logf(st.s) - (xy - st.m); }
