@@ -92,7 +92,7 @@ std::vector<std::string> keys_in(const std::string& text) {
 TEST_CASE("config: defaults.yaml lists exactly the keys of config_keys() - in order") {
   const std::string text = read_file((kConfigDir / "defaults.yaml").string());
   CHECK(keys_in(text) == config_keys());
-  CHECK(config_keys().size() == 52);  // elastic 6, cluster.transport, model.arch, finetune.* 4, run.max_memory
+  CHECK(config_keys().size() == 52);  // elastic 6, cluster.transport, model.arch, finetune.* 4, run.max_memory, device.* 2
 }
 
 TEST_CASE("config: defaults.yaml holds exactly the struct defaults") {
