@@ -51,7 +51,8 @@ void add_worker_command(CLI::App& app, Action& action) {
       ->check(CLI::NonNegativeNumber);
   sub->callback([&action, args] {
     action = [args] {
-      if (!args->device.empty()) check_device(args->device, "--device");
+      // Before contacting anyone: a missing driver or GPU is this worker's error, not the job's.
+      if (!args->device.empty()) probe_device(args->device, "--device");
       if (args->coordinator.empty() && args->run_dir.empty()) {
         throw UsageError("ptrain worker: give --coordinator HOST:PORT or --run-dir RUN_DIR");
       }

@@ -85,7 +85,11 @@ expect 5 "no documents" -- "$PTRAIN" prepare --input empty --tokenizer byte --ou
 head -c 40 data/train-00000.tok > truncated.tok
 expect 5 "truncated.tok" -- "$PTRAIN" eval --checkpoint good.h5 --data truncated.tok
 # A worker's --device is checked before it contacts anyone (nothing listens on port 1).
-expect 8 "--device 'cuda'.*not implemented yet" -- "$PTRAIN" worker --coordinator 127.0.0.1:1 --device cuda
+# cuda:999: refused before contacting anyone, as not built (8) or as no such GPU / no driver (10).
+cuda_rc=8
+"$PTRAIN" worker --coordinator 127.0.0.1:1 --device cuda:999 >/dev/null 2>&1 || cuda_rc=$?
+[ "$cuda_rc" = 8 ] || cuda_rc=10
+expect "$cuda_rc" "--device 'cuda:999'.*(not implemented yet|no CUDA driver|no GPU|driver supports)" -- "$PTRAIN" worker --coordinator 127.0.0.1:1 --device cuda:999
 expect 2 "--device 'tpu' is not a device; valid devices: cpu, cuda, cuda:N" -- "$PTRAIN" worker --coordinator 127.0.0.1:1 --device tpu
 cp data/train-00000.tok flipped.tok
 printf '\xff' | dd of=flipped.tok bs=1 seek=100 conv=notrunc status=none

@@ -55,6 +55,14 @@ void check_device(const std::string& device, const std::string& origin) {
   }
 }
 
+void probe_device(const std::string& device, const std::string& origin) {
+  check_device(device, origin);
+#if PTRAIN_HAS_CUDA
+  const Device d = parse_device(device, origin);
+  if (d.type == DeviceType::kCuda) check_cuda_device(d.index, fmt::format("{} '{}'", origin, device));
+#endif
+}
+
 BackendOptions backend_options(const DeviceConfig& device, int threads) {
   return {threads, device.precision, device.allow_tf32};
 }

@@ -19,6 +19,10 @@ namespace ptrain {
 // `origin` (where the name came from: "--device", "device.type"). Does not touch the GPU.
 void check_device(const std::string& device, const std::string& origin = "device");
 
+// check_device, and for a cuda device also that the GPU can be opened (driver, device number),
+// throwing DeviceError as make_backend would; for roles that must fail before joining a job.
+void probe_device(const std::string& device, const std::string& origin = "device");
+
 // How a backend computes, besides its device name (from the config's device section).
 struct BackendOptions {
   int threads = 0;  // OpenMP/OpenBLAS threads of the CPU backend (0 = all cores)

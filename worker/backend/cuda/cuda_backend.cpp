@@ -68,6 +68,8 @@ std::string open_device(int index, const std::string& origin) {
 
 }  // namespace
 
+void check_cuda_device(int index, const std::string& origin) { open_device(index, origin); }
+
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options,
                                            const std::string& origin) {
   return std::make_unique<CudaBackend>(options, origin);

@@ -24,6 +24,10 @@ struct CudaBackendOptions {
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options,
                                            const std::string& origin);
 
+// Checks that GPU `index` can be opened (driver, device, architecture) without building a backend;
+// throws as make_cuda_backend.
+void check_cuda_device(int index, const std::string& origin);
+
 // Whether `backend` was made by make_cuda_backend.
 bool is_cuda_backend(const Backend& backend);
 // For `backend` made by make_cuda_backend (else InternalError): the GPU's dense bf16 matrix
