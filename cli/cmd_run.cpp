@@ -12,6 +12,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <csignal>
@@ -21,7 +22,9 @@
 #include <iostream>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
+#include <vector>
 
 namespace ptrain::cli {
 namespace {
@@ -91,12 +94,29 @@ class CheckpointSampler {
     return ec ? std::filesystem::path() : t;
   }
 
+  // Samples every checkpoint written since the last look, oldest first: `latest` may have moved
+  // more than once in between (a fast run). Folders up to `latest` are complete; their zero-padded
+  // step names sort in step order.
   void check() {
     const std::filesystem::path t = target();
     if (t.empty() || t == seen_) return;
+    std::vector<std::string> fresh;
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(latest_.parent_path(), ec)) {
+      const std::string name = e.path().filename().string();
+      if (name.starts_with("step-") && e.is_directory() && name > seen_.string() &&
+          name <= t.filename().string()) {
+        fresh.push_back(name);
+      }
+    }
+    std::sort(fresh.begin(), fresh.end());
     seen_ = t;
+    for (const std::string& name : fresh) sample(name);
+  }
+
+  void sample(const std::string& name) {
     tools::GenerateOptions g;
-    g.checkpoint = (latest_.parent_path() / t).string();
+    g.checkpoint = (latest_.parent_path() / name).string();
     g.prompt = "";  // from <|endoftext|>: the start of a document
     g.max_tokens = tokens_;
     g.temperature = 0.8;
@@ -113,7 +133,7 @@ class CheckpointSampler {
       spdlog::warn("no sample from {}: {}", g.checkpoint, e.what());
       return;
     }
-    const std::string block = fmt::format("---- sample from {} ----\n{}\n----\n", t.filename().string(), text);
+    const std::string block = fmt::format("---- sample from {} ----\n{}\n----\n", name, text);
     std::fwrite(block.data(), 1, block.size(), stderr);
     std::fflush(stderr);
   }

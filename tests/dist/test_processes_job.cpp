@@ -89,7 +89,7 @@ std::string write_config(const TempDir& dir, int64_t steps, const std::string& l
                          const std::string& rundir = "run") {
   if (!fs::exists(dir / "train.tok")) write_corpus(dir / "train.tok", 20000, 7);
   const std::string cfg = dir / (rundir + ".yaml");
-  std::ofstream(cfg) << "run: {dir: " << rundir << ", seed: 5, threads: 0}\n"
+  std::ofstream(cfg) << "run: {dir: " << (dir / rundir) << ", seed: 5, threads: 0}\n"
                      << "data: {train: train.tok, tokenizer: byte}\n"
                         "model: {seq_len: 16, n_layer: 1, n_head: 2, n_embd: 16}\n"
                         "train: {steps: " << steps << ", batch_size: 4, micro_batch: 2, "

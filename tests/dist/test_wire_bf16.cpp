@@ -23,7 +23,7 @@ std::string write_job(const TempDir& dir, const std::string& launch, const std::
                       const std::string& rundir) {
   if (!fs::exists(dir / "train.tok")) write_corpus(dir / "train.tok", 20000, 11);
   const std::string cfg = dir / (rundir + ".yaml");
-  std::ofstream(cfg) << "run: {dir: " << rundir << ", seed: 5, threads: 1}\n"
+  std::ofstream(cfg) << "run: {dir: " << (dir / rundir) << ", seed: 5, threads: 1}\n"
                      << "data: {train: train.tok, tokenizer: byte}\n"
                         "model: {seq_len: 16, n_layer: 1, n_head: 2, n_embd: 16}\n"
                         "train: {steps: 10, batch_size: 4, micro_batch: 2, eval_every: 0, "

@@ -4,6 +4,7 @@
 // folder that cannot be written; and `ptrain run` fails so, in well under a second, with no role
 // started.
 #include "common/config/config.hpp"
+#include "common/data/tokenizer.hpp"
 #include "common/error.hpp"
 #include "common/io/checkpoint_format.hpp"
 #include "common/io/token_file.hpp"
@@ -75,7 +76,7 @@ void write_resume_checkpoint(const std::string& path, const Config& written_by, 
   d.params.assign(static_cast<size_t>(layout.total()), 0.5f);
   d.meta.step = step;
   d.meta.config_yaml = written_by.to_yaml();
-  d.meta.tokenizer_json = "{}";
+  d.meta.tokenizer_json = make_byte_tokenizer()->to_json();  // the data.tokenizer of small_config
   write_checkpoint_file(path, layout, d);
 }
 
