@@ -104,8 +104,9 @@ class CheckpointSampler {
     std::error_code ec;
     for (const auto& e : std::filesystem::directory_iterator(latest_.parent_path(), ec)) {
       const std::string name = e.path().filename().string();
-      if (name.starts_with("step-") && e.is_directory() && name > seen_.string() &&
-          name <= t.filename().string()) {
+      // Not a "step-N.tmp" being (or left half) written.
+      if (name.starts_with("step-") && name.find('.') == std::string::npos &&
+          e.is_directory(ec) && name > seen_.string() && name <= t.filename().string()) {
         fresh.push_back(name);
       }
     }
