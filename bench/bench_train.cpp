@@ -379,6 +379,7 @@ int run_bench_train(const BenchTrainOptions& o) {
         {"mfu_fwd_bwd", mfu_fb},
         {"device_memory_used_bytes", dev.memory_used},
         {"device_memory_total_bytes", dev.memory_total},
+        {"device_epilogues", dev.epilogues},
         {"loss", last.loss},
         {"grad_norm", last.grad_norm},
         {"clip_coef", last.clip_coef},
@@ -413,6 +414,7 @@ int run_bench_train(const BenchTrainOptions& o) {
                   static_cast<double>(dev.memory_total) / (1 << 30));
       std::printf("  MFU         %.1f%% of the step, %.1f%% of forward+backward\n", 100.0 * mfu,
                   100.0 * mfu_fb);
+      std::printf("  epilogues   %s\n", dev.epilogues.c_str());
     }
   }
   return 0;

@@ -6,8 +6,71 @@
 #include "worker/batch_loader.hpp"
 
 #include <cstring>
+#include <deque>
 
 namespace ptrain {
+namespace {
+
+// The StepHooks compute() hands the model: in the first micro-batch each weight range is uploaded
+// once the WeightSource has it (nothing to wait for in later micro-batches: the weights are
+// there); in the last micro-batch each gradient range, final in the state's sum, is downloaded
+// on the copy queue and handed to the GradientSink once complete — polled after every range
+// (never blocking the backward that is being queued), waited for at the end, always in order.
+class TransferHooks final : public StepHooks {
+ public:
+  TransferHooks(const StepTransfers& transfers, GptState& state, const HostBuffer<float>& weights,
+                HostBuffer<float>& grads)
+      : t_(transfers), state_(state), be_(state.backend()), weights_(weights), grads_(grads) {}
+
+  void set_micro_batch(bool first, bool last) {
+    first_ = first;
+    last_ = last;
+  }
+
+  void before_forward(int64_t begin, int64_t end) override {
+    if (!first_ || t_.weights == nullptr) return;
+    t_.weights->wait_weights(begin, end);
+    // No queued op touches params [begin, end) yet: forward reads each range first here, and the
+    // previous compute() ended with a synchronize().
+    be_.order_after(state_.start_upload_params(weights_, begin, end));
+  }
+
+  void after_backward(int64_t begin, int64_t end) override {
+    if (!last_ || t_.gradients == nullptr) return;
+    // The sum's range is final: no later op of this step writes it.
+    pending_.push_back({begin, end, state_.start_download_grads(grads_, begin, end)});
+    deliver(false);
+  }
+
+  // Hands completed downloads to the sink in backward order; with `wait`, all of them.
+  void deliver(bool wait) {
+    while (!pending_.empty()) {
+      const Pending p = pending_.front();
+      if (wait) {
+        be_.wait_transfer(p.ticket);
+      } else if (!be_.transfer_done(p.ticket)) {
+        return;
+      }
+      pending_.pop_front();
+      t_.gradients->gradient_ready(grads_.span(), p.begin, p.end);
+    }
+  }
+
+ private:
+  struct Pending {
+    int64_t begin, end;
+    TransferTicket ticket;
+  };
+  const StepTransfers& t_;
+  GptState& state_;
+  Backend& be_;
+  const HostBuffer<float>& weights_;
+  HostBuffer<float>& grads_;
+  bool first_ = false, last_ = false;
+  std::deque<Pending> pending_;
+};
+
+}  // namespace
 
 TrainStep::TrainStep(const ParamLayout& layout, Backend& backend, int64_t micro_batch,
                      uint64_t mask_seed)
@@ -59,28 +122,62 @@ void TrainStep::mask_windows(std::span<const int32_t> windows, int64_t b, int64_
 }
 
 LossSum TrainStep::compute(std::span<const int32_t> windows, int64_t n,
-                           std::span<const int64_t> window_ids, int64_t step) {
+                           std::span<const int64_t> window_ids, int64_t step,
+                           const StepTransfers& transfers) {
   const int64_t T = layout_.dims().T;
   PTRAIN_ENFORCE(n >= 0 && static_cast<int64_t>(windows.size()) == n * (T + 1),
                  "windows: expected {}·{} token ids, got {}", n, T + 1, windows.size());
-  state_.zero_grads();
+  const bool ranged = transfers.weights != nullptr || transfers.gradients != nullptr;
+  TransferHooks hooks(transfers, state_, weights_host_, grads_host_);
+  const auto mbs = micro_batches(n, micro_batch_);
+  const auto window_span = [&](int64_t b, int64_t e) {
+    return windows.subspan(static_cast<size_t>(b * (T + 1)), static_cast<size_t>((e - b) * (T + 1)));
+  };
   LossSum sum;
-  for (const auto& [b, e] : micro_batches(n, micro_batch_)) {
-    const std::span<const int32_t> mb = windows.subspan(static_cast<size_t>(b * (T + 1)),
-                                                        static_cast<size_t>((e - b) * (T + 1)));
-    LossSum ls;
-    if (bert_) {
-      mask_windows(windows, b, e, window_ids, step, false);
-      ls = bert_->mlm_forward_backward(state_, mlm_inputs_, mlm_labels_, e - b, T, 1.0f);
-    } else {
-      ls = gpt_->forward_backward(state_, mb, e - b, T, 1.0f);
+  try {
+    state_.zero_grads();
+    if (mbs.empty() && transfers.weights != nullptr) {  // no forward to ask: all weights now
+      transfers.weights->wait_weights(0, layout_.total());
+      be_.order_after(state_.start_upload_params(weights_host_, 0, layout_.total()));
     }
-    sum.loss_sum += ls.loss_sum;
-    sum.tokens += ls.tokens;
-    sum.correct += ls.correct;
+    for (size_t i = 0; i < mbs.size(); ++i) {
+      const auto [b, e] = mbs[i];
+      hooks.set_micro_batch(i == 0, i + 1 == mbs.size());
+      StepHooks* h = ranged ? &hooks : nullptr;
+      LossSum ls;
+      if (bert_) {
+        mask_windows(windows, b, e, window_ids, step, false);
+        ls = bert_->mlm_forward_backward(state_, mlm_inputs_, mlm_labels_, e - b, T, 1.0f, h);
+      } else {
+        ls = gpt_->forward_backward(state_, window_span(b, e), e - b, T, 1.0f, h);
+        // The next micro-batch's ids go up while this one's backward runs.
+        if (i + 1 < mbs.size()) {
+          const auto [nb, ne] = mbs[i + 1];
+          gpt_->prefetch(window_span(nb, ne), ne - nb, T);
+        }
+      }
+      sum.loss_sum += ls.loss_sum;
+      sum.tokens += ls.tokens;
+      sum.correct += ls.correct;
+    }
+    if (transfers.gradients != nullptr) {
+      if (mbs.empty()) {  // no backward to report ranges: the (zero) sum in one piece
+        hooks.set_micro_batch(false, true);
+        hooks.after_backward(0, layout_.total());
+      }
+      hooks.deliver(true);
+    } else {
+      state_.download_grads_async(grads_host_);
+    }
+    be_.synchronize();  // every transfer is complete: both host buffers are free
+  } catch (...) {
+    // Leave no copy running into or out of the pinned buffers the caller gets back.
+    try {
+      be_.synchronize();
+    } catch (...) {
+    }
+    throw;
   }
-  state_.download_grads_async(grads_host_);
-  be_.synchronize();  // the download (and the upload before it) are complete: both buffers free
   return sum;
 }
 
@@ -98,11 +195,11 @@ LossSum TrainStep::loss(std::span<const int32_t> windows, int64_t n,
 }
 
 LossSum TrainStep::compute(const BatchLoader& loader, std::span<const int64_t> window_ids,
-                           int64_t step) {
+                           int64_t step, const StepTransfers& transfers) {
   PTRAIN_ENFORCE(loader.T() == layout_.dims().T, "batch loader T {} but the model's T is {}",
                  loader.T(), layout_.dims().T);
   loader.load(window_ids, tokens_);
-  return compute(tokens_, static_cast<int64_t>(window_ids.size()), window_ids, step);
+  return compute(tokens_, static_cast<int64_t>(window_ids.size()), window_ids, step, transfers);
 }
 
 }  // namespace ptrain

@@ -7,7 +7,13 @@
 //
 // Transfers per step: one upload of the weights and one download of the gradient, both through
 // the backend's pinned host buffers (weights_host(), grads_host()); per micro-batch only token ids
-// go in and N losses come out.
+// go in and N losses come out. With StepTransfers (step_transfers.hpp) the same bytes move range by
+// range and overlap compute: the first micro-batch uploads each weight range as soon as the
+// WeightSource has it, just before forward reads it; the last micro-batch downloads each gradient
+// range as soon as backward has made it final (the download of layer l runs while backward
+// computes layer l-1) and hands it to the GradientSink once it is on the host. GPT's token ids are
+// uploaded one micro-batch ahead (Gpt::prefetch), beside the current micro-batch's backward.
+// The numbers are bitwise those of compute() without transfers: the same ops in the same order.
 //
 // Numerics: every micro-batch's gradient of Σ token losses (grad_scale 1) is computed from zero
 // and folded into the step's sum in fp32, in window order (gpt_state.hpp), the fold the servers
@@ -28,6 +34,7 @@
 #include "worker/model/bert.hpp"
 #include "worker/model/gpt.hpp"
 #include "worker/model/gpt_state.hpp"
+#include "worker/step_transfers.hpp"
 
 #include <cstdint>
 #include <memory>
@@ -46,7 +53,8 @@ class TrainStep {
             uint64_t mask_seed = 0);
 
   // The pinned host buffer of the weights (layout.total() floats): write the step's weights into
-  // it (e.g. pull them there), then upload_weights().
+  // it (e.g. pull them there), then upload_weights() — or pass a WeightSource to compute(), which
+  // then uploads each range itself once the source says it is there.
   std::span<float> weights_host() { return weights_host_.span(); }
   // Queues one upload of weights_host() to the backend; the next compute() runs on these weights.
   // weights_host() must not change until compute() returns.
@@ -59,11 +67,17 @@ class TrainStep {
   // micro_batch windows in order. Returns Σ token losses and the token count (n·T); the
   // token-sum gradient is in grads_host() when it returns (every transfer complete).
   // BERT: window_ids (n) and step key the masks (required); GPT ignores them.
+  // transfers.weights: weights_host() fills while compute() runs (do not call upload_weights());
+  // compute() waits for each range just before forward needs it. transfers.gradients: each range
+  // of the gradient is handed over on this thread, in backward order, as soon as it is in
+  // grads_host() (which holds the whole gradient when compute() returns, as without a sink).
+  // Either may be null (step_transfers.hpp). Results are bitwise the same with or without them.
   LossSum compute(std::span<const int32_t> windows, int64_t n,
-                  std::span<const int64_t> window_ids = {}, int64_t step = 0);
+                  std::span<const int64_t> window_ids = {}, int64_t step = 0,
+                  const StepTransfers& transfers = {});
   // The same for windows named by index in a token file (worker/batch_loader.hpp).
   LossSum compute(const BatchLoader& loader, std::span<const int64_t> window_ids,
-                  int64_t step = 0);
+                  int64_t step = 0, const StepTransfers& transfers = {});
 
   // Validation: Σ token losses and the token count of `n` windows (n·(T+1) token ids, n <=
   // micro_batch) under the uploaded weights — one forward pass, no gradient work. Used with

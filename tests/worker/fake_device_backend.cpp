@@ -125,12 +125,27 @@ void FakeDeviceBackend::expect(const char* op, const char* arg, const void* p, s
                                   op, arg, p, bytes, want, why));
 }
 
+void FakeDeviceBackend::expect_no_pending_upload(const char* op, const char* arg, const void* p,
+                                                 size_t bytes) const {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  for (const Ticketed& u : uploads_) {
+    const auto d = reinterpret_cast<uintptr_t>(u.dst);
+    if (!u.ordered && a < d + u.bytes && d < a + bytes) {
+      throw InternalError(fmt::format(
+          "FakeDeviceBackend::{}: argument {} ({}, {} bytes) overlaps what upload ticket {} writes, "
+          "and no op was ordered after that upload (order_after): a race on a device",
+          op, arg, p, bytes, u.id));
+    }
+  }
+}
+
 template <typename T>
 void FakeDeviceBackend::dev(const char* op, const char* arg, const T* p, int64_t count,
                             bool optional) const {
   if (p == nullptr && optional) return;
   if (count <= 0) return;
   expect(op, arg, p, static_cast<size_t>(count) * sizeof(T), Kind::kDevice);
+  expect_no_pending_upload(op, arg, p, static_cast<size_t>(count) * sizeof(T));
 }
 
 void FakeDeviceBackend::expect_not_device(const char* op, const char* arg, const void* p) const {
@@ -168,6 +183,7 @@ void FakeDeviceBackend::count(bool upload, bool async, size_t bytes) {
 void FakeDeviceBackend::copy_to_device(void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
   expect("copy_to_device", "dst", dst, bytes, Kind::kDevice);
+  expect_no_pending_upload("copy_to_device", "dst", dst, bytes);
   expect_not_device("copy_to_device", "src_host", src);
   Access a(*this);
   std::memcpy(dst, src, bytes);
@@ -177,6 +193,7 @@ void FakeDeviceBackend::copy_to_device(void* dst, const void* src, size_t bytes)
 void FakeDeviceBackend::copy_to_host(void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
   expect("copy_to_host", "src", src, bytes, Kind::kDevice);
+  expect_no_pending_upload("copy_to_host", "src", src, bytes);
   expect_not_device("copy_to_host", "dst_host", dst);
   Access a(*this);
   std::memcpy(dst, src, bytes);
@@ -186,6 +203,7 @@ void FakeDeviceBackend::copy_to_host(void* dst, const void* src, size_t bytes) {
 void FakeDeviceBackend::copy_to_device_async(void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
   expect("copy_to_device_async", "dst", dst, bytes, Kind::kDevice);
+  expect_no_pending_upload("copy_to_device_async", "dst", dst, bytes);
   expect("copy_to_device_async", "src_host", src, bytes, Kind::kHost);
   queue_.push_back({dst, src, bytes});
   count(true, true, bytes);
@@ -194,14 +212,129 @@ void FakeDeviceBackend::copy_to_device_async(void* dst, const void* src, size_t 
 void FakeDeviceBackend::copy_to_host_async(void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
   expect("copy_to_host_async", "src", src, bytes, Kind::kDevice);
+  expect_no_pending_upload("copy_to_host_async", "src", src, bytes);
   expect("copy_to_host_async", "dst_host", dst, bytes, Kind::kHost);
   queue_.push_back({dst, src, bytes});
   count(false, true, bytes);
 }
 
 void FakeDeviceBackend::synchronize() {
+  if (!uploads_.empty()) complete_uploads(uploads_.back().id);
+  if (!downloads_.empty()) complete_downloads(downloads_.back().id);
   Access a(*this);
   cpu_->synchronize();
+}
+
+// ---- ticketed transfers ----------------------------------------------------------------------
+
+TransferTicket FakeDeviceBackend::start_upload(void* dst, const void* src, size_t bytes) {
+  if (bytes > 0) {
+    expect("start_upload", "dst", dst, bytes, Kind::kDevice);
+    expect("start_upload", "src_host", src, bytes, Kind::kHost);
+  }
+  Ticketed u;
+  u.id = next_ticket_++;
+  u.dst = dst;
+  u.src = src;
+  u.bytes = bytes;
+  uploads_.push_back(std::move(u));
+  count(true, true, bytes);
+  return {uploads_.back().id};
+}
+
+TransferTicket FakeDeviceBackend::start_download(void* dst, const void* src, size_t bytes) {
+  if (bytes > 0) {
+    expect("start_download", "src", src, bytes, Kind::kDevice);
+    expect_no_pending_upload("start_download", "src", src, bytes);
+    expect("start_download", "dst_host", dst, bytes, Kind::kHost);
+  }
+  Ticketed d;
+  d.id = next_ticket_++;
+  d.dst = dst;
+  d.src = src;
+  d.bytes = bytes;
+  {
+    Access a(*this);  // every op issued so far has run (they run at issue here)
+    const auto* p = static_cast<const char*>(src);
+    d.snapshot.assign(p, p + bytes);
+  }
+  downloads_.push_back(std::move(d));
+  count(false, true, bytes);
+  return {downloads_.back().id};
+}
+
+void FakeDeviceBackend::check_ticket(const char* op, TransferTicket t) const {
+  if (t.id < 1 || t.id >= next_ticket_) {
+    throw InternalError(fmt::format("FakeDeviceBackend::{}: ticket {} was never issued", op, t.id));
+  }
+}
+
+void FakeDeviceBackend::complete_uploads(int64_t id) {
+  Access a(*this);  // in-order copies issued earlier land first
+  while (!uploads_.empty() && uploads_.front().id <= id) {
+    const Ticketed& u = uploads_.front();
+    std::memcpy(u.dst, u.src, u.bytes);  // the host source as it is now: as late as allowed
+    uploads_.pop_front();
+  }
+}
+
+void FakeDeviceBackend::complete_downloads(int64_t id) {
+  Access a(*this);
+  while (!downloads_.empty() && downloads_.front().id <= id) {
+    const Ticketed& d = downloads_.front();
+    if (std::memcmp(d.src, d.snapshot.data(), d.bytes) != 0) {
+      throw InternalError(fmt::format(
+          "FakeDeviceBackend: the source of download ticket {} ({}, {} bytes) was written by an op "
+          "issued after the download started, before it was complete: a race on a device",
+          d.id, d.src, d.bytes));
+    }
+    std::memcpy(d.dst, d.snapshot.data(), d.bytes);
+    downloads_.pop_front();
+  }
+}
+
+void FakeDeviceBackend::order_after(TransferTicket t) {
+  check_ticket("order_after", t);
+  for (Ticketed& u : uploads_) {
+    if (u.id == t.id) {
+      u.ordered = true;
+      complete_uploads(t.id);  // the next op must see it
+      return;
+    }
+  }
+  for (const Ticketed& d : downloads_) {
+    if (d.id == t.id) {
+      throw InternalError(
+          fmt::format("FakeDeviceBackend::order_after: ticket {} is a download", t.id));
+    }
+  }
+}
+
+bool FakeDeviceBackend::transfer_done(TransferTicket t) {
+  check_ticket("transfer_done", t);
+  for (auto* q : {&uploads_, &downloads_}) {
+    for (Ticketed& x : *q) {
+      if (x.id != t.id) continue;
+      if (x.polls++ == 0) return false;  // still running, the first time anyone asks
+      if (q == &uploads_) {
+        complete_uploads(t.id);
+      } else {
+        complete_downloads(t.id);
+      }
+      return true;
+    }
+  }
+  return true;  // completed earlier
+}
+
+void FakeDeviceBackend::wait_transfer(TransferTicket t) {
+  check_ticket("wait_transfer", t);
+  for (const Ticketed& u : uploads_) {
+    if (u.id == t.id) return complete_uploads(t.id);
+  }
+  for (const Ticketed& d : downloads_) {
+    if (d.id == t.id) return complete_downloads(t.id);
+  }
 }
 
 void FakeDeviceBackend::copy(float* dst, const float* src, int64_t n) {

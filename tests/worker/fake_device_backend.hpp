@@ -14,6 +14,14 @@
 //  * *_async copies are queued and only run when a later call needs them (stream order: before the
 //    next op or synchronous copy) or at synchronize(). A host buffer read before synchronize()
 //    holds stale data, as it may on a real device.
+//  * Ticketed transfers (start_upload / start_download) run on their own queues, each in issue
+//    order, as late as their contract allows, so that a missing order_after() or an early read of
+//    a download shows: an upload lands only at order_after(), wait_transfer(), synchronize() (or a
+//    transfer_done() that says true); a download copies src as the ops issued before it left it,
+//    and reaches the host only when the ticket completes. transfer_done() says false the first
+//    time it is asked about a ticket (a copy still running). An op or copy touching the
+//    destination of an upload not yet ordered, or writing the source of a download still running
+//    (seen when it completes), throws InternalError naming the ticket.
 //  * Transfers are counted (uploads, downloads, bytes), so tests can pin "one upload of the
 //    weights and one download of the gradient per step".
 // Like every Backend: used by one thread at a time.
@@ -22,6 +30,7 @@
 #include "worker/model/backend.hpp"
 
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <string>
@@ -62,6 +71,11 @@ class FakeDeviceBackend final : public Backend {
   void fill_columns(float* dst, float value, int64_t rows, int64_t col_begin, int64_t col_end,
                     int64_t ld) override;
   void synchronize() override;
+  TransferTicket start_upload(void* dst, const void* src_host, size_t bytes) override;
+  void order_after(TransferTicket t) override;
+  TransferTicket start_download(void* dst_host, const void* src, size_t bytes) override;
+  bool transfer_done(TransferTicket t) override;
+  void wait_transfer(TransferTicket t) override;
 
   void gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const float* a,
             int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) override;
@@ -97,7 +111,8 @@ class FakeDeviceBackend final : public Backend {
 
   const Counters& counters() const { return counters_; }
   void reset_counters() { counters_ = {}; }
-  size_t queued_copies() const { return queue_.size(); }
+  // Copies not complete yet: in-order async copies and ticketed transfers.
+  size_t queued_copies() const { return queue_.size() + uploads_.size() + downloads_.size(); }
 
  private:
   enum class Kind { kDevice, kHost };
@@ -111,6 +126,15 @@ class FakeDeviceBackend final : public Backend {
     const void* src;
     size_t bytes;
   };
+  struct Ticketed {
+    int64_t id = 0;
+    void* dst = nullptr;
+    const void* src = nullptr;
+    size_t bytes = 0;
+    std::vector<char> snapshot;  // a download's src, as the ops issued before it left it
+    bool ordered = false;        // an upload that ops were ordered after (order_after)
+    int polls = 0;               // transfer_done() questions so far
+  };
   class Access;  // makes backend memory accessible for one call, then guards it again
 
   // Throws unless [p, p + bytes) lies inside one allocation of `kind`.
@@ -123,12 +147,21 @@ class FakeDeviceBackend final : public Backend {
   const Region* find(const void* p, uintptr_t* begin) const;
   void set_protection(bool accessible);
   void flush();
+  // Throws when [p, p + bytes) overlaps the destination of an upload no op was ordered after.
+  void expect_no_pending_upload(const char* op, const char* arg, const void* p,
+                                size_t bytes) const;
+  // Completes the queue's transfers up to and including ticket `id` (in issue order).
+  void complete_uploads(int64_t id);
+  void complete_downloads(int64_t id);
+  void check_ticket(const char* op, TransferTicket t) const;
   void count(bool upload, bool async, size_t bytes);
 
   std::unique_ptr<Backend> cpu_;
   bool guard_pages_;
   std::map<uintptr_t, Region> regions_;
   std::vector<PendingCopy> queue_;
+  std::deque<Ticketed> uploads_, downloads_;
+  int64_t next_ticket_ = 1;
   Counters counters_;
 };
 

@@ -64,7 +64,11 @@ void probe_device(const std::string& device, const std::string& origin) {
 }
 
 BackendOptions backend_options(const DeviceConfig& device, int threads) {
-  return {threads, device.precision, device.allow_tf32};
+  BackendOptions o;
+  o.threads = threads;
+  o.precision = device.precision;
+  o.allow_tf32 = device.allow_tf32;
+  return o;
 }
 
 std::unique_ptr<Backend> make_backend(const std::string& device, const BackendOptions& options,
@@ -73,8 +77,12 @@ std::unique_ptr<Backend> make_backend(const std::string& device, const BackendOp
   const Device d = parse_device(device, origin);
   if (d.type == DeviceType::kCpu) return make_cpu_backend(options.threads);
 #if PTRAIN_HAS_CUDA
-  return make_cuda_backend({d.index, options.precision, options.allow_tf32},
-                           fmt::format("{} '{}'", origin, device));
+  CudaBackendOptions cuda;
+  cuda.device = d.index;
+  cuda.precision = options.precision;
+  cuda.allow_tf32 = options.allow_tf32;
+  cuda.fuse_epilogues = options.fuse_epilogues;
+  return make_cuda_backend(cuda, fmt::format("{} '{}'", origin, device));
 #else
   PTRAIN_ENFORCE(false, "check_device let {} through in a build without CUDA", device);
   return nullptr;
@@ -102,6 +110,7 @@ DeviceInfo device_info(Backend& backend, int64_t measure_n) {
   info.is_device = true;
   if (measure_n > 0) info.bf16_matmul_flops = cuda_bf16_matmul_peak(backend, measure_n);
   std::tie(info.memory_used, info.memory_total) = cuda_memory(backend);
+  info.epilogues = cuda_epilogue_report(backend);
 #endif
   return info;
 }

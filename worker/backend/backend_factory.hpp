@@ -28,6 +28,9 @@ struct BackendOptions {
   int threads = 0;  // OpenMP/OpenBLAS threads of the CPU backend (0 = all cores)
   DevicePrecision precision = DevicePrecision::kFp32;  // cuda: matmul operands fp32 or bf16
   bool allow_tf32 = false;                             // cuda: fp32 products may use TF32
+  // cuda: the MLP's bias + GELU in cuBLASLt's epilogues where it has them (not a config key: the
+  // GPU tests turn it off to check the unfused kernels too).
+  bool fuse_epilogues = true;
 };
 BackendOptions backend_options(const DeviceConfig& device, int threads);
 
@@ -50,6 +53,7 @@ struct DeviceInfo {
   double bf16_matmul_flops = 0.0;  // dense bf16 product rate measured now (FLOP/s)
   size_t memory_used = 0;          // device memory in use, bytes (all processes)
   size_t memory_total = 0;
+  std::string epilogues;  // how the GELU epilogue products ran so far (cuda_epilogue_report)
 };
 // Measures the bf16 rate with an n×n·n×n product (only when measure_n > 0).
 DeviceInfo device_info(Backend& backend, int64_t measure_n);

@@ -1,5 +1,7 @@
-// The default bodies of the Backend's encoder (BERT) ops: a backend that has not built one stops
-// with NotImplementedError naming itself and the op, never a silent no-op.
+// The default bodies of the Backend's optional ops: the fused MLP ops and the ticketed transfers
+// as the plain in-order sequence they replace (bitwise what a backend without them computes);
+// the encoder (BERT) ops stop with NotImplementedError naming the backend and the op, never a
+// silent no-op.
 #include "worker/model/backend.hpp"
 
 #include "common/error.hpp"
@@ -15,6 +17,33 @@ namespace {
 }
 
 }  // namespace
+
+void Backend::matmul_gelu_forward(float* out, float* pre, const float* inp, const float* w,
+                                  const float* bias, int64_t N, int64_t IC, int64_t OC) {
+  matmul_forward(pre, inp, w, bias, N, IC, OC);
+  gelu_forward(out, pre, N * OC);
+}
+
+void Backend::matmul_gelu_backward(const GeluMlpBackward& g) {
+  matmul_backward(g.dpre, g.dw2, g.db2, g.dy, g.h, g.w2, g.N, g.H, g.OC);
+  gelu_backward(g.dpre, g.pre, g.dpre, g.N * g.H);
+  matmul_backward(g.dinp, g.dw1, g.db1, g.dpre, g.inp, g.w1, g.N, g.IC, g.H);
+}
+
+TransferTicket Backend::start_upload(void* dst, const void* src_host, size_t bytes) {
+  copy_to_device_async(dst, src_host, bytes);
+  return TransferTicket{0};
+}
+void Backend::order_after(TransferTicket) {}  // the in-order upload is already ahead of later ops
+TransferTicket Backend::start_download(void* dst_host, const void* src, size_t bytes) {
+  copy_to_host_async(dst_host, src, bytes);
+  return TransferTicket{0};
+}
+bool Backend::transfer_done(TransferTicket) {
+  synchronize();
+  return true;
+}
+void Backend::wait_transfer(TransferTicket) { synchronize(); }
 
 void Backend::linear_forward(float*, int64_t, const float*, const float*, const float*, int64_t,
                              int64_t, int64_t) {

@@ -93,6 +93,32 @@ struct AttentionShape {
   const int32_t* key_valid = nullptr;
 };
 
+// The operands of Backend::matmul_gelu_backward: the MLP core h = gelu(pre), pre = inp·w1 + b1
+// (matmul_gelu_forward), whose output h feeds the product y = h·w2 (+ b2 + anything). Shapes: N
+// rows, IC inputs, H hidden (pre, h), OC outputs (y).
+struct GeluMlpBackward {
+  float* dinp = nullptr;  // (N,IC) WRITTEN = dpre · w1ᵀ; skipped when null
+  float* dw1 = nullptr;   // (IC,H) += inpᵀ · dpre
+  float* db1 = nullptr;   // (H) += Σ_rows dpre; skipped when null
+  float* dpre = nullptr;  // (N,H) WRITTEN = (dy · w2ᵀ) ⊙ gelu'(pre): the caller's scratch
+  float* dw2 = nullptr;   // (H,OC) += hᵀ · dy
+  float* db2 = nullptr;   // (OC) += Σ_rows dy; skipped when null
+  const float* dy = nullptr;   // (N,OC) the gradient at y
+  const float* inp = nullptr;  // (N,IC)
+  const float* w1 = nullptr;   // (IC,H)
+  const float* pre = nullptr;  // (N,H) saved by matmul_gelu_forward
+  const float* h = nullptr;    // (N,H) = gelu(pre), as matmul_gelu_forward wrote it
+  const float* w2 = nullptr;   // (H,OC)
+  int64_t N = 0, IC = 0, H = 0, OC = 0;
+};
+
+// A copy started by Backend::start_upload or start_download. It is complete (its host side may be
+// reused, a download's data read) after wait_transfer(), after transfer_done() returned true for
+// it or for a later transfer in the same direction, or after synchronize().
+struct TransferTicket {
+  int64_t id = -1;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -133,6 +159,29 @@ class Backend {
   virtual void fill_columns(float* dst, float value, int64_t rows, int64_t col_begin,
                             int64_t col_end, int64_t ld) = 0;
   virtual void synchronize() = 0;
+
+  // ---- overlapped transfers (copy queues beside the op queue) --------------------------------
+  // The *_async copies above keep the single in-order queue: each waits for every earlier op and
+  // every later op waits for it, so none overlaps compute. These are ordered by tickets instead,
+  // so a device backend can run them on its copy engines while ops compute (TrainStep uploads
+  // weights layer by layer just before forward reads them, and downloads gradients layer by
+  // layer while backward goes on). Host memory: this backend's HostBuffer memory, left alone
+  // until the ticket is complete. The defaults (what a host-accessible backend keeps) are the
+  // in-order copies above: correct for every use below, with nothing overlapped.
+  //
+  // An upload that may start at once, before ops issued earlier have run: none of them may read
+  // or write dst (the caller's guarantee). Ops see what it wrote only after order_after(ticket).
+  virtual TransferTicket start_upload(void* dst, const void* src_host, size_t bytes);
+  // Every op issued from now on runs after upload `t` is complete.
+  virtual void order_after(TransferTicket t);
+  // A download of what the ops issued so far leave in src. Ops issued later do not wait for it,
+  // so they must not write src until the ticket is complete (the caller's guarantee).
+  virtual TransferTicket start_download(void* dst_host, const void* src, size_t bytes);
+  // Whether transfer `t` is complete. A device backend answers without blocking; the default
+  // synchronizes and says true.
+  virtual bool transfer_done(TransferTicket t);
+  // Blocks until transfer `t` is complete.
+  virtual void wait_transfer(TransferTicket t);
 
   // ---- dense algebra -----------------------------------------------------------------------
   // Row-major GEMM: c (M,N; ld ldc) = alpha · op(a) · op(b) + beta · c, op(a) (M,K), op(b) (K,N).
@@ -179,6 +228,20 @@ class Backend {
   virtual void gelu_forward(float* out, const float* inp, int64_t n) = 0;
   // dinp = dout · gelu'(inp); dinp may alias dout.
   virtual void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) = 0;
+
+  // ---- the MLP's product + bias + GELU, fused where the backend can -------------------------
+  // pre (N,OC) = inp (N,IC) · w (IC,OC) + bias (OC; may be null); out (N,OC) = gelu(pre) (the tanh
+  // form of gelu_forward). pre is kept for matmul_gelu_backward. The default is exactly
+  // matmul_forward then gelu_forward; a device backend may apply bias and GELU in the product's
+  // store (cuBLASLt's GELU_AUX_BIAS epilogue, which also stores pre).
+  virtual void matmul_gelu_forward(float* out, float* pre, const float* inp, const float* w,
+                                   const float* bias, int64_t N, int64_t IC, int64_t OC);
+  // The backward of that GELU and its product, together with the backward of the product y = h·w2
+  // that consumes h (GeluMlpBackward says what is written and what accumulated). It spans both
+  // products because GELU's derivative is applied where dh is produced: in the store of dy·w2ᵀ
+  // (cuBLASLt's DGELU epilogue, with b1's gradient from the same pass: DGELU_BGRAD). The default
+  // is exactly matmul_backward (w2), gelu_backward in place, matmul_backward (w1).
+  virtual void matmul_gelu_backward(const GeluMlpBackward& g);
 
   // ---- attention (softmax(q·kᵀ/√hd)·v per head; causal for GPT, bidirectional for BERT) -------
   // qkv (B,T,3C) with columns [Q|K|V], head h owning columns h·hd..(h+1)·hd of each block.

@@ -70,6 +70,14 @@ struct Bert::Impl {
     PTRAIN_ENFORCE(max_batch >= 1, "max_batch must be >= 1, got {}", max_batch);
     resolve_offsets();
     allocate();
+    // The hooks' ranges (step_hooks.hpp): [0, layer 0) = the embeddings, each layer, the head.
+    const int64_t head = d.num_labels > 0 ? pool_w : pred_bias;
+    PTRAIN_ENFORCE(wte == 0 && blocks.front().q_w > 0 && head > blocks.back().q_w,
+                   "the BERT layout is not [embeddings | layers | head]");
+    bounds.push_back(0);
+    for (const BlockOffsets& o : blocks) bounds.push_back(o.q_w);
+    bounds.push_back(head);
+    bounds.push_back(layout.total());
   }
 
   const ParamLayout& layout;
@@ -81,6 +89,17 @@ struct Bert::Impl {
   std::vector<BlockOffsets> blocks;
   int64_t pred_bias = 0, tr_w = 0, tr_b = 0, tr_ln_w = 0, tr_ln_b = 0;  // MLM head
   int64_t pool_w = 0, pool_b = 0, cls_w = 0, cls_b = 0;                  // classifier
+  // Range k of the hooks is [bounds[k], bounds[k+1]): k = 0 embeddings, 1..L layers, L+1 head.
+  std::vector<int64_t> bounds;
+
+  void before_forward(StepHooks* hooks, size_t k) const {
+    if (hooks != nullptr) hooks->before_forward(bounds[k], bounds[k + 1]);
+  }
+  // Range k's gradient is complete for this micro-batch: fold it into the sum, then say so.
+  void after_backward(GptState& state, StepHooks* hooks, size_t k) const {
+    state.fold_range(bounds[k], bounds[k + 1]);
+    if (hooks != nullptr) hooks->after_backward(bounds[k], bounds[k + 1]);
+  }
 
   Buffer<float> act_mem, grad_mem;
   Buffer<int32_t> int_mem;
@@ -244,14 +263,17 @@ struct Bert::Impl {
   }
 
   // Embeddings and every block; returns the last hidden states (N,C).
-  const float* encode(const float* P, int64_t B, int64_t T, bool masked) {
+  const float* encode(const float* P, int64_t B, int64_t T, bool masked,
+                      StepHooks* hooks = nullptr) {
     key_mask = masked ? valid : nullptr;
     const int64_t N = B * T, C = d.C, I = 4 * C;
+    before_forward(hooks, 0);
     be.embedding_forward(emb, tokens, nullptr, P + wte, P + wpe, P + wtt, B, T, C);
     be.layernorm_forward_eps(x0, emb_mean, emb_rstd, emb, P + emb_ln_w, P + emb_ln_b, N, C,
                              kBertLayerNormEps);
     const float* x = x0;
     for (int64_t l = 0; l < d.L; ++l) {
+      before_forward(hooks, static_cast<size_t>(l + 1));
       const BlockOffsets& o = blocks[static_cast<size_t>(l)];
       BlockActs& a = acts[static_cast<size_t>(l)];
       be.linear_forward(a.qkv, 3 * C, x, P + o.q_w, P + o.q_b, N, C, C);
@@ -274,8 +296,10 @@ struct Bert::Impl {
     return x;
   }
 
-  // From dh = d(last hidden states) (N,C) down to the embedding tables, into G (+=).
-  void encode_backward(const float* P, float* G, int64_t B, int64_t T) {
+  // From dh = d(last hidden states) (N,C) down to the embedding tables, into G (+=), folding each
+  // finished range into state's sum.
+  void encode_backward(const float* P, float* G, GptState& state, StepHooks* hooks, int64_t B,
+                       int64_t T) {
     const int64_t N = B * T, C = d.C, I = 4 * C;
     for (int64_t l = d.L - 1; l >= 0; --l) {
       const BlockOffsets& o = blocks[static_cast<size_t>(l)];
@@ -299,11 +323,20 @@ struct Bert::Impl {
       be.linear_backward(dh, true, G + o.k_w, G + o.k_b, dqkv + C, 3 * C, x, P + o.k_w, N, C, C);
       be.linear_backward(dh, true, G + o.v_w, G + o.v_b, dqkv + 2 * C, 3 * C, x, P + o.v_w, N, C,
                          C);
+      after_backward(state, hooks, static_cast<size_t>(l + 1));
     }
     be.fill(ds, 0.0f, N * C);
     be.layernorm_backward(ds, G + emb_ln_w, G + emb_ln_b, dh, emb, P + emb_ln_w, emb_mean,
                           emb_rstd, N, C);
     be.embedding_backward(G + wte, G + wpe, G + wtt, ds, tokens, nullptr, B, T, C);
+    after_backward(state, hooks, 0);
+  }
+
+  // A micro-batch that reads no parameter (nothing predicted): every range is reported in order,
+  // with a zero gradient.
+  void no_work(GptState& state, StepHooks* hooks) const {
+    for (size_t k = 0; k + 1 < bounds.size(); ++k) before_forward(hooks, k);
+    for (size_t k = bounds.size() - 1; k-- > 0;) after_backward(state, hooks, k);
   }
 
   // MLM head on the M rows named by `rows`: logits (M, 0..V) with row stride Vp.
@@ -394,7 +427,7 @@ Bert::~Bert() = default;
 
 LossSum Bert::mlm_forward_backward(GptState& state, std::span<const int32_t> inputs,
                                    std::span<const int32_t> labels, int64_t B, int64_t T,
-                                   float grad_scale) {
+                                   float grad_scale, StepHooks* hooks) {
   Impl& m = *impl_;
   m.check_call(state, B, T, false);
   m.allocate_gradients();
@@ -403,13 +436,17 @@ LossSum Bert::mlm_forward_backward(GptState& state, std::span<const int32_t> inp
   const int64_t M = m.upload_labels(labels, N);
   float* G = state.micro_batch_grads();
   LossSum loss;
-  if (M > 0) {  // nothing predicted: a zero gradient and no loss
+  if (M > 0) {
     const float* P = state.params();
-    const float* h = m.encode(P, B, T, false);
+    const float* h = m.encode(P, B, T, false, hooks);
+    m.before_forward(hooks, static_cast<size_t>(m.d.L + 1));
     m.mlm_head(P, h, M);
     loss = m.loss_rows(M, m.d.V, m.d.Vp, &grad_scale);
     m.mlm_head_backward(P, G, N, M);
-    m.encode_backward(P, G, B, T);
+    m.after_backward(state, hooks, static_cast<size_t>(m.d.L + 1));
+    m.encode_backward(P, G, state, hooks, B, T);
+  } else {  // nothing predicted: a zero gradient and no loss
+    m.no_work(state, hooks);
   }
   state.fold_micro_batch();
   return loss;
@@ -448,7 +485,7 @@ void Bert::mlm_logits(const GptState& state, std::span<const int32_t> inputs, in
 LossSum Bert::classify_forward_backward(GptState& state, std::span<const int32_t> inputs,
                                         std::span<const int32_t> key_valid,
                                         std::span<const int32_t> labels, int64_t B, int64_t T,
-                                        float grad_scale) {
+                                        float grad_scale, StepHooks* hooks) {
   Impl& m = *impl_;
   m.check_call(state, B, T, true);
   m.allocate_gradients();
@@ -456,11 +493,13 @@ LossSum Bert::classify_forward_backward(GptState& state, std::span<const int32_t
   m.upload_class_labels(labels, B);
   const float* P = state.params();
   float* G = state.micro_batch_grads();
-  const float* h = m.encode(P, B, T, !key_valid.empty());
+  const float* h = m.encode(P, B, T, !key_valid.empty(), hooks);
+  m.before_forward(hooks, static_cast<size_t>(m.d.L + 1));
   m.classify_head(P, h, B, T);
   const LossSum loss = m.loss_rows(B, m.d.num_labels, m.d.num_labels, &grad_scale);
   m.classify_head_backward(P, G, B, T);
-  m.encode_backward(P, G, B, T);
+  m.after_backward(state, hooks, static_cast<size_t>(m.d.L + 1));
+  m.encode_backward(P, G, state, hooks, B, T);
   state.fold_micro_batch();
   return loss;
 }

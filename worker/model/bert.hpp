@@ -14,6 +14,7 @@
 #include "common/tensor/param_layout.hpp"
 #include "worker/model/gpt.hpp"
 #include "worker/model/gpt_state.hpp"
+#include "worker/model/step_hooks.hpp"
 
 #include <cstdint>
 #include <memory>
@@ -37,9 +38,13 @@ class Bert {
   // positions, kIgnoreLabel elsewhere. Returns Σ losses over predicted positions, their count
   // (tokens) and how many the argmax got right (correct). forward_backward folds
   // d(grad_scale · Σ losses)/dθ into state's gradient sum (gpt_state.hpp).
+  // hooks (may be null; step_hooks.hpp): ranges [0, layer 0) (embeddings), each layer, [head,
+  // total) (the MLM head or the pooler and classifier); forward in that order, backward head,
+  // layers L-1 … 0, embeddings (the tied decoder's last contribution to the word embeddings is
+  // their scatter), each reported once folded into state's sum.
   LossSum mlm_forward_backward(GptState& state, std::span<const int32_t> inputs,
                                std::span<const int32_t> labels, int64_t B, int64_t T,
-                               float grad_scale);
+                               float grad_scale, StepHooks* hooks = nullptr);
   LossSum mlm_loss(const GptState& state, std::span<const int32_t> inputs,
                    std::span<const int32_t> labels, int64_t B, int64_t T);
   // logits (B,T,Vp) on the host for every position; padded vocabulary columns -inf.
@@ -52,7 +57,7 @@ class Bert {
   LossSum classify_forward_backward(GptState& state, std::span<const int32_t> inputs,
                                     std::span<const int32_t> key_valid,
                                     std::span<const int32_t> labels, int64_t B, int64_t T,
-                                    float grad_scale);
+                                    float grad_scale, StepHooks* hooks = nullptr);
   // Loss and correct count; `logits` (B,K) on the host when not empty.
   LossSum classify_loss(const GptState& state, std::span<const int32_t> inputs,
                         std::span<const int32_t> key_valid, std::span<const int32_t> labels,

@@ -17,6 +17,10 @@
 //    written and stays exactly 0.
 //  * Parameters, gradients and activations are all backend memory; the host sees only token ids
 //    going in, and losses or logits coming out.
+//  * The micro-batch's gradient is folded into the step's sum range by range (GptState::fold_range)
+//    as backward finishes each range, so a caller's StepHooks can take a range while backward goes
+//    on: [ln_f, total) first, then layer L-1 … 0, then [0, layer 0) (wte gets its last
+//    contribution, the embedding scatter, at the very end).
 //
 // Shapes: B batch, T sequence, C channels, N = B·T rows, V vocab, Vp padded vocab, L layers,
 // NH heads. The LM head is tied: logits (N,V) = lnf (N,C) · wte[0..V)ᵀ.
@@ -29,6 +33,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -119,6 +124,22 @@ struct Gpt::Impl {
     check_dims(d);
     PTRAIN_ENFORCE(max_batch >= 1, "max_batch must be >= 1, got {}", max_batch);
     allocate_activations();
+    // The hooks' ranges: [0, layer 0) = wte and wpe, each layer, [ln_f, total).
+    PTRAIN_ENFORCE(layout.wte() == 0 && layout.layer(0).ln_1_w > 0 &&
+                       layout.ln_f_w() > layout.layer(d.L - 1).ln_1_w &&
+                       layout.ln_f_b() + d.C == layout.total(),
+                   "the GPT layout is not [wte, wpe | layers | ln_f]");
+    bounds.push_back(0);
+    for (int64_t l = 0; l < d.L; ++l) bounds.push_back(layout.layer(l).ln_1_w);
+    bounds.push_back(layout.ln_f_w());
+    bounds.push_back(layout.total());
+  }
+
+  ~Impl() {
+    try {
+      drop_staged();  // a prefetched copy still reading its pinned staging buffer
+    } catch (...) {   // a failed device: nothing left to wait for
+    }
   }
 
   const ParamLayout& layout;
@@ -127,7 +148,27 @@ struct Gpt::Impl {
   int64_t max_batch;
 
   Buffer<float> act_mem;
-  Buffer<int32_t> tokens, targets;  // (maxB·T) each
+  // Range k of the hooks is [bounds[k], bounds[k+1]): k = 0 embeddings, 1..L layers, L+1 ln_f.
+  std::vector<int64_t> bounds;
+
+  // Token ids in two slots, each [inputs (B·T) | targets (B·T)] in backend memory with a pinned
+  // staging buffer, so that the next micro-batch's ids can be uploaded (prefetch) while the
+  // current one computes. slot_idle[s]: no queued op reads slot s any more (known after a wait).
+  Buffer<int32_t> slot_dev[2];
+  HostBuffer<int32_t> slot_host[2];
+  bool slot_idle[2] = {true, true};
+  int next_slot = 0;
+  struct Staged {
+    const int32_t* data;
+    size_t size;
+    int64_t B, T;
+    int slot;
+    TransferTicket ticket;
+  };
+  std::optional<Staged> staged;      // a prefetch not used yet
+  const int32_t* tokens = nullptr;   // the ids the next ops read: (B,T) inputs
+  const int32_t* targets = nullptr;  // and (B,T) targets, in the active slot
+  HostBuffer<float> losses_host;     // (maxB·T) forward_backward's losses, pinned
   float* encoded = nullptr;         // (N,C)
   std::vector<LayerActs> layers;
   float* lnf = nullptr;       // (N,C)
@@ -156,8 +197,11 @@ struct Gpt::Impl {
     const int64_t per_layer = 8 * N * C + 8 * N * C + 4 * N + att;
     const int64_t total = N * C + d.L * per_layer + N * C + 2 * N + N * d.Vp + N;
     act_mem = be.alloc<float>(total);
-    tokens = be.alloc<int32_t>(N);
-    targets = be.alloc<int32_t>(N);
+    for (int s = 0; s < 2; ++s) {
+      slot_dev[s] = be.alloc<int32_t>(2 * N);
+      slot_host[s] = be.alloc_host<int32_t>(2 * N);
+    }
+    losses_host = be.alloc_host<float>(N);
     float* p = act_mem.data();
     auto take = [&p](int64_t n) {
       float* r = p;
@@ -210,20 +254,85 @@ struct Gpt::Impl {
   }
 
 
-  void upload_tokens(std::span<const int32_t> windows, int64_t B, int64_t T, bool with_targets) {
+  // Slot s's staging buffer holds [inputs | targets] of `windows` (validated); returns the bytes.
+  size_t stage(int s, std::span<const int32_t> windows, int64_t B, int64_t T) {
     split_windows(windows, B, T, d.V, host_inputs, host_targets);
-    be.copy_to_device(tokens.data(), host_inputs.data(), host_inputs.size() * sizeof(int32_t));
-    if (with_targets) {
-      be.copy_to_device(targets.data(), host_targets.data(), host_targets.size() * sizeof(int32_t));
+    int32_t* h = slot_host[s].data();
+    const size_t n = host_inputs.size();
+    std::memcpy(h, host_inputs.data(), n * sizeof(int32_t));
+    std::memcpy(h + n, host_targets.data(), n * sizeof(int32_t));
+    return 2 * n * sizeof(int32_t);
+  }
+
+  void use_slot(int s, int64_t N) {
+    tokens = slot_dev[s].data();
+    targets = slot_dev[s].data() + N;
+    slot_idle[s] = false;
+  }
+
+  // A prefetch nobody used: wait its copy out (its staging buffer will be written again).
+  void drop_staged() {
+    if (!staged) return;
+    const TransferTicket t = staged->ticket;
+    staged.reset();
+    be.wait_transfer(t);
+  }
+
+  // Why a prefetch's upload may start before the queued ops have run (Backend::start_upload): it
+  // only goes to an idle slot. The slots alternate, and a slot becomes idle when a call waits for
+  // something queued after every op that reads it: forward_backward waits for its loss (after its
+  // forward, so after every op of earlier calls: the other slot), forward_loss and forward_logits
+  // for everything. A non-idle slot gets no prefetch (the call uploads in order instead).
+  void prefetch(std::span<const int32_t> windows, int64_t B, int64_t T) {
+    drop_staged();
+    if (!slot_idle[next_slot]) return;
+    const int s = next_slot;
+    next_slot ^= 1;
+    const size_t bytes = stage(s, windows, B, T);
+    staged = Staged{windows.data(), windows.size(), B, T, s,
+                    be.start_upload(slot_dev[s].data(), slot_host[s].data(), bytes)};
+  }
+
+  // The ids of `windows` in backend memory for the ops that follow: the prefetched slot when it
+  // holds these windows, else a slot uploaded now in queue order (after every earlier op, so it
+  // may overwrite ids a queued op still had to read).
+  void upload_tokens(std::span<const int32_t> windows, int64_t B, int64_t T) {
+    if (staged && staged->data == windows.data() && staged->size == windows.size() &&
+        staged->B == B && staged->T == T) {
+      be.order_after(staged->ticket);
+      use_slot(staged->slot, B * T);
+      staged.reset();
+      return;
     }
+    drop_staged();
+    const int s = next_slot;
+    next_slot ^= 1;
+    const size_t bytes = stage(s, windows, B, T);
+    be.copy_to_device_async(slot_dev[s].data(), slot_host[s].data(), bytes);
+    use_slot(s, B * T);
+  }
+
+  // Every queued op has run (after a blocking download): both slots are idle.
+  void all_idle() { slot_idle[0] = slot_idle[1] = true; }
+
+  void before_forward(StepHooks* hooks, size_t k) const {
+    if (hooks != nullptr) hooks->before_forward(bounds[k], bounds[k + 1]);
+  }
+
+  // Range k's gradient is complete for this micro-batch: fold it into the sum, then say so.
+  void after_backward(GptState& state, StepHooks* hooks, size_t k) const {
+    state.fold_range(bounds[k], bounds[k + 1]);
+    if (hooks != nullptr) hooks->after_backward(bounds[k], bounds[k + 1]);
   }
 
   // Forward pass from `tokens` to logits (N, 0..V) (row stride Vp), saving activations.
-  void forward(const float* P, int64_t B, int64_t T) {
+  void forward(const float* P, int64_t B, int64_t T, StepHooks* hooks = nullptr) {
     const int64_t N = B * T, C = d.C;
-    be.encoder_forward(encoded, tokens.data(), P + layout.wte(), P + layout.wpe(), B, T, C);
+    before_forward(hooks, 0);
+    be.encoder_forward(encoded, tokens, P + layout.wte(), P + layout.wpe(), B, T, C);
     const float* res = encoded;
     for (int64_t l = 0; l < d.L; ++l) {
+      before_forward(hooks, static_cast<size_t>(l + 1));
       const auto w = layer_ptrs(layout, l, P);
       LayerActs& a = layers[static_cast<size_t>(l)];
       // Attention branch: res2 = res + c_proj(attention(c_attn(ln_1(res)))).
@@ -233,12 +342,12 @@ struct Gpt::Impl {
       be.matmul_residual_forward(a.res2, res, a.atty, w.attn_proj_w, w.attn_proj_b, N, C, C);
       // MLP branch: res3 = res2 + c_proj(gelu(c_fc(ln_2(res2)))).
       be.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, w.ln_2_w, w.ln_2_b, N, C);
-      be.matmul_forward(a.fch, a.ln2, w.c_fc_w, w.c_fc_b, N, C, 4 * C);
-      be.gelu_forward(a.fch_gelu, a.fch, N * 4 * C);
+      be.matmul_gelu_forward(a.fch_gelu, a.fch, a.ln2, w.c_fc_w, w.c_fc_b, N, C, 4 * C);
       be.matmul_residual_forward(a.res3, a.res2, a.fch_gelu, w.mlp_proj_w, w.mlp_proj_b, N, 4 * C,
                                  C);
       res = a.res3;
     }
+    before_forward(hooks, static_cast<size_t>(d.L + 1));
     be.layernorm_forward(lnf, lnf_mean, lnf_rstd, res, P + layout.ln_f_w(), P + layout.ln_f_b(), N,
                          C);
     // Tied LM head over the real vocabulary rows only.
@@ -255,8 +364,10 @@ struct Gpt::Impl {
     return s;
   }
 
-  // Backward from dlogits (in `logits`, columns 0..V) into G (+=).
-  void backward(const float* P, float* G, int64_t B, int64_t T) {
+  // Backward from dlogits (in `logits`, columns 0..V) into G = state.micro_batch_grads() (+=),
+  // folding each finished range into state's sum.
+  void backward(const float* P, float* G, GptState& state, StepHooks* hooks, int64_t B,
+                int64_t T) {
     const int64_t N = B * T, C = d.C;
     // LM head (tied): d_ln = dlogits · wte[0..V); dwte[0..V) += dlogitsᵀ · lnf.
     be.gemm(Trans::kNo, Trans::kNo, N, C, d.V, 1.0f, logits, d.Vp, P + layout.wte(), C, 0.0f, d_ln,
@@ -267,16 +378,31 @@ struct Gpt::Impl {
     const float* res_top = d.L > 0 ? layers.back().res3 : encoded;
     be.layernorm_backward(d_res, G + layout.ln_f_w(), G + layout.ln_f_b(), d_ln, res_top,
                           P + layout.ln_f_w(), lnf_mean, lnf_rstd, N, C);
+    after_backward(state, hooks, static_cast<size_t>(d.L + 1));
     for (int64_t l = d.L - 1; l >= 0; --l) {
       const auto w = layer_ptrs(layout, l, P);
       const auto g = layer_ptrs(layout, l, G);
       const LayerActs& a = layers[static_cast<size_t>(l)];
       const float* res_in = l == 0 ? encoded : layers[static_cast<size_t>(l - 1)].res3;
-      // MLP branch.
-      be.matmul_backward(d_fch, g.mlp_proj_w, g.mlp_proj_b, d_res, a.fch_gelu, w.mlp_proj_w, N,
-                         4 * C, C);
-      be.gelu_backward(d_fch, a.fch, d_fch, N * 4 * C);
-      be.matmul_backward(d_ln, g.c_fc_w, g.c_fc_b, d_fch, a.ln2, w.c_fc_w, N, C, 4 * C);
+      // MLP branch: c_proj, GELU and c_fc in one op (a backend may fuse GELU's derivative).
+      GeluMlpBackward mlp;
+      mlp.dinp = d_ln;
+      mlp.dw1 = g.c_fc_w;
+      mlp.db1 = g.c_fc_b;
+      mlp.dpre = d_fch;
+      mlp.dw2 = g.mlp_proj_w;
+      mlp.db2 = g.mlp_proj_b;
+      mlp.dy = d_res;
+      mlp.inp = a.ln2;
+      mlp.w1 = w.c_fc_w;
+      mlp.pre = a.fch;
+      mlp.h = a.fch_gelu;
+      mlp.w2 = w.mlp_proj_w;
+      mlp.N = N;
+      mlp.IC = C;
+      mlp.H = 4 * C;
+      mlp.OC = C;
+      be.matmul_gelu_backward(mlp);
       be.layernorm_backward(d_res, g.ln_2_w, g.ln_2_b, d_ln, a.res2, w.ln_2_w, a.ln2_mean,
                             a.ln2_rstd, N, C);
       // Attention branch.
@@ -287,8 +413,10 @@ struct Gpt::Impl {
       be.matmul_backward(d_ln, g.c_attn_w, g.c_attn_b, d_qkv, a.ln1, w.c_attn_w, N, C, 3 * C);
       be.layernorm_backward(d_res, g.ln_1_w, g.ln_1_b, d_ln, res_in, w.ln_1_w, a.ln1_mean,
                             a.ln1_rstd, N, C);
+      after_backward(state, hooks, static_cast<size_t>(l + 1));
     }
-    be.encoder_backward(G + layout.wte(), G + layout.wpe(), d_res, tokens.data(), B, T, C);
+    be.encoder_backward(G + layout.wte(), G + layout.wpe(), d_res, tokens, B, T, C);
+    after_backward(state, hooks, 0);
   }
 };
 
@@ -298,31 +426,50 @@ Gpt::Gpt(const ParamLayout& layout, Backend& backend, int64_t max_batch)
 Gpt::~Gpt() = default;
 
 LossSum Gpt::forward_backward(GptState& state, std::span<const int32_t> windows, int64_t B,
-                              int64_t T, float grad_scale) {
+                              int64_t T, float grad_scale, StepHooks* hooks) {
   Impl& m = *impl_;
   m.check_call(state, B, T);
   m.allocate_gradients();
-  m.upload_tokens(windows, B, T, true);  // validates the ids before any gradient work
+  m.upload_tokens(windows, B, T);  // validates the ids before any gradient work
   const float* P = state.params();
-  m.forward(P, B, T);
+  float* G = state.micro_batch_grads();
+  m.forward(P, B, T, hooks);
   const int64_t N = B * T;
-  m.be.crossentropy_forward_backward(m.losses, m.logits, m.targets.data(), grad_scale, N, m.d.V,
-                                     m.d.Vp);
-  const LossSum loss = m.sum_losses(N);
-  m.backward(P, state.micro_batch_grads(), B, T);
+  m.be.crossentropy_forward_backward(m.losses, m.logits, m.targets, grad_scale, N, m.d.V, m.d.Vp);
+  // The losses come down while backward is queued; backward does not write them.
+  const TransferTicket losses = m.be.start_download(
+      m.losses_host.data(), m.losses, static_cast<size_t>(N) * sizeof(float));
+  m.backward(P, G, state, hooks, B, T);
   state.fold_micro_batch();
+  m.be.wait_transfer(losses);
+  // Every op queued before this call's forward has run: the other token slot is idle.
+  for (int s = 0; s < 2; ++s) {
+    if (m.slot_dev[s].data() != m.tokens) m.slot_idle[s] = true;
+  }
+  LossSum loss;
+  for (int64_t i = 0; i < N; ++i) loss.loss_sum += static_cast<double>(m.losses_host.data()[i]);
+  loss.tokens = N;
   return loss;
+}
+
+void Gpt::prefetch(std::span<const int32_t> windows, int64_t B, int64_t T) {
+  Impl& m = *impl_;
+  PTRAIN_ENFORCE(B >= 1 && B <= m.max_batch, "batch {} outside [1, {}]", B, m.max_batch);
+  PTRAIN_ENFORCE(T >= 1 && T <= m.d.T, "sequence length {} outside [1, {}]", T, m.d.T);
+  m.prefetch(windows, B, T);
 }
 
 LossSum Gpt::forward_loss(const GptState& state, std::span<const int32_t> windows, int64_t B,
                           int64_t T) {
   Impl& m = *impl_;
   m.check_call(state, B, T);
-  m.upload_tokens(windows, B, T, true);
+  m.upload_tokens(windows, B, T);
   m.forward(state.params(), B, T);
   const int64_t N = B * T;
-  m.be.crossentropy_forward(m.losses, m.logits, m.targets.data(), N, m.d.V, m.d.Vp);
-  return m.sum_losses(N);
+  m.be.crossentropy_forward(m.losses, m.logits, m.targets, N, m.d.V, m.d.Vp);
+  const LossSum loss = m.sum_losses(N);
+  m.all_idle();
+  return loss;
 }
 
 void Gpt::forward_logits(const GptState& state, std::span<const int32_t> inputs, int64_t B,
@@ -339,11 +486,16 @@ void Gpt::forward_logits(const GptState& state, std::span<const int32_t> inputs,
                                   inputs[i], i, m.d.V));
     }
   }
-  m.be.copy_to_device(m.tokens.data(), inputs.data(), inputs.size_bytes());
+  m.drop_staged();
+  const int s = m.next_slot;
+  m.next_slot ^= 1;
+  m.be.copy_to_device(m.slot_dev[s].data(), inputs.data(), inputs.size_bytes());
+  m.use_slot(s, B * T);
   m.forward(state.params(), B, T);
   const int64_t N = B * T;
   m.be.fill_columns(m.logits, -std::numeric_limits<float>::infinity(), N, m.d.V, m.d.Vp, m.d.Vp);
   m.be.copy_to_host(logits.data(), m.logits, logits.size_bytes());
+  m.all_idle();
 }
 
 // ---- GptDecoder ------------------------------------------------------------------------------
@@ -416,8 +568,7 @@ std::span<const float> GptDecoder::step(const GptState& state, int32_t token) {
     m.be.attention_decode(m.atty, m.scratch, m.qkv, kc, vc, m.pos + 1, C, C, d.NH);
     m.be.matmul_residual_forward(m.x, m.x, m.atty, w.attn_proj_w, w.attn_proj_b, 1, C, C);
     m.be.layernorm_forward(m.ln, nullptr, nullptr, m.x, w.ln_2_w, w.ln_2_b, 1, C);
-    m.be.matmul_forward(m.fch, m.ln, w.c_fc_w, w.c_fc_b, 1, C, 4 * C);
-    m.be.gelu_forward(m.fcg, m.fch, 4 * C);
+    m.be.matmul_gelu_forward(m.fcg, m.fch, m.ln, w.c_fc_w, w.c_fc_b, 1, C, 4 * C);
     m.be.matmul_residual_forward(m.x, m.x, m.fcg, w.mlp_proj_w, w.mlp_proj_b, 1, 4 * C, C);
   }
   m.be.layernorm_forward(m.ln, nullptr, nullptr, m.x, P + m.layout.ln_f_w(), P + m.layout.ln_f_b(),

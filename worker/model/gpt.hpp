@@ -6,6 +6,7 @@
 
 #include "common/tensor/param_layout.hpp"
 #include "worker/model/gpt_state.hpp"
+#include "worker/model/step_hooks.hpp"
 
 #include <cstdint>
 #include <memory>
@@ -36,8 +37,20 @@ class Gpt {
   // computed from zero and folded into state's gradient sum (state.zero_grads() starts a sum).
   // Gradients of padded vocabulary rows are exactly 0. The loss is downloaded (N floats); the
   // gradient stays in backend memory.
+  // hooks (may be null; step_hooks.hpp): before_forward over [0, layer 0) (wte, wpe), each
+  // layer's range, [ln_f, total); after_backward in the reverse order, each range reported once
+  // its fold (GptState::fold_range) is queued, so state's sum over it includes this micro-batch.
+  // Returns once the forward pass has run (the loss is read); the backward may still be running
+  // on the backend.
   LossSum forward_backward(GptState& state, std::span<const int32_t> windows, int64_t B, int64_t T,
-                           float grad_scale);
+                           float grad_scale, StepHooks* hooks = nullptr);
+
+  // Starts uploading the token ids of the next forward_backward() call (the same windows span,
+  // B and T) on the backend's copy queue, so that it overlaps the work still queued (the current
+  // micro-batch's backward). That call then uses them; any other call ignores (and waits out) the
+  // staged copy. Validates the ids now. Two device buffers alternate; a buffer is reused only after
+  // a call that waited for the forward pass following its last reader (see gpt.cpp).
+  void prefetch(std::span<const int32_t> windows, int64_t B, int64_t T);
 
   // Loss only (no gradient work beyond the forward pass).
   LossSum forward_loss(const GptState& state, std::span<const int32_t> windows, int64_t B,

@@ -24,6 +24,27 @@ void GptState::upload_params_async(const HostBuffer<float>& host) {
   be_.copy_to_device_async(params_.data(), host.data(), static_cast<size_t>(host.size_bytes()));
 }
 
+TransferTicket GptState::start_upload_params(const HostBuffer<float>& host, int64_t begin,
+                                             int64_t end) {
+  check_size(static_cast<size_t>(host.size()), "start_upload_params");
+  PTRAIN_ENFORCE(0 <= begin && begin <= end && end <= layout_.total(),
+                 "start_upload_params: range [{}, {}) outside [0, {})", begin, end,
+                 layout_.total());
+  return be_.start_upload(params_.data() + begin, host.data() + begin,
+                          static_cast<size_t>(end - begin) * sizeof(float));
+}
+
+TransferTicket GptState::start_download_grads(HostBuffer<float>& host, int64_t begin,
+                                              int64_t end) {
+  check_size(static_cast<size_t>(host.size()), "start_download_grads");
+  PTRAIN_ENFORCE(folded_ >= 0, "start_download_grads() before zero_grads()");
+  PTRAIN_ENFORCE(0 <= begin && begin <= end && end <= layout_.total(),
+                 "start_download_grads: range [{}, {}) outside [0, {})", begin, end,
+                 layout_.total());
+  return be_.start_download(host.data() + begin, grads_.data() + begin,
+                            static_cast<size_t>(end - begin) * sizeof(float));
+}
+
 void GptState::zero_grads() {
   if (grads_.empty()) grads_ = be_.alloc<float>(layout_.total());
   be_.fill(grads_.data(), 0.0f, layout_.total());
@@ -35,15 +56,35 @@ float* GptState::micro_batch_grads() {
   PTRAIN_ENFORCE(folded_ >= 0, "zero_grads() must start a gradient sum before a micro-batch");
   PTRAIN_ENFORCE(!open_, "the previous micro-batch was not folded in");
   open_ = true;
+  range_folded_ = 0;
   if (folded_ == 0) return grads_.data();  // already zero
   if (mb_grads_.empty()) mb_grads_ = be_.alloc<float>(layout_.total());
   be_.fill(mb_grads_.data(), 0.0f, layout_.total());
   return mb_grads_.data();
 }
 
+void GptState::fold_range(int64_t begin, int64_t end) {
+  PTRAIN_ENFORCE(open_, "fold_range() without micro_batch_grads()");
+  PTRAIN_ENFORCE(0 <= begin && begin <= end && end <= layout_.total(),
+                 "fold_range: [{}, {}) outside [0, {})", begin, end, layout_.total());
+  if (folded_ > 0 && end > begin) {
+    be_.residual_forward(grads_.data() + begin, grads_.data() + begin, mb_grads_.data() + begin,
+                         end - begin);
+  }
+  range_folded_ += end - begin;
+}
+
 void GptState::fold_micro_batch() {
   PTRAIN_ENFORCE(open_, "fold_micro_batch() without micro_batch_grads()");
-  if (folded_ > 0) be_.residual_forward(grads_.data(), grads_.data(), mb_grads_.data(), layout_.total());
+  if (range_folded_ == 0) {
+    if (folded_ > 0) {
+      be_.residual_forward(grads_.data(), grads_.data(), mb_grads_.data(), layout_.total());
+    }
+  } else {
+    PTRAIN_ENFORCE(range_folded_ == layout_.total(),
+                   "the micro-batch's fold_range() calls covered {} of {} elements",
+                   range_folded_, layout_.total());
+  }
   open_ = false;
   ++folded_;
 }

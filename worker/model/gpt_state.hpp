@@ -39,6 +39,10 @@ class GptState {
   // Queued upload from this backend's pinned memory; complete at backend().synchronize(), and
   // ordered before every later op. `host` must not change until then.
   void upload_params_async(const HostBuffer<float>& host);
+  // Upload of params [begin, end) from the same range of `host` (pinned, total() floats) on the
+  // backend's copy queue (Backend::start_upload: no queued op may read or write that range;
+  // ops see it after backend().order_after(ticket)).
+  TransferTicket start_upload_params(const HostBuffer<float>& host, int64_t begin, int64_t end);
 
   // ---- gradients: the sum of the micro-batch gradients since zero_grads() ---------------------
   // Starts a new sum (fills it with zeros); the next micro-batch is the fold's first.
@@ -52,12 +56,21 @@ class GptState {
   // Queued download into this backend's pinned memory; `host` holds the sum only after
   // backend().synchronize().
   void download_grads_async(HostBuffer<float>& host);
+  // Download of the sum's [begin, end) into the same range of `host` (pinned, total() floats) on
+  // the backend's copy queue (Backend::start_download), once that range is final: after the last
+  // micro-batch's fold_range() over it.
+  TransferTicket start_download_grads(HostBuffer<float>& host, int64_t begin, int64_t end);
 
   // ---- used by Gpt::forward_backward: one micro-batch of the fold ----------------------------
   // The zeroed buffer the next micro-batch's gradient is accumulated into: the sum itself for the
   // first micro-batch since zero_grads(), else the micro-batch buffer. Then fold_micro_batch().
   float* micro_batch_grads();
-  // Adds the micro-batch buffer into the sum (nothing to do for the first micro-batch).
+  // Adds the micro-batch buffer's [begin, end) into the sum, as soon as the model has written its
+  // last contribution there (nothing to add for the first micro-batch). Element by element, so
+  // folding range by range gives bitwise the whole-vector fold.
+  void fold_range(int64_t begin, int64_t end);
+  // Closes the micro-batch: folds the whole buffer when no fold_range() was called, else checks
+  // that the ranges covered exactly [0, total()).
   void fold_micro_batch();
 
  private:
@@ -70,6 +83,7 @@ class GptState {
   Buffer<float> mb_grads_;  // a later micro-batch's gradient before it is folded in
   int64_t folded_ = -1;     // -1: zero_grads() not called yet
   bool open_ = false;       // micro_batch_grads() handed out, fold_micro_batch() not called yet
+  int64_t range_folded_ = 0;  // elements folded by fold_range() in the open micro-batch
 };
 
 }  // namespace ptrain

@@ -87,6 +87,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options, const std::string& o
   PTRAIN_CUDA_CHECK(cudaEventCreateWithFlags(&compute_done_, cudaEventDisableTiming));
   PTRAIN_CUDA_CHECK(cudaEventCreateWithFlags(&upload_done_, cudaEventDisableTiming));
   PTRAIN_CUDA_CHECK(cudaEventCreateWithFlags(&download_done_, cudaEventDisableTiming));
+  PTRAIN_CUDA_CHECK(cudaEventCreateWithFlags(&download_mark_, cudaEventDisableTiming));
   lt_ = std::make_unique<LtMatmul>(compute_, options.allow_tf32);
 }
 
@@ -95,9 +96,14 @@ CudaBackend::~CudaBackend() {
   if (compute_ != nullptr) cudaStreamSynchronize(compute_);
   lt_.reset();
   if (workspace_ != nullptr) cudaFree(workspace_);
-  for (cudaEvent_t e : {compute_done_, upload_done_, download_done_}) {
+  for (cudaStream_t s : {upload_, download_}) {
+    if (s != nullptr) cudaStreamSynchronize(s);
+  }
+  for (cudaEvent_t e : {compute_done_, upload_done_, download_done_, download_mark_}) {
     if (e != nullptr) cudaEventDestroy(e);
   }
+  for (const auto& [id, e] : tickets_) cudaEventDestroy(e);
+  for (cudaEvent_t e : spare_events_) cudaEventDestroy(e);
   for (cudaStream_t s : {compute_, upload_, download_}) {
     if (s != nullptr) cudaStreamDestroy(s);
   }
@@ -117,6 +123,22 @@ std::pair<size_t, size_t> cuda_memory(Backend& backend) {
   auto* cuda = dynamic_cast<CudaBackend*>(&backend);
   PTRAIN_ENFORCE(cuda != nullptr, "backend {} is not a cuda backend", backend.name());
   return cuda->memory_used_total();
+}
+
+std::string cuda_epilogue_report(Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  PTRAIN_ENFORCE(cuda != nullptr, "backend {} is not a cuda backend", backend.name());
+  return cuda->epilogue_report();
+}
+
+std::string CudaBackend::epilogue_report() const {
+  const EpilogueStats& s = stats_;
+  std::string r = fmt::format(
+      "GELU epilogue: forward {} fused / {} unfused; backward {} fused with the bias gradient "
+      "(DGELU_BGRAD), {} fused without (DGELU), {} unfused",
+      s.gelu_fused, s.gelu_unfused, s.dgelu_bgrad, s.dgelu, s.dgelu_unfused);
+  if (!s.last_refusal.empty()) r += fmt::format(" (last fallback: {})", s.last_refusal);
+  return r;
 }
 
 double CudaBackend::bf16_matmul_peak(int64_t n) {
@@ -231,7 +253,90 @@ void CudaBackend::fill_columns(float* dst, float value, int64_t rows, int64_t co
   PTRAIN_CUDA_CHECK_LAUNCH();
 }
 void CudaBackend::synchronize() {
-  PTRAIN_CUDA_CHECK(cudaStreamSynchronize(compute_));  // joined with both copy streams
+  PTRAIN_CUDA_CHECK(cudaStreamSynchronize(compute_));
+  // Ticketed transfers are not joined to the compute stream.
+  PTRAIN_CUDA_CHECK(cudaStreamSynchronize(upload_));
+  PTRAIN_CUDA_CHECK(cudaStreamSynchronize(download_));
+  for (const auto& [id, e] : tickets_) spare_events_.push_back(e);
+  tickets_.clear();
+}
+
+// ---- ticketed transfers ---------------------------------------------------------------------------
+
+cudaEvent_t CudaBackend::ticket_event(TransferTicket t, const char* op) const {
+  PTRAIN_ENFORCE(t.id >= 1 && t.id < next_ticket_, "{}: ticket {} was never issued", op, t.id);
+  const auto it = tickets_.find(t.id);
+  return it == tickets_.end() ? nullptr : it->second;
+}
+
+void CudaBackend::release_ticket(TransferTicket t) {
+  const auto it = tickets_.find(t.id);
+  if (it == tickets_.end()) return;
+  spare_events_.push_back(it->second);
+  tickets_.erase(it);
+}
+
+// An upload does not wait for the compute stream (its destination is no queued op's business, the
+// caller's guarantee); ops wait for it once order_after() is called.
+TransferTicket CudaBackend::start_upload(void* dst, const void* src_host, size_t bytes) {
+  cudaEvent_t e = nullptr;
+  if (spare_events_.empty()) {
+    PTRAIN_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  } else {
+    e = spare_events_.back();
+    spare_events_.pop_back();
+  }
+  const TransferTicket t{next_ticket_++};
+  tickets_.emplace(t.id, e);
+  if (bytes > 0) {
+    PTRAIN_CUDA_CHECK(cudaMemcpyAsync(dst, src_host, bytes, cudaMemcpyHostToDevice, upload_));
+  }
+  PTRAIN_CUDA_CHECK(cudaEventRecord(e, upload_));
+  return t;
+}
+
+void CudaBackend::order_after(TransferTicket t) {
+  cudaEvent_t e = ticket_event(t, "order_after");
+  if (e != nullptr) PTRAIN_CUDA_CHECK(cudaStreamWaitEvent(compute_, e, 0));
+}
+
+// A download waits for the ops queued so far (a mark on the compute stream; cudaStreamWaitEvent
+// takes the mark's state when called, so the one event serves every download) and nothing on
+// the compute stream waits for it.
+TransferTicket CudaBackend::start_download(void* dst_host, const void* src, size_t bytes) {
+  cudaEvent_t e = nullptr;
+  if (spare_events_.empty()) {
+    PTRAIN_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  } else {
+    e = spare_events_.back();
+    spare_events_.pop_back();
+  }
+  const TransferTicket t{next_ticket_++};
+  tickets_.emplace(t.id, e);
+  PTRAIN_CUDA_CHECK(cudaEventRecord(download_mark_, compute_));
+  PTRAIN_CUDA_CHECK(cudaStreamWaitEvent(download_, download_mark_, 0));
+  if (bytes > 0) {
+    PTRAIN_CUDA_CHECK(cudaMemcpyAsync(dst_host, src, bytes, cudaMemcpyDeviceToHost, download_));
+  }
+  PTRAIN_CUDA_CHECK(cudaEventRecord(e, download_));
+  return t;
+}
+
+bool CudaBackend::transfer_done(TransferTicket t) {
+  cudaEvent_t e = ticket_event(t, "transfer_done");
+  if (e == nullptr) return true;
+  const cudaError_t q = cudaEventQuery(e);
+  if (q == cudaErrorNotReady) return false;
+  PTRAIN_CUDA_CHECK(q);
+  release_ticket(t);
+  return true;
+}
+
+void CudaBackend::wait_transfer(TransferTicket t) {
+  cudaEvent_t e = ticket_event(t, "wait_transfer");
+  if (e == nullptr) return;
+  PTRAIN_CUDA_CHECK(cudaEventSynchronize(e));
+  release_ticket(t);
 }
 
 char* CudaBackend::workspace(size_t bytes) {
@@ -267,16 +372,17 @@ CudaBackend::Operand CudaBackend::operand(const float* x, int64_t rows, int64_t 
   return {dst, bf16_ld(cols)};
 }
 
-void CudaBackend::product(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
+bool CudaBackend::product(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
                           Operand a, Operand b, float beta, const float* c, int64_t ldc, float* d,
-                          int64_t ldd, const float* bias) {
-  if (M <= 0 || N <= 0) return;
+                          int64_t ldd, const float* bias, LtEpilogue epilogue, float* aux,
+                          int64_t ld_aux, float* bias_grad, std::string* why) {
+  if (M <= 0 || N <= 0) return true;
   if (K <= 0) {  // d = beta·c: only reached in place (gemm), never with a bias
-    PTRAIN_ENFORCE((c == nullptr || c == d) && bias == nullptr,
-                   "an empty product (K = 0) with a separate C or a bias");
+    PTRAIN_ENFORCE((c == nullptr || c == d) && bias == nullptr && epilogue == LtEpilogue::kNone,
+                   "an empty product (K = 0) with a separate C, a bias or an epilogue");
     cuda_kernels::scale_matrix(d, c == nullptr ? 0.0f : beta, M, N, ldd, compute_);
     PTRAIN_CUDA_CHECK_LAUNCH();
-    return;
+    return true;
   }
   LtProduct p;
   p.ta = ta;
@@ -296,7 +402,11 @@ void CudaBackend::product(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, f
   p.ldd = ldd;
   p.bias = bias;
   p.input = bf16() ? LtInput::kBf16 : LtInput::kFp32;
-  lt_->run(p);
+  p.epilogue = epilogue;
+  p.aux = aux;
+  p.ld_aux = ld_aux;
+  p.bias_grad = bias_grad;
+  return lt_->run(p, why);
 }
 
 void CudaBackend::gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
@@ -349,6 +459,95 @@ void CudaBackend::matmul_backward(float* dinp, float* dw, float* dbias, const fl
     cuda_kernels::column_sums_add(dbias, dout, N, OC, OC, reinterpret_cast<float*>(ws), compute_);
     PTRAIN_CUDA_CHECK_LAUNCH();
   }
+}
+
+// ---- the MLP's GELU in cuBLASLt's epilogues -------------------------------------------------------
+// What the GELU epilogues need (cublasLt.h, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD): the aux
+// matrix's leading dimension a multiple of 8 elements; here the aux matrix is the caller's (N,H)
+// pre-activation with rows of H, so H % 8 == 0 (GPT: 4·n_embd, C even). We also ask for a 16-byte
+// aligned aux (vector stores; the activation plan's offsets need not give it). Where either is
+// missing, where fuse_epilogues is off, or where cuBLASLt has no algorithm for the type and
+// layout (it says so through the heuristic, remembered per shape), the unfused kernels run: the
+// same math with our GELU (Backend's default sequence).
+const char* CudaBackend::unfusable(const void* aux, int64_t ld) const {
+  if (!options_.fuse_epilogues) return "fuse_epilogues is off";
+  if (ld % 8 != 0) return "the hidden width is not a multiple of 8 (cuBLASLt's aux leading dimension)";
+  if (reinterpret_cast<uintptr_t>(aux) % 16 != 0) return "the pre-activation is not 16-byte aligned";
+  return nullptr;
+}
+
+void CudaBackend::matmul_gelu_forward(float* out, float* pre, const float* inp, const float* w,
+                                      const float* bias, int64_t N, int64_t IC, int64_t OC) {
+  const char* skip = unfusable(pre, OC);
+  if (skip == nullptr && N > 0 && IC > 0 && OC > 0) {
+    char* slot = bf16() ? workspace(bf16_bytes(N, IC) + bf16_bytes(IC, OC)) : nullptr;
+    const Operand x = operand(inp, N, IC, IC, &slot);
+    const Operand wt = operand(w, IC, OC, OC, &slot);
+    // out = gelu(inp·w + bias), pre = inp·w + bias (the aux output), one store.
+    std::string why;
+    if (product(Trans::kNo, Trans::kNo, N, OC, IC, 1.0f, x, wt, 0.0f, nullptr, OC, out, OC, bias,
+                LtEpilogue::kGeluAux, pre, OC, nullptr, &why)) {
+      ++stats_.gelu_fused;
+      return;
+    }
+    stats_.last_refusal = "forward: " + why;
+  } else if (skip != nullptr) {
+    stats_.last_refusal = std::string("forward: ") + skip;
+  }
+  ++stats_.gelu_unfused;
+  Backend::matmul_gelu_forward(out, pre, inp, w, bias, N, IC, OC);
+}
+
+void CudaBackend::matmul_gelu_backward(const GeluMlpBackward& g) {
+  const int64_t N = g.N, IC = g.IC, H = g.H, OC = g.OC;
+  const char* skip = unfusable(g.pre, H);
+  if (skip != nullptr || N <= 0 || H <= 0 || OC <= 0) {
+    if (skip != nullptr) stats_.last_refusal = std::string("backward: ") + skip;
+    ++stats_.dgelu_unfused;
+    Backend::matmul_gelu_backward(g);
+    return;
+  }
+  // The second product's own gradients: dw2 += hᵀ·dy, db2 += Σ dy.
+  matmul_backward(nullptr, g.dw2, g.db2, g.dy, g.h, g.w2, N, H, OC);
+  // dpre = (dy·w2ᵀ) ⊙ gelu'(pre) in the product's store; with BGRAD the same pass writes
+  // Σ_rows dpre (b1's gradient) into a scratch vector, added onto db1 (gradients accumulate).
+  const size_t ws_bias = g.db1 != nullptr ? align256(static_cast<size_t>(H) * sizeof(float)) : 0;
+  const size_t ws_bf16 = bf16() ? bf16_bytes(N, OC) + bf16_bytes(H, OC) : 0;
+  char* ws = workspace(ws_bias + ws_bf16);
+  float* bgrad = g.db1 != nullptr ? reinterpret_cast<float*>(ws) : nullptr;
+  char* slot = ws + ws_bias;
+  const Operand d = operand(g.dy, N, OC, OC, &slot);
+  const Operand wt = operand(g.w2, H, OC, OC, &slot);
+  auto* pre = const_cast<float*>(g.pre);  // the aux matrix: only read by the DGELU epilogues
+  float* db1 = g.db1;
+  std::string why;
+  bool done = false;
+  if (bgrad != nullptr &&
+      product(Trans::kNo, Trans::kYes, N, H, OC, 1.0f, d, wt, 0.0f, nullptr, H, g.dpre, H, nullptr,
+              LtEpilogue::kDGeluBgrad, pre, H, bgrad, &why)) {
+    cuda_kernels::residual(db1, db1, bgrad, H, compute_);
+    PTRAIN_CUDA_CHECK_LAUNCH();
+    db1 = nullptr;  // done: the last product below must not add it again
+    done = true;
+    ++stats_.dgelu_bgrad;
+  }
+  if (!done) {
+    if (bgrad != nullptr) stats_.last_refusal = "backward (DGELU_BGRAD): " + why;
+    if (product(Trans::kNo, Trans::kYes, N, H, OC, 1.0f, d, wt, 0.0f, nullptr, H, g.dpre, H,
+                nullptr, LtEpilogue::kDGelu, pre, H, nullptr, &why)) {
+      done = true;
+      ++stats_.dgelu;
+    } else {
+      stats_.last_refusal = "backward (DGELU): " + why;
+    }
+  }
+  if (!done) {
+    product(Trans::kNo, Trans::kYes, N, H, OC, 1.0f, d, wt, 0.0f, nullptr, H, g.dpre, H, nullptr);
+    gelu_backward(g.dpre, g.pre, g.dpre, N * H);
+    ++stats_.dgelu_unfused;
+  }
+  // The first product's gradients from dpre (its bias gradient unless BGRAD gave it).
+  matmul_backward(g.dinp, g.dw1, db1, g.dpre, g.inp, g.w1, N, IC, H);
 }
 
 void CudaBackend::linear_forward(float* out, int64_t ldo, const float* inp, const float* w,

@@ -3,10 +3,19 @@
 // backend factory (cuda_factory.hpp), which is the only code outside this folder that names it.
 //
 // Streams: every op runs on one compute stream (stream(), the Backend's in-order queue). Uploads
-// and downloads run on their own copy streams, joined to the compute stream by events on both
-// sides (the copy waits for earlier ops, later ops wait for the copy), which keeps the Backend's
-// in-order contract exact. Host transfer memory (HostBuffer) is pinned (cudaHostAlloc), so the
-// *_async copies are DMA transfers that return at once.
+// and downloads run on their own copy streams. The *_async copies are joined to the compute stream
+// by events on both sides (the copy waits for earlier ops, later ops wait for the copy), which
+// keeps the Backend's in-order contract exact. The ticketed transfers (start_upload,
+// start_download) are joined on one side only, so they overlap compute: an upload starts at once
+// and ops wait for its event after order_after(); a download waits for an event recorded on the
+// compute stream and nothing waits for it but the host (transfer_done polls its event,
+// wait_transfer synchronizes on it). Host transfer memory (HostBuffer) is pinned (cudaHostAlloc),
+// so all of these are DMA transfers that return at once.
+//
+// GELU epilogues: the MLP's c_fc runs bias + GELU in the product's store (matmul_gelu_forward)
+// and its backward applies GELU's derivative (and sums b1's gradient) in the store of dy·w2ᵀ
+// (matmul_gelu_backward), where cuBLASLt allows it (see cuda_backend.cpp); elsewhere the unfused
+// kernels, which give the same numbers up to cuBLASLt's GELU arithmetic.
 //
 // Precision (device.precision): fp32 products, TF32 tensor cores when device.allow_tf32; or bf16:
 // each product's operands are rounded to bf16 copies in a workspace just before the product
@@ -25,8 +34,10 @@
 
 #include <cuda_runtime_api.h>
 
+#include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace ptrain {
 
@@ -62,6 +73,13 @@ class CudaBackend final : public Backend {
   void fill_columns(float* dst, float value, int64_t rows, int64_t col_begin, int64_t col_end,
                     int64_t ld) override;
   void synchronize() override;
+  TransferTicket start_upload(void* dst, const void* src_host, size_t bytes) override;
+  void order_after(TransferTicket t) override;
+  TransferTicket start_download(void* dst_host, const void* src, size_t bytes) override;
+  bool transfer_done(TransferTicket t) override;
+  void wait_transfer(TransferTicket t) override;
+  // cuda_epilogue_report (cuda_factory.hpp).
+  std::string epilogue_report() const;
 
   void gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const float* a,
             int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) override;
@@ -83,6 +101,9 @@ class CudaBackend final : public Backend {
   void residual_forward(float* out, const float* a, const float* b, int64_t n) override;
   void gelu_forward(float* out, const float* inp, int64_t n) override;
   void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) override;
+  void matmul_gelu_forward(float* out, float* pre, const float* inp, const float* w,
+                           const float* bias, int64_t N, int64_t IC, int64_t OC) override;
+  void matmul_gelu_backward(const GeluMlpBackward& g) override;
   void attention_forward(float* out, float* lse, const float* qkv,
                          const AttentionShape& shape) override;
   void attention_backward(float* dqkv, float* scratch, const float* dout, const float* out,
@@ -133,10 +154,20 @@ class CudaBackend final : public Backend {
   Operand operand(const float* x, int64_t rows, int64_t cols, int64_t ld, char** slot);
   static int64_t bf16_ld(int64_t cols);
   static size_t bf16_bytes(int64_t rows, int64_t cols);
-  // One product through cuBLASLt; K = 0 is beta·c (or the bias) and M·N = 0 nothing.
-  void product(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, Operand a,
+  // One product through cuBLASLt; K = 0 is beta·c (or the bias) and M·N = 0 nothing. With a
+  // GELU epilogue (aux, ld_aux, bias_grad as LtProduct's) it may return false: cuBLASLt has no
+  // algorithm for it, nothing was queued, `why` says what it answered.
+  bool product(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, Operand a,
                Operand b, float beta, const float* c, int64_t ldc, float* d, int64_t ldd,
-               const float* bias);
+               const float* bias, LtEpilogue epilogue = LtEpilogue::kNone,
+               float* aux = nullptr, int64_t ld_aux = 0, float* bias_grad = nullptr,
+               std::string* why = nullptr);
+  // Why a GELU epilogue cannot be asked for with this aux matrix (row length ld), or null.
+  const char* unfusable(const void* aux, int64_t ld) const;
+  // The event of a transfer not known complete yet (null when it is), or a thrown InternalError
+  // for a ticket this backend never issued.
+  cudaEvent_t ticket_event(TransferTicket t, const char* op) const;
+  void release_ticket(TransferTicket t);
   bool bf16() const { return options_.precision == DevicePrecision::kBf16; }
 
   CudaBackendOptions options_;
@@ -146,6 +177,16 @@ class CudaBackend final : public Backend {
   std::unique_ptr<LtMatmul> lt_;
   char* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
+  // Ticketed transfers: each one's completion event, until the host knows it is complete.
+  std::map<int64_t, cudaEvent_t> tickets_;
+  std::vector<cudaEvent_t> spare_events_;
+  int64_t next_ticket_ = 1;
+  cudaEvent_t download_mark_ = nullptr;  // the compute-stream point a download waits for
+  struct EpilogueStats {
+    int64_t gelu_fused = 0, gelu_unfused = 0;
+    int64_t dgelu_bgrad = 0, dgelu = 0, dgelu_unfused = 0;
+    std::string last_refusal;  // cuBLASLt's answer or our own reason, the last time it fell back
+  } stats_;
 };
 
 }  // namespace ptrain

@@ -16,6 +16,9 @@ struct CudaBackendOptions {
   int device = 0;  // the N of cuda:N (CUDA's device numbering, after CUDA_VISIBLE_DEVICES)
   DevicePrecision precision = DevicePrecision::kFp32;
   bool allow_tf32 = false;  // fp32 products may use TF32 tensor cores
+  // The MLP's bias + GELU (and its backward) in cuBLASLt's epilogues where cuBLASLt has them;
+  // false: the separate GELU kernels (tests compare both with the CPU backend).
+  bool fuse_epilogues = true;
 };
 
 // Opens GPU `options.device`. Throws DeviceError saying which of these failed: no usable CUDA
@@ -36,5 +39,9 @@ bool is_cuda_backend(const Backend& backend);
 double cuda_bf16_matmul_peak(Backend& backend, int64_t n);
 // Device memory of the backend's GPU: bytes in use (all processes) and total.
 std::pair<size_t, size_t> cuda_memory(Backend& backend);
+// For `backend` made by make_cuda_backend: how its GELU epilogue products ran so far — how many
+// fused forward and backward (with the bias gradient, or without), how many fell back to the
+// unfused kernels and cuBLASLt's last reason — in one line.
+std::string cuda_epilogue_report(Backend& backend);
 
 }  // namespace ptrain

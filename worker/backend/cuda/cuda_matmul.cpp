@@ -50,7 +50,7 @@ LtMatmul::~LtMatmul() {
   if (handle_ != nullptr) cublasLtDestroy(handle_);
 }
 
-void LtMatmul::run(const LtProduct& p) {
+bool LtMatmul::run(const LtProduct& p, std::string* why) {
   PTRAIN_ENFORCE(p.M > 0 && p.N > 0 && p.K > 0, "empty product ({}, {}, {}) reached cuBLASLt", p.M,
                  p.N, p.K);
   const cudaDataType in = p.input == LtInput::kBf16 ? CUDA_R_16BF : CUDA_R_32F;
@@ -69,13 +69,49 @@ void LtMatmul::run(const LtProduct& p) {
                                                      sizeof(opa)));
   PTRAIN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc.get(), CUBLASLT_MATMUL_DESC_TRANSB, &opb,
                                                      sizeof(opb)));
-  if (p.bias != nullptr) {
-    const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+  const bool gelu = p.epilogue != LtEpilogue::kNone;
+  PTRAIN_ENFORCE(!gelu || (p.aux != nullptr && p.ld_aux >= p.N && p.ld_aux % 8 == 0),
+                 "a GELU epilogue needs an aux matrix with ld a multiple of 8 and >= {} (got {})",
+                 p.N, p.ld_aux);
+  PTRAIN_ENFORCE(p.epilogue == LtEpilogue::kGeluAux || p.bias == nullptr,
+                 "a bias with a backward epilogue");
+  PTRAIN_ENFORCE((p.epilogue == LtEpilogue::kDGeluBgrad) == (p.bias_grad != nullptr),
+                 "bias_grad is kDGeluBgrad's output and only its");
+  cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_DEFAULT;
+  switch (p.epilogue) {
+    case LtEpilogue::kNone:
+      epi = p.bias != nullptr ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+      break;
+    case LtEpilogue::kGeluAux:
+      epi = p.bias != nullptr ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
+      break;
+    case LtEpilogue::kDGelu:
+      epi = CUBLASLT_EPILOGUE_DGELU;
+      break;
+    case LtEpilogue::kDGeluBgrad:
+      epi = CUBLASLT_EPILOGUE_DGELU_BGRAD;
+      break;
+  }
+  if (epi != CUBLASLT_EPILOGUE_DEFAULT) {
     PTRAIN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc.get(), CUBLASLT_MATMUL_DESC_EPILOGUE,
                                                        &epi, sizeof(epi)));
-    // Set before the heuristic: it reads the pointer's alignment.
+  }
+  // Pointers are set before the heuristic: it reads their alignment. The bias pointer is the
+  // bias (an input) or, for BGRAD, the bias gradient (an output); either has N elements, one per
+  // row of cuBLASLt's column-major D (our columns).
+  const void* bias_ptr = p.bias_grad != nullptr ? static_cast<const void*>(p.bias_grad) : p.bias;
+  if (bias_ptr != nullptr) {
     PTRAIN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
-        desc.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p.bias, sizeof(p.bias)));
+        desc.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr, sizeof(bias_ptr)));
+  }
+  if (gelu) {
+    // The aux matrix is laid out like D: cuBLASLt's (N rows, M columns), leading dimension ld_aux.
+    void* aux = p.aux;
+    const int64_t ld_aux = p.ld_aux;
+    PTRAIN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
+        desc.get(), CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)));
+    PTRAIN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
+        desc.get(), CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld_aux, sizeof(ld_aux)));
   }
   // Column-major views: b is (N,K) (op N) or (K,N) (op T) with ld ldb; a is (K,M) or (M,K).
   auto la = p.tb == Trans::kNo ? layout(in, p.N, p.K, p.ldb) : layout(in, p.K, p.N, p.ldb);
@@ -83,11 +119,12 @@ void LtMatmul::run(const LtProduct& p) {
   auto lc = layout(CUDA_R_32F, p.N, p.M, ldc);
   auto ld = layout(CUDA_R_32F, p.N, p.M, p.ldd);
 
-  const std::array<int64_t, 17> key{
+  const std::array<int64_t, 21> key{
       p.M, p.N, p.K, static_cast<int64_t>(p.ta), static_cast<int64_t>(p.tb), p.lda, p.ldb, ldc,
       p.ldd, static_cast<int64_t>(in), static_cast<int64_t>(compute), p.bias != nullptr,
       alignment(p.a), alignment(p.b), alignment(c), alignment(p.d),
-      p.bias != nullptr ? alignment(p.bias) : 0};
+      bias_ptr != nullptr ? alignment(bias_ptr) : 0, static_cast<int64_t>(p.epilogue),
+      gelu ? p.ld_aux : 0, gelu ? alignment(p.aux) : 0, 0};
   auto it = algos_.find(key);
   if (it == algos_.end()) {
     cublasLtMatmulPreference_t raw_pref = nullptr;
@@ -107,10 +144,21 @@ void LtMatmul::run(const LtProduct& p) {
     }
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
-    PTRAIN_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle_, desc.get(), la.get(), lb.get(),
-                                                       lc.get(), ld.get(), pref.get(), 1, &result,
-                                                       &found));
-    if (found == 0) {
+    const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
+        handle_, desc.get(), la.get(), lb.get(), lc.get(), ld.get(), pref.get(), 1, &result,
+        &found);
+    if (gelu && (st != CUBLAS_STATUS_SUCCESS || found == 0)) {
+      // Not every type, layout and alignment has a GELU epilogue kernel: remember the refusal,
+      // and the caller runs the unfused sequence.
+      Choice none;
+      none.why = st != CUBLAS_STATUS_SUCCESS
+                     ? fmt::format("cublasLtMatmulAlgoGetHeuristic: {}", cublasLtGetStatusName(st))
+                     : std::string("cuBLASLt has no algorithm for it");
+      it = algos_.emplace(key, none).first;
+    } else {
+      PTRAIN_CUBLAS_CHECK(st);
+    }
+    if (!gelu && found == 0) {
       throw DeviceError(fmt::format(
           "cuBLASLt has no algorithm for the product ({}x{}) = op{}({}x{}) op{}({}x{}), "
           "inputs {}, lda {} ldb {} ldd {}{}",
@@ -118,11 +166,29 @@ void LtMatmul::run(const LtProduct& p) {
           p.N, p.input == LtInput::kBf16 ? "bf16" : "fp32", p.lda, p.ldb, p.ldd,
           p.bias != nullptr ? ", with bias" : ""));
     }
-    it = algos_.emplace(key, result.algo).first;
+    if (it == algos_.end()) {
+      Choice chosen;
+      chosen.found = true;
+      chosen.algo = result.algo;
+      it = algos_.emplace(key, chosen).first;
+    }
   }
-  PTRAIN_CUBLAS_CHECK(cublasLtMatmul(handle_, desc.get(), &p.alpha, p.b, la.get(), p.a, lb.get(),
-                                     &p.beta, c, lc.get(), p.d, ld.get(), &it->second, workspace_,
-                                     kWorkspaceBytes, stream_));
+  if (!it->second.found) {
+    if (why != nullptr) *why = it->second.why;
+    return false;
+  }
+  const cublasStatus_t st =
+      cublasLtMatmul(handle_, desc.get(), &p.alpha, p.b, la.get(), p.a, lb.get(), &p.beta, c,
+                     lc.get(), p.d, ld.get(), &it->second.algo, workspace_, kWorkspaceBytes,
+                     stream_);
+  if (gelu && st == CUBLAS_STATUS_NOT_SUPPORTED) {  // refused at launch: nothing was queued
+    it->second.found = false;
+    it->second.why = "cublasLtMatmul: CUBLAS_STATUS_NOT_SUPPORTED";
+    if (why != nullptr) *why = it->second.why;
+    return false;
+  }
+  PTRAIN_CUBLAS_CHECK(st);
+  return true;
 }
 
 }  // namespace ptrain

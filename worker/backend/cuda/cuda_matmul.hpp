@@ -2,6 +2,10 @@
 // product D (M,N) = op(a)·op(b) is cuBLASLt's column-major Dᵀ (N,M) = op(b)ᵀ·op(a)ᵀ, so b goes in
 // as cuBLASLt's A and a as its B, nothing is copied or transposed. The bias is cuBLASLt's BIAS
 // epilogue (added per output column, fused into the product's store).
+// GELU epilogues (the MLP's c_fc): GELU_AUX(_BIAS) applies bias and GELU in the store and also
+// stores the pre-activation (the aux matrix); DGELU(_BGRAD) multiplies the product by GELU's
+// derivative at a saved pre-activation (and writes the column sums of the result: the bias
+// gradient). cuBLASLt's GELU is the tanh approximation, GPT-2's.
 // Inputs fp32 (compute fp32, or TF32 tensor cores when allowed) or bf16 (compute and outputs
 // fp32). The algorithm for each shape, layout and pointer alignment is chosen once by cuBLASLt's
 // heuristic and kept, so repeated products use the same kernel (bitwise repeatable).
@@ -16,10 +20,19 @@
 #include <array>
 #include <cstdint>
 #include <map>
+#include <string>
 
 namespace ptrain {
 
 enum class LtInput { kFp32, kBf16 };
+
+// What the product's store does besides alpha·product + beta·c (+ bias when `bias` is set).
+enum class LtEpilogue {
+  kNone,
+  kGeluAux,     // d = gelu(product (+ bias)); aux = product (+ bias): the GELU input
+  kDGelu,       // d = product ⊙ gelu'(aux)
+  kDGeluBgrad,  // the same, and bias_grad (N) = Σ over the M rows of d (written, not added)
+};
 
 // Row-major: d (M,N; ldd) = alpha·op(a)·op(b) + beta·c (+ bias (N) when not null). op(a) (M,K),
 // op(b) (K,N); a, b of type `input`; c, d, bias fp32. c may be d (in place) or null (beta 0).
@@ -38,6 +51,10 @@ struct LtProduct {
   int64_t ldd = 0;
   const float* bias = nullptr;
   LtInput input = LtInput::kFp32;
+  LtEpilogue epilogue = LtEpilogue::kNone;
+  float* aux = nullptr;  // (M,N) row-major with row stride ld_aux (a multiple of 8, >= N)
+  int64_t ld_aux = 0;
+  float* bias_grad = nullptr;  // (N), kDGeluBgrad
 };
 
 class LtMatmul {
@@ -47,8 +64,11 @@ class LtMatmul {
   LtMatmul(const LtMatmul&) = delete;
   LtMatmul& operator=(const LtMatmul&) = delete;
 
-  // Queues the product on the stream. M, N, K > 0 (the backend handles empty ones).
-  void run(const LtProduct& p);
+  // Queues the product on the stream. M, N, K > 0 (the backend handles empty ones). Returns false
+  // (queuing nothing) only for a product with a GELU epilogue that cuBLASLt has no algorithm for
+  // (not every type, layout and alignment has one): the caller then runs the unfused sequence.
+  // `why` (when not null) then says what cuBLASLt answered. Plain products throw instead.
+  bool run(const LtProduct& p, std::string* why = nullptr);
 
   static constexpr size_t kWorkspaceBytes = size_t{32} << 20;  // what Hopper's kernels ask for
 
@@ -57,7 +77,14 @@ class LtMatmul {
   cudaStream_t stream_;
   bool tf32_;
   void* workspace_ = nullptr;
-  std::map<std::array<int64_t, 17>, cublasLtMatmulAlgo_t> algos_;
+  // The chosen algorithm per key; an epilogue product cuBLASLt refused maps to nothing (and the
+  // reason), so it is asked once.
+  struct Choice {
+    bool found = false;
+    cublasLtMatmulAlgo_t algo{};
+    std::string why;
+  };
+  std::map<std::array<int64_t, 21>, Choice> algos_;
 };
 
 }  // namespace ptrain
