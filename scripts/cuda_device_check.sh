@@ -39,6 +39,10 @@ step build 900 cmake --build "$BUILD" -j "$JOBS" --target ptrain test_cuda test_
 step ctest-cuda 600 ctest --test-dir "$BUILD" -L cuda --output-on-failure --timeout 300
 grep -E "tests passed|tests failed|Skipped|\*\*\*Failed|Passed|Not Run" "$OUT/ctest-cuda.txt" | tail -20 >>"$SUMMARY"
 step ctest-cuda-math 300 ctest --test-dir "$BUILD" -R "cuda math" --output-on-failure
+# The GELU epilogue cases again, for their printed record: whether cuBLASLt ran each epilogue (or
+# why it fell back) and the largest error of the fused results against the CPU backend.
+step cuda-gelu-epilogue 600 "$BUILD/tests/test_cuda" --test-case="*GELU*"
+grep -E "GELU epilogue|largest error" "$OUT/cuda-gelu-epilogue.txt" | head -40 >>"$SUMMARY"
 
 if command -v compute-sanitizer >/dev/null; then
   for tool in memcheck racecheck; do

@@ -359,6 +359,61 @@ TEST_CASE("cpu_backend gelu forward and backward") {
   CHECK(std::memcmp(inplace.data(), din.data(), n * sizeof(float)) == 0);
 }
 
+TEST_CASE("cpu_backend fused MLP ops are exactly the unfused sequence") {
+  auto be = make_cpu_backend(2);
+  const int64_t N = 37, IC = 24, H = 40, OC = 24;
+  const Vec inp = randn(N * IC, 30), w1 = randn(IC * H, 31, 0.3f), b1 = randn(H, 32, 0.3f);
+  const Vec w2 = randn(H * OC, 33, 0.3f), b2 = randn(OC, 34), dy = randn(N * OC, 35);
+  auto same = [](const Vec& a, const Vec& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+  };
+  for (bool with_bias : {true, false}) {
+    CAPTURE(with_bias);
+    const float* bias = with_bias ? b1.data() : nullptr;
+    Vec pre(N * H), h(N * H), pre_ref(N * H), h_ref(N * H);
+    be->matmul_gelu_forward(h.data(), pre.data(), inp.data(), w1.data(), bias, N, IC, H);
+    be->matmul_forward(pre_ref.data(), inp.data(), w1.data(), bias, N, IC, H);
+    be->gelu_forward(h_ref.data(), pre_ref.data(), N * H);
+    CHECK(same(pre, pre_ref));
+    CHECK(same(h, h_ref));
+
+    // Gradients accumulate onto non-zero values; db1 and dinp may be skipped.
+    for (bool skip : {false, true}) {
+      CAPTURE(skip);
+      Vec dinp(N * IC), dw1 = randn(IC * H, 36), db1 = randn(H, 37), dpre(N * H);
+      Vec dw2 = randn(H * OC, 38), db2 = randn(OC, 39);
+      Vec dinp_r = dinp, dw1_r = dw1, db1_r = db1, dpre_r = dpre, dw2_r = dw2, db2_r = db2;
+      GeluMlpBackward g;
+      g.dinp = skip ? nullptr : dinp.data();
+      g.dw1 = dw1.data();
+      g.db1 = skip ? nullptr : db1.data();
+      g.dpre = dpre.data();
+      g.dw2 = dw2.data();
+      g.db2 = db2.data();
+      g.dy = dy.data();
+      g.inp = inp.data();
+      g.w1 = w1.data();
+      g.pre = pre.data();
+      g.h = h.data();
+      g.w2 = w2.data();
+      g.N = N, g.IC = IC, g.H = H, g.OC = OC;
+      be->matmul_gelu_backward(g);
+      be->matmul_backward(dpre_r.data(), dw2_r.data(), db2_r.data(), dy.data(), h.data(), w2.data(),
+                          N, H, OC);
+      be->gelu_backward(dpre_r.data(), pre.data(), dpre_r.data(), N * H);
+      be->matmul_backward(skip ? nullptr : dinp_r.data(), dw1_r.data(),
+                          skip ? nullptr : db1_r.data(), dpre_r.data(), inp.data(), w1.data(), N,
+                          IC, H);
+      CHECK(same(dinp, dinp_r));
+      CHECK(same(dw1, dw1_r));
+      CHECK(same(db1, db1_r));
+      CHECK(same(dpre, dpre_r));
+      CHECK(same(dw2, dw2_r));
+      CHECK(same(db2, db2_r));
+    }
+  }
+}
+
 TEST_CASE("cpu_backend attention reference backward equals finite differences") {
   // Validates the fp64 reference used below, on a size small enough for finite differences:
   // causal, and bidirectional with padding keys.

@@ -303,14 +303,14 @@ TEST_CASE("fake device: TrainStep - one upload and one download per step - bitwi
     CHECK(on_fake.state().micro_batches() == 3);
 
     // Exactly one whole-vector transfer each way, both asynchronous through pinned memory; the
-    // rest are token ids and losses.
+    // rest are token ids (inputs and targets in one copy) and losses.
     int64_t up = 0, down = 0;
     for (const auto& t : fake.counters().log) {
       if (t.bytes == bytes) {
         (t.upload ? up : down) += 1;
         CHECK(t.async);
       } else {
-        CHECK(t.bytes <= static_cast<size_t>(micro * T) * sizeof(int32_t));
+        CHECK(t.bytes <= static_cast<size_t>(2 * micro * T) * sizeof(int32_t));
       }
     }
     CHECK(up == 1);
