@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <utility>
 
 namespace ptrain::testing {
 namespace {
@@ -281,7 +282,8 @@ void FakeDeviceBackend::complete_uploads(int64_t id) {
 void FakeDeviceBackend::complete_downloads(int64_t id) {
   Access a(*this);
   while (!downloads_.empty() && downloads_.front().id <= id) {
-    const Ticketed& d = downloads_.front();
+    const Ticketed d = std::move(downloads_.front());
+    downloads_.pop_front();  // complete either way: a race is reported once
     if (std::memcmp(d.src, d.snapshot.data(), d.bytes) != 0) {
       throw InternalError(fmt::format(
           "FakeDeviceBackend: the source of download ticket {} ({}, {} bytes) was written by an op "
@@ -289,7 +291,6 @@ void FakeDeviceBackend::complete_downloads(int64_t id) {
           d.id, d.src, d.bytes));
     }
     std::memcpy(d.dst, d.snapshot.data(), d.bytes);
-    downloads_.pop_front();
   }
 }
 
