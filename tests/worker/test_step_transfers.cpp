@@ -6,6 +6,7 @@
 // fake device) and BERT (CPU: the fake device has no BERT ops).
 #include "common/error.hpp"
 #include "common/tensor/gpt_init.hpp"
+#include "support/checkpoint_test_util.hpp"
 #include "worker/backend/cpu/cpu_backend.hpp"
 #include "worker/fake_device_backend.hpp"
 #include "worker/model/backend.hpp"
@@ -36,19 +37,6 @@ using Ranges = std::vector<std::pair<int64_t, int64_t>>;
 
 const ModelDims kGpt{61, 64, 12, 3, 2, 16};  // V 61 padded to 64, 3 layers
 const ModelDims kBert{61 + kBertSpecialTokens, 72, 12, 2, 2, 16, ModelArch::kBert};
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
 
 bool bitwise(std::span<const float> a, std::span<const float> b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size_bytes()) == 0;

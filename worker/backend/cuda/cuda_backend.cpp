@@ -278,7 +278,7 @@ void CudaBackend::release_ticket(TransferTicket t) {
 
 // An upload does not wait for the compute stream (its destination is no queued op's business, the
 // caller's guarantee); ops wait for it once order_after() is called.
-TransferTicket CudaBackend::start_upload(void* dst, const void* src_host, size_t bytes) {
+TransferTicket CudaBackend::new_ticket(cudaEvent_t* event) {
   cudaEvent_t e = nullptr;
   if (spare_events_.empty()) {
     PTRAIN_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
@@ -288,6 +288,13 @@ TransferTicket CudaBackend::start_upload(void* dst, const void* src_host, size_t
   }
   const TransferTicket t{next_ticket_++};
   tickets_.emplace(t.id, e);
+  *event = e;
+  return t;
+}
+
+TransferTicket CudaBackend::start_upload(void* dst, const void* src_host, size_t bytes) {
+  cudaEvent_t e = nullptr;
+  const TransferTicket t = new_ticket(&e);
   if (bytes > 0) {
     PTRAIN_CUDA_CHECK(cudaMemcpyAsync(dst, src_host, bytes, cudaMemcpyHostToDevice, upload_));
   }
@@ -305,14 +312,7 @@ void CudaBackend::order_after(TransferTicket t) {
 // the compute stream waits for it.
 TransferTicket CudaBackend::start_download(void* dst_host, const void* src, size_t bytes) {
   cudaEvent_t e = nullptr;
-  if (spare_events_.empty()) {
-    PTRAIN_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-  } else {
-    e = spare_events_.back();
-    spare_events_.pop_back();
-  }
-  const TransferTicket t{next_ticket_++};
-  tickets_.emplace(t.id, e);
+  const TransferTicket t = new_ticket(&e);
   PTRAIN_CUDA_CHECK(cudaEventRecord(download_mark_, compute_));
   PTRAIN_CUDA_CHECK(cudaStreamWaitEvent(download_, download_mark_, 0));
   if (bytes > 0) {

@@ -168,6 +168,8 @@ class CudaBackend final : public Backend {
   // for a ticket this backend never issued.
   cudaEvent_t ticket_event(TransferTicket t, const char* op) const;
   void release_ticket(TransferTicket t);
+  // A new ticket and its completion event (recorded by the caller).
+  TransferTicket new_ticket(cudaEvent_t* event);
   bool bf16() const { return options_.precision == DevicePrecision::kBf16; }
 
   CudaBackendOptions options_;
