@@ -175,10 +175,10 @@ void FakeDeviceBackend::flush() {
   queue_.clear();
 }
 
-void FakeDeviceBackend::count(bool upload, bool async, size_t bytes) {
+void FakeDeviceBackend::count(bool upload, bool async, size_t bytes, bool ticketed) {
   (upload ? counters_.uploads : counters_.downloads) += 1;
   (upload ? counters_.upload_bytes : counters_.download_bytes) += static_cast<int64_t>(bytes);
-  counters_.log.push_back({upload, async, bytes});
+  counters_.log.push_back({upload, async, ticketed, bytes});
 }
 
 void FakeDeviceBackend::copy_to_device(void* dst, const void* src, size_t bytes) {
@@ -239,7 +239,7 @@ TransferTicket FakeDeviceBackend::start_upload(void* dst, const void* src, size_
   u.src = src;
   u.bytes = bytes;
   uploads_.push_back(std::move(u));
-  count(true, true, bytes);
+  count(true, true, bytes, true);
   return {uploads_.back().id};
 }
 
@@ -260,7 +260,7 @@ TransferTicket FakeDeviceBackend::start_download(void* dst, const void* src, siz
     d.snapshot.assign(p, p + bytes);
   }
   downloads_.push_back(std::move(d));
-  count(false, true, bytes);
+  count(false, true, bytes, true);
   return {downloads_.back().id};
 }
 

@@ -43,6 +43,7 @@ class FakeDeviceBackend final : public Backend {
   struct Transfer {
     bool upload = false;  // host → device; else device → host
     bool async = false;
+    bool ticketed = false;  // start_upload / start_download (else an in-order copy)
     size_t bytes = 0;
   };
   struct Counters {
@@ -154,7 +155,7 @@ class FakeDeviceBackend final : public Backend {
   void complete_uploads(int64_t id);
   void complete_downloads(int64_t id);
   void check_ticket(const char* op, TransferTicket t) const;
-  void count(bool upload, bool async, size_t bytes);
+  void count(bool upload, bool async, size_t bytes, bool ticketed = false);
 
   std::unique_ptr<Backend> cpu_;
   bool guard_pages_;

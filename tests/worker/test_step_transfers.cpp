@@ -261,6 +261,18 @@ TEST_CASE("TrainStep with a WeightSource and a GradientSink: ranges in order - e
           }
           CHECK(weight_uploads >= 1);
           CHECK(grad_downloads >= 1);
+          // Token ids: the first micro-batch's in queue order, the next two prefetched (ticketed)
+          // while the one before computed: [inputs | targets] of 3 and of 1 window.
+          std::vector<size_t> prefetched;
+          for (const auto& t : fake.counters().log) {
+            const auto window_ids_bytes = static_cast<size_t>(2 * T) * sizeof(int32_t);
+            if (t.upload && t.ticketed && t.bytes % window_ids_bytes == 0 &&
+                t.bytes <= micro * window_ids_bytes) {
+              prefetched.push_back(t.bytes);
+            }
+          }
+          CHECK(prefetched == std::vector<size_t>{static_cast<size_t>(2 * 3 * T) * sizeof(int32_t),
+                                                  static_cast<size_t>(2 * 1 * T) * sizeof(int32_t)});
           // The top layers' gradient reached the sink while backward was still being queued:
           // before every range's download had started.
           const int64_t micro_batches = 3, range_downloads = static_cast<int64_t>(want.size());
