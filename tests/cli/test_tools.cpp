@@ -654,7 +654,7 @@ TEST_CASE("tools: every tool refuses a damaged or missing checkpoint and names i
   fs::resize_file(cut, fs::file_size(cut) / 2);
   r = fx.run({"inspect", cut, "--json"});
   CHECK(r.rc == 6);
-  CHECK(contains(r.err, "truncated or damaged"));
+  CHECK(contains(r.err, "damaged or truncated"));
   CHECK(r.out.empty());
   r = fx.run({"eval", "--checkpoint", fx.path("missing.h5"), "--data", fx.tok});
   CHECK(r.rc == 4);
