@@ -656,6 +656,27 @@ TEST_CASE("tools: every tool refuses a damaged or missing checkpoint and names i
   CHECK(r.rc == 6);
   CHECK(contains(r.err, "damaged or truncated"));
   CHECK(r.out.empty());
+  // One byte changed on disk (no HDF5 involved): every reader refuses it at the checksum block,
+  // before HDF5 opens the file, naming the file and both checksums.
+  const std::string flipped = fx.path("flipped.h5");
+  fs::copy_file(fx.ckpt, flipped);
+  {
+    std::fstream f(flipped, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(fs::file_size(flipped) / 3));
+    f.put('\x5a');
+  }
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"inspect", flipped},
+           {"eval", "--checkpoint", flipped, "--data", fx.tok},
+           {"generate", "--checkpoint", flipped, "--prompt", "x"},
+           {"grad", "--checkpoint", flipped, "--data", fx.tok, "--batch-size", "2", "--out",
+            fx.path("g.h5")},
+           {"export-hf", flipped, fx.path("hf-out")}}) {
+    r = fx.run(args);
+    CHECK_MESSAGE(r.rc == 6, args[0] << ": " << r.err);
+    CHECK_MESSAGE(contains(r.err, flipped + ": damaged or truncated: its checksum block expects crc32c 0x"), r.err);
+    CHECK_MESSAGE(contains(r.err, "the file has crc32c 0x"), r.err);
+  }
   r = fx.run({"eval", "--checkpoint", fx.path("missing.h5"), "--data", fx.tok});
   CHECK(r.rc == 4);
   CHECK(contains(r.err, "missing.h5"));
