@@ -163,7 +163,6 @@ bool is_stopped(pid_t pid) {
   return close != std::string::npos && close + 2 < stat.size() && stat[close + 2] == 'T';
 }
 
-
 // One start of every role: the coordinator (its address awaited), the servers, the workers; then
 // watches them. A lost worker is the coordinator's business (the step completes without it). A
 // server or a coordinator killed by a signal (SIGKILL, a crash, the OOM killer) ends the attempt at once (the group is
@@ -343,7 +342,8 @@ Attempt run_attempt(const Config& config, const ProcessJobOptions& o, const std:
           a.restart = !forwarded;  // a stop was asked for: no restart, and no checkpoint either
           a.lost_role = "coordinator";
           a.why = fmt::format(
-              "the coordinator (pid {}) is {}: {} after losing it (cluster.peer_timeout_s = {} s)",
+              "the coordinator (pid {}) is {}; {} (servers lose a silent coordinator after "
+              "cluster.peer_timeout_s = {} s)",
               children[0].pid,
               stopped ? "stopped by a signal"
                       : fmt::format("unresponsive (still running {} s after a server exited)",
