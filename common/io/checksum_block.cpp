@@ -213,4 +213,16 @@ ChecksumBlockState verify_checksum_block(const std::string& path, const std::str
   return ChecksumBlockState::kVerified;
 }
 
+std::optional<ChecksumBlockFields> read_checksum_block(const std::string& path) {
+  Fd f;
+  f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (f.fd < 0) return std::nullopt;
+  char head[kChecksumBlockBytes];
+  const ssize_t n = ::pread(f.fd, head, sizeof head, 0);
+  if (n != static_cast<ssize_t>(sizeof head)) return std::nullopt;
+  Block b;
+  if (!parse_block(std::string_view(head, sizeof head), b).empty()) return std::nullopt;
+  return ChecksumBlockFields{b.crc, b.length};
+}
+
 }  // namespace ptrain

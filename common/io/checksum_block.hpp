@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 namespace ptrain {
@@ -40,5 +41,14 @@ enum class ChecksumBlockState {
 // for a block that cannot be parsed, and for a file that starts with neither; IoError when the
 // file cannot be read. Reads the whole file once, in 4 MiB pieces.
 ChecksumBlockState verify_checksum_block(const std::string& path, const std::string& who);
+
+// What the block of `path` says, for display once a reader has verified the file (nothing is
+// checksummed here): its CRC32C and length, or nullopt for a file without a block (or whose block
+// does not parse).
+struct ChecksumBlockFields {
+  uint32_t crc32c = 0;
+  uint64_t length = 0;
+};
+std::optional<ChecksumBlockFields> read_checksum_block(const std::string& path);
 
 }  // namespace ptrain

@@ -9,6 +9,7 @@
 #include "common/data/tokenizer.hpp"
 #include "common/error.hpp"
 #include "common/io/checkpoint_format.hpp"
+#include "common/io/checksum_block.hpp"
 #include "common/io/hdf5.hpp"
 #include "common/io/token_file.hpp"
 #include "common/tensor/gpt_init.hpp"
@@ -149,6 +150,9 @@ TEST_CASE("tools init: a step-0 checkpoint that inspect --json describes") {
   CHECK(j["format_version"] == kCheckpointFormatVersion);
   CHECK(j["layout_hash"] == layout.hash());
   CHECK(j["ptrain_version"] == PTRAIN_VERSION);
+  // The checksum block as written: the length of the HDF5 part after its 512 bytes.
+  CHECK(j["checksum_block"]["length"] == fs::file_size(fx.ckpt) - kChecksumBlockBytes);
+  CHECK(j["checksum_block"]["crc32c"].get<std::string>().size() == 10);  // 0x + 8 hex digits
   CHECK(j["model"]["vocab_size"] == 257);
   CHECK(j["model"]["vocab_padded"] == 260);
   CHECK(j["model"]["n_layer"] == 2);
@@ -180,6 +184,12 @@ TEST_CASE("tools init: a step-0 checkpoint that inspect --json describes") {
   CHECK(contains(human.out, "model/transformer.wte.weight"));
   CHECK(contains(human.out, "step"));
   CHECK(contains(human.out, "seq_len: 16"));
+  CHECK_MESSAGE(contains(human.out, "checksum     crc32c 0x"), human.out);
+  // A checkpoint written before the checksum block still reads, and says it has none.
+  const Result old = fx.run(
+      {"inspect", std::string(PTRAIN_TEST_FIXTURES) + "/checkpoint_without_checksum_block.h5"});
+  CHECK_MESSAGE(old.rc == 0, old.err);
+  CHECK_MESSAGE(contains(old.out, "checksum     none (written before the checksum block)"), old.out);
 
   // --set reaches the stored config; CKPT may be the checkpoint's directory.
   fs::create_directories(fx.dir / "ck");

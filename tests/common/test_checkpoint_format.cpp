@@ -255,8 +255,9 @@ TEST_CASE("checkpoint: damage anywhere is refused by the checksum block before H
 }
 
 TEST_CASE("checkpoint: a file without the checksum block (written before it) still reads") {
-  // The fuzz target's seed checkpoint as ptrain wrote it before the block existed (kept in
-  // tests/fixtures): HDF5's signature at offset 0, format_version 1.
+  // A small checkpoint (step 3, the byte tokenizer, 1 layer of width 8) written by the checkpoint
+  // code as it was before the block existed (kept in tests/fixtures): HDF5's signature at offset 0,
+  // format_version 1.
   const std::string file = std::string(PTRAIN_TEST_FIXTURES) + "/checkpoint_without_checksum_block.h5";
   REQUIRE(fs::exists(file));
   CHECK(verify_checksum_block(file, file) == ChecksumBlockState::kAbsent);
