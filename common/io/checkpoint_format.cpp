@@ -4,8 +4,10 @@
 // a sharded checkpoint across servers and coordinator (sharded_checkpoint.cpp).
 //
 // Reading is defensive: every refusal is a CheckpointError that names the file and what is wrong
-// (not HDF5, truncated or damaged, wrong format, wrong format_version, different layout, missing
-// tensor, wrong shape or type, checksum mismatch) and, for a sharded checkpoint, the shard.
+// (a checksum block that does not match, not HDF5, truncated or damaged, wrong format, wrong
+// format_version, different layout, missing tensor, wrong shape or type, checksum mismatch) and,
+// for a sharded checkpoint, the shard. Every file (index and shards alike) is checked against its
+// checksum block (checksum_block.hpp) before HDF5 opens it; every file written gets one.
 //
 // Sharded checkpoints (root attribute `shard_count` > 0): the tensors of checkpoint.h5 are
 // virtual datasets over shard-K.h5 in the same folder. Readers here open every shard themselves
