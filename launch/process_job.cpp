@@ -148,9 +148,20 @@ struct Attempt {
   std::string lost_role;     // "server" or "coordinator"
   int64_t lost_id = 0;
   std::string why;           // "server 1 killed by signal 9"
+  double down_s = 0;         // restart: seconds from the decision until every role was reaped
 };
 
 bool died_badly(int status) { return !(WIFEXITED(status) && WEXITSTATUS(status) == 0); }
+
+// Whether process `pid` is stopped by a signal (SIGSTOP, SIGTSTP; state T in /proc/PID/stat). A
+// stopped coordinator cannot act on SIGTERM or on a lost server until someone continues it.
+bool is_stopped(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // "PID (COMM) STATE ...": COMM may hold spaces and parentheses, so the state follows the last ')'.
+  const size_t close = stat.rfind(')');
+  return close != std::string::npos && close + 2 < stat.size() && stat[close + 2] == 'T';
+}
 
 // One start of every role: the coordinator (its address awaited), the servers, the workers; then
 // watches them. A lost worker is the coordinator's business (the step completes without it). A
@@ -267,6 +278,10 @@ Attempt run_attempt(const Config& config, const ProcessJobOptions& o, const std:
     const size_t first_worker = 1 + static_cast<size_t>(config.cluster.servers);
 
     bool forwarded = false;
+    std::optional<Clock::time_point> server_failed_at;  // the first server that exited badly
+    const auto peer_timeout = std::chrono::duration_cast<Clock::duration>(
+        std::chrono::duration<double>(config.cluster.peer_timeout_s));
+    std::string server_failure;
     std::vector<bool> told(children.size(), false);
     Attempt a;
     for (;;) {
@@ -309,6 +324,41 @@ Attempt run_attempt(const Config& config, const ProcessJobOptions& o, const std:
       // A server lost: its shard is gone; the job restarts from the latest checkpoint.
       if (!forwarded) lost_server();
       if (a.restart) break;
+      // A hung coordinator (SIGSTOP, a deadlock) never exits: its servers lose it after
+      // cluster.peer_timeout_s and exit with an error, and nothing else would end the attempt.
+      // Alive, the coordinator sees the server's connection close and stops by itself; stopped
+      // by a signal, or still running cluster.peer_timeout_s later (hung: a deadlock, a live
+      // lock; the same silence that makes any peer lost), it is lost.
+      for (size_t i = 1; i < first_worker && !server_failed_at; ++i) {
+        if (children[i].done && died_badly(children[i].status)) {
+          server_failed_at = Clock::now();
+          server_failure = fmt::format("{} exited ({})", children[i].name,
+                                       describe(children[i].status));
+        }
+      }
+      if (server_failed_at) {
+        const bool stopped = is_stopped(children[0].pid);
+        if (stopped || Clock::now() - *server_failed_at > peer_timeout) {
+          a.restart = !forwarded;  // a stop was asked for: no restart, and no checkpoint either
+          a.lost_role = "coordinator";
+          a.why = fmt::format(
+              "the coordinator (pid {}) is {}; {} (servers lose a silent coordinator after "
+              "cluster.peer_timeout_s = {} s)",
+              children[0].pid,
+              stopped ? "stopped by a signal"
+                      : fmt::format("unresponsive (still running {} s after a server exited)",
+                                    config.cluster.peer_timeout_s),
+              server_failure, config.cluster.peer_timeout_s);
+          if (forwarded) {
+            spdlog::error("{}; stopping without a checkpoint", a.why);
+            kill_all(SIGKILL);
+            finish(std::chrono::milliseconds(0));
+            a.rc = static_cast<int>(ExitCode::kIo);
+            return a;
+          }
+          break;
+        }
+      }
       for (size_t i = first_worker; i < children.size(); ++i) {
         if (children[i].done && !told[i]) {
           told[i] = true;
@@ -323,9 +373,12 @@ Attempt run_attempt(const Config& config, const ProcessJobOptions& o, const std:
     }
     if (a.restart) {
       // Decided: the whole attempt goes down within 2 s. The coordinator, which notices a lost
-      // server at once, gets that long to log why it stops; then SIGKILL to everyone (what the
-      // servers hold is incomplete without the lost one, and nothing more can be published).
-      const auto until = Clock::now() + std::chrono::milliseconds(2000);
+      // server at once, gets that long to log why it stops (not when it is the one lost); then
+      // SIGKILL to everyone (what the servers hold is incomplete without the lost one, and
+      // nothing more can be published). SIGKILL ends stopped processes too.
+      const auto decided = Clock::now();
+      const auto until = decided + (a.lost_role == "coordinator" ? std::chrono::milliseconds(0)
+                                                                  : std::chrono::milliseconds(2000));
       while (!children[0].done && Clock::now() < until) {
         reap(children);
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -333,6 +386,7 @@ Attempt run_attempt(const Config& config, const ProcessJobOptions& o, const std:
       follow.poll();
       kill_all(SIGKILL);
       finish(std::chrono::milliseconds(0));
+      a.down_s = std::chrono::duration<double>(Clock::now() - decided).count();
       follow.poll();
       a.rc = 1;
       return a;
@@ -392,8 +446,9 @@ int run_processes_job(const Config& config, const ProcessJobOptions& o) {
     }
     const std::optional<int64_t> step = latest_checkpoint_step(run_dir.string());
     if (restarts >= config.cluster.max_restarts) {
-      spdlog::error("{}; no restart left (cluster.max_restarts = {}); the job stops{}; logs in {}",
-                    a.why, config.cluster.max_restarts,
+      spdlog::error("{}; no restart left (cluster.max_restarts = {}); every role was down {:.2f} s "
+                    "after the decision; the job stops{}; logs in {}",
+                    a.why, config.cluster.max_restarts, a.down_s,
                     step ? fmt::format(" (the checkpoint of step {} resumes it)", *step) : "",
                     (run_dir / "logs").string());
       return static_cast<int>(ExitCode::kIo);
@@ -403,11 +458,11 @@ int run_processes_job(const Config& config, const ProcessJobOptions& o) {
     if (step) extra_sets = {"checkpoint.resume=auto"};
     append_ledger_event(run_dir.string(), "restart", a.lost_role, a.lost_id, step.value_or(0));
     spdlog::warn("{}; restarting the job ({} of cluster.max_restarts {}) from {} ({:.1f} s after "
-                 "the attempt began)",
+                 "the attempt began; every role was down {:.2f} s after the decision)",
                  a.why, restarts + 1, config.cluster.max_restarts,
                  step ? fmt::format("the checkpoint of step {}", *step)
                       : std::string("the start (no checkpoint yet)"),
-                 std::chrono::duration<double>(Clock::now() - t0).count());
+                 std::chrono::duration<double>(Clock::now() - t0).count(), a.down_s);
   }
 }
 

@@ -2,7 +2,9 @@
 """Checks a ptrain checkpoint with h5py alone (no ptrain code): an independent reader of the
 format in docs/contracts.md "Checkpoint (HDF5)" and docs/formats.md.
 
-Checks: root attribute names and types (variable-length UTF-8 strings, int32 format_version,
+Checks: the checksum block (the first 512 bytes: magic, format_version, length, CRC32C of the
+rest of the file; a file without it, written before it existed, is reported and accepted), root
+attribute names and types (variable-length UTF-8 strings, int32 format_version,
 int64 step/tokens_seen), the layout hash recomputed from the /model shapes in GPT-2 layout order,
 float32 tensors with a uint32 `crc32c` attribute matching the CRC32C of their little-endian C-order
 bytes, /optimizer/{m,v} mirroring /model, /tokenizer as uint8 JSON, /data's seed/epoch/position.
@@ -11,6 +13,10 @@ Usage: check_checkpoint.py CKPT [--tensor NAME]... [--json]
   CKPT is a checkpoint.h5 or its directory. With --tensor only the named /model tensors (and
   their moments) are checksummed; otherwise every tensor is. Exit 0 when all checks pass, 1 with
   the problems on stderr otherwise. Needs h5py and numpy (Debian: python3-h5py, /usr/bin/python3).
+  The CRC32C here is pure Python (a few MB/s): a large checkpoint takes minutes.
+
+As a module, write_checksum_block(path) rewrites a file's block after an edit through h5py (tests
+that damage a checkpoint on purpose and want ptrain's checks behind the block to see it).
 """
 import argparse
 import hashlib
@@ -53,6 +59,66 @@ def crc32c(data: bytes) -> int:
     return c ^ 0xFFFFFFFF
 
 
+BLOCK_BYTES = 512
+BLOCK_MAGIC = b"ptrain-checkpoint-checksum"
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def crc32c_file(path, offset):
+    """CRC32C and length of the bytes of `path` from `offset` on."""
+    c = 0xFFFFFFFF
+    t = _TABLE
+    n = 0
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while True:
+            chunk = f.read(1 << 20)
+            if not chunk:
+                break
+            n += len(chunk)
+            for b in chunk:
+                c = t[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF, n
+
+
+def check_checksum_block(path):
+    """(problem or None, summary): the block of docs/formats.md "The checksum block"."""
+    with open(path, "rb") as f:
+        head = f.read(BLOCK_BYTES)
+    if head[:8] == HDF5_SIGNATURE:
+        return None, "absent (written before the checksum block)"
+    if not head.startswith(BLOCK_MAGIC + b"\n") or len(head) < BLOCK_BYTES:
+        return "neither the checksum block nor the HDF5 signature at its start", None
+    text, _, pad = head.partition(b"\n\x00")
+    if pad.strip(b"\x00"):
+        return "the checksum block has bytes after its fields that are not NUL", None
+    m = re.fullmatch(rb"ptrain-checkpoint-checksum\nformat_version (\d+)\nlength (\d+)\n"
+                     rb"crc32c 0x([0-9a-f]{8})", text)
+    if not m:
+        return f"the checksum block does not parse: {text!r}", None
+    version, length, crc = int(m.group(1)), int(m.group(2)), int(m.group(3), 16)
+    if version != FORMAT_VERSION:
+        return f"the checksum block says format_version {version}, this script reads {FORMAT_VERSION}", None
+    actual, n = crc32c_file(path, BLOCK_BYTES)
+    if (actual, n) != (crc, length):
+        return (f"damaged or truncated: its checksum block expects crc32c {crc:#010x} over {length} "
+                f"bytes, the file has crc32c {actual:#010x} over {n} bytes"), None
+    return None, f"crc32c {crc:#010x} over {length} bytes"
+
+
+def write_checksum_block(path):
+    """Rewrites the checksum block of `path`, a file written with one, over its current bytes."""
+    with open(path, "rb") as f:
+        head = f.read(BLOCK_BYTES)
+    if not head.startswith(BLOCK_MAGIC):
+        raise ValueError(f"{path} has no checksum block to rewrite")
+    crc, n = crc32c_file(path, BLOCK_BYTES)
+    text = (BLOCK_MAGIC + f"\nformat_version {FORMAT_VERSION}\nlength {n}\ncrc32c {crc:#010x}\n"
+            .encode()).ljust(BLOCK_BYTES, b"\x00")
+    with open(path, "r+b") as f:
+        f.write(text)
+
+
 def layout_order(name):
     if name == "transformer.wte.weight":
         return (0, 0, 0)
@@ -83,11 +149,20 @@ def main():
         problems.append(f"{path}: {msg}")
 
     try:
+        block_problem, block = check_checksum_block(path)
+    except OSError as e:
+        print(f"{path}: cannot read: {e}", file=sys.stderr)
+        return 1
+    if block_problem:
+        # As ptrain does: a file whose block does not match is not handed to HDF5.
+        print(f"{path}: {block_problem}", file=sys.stderr)
+        return 1
+    try:
         f = h5py.File(path, "r")
     except OSError as e:
         print(f"{path}: cannot open: {e}", file=sys.stderr)
         return 1
-    summary = {"file": path}
+    summary = {"file": path, "checksum_block": block}
     with f:
         # Root attributes and their stored types.
         strings = ["format", "config_yaml", "layout_hash", "ptrain_version", "created_utc"]

@@ -2,6 +2,7 @@
 #include "tools/inspect.hpp"
 
 #include "common/error.hpp"
+#include "common/io/checksum_block.hpp"
 #include "tools/checkpoint_model.hpp"
 
 #include <fmt/ranges.h>
@@ -137,9 +138,14 @@ void inspect(const InspectOptions& o) {
                                ? (diff_sq == 0.0 ? 0.0 : std::numeric_limits<double>::infinity())
                                : std::sqrt(diff_sq / base_sq);
 
+  // The file's checksum block (verified when the checkpoint was read), or none: written before it.
+  const std::optional<ChecksumBlockFields> block = read_checksum_block(cm.file);
   if (o.json) {
     nlohmann::json j;
     j["file"] = cm.file;
+    j["checksum_block"] = block ? nlohmann::json{{"crc32c", fmt::format("{:#010x}", block->crc32c)},
+                                                 {"length", block->length}}
+                                : nlohmann::json(nullptr);
     j["format"] = "ptrain-checkpoint";
     j["format_version"] = cm.meta.format_version;
     j["step"] = cm.meta.step;
@@ -183,6 +189,9 @@ void inspect(const InspectOptions& o) {
   line(fmt::format("format       ptrain-checkpoint v{}   ptrain {}   created {}",
                    cm.meta.format_version, cm.meta.ptrain_version, cm.meta.created_utc));
   line(fmt::format("layout hash  {}", cm.meta.layout_hash));
+  line(block ? fmt::format("checksum     crc32c {:#010x} over {} bytes (checked before HDF5 read it)",
+                           block->crc32c, block->length)
+             : std::string("checksum     none (written before the checksum block)"));
   line(fmt::format("data         seed {}   epoch {}   position {}", cm.meta.data.seed,
                    cm.meta.data.epoch, cm.meta.data.position));
   line(fmt::format("model        {}   V {} (rows {})   T {}   L {}   NH {}   C {}   {} parameters",

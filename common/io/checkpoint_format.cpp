@@ -4,8 +4,10 @@
 // a sharded checkpoint across servers and coordinator (sharded_checkpoint.cpp).
 //
 // Reading is defensive: every refusal is a CheckpointError that names the file and what is wrong
-// (not HDF5, truncated or damaged, wrong format, wrong format_version, different layout, missing
-// tensor, wrong shape or type, checksum mismatch) and, for a sharded checkpoint, the shard.
+// (a checksum block that does not match, not HDF5, truncated or damaged, wrong format, wrong
+// format_version, different layout, missing tensor, wrong shape or type, checksum mismatch) and,
+// for a sharded checkpoint, the shard. Every file (index and shards alike) is checked against its
+// checksum block (checksum_block.hpp) before HDF5 opens it; every file written gets one.
 //
 // Sharded checkpoints (root attribute `shard_count` > 0): the tensors of checkpoint.h5 are
 // virtual datasets over shard-K.h5 in the same folder. Readers here open every shard themselves
@@ -18,6 +20,7 @@
 
 #include "common/error.hpp"
 #include "common/io/checkpoint_internal.hpp"
+#include "common/io/checksum_block.hpp"
 #include "common/io/hdf5.hpp"
 #include "common/util/hash.hpp"
 #include "ptrain/build_config.hpp"
@@ -90,11 +93,10 @@ h5::File open_readonly(const std::string& path, const std::string& who) {
       throw IoError(fmt::format("{}: cannot read {}: {}", who, path, std::strerror(err)));
     }
   }
-  if (!h5::has_hdf5_signature(path)) {
-    throw CheckpointError(fmt::format(
-        "{}: not an HDF5 file (no HDF5 signature at its start; truncated or not a checkpoint)",
-        who));
-  }
+  // Before HDF5 parses anything: libhdf5 reads past buffers or hangs on some damaged files, so
+  // a file whose checksum block does not match is refused here. A file without the block (written
+  // before it existed) goes to HDF5 unchecked, as before.
+  verify_checksum_block(path, who);
   try {
     return h5::File::open(path, h5::Access::kReadOnly);
   } catch (const IoError& e) {
@@ -115,6 +117,12 @@ h5::File open_checkpoint(const std::string& file) {
   if (!fs::exists(st)) throw IoError(fmt::format("{}: no such checkpoint file", file));
   if (!fs::is_regular_file(st)) throw IoError(fmt::format("{}: not a regular file", file));
   return open_readonly(file, file);
+}
+
+// How every checkpoint file is written: with the checksum block (checksum_block.hpp) filled in
+// after HDF5 closed the file, before the fsync and the rename.
+h5::AtomicWriteOptions with_checksum_block() {
+  return {kChecksumBlockBytes, [](const std::string& tmp) { write_checksum_block(tmp); }};
 }
 
 // format + format_version, the first things checked.
@@ -721,14 +729,16 @@ std::string checkpoint_file(const std::string& path) {
 
 void write_checkpoint_file(const std::string& file, const ParamLayout& layout,
                            const CheckpointData& data) {
-  h5::File f = h5::File::create(file);
+  h5::File f = h5::File::create(file, kChecksumBlockBytes);
   write_checkpoint(f, layout, data);
   f.close();
+  write_checksum_block(file);
 }
 
 void write_checkpoint_file_atomic(const std::string& file, const ParamLayout& layout,
                                   const CheckpointData& data) {
-  h5::write_file_atomically(file, [&](h5::File& f) { write_checkpoint(f, layout, data); });
+  h5::write_file_atomically(
+      file, [&](h5::File& f) { write_checkpoint(f, layout, data); }, with_checksum_block());
 }
 
 CheckpointMeta read_checkpoint_meta(const std::string& path) {
@@ -938,7 +948,7 @@ void write_checkpoint_shard(const std::string& tmp_dir, int64_t k, int64_t n_sha
         ds.set_attr("crc32c", crc_of(piece));
       }
     }
-  });
+  }, with_checksum_block());
 }
 
 // ---- For the other checkpoint files (checkpoint_internal.hpp) ---------------------------------
@@ -1007,7 +1017,7 @@ void checkpoint_internal::write_shard_index(const std::string& dir, const ParamL
       ds.set_attr("crc32c", e.crc);
     }
     write_tokenizer_and_data(f, meta);
-  });
+  }, with_checksum_block());
 
   // 3. The index reads back: header, meta, every tensor's crc32c and mappings as written.
   h5::File f = open_checkpoint(index);

@@ -707,9 +707,15 @@ hid_t strong_close_fapl(const std::string& path) {
 }
 }  // namespace
 
-File File::create(const std::string& path) {
+File File::create(const std::string& path, uint64_t userblock_bytes) {
   Temp fapl(strong_close_fapl(path), H5Pclose);
-  hid_t f = PTRAIN_H5_CHECK(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.id),
+  Temp fcpl(PTRAIN_H5_CHECK(H5Pcreate(H5P_FILE_CREATE), "cannot create HDF5 file {}", path),
+            H5Pclose);
+  if (userblock_bytes > 0) {
+    PTRAIN_H5_CHECK(H5Pset_userblock(fcpl.id, userblock_bytes),
+                    "cannot create HDF5 file {} with a {}-byte user block", path, userblock_bytes);
+  }
+  hid_t f = PTRAIN_H5_CHECK(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, fcpl.id, fapl.id),
                             "cannot create HDF5 file {}", path);
   return File(f, path);
 }
@@ -730,18 +736,22 @@ bool has_hdf5_signature(const std::string& path) {
   static const unsigned char kSig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return false;
-  unsigned char buf[8] = {0};
-  const ssize_t n = ::read(fd, buf, sizeof buf);
+  bool found = false;
+  for (const off_t at : {off_t{0}, off_t{512}}) {
+    unsigned char buf[8] = {0};
+    if (::pread(fd, buf, sizeof buf, at) == 8 && std::memcmp(buf, kSig, 8) == 0) found = true;
+  }
   ::close(fd);
-  return n == 8 && std::memcmp(buf, kSig, 8) == 0;
+  return found;
 }
 
-void write_file_atomically(const std::string& path, const std::function<void(File&)>& fill) {
+void write_file_atomically(const std::string& path, const std::function<void(File&)>& fill,
+                           const AtomicWriteOptions& options) {
   const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
   try {
     const uint64_t swallowed_before = t_swallowed_closes;
     {
-      File f = File::create(tmp);
+      File f = File::create(tmp, options.userblock_bytes);
       fill(f);
       f.close();
     }
@@ -750,6 +760,7 @@ void write_file_atomically(const std::string& path, const std::function<void(Fil
     if (t_swallowed_closes != swallowed_before) {
       throw IoError(fmt::format("not writing {}: {}", path, t_last_swallowed));
     }
+    if (options.after_close) options.after_close(tmp);
     fsync_path(tmp);
     if (::rename(tmp.c_str(), path.c_str()) != 0) {
       throw IoError(fmt::format("cannot rename {} to {}: {}", tmp, path, std::strerror(errno)));

@@ -167,8 +167,10 @@ enum class Access { kReadOnly, kReadWrite };
 class File : public Location {
  public:
   File() = default;
-  // Creates (truncating) `path`. IoError naming the path on failure.
-  static File create(const std::string& path);
+  // Creates (truncating) `path`. `userblock_bytes` > 0 (512, 1024, ... a power of two): the file
+  // starts with that many bytes HDF5 leaves alone (the checksum block of a checkpoint,
+  // checksum_block.hpp) and its superblock follows them. IoError naming the path on failure.
+  static File create(const std::string& path, uint64_t userblock_bytes = 0);
   // Opens an existing file. IoError naming the path (with HDF5's reason: "file signature not
   // found", "truncated file: eof = ...", "unable to lock file", ...) on failure.
   static File open(const std::string& path, Access access = Access::kReadOnly);
@@ -181,14 +183,24 @@ class File : public Location {
   std::string file_;
 };
 
-// Whether `path` starts with the HDF5 signature (at offset 0; user blocks are not used here).
+// Whether `path` has the HDF5 signature at offset 0 or, after a 512-byte user block (the only
+// size ptrain writes), at offset 512.
 bool has_hdf5_signature(const std::string& path);
 
+// What write_file_atomically does besides `fill`.
+struct AtomicWriteOptions {
+  uint64_t userblock_bytes = 0;  // File::create's
+  // Runs on the temp file's path after HDF5 has closed it and before the fsync and rename
+  // (writes the checkpoint's checksum block); empty: nothing.
+  std::function<void(const std::string& tmp_path)> after_close;
+};
+
 // Writes an HDF5 file so that a failure never leaves a partial `path` and never clobbers an
-// existing one: `fill` writes into PATH.tmp.<pid>, which is closed, fsync'd and renamed over
-// `path`; the folder is then fsync'd. On any exception the temp file is removed and the exception
-// propagates.
-void write_file_atomically(const std::string& path, const std::function<void(File&)>& fill);
+// existing one: `fill` writes into PATH.tmp.<pid>, which is closed, passed to
+// `options.after_close`, fsync'd and renamed over `path`; the folder is then fsync'd. On any
+// exception the temp file is removed and the exception propagates.
+void write_file_atomically(const std::string& path, const std::function<void(File&)>& fill,
+                           const AtomicWriteOptions& options = {});
 
 // Tears the HDF5 library down when it goes out of scope: one lives in main(), so this happens
 // before static destructors (HDF5's own atexit clean-up is not installed). After any failed close

@@ -5,6 +5,7 @@
 # Usage: bad_inputs.sh PATH/TO/ptrain
 set -uo pipefail
 PTRAIN=${1:?usage: bad_inputs.sh PTRAIN}
+SCRIPTS=$(cd "$(dirname "$0")/../../scripts" && pwd)
 WORK=$(mktemp -d /tmp/ptrain-bad-XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
@@ -99,21 +100,29 @@ expect 5 "text.tok.*magic" -- "$PTRAIN" eval --checkpoint good.h5 --data text.to
 
 # ---- checkpoints -----------------------------------------------------------------------------
 head -c 3000 good.h5 > trunc.h5
-expect 6 "trunc.h5" -- "$PTRAIN" inspect trunc.h5
+expect 6 "trunc.h5.*damaged or truncated" -- "$PTRAIN" inspect trunc.h5
+# One byte changed on disk: the checksum block refuses it before HDF5 opens the file.
+cp good.h5 flipped.h5
+printf '\x55' | dd of=flipped.h5 bs=1 seek=$(($(stat -c %s good.h5) / 2)) conv=notrunc status=none
+expect 6 "flipped.h5: damaged or truncated: its checksum block expects crc32c 0x[0-9a-f]{8}.*the file has crc32c" -- "$PTRAIN" eval --checkpoint flipped.h5 --data data/val-00000.tok
 expect 4 "nope.h5" -- "$PTRAIN" inspect nope.h5
 "$PTRAIN" init good.yaml --set model.n_embd=32 --out other.h5 >/dev/null 2>&1
 expect 6 "layout" -- "$PTRAIN" inspect good.h5 --diff other.h5
 cp good.h5 crc.h5
 if /usr/bin/python3 -c 'import h5py' 2>/dev/null; then
-  /usr/bin/python3 - <<'PY'
+  /usr/bin/python3 - "$SCRIPTS" <<'PY'
 import h5py
 with h5py.File("crc.h5", "r+") as f:
     d = f["model/transformer.wpe.weight"]
     d[0, 0] = d[0, 0] + 1.0
+import sys
+sys.path.insert(0, sys.argv[1])
+import check_checkpoint  # the edit rewritten into the checksum block: the tensor's crc32c sees it
+check_checkpoint.write_checksum_block("crc.h5")
 PY
   expect 6 "transformer.wpe.weight.*(crc|CRC|checksum)" -- "$PTRAIN" eval --checkpoint crc.h5 --data data/val-00000.tok
   cp good.h5 version.h5
-  /usr/bin/python3 -c 'import h5py, numpy as np; f = h5py.File("version.h5", "r+"); f.attrs["format_version"] = np.int32(99); f.close()'
+  /usr/bin/python3 -c 'import h5py, numpy as np; f = h5py.File("version.h5", "r+"); f.attrs["format_version"] = np.int32(99); f.close(); import sys; sys.path.insert(0, sys.argv[1]); import check_checkpoint; check_checkpoint.write_checksum_block("version.h5")' "$SCRIPTS"
   expect 6 "format_version.*99" -- "$PTRAIN" inspect version.h5
 else
   echo "skipped: /usr/bin/python3 has no h5py (2 checkpoint corruption cases)"

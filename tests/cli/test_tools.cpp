@@ -9,6 +9,7 @@
 #include "common/data/tokenizer.hpp"
 #include "common/error.hpp"
 #include "common/io/checkpoint_format.hpp"
+#include "common/io/checksum_block.hpp"
 #include "common/io/hdf5.hpp"
 #include "common/io/token_file.hpp"
 #include "common/tensor/gpt_init.hpp"
@@ -149,6 +150,9 @@ TEST_CASE("tools init: a step-0 checkpoint that inspect --json describes") {
   CHECK(j["format_version"] == kCheckpointFormatVersion);
   CHECK(j["layout_hash"] == layout.hash());
   CHECK(j["ptrain_version"] == PTRAIN_VERSION);
+  // The checksum block as written: the length of the HDF5 part after its 512 bytes.
+  CHECK(j["checksum_block"]["length"] == fs::file_size(fx.ckpt) - kChecksumBlockBytes);
+  CHECK(j["checksum_block"]["crc32c"].get<std::string>().size() == 10);  // 0x + 8 hex digits
   CHECK(j["model"]["vocab_size"] == 257);
   CHECK(j["model"]["vocab_padded"] == 260);
   CHECK(j["model"]["n_layer"] == 2);
@@ -180,6 +184,12 @@ TEST_CASE("tools init: a step-0 checkpoint that inspect --json describes") {
   CHECK(contains(human.out, "model/transformer.wte.weight"));
   CHECK(contains(human.out, "step"));
   CHECK(contains(human.out, "seq_len: 16"));
+  CHECK_MESSAGE(contains(human.out, "checksum     crc32c 0x"), human.out);
+  // A checkpoint written before the checksum block still reads, and says it has none.
+  const Result old = fx.run(
+      {"inspect", std::string(PTRAIN_TEST_FIXTURES) + "/checkpoint_without_checksum_block.h5"});
+  CHECK_MESSAGE(old.rc == 0, old.err);
+  CHECK_MESSAGE(contains(old.out, "checksum     none (written before the checksum block)"), old.out);
 
   // --set reaches the stored config; CKPT may be the checkpoint's directory.
   fs::create_directories(fx.dir / "ck");
@@ -654,8 +664,29 @@ TEST_CASE("tools: every tool refuses a damaged or missing checkpoint and names i
   fs::resize_file(cut, fs::file_size(cut) / 2);
   r = fx.run({"inspect", cut, "--json"});
   CHECK(r.rc == 6);
-  CHECK(contains(r.err, "truncated or damaged"));
+  CHECK(contains(r.err, "damaged or truncated"));
   CHECK(r.out.empty());
+  // One byte changed on disk (no HDF5 involved): every reader refuses it at the checksum block,
+  // before HDF5 opens the file, naming the file and both checksums.
+  const std::string flipped = fx.path("flipped.h5");
+  fs::copy_file(fx.ckpt, flipped);
+  {
+    std::fstream f(flipped, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(fs::file_size(flipped) / 3));
+    f.put('\x5a');
+  }
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"inspect", flipped},
+           {"eval", "--checkpoint", flipped, "--data", fx.tok},
+           {"generate", "--checkpoint", flipped, "--prompt", "x"},
+           {"grad", "--checkpoint", flipped, "--data", fx.tok, "--batch-size", "2", "--out",
+            fx.path("g.h5")},
+           {"export-hf", flipped, fx.path("hf-out")}}) {
+    r = fx.run(args);
+    CHECK_MESSAGE(r.rc == 6, args[0] << ": " << r.err);
+    CHECK_MESSAGE(contains(r.err, flipped + ": damaged or truncated: its checksum block expects crc32c 0x"), r.err);
+    CHECK_MESSAGE(contains(r.err, "the file has crc32c 0x"), r.err);
+  }
   r = fx.run({"eval", "--checkpoint", fx.path("missing.h5"), "--data", fx.tok});
   CHECK(r.rc == 4);
   CHECK(contains(r.err, "missing.h5"));

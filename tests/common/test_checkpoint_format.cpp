@@ -6,6 +6,7 @@
 // the stored CRC no longer matches), an attribute rewritten.
 #include "common/error.hpp"
 #include "common/io/checkpoint_format.hpp"
+#include "common/io/checksum_block.hpp"
 #include "common/io/hdf5.hpp"
 #include "common/io/run_checkpoints.hpp"
 #include "common/io/sharded_checkpoint.hpp"
@@ -144,9 +145,124 @@ TEST_CASE("checkpoint: refuses a missing file or a non-HDF5 file or a truncated 
     msg = error_of([&] { read_checkpoint(cut, layout); });
     CHECK(throws_as<CheckpointError>([&] { read_checkpoint(cut, layout); }));
     CHECK_MESSAGE(msg.find(cut) != std::string::npos, msg);
-    CHECK_MESSAGE(msg.find("truncated or damaged") != std::string::npos, msg);
+    CHECK_MESSAGE(msg.find("damaged or truncated") != std::string::npos, msg);
     CHECK(throws_as<CheckpointError>([&] { verify_checkpoint(cut); }));
   }
+}
+
+// Flips one bit at byte `at` of `path`, as damage on disk would (no HDF5 involved).
+void flip_bit(const std::string& path, uint64_t at) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(static_cast<std::streamoff>(at));
+  char c = 0;
+  f.get(c);
+  f.seekp(static_cast<std::streamoff>(at));
+  f.put(static_cast<char>(c ^ 0x10));
+}
+
+std::string head_of(const std::string& path, size_t n) {
+  std::ifstream in(path, std::ios::binary);
+  std::string s(n, '\0');
+  in.read(s.data(), static_cast<std::streamsize>(n));
+  s.resize(static_cast<size_t>(in.gcount()));
+  return s;
+}
+
+TEST_CASE("checkpoint: the checksum block holds the CRC32C of the HDF5 part after it") {
+  TempDir dir;
+  ParamLayout layout(tiny_dims());
+  const std::string file = dir / "c.h5";
+  write_checkpoint_file(file, layout, sample_data(layout, 1, 1));
+  const std::string head = head_of(file, kChecksumBlockBytes);
+  REQUIRE(head.size() == kChecksumBlockBytes);
+  const uint64_t length = fs::file_size(file) - kChecksumBlockBytes;
+  const std::string rest = head_of(file, fs::file_size(file)).substr(kChecksumBlockBytes);
+  const std::string text = fmt::format(
+      "ptrain-checkpoint-checksum\nformat_version {}\nlength {}\ncrc32c {:#010x}\n",
+      kCheckpointFormatVersion, length, crc32c(rest.data(), rest.size()));
+  CHECK(head.substr(0, text.size()) == text);
+  CHECK(head.find_first_not_of('\0', text.size()) == std::string::npos);
+  CHECK(head_of(file, kChecksumBlockBytes + 8).substr(kChecksumBlockBytes) == "\x89HDF\r\n\x1a\n");
+  CHECK(verify_checksum_block(file, file) == ChecksumBlockState::kVerified);
+  // Every writer adds it: the atomic single file, each shard and the index.
+  const std::string atomic = dir / "atomic.h5";
+  write_checkpoint_file_atomic(atomic, layout, sample_data(layout, 2, 2));
+  CHECK(verify_checksum_block(atomic, atomic) == ChecksumBlockState::kVerified);
+  TempDir run;
+  const std::string ck = publish_sharded_checkpoint(run.path.string(), layout,
+                                                    sample_data(layout, 3, 3), 2, 1);
+  for (const char* name : {"checkpoint.h5", "shard-0.h5", "shard-1.h5"}) {
+    CHECK_MESSAGE(verify_checksum_block(ck + "/" + name, name) == ChecksumBlockState::kVerified,
+                  name);
+  }
+}
+
+TEST_CASE("checkpoint: damage anywhere is refused by the checksum block before HDF5 opens the file") {
+  TempDir dir;
+  ParamLayout layout(tiny_dims());
+  const std::string good = dir / "good.h5";
+  write_checkpoint_file(good, layout, sample_data(layout, 1, 1));
+  const uint64_t size = fs::file_size(good);
+  // A bit in the superblock, an object header, the data, the last bytes; a bit of the block's own
+  // crc32c and length fields; the file cut short or grown.
+  for (const uint64_t at : {uint64_t{512 + 9}, uint64_t{512 + 200}, size / 2, size - 3,
+                            uint64_t{70}, uint64_t{50}}) {
+    CAPTURE(at);
+    const std::string bad = dir / "bad.h5";
+    fs::copy_file(good, bad, fs::copy_options::overwrite_existing);
+    flip_bit(bad, at);
+    const std::string msg = error_of([&] { read_checkpoint_meta(bad); });
+    CHECK(throws_as<CheckpointError>([&] { read_checkpoint_meta(bad); }));
+    CHECK(throws_as<CheckpointError>([&] { verify_checkpoint(bad); }));
+    CHECK(throws_as<CheckpointError>([&] { read_checkpoint(bad, layout); }));
+    CHECK_MESSAGE(contains(msg, bad), msg);
+    CHECK_MESSAGE(contains(msg, "damaged or truncated"), msg);
+  }
+  {
+    const std::string bad = dir / "bad.h5";
+    fs::copy_file(good, bad, fs::copy_options::overwrite_existing);
+    flip_bit(bad, size / 2);
+    const std::string msg = error_of([&] { read_checkpoint_meta(bad); });
+    // Expected and actual checksums, both named.
+    const std::string head = head_of(good, 100);
+    const std::string expected = head.substr(head.find("crc32c ") + 7, 10);
+    CHECK_MESSAGE(contains(msg, "expects crc32c " + expected), msg);
+    CHECK_MESSAGE(contains(msg, "the file has crc32c 0x"), msg);
+  }
+  for (const double frac : {0.0, 0.1, 0.5, 0.999}) {
+    CAPTURE(frac);
+    const std::string cut = dir / "cut.h5";
+    fs::copy_file(good, cut, fs::copy_options::overwrite_existing);
+    truncate_file(cut, frac);
+    const std::string msg = error_of([&] { read_checkpoint_meta(cut); });
+    CHECK(throws_as<CheckpointError>([&] { read_checkpoint_meta(cut); }));
+    CHECK_MESSAGE(contains(msg, "damaged or truncated"), msg);
+  }
+  {
+    const std::string longer = dir / "longer.h5";
+    fs::copy_file(good, longer, fs::copy_options::overwrite_existing);
+    std::ofstream(longer, std::ios::app | std::ios::binary) << "tail";
+    const std::string msg = error_of([&] { read_checkpoint_meta(longer); });
+    CHECK_MESSAGE(contains(msg, fmt::format("over {} bytes", size - kChecksumBlockBytes + 4)), msg);
+  }
+  // A damaged tensor through HDF5 without the block rewritten: the block sees it first.
+  const std::string poked = dir / "poked.h5";
+  fs::copy_file(good, poked, fs::copy_options::overwrite_existing);
+  poke_value(poked, "model/transformer.wte.weight", Reseal::kNo);
+  const std::string msg = error_of([&] { read_checkpoint(poked, layout); });
+  CHECK_MESSAGE(contains(msg, "damaged or truncated"), msg);
+  CHECK_MESSAGE(contains(msg, "checksum block"), msg);
+}
+
+TEST_CASE("checkpoint: a file without the checksum block (written before it) still reads") {
+  // A small checkpoint (step 3, the byte tokenizer, 1 layer of width 8) written by the checkpoint
+  // code as it was before the block existed (kept in tests/fixtures): HDF5's signature at offset 0,
+  // format_version 1.
+  const std::string file = std::string(PTRAIN_TEST_FIXTURES) + "/checkpoint_without_checksum_block.h5";
+  REQUIRE(fs::exists(file));
+  CHECK(verify_checksum_block(file, file) == ChecksumBlockState::kAbsent);
+  CHECK_NOTHROW(verify_checkpoint(file));
+  CHECK(read_checkpoint_meta(file).step == 3);
 }
 
 TEST_CASE("checkpoint: refuses a wrong format and a wrong format_version") {
@@ -158,6 +274,7 @@ TEST_CASE("checkpoint: refuses a wrong format and a wrong format_version") {
     h5::File f = h5::File::open(file, h5::Access::kReadWrite);
     f.set_attr("format_version", int32_t{2});
     f.close();
+    reseal(file);  // the checks behind the checksum block are reached
   }
   std::string msg = error_of([&] { read_checkpoint_meta(file); });
   CHECK_MESSAGE(msg.find("format_version 2, this ptrain reads 1") != std::string::npos, msg);
@@ -169,6 +286,7 @@ TEST_CASE("checkpoint: refuses a wrong format and a wrong format_version") {
     f.set_attr("format_version", int32_t{1});
     f.set_attr("format", "something-else");
     f.close();
+    reseal(file);  // the checks behind the checksum block are reached
   }
   msg = error_of([&] { read_checkpoint(file, layout); });
   CHECK_MESSAGE(msg.find("not a ptrain checkpoint") != std::string::npos, msg);
@@ -209,6 +327,7 @@ TEST_CASE("checkpoint: refuses a missing tensor or a wrong shape or dtype") {
     h5::File f = h5::File::open(file, h5::Access::kReadWrite);
     f.remove("model/" + t);
     f.close();
+    reseal(file);  // the checks behind the checksum block are reached
   }
   std::string msg = error_of([&] { read_checkpoint(file, layout); });
   CHECK_MESSAGE(msg.find("tensor model/" + t + " is missing") != std::string::npos, msg);
@@ -223,6 +342,7 @@ TEST_CASE("checkpoint: refuses a missing tensor or a wrong shape or dtype") {
     ds.write(v);
     ds.set_attr("crc32c", crc32c(v.data(), v.size() * sizeof(float)));
     f.close();
+    reseal(file);  // the checks behind the checksum block are reached
   }
   msg = error_of([&] { read_checkpoint(file, layout); });
   CHECK_MESSAGE(msg.find("tensor model/" + t + " has shape [5, 5], expected [24]") !=
@@ -235,6 +355,7 @@ TEST_CASE("checkpoint: refuses a missing tensor or a wrong shape or dtype") {
     h5::Group g = f.open_group("model");
     g.create_dataset(t, h5::DType::kInt32, {24}).write(std::vector<int32_t>(24, 1));
     f.close();
+    reseal(file);  // the checks behind the checksum block are reached
   }
   msg = error_of([&] { read_checkpoint(file, layout); });
   CHECK_MESSAGE(msg.find("tensor model/" + t + " is int32, expected float32") != std::string::npos,
@@ -344,20 +465,21 @@ TEST_CASE("checkpoint sharded: readers refuse a damaged shard naming it") {
       fs::resize_file(shard1, static_cast<uintmax_t>(static_cast<double>(size) * frac));
       const std::string msg = error_of([&] { read_checkpoint(dir, layout); });
       CHECK_MESSAGE(contains(msg, "shard-1.h5"), msg);
-      CHECK_MESSAGE((contains(msg, "truncated or damaged") || contains(msg, "not an HDF5 file")),
+      CHECK_MESSAGE((contains(msg, "damaged or truncated") || contains(msg, "not an HDF5 file")),
                     msg);
       CHECK(throws_as<CheckpointError>([&] { verify_checkpoint(dir); }));
       fs::rename(copy, shard1);
     }
     CHECK_NOTHROW(verify_checkpoint(dir));
     fs::resize_file(shard1, fs::file_size(shard1) / 2);
-    refused_by_all("shard-1.h5", "truncated or damaged");
+    refused_by_all("shard-1.h5", "damaged or truncated");
   }
   SUBCASE("shard of another layout") {
     {
       h5::File f = h5::File::open(dir + "/shard-0.h5", h5::Access::kReadWrite);
       f.set_attr("layout_hash", ParamLayout(tiny_dims(12)).hash());
       f.close();
+      reseal(dir + "/shard-0.h5");  // the checks behind the checksum block are reached
     }
     refused_by_all("shard-0.h5", "layout hash");
   }
@@ -372,6 +494,7 @@ TEST_CASE("checkpoint sharded: readers refuse a damaged shard naming it") {
       h5::File f = h5::File::open(dir + "/shard-1.h5", h5::Access::kReadWrite);
       f.set_attr("shard_index", int32_t{2});
       f.close();
+      reseal(dir + "/shard-1.h5");  // the checks behind the checksum block are reached
     }
     refused_by_all("shard-1.h5", "says it is shard 2 of 3");
   }
@@ -396,6 +519,7 @@ TEST_CASE("checkpoint sharded: readers refuse a damaged shard naming it") {
                                                 layout.find(t).shape, maps, 0.0);
       ds.set_attr("crc32c", static_cast<uint32_t>(crc));
       f.close();
+      reseal(dir + "/checkpoint.h5");  // the checks behind the checksum block are reached
     }
     const std::string msg = error_of([&] { read_checkpoint(dir, layout); });
     CHECK_MESSAGE(contains(msg, "elsewhere.h5"), msg);

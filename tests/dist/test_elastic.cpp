@@ -11,6 +11,7 @@
 #include "common/io/ledger.hpp"
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 #include <fcntl.h>
 #include <nlohmann/json.hpp>
 #include <signal.h>
@@ -284,6 +285,93 @@ TEST_CASE("dist elastic: SIGKILL of a server then of the coordinator - supervise
   CHECK(err.find("restarting the job (1 of cluster.max_restarts 3)") != std::string::npos);
   CHECK(err.find("restarting the job (2 of cluster.max_restarts 3)") != std::string::npos);
   stop_and_check(job, run);
+}
+
+namespace {
+
+// The roles' process group of an attempt (led by its coordinator): SIGKILLed on scope exit,
+// whatever the test's outcome, so a stopped coordinator is never left behind.
+struct RoleGroup {
+  pid_t pgid;
+  ~RoleGroup() {
+    if (pgid > 0) kill(-pgid, SIGKILL);
+  }
+};
+
+bool has(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+// The number after `key` in `text` ("every role was down 0.01 s" -> 0.01); -1 when absent.
+double number_after(const std::string& text, const std::string& key) {
+  const size_t at = text.find(key);
+  return at == std::string::npos ? -1.0 : std::atof(text.c_str() + at + key.size());
+}
+
+}  // namespace
+
+TEST_CASE("dist elastic: a coordinator stopped by SIGSTOP is lost after the peer timeout - the launcher restarts the job or stops it within 2 s") {
+  // Before, nothing ended such an attempt: the servers and workers lost the coordinator after the
+  // peer timeout and exited, and the launcher waited for a coordinator that could not exit.
+  for (const int max_restarts : {1, 0}) {
+    CAPTURE(max_restarts);
+    // The default peer timeout (5 s) where the job restarts; 2 s where it stops, to be quicker.
+    const double peer_timeout = max_restarts > 0 ? 5.0 : 2.0;
+    TempDir dir("elastic-coord-stop-" + std::to_string(max_restarts));
+    const std::string run = dir / "run";
+    const Proc job = start_job(dir, 2, 7, ", max_restarts: " + std::to_string(max_restarts),
+                               max_restarts > 0 ? "5" : "2");
+    const std::map<std::string, pid_t> first = roles_of(job.pid);
+    REQUIRE(first.count("coordinator") == 1);
+    REQUIRE(first.size() == 5);  // coordinator, 2 servers, 2 workers
+    const pid_t coordinator = first.at("coordinator");
+    const RoleGroup group{coordinator};  // the roles run in the coordinator's process group
+    kill(coordinator, SIGSTOP);
+    const auto stopped = Clock::now();
+    const std::string who = fmt::format("the coordinator (pid {}) is stopped by a signal", coordinator);
+    std::string err;
+    if (max_restarts > 0) {
+      REQUIRE(wait_event(run, "restart", 1, std::chrono::seconds(30)));
+    } else {
+      const int st = wait_status(job.pid, std::chrono::seconds(30));
+      REQUIRE(WIFEXITED(st));
+      CHECK(WEXITSTATUS(st) == 4);
+    }
+    // Noticed by its servers after the peer timeout (heartbeats every 0.2 s), decided by the
+    // launcher at their exit, every role SIGKILLed and reaped, the latest checkpoint found.
+    const double took = std::chrono::duration<double>(Clock::now() - stopped).count();
+    const std::string outcome = max_restarts > 0 ? "restarted" : "stopped";
+    MESSAGE("from SIGSTOP of the coordinator to the job " << outcome << ": " << took
+            << " s (peer timeout " << peer_timeout << " s)");
+    CHECK(took < peer_timeout + 3.0);
+    // The launcher's own words: the coordinator named, and how long the attempt took to go down.
+    const auto deadline = Clock::now() + std::chrono::seconds(5);
+    while ((err = slurp(dir / "err.txt")).find("every role was down") == std::string::npos &&
+           Clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    INFO(err.substr(err.size() > 3000 ? err.size() - 3000 : 0));
+    CHECK(has(err, who));
+    CHECK(has(err, "cluster.peer_timeout_s"));
+    const double down = number_after(err, "every role was down ");
+    MESSAGE("from the launcher's decision to every role reaped: " << down << " s");
+    CHECK(down >= 0.0);
+    CHECK(down < 2.0);
+    // No process of the first attempt is left: every pid is gone and so is its process group.
+    for (const auto& [name, pid] : first) {
+      CHECK_MESSAGE(kill(pid, 0) != 0, name << " (pid " << pid << ") is still there");
+    }
+    CHECK(kill(-coordinator, 0) != 0);
+    if (max_restarts > 0) {
+      CHECK(has(err, "restarting the job (1 of cluster.max_restarts 1)"));
+      REQUIRE(wait_event(run, "resume", 1, std::chrono::seconds(60)));
+      // Past a whole data epoch (31 steps), so that the ledger check covers one.
+      REQUIRE(reach_step(run, std::max<int64_t>(steps_done(run) + 3, 40), std::chrono::seconds(60)));
+      stop_and_check(job, run);
+    } else {
+      CHECK(has(err, "no restart left (cluster.max_restarts = 0)"));
+    }
+  }
 }
 
 TEST_CASE("dist elastic: resume with another worker count continues the same data epochs") {

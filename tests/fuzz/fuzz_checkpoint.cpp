@@ -1,11 +1,14 @@
 // libFuzzer target: the checkpoint reader (read_checkpoint_meta, verify_checkpoint, and the
 // layout-checked read_checkpoint), as `ptrain run` (resume), `eval`, `generate` and `inspect` run
 // it. The input is a whole checkpoint file; the seed corpus holds real checkpoints (written by the
-// -write_seeds flag: a small model's `ptrain init` file) and damaged ones (truncated, bytes
-// flipped in the superblock, the data and the attributes). Invariants:
+// -write_seeds flag: a small model's `ptrain init` file, with its checksum block) and damaged ones
+// (truncated, bytes flipped in the checksum block, the superblock, the data and the attributes).
+// Invariants:
 //   1. A damaged file is refused with CheckpointError or IoError naming it; nothing else escapes.
 //   2. A file that verifies reads back for its own layout with every CRC32C checked.
-// HDF5 itself parses the file; a crash inside libhdf5 is reported as a finding (docs/reliability.md).
+// The checksum block (common/io/checksum_block.hpp) is checked before HDF5 parses anything, so
+// most mutations stop there; what passes it (or a file without the block, the form written before
+// it existed) is parsed by HDF5, and a crash inside libhdf5 is a finding (docs/reliability.md).
 #include "common/config/config.hpp"
 #include "common/error.hpp"
 #include "common/io/checkpoint_format.hpp"
@@ -48,7 +51,10 @@ void write_seeds(const std::string& dir) {
     std::ofstream(dir + "/" + name, std::ios::binary).write(b.data(), static_cast<std::streamsize>(b.size()));
   };
   save("truncated-half.h5", std::vector<char>(bytes.begin(), bytes.begin() + bytes.size() / 2));
-  for (size_t at : {size_t{9}, size_t{40}, bytes.size() / 3, bytes.size() - 20}) {
+  // In the checksum block (9, 40), in the superblock after it (512 + 9, 512 + 40), the data, the
+  // end.
+  for (size_t at : {size_t{9}, size_t{40}, size_t{521}, size_t{552}, bytes.size() / 3,
+                    bytes.size() - 20}) {
     std::vector<char> b = bytes;
     b[at] ^= 0x5a;
     save("flipped-" + std::to_string(at) + ".h5", b);

@@ -6,6 +6,7 @@
 #pragma once
 
 #include "common/io/checkpoint_format.hpp"
+#include "common/io/checksum_block.hpp"
 #include "common/io/hdf5.hpp"
 #include "common/tensor/param_layout.hpp"
 #include "support/job_test_util.hpp"
@@ -89,8 +90,18 @@ inline void truncate_file(const std::string& path, double fraction) {
   std::filesystem::resize_file(path, static_cast<uintmax_t>(static_cast<double>(size) * fraction));
 }
 
-// Adds 1.0 to element 0 of dataset `rel`, leaving its crc32c attribute as it was.
-inline void poke_value(const std::string& file, const std::string& rel) {
+// Rewrites the checksum block of `file` after an edit through HDF5: the file then reads as if
+// ptrain had written it so, and the readers' checks behind the block (format, layout, each
+// tensor's crc32c) are the ones that see the edit.
+inline void reseal(const std::string& file) { write_checksum_block(file); }
+
+enum class Reseal { kYes, kNo };
+
+// Adds 1.0 to element 0 of dataset `rel`, leaving its crc32c attribute as it was. kYes: the
+// checksum block is rewritten (the tensor's crc32c is what catches it); kNo: damage on disk, which
+// the checksum block catches before HDF5 opens the file.
+inline void poke_value(const std::string& file, const std::string& rel,
+                       Reseal again = Reseal::kYes) {
   h5::File f = h5::File::open(file, h5::Access::kReadWrite);
   h5::Dataset ds = f.open_dataset(rel);
   std::vector<float> v(static_cast<size_t>(ds.size()));
@@ -98,6 +109,7 @@ inline void poke_value(const std::string& file, const std::string& rel) {
   v[0] += 1.0f;
   ds.write(v);
   f.close();
+  if (again == Reseal::kYes) reseal(file);
 }
 
 inline std::string read_link(const std::filesystem::path& p) {
