@@ -64,16 +64,22 @@ struct BenchPsPeerOptions {
 };
 int run_bench_ps_peer(const BenchPsPeerOptions& options);
 
-// `ptrain bench train CONFIG --compare-launch`: the same 2-worker/2-server job on random tokens
-// (written to a temporary token file) with cluster.launch threads and then processes, through
-// run_threads_job / run_processes_job into temporary run folders; prints the mean step seconds of
-// each (from RUN_DIR/train.jsonl, after `warmup` steps) and their ratio.
+// `ptrain bench train CONFIG --compare-launch`: the same 2-server job on random tokens (written to
+// a temporary token file) with cluster.launch threads and then processes, through
+// run_threads_job / run_processes_job into temporary run folders, for each worker count and round
+// (interleaved: every pair runs back to back); prints each run's mean step seconds, wait and pull
+// phases and tokens/s (from RUN_DIR/train.jsonl, after `warmup` steps), processes ÷ threads per
+// round, and tokens/s per worker against the first worker count's.
 struct CompareLaunchOptions {
   std::string config;
   std::vector<std::string> sets;
   int64_t steps = 5;
   int64_t warmup = 2;
   bool json = false;
+  // Rounds of runs, interleaved (threads, processes, threads, ...), so both see the same load.
+  int64_t repeats = 1;
+  // Worker counts to run (2 servers each); per-worker tokens/s compares them.
+  std::vector<int64_t> workers = {2};
 };
 int run_bench_compare_launch(const CompareLaunchOptions& options);
 

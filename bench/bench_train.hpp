@@ -5,8 +5,9 @@
 //   StepBegin → PullRequest / PullReply: the weights of version t into the worker's pinned buffer
 //   → TrainStep::compute: upload, forward/backward over train.micro_batch-sized micro-batches
 //     folded on the backend, download of the token-sum gradient
-//   → GradPush + WorkerStepDone → StepContributors → the server's token-weighted mean gradient
-//     and its partial norm → NormReport → the coordinator's global norm and clip coefficient
+//   → GradPush + WorkerStepDone → (the step's StepWorkers set complete) the server's
+//     token-weighted mean gradient and its partial norm → NormReport → the coordinator's global
+//     norm and clip coefficient
 //   → StepCommit → UpdateRule::apply (the config's LR schedule, AdamW, decay segments) → StepApplied.
 // Nothing of the step is computed by the benchmark itself: it only moves the messages and reads
 // the clock. The start is the coordinator's fresh start state (GPT-2 initialisation from

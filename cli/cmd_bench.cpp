@@ -34,17 +34,17 @@ void add_bench_command(CLI::App& app, Action& action) {
   auto compare = add_compare_launch_flag(train);  // cmd_bench_ps.cpp
   train->callback([&action, targs, compare] {
     action = [targs, compare] {
-      if (*compare && !targs->device.empty()) {
+      if (compare->on && !targs->device.empty()) {
         throw UsageError("bench train: --device sets the device of bench train's own step; the "
                          "jobs of --compare-launch take device.type (use --set device.type=...)");
       }
-      if (*compare && (!targs->tokens.empty() || targs->profile)) {
+      if (compare->on && (!targs->tokens.empty() || targs->profile)) {
         throw UsageError("bench train: --tokens and --profile belong to bench train's own step; "
                          "--compare-launch runs jobs on random tokens (data.train is replaced)");
       }
-      return *compare ? run_compare_launch(targs->config, targs->sets, targs->steps, targs->warmup,
-                                           targs->json)
-                      : run_bench_train(*targs);
+      return compare->on ? run_compare_launch(targs->config, targs->sets, targs->steps,
+                                              targs->warmup, targs->json, *compare)
+                         : run_bench_train(*targs);
     };
   });
 

@@ -46,18 +46,25 @@ void add_bench_ps_commands(CLI::App* bench, Action& action) {
   peer->callback([&action, p] { action = [p] { return run_bench_ps_peer(*p); }; });
 }
 
-std::shared_ptr<bool> add_compare_launch_flag(CLI::App* train) {
-  auto on = std::make_shared<bool>(false);
-  train->add_flag("--compare-launch", *on,
-                  "Instead: run the config's model as a 2-worker/2-server job with cluster.launch "
-                  "threads, then processes (random tokens, temporary run folders), and print the "
-                  "mean step seconds of each and their ratio");
-  return on;
+std::shared_ptr<CompareLaunchFlags> add_compare_launch_flag(CLI::App* train) {
+  auto f = std::make_shared<CompareLaunchFlags>();
+  train->add_flag("--compare-launch", f->on,
+                  "Instead: run the config's model as a 2-server job with cluster.launch threads, "
+                  "then processes (random tokens, temporary run folders), and print the mean step "
+                  "seconds, wait and pull phases and tokens/s of each and their ratio");
+  train->add_option("--repeats", f->repeats,
+                    "With --compare-launch: rounds of runs, interleaved (default 1)");
+  train->add_option("--launch-workers", f->workers,
+                    "With --compare-launch: worker counts to run, e.g. 1,2 (default 2); tokens/s "
+                    "per worker is compared with the first")
+      ->delimiter(',');
+  return f;
 }
 
 int run_compare_launch(const std::string& config, const std::vector<std::string>& sets,
-                       int64_t steps, int64_t warmup, bool json) {
-  return run_bench_compare_launch({config, sets, steps, warmup, json});
+                       int64_t steps, int64_t warmup, bool json, const CompareLaunchFlags& flags) {
+  return run_bench_compare_launch({config, sets, steps, warmup, json, flags.repeats,
+                                   flags.workers});
 }
 
 }  // namespace ptrain::cli

@@ -78,12 +78,23 @@ class CoordinatorRun {
   void record_event(const std::string& kind, const net::Endpoint& who, const std::string& text);
   void set_waiting(const std::string& text);
   void send(std::vector<StepOutgoing> out);
-  [[noreturn]] void throw_step_failure();
+  [[noreturn]] void throw_step_failure(const StepMachine& machine);
   void start_servers(const StartState& st);
   bool wait_for_workers(int64_t t);
   bool run_step(int64_t t);
+  // Step t's work for the workers taking part now (their windows kept in `windows`).
+  std::vector<WorkerWork> plan_step(std::map<int32_t, std::vector<DataWindow>>& windows);
+  // Step t is committed: begins step t+1 now when nothing has to happen at the boundary between
+  // them (no evaluation, checkpoint or stop due, enough workers).
+  void maybe_begin_next(int64_t t);
+  bool next_can_begin_early(int64_t t);
+  // Step t is committed (its contributors are final): the windows of its other workers go back to
+  // the pool now, before the next step takes any, and leave step_windows_.
+  void give_back_windows_of_dropped(int64_t t);
+  // A message of the step begun early (next_): handled by its machine.
+  bool route_to_next(const net::Envelope& env);
   void drop_late_workers(int64_t t);
-  void check_finite(int64_t t);
+  void check_finite(const StepMachine& machine);
   void log_step(int64_t step);
   uint64_t data_plane_bytes() const;
   void evaluate(int64_t step);
@@ -122,6 +133,20 @@ class CoordinatorRun {
   std::set<int32_t> busy_;
   std::vector<int32_t> ready_workers() const;
   std::map<int32_t, std::vector<DataWindow>> step_windows_;
+  // Step t+1 begun as soon as step t was committed (its StepBegin and StepWorkers are out); it
+  // becomes machine_ once step t is applied. Its messages go to its own machine meanwhile.
+  struct BegunStep {
+    StepMachine machine;
+    std::map<int32_t, std::vector<DataWindow>> windows;
+    std::map<int32_t, Clock::time_point> done_at;
+    Clock::time_point start;
+  };
+  std::optional<BegunStep> next_;
+  // When the running step's successor was begun (the end of its workers' wait), if it was.
+  std::optional<Clock::time_point> next_begun_at_;
+  // A checkpoint or stop that came due (by time, or asked) while the next step was already
+  // begun: taken at the next boundary, and no step is begun early until then.
+  bool deferred_checkpoint_ = false;
   Clock::time_point last_checkpoint_at_;
   int64_t last_checkpoint_step_ = -1;
   int64_t val_windows_ = 0;  // windows of data.val per evaluation (0: no data.val)
@@ -152,6 +177,7 @@ class CoordinatorRun {
   std::map<int32_t, Clock::time_point> worker_done_at_;
   std::map<int32_t, proto::StepApplied> server_applied_;
   double last_wait_s_ = 0.0;
+  Clock::time_point last_applied_at_;  // when the last step was applied everywhere
 };
 
 StepMachineOptions CoordinatorRun::step_machine_options() const {
@@ -237,6 +263,9 @@ net::Envelope CoordinatorRun::next(const std::string& waiting_for) {
 // The same for a worker that has no part in the running step (dropped from an earlier attempt
 // at it, or between steps).
 bool CoordinatorRun::stale(const net::Envelope& env, int64_t t) {
+  const auto windows_of = [&](int64_t step) -> const std::map<int32_t, std::vector<DataWindow>>& {
+    return next_ && next_->machine.step() == step ? next_->windows : step_windows_;
+  };
   if (const auto* d = std::get_if<proto::WorkerStepDone>(&env.message)) {
     // A straggler's report of the step it was dropped from (busy workers get no new step): it
     // is free for the next one.
@@ -245,10 +274,10 @@ bool CoordinatorRun::stale(const net::Envelope& env, int64_t t) {
                    d->worker_id, d->step + 1);
       return true;
     }
-    return d->step < t || step_windows_.count(d->worker_id) == 0;
+    return d->step < t || windows_of(d->step).count(d->worker_id) == 0;
   }
   if (const auto* p = std::get_if<proto::PushReceived>(&env.message)) {
-    return p->step < t || step_windows_.count(p->worker_id) == 0;
+    return p->step < t || windows_of(p->step).count(p->worker_id) == 0;
   }
   return false;
 }
@@ -305,9 +334,13 @@ void CoordinatorRun::apply_membership_events(std::vector<net::MembershipEvent> e
     }
     record_event(left ? "leave" : "lost", who, text);
     send(machine_.on_member_lost(who, ev.reason));
+    if (next_) send(next_->machine.on_member_lost(who, ev.reason));
     // No contributor left is the step's to handle (run_step begins it again); the rest stop.
-    if (machine_.failure() && machine_.failure()->kind != StepFailure::Kind::kNoContributors) {
-      throw_step_failure();
+    for (const StepMachine* m : {&machine_, next_ ? &next_->machine : nullptr}) {
+      if (m != nullptr && m->failure() &&
+          m->failure()->kind != StepFailure::Kind::kNoContributors) {
+        throw_step_failure(*m);
+      }
     }
   }
 }
@@ -335,9 +368,9 @@ void CoordinatorRun::send(std::vector<StepOutgoing> out) {
   }
 }
 
-void CoordinatorRun::throw_step_failure() {
-  const StepFailure& f = *machine_.failure();
-  if (f.kind == StepFailure::Kind::kNonFinite) check_finite(machine_.step());
+void CoordinatorRun::throw_step_failure(const StepMachine& machine) {
+  const StepFailure& f = *machine.failure();
+  if (f.kind == StepFailure::Kind::kNonFinite) check_finite(machine);
   throw net::PeerLost(fmt::format("{}; the last complete checkpoint stays `latest`", f.message));
 }
 
@@ -457,38 +490,138 @@ void CoordinatorRun::drop_late_workers(int64_t t) {
   }
 }
 
-// Runs step t with the workers taking part now; returns false when a stop was requested while
-// too few workers were there (nothing was run).
-bool CoordinatorRun::run_step(int64_t t) {
+std::vector<WorkerWork> CoordinatorRun::plan_step(
+    std::map<int32_t, std::vector<DataWindow>>& step_windows) {
   const int64_t B = cfg_.train.batch_size;
-  for (;;) {  // a step whose every worker was dropped is begun again with the workers left
-    if (!wait_for_workers(t)) return false;
-    const auto step_start = Clock::now();
-    // The step boundary: the workers taking part now (a member that joined since the last step
-    // is in, one lost or gone is out), in worker-id order; at most B (one window each).
-    std::vector<int32_t> workers = ready_workers();
-    if (static_cast<int64_t>(workers.size()) > B) workers.resize(static_cast<size_t>(B));
-    const std::vector<DataWindow> windows = plan_->take(B);
-    const auto split = split_batch(B, static_cast<int64_t>(workers.size()));
-    std::vector<WorkerWork> work;
-    step_windows_.clear();
-    for (size_t i = 0; i < workers.size(); ++i) {
-      const auto [b, e] = split[i];
-      std::vector<DataWindow> mine(windows.begin() + b, windows.begin() + e);
-      WorkerWork w{workers[i], {}};
-      for (const DataWindow& d : mine) w.windows.push_back(d.window);
-      step_windows_[workers[i]] = std::move(mine);
-      work.push_back(std::move(w));
+  // The step boundary: the workers taking part now (a member that joined since the last step
+  // is in, one lost or gone is out), in worker-id order; at most B (one window each).
+  std::vector<int32_t> workers = ready_workers();
+  if (static_cast<int64_t>(workers.size()) > B) workers.resize(static_cast<size_t>(B));
+  const std::vector<DataWindow> windows = plan_->take(B);
+  const auto split = split_batch(B, static_cast<int64_t>(workers.size()));
+  std::vector<WorkerWork> work;
+  step_windows.clear();
+  for (size_t i = 0; i < workers.size(); ++i) {
+    const auto [b, e] = split[i];
+    std::vector<DataWindow> mine(windows.begin() + b, windows.begin() + e);
+    WorkerWork w{workers[i], {}};
+    for (const DataWindow& d : mine) w.windows.push_back(d.window);
+    step_windows[workers[i]] = std::move(mine);
+    work.push_back(std::move(w));
+  }
+  return work;
+}
+
+// Whether the boundary after step t (t+1 steps applied) can be crossed before step t is
+// applied: nothing that needs the servers at version t+1 with no step running happens there.
+// A checkpoint that comes due by time (or a stop asked by a signal) after this check is taken at
+// the following boundary instead (deferred_checkpoint_).
+bool CoordinatorRun::next_can_begin_early(int64_t t) {
+  const int64_t step = t + 1;
+  if (step >= steps_ || deferred_checkpoint_) return false;
+  if (!cfg_.data.val.empty() && cfg_.train.eval_every > 0 && step % cfg_.train.eval_every == 0) {
+    return false;
+  }
+  const double minutes =
+      std::chrono::duration<double>(Clock::now() - last_checkpoint_at_).count() / 60.0;
+  if (scheduler_.due(step, minutes)) return false;
+  if (o_.stop_requested && o_.stop_requested(step)) return false;
+  apply_all_membership_events();
+  const auto ready = static_cast<int64_t>(ready_workers().size());
+  return ready >= std::max<int64_t>(1, cfg_.cluster.min_workers);
+}
+
+void CoordinatorRun::give_back_windows_of_dropped(int64_t t) {
+  const std::vector<int32_t> contributors = machine_.contributors();
+  std::vector<DataWindow> back;
+  std::vector<int32_t> missing;
+  size_t kept = 0;
+  for (auto it = step_windows_.begin(); it != step_windows_.end();) {
+    if (std::binary_search(contributors.begin(), contributors.end(), it->first)) {
+      kept += it->second.size();
+      ++it;
+      continue;
     }
-    send(machine_.begin_step(t, membership_.epoch(), std::move(work)));
-    worker_done_at_.clear();
+    back.insert(back.end(), it->second.begin(), it->second.end());
+    missing.push_back(it->first);
+    it = step_windows_.erase(it);
+  }
+  if (back.empty()) return;
+  plan_->give_back(back);
+  spdlog::warn("step {} applies {} of {} windows (without worker(s) {}); {} window(s) go back to "
+               "the pool",
+               t + 1, kept, kept + back.size(), fmt::join(missing, ", "), back.size());
+}
+
+void CoordinatorRun::maybe_begin_next(int64_t t) {
+  if (next_ || !machine_.committed() || !next_can_begin_early(t)) return;
+  give_back_windows_of_dropped(t);
+  std::map<int32_t, std::vector<DataWindow>> windows;
+  std::vector<WorkerWork> work = plan_step(windows);
+  next_.emplace(BegunStep{StepMachine(step_machine_options()), std::move(windows), {},
+                          Clock::now()});
+  send(next_->machine.begin_step(t + 1, membership_.epoch(), std::move(work)));
+  next_begun_at_ = next_->start;
+}
+
+bool CoordinatorRun::route_to_next(const net::Envelope& env) {
+  if (!next_) return false;
+  const int64_t step = std::visit(
+      [](const auto& m) -> int64_t {
+        using T = std::decay_t<decltype(m)>;
+        if constexpr (std::is_same_v<T, proto::PushReceived> ||
+                      std::is_same_v<T, proto::WorkerStepDone> ||
+                      std::is_same_v<T, proto::NormReport> ||
+                      std::is_same_v<T, proto::StepApplied>) {
+          return m.step;
+        }
+        return -1;
+      },
+      env.message);
+  if (step != next_->machine.step()) return false;
+  StepMachine& m = next_->machine;
+  send(m.handle(env.from, env.message));
+  if (std::holds_alternative<proto::WorkerStepDone>(env.message) &&
+      m.reports().count(env.from.id) != 0) {
+    next_->done_at.emplace(env.from.id, Clock::now());
+  }
+  if (m.failure() && m.failure()->kind != StepFailure::Kind::kNoContributors) {
+    throw_step_failure(m);
+  }
+  return true;
+}
+
+// Runs step t with the workers taking part now (or adopts it, begun early); returns false when
+// a stop was requested while too few workers were there (nothing was run).
+bool CoordinatorRun::run_step(int64_t t) {
+  for (;;) {  // a step whose every worker was dropped is begun again with the workers left
+    Clock::time_point step_start;
+    if (next_ && next_->machine.step() == t) {
+      machine_ = std::move(next_->machine);
+      step_windows_ = std::move(next_->windows);
+      worker_done_at_ = std::move(next_->done_at);
+      step_start = next_->start;
+      next_.reset();
+    } else {
+      if (!wait_for_workers(t)) return false;
+      step_start = Clock::now();
+      std::vector<WorkerWork> work = plan_step(step_windows_);
+      machine_ = StepMachine(step_machine_options());
+      send(machine_.begin_step(t, membership_.epoch(), std::move(work)));
+      worker_done_at_.clear();
+    }
+    next_begun_at_.reset();
     const auto forever = Clock::time_point::max();
     auto deadline = cfg_.cluster.step_deadline_s > 0
                         ? step_start + std::chrono::milliseconds(static_cast<int64_t>(
                                            cfg_.cluster.step_deadline_s * 1000))
                         : forever;
     auto quiet_since = Clock::now();
+    if (machine_.failure() && machine_.failure()->kind != StepFailure::Kind::kNoContributors) {
+      throw_step_failure(machine_);
+    }
     while (!machine_.applied() && !machine_.failure()) {
+      maybe_begin_next(t);
       std::optional<net::Envelope> env =
           poll(std::min(deadline, quiet_since + o_.timeout));
       if (machine_.failure()) break;
@@ -507,6 +640,7 @@ bool CoordinatorRun::run_step(int64_t t) {
       }
       quiet_since = Clock::now();
       if (stale(*env, t)) continue;
+      if (route_to_next(*env)) continue;
       const bool report = std::holds_alternative<proto::WorkerStepDone>(env->message);
       send(machine_.handle(env->from, env->message));
       if (report && machine_.reports().count(env->from.id) != 0) {
@@ -514,7 +648,7 @@ bool CoordinatorRun::run_step(int64_t t) {
       }
       if (machine_.failure() &&
           machine_.failure()->kind != StepFailure::Kind::kNoContributors) {
-        throw_step_failure();
+        throw_step_failure(machine_);
       }
     }
     if (machine_.failure()) {
@@ -529,34 +663,21 @@ bool CoordinatorRun::run_step(int64_t t) {
       machine_ = StepMachine(step_machine_options());
       continue;
     }
-    // The windows of the contributors were applied (ledger); the others go back to the pool.
-    const std::vector<int32_t> contributors = machine_.contributors();
-    std::vector<DataWindow> applied, back;
-    std::vector<int32_t> missing;
-    for (const auto& [id, w] : step_windows_) {
-      if (std::binary_search(contributors.begin(), contributors.end(), id)) {
-        applied.insert(applied.end(), w.begin(), w.end());
-      } else {
-        back.insert(back.end(), w.begin(), w.end());
-        missing.push_back(id);
-      }
-    }
+    // The windows of the contributors were applied (ledger); the others went back to the pool.
+    give_back_windows_of_dropped(t);
+    std::vector<DataWindow> applied;
+    for (const auto& [id, w] : step_windows_) applied.insert(applied.end(), w.begin(), w.end());
     ledger_->step(t + 1, applied);
-    if (!back.empty()) {
-      plan_->give_back(back);
-      spdlog::warn("step {} applied {} of {} windows (without worker(s) {}); {} window(s) go back "
-                   "to the pool",
-                   t + 1, applied.size(), applied.size() + back.size(), fmt::join(missing, ", "),
-                   back.size());
-    }
     step_windows_.clear();
     for (const auto& [id, d] : machine_.reports()) worker_done_[id] = d;
     for (const auto& [id, a] : machine_.applied_reports()) server_applied_[id] = a;
-    // "wait": from a worker's report (its pushes done) to the step applied everywhere, averaged.
-    const auto applied_at = Clock::now();
+    // "wait": from a worker's report (its pushes done) to its next step begun — the step applied
+    // everywhere, or earlier when the next step was begun at the commit (its pull then waits on
+    // the servers for the update and counts as pull) — averaged over the reports.
+    const auto wait_end = next_begun_at_.value_or(Clock::now());
     double wait_sum = 0.0;
     for (const auto& [id, at] : worker_done_at_) {
-      wait_sum += std::chrono::duration<double>(applied_at - at).count();
+      wait_sum += std::max(0.0, std::chrono::duration<double>(wait_end - at).count());
     }
     last_wait_s_ = worker_done_at_.empty()
                        ? 0.0
@@ -568,7 +689,11 @@ bool CoordinatorRun::run_step(int64_t t) {
     summary_.tokens_seen += last_step_tokens_;
     summary_.final_loss = machine_.loss();
     summary_.final_step = t + 1;
-    const double step_s = std::chrono::duration<double>(Clock::now() - step_start).count();
+    // A step begun early overlaps the one before: its time counts from that one's end.
+    const auto now = Clock::now();
+    const double step_s =
+        std::chrono::duration<double>(now - std::max(step_start, last_applied_at_)).count();
+    last_applied_at_ = now;
     interval_loss_sum_ += machine_.loss();
     if (const std::optional<double> acc = machine_.accuracy()) {
       interval_accuracy_sum_ += *acc;
@@ -592,9 +717,10 @@ uint64_t CoordinatorRun::data_plane_bytes() const {
   return bytes;
 }
 
-void CoordinatorRun::check_finite(int64_t t) {
-  const double loss = machine_.loss();
-  const std::optional<int64_t> bad = machine_.first_nonfinite();
+void CoordinatorRun::check_finite(const StepMachine& machine) {
+  const int64_t t = machine.step();
+  const double loss = machine.loss();
+  const std::optional<int64_t> bad = machine.first_nonfinite();
   if (!bad && std::isfinite(loss)) return;
   std::string msg = fmt::format("non-finite values at step {}: ", t + 1);
   if (bad) {
@@ -1046,7 +1172,15 @@ RunSummary CoordinatorRun::run() {
     const bool stop = step < steps_ && o_.stop_requested && o_.stop_requested(step);
     const double minutes =
         std::chrono::duration<double>(Clock::now() - last_checkpoint_at_).count() / 60.0;
-    if (scheduler_.due(step, minutes) || stop) checkpoint(step);
+    const bool due = scheduler_.due(step, minutes) || stop || deferred_checkpoint_;
+    if (due && next_) {
+      // Step t+1 was begun at step t's commit (nothing was due then): a consistent cut needs no
+      // step running, so the checkpoint (and a stop) is taken once step t+1 is applied.
+      deferred_checkpoint_ = true;
+      continue;
+    }
+    deferred_checkpoint_ = false;
+    if (due) checkpoint(step);
     if (stop) {
       spdlog::info("stopping at step {}/{} as asked; `checkpoint.resume: auto` continues from "
                    "the checkpoint",

@@ -5,6 +5,7 @@
 #include "common/proto/codec.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cmath>
@@ -76,9 +77,16 @@ std::vector<StepOutgoing> StepMachine::begin_step(int64_t step, int64_t membersh
   applied_.clear();
   global_norm_ = 0.0;
   std::vector<StepOutgoing> out;
-  for (auto& w : work) {
+  p::StepWorkers expect{step, membership_epoch, {}};
+  for (const auto& w : work) {
     PTRAIN_ENFORCE(workers_.emplace(w.worker_id, WorkerState{}).second,
                    "worker {} given twice the work of step {}", w.worker_id, step + 1);
+    expect.workers.push_back(w.worker_id);
+  }
+  // The servers first: each reduces and reports its partial norm as soon as it holds the push
+  // of every worker named here (no StepContributors round unless a worker is lost or late).
+  for (int32_t s : options_.servers) out.push_back({net::server_endpoint(s), expect});
+  for (auto& w : work) {
     out.push_back({net::worker_endpoint(w.worker_id),
                    p::StepBegin{step, membership_epoch, std::move(w.windows)}});
   }
@@ -154,8 +162,27 @@ void StepMachine::on_norm(const Endpoint& from, const p::NormReport& m,
   if (from != net::server_endpoint(m.server_id) || !is_server(m.server_id)) {
     refuse(from, m, fmt::format("it names server {}", m.server_id));
   }
-  if (phase_ != StepPhase::kNorms) refuse(from, m, "no norm is awaited");
+  if (phase_ != StepPhase::kGathering && phase_ != StepPhase::kNorms) {
+    refuse(from, m, "no norm is awaited");
+  }
   if (m.step != step_) refuse(from, m, fmt::format("it is for step {}", m.step + 1));
+  const std::vector<int32_t> all = workers();
+  // The set the step can commit with: every worker (the servers' own reports) until the
+  // coordinator fixes a smaller one (StepContributors, after a worker was lost or late).
+  const bool fixed = phase_ == StepPhase::kNorms && contributors_ != all;
+  const std::vector<int32_t>& awaited = fixed ? contributors_ : all;
+  if (m.workers != awaited) {
+    // A server's own report for the whole set, made before a worker was dropped: replaced by its
+    // answer to StepContributors, which follows it on the same connection.
+    if (fixed && m.workers == all) return;
+    // The report of an earlier attempt at this step (begun again after every worker was
+    // dropped; none of its workers is among this attempt's).
+    bool earlier = true;
+    for (int32_t w : m.workers) earlier = earlier && workers_.count(w) == 0;
+    if (earlier) return;
+    refuse(from, m, fmt::format("it covers workers [{}], the step awaits [{}]",
+                                fmt::join(m.workers, ", "), fmt::join(awaited, ", ")));
+  }
   if (!norms_.emplace(m.server_id, m).second) refuse(from, m, "a second norm report");
   advance(out);
 }
@@ -172,7 +199,9 @@ void StepMachine::on_applied(const Endpoint& from, const p::StepApplied& m) {
 
 void StepMachine::advance(std::vector<StepOutgoing>& out) {
   if (phase_ == StepPhase::kGathering) {
+    bool any_dropped = false;
     for (const auto& [id, w] : workers_) {
+      any_dropped = any_dropped || w.dropped;
       if (w.dropped || w.lost) continue;
       if (!pushed_everywhere(w) || reports_.count(id) == 0) return;
     }
@@ -184,8 +213,14 @@ void StepMachine::advance(std::vector<StepOutgoing>& out) {
                        step_ + 1));
       return;
     }
-    for (int32_t s : options_.servers) {
-      out.push_back({net::server_endpoint(s), p::StepContributors{step_, epoch_, contributors_}});
+    if (any_dropped) {
+      // Some server may have reduced the whole set already: the reports so far are void, every
+      // server reduces the contributors instead.
+      norms_.clear();
+      for (int32_t s : options_.servers) {
+        out.push_back(
+            {net::server_endpoint(s), p::StepContributors{step_, epoch_, contributors_}});
+      }
     }
     phase_ = StepPhase::kNorms;
   }

@@ -3,17 +3,28 @@
 // it from the Transport and the Membership, tests feed it directly.
 //
 // Phases of step t (0-based; the servers hold weights version t):
-//   begin_step(t, epoch, work)  → StepBegin{t, windows} to every worker of `work`      kGathering
-//   PushReceived (server s has worker w's push), WorkerStepDone (w's loss and times): once every
-//   worker of the step pushed to every server and reported → StepContributors to
-//   every server                                                                         kNorms
-//   NormReport from every server → global norm (fp64, partials summed in server-id order), clip
-//   coefficient; a non-finite gradient or loss fails the step (kNonFinite, nothing is sent, the
-//   step is not applied); else StepCommit to every server                              kApplying
-//   StepApplied from every server                                                        kApplied
+//   begin_step(t, epoch, work)  → StepWorkers{t, worker ids} to every server, StepBegin{t,
+//   windows} to every worker of `work`                                                 kGathering
+//   PushReceived (server s has worker w's push), WorkerStepDone (w's loss and times), and
+//   NormReport{t, set = every worker of the step} that each server sends on its own once it holds
+//   every push. Once every worker pushed to every server and reported            → kNorms
+//   NormReport from every server (for the set the step commits) → global norm (fp64, partials
+//   summed in server-id order), clip coefficient; a non-finite gradient or loss fails the step
+//   (kNonFinite, nothing is sent, the step is not applied); else StepCommit to every server
+//                                                                                    kApplying
+//   StepApplied from every server                                                     kApplied
+// So a step costs one round trip after the last push (servers' norms → StepCommit); the caller
+// may begin step t+1 as soon as committed() (a worker's pull of version t+1 waits on the server
+// until the update is applied).
 // The contributor set is the workers whose push reached EVERY server; every server applies
-// exactly that set. The step's loss is Σ loss_sum / Σ tokens over the contributors' reports, in
-// worker-id order. Clipping as torch.nn.utils.clip_grad_norm_ (clip_coefficient below).
+// exactly that set. While no worker was dropped it is every worker of the step and the servers'
+// own reports serve. A worker dropped (below) makes the set smaller: then, once the others pushed
+// everywhere and reported, StepContributors goes to every server and only their answers (reports
+// for that set) count; a server's own report for the whole set, sent before, is ignored. The
+// step's loss is Σ loss_sum / Σ tokens over the contributors' reports, in worker-id order.
+// Clipping as torch.nn.utils.clip_grad_norm_ (clip_coefficient below). A NormReport naming none
+// of the step's workers is a server's report for an earlier attempt at the same step (begun again
+// after every worker was dropped): ignored.
 //
 // A member lost (on_member_lost):
 //   - a server: always fails the step (kMemberLost): its shard of the weights is gone.
@@ -23,7 +34,7 @@
 //     reached every server is dropped from the step (not awaited, not a contributor; its push on
 //     the servers it reached is simply not named); one whose push reached every server stays a
 //     contributor (its report is no longer awaited; without it the loss covers the reports that
-//     came). Once the contributors are sent, the step completes unchanged. If no contributor is
+//     came). Once every push is in (kNorms), the step completes unchanged. If no contributor is
 //     left the step fails (kNoContributors). Between steps: nothing (the next step's work is the
 //     caller's, from the membership).
 // Messages that break the protocol (another step, a duplicate, a sender that is not the server or
@@ -107,6 +118,10 @@ class StepMachine {
 
   StepPhase phase() const { return phase_; }
   bool applied() const { return phase_ == StepPhase::kApplied; }
+  // StepCommit sent: the step will be applied unless a server is lost (kApplying, kApplied).
+  bool committed() const {
+    return phase_ == StepPhase::kApplying || phase_ == StepPhase::kApplied;
+  }
   const std::optional<StepFailure>& failure() const { return failure_; }
   int64_t step() const { return step_; }
   int64_t membership_epoch() const { return epoch_; }
@@ -115,8 +130,8 @@ class StepMachine {
   // every server; their windows were not trained on).
   std::vector<int32_t> workers() const;
   std::vector<int32_t> dropped() const;
-  // Ascending ids of the workers whose push reached every server (and were not dropped): once
-  // the contributors are sent, the set every server applies.
+  // Ascending ids of the workers whose push reached every server (and were not dropped): from
+  // kNorms on, the set every server applies.
   std::vector<int32_t> contributors() const;
 
   // From kApplying on: sqrt of the servers' partials summed in server-id order, and the clip
@@ -172,7 +187,7 @@ class StepMachine {
   int64_t epoch_ = 0;
   std::map<int32_t, WorkerState> workers_;
   std::map<int32_t, proto::WorkerStepDone> reports_;
-  std::vector<int32_t> contributors_;  // fixed when StepContributors goes out
+  std::vector<int32_t> contributors_;  // fixed once every push is in (kNorms)
   std::map<int32_t, proto::NormReport> norms_;
   std::map<int32_t, proto::StepApplied> applied_;
   double global_norm_ = 0.0;

@@ -33,6 +33,8 @@ std::vector<Outgoing> RequestHandler::handle(const Endpoint& from, p::Message ms
           on_pull(from, m, out);
         } else if constexpr (std::is_same_v<T, p::GradPush>) {
           on_push(from, std::move(m), out);
+        } else if constexpr (std::is_same_v<T, p::StepWorkers>) {
+          on_step_workers(m, out);
         } else if constexpr (std::is_same_v<T, p::StepContributors>) {
           on_contributors(m, out);
         } else if constexpr (std::is_same_v<T, p::StepCommit>) {
@@ -92,6 +94,7 @@ void RequestHandler::on_load(const Endpoint& from, const p::LoadShard& m,
   membership_epoch_ = m.membership_epoch;
   aggregator_.clear();
   prepared_.reset();
+  expected_.reset();
   bf16_version_ = -1;  // the loaded weights may differ at the same version number
   serve_pending(out);
 }
@@ -190,6 +193,7 @@ void RequestHandler::on_push(const Endpoint& from, p::GradPush&& m, std::vector<
   }
   out.push_back({net::coordinator_endpoint(),
                  p::PushReceived{options_.server_id, m.step, worker, tokens}});
+  prepare_if_complete(out);
 }
 
 std::vector<GradientSlot> RequestHandler::gradient_slots() {
@@ -201,11 +205,41 @@ std::vector<GradientSlot> RequestHandler::gradient_slots() {
   return out;
 }
 
+void RequestHandler::on_step_workers(const p::StepWorkers& m, std::vector<Outgoing>& out) {
+  if (!store_.loaded() || m.step != store_.version()) {
+    throw p::ProtocolError(fmt::format("server {}: StepWorkers for step {} while at version {}",
+                                       options_.server_id, m.step, store_.version()));
+  }
+  if (m.workers.empty()) {
+    throw p::ProtocolError(
+        fmt::format("server {}: StepWorkers for step {} names no worker", options_.server_id,
+                    m.step));
+  }
+  membership_epoch_ = std::max(membership_epoch_, m.membership_epoch);
+  // The step begun again (every worker of the first attempt dropped): a reduction made for the
+  // first attempt's set is void; the pushes stay (the aggregator names its contributors).
+  prepared_.reset();
+  expected_ = m;
+  std::sort(expected_->workers.begin(), expected_->workers.end());
+  prepare_if_complete(out);
+}
+
+void RequestHandler::prepare_if_complete(std::vector<Outgoing>& out) {
+  if (!expected_ || prepared_ || expected_->step != store_.version()) return;
+  for (int32_t w : expected_->workers) {
+    if (!aggregator_.has(w)) return;
+  }
+  prepare(expected_->step, expected_->workers, out);
+}
+
 void RequestHandler::on_contributors(const p::StepContributors& m, std::vector<Outgoing>& out) {
-  if (!store_.loaded() || m.step != store_.version() || prepared_) {
+  // A reduction this server made on its own (every worker of StepWorkers had pushed here) is
+  // replaced: the coordinator fixed a smaller set because some push did not reach every server.
+  if (!store_.loaded() || m.step != store_.version() ||
+      (prepared_ && prepared_->step != m.step)) {
     throw p::ProtocolError(fmt::format(
         "server {}: StepContributors for step {} while at version {}{}", options_.server_id,
-        m.step, store_.version(), prepared_ ? " with a step already prepared" : ""));
+        m.step, store_.version(), prepared_ ? " with another step prepared" : ""));
   }
   for (int32_t w : m.workers) {
     if (!aggregator_.has(w)) {
@@ -215,19 +249,27 @@ void RequestHandler::on_contributors(const p::StepContributors& m, std::vector<O
     }
   }
   membership_epoch_ = std::max(membership_epoch_, m.membership_epoch);
+  std::vector<int32_t> workers = m.workers;
+  std::sort(workers.begin(), workers.end());
+  prepare(m.step, std::move(workers), out);
+}
+
+void RequestHandler::prepare(int64_t step, std::vector<int32_t> workers,
+                             std::vector<Outgoing>& out) {
   Prepared prep;
-  prep.step = m.step;
-  prep.workers = m.workers;
-  std::sort(prep.workers.begin(), prep.workers.end());
+  prep.step = step;
+  prep.workers = std::move(workers);
+  // The buffer of the last step's (or a replaced) reduction is reused: no fresh pages per step.
+  prep.mean = std::move(prepared_ ? prepared_->mean : spare_mean_);
   prep.mean.resize(static_cast<size_t>(options_.range.size()));
   const int64_t tokens = aggregator_.mean(prep.workers, prep.mean);
   const NormPartial norm = partial_norm(prep.mean);
+  p::NormReport report{options_.server_id, step, norm.sum_squares, tokens,
+                       norm.first_nonfinite < 0 ? int64_t{-1}
+                                                : options_.range.begin + norm.first_nonfinite,
+                       prep.workers};
   prepared_ = std::move(prep);
-  out.push_back({net::coordinator_endpoint(),
-                 p::NormReport{options_.server_id, m.step, norm.sum_squares, tokens,
-                               norm.first_nonfinite < 0
-                                   ? int64_t{-1}
-                                   : options_.range.begin + norm.first_nonfinite}});
+  out.push_back({net::coordinator_endpoint(), std::move(report)});
 }
 
 void RequestHandler::on_commit(const p::StepCommit& m, std::vector<Outgoing>& out) {
@@ -249,7 +291,9 @@ void RequestHandler::on_commit(const p::StepCommit& m, std::vector<Outgoing>& ou
   const double lr = rule_.apply(m.step, options_.range.begin, m.clip_coef, prepared_->mean,
                                 store_.weights(), store_.m(), store_.v());
   store_.set_version(m.step + 1);
+  spare_mean_ = std::move(prepared_->mean);
   prepared_.reset();
+  expected_.reset();
   aggregator_.clear();
   out.push_back({net::coordinator_endpoint(),
                  p::StepApplied{options_.server_id, m.step, store_.version(), lr}});

@@ -8,8 +8,12 @@
 // answered with a Failure naming the source (the server stays unloaded).
 //
 // Per step t (bsp; the server holds weights version t):
-//   GradPush{step t}            → kept (one per worker), PushReceived to the coordinator
-//   StepContributors{t, set}    → mean gradient over the set, NormReport to the coordinator
+//   StepWorkers{t, set}         → the workers step t waits for (sent with the step's StepBegin)
+//   GradPush{step t}            → kept (one per worker), PushReceived to the coordinator; once
+//                                 every worker of the StepWorkers set pushed: mean gradient over
+//                                 the set, NormReport{set} to the coordinator, unasked
+//   StepContributors{t, set}    → (only after a worker was lost or late) mean gradient over that
+//                                 set, replacing one made for StepWorkers; NormReport{set}
 //   StepCommit{t, set, clip}    → UpdateRule applied, version t+1, StepApplied to the coordinator,
 //                                 then the pulls and checkpoint shards that waited for t+1
 // PullRequest{version}: answered at once when the server holds that version, later when it is
@@ -104,7 +108,12 @@ class RequestHandler {
   void on_load(const net::Endpoint& from, const proto::LoadShard& m, std::vector<Outgoing>& out);
   void on_pull(const net::Endpoint& from, const proto::PullRequest& m, std::vector<Outgoing>& out);
   void on_push(const net::Endpoint& from, proto::GradPush&& m, std::vector<Outgoing>& out);
+  void on_step_workers(const proto::StepWorkers& m, std::vector<Outgoing>& out);
   void on_contributors(const proto::StepContributors& m, std::vector<Outgoing>& out);
+  // Reduces `workers` (ascending; each has pushed) for `step` and sends the NormReport.
+  void prepare(int64_t step, std::vector<int32_t> workers, std::vector<Outgoing>& out);
+  // Reduces the StepWorkers set once every one of its workers has pushed.
+  void prepare_if_complete(std::vector<Outgoing>& out);
   void on_commit(const proto::StepCommit& m, std::vector<Outgoing>& out);
   void on_checkpoint_shard(const net::Endpoint& from, const proto::CheckpointShard& m,
                            std::vector<Outgoing>& out);
@@ -126,6 +135,9 @@ class RequestHandler {
     std::vector<float> mean;
   };
   std::optional<Prepared> prepared_;
+  std::vector<float> spare_mean_;  // the last applied step's mean buffer, for the next one
+  // The StepWorkers of the step being gathered (reset when it is applied or a shard is loaded).
+  std::optional<proto::StepWorkers> expected_;
   // The weights rounded to bf16 (packed) at bf16_version_ (-1: none yet, or stale after a load).
   std::vector<float> bf16_weights_;
   int64_t bf16_version_ = -1;

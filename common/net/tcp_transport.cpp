@@ -140,6 +140,9 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
 
   bool stopped = false;  // close() finished (send_mu)
   static constexpr size_t kWritePiece = 1024 * 1024;
+  // Control frames written by one writev at most (a step's StepWorkers, StepCommit, ... queued
+  // together go out in one system call).
+  static constexpr size_t kBatchFrames = 16;
 
   static bool borrowed(const proto::OutFrame& f) { return !f.body.empty() && !f.keep; }
 
@@ -286,35 +289,46 @@ struct TcpNode::Impl : std::enable_shared_from_this<TcpNode::Impl> {
       }
       // The head, then the body straight from where it lies (borrowed floats) in pieces, the
       // payload CRC32C computed over each piece just before it is written (in cache for the
-      // kernel's copy), then the trailer. The first piece goes out with the head (gather).
+      // kernel's copy); the first piece goes out with the head and the trailer with the last
+      // piece (gather: one writev each). Frames without a body (control messages) queued behind
+      // each other go out together in one writev, up to kBatchFrames of them.
       Session::Queued& q = s->queue.front();
       const proto::OutFrame& f = q.frame;
       boost::system::error_code ec;
       if (f.body.empty()) {
-        std::tie(ec, std::ignore) =
-            co_await asio::async_write(s->sock, asio::buffer(f.head), nothrow_awaitable);
+        std::array<asio::const_buffer, kBatchFrames> heads;
+        size_t n = 0;
+        while (n < s->queue.size() && n < kBatchFrames && s->queue[n].frame.body.empty()) {
+          heads[n] = asio::buffer(s->queue[n].frame.head);
+          ++n;
+        }
+        std::tie(ec, std::ignore) = co_await asio::async_write(
+            s->sock, std::span<const asio::const_buffer>(heads.data(), n), nothrow_awaitable);
+        if (!s->open) co_return;
+        for (size_t i = 0; i + 1 < n; ++i) {  // the last is popped below
+          account_done(*s, s->queue.front().frame);
+          s->queue.pop_front();
+        }
       } else {
         uint32_t crc = f.head_crc;
         size_t at = 0;
         while (!ec && at < f.body.size()) {
           const size_t n = std::min(kWritePiece, f.body.size() - at);
           crc = crc32c(f.body.data() + at, n, crc);
-          const std::array<asio::const_buffer, 2> bufs{
+          const bool last = at + n == f.body.size();
+          if (last) std::memcpy(q.trailer.data(), &crc, proto::kTrailerSize);
+          const std::array<asio::const_buffer, 3> bufs{
               asio::buffer(f.head.data(), at == 0 ? f.head.size() : 0),
-              asio::buffer(f.body.data() + at, n)};
+              asio::buffer(f.body.data() + at, n),
+              asio::buffer(q.trailer.data(), last ? q.trailer.size() : 0)};
           std::tie(ec, std::ignore) =
               co_await asio::async_write(s->sock, bufs, nothrow_awaitable);
           if (!s->open) co_return;  // dropped: the frame (and its borrowed body) is let go
           at += n;
         }
-        if (!ec) {
-          std::memcpy(q.trailer.data(), &crc, proto::kTrailerSize);
-          std::tie(ec, std::ignore) =
-              co_await asio::async_write(s->sock, asio::buffer(q.trailer), nothrow_awaitable);
-        }
       }
       if (!s->open) co_return;
-      account_done(*s, f);
+      account_done(*s, s->queue.front().frame);
       s->queue.pop_front();
       if (ec) {
         drop(s, fmt::format("write failed ({})", ec.message()));

@@ -53,6 +53,7 @@ const char* type_name(MessageType t) {
     case MessageType::kShardLoaded: return "ShardLoaded";
     case MessageType::kEvalBegin: return "EvalBegin";
     case MessageType::kEvalDone: return "EvalDone";
+    case MessageType::kStepWorkers: return "StepWorkers";
   }
   return "unknown";
 }
@@ -304,8 +305,11 @@ void fields(IO&& io, M& m) {
         io(m.push_s), io(m.bytes_pushed), io(m.bytes_pulled), io(m.correct);
   } else if constexpr (std::is_same_v<T, StepContributors>) {
     io(m.step), io(m.membership_epoch), io(m.workers);
+  } else if constexpr (std::is_same_v<T, StepWorkers>) {
+    io(m.step), io(m.membership_epoch), io(m.workers);
   } else if constexpr (std::is_same_v<T, NormReport>) {
-    io(m.server_id), io(m.step), io(m.sum_squares), io(m.tokens), io(m.first_nonfinite);
+    io(m.server_id), io(m.step), io(m.sum_squares), io(m.tokens), io(m.first_nonfinite),
+        io(m.workers);
   } else if constexpr (std::is_same_v<T, StepCommit>) {
     io(m.step), io(m.workers), io(m.global_norm), io(m.clip_coef);
   } else if constexpr (std::is_same_v<T, StepApplied>) {
@@ -482,6 +486,7 @@ void with_type(MessageType type, F&& f) {
     case MessageType::kShardLoaded: f.template operator()<ShardLoaded>(); return;
     case MessageType::kEvalBegin: f.template operator()<EvalBegin>(); return;
     case MessageType::kEvalDone: f.template operator()<EvalDone>(); return;
+    case MessageType::kStepWorkers: f.template operator()<StepWorkers>(); return;
   }
   const auto t = static_cast<uint16_t>(type);
   throw ProtocolError(fmt::format("{} ({})", bad_type(t), types_spoken()));

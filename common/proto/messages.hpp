@@ -7,10 +7,16 @@
 //   coordinator → worker   StepBegin{step, windows}
 //   worker → server        PullRequest{version = step}      server → worker  PullReply{weights}
 //   worker → server        GradPush{token-sum gradient of its slice, token count}
+//   coordinator → server   StepWorkers{worker ids}          (sent with StepBegin: whom step t waits for)
 //   server → coordinator   PushReceived{worker}            worker → coordinator WorkerStepDone{loss}
-//   coordinator → server   StepContributors{worker ids}     (fixes the contributor set)
-//   server → coordinator   NormReport{fp64 partial Σg²}     (of the token-weighted mean gradient)
+//   server → coordinator   NormReport{fp64 partial Σg², worker ids}   (as soon as the server holds
+//                          every listed worker's push: of their token-weighted mean gradient)
 //   coordinator → server   StepCommit{clip coefficient}     server → coordinator StepApplied{lr}
+//   coordinator → worker   StepBegin{step + 1} right after StepCommit (the pull of version t+1
+//                          waits on the server until the update is applied)
+// Only when a worker is lost or late mid-step does the coordinator fix the contributor set
+// itself (StepContributors{worker ids}; each server answers with a NormReport for that set) —
+// the extra round trip costs only steps that lost someone (docs/architecture.md).
 // Checkpoints (sharded, protocol version 2): CheckpointShard{tmp dir} → each server writes its own
 // shard-K.h5 there and answers CheckpointShardWritten (a small ack); the coordinator then writes the
 // index (finish_sharded_checkpoint). No message ever gathers a server's weights and moments to
@@ -46,7 +52,9 @@ inline constexpr uint32_t kMagic = 0x4E525450u;
 // 5: WorkerStepDone carries `correct` (masked-LM accuracy of BERT runs).
 // 6: PullRequest, PullReply and GradPush carry a FloatEncoding (u8; in the bulk messages just
 //    before the float count): fp32, or bf16 packed two per 4-byte element (bf16.hpp).
-inline constexpr uint16_t kProtocolVersion = 6;
+// 7: StepWorkers (type 25) tells the servers a step's workers at its begin; NormReport names the
+//    worker set its partial norm covers (a server reports as soon as it holds every push).
+inline constexpr uint16_t kProtocolVersion = 7;
 
 enum class MessageType : uint16_t {
   kLoadShard = 1,
@@ -77,9 +85,11 @@ enum class MessageType : uint16_t {
   kShardLoaded = 22,
   kEvalBegin = 23,
   kEvalDone = 24,
+  // Protocol version 7: servers learn a step's workers at its begin.
+  kStepWorkers = 25,
 };
 inline constexpr uint16_t kMinMessageType = 1;
-inline constexpr uint16_t kMaxMessageType = 24;
+inline constexpr uint16_t kMaxMessageType = 25;
 // The name a retired message type had ("CheckpointRequest" for 12), or nullptr for any other value.
 // A retired number lies inside [kMinMessageType, kMaxMessageType] but is not a MessageType.
 const char* retired_type_name(uint16_t type);
@@ -196,8 +206,23 @@ struct WorkerStepDone {
   bool operator==(const WorkerStepDone&) const = default;
 };
 
-// coordinator → server: step `step` aggregates exactly these workers (ascending ids); reply with
-// the partial norm of the aggregated gradient.
+// coordinator → server, with the step's StepBegin: step `step` waits for these workers (ascending
+// ids). Once the server holds a push of `step` from every one of them it reduces them (the
+// token-weighted mean, in worker-id order) and sends its NormReport for exactly this set without
+// being asked. A second StepWorkers for the same step (the step begun again after every worker
+// was dropped) replaces the first and drops a reduction made for it.
+struct StepWorkers {
+  static constexpr MessageType kType = MessageType::kStepWorkers;
+  int64_t step = 0;
+  int64_t membership_epoch = 0;
+  std::vector<int32_t> workers;
+  bool operator==(const StepWorkers&) const = default;
+};
+
+// coordinator → server, only when a worker of the step was lost or missed the step's deadline:
+// step `step` aggregates exactly these workers (ascending ids; those whose push reached every
+// server); reply with the partial norm of that set's aggregated gradient (replacing a reduction
+// the server made on its own for the StepWorkers set).
 struct StepContributors {
   static constexpr MessageType kType = MessageType::kStepContributors;
   int64_t step = 0;
@@ -207,7 +232,9 @@ struct StepContributors {
 };
 
 // server → coordinator: Σ g² (fp64, fixed chunks in order) of the server's slice of the step's
-// token-weighted mean gradient, and the first non-finite element (flat index, -1 if none).
+// token-weighted mean gradient over `workers`, and the first non-finite element (flat index, -1
+// if none). Sent on its own once every worker of StepWorkers pushed, and as the answer to
+// StepContributors; the coordinator uses the reports whose `workers` equal the set it commits.
 struct NormReport {
   static constexpr MessageType kType = MessageType::kNormReport;
   int32_t server_id = 0;
@@ -215,6 +242,7 @@ struct NormReport {
   double sum_squares = 0.0;
   int64_t tokens = 0;           // total tokens of the contributor set (cross-check)
   int64_t first_nonfinite = -1; // flat index into the parameter vector
+  std::vector<int32_t> workers; // the set reduced (ascending ids)
   bool operator==(const NormReport&) const = default;
 };
 
@@ -364,7 +392,7 @@ using Message = std::variant<LoadShard, StepBegin, PullRequest, PullReply, GradP
                              WorkerStepDone, StepContributors, NormReport, StepCommit, StepApplied,
                              Shutdown, Failure, Register, Welcome, PeerHello, Heartbeat,
                              CheckpointShard, CheckpointShardWritten, ShardLoaded, EvalBegin,
-                             EvalDone>;
+                             EvalDone, StepWorkers>;
 
 MessageType type_of(const Message& m);
 // "GradPush", "PullReply", ... ("unknown(N)" for a value outside the enum).

@@ -40,7 +40,8 @@ std::vector<Message> samples() {
   out.push_back(WorkerStepDone{2, 12, 12345.678, 4096, 0.01, 1.5, 0.02, 1ull << 33, 77});
   out.push_back(WorkerStepDone{3, 12, 12345.678, 4096, 0.01, 1.5, 0.02, 1ull << 33, 77, 1234});
   out.push_back(StepContributors{12, 3, {0, 1, 3}});
-  out.push_back(NormReport{1, 12, 3.25e-3, 4096, -1});
+  out.push_back(NormReport{1, 12, 3.25e-3, 4096, -1, {0, 1, 3}});
+  out.push_back(StepWorkers{12, 3, {0, 1, 3}});
   out.push_back(StepCommit{12, {0, 1, 3}, 2.5, 0.4f});
   out.push_back(StepApplied{1, 12, 13, 6e-4, 123456789012ull, 5});
   out.push_back(Shutdown{"training finished"});
@@ -154,11 +155,11 @@ TEST_CASE("proto: bad magic is refused - from the first four bytes") {
 
 TEST_CASE("proto: another protocol version is refused - naming both versions") {
   auto f = encode(StepApplied{0, 1, 2, 1e-3});
-  put_at<uint16_t>(f, 4, 7);
+  put_at<uint16_t>(f, 4, 8);  // a newer build
   reseal(f);
   const DecodeResult r = decode_frame(f);
   REQUIRE(r.status == DecodeStatus::kBad);
-  CHECK(r.error.find("protocol version 7") != std::string::npos);
+  CHECK(r.error.find("protocol version 8") != std::string::npos);
   CHECK(r.error.find(fmt::format("version {}", kProtocolVersion)) != std::string::npos);
   // Refused from the header alone: no payload needed.
   CHECK(decode_frame(std::span(f.data(), kHeaderSize)).status == DecodeStatus::kBad);
@@ -487,4 +488,8 @@ TEST_CASE("proto: a frame of another protocol version is refused naming both ver
   put_at<uint16_t>(f, 4, 5);
   CHECK(decode_frame(std::span(f).first(kHeaderSize)).error ==
         fmt::format("protocol version 5 is not supported: this build speaks protocol version {}", kProtocolVersion));
+  // A version-6 peer (no StepWorkers; NormReport without its worker set).
+  put_at<uint16_t>(f, 4, 6);
+  CHECK(decode_frame(std::span(f).first(kHeaderSize)).error ==
+        fmt::format("protocol version 6 is not supported: this build speaks protocol version {}", kProtocolVersion));
 }

@@ -1,6 +1,7 @@
 // The coordinator's step state machine driven message by message (no threads, no sockets): each
-// transition (StepBegin → pushes and reports → StepContributors → norms → StepCommit → applied),
-// the numbers it fixes (contributor set, fp64 norm in server-id order, clip coefficient, loss),
+// transition (StepWorkers + StepBegin → pushes, reports and the servers' own norms → StepCommit →
+// applied; StepContributors and its norms only after a worker was dropped), the numbers it fixes
+// (contributor set, fp64 norm in server-id order, clip coefficient, loss),
 // the protocol refusals, a non-finite gradient or loss, and a member lost in each phase under
 // both worker-loss policies; plus a worker joining at a step boundary through a membership.
 #include "common/error.hpp"
@@ -48,8 +49,14 @@ p::WorkerStepDone done(int32_t worker, int64_t step, double loss_sum, int64_t to
   d.tokens = tokens;
   return d;
 }
-p::NormReport norm(int32_t server, int64_t step, double sum_squares, int64_t bad = -1) {
-  return {server, step, sum_squares, 0, bad};
+// A server's norm report for the worker set `workers` (workers 0 and 1 unless named).
+p::NormReport norm(int32_t server, int64_t step, double sum_squares, int64_t bad = -1,
+                   std::vector<int32_t> workers = {0, 1}) {
+  return {server, step, sum_squares, 0, bad, std::move(workers)};
+}
+p::NormReport norm_of(std::vector<int32_t> workers, int32_t server, int64_t step,
+                      double sum_squares) {
+  return norm(server, step, sum_squares, -1, std::move(workers));
 }
 p::StepApplied applied(int32_t server, int64_t step, double lr = 1e-3) {
   p::StepApplied a;
@@ -104,22 +111,28 @@ TEST_CASE("step machine: a step with 1 worker and 2 servers runs every transitio
   StepMachine sm = make_machine(2);
   CHECK(sm.phase() == StepPhase::kIdle);
   const auto begin = sm.begin_step(3, 7, work_for({0}));
-  REQUIRE(begin.size() == 1);
-  CHECK(begin[0].to == worker_endpoint(0));
-  CHECK(std::get<p::StepBegin>(begin[0].message) == p::StepBegin{3, 7, {0, 1}});
+  // The servers learn whom the step waits for, then the worker gets its windows.
+  REQUIRE(begin.size() == 3);
+  CHECK(begin[0].to == server_endpoint(0));
+  CHECK(begin[1].to == server_endpoint(1));
+  CHECK(std::get<p::StepWorkers>(begin[0].message) == p::StepWorkers{3, 7, {0}});
+  CHECK(std::get<p::StepWorkers>(begin[1].message) == p::StepWorkers{3, 7, {0}});
+  CHECK(begin[2].to == worker_endpoint(0));
+  CHECK(std::get<p::StepBegin>(begin[2].message) == p::StepBegin{3, 7, {0, 1}});
   CHECK(sm.phase() == StepPhase::kGathering);
 
   CHECK(sm.handle(server_endpoint(0), push(0, 3, 0, 20)).empty());
+  // Server 0 holds every push of the step: it reports its norm on its own.
+  CHECK(sm.handle(server_endpoint(0), norm_of({0}, 0, 3, 16.0)).empty());
   CHECK(sm.handle(worker_endpoint(0), done(0, 3, 50.0, 20)).empty());
   CHECK(sm.phase() == StepPhase::kGathering);  // server 1 has no push yet
-  const auto contrib = sent_to_each<p::StepContributors>(
-      sm.handle(server_endpoint(1), push(1, 3, 0, 20)), kTwoServers);
-  CHECK(contrib == p::StepContributors{3, 7, {0}});
+  // Every push is in: no StepContributors round, the servers' own reports serve.
+  CHECK(sm.handle(server_endpoint(1), push(1, 3, 0, 20)).empty());
   CHECK(sm.phase() == StepPhase::kNorms);
+  CHECK(sm.contributors() == std::vector<int32_t>{0});
 
-  CHECK(sm.handle(server_endpoint(1), norm(1, 3, 9.0)).empty());
-  const auto commit =
-      sent_to_each<p::StepCommit>(sm.handle(server_endpoint(0), norm(0, 3, 16.0)), kTwoServers);
+  const auto commit = sent_to_each<p::StepCommit>(
+      sm.handle(server_endpoint(1), norm_of({0}, 1, 3, 9.0)), kTwoServers);
   CHECK(commit.step == 3);
   CHECK(commit.workers == std::vector<int32_t>{0});
   CHECK(commit.global_norm == 5.0);
@@ -148,9 +161,9 @@ TEST_CASE("step machine: 2 workers and 2 servers - any arrival order - same set 
   CHECK(sm.handle(server_endpoint(0), push(0, 0, 1, 30)).empty());
   CHECK(sm.contributors() == std::vector<int32_t>{1});  // worker 0 has not reached server 1
   CHECK(sm.handle(worker_endpoint(0), done(0, 0, 30.0, 10)).empty());
-  const auto c = sent_to_each<p::StepContributors>(
-      sm.handle(server_endpoint(1), push(1, 0, 0, 10)), kTwoServers);
-  CHECK(c.workers == std::vector<int32_t>{0, 1});
+  CHECK(sm.handle(server_endpoint(1), push(1, 0, 0, 10)).empty());
+  CHECK(sm.phase() == StepPhase::kNorms);
+  CHECK(sm.contributors() == std::vector<int32_t>{0, 1});
   CHECK(sm.loss() == (30.0 + 60.0) / 40.0);
   CHECK(sm.tokens() == 40);
   CHECK_FALSE(sm.accuracy());  // GPT workers report no accuracy (correct = -1)
@@ -181,9 +194,9 @@ TEST_CASE("step machine: partial norms are summed in server-id order in fp64") {
   for (int32_t s : {0, 1, 2}) sm.handle(server_endpoint(s), push(s, 0, 0));
   sm.handle(worker_endpoint(0), done(0, 0, 1.0, 10));
   REQUIRE(sm.phase() == StepPhase::kNorms);
-  sm.handle(server_endpoint(2), norm(2, 0, 1.0));
-  sm.handle(server_endpoint(1), norm(1, 0, 1.0));
-  const auto out = sm.handle(server_endpoint(0), norm(0, 0, 1e16));
+  sm.handle(server_endpoint(2), norm_of({0}, 2, 0, 1.0));
+  sm.handle(server_endpoint(1), norm_of({0}, 1, 0, 1.0));
+  const auto out = sm.handle(server_endpoint(0), norm_of({0}, 0, 0, 1e16));
   REQUIRE(out.size() == 3);
   CHECK(sm.global_norm() == 1e8);
   CHECK(std::get<p::StepCommit>(out[0].message).global_norm == 1e8);
@@ -222,7 +235,8 @@ TEST_CASE("step machine: duplicate - wrong-step - wrong-sender and out-of-phase 
   refused(sm, worker_endpoint(1), done(0, 4, 1.0, 10), "it names worker 0");
   refused(sm, worker_endpoint(1), done(1, 5, 1.0, 10), "it is for step 6");
   refused(sm, worker_endpoint(3), done(3, 4, 1.0, 10), "no part in this step");
-  refused(sm, server_endpoint(0), norm(0, 4, 1.0), "no norm is awaited");
+  refused(sm, server_endpoint(0), norm(0, 4, 1.0, -1, {1}), "the step awaits [0, 1]");
+  refused(sm, server_endpoint(0), norm(0, 4, 1.0, -1, {0, 1, 2}), "covers workers [0, 1, 2]");
   refused(sm, server_endpoint(0), applied(0, 4), "no commit is pending");
   refused(sm, server_endpoint(0), p::CheckpointShardWritten{}, "not a message of a step");
   refused(sm, worker_endpoint(0), p::Register{}, "not a message of a step");
@@ -238,6 +252,7 @@ TEST_CASE("step machine: duplicate - wrong-step - wrong-sender and out-of-phase 
   refused(late, server_endpoint(0), norm(0, 0, 1.0), "a second norm report");
   refused(late, server_endpoint(1), norm(1, 1, 1.0), "it is for step 2");
   late.handle(server_endpoint(1), norm(1, 0, 1.0));
+  refused(late, server_endpoint(1), norm(1, 0, 1.0), "no norm is awaited");
   late.handle(server_endpoint(0), applied(0, 0));
   refused(late, server_endpoint(0), applied(0, 0), "a second report");
   late.handle(server_endpoint(1), applied(1, 0));
@@ -268,7 +283,7 @@ TEST_CASE("step machine: a non-finite gradient or loss fails the step before any
   nan_loss.begin_step(0, 0, work_for({0}));
   nan_loss.handle(server_endpoint(0), push(0, 0, 0));
   nan_loss.handle(worker_endpoint(0), done(0, 0, std::nan(""), 10));
-  CHECK(nan_loss.handle(server_endpoint(0), norm(0, 0, 4.0)).empty());
+  CHECK(nan_loss.handle(server_endpoint(0), norm_of({0}, 0, 0, 4.0)).empty());
   REQUIRE(nan_loss.failure());
   CHECK(nan_loss.failure()->kind == StepFailure::Kind::kNonFinite);
   CHECK_FALSE(nan_loss.first_nonfinite());
@@ -356,11 +371,23 @@ TEST_CASE("step machine: complete-step policy - a worker lost before any push is
   sm.handle(server_endpoint(1), push(1, 5, 0, 10));
   // Its push that was in flight is ignored, not refused.
   CHECK(sm.handle(server_endpoint(0), push(0, 5, 1, 30)).empty());
+  // With it, server 0 holds every push of the StepWorkers set and reports {0, 1} on its own.
+  CHECK(sm.handle(server_endpoint(0), norm(0, 5, 7.0)).empty());
   const auto c = sent_to_each<p::StepContributors>(
       sm.handle(worker_endpoint(0), done(0, 5, 25.0, 10)), kTwoServers);
   CHECK(c.workers == std::vector<int32_t>{0});
   CHECK(sm.loss() == 2.5);
   CHECK(sm.tokens() == 10);
+  // Only the answers for {0} count; server 0's own report for {0, 1} was void.
+  CHECK(sm.handle(server_endpoint(0), norm_of({0}, 0, 5, 16.0)).empty());
+  refused(sm, server_endpoint(0), norm_of({0}, 0, 5, 16.0), "a second norm report");
+  refused(sm, server_endpoint(1), norm_of({1}, 1, 5, 1.0), "the step awaits [0]");
+  // A report for the whole set that crossed StepContributors on the wire is ignored.
+  CHECK(sm.handle(server_endpoint(1), norm(1, 5, 7.0)).empty());
+  const auto commit = sent_to_each<p::StepCommit>(
+      sm.handle(server_endpoint(1), norm_of({0}, 1, 5, 9.0)), kTwoServers);
+  CHECK(commit.workers == std::vector<int32_t>{0});
+  CHECK(commit.global_norm == 5.0);
 }
 
 TEST_CASE("step machine: complete-step policy - a worker whose push reached some servers is dropped") {
@@ -381,9 +408,9 @@ TEST_CASE("step machine: complete-step policy - a worker whose push reached some
   CHECK(sm.tokens() == 10);
   // Its push reaching server 1 late is ignored in every later phase.
   CHECK(sm.handle(server_endpoint(1), push(1, 0, 1, 30)).empty());
-  sm.handle(server_endpoint(0), norm(0, 0, 1.0));
-  const auto commit =
-      sent_to_each<p::StepCommit>(sm.handle(server_endpoint(1), norm(1, 0, 1.0)), kTwoServers);
+  sm.handle(server_endpoint(0), norm_of({0}, 0, 0, 1.0));
+  const auto commit = sent_to_each<p::StepCommit>(
+      sm.handle(server_endpoint(1), norm_of({0}, 1, 0, 1.0)), kTwoServers);
   CHECK(commit.workers == std::vector<int32_t>{0});
   sm.handle(server_endpoint(0), applied(0, 0));
   sm.handle(server_endpoint(1), applied(1, 0));
@@ -400,9 +427,9 @@ TEST_CASE("step machine: complete-step policy - a worker lost after pushing ever
   CHECK(sm.dropped().empty());
   sm.handle(server_endpoint(0), push(0, 0, 0, 10));
   sm.handle(server_endpoint(1), push(1, 0, 0, 10));
-  const auto c = sent_to_each<p::StepContributors>(
-      sm.handle(worker_endpoint(0), done(0, 0, 30.0, 10)), kTwoServers);
-  CHECK(c.workers == std::vector<int32_t>{0, 1});
+  CHECK(sm.handle(worker_endpoint(0), done(0, 0, 30.0, 10)).empty());
+  CHECK(sm.phase() == StepPhase::kNorms);  // nobody dropped: the servers' own reports serve
+  CHECK(sm.contributors() == std::vector<int32_t>{0, 1});
   CHECK(sm.loss() == 3.0);    // over the reports that came
   CHECK(sm.tokens() == 40);   // its tokens from its pushes
   // Its report, still in flight once the contributors are fixed, is ignored.
@@ -457,8 +484,8 @@ TEST_CASE("step machine: complete-step policy - a loss between steps leaves the 
   CHECK(sm.on_member_lost(worker_endpoint(1), "worker 1 was lost").empty());
   CHECK_FALSE(sm.failure());
   const auto begin = sm.begin_step(1, 1, work_for({0}));
-  REQUIRE(begin.size() == 1);
-  CHECK(begin[0].to == worker_endpoint(0));
+  REQUIRE(begin.size() == 3);
+  CHECK(begin[2].to == worker_endpoint(0));
 }
 
 namespace {
@@ -491,11 +518,10 @@ TEST_CASE("step machine: a worker that joins mid-step takes part from the next s
   CHECK(members.join(net::Role::kWorker).endpoint == worker_endpoint(1));  // joins mid-step
   // The running step is not changed: it still waits only for worker 0.
   sm.handle(server_endpoint(1), push(1, 0, 0));
-  const auto c = sent_to_each<p::StepContributors>(
-      sm.handle(worker_endpoint(0), done(0, 0, 1.0, 10)), kTwoServers);
-  CHECK(c == p::StepContributors{0, 0, {0}});
-  sm.handle(server_endpoint(0), norm(0, 0, 1.0));
-  sm.handle(server_endpoint(1), norm(1, 0, 1.0));
+  CHECK(sm.handle(worker_endpoint(0), done(0, 0, 1.0, 10)).empty());
+  CHECK(sm.contributors() == std::vector<int32_t>{0});
+  sm.handle(server_endpoint(0), norm_of({0}, 0, 0, 1.0));
+  sm.handle(server_endpoint(1), norm_of({0}, 1, 0, 1.0));
   sm.handle(server_endpoint(0), applied(0, 0));
   sm.handle(server_endpoint(1), applied(1, 0));
   REQUIRE(sm.applied());
@@ -505,15 +531,54 @@ TEST_CASE("step machine: a worker that joins mid-step takes part from the next s
   CHECK(events[0].change == net::MembershipChange::kJoined);
   CHECK(events[0].epoch == 1);
   const auto begin = sm.begin_step(1, members.epoch(), work_of(members));
-  REQUIRE(begin.size() == 2);
-  CHECK(begin[1].to == worker_endpoint(1));
-  CHECK(std::get<p::StepBegin>(begin[1].message).membership_epoch == 1);
+  REQUIRE(begin.size() == 4);  // StepWorkers to 2 servers, StepBegin to 2 workers
+  CHECK(std::get<p::StepWorkers>(begin[0].message) == p::StepWorkers{1, 1, {0, 1}});
+  CHECK(begin[3].to == worker_endpoint(1));
+  CHECK(std::get<p::StepBegin>(begin[3].message).membership_epoch == 1);
   sm.handle(server_endpoint(0), push(0, 1, 0));
   sm.handle(server_endpoint(1), push(1, 1, 0));
   CHECK(sm.handle(worker_endpoint(0), done(0, 1, 1.0, 10)).empty());  // waits for worker 1
   sm.handle(server_endpoint(0), push(0, 1, 1));
   sm.handle(server_endpoint(1), push(1, 1, 1));
-  const auto c1 = sent_to_each<p::StepContributors>(
-      sm.handle(worker_endpoint(1), done(1, 1, 1.0, 10)), kTwoServers);
-  CHECK(c1 == p::StepContributors{1, 1, {0, 1}});
+  CHECK(sm.handle(worker_endpoint(1), done(1, 1, 1.0, 10)).empty());
+  CHECK(sm.contributors() == std::vector<int32_t>{0, 1});
+  sm.handle(server_endpoint(0), norm(0, 1, 1.0));
+  const auto commit =
+      sent_to_each<p::StepCommit>(sm.handle(server_endpoint(1), norm(1, 1, 1.0)), kTwoServers);
+  CHECK(commit.workers == std::vector<int32_t>{0, 1});
+}
+
+TEST_CASE("step machine: a norm report of an earlier attempt at the step is ignored") {
+  // Step 3 begun again with worker 2 after workers 0 and 1 were dropped: server 0 had reduced
+  // {0, 1} on its own before it learnt the new set.
+  StepMachine sm = make_machine(1, WorkerLossPolicy::kCompleteStep);
+  sm.begin_step(2, 0, work_for({2}));
+  CHECK(sm.handle(server_endpoint(0), norm_of({0, 1}, 0, 2, 1.0)).empty());
+  refused(sm, server_endpoint(0), norm_of({1, 2}, 0, 2, 1.0), "the step awaits [2]");
+  sm.handle(server_endpoint(0), push(0, 2, 2));
+  sm.handle(worker_endpoint(2), done(2, 2, 1.0, 10));
+  CHECK_FALSE(sm.committed());
+  const auto commit = sent_to_each<p::StepCommit>(
+      sm.handle(server_endpoint(0), norm_of({2}, 0, 2, 4.0)), {server_endpoint(0)});
+  CHECK(sm.committed());
+  CHECK_FALSE(sm.applied());
+  CHECK(commit.global_norm == 2.0);
+  CHECK(commit.workers == std::vector<int32_t>{2});
+}
+
+TEST_CASE("step machine: a server's own norm report may arrive before the last push is known") {
+  // Server 1's PushReceived for worker 1 and its NormReport travel in that order, but the two
+  // servers' connections are independent: server 0's report can come before server 1's push.
+  StepMachine sm = make_machine(2);
+  sm.begin_step(0, 0, work_for({0, 1}));
+  for (int32_t w : {0, 1}) sm.handle(server_endpoint(0), push(0, 0, w));
+  CHECK(sm.handle(server_endpoint(0), norm(0, 0, 16.0)).empty());
+  sm.handle(server_endpoint(1), push(1, 0, 0));
+  sm.handle(worker_endpoint(0), done(0, 0, 1.0, 10));
+  sm.handle(worker_endpoint(1), done(1, 0, 1.0, 10));
+  CHECK(sm.phase() == StepPhase::kGathering);
+  CHECK(sm.handle(server_endpoint(1), push(1, 0, 1)).empty());
+  const auto commit =
+      sent_to_each<p::StepCommit>(sm.handle(server_endpoint(1), norm(1, 0, 9.0)), kTwoServers);
+  CHECK(commit.global_norm == 5.0);
 }

@@ -209,7 +209,7 @@ std::vector<Message> seed_messages() {
       PushReceived{1, 5, 0, 128},
       WorkerStepDone{0, 5, 123.5, 128, 0.01, 0.2, 0.03},
       StepContributors{5, 1, {0, 1, 3}},
-      NormReport{1, 5, 2.5, 256, -1},
+      NormReport{1, 5, 2.5, 256, -1, {0, 1}},
       StepCommit{5, {0, 1, 3}, 1.58, 0.75f},
       StepApplied{1, 5, 6, 3e-4},
       Shutdown{"done"},
@@ -219,6 +219,7 @@ std::vector<Message> seed_messages() {
       ShardLoaded{1, 6, r, 0.25},
       EvalBegin{11, 6, 8, 16, 4},
       EvalDone{11, 0, 6, 8, {12.5, 3.0}, {64, 64}, 0.1},
+      StepWorkers{6, 2, {0, 1}},
   };
 }
 

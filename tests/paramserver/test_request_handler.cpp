@@ -417,3 +417,64 @@ TEST_CASE("paramserver: the handler offers each known worker's slot for the curr
       worker_endpoint(1), proto::GradPush{1, 0, 1, 4, r, proto::FloatRange::borrow(slots[0].slot)});
   CHECK(only<proto::PushReceived>(out, coordinator_endpoint()).step == 1);
 }
+
+TEST_CASE("paramserver: StepWorkers - the norm goes out with the last push - StepContributors replaces it") {
+  const proto::KeyRange r{0, 16};
+  const size_t n = 16;
+  const auto w0 = randn(n, 3);
+  const auto g0 = randn(n, 5), g1 = randn(n, 6), g2 = randn(n, 7);
+
+  // The reference: the explicit round (StepContributors) on a handler that never got StepWorkers.
+  RequestHandler ref(with_state(0, r, w0), plain_rule(r));
+  loaded(ref.handle(coordinator_endpoint(), proto::LoadShard{0, 0, r, 7, ""}), 0, 0, r);
+  ref.handle(worker_endpoint(0), proto::GradPush{0, 0, 0, 10, r, g0});
+  ref.handle(worker_endpoint(1), proto::GradPush{0, 0, 1, 30, r, g1});
+  const proto::NormReport want = only<proto::NormReport>(
+      ref.handle(coordinator_endpoint(), proto::StepContributors{0, 0, {0, 1}}),
+      coordinator_endpoint());
+  CHECK(want.workers == std::vector<int32_t>{0, 1});
+
+  RequestHandler h(with_state(0, r, w0), plain_rule(r));
+  loaded(h.handle(coordinator_endpoint(), proto::LoadShard{0, 0, r, 7, ""}), 0, 0, r);
+  CHECK(h.handle(coordinator_endpoint(), proto::StepWorkers{0, 0, {1, 0}}).empty());
+  auto out = h.handle(worker_endpoint(1), proto::GradPush{0, 0, 1, 30, r, g1});
+  CHECK(only<proto::PushReceived>(out, coordinator_endpoint()).worker_id == 1);
+  // The last push of the set: PushReceived, then the server's own NormReport — bitwise the
+  // explicit round's.
+  out = h.handle(worker_endpoint(0), proto::GradPush{0, 0, 0, 10, r, g0});
+  REQUIRE(out.size() == 2);
+  CHECK(std::get<proto::PushReceived>(out[0].message).worker_id == 0);
+  CHECK(out[1].to == coordinator_endpoint());
+  CHECK(std::get<proto::NormReport>(out[1].message) == want);
+  // A push after the reduction (a worker not in the set) is ignored, not reduced.
+  CHECK(h.handle(worker_endpoint(2), proto::GradPush{0, 0, 2, 5, r, g2}).empty());
+  // A worker was dropped elsewhere: the coordinator fixes {1}; the server reduces again.
+  const proto::NormReport only1 = only<proto::NormReport>(
+      h.handle(coordinator_endpoint(), proto::StepContributors{0, 0, {1}}), coordinator_endpoint());
+  CHECK(only1.workers == std::vector<int32_t>{1});
+  CHECK(only1.tokens == 30);
+  CHECK(only1.sum_squares != want.sum_squares);
+  CHECK_THROWS_WITH_AS(h.handle(coordinator_endpoint(), proto::StepCommit{0, {0, 1}, 1, 1}),
+                       doctest::Contains("names contributors"), proto::ProtocolError);
+  out = h.handle(coordinator_endpoint(), proto::StepCommit{0, {1}, 1, 1});
+  CHECK(only<proto::StepApplied>(out, coordinator_endpoint()).version == 1);
+
+  // The step begun again with another set: a reduction for the first set is void, the pushes
+  // stay; with every push of the new set in, StepWorkers itself answers with the norm.
+  h.handle(worker_endpoint(0), proto::GradPush{1, 0, 0, 10, r, g0});
+  h.handle(worker_endpoint(1), proto::GradPush{1, 0, 1, 30, r, g1});
+  CHECK(only<proto::NormReport>(h.handle(coordinator_endpoint(), proto::StepWorkers{1, 0, {0}}),
+                                coordinator_endpoint())
+            .workers == std::vector<int32_t>{0});
+  const proto::NormReport again = only<proto::NormReport>(
+      h.handle(coordinator_endpoint(), proto::StepWorkers{1, 1, {1}}), coordinator_endpoint());
+  CHECK(again.workers == std::vector<int32_t>{1});
+  CHECK(again.tokens == 30);
+
+  // Coordinator mistakes throw.
+  CHECK_THROWS_WITH_AS(h.handle(coordinator_endpoint(), proto::StepWorkers{5, 1, {0}}),
+                       doctest::Contains("StepWorkers for step 5 while at version 1"),
+                       proto::ProtocolError);
+  CHECK_THROWS_WITH_AS(h.handle(coordinator_endpoint(), proto::StepWorkers{1, 1, {}}),
+                       doctest::Contains("names no worker"), proto::ProtocolError);
+}
