@@ -84,7 +84,11 @@ void RequestHandler::on_load(const Endpoint& from, const p::LoadShard& m,
            out, err != nullptr ? err->code() : ExitCode::kInternal);
     return;
   }
-  store_.load(m.version, std::move(st.weights), std::move(st.m), std::move(st.v));
+  if (rule_.outer() && st.outer_momentum.empty()) {
+    st.outer_momentum.assign(static_cast<size_t>(options_.range.size()), 0.0f);  // a fresh start
+  }
+  store_.load(m.version, std::move(st.weights), std::move(st.m), std::move(st.v),
+              rule_.outer() ? std::move(st.outer_momentum) : std::vector<float>{});
   out.push_back({from, p::ShardLoaded{options_.server_id, m.version, options_.range,
                                       std::chrono::duration<double>(
                                           std::chrono::steady_clock::now() - t0)
@@ -220,7 +224,10 @@ void RequestHandler::on_contributors(const p::StepContributors& m, std::vector<O
   prep.workers = m.workers;
   std::sort(prep.workers.begin(), prep.workers.end());
   prep.mean.resize(static_cast<size_t>(options_.range.size()));
-  const int64_t tokens = aggregator_.mean(prep.workers, prep.mean);
+  const int64_t tokens =
+      aggregator_.mean(prep.workers, prep.mean,
+                       rule_.outer() ? GradientAggregator::Divide::kByContributors
+                                     : GradientAggregator::Divide::kByTokens);
   const NormPartial norm = partial_norm(prep.mean);
   prepared_ = std::move(prep);
   out.push_back({net::coordinator_endpoint(),
@@ -246,8 +253,17 @@ void RequestHandler::on_commit(const p::StepCommit& m, std::vector<Outgoing>& ou
         options_.server_id, m.step, fmt::join(workers, ", "),
         fmt::join(prepared_->workers, ", ")));
   }
-  const double lr = rule_.apply(m.step, options_.range.begin, m.clip_coef, prepared_->mean,
-                                store_.weights(), store_.m(), store_.v());
+  if (rule_.outer() && m.clip_coef != 1.0f) {
+    throw p::ProtocolError(fmt::format(
+        "server {}: StepCommit for step {} clips by {} under cluster.sync local (the workers clip "
+        "their inner steps; a pseudo-gradient is never clipped)",
+        options_.server_id, m.step, m.clip_coef));
+  }
+  const double lr =
+      rule_.outer()
+          ? rule_.apply_outer(m.step, prepared_->mean, store_.weights(), store_.momentum())
+          : rule_.apply(m.step, options_.range.begin, m.clip_coef, prepared_->mean,
+                        store_.weights(), store_.m(), store_.v());
   store_.set_version(m.step + 1);
   prepared_.reset();
   aggregator_.clear();
@@ -275,7 +291,8 @@ void RequestHandler::on_checkpoint_shard(const Endpoint& from, const p::Checkpoi
   }
   const auto t0 = std::chrono::steady_clock::now();
   try {
-    options_.write_shard(m.tmp_dir, store_.version(), store_.weights(), store_.m(), store_.v());
+    options_.write_shard(m.tmp_dir, store_.version(), store_.weights(), store_.m(), store_.v(),
+                         store_.momentum());
   } catch (const std::exception& e) {
     refuse(from,
            fmt::format("cannot write checkpoint shard {} of version {} in {}: {}",

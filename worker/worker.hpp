@@ -17,11 +17,13 @@
 #include "common/net/transport.hpp"
 #include "common/proto/messages.hpp"
 #include "common/tensor/param_layout.hpp"
+#include "worker/local_steps.hpp"
 
 #include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,6 +44,9 @@ struct WorkerOptions {
   proto::FloatEncoding wire_encoding = proto::FloatEncoding::kFp32;
   // Longest wait for the coordinator's next message or for weights (a peer that is gone).
   std::chrono::milliseconds timeout{std::chrono::hours(1)};
+  // cluster.sync local (local_steps_options(config)): each StepBegin runs H inner AdamW steps
+  // and pushes the pseudo-gradient (worker/local_steps.hpp). nullopt = bsp.
+  std::optional<LocalStepsOptions> local;
   // Test hook: builds the compute backend instead of `device` (e.g. a fake device backend);
   // empty = make_backend(device, backend_options(device_config, threads)).
   std::function<std::unique_ptr<Backend>(int threads)> make_backend;
