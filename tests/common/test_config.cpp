@@ -265,7 +265,7 @@ TEST_CASE("config: wrong types name the key and the value") {
   CHECK(parse_error(kTrain + "run:\n  threads: 99999999999\n") ==
         "cfg.yaml:4:12: run.threads: expected an integer, got '99999999999' (out of range)");
   CHECK(parse_error(kTrain + "cluster:\n  sync: fast\n") ==
-        "cfg.yaml:4:9: cluster.sync: expected one of bsp, ssp, async, got 'fast'");
+        "cfg.yaml:4:9: cluster.sync: expected one of bsp, ssp, async, local, got 'fast'");
 }
 
 TEST_CASE("config: a mapping or list where a value is expected - and a value where a section is") {
@@ -514,7 +514,7 @@ TEST_CASE("config: cluster.sync local - its keys - their ranges named by key - r
 
   const std::string local = kTrain + "cluster:\n  sync: local\n";
   CHECK(parse_error(local + "  local_steps: 0\n") ==
-        "cfg.yaml:5:16: cluster.local_steps must be >= 1, got 0");
+        "cfg.yaml:5:16: cluster.local_steps must be in [1, 1048576], got 0");
   CHECK(contains(parse_error(local + "  local_steps: 2.5\n"), "cluster.local_steps"));
   CHECK(contains(parse_error(local + "  outer_lr: 0\n"), "cfg.yaml:5:13: cluster.outer_lr must be > 0, got 0"));
   CHECK(contains(parse_error(local + "  outer_lr: -1\n"), "cluster.outer_lr must be > 0"));
