@@ -3,7 +3,9 @@
 // batches on the backend, gradients as token SUMS, each micro-batch's gradient computed from zero
 // and folded into the step's sum in fp32, in window order — the fold the servers apply to
 // workers' pushes), push each server its slice with the token count, report the loss to the
-// coordinator. Repeats until Shutdown.
+// coordinator. Repeats until Shutdown. With cluster.sync local (WorkerOptions::local) the part
+// between pull and push is H inner AdamW steps and the push carries the pseudo-gradient
+// (worker/local_steps.hpp).
 // Validation: on EvalBegin{version, windows of data.val, batch} it pulls that version and
 // answers EvalDone with the forward pass's loss sum of each batch (the coordinator combines them
 // in a fixed order: common/data/val_loss.hpp).
