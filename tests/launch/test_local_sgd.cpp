@@ -139,9 +139,9 @@ TEST_CASE("local sgd: N outer steps straight == N/2 + stop + resume + N/2 - bitw
 // w' (to the rounding of the subtraction), w' being one AdamW step from w with the worker's
 // gradient and fresh moments. bsp's step is the same AdamW step with the moments it carries, so
 // the two agree at the first step always, and at every step when AdamW carries nothing
-// (beta1 = beta2 = 0). Not bitwise: Δ = w − w' and w − Δ round, and the worker sums the clipping
-// norm in another order than the servers.
-TEST_CASE("local sgd: H=1 - outer lr 1 - momentum 0 - one worker equals bsp where AdamW carries no state") {
+// (beta1 = beta2 = 0) — and then, for any H, an outer step is H bsp steps. Not bitwise: Δ = w − w'
+// and w − Δ round, and the worker sums the clipping norm in another order than the servers.
+TEST_CASE("local sgd: outer lr 1 - momentum 0 - one worker equals bsp where AdamW carries no state - H 1 and 4") {
   TempDir dir;
   Config local = local_config(dir, 1);
   local.cluster.outer_lr = 1.0;
@@ -152,6 +152,16 @@ TEST_CASE("local sgd: H=1 - outer lr 1 - momentum 0 - one worker equals bsp wher
 
   SUBCASE("the first step with the default betas") {
     local.train.steps = bsp.train.steps = 1;
+  }
+  SUBCASE("H = 4: three outer steps are twelve bsp steps with beta1 = beta2 = 0") {
+    // The plan hands out the same windows in the same order (4 blocks of B per outer step) and
+    // the inner schedule runs over train.steps x H: inner step i is bsp's step i.
+    local.cluster.local_steps = 4;
+    local.train.steps = 3;
+    bsp.train.steps = 12;
+    local.optim.beta1 = bsp.optim.beta1 = 0.0;
+    local.optim.beta2 = bsp.optim.beta2 = 0.0;
+    local.optim.eps = bsp.optim.eps = 1e-4;  // (below)
   }
   SUBCASE("five steps with beta1 = beta2 = 0") {
     local.optim.beta1 = bsp.optim.beta1 = 0.0;
@@ -167,7 +177,7 @@ TEST_CASE("local sgd: H=1 - outer lr 1 - momentum 0 - one worker equals bsp wher
   const auto a = final_state(local, run_threads_job(local));
   const auto b = final_state(bsp, run_threads_job(bsp));
   const Worst w = worst_rel_l2(layout_for(bsp), a.params, b.params);
-  MESSAGE("local H=1 vs bsp after " << bsp.train.steps << " step(s): worst per-tensor relative L2 "
+  MESSAGE("local H=" << local.cluster.local_steps << " vs bsp after " << bsp.train.steps << " step(s): worst per-tensor relative L2 "
                                     << w.value << " (" << w.tensor << ")");
   CHECK(w.value <= 1e-5);
   // ... and with momentum the two differ (the test can fail).
