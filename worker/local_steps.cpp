@@ -15,8 +15,9 @@ namespace ptrain {
 namespace {
 
 // min(1, max_norm / (‖g‖ + 1e-6)) as torch.nn.utils.clip_grad_norm_ (1 when max_norm <= 0);
-// ‖g‖ summed in fp64.
-float clip_coef_of(std::span<const float> g, double max_norm) {
+// ‖g‖ summed in fp64. A non-finite norm stops the job naming the inner step (without clipping, a
+// non-finite value reaches the servers in Δ, whose norm report names the element).
+float clip_coef_of(std::span<const float> g, double max_norm, int64_t inner_step) {
   if (max_norm <= 0.0) return 1.0f;
   const auto n = static_cast<int64_t>(g.size());
   const float* x = g.data();
@@ -25,8 +26,9 @@ float clip_coef_of(std::span<const float> g, double max_norm) {
   for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]) * static_cast<double>(x[i]);
   const double norm = std::sqrt(sum);
   if (!std::isfinite(norm)) {
-    throw Error(ExitCode::kInternal,
-                fmt::format("local step: the gradient norm is {} (a non-finite gradient)", norm));
+    throw NumericError(fmt::format(
+        "inner step {} (cluster.sync local): the gradient norm is {} (a non-finite gradient)",
+        inner_step + 1, norm));
   }
   return static_cast<float>(std::min(1.0, max_norm / (norm + 1e-6)));
 }
@@ -87,7 +89,7 @@ LossSum LocalSteps::run(TrainStep& train, const BatchLoader& loader,
     float* g = grad_.data();
 #pragma omp parallel for schedule(static) if (n > 32768)
     for (int64_t i = 0; i < n; ++i) g[i] = static_cast<float>(static_cast<double>(G[i]) / denom);
-    const float coef = clip_coef_of(grad_, options_.grad_clip);
+    const float coef = clip_coef_of(grad_, options_.grad_clip, inner);
     const double lr = options_.schedule.at(inner);
     adamw_update_segments(segments_, adamw_scalars(options_.adamw, lr, h + 1), 0, coef, grad_,
                           current_, m_, v_);
