@@ -262,9 +262,20 @@ LocalStepResult LocalJob::Impl::run_step() {
   return r;
 }
 
+namespace {
+// The in-process step below is bsp's (one gradient, the servers' AdamW); local steps are not.
+const Config& bsp_only(const Config& config) {
+  if (config.cluster.sync != SyncMode::kBsp) {
+    throw NotImplementedError("ptrain bench train with cluster.sync other than bsp is not "
+                              "implemented yet (time a `ptrain run` of the job instead)");
+  }
+  return config;
+}
+}  // namespace
+
 LocalJob::LocalJob(const Config& config, const ParamLayout& layout, Backend& backend,
                    const std::string& token_file)
-    : impl_(std::make_unique<Impl>(config, layout, backend, token_file)) {}
+    : impl_(std::make_unique<Impl>(bsp_only(config), layout, backend, token_file)) {}
 
 LocalJob::~LocalJob() = default;
 

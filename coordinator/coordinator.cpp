@@ -190,7 +190,8 @@ StepMachineOptions CoordinatorRun::step_machine_options() const {
                                   "into {} shard(s) (cluster.servers): server k must own shard k",
                                   so.servers.size(), num_servers_));
   }
-  so.max_norm = cfg_.optim.grad_clip;
+  // cluster.sync local: the workers clip their inner steps; a pseudo-gradient is never clipped.
+  so.max_norm = cfg_.cluster.sync == SyncMode::kLocal ? 0.0 : cfg_.optim.grad_clip;
   // Elastic: a lost worker costs its share of the step, not the job.
   so.worker_loss = WorkerLossPolicy::kCompleteStep;
   return so;
@@ -497,13 +498,19 @@ std::vector<WorkerWork> CoordinatorRun::plan_step(
   // is in, one lost or gone is out), in worker-id order; at most B (one window each).
   std::vector<int32_t> workers = ready_workers();
   if (static_cast<int64_t>(workers.size()) > B) workers.resize(static_cast<size_t>(B));
-  const std::vector<DataWindow> windows = plan_->take(B);
+  // cluster.sync local: H inner steps' worth of windows, each block of B split as bsp splits a
+  // step, a worker's blocks concatenated in inner-step order (worker/local_steps.hpp).
+  const int64_t H = local_steps_per_step(cfg_);
+  const std::vector<DataWindow> windows = plan_->take(H * B);
   const auto split = split_batch(B, static_cast<int64_t>(workers.size()));
   std::vector<WorkerWork> work;
   step_windows.clear();
   for (size_t i = 0; i < workers.size(); ++i) {
     const auto [b, e] = split[i];
-    std::vector<DataWindow> mine(windows.begin() + b, windows.begin() + e);
+    std::vector<DataWindow> mine;
+    for (int64_t h = 0; h < H; ++h) {
+      mine.insert(mine.end(), windows.begin() + h * B + b, windows.begin() + h * B + e);
+    }
     WorkerWork w{workers[i], {}};
     for (const DataWindow& d : mine) w.windows.push_back(d.window);
     step_windows[workers[i]] = std::move(mine);

@@ -43,8 +43,8 @@ void GradientAggregator::clear() {
   for (auto& [w, s] : slots_) s.filled = false;
 }
 
-int64_t GradientAggregator::mean(std::span<const int32_t> contributors,
-                                 std::span<float> out) const {
+int64_t GradientAggregator::mean(std::span<const int32_t> contributors, std::span<float> out,
+                                 Divide divide) const {
   PTRAIN_ENFORCE(static_cast<int64_t>(out.size()) == size_, "mean into {} floats, need {}",
                  out.size(), size_);
   std::vector<int32_t> ids(contributors.begin(), contributors.end());
@@ -62,11 +62,13 @@ int64_t GradientAggregator::mean(std::span<const int32_t> contributors,
   }
   float* dst = out.data();
   const int64_t n = size_;
-  if (tokens == 0 || srcs.empty()) {
+  if ((divide == Divide::kByTokens && tokens == 0) || srcs.empty()) {
     std::fill(out.begin(), out.end(), 0.0f);
     return tokens;
   }
-  const auto denom = static_cast<double>(tokens);
+  const auto denom = static_cast<double>(divide == Divide::kByTokens
+                                             ? tokens
+                                             : static_cast<int64_t>(srcs.size()));
   const size_t k = srcs.size();
   if (encoding_ == proto::FloatEncoding::kBf16) {
 #pragma omp parallel for schedule(static) if (n > 32768)

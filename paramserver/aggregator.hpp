@@ -43,9 +43,15 @@ class GradientAggregator {
   // receive their next push.
   std::vector<std::pair<int32_t, std::span<float>>> free_slots();
 
-  // The token-weighted mean over exactly `contributors` (each must have pushed) into `out`
-  // (size()). Returns the total token count. With zero tokens the mean is all zeros.
-  int64_t mean(std::span<const int32_t> contributors, std::span<float> out) const;
+  // How mean() divides the fold: by the contributors' total token count (bsp: token-sum
+  // gradients), or by the number of contributors (cluster.sync local: each worker's
+  // pseudo-gradient counts once, as DiLoCo averages its replicas).
+  enum class Divide { kByTokens, kByContributors };
+  // The token-weighted mean (or with kByContributors the plain average) over exactly
+  // `contributors` (each must have pushed) into `out` (size()). Returns the total token count.
+  // With zero tokens (kByTokens) the mean is all zeros.
+  int64_t mean(std::span<const int32_t> contributors, std::span<float> out,
+               Divide divide = Divide::kByTokens) const;
 
   // Forgets every push (keeps the slots).
   void clear();

@@ -56,9 +56,10 @@ ShardWriter make_shard_writer(const ParamLayout& layout, int32_t server_id, int6
   auto l = std::make_shared<const ParamLayout>(layout);
   return [l, server_id, n_shards, range](const std::string& tmp_dir, int64_t version,
                                          std::span<const float> w, std::span<const float> m,
-                                         std::span<const float> v) {
+                                         std::span<const float> v,
+                                         std::span<const float> outer_momentum) {
     write_checkpoint_shard(tmp_dir, server_id, n_shards, *l, {range.begin, range.end}, w, m, v,
-                           version);
+                           version, outer_momentum);
   };
 }
 
@@ -83,6 +84,7 @@ ShardLoader make_shard_loader(const ParamLayout& layout, proto::KeyRange range) 
     s.weights = std::move(c.params);
     s.m = std::move(c.m);
     s.v = std::move(c.v);
+    s.outer_momentum = std::move(c.outer_momentum);
     return s;
   };
 }

@@ -86,7 +86,11 @@ void RequestHandler::on_load(const Endpoint& from, const p::LoadShard& m,
            out, err != nullptr ? err->code() : ExitCode::kInternal);
     return;
   }
-  store_.load(m.version, std::move(st.weights), std::move(st.m), std::move(st.v));
+  if (rule_.outer() && st.outer_momentum.empty()) {
+    st.outer_momentum.assign(static_cast<size_t>(options_.range.size()), 0.0f);  // a fresh start
+  }
+  store_.load(m.version, std::move(st.weights), std::move(st.m), std::move(st.v),
+              rule_.outer() ? std::move(st.outer_momentum) : std::vector<float>{});
   out.push_back({from, p::ShardLoaded{options_.server_id, m.version, options_.range,
                                       std::chrono::duration<double>(
                                           std::chrono::steady_clock::now() - t0)
@@ -262,7 +266,10 @@ void RequestHandler::prepare(int64_t step, std::vector<int32_t> workers,
   // The buffer of the last step's (or a replaced) reduction is reused: no fresh pages per step.
   prep.mean = std::move(prepared_ ? prepared_->mean : spare_mean_);
   prep.mean.resize(static_cast<size_t>(options_.range.size()));
-  const int64_t tokens = aggregator_.mean(prep.workers, prep.mean);
+  const int64_t tokens =
+      aggregator_.mean(prep.workers, prep.mean,
+                       rule_.outer() ? GradientAggregator::Divide::kByContributors
+                                     : GradientAggregator::Divide::kByTokens);
   const NormPartial norm = partial_norm(prep.mean);
   p::NormReport report{options_.server_id, step, norm.sum_squares, tokens,
                        norm.first_nonfinite < 0 ? int64_t{-1}
@@ -288,8 +295,17 @@ void RequestHandler::on_commit(const p::StepCommit& m, std::vector<Outgoing>& ou
         options_.server_id, m.step, fmt::join(workers, ", "),
         fmt::join(prepared_->workers, ", ")));
   }
-  const double lr = rule_.apply(m.step, options_.range.begin, m.clip_coef, prepared_->mean,
-                                store_.weights(), store_.m(), store_.v());
+  if (rule_.outer() && m.clip_coef != 1.0f) {
+    throw p::ProtocolError(fmt::format(
+        "server {}: StepCommit for step {} clips by {} under cluster.sync local (the workers clip "
+        "their inner steps; a pseudo-gradient is never clipped)",
+        options_.server_id, m.step, m.clip_coef));
+  }
+  const double lr =
+      rule_.outer()
+          ? rule_.apply_outer(m.step, prepared_->mean, store_.weights(), store_.momentum())
+          : rule_.apply(m.step, options_.range.begin, m.clip_coef, prepared_->mean,
+                        store_.weights(), store_.m(), store_.v());
   store_.set_version(m.step + 1);
   spare_mean_ = std::move(prepared_->mean);
   prepared_.reset();
@@ -319,7 +335,8 @@ void RequestHandler::on_checkpoint_shard(const Endpoint& from, const p::Checkpoi
   }
   const auto t0 = std::chrono::steady_clock::now();
   try {
-    options_.write_shard(m.tmp_dir, store_.version(), store_.weights(), store_.m(), store_.v());
+    options_.write_shard(m.tmp_dir, store_.version(), store_.weights(), store_.m(), store_.v(),
+                         store_.momentum());
   } catch (const std::exception& e) {
     refuse(from,
            fmt::format("cannot write checkpoint shard {} of version {} in {}: {}",

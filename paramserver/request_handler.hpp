@@ -7,6 +7,10 @@
 // coordinator, then the pulls and checkpoint shards that waited. A loader that throws is
 // answered with a Failure naming the source (the server stays unloaded).
 //
+// cluster.sync local (UpdateRule::outer(); docs/local_sgd.md): the same messages; a push carries a
+// worker's pseudo-gradient, StepContributors averages them plainly (each worker once, not by
+// tokens) and StepCommit applies the outer Nesterov SGD with the store's momentum buffer (its clip
+// coefficient must be 1: clipping belongs to the workers' inner steps).
 // Per step t (bsp; the server holds weights version t):
 //   StepWorkers{t, set}         → the workers step t waits for (sent with the step's StepBegin)
 //   GradPush{step t}            → kept (one per worker), PushReceived to the coordinator; once
@@ -53,15 +57,18 @@
 namespace ptrain {
 
 // Writes this server's shard file of a sharded checkpoint (write_checkpoint_shard in the roles;
-// a fake in tests): tmp dir, version, and the server's weights, m, v.
-using ShardWriter = std::function<void(const std::string& tmp_dir, int64_t version,
-                                       std::span<const float> weights, std::span<const float> m,
-                                       std::span<const float> v)>;
+// a fake in tests): tmp dir, version, and the server's weights, m, v and outer momentum buffer
+// (empty unless cluster.sync local).
+using ShardWriter = std::function<void(
+    const std::string& tmp_dir, int64_t version, std::span<const float> weights,
+    std::span<const float> m, std::span<const float> v, std::span<const float> outer_momentum)>;
 
 // This server's state as a LoadShard names it: weights and AdamW moments of its range (range
-// size floats each).
+// size floats each), and the outer momentum buffer when the checkpoint has one (else empty; a
+// server of cluster.sync local then starts it at zero).
 struct ShardState {
   std::vector<float> weights, m, v;
+  std::vector<float> outer_momentum;
 };
 
 // Produces that state (make_shard_loader in the roles: init from the seed or read the checkpoint's

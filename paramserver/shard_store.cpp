@@ -10,15 +10,19 @@ ShardStore::ShardStore(proto::KeyRange range) : range_(range) {
 }
 
 void ShardStore::load(int64_t version, std::vector<float> weights, std::vector<float> m,
-                      std::vector<float> v) {
+                      std::vector<float> v, std::vector<float> momentum) {
   const auto n = static_cast<size_t>(range_.size());
   PTRAIN_ENFORCE(weights.size() == n && m.size() == n && v.size() == n,
                  "shard [{}, {}) loaded with {} weights, {} m, {} v", range_.begin, range_.end,
                  weights.size(), m.size(), v.size());
+  PTRAIN_ENFORCE(momentum.empty() || momentum.size() == n,
+                 "shard [{}, {}) loaded with {} momentum values", range_.begin, range_.end,
+                 momentum.size());
   PTRAIN_ENFORCE(version >= 0, "negative version {}", version);
   weights_ = std::move(weights);
   m_ = std::move(m);
   v_ = std::move(v);
+  momentum_ = std::move(momentum);
   version_ = version;
   loaded_ = true;
 }

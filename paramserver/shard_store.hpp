@@ -1,6 +1,7 @@
 // A parameter server's state: its slice [begin, end) of the flat parameter vector in fp32, the
-// AdamW moments m and v of that slice, and the version (optimizer steps applied). Nothing else:
-// no networking, no optimizer logic.
+// AdamW moments m and v of that slice, with cluster.sync local the outer SGD's momentum buffer of
+// that slice, and the version (optimizer steps applied). Nothing else: no networking, no
+// optimizer logic.
 #pragma once
 
 #include "common/proto/messages.hpp"
@@ -15,9 +16,10 @@ class ShardStore {
  public:
   explicit ShardStore(proto::KeyRange range);
 
-  // Replaces the whole state (start or resume). Sizes must equal range().size().
+  // Replaces the whole state (start or resume). Sizes must equal range().size(); `momentum` may
+  // also be empty (no outer optimizer).
   void load(int64_t version, std::vector<float> weights, std::vector<float> m,
-            std::vector<float> v);
+            std::vector<float> v, std::vector<float> momentum = {});
 
   const proto::KeyRange& range() const { return range_; }
   bool loaded() const { return loaded_; }
@@ -30,6 +32,9 @@ class ShardStore {
   std::span<const float> weights() const { return weights_; }
   std::span<const float> m() const { return m_; }
   std::span<const float> v() const { return v_; }
+  // The outer SGD's momentum buffer (cluster.sync local; empty otherwise).
+  std::span<float> momentum() { return momentum_; }
+  std::span<const float> momentum() const { return momentum_; }
 
   // Copies of a sub-range [r.begin, r.end) (global offsets) of the weights.
   std::vector<float> copy_weights(const proto::KeyRange& r) const;
@@ -38,7 +43,7 @@ class ShardStore {
   proto::KeyRange range_;
   bool loaded_ = false;
   int64_t version_ = -1;
-  std::vector<float> weights_, m_, v_;
+  std::vector<float> weights_, m_, v_, momentum_;
 };
 
 }  // namespace ptrain

@@ -6,6 +6,7 @@
 #include "common/proto/codec.hpp"
 #include "worker/backend/backend_factory.hpp"
 #include "worker/batch_loader.hpp"
+#include "worker/local_steps.hpp"
 #include "worker/model/backend.hpp"
 #include "worker/ps_client.hpp"
 #include "worker/train_step.hpp"
@@ -51,6 +52,9 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
   BatchLoader loader(file, layout.dims().T);
   PsClient client(transport, std::move(server_ranges), std::chrono::minutes(10), o.wire_encoding);
   const std::string me = transport.self().str();
+  // cluster.sync local: H inner steps per StepBegin, and the pseudo-gradient pushed.
+  std::optional<LocalSteps> local;
+  if (o.local) local.emplace(layout, *o.local);
 
   // Validation (EvalBegin): the weights of that version, the forward pass over each batch of the
   // given windows of data.val, one loss sum per batch back to the coordinator, which adds them
@@ -139,8 +143,16 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
     const double pull_s = seconds_since(t0);
 
     const auto t1 = Clock::now();
-    train.upload_weights();
-    const LossSum sum = train.compute(loader, begin->windows, begin->step);
+    LossSum sum;
+    std::span<const float> to_push;
+    if (local) {
+      sum = local->run(train, loader, begin->windows, begin->step);
+      to_push = local->pseudo_gradient();
+    } else {
+      train.upload_weights();
+      sum = train.compute(loader, begin->windows, begin->step);
+      to_push = train.grads_host();
+    }
     const double compute_s = seconds_since(t1);
 
     const auto t2 = Clock::now();
@@ -153,10 +165,10 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
     }
     if (fault && o.fault_phase == "before-push") die_for_test(me, o.fault_phase, o.fault_step);
     if (fault && o.fault_phase == "mid-push") {
-      client.push_to(meta, train.grads_host(), 0, 1);
+      client.push_to(meta, to_push, 0, 1);
       die_for_test(me, o.fault_phase, o.fault_step);
     }
-    client.push(meta, train.grads_host());
+    client.push(meta, to_push);
     if (fault && o.fault_phase == "after-push") die_for_test(me, o.fault_phase, o.fault_step);
     const double push_s = seconds_since(t2);
 

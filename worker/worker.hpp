@@ -3,7 +3,9 @@
 // batches on the backend, gradients as token SUMS, each micro-batch's gradient computed from zero
 // and folded into the step's sum in fp32, in window order — the fold the servers apply to
 // workers' pushes), push each server its slice with the token count, report the loss to the
-// coordinator. Repeats until Shutdown.
+// coordinator. Repeats until Shutdown. With cluster.sync local (WorkerOptions::local) the part
+// between pull and push is H inner AdamW steps and the push carries the pseudo-gradient
+// (worker/local_steps.hpp).
 // Validation: on EvalBegin{version, windows of data.val, batch} it pulls that version and
 // answers EvalDone with the forward pass's loss sum of each batch (the coordinator combines them
 // in a fixed order: common/data/val_loss.hpp).
@@ -17,11 +19,13 @@
 #include "common/net/transport.hpp"
 #include "common/proto/messages.hpp"
 #include "common/tensor/param_layout.hpp"
+#include "worker/local_steps.hpp"
 
 #include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,6 +46,9 @@ struct WorkerOptions {
   proto::FloatEncoding wire_encoding = proto::FloatEncoding::kFp32;
   // Longest wait for the coordinator's next message or for weights (a peer that is gone).
   std::chrono::milliseconds timeout{std::chrono::hours(1)};
+  // cluster.sync local (local_steps_options(config)): each StepBegin runs H inner AdamW steps
+  // and pushes the pseudo-gradient (worker/local_steps.hpp). nullopt = bsp.
+  std::optional<LocalStepsOptions> local;
   // Test hook: builds the compute backend instead of `device` (e.g. a fake device backend);
   // empty = make_backend(device, backend_options(device_config, threads)).
   std::function<std::unique_ptr<Backend>(int threads)> make_backend;

@@ -117,6 +117,9 @@ const Key kKeys[] = {
     {"cluster.sync", field<&Config::cluster, &ClusterConfig::sync>},
     {"cluster.staleness", field<&Config::cluster, &ClusterConfig::staleness>, at_least(0)},
     {"cluster.wire_dtype", field<&Config::cluster, &ClusterConfig::wire_dtype>},
+    {"cluster.local_steps", field<&Config::cluster, &ClusterConfig::local_steps>, within(1, 0x1p20)},
+    {"cluster.outer_lr", field<&Config::cluster, &ClusterConfig::outer_lr>, above(0)},
+    {"cluster.outer_momentum", field<&Config::cluster, &ClusterConfig::outer_momentum>, kFraction},
     {"cluster.heartbeat_s", field<&Config::cluster, &ClusterConfig::heartbeat_s>, above(0)},
     {"cluster.peer_timeout_s", field<&Config::cluster, &ClusterConfig::peer_timeout_s>, above(0)},
     {"cluster.min_workers", field<&Config::cluster, &ClusterConfig::min_workers>, at_least(1)},
@@ -155,7 +158,8 @@ constexpr Choice<DataTransport> kTransportChoices[] = {{DataTransport::kAuto, "a
                                                        {DataTransport::kMpi, "mpi", PTRAIN_HAS_MPI != 0}};
 constexpr Choice<SyncMode> kSyncChoices[] = {{SyncMode::kBsp, "bsp", true},
                                              {SyncMode::kSsp, "ssp", false},
-                                             {SyncMode::kAsync, "async", false}};
+                                             {SyncMode::kAsync, "async", false},
+                                             {SyncMode::kLocal, "local", true}};
 constexpr Choice<WireDtype> kWireDtypeChoices[] = {{WireDtype::kFp32, "fp32", true},
                                                    {WireDtype::kBf16, "bf16", true}};
 constexpr Choice<DeviceType> kDeviceChoices[] = {{DeviceType::kCpu, "cpu", true},
@@ -673,10 +677,25 @@ class Loader {
                        "and cluster.min_workers ({})",
                        c.cluster.max_workers, c.cluster.workers, c.cluster.min_workers));
     }
-    if (c.cluster.sync == SyncMode::kBsp && c.cluster.staleness != 0) {
+    if (c.cluster.sync != SyncMode::kLocal) {
+      // The local-mode keys do nothing under another mode: refused, not ignored.
+      const ClusterConfig defaults;
+      if (c.cluster.local_steps != defaults.local_steps ||
+          c.cluster.outer_lr != defaults.outer_lr ||
+          c.cluster.outer_momentum != defaults.outer_momentum) {
+        fail(where_of({"cluster.local_steps", "cluster.outer_lr", "cluster.outer_momentum"}),
+             fmt::format("cluster.local_steps ({}), cluster.outer_lr ({}) and "
+                         "cluster.outer_momentum ({}) apply only to cluster.sync: local; leave "
+                         "them at their defaults (1, 0.7, 0.9) with cluster.sync: {}",
+                         c.cluster.local_steps, c.cluster.outer_lr, c.cluster.outer_momentum,
+                         c.cluster.sync == SyncMode::kBsp ? "bsp" : "this mode"));
+      }
+    }
+    if ((c.cluster.sync == SyncMode::kBsp || c.cluster.sync == SyncMode::kLocal) &&
+        c.cluster.staleness != 0) {
       fail(where_of({"cluster.staleness"}),
-           fmt::format("cluster.staleness: {} is not implemented yet (valid now: 0; bsp waits for "
-                       "every worker each step, staleness needs ssp)",
+           fmt::format("cluster.staleness: {} is not implemented yet (valid now: 0; bsp and local "
+                       "wait for every worker each step, staleness needs ssp)",
                        c.cluster.staleness));
     }
   }

@@ -13,7 +13,7 @@ enum class Launch { kThreads, kProcesses, kMpi };
 // The data plane between servers and workers (cluster.transport). kAuto: MPI under
 // `cluster.launch: mpi`, else TCP (effective_transport()).
 enum class DataTransport { kAuto, kTcp, kMpi };
-enum class SyncMode { kBsp, kSsp, kAsync };
+enum class SyncMode { kBsp, kSsp, kAsync, kLocal };
 // How pushes and pulls carry their floats (cluster.wire_dtype): fp32, or bf16 rounded to nearest
 // even (servers keep fp32 weights and moments and aggregate in fp32).
 enum class WireDtype { kFp32, kBf16 };
@@ -102,6 +102,11 @@ struct ClusterConfig {
   SyncMode sync = SyncMode::kBsp;
   int64_t staleness = 0;
   WireDtype wire_dtype = WireDtype::kFp32;
+  // cluster.sync local (docs/local_sgd.md): inner AdamW steps per outer step on each worker, and
+  // the servers' outer Nesterov SGD on the averaged pseudo-gradient.
+  int64_t local_steps = 1;
+  double outer_lr = 0.7;
+  double outer_momentum = 0.9;
   double heartbeat_s = 1.0;      // TCP roles: a heartbeat each way every this many seconds
   double peer_timeout_s = 5.0;   // TCP roles: a peer silent this long is lost
   // Elastic membership (docs/elastic.md).
@@ -166,6 +171,12 @@ struct Config {
   // Same settings in every key; `source` is provenance and is not compared.
   bool operator==(const Config& other) const;
 };
+
+// Batches of train.batch_size sequences one step trains on: cluster.local_steps under
+// cluster.sync local (a step is an outer step of that many inner steps), else 1.
+inline int64_t local_steps_per_step(const Config& c) {
+  return c.cluster.sync == SyncMode::kLocal ? c.cluster.local_steps : 1;
+}
 
 // One `--set a.b=value` override.
 struct ConfigOverride {

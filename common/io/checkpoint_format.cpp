@@ -57,6 +57,9 @@ constexpr const char* kShardFormat = "ptrain-checkpoint-shard";
 // Floats read at a time when a tensor is only verified (bounds the buffer).
 constexpr int64_t kVerifyChunkFloats = int64_t{1} << 20;
 const char* const kTensorGroups[] = {"model", "optimizer/m", "optimizer/v"};
+// Present only in checkpoints of cluster.sync local (the outer SGD's momentum buffer); its tensors
+// have the same names, shapes and attributes as those of the groups above.
+constexpr const char* kOuterMomentumGroup = "optimizer/outer_momentum";
 
 std::string utc_now_iso8601() {
   const auto now = std::chrono::system_clock::now();
@@ -873,6 +876,7 @@ CheckpointSlice read_checkpoint_range(const std::string& path, const ParamLayout
     if (with_optimizer) {
       read_group("optimizer/m", d.m);
       read_group("optimizer/v", d.v);
+      if (f.exists(kOuterMomentumGroup)) read_group(kOuterMomentumGroup, d.outer_momentum);
     }
     return d;
   });
@@ -885,7 +889,8 @@ std::string shard_file_name(int64_t k) { return fmt::format("shard-{}.h5", k); }
 void write_checkpoint_shard(const std::string& tmp_dir, int64_t k, int64_t n_shards,
                             const ParamLayout& layout, std::pair<int64_t, int64_t> range,
                             std::span<const float> weights, std::span<const float> m,
-                            std::span<const float> v, int64_t step) {
+                            std::span<const float> v, int64_t step,
+                            std::span<const float> outer_momentum) {
   const int64_t begin = range.first;  // not a binding: clang 14 cannot capture one (below)
   const int64_t end = range.second;
   PTRAIN_ENFORCE(n_shards >= 1 && n_shards <= kMaxShards, "shard count {} outside 1..{}",
@@ -903,6 +908,9 @@ void write_checkpoint_shard(const std::string& tmp_dir, int64_t k, int64_t n_sha
   PTRAIN_ENFORCE(m.empty() || m.size() == size, "shard {}: {} m, its range has {}", k, m.size(),
                  size);
   PTRAIN_ENFORCE(v.empty() || v.size() == size, "shard {}: {} v, its range has {}", k, v.size(),
+                 size);
+  PTRAIN_ENFORCE(outer_momentum.empty() || outer_momentum.size() == size,
+                 "shard {}: {} outer momentum values, its range has {}", k, outer_momentum.size(),
                  size);
   std::error_code ec;
   if (!fs::is_directory(tmp_dir, ec)) {
@@ -922,9 +930,13 @@ void write_checkpoint_shard(const std::string& tmp_dir, int64_t k, int64_t n_sha
     f.set_attr("ptrain_version", PTRAIN_VERSION);
     f.set_attr("created_utc", utc_now_iso8601());
     f.create_group("optimizer");
-    const std::span<const float> sources[] = {weights, m, v};  // in kTensorGroups' order
+    std::vector<std::span<const float>> sources = {weights, m, v};  // in kTensorGroups' order
     std::vector<h5::Group> groups;
     for (const char* g : kTensorGroups) groups.push_back(f.create_group(g));
+    if (!outer_momentum.empty()) {
+      sources.push_back(outer_momentum);
+      groups.push_back(f.create_group(kOuterMomentumGroup));
+    }
     std::vector<float> zeros;
     for (const TensorSpec& t : layout.tensors()) {
       const Piece p = piece_in_range(t, k, begin, end, path);
@@ -970,20 +982,26 @@ void checkpoint_internal::write_shard_index(const std::string& dir, const ParamL
   // 1. Read every shard back: header against this layout and step, every piece's CRC32C; the
   //    whole-tensor CRC32C continued piece by piece in row order.
   struct Entry {
-    size_t group;  // into kTensorGroups
+    size_t group;  // into `group_names`
     const TensorSpec* t;
     std::string rel;
     std::vector<Piece> pieces;
     uint32_t crc;
   };
   std::vector<Entry> entries;
+  std::vector<std::string> group_names(std::begin(kTensorGroups), std::end(kTensorGroups));
   {
     std::vector<Shard> shards =
         open_shards(label, dir, n_shards, layout.hash(), meta.step, layout.total());
+    // The outer momentum is indexed when the shards have it (verify_pieces then requires it of
+    // every shard).
+    if (!shards.empty() && shards.front().file.exists(kOuterMomentumGroup)) {
+      group_names.emplace_back(kOuterMomentumGroup);
+    }
     std::vector<int64_t> floats(static_cast<size_t>(n_shards), 0);
-    for (size_t g = 0; g < std::size(kTensorGroups); ++g) {
+    for (size_t g = 0; g < group_names.size(); ++g) {
       for (const TensorSpec& t : layout.tensors()) {
-        Entry e{g, &t, std::string(kTensorGroups[g]) + "/" + t.name, {}, 0};
+        Entry e{g, &t, group_names[g] + "/" + t.name, {}, 0};
         e.pieces = expected_pieces(label, t, shards);
         e.crc = verify_pieces(label, shards, e.rel, t.shape, e.pieces, floats);
         entries.push_back(std::move(e));
@@ -998,7 +1016,7 @@ void checkpoint_internal::write_shard_index(const std::string& dir, const ParamL
     f.set_attr("shard_count", static_cast<int32_t>(n_shards));
     f.create_group("optimizer");
     std::vector<h5::Group> groups;
-    for (const char* g : kTensorGroups) groups.push_back(f.create_group(g));
+    for (const std::string& g : group_names) groups.push_back(f.create_group(g));
     for (const Entry& e : entries) {
       std::vector<h5::VirtualMapping> maps;
       for (const Piece& p : e.pieces) {

@@ -95,10 +95,14 @@ std::string shard_file_name(int64_t k);
 // Safe to call from several threads at once (different k) or from several processes. TMP_DIR
 // must exist (in a run, begin_checkpoint creates it). Throws IoError / InternalError; a failure
 // leaves no shard-K.h5. The index over the shards is written by finish_sharded_checkpoint.
+// `outer_momentum` (cluster.sync local: the servers' outer SGD momentum buffer of the slice; empty
+// = none) is written as /optimizer/outer_momentum/<name> pieces, like m and v; the index then maps
+// it too. Every shard of a checkpoint has it or none does.
 void write_checkpoint_shard(const std::string& tmp_dir, int64_t k, int64_t n_shards,
                             const ParamLayout& layout, std::pair<int64_t, int64_t> range,
                             std::span<const float> weights, std::span<const float> m,
-                            std::span<const float> v, int64_t step);
+                            std::span<const float> v, int64_t step,
+                            std::span<const float> outer_momentum = {});
 
 // ---- Reading (either form) --------------------------------------------------------------------
 
@@ -117,6 +121,9 @@ CheckpointData read_checkpoint(const std::string& path, const ParamLayout& layou
 struct CheckpointSlice {
   CheckpointMeta meta;
   std::vector<float> params, m, v;  // m, v empty when read without the optimizer
+  // /optimizer/outer_momentum (cluster.sync local); empty when the checkpoint has none or it was
+  // read without the optimizer.
+  std::vector<float> outer_momentum;
 };
 // Reads the slice, checking what it touches: header, format version and layout hash (against
 // `layout`); for a sharded checkpoint every shard's header (cheap) and, for each tensor that

@@ -97,7 +97,7 @@ std::vector<std::string> keys_in(const std::string& text) {
 TEST_CASE("config: defaults.yaml lists exactly the keys of config_keys() - in order") {
   const std::string text = read_file((kConfigDir / "defaults.yaml").string());
   CHECK(keys_in(text) == config_keys());
-  CHECK(config_keys().size() == 55);  // elastic 6, cluster.transport, model.arch, finetune.* 4, run.max_memory, train.sample_tokens, cluster.wire_dtype, device.precision, device.allow_tf32, model.num_labels
+  CHECK(config_keys().size() == 58);  // elastic 6, cluster.transport, model.arch, finetune.* 4, run.max_memory, train.sample_tokens, cluster.wire_dtype, device.precision, device.allow_tf32, model.num_labels, cluster.local_steps/outer_lr/outer_momentum
 }
 
 TEST_CASE("config: defaults.yaml holds exactly the struct defaults") {
@@ -265,7 +265,7 @@ TEST_CASE("config: wrong types name the key and the value") {
   CHECK(parse_error(kTrain + "run:\n  threads: 99999999999\n") ==
         "cfg.yaml:4:12: run.threads: expected an integer, got '99999999999' (out of range)");
   CHECK(parse_error(kTrain + "cluster:\n  sync: fast\n") ==
-        "cfg.yaml:4:9: cluster.sync: expected one of bsp, ssp, async, got 'fast'");
+        "cfg.yaml:4:9: cluster.sync: expected one of bsp, ssp, async, local, got 'fast'");
 }
 
 TEST_CASE("config: a mapping or list where a value is expected - and a value where a section is") {
@@ -337,9 +337,9 @@ TEST_CASE("config: values not built yet are refused with 'not implemented yet'")
   CHECK(parse(kTrain + "cluster:\n  launch: processes\n").cluster.launch == Launch::kProcesses);
   CHECK(parse(kTrain + "cluster:\n  launch: threads\n").cluster.launch == Launch::kThreads);
   CHECK(parse_error(kTrain + "cluster:\n  sync: ssp\n") ==
-        "cfg.yaml:4:9: cluster.sync: 'ssp' is not implemented yet (valid now: bsp)");
+        "cfg.yaml:4:9: cluster.sync: 'ssp' is not implemented yet (valid now: bsp, local)");
   CHECK(parse_error(kTrain + "cluster:\n  sync: async\n") ==
-        "cfg.yaml:4:9: cluster.sync: 'async' is not implemented yet (valid now: bsp)");
+        "cfg.yaml:4:9: cluster.sync: 'async' is not implemented yet (valid now: bsp, local)");
   const std::string msg = parse_error(kTrain + "cluster:\n  staleness: 2\n");
   CHECK(starts_with(msg, "cfg.yaml:4:14: cluster.staleness: 2 is not implemented yet (valid now: 0"));
   CHECK(parse(kTrain).device.type == DeviceType::kCpu);
@@ -492,4 +492,39 @@ TEST_CASE("config: configs/quickstart.yaml loads") {
   CHECK(c.cluster.servers == 2);
   CHECK(c.train.steps == 1500);
   CHECK(c.optim.lr == 3e-3);
+}
+
+TEST_CASE("config: cluster.sync local - its keys - their ranges named by key - refused under bsp") {
+  const Config d = parse(kTrain);
+  CHECK(d.cluster.sync == SyncMode::kBsp);
+  CHECK(d.cluster.local_steps == 1);
+  CHECK(d.cluster.outer_lr == 0.7);
+  CHECK(d.cluster.outer_momentum == 0.9);
+  CHECK(local_steps_per_step(d) == 1);
+  const Config l =
+      parse(kTrain + "cluster:\n  sync: local\n  local_steps: 8\n  outer_lr: 1\n  outer_momentum: 0\n");
+  CHECK(l.cluster.sync == SyncMode::kLocal);
+  CHECK(l.cluster.local_steps == 8);
+  CHECK(l.cluster.outer_lr == 1.0);
+  CHECK(l.cluster.outer_momentum == 0.0);
+  CHECK(local_steps_per_step(l) == 8);
+  CHECK(parse(l.to_yaml()) == l);  // every key round-trips through the resolved YAML
+  CHECK(parse(kTrain + "cluster: {sync: local}", {{"cluster.local_steps", "32"}})
+            .cluster.local_steps == 32);
+
+  const std::string local = kTrain + "cluster:\n  sync: local\n";
+  CHECK(parse_error(local + "  local_steps: 0\n") ==
+        "cfg.yaml:5:16: cluster.local_steps must be in [1, 1048576], got 0");
+  CHECK(contains(parse_error(local + "  local_steps: 2.5\n"), "cluster.local_steps"));
+  CHECK(contains(parse_error(local + "  outer_lr: 0\n"), "cfg.yaml:5:13: cluster.outer_lr must be > 0, got 0"));
+  CHECK(contains(parse_error(local + "  outer_lr: -1\n"), "cluster.outer_lr must be > 0"));
+  CHECK(contains(parse_error(local + "  outer_momentum: 1\n"), "cluster.outer_momentum"));
+  CHECK(contains(parse_error(local + "  outer_momentum: -0.1\n"), "cluster.outer_momentum"));
+  CHECK(contains(parse_error(local + "  staleness: 1\n"), "cluster.staleness: 1 is not implemented yet"));
+  // Under bsp the local keys would do nothing: refused, naming them.
+  const std::string bsp_h = parse_error(kTrain + "cluster:\n  local_steps: 4\n");
+  CHECK(starts_with(bsp_h, "cfg.yaml:4:16: cluster.local_steps (4), cluster.outer_lr (0.7) and "
+                           "cluster.outer_momentum (0.9) apply only to cluster.sync: local"));
+  CHECK(contains(parse_error(kTrain + "cluster:\n  outer_lr: 1\n"), "apply only to cluster.sync: local"));
+  CHECK(contains(parse_error(kTrain + "cluster:\n  outer_momentum: 0.5\n"), "cluster.outer_momentum (0.5)"));
 }

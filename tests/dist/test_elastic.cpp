@@ -509,3 +509,28 @@ TEST_CASE("dist elastic: a straggler past cluster.step_deadline_s - steps close 
   const int st = wait_status(slow.pid, std::chrono::seconds(30));
   CHECK(WIFEXITED(st));
 }
+
+// cluster.sync local (docs/local_sgd.md): a worker killed before its pseudo-gradient reached every
+// server loses its H inner steps; their windows go back to the pool and the ledger stays
+// exactly-once across several data epochs.
+TEST_CASE("dist elastic: local sgd - a worker killed before its push loses its local steps - the ledger holds") {
+  TempDir dir("elastic-local");
+  const std::string run = dir / "run";
+  const Proc job = start_job(dir, 1, 3, ", sync: local, local_steps: 4");
+  const Proc victim = start_worker(run, dir / "victim.txt", "before-push:1");
+  const int st = wait_status(victim.pid, std::chrono::seconds(60));
+  REQUIRE(WIFSIGNALED(st));
+  CHECK(WTERMSIG(st) == SIGKILL);
+  REQUIRE(wait_event(run, "lost", 1, std::chrono::seconds(10)));
+  const int64_t at = steps_done(run);
+  REQUIRE(reach_step(run, std::max<int64_t>(at + 5, 30), std::chrono::seconds(90)));
+  const std::string log = slurp(run + "/logs/coordinator-0.log");
+  INFO(log.substr(log.size() > 4000 ? log.size() - 4000 : 0));
+  CHECK(log.find("go back to the pool") != std::string::npos);
+  // Each applied outer step trained H x B = 16 windows (fewer only for a step the victim left).
+  for (const std::string& line : read_lines(run + "/ledger.jsonl")) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("windows")) CHECK(j.at("windows").size() <= 16);
+  }
+  stop_and_check(job, run);
+}

@@ -3,8 +3,8 @@
 // (also when a tensor spans two servers), and the clip coefficient of clip_grad_norm_.
 #include "common/tensor/param_layout.hpp"
 #include "coordinator/step_machine.hpp"
-#include "paramserver/optimizer/adamw.hpp"
-#include "paramserver/optimizer/lr_schedule.hpp"
+#include "common/optim/adamw.hpp"
+#include "common/optim/lr_schedule.hpp"
 #include "paramserver/update_rule.hpp"
 
 #include <doctest/doctest.h>

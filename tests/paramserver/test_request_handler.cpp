@@ -141,7 +141,8 @@ TEST_CASE("paramserver: a whole step through the request handler") {
   std::vector<Written> written;
   ServerOptions so = with_state(1, r, w0);
   so.write_shard = [&](const std::string& dir, int64_t version, std::span<const float> w,
-                       std::span<const float> m, std::span<const float> v) {
+                       std::span<const float> m, std::span<const float> v,
+                       std::span<const float> /*outer_momentum: none under bsp*/) {
     written.push_back({dir, version, {w.begin(), w.end()}, {m.begin(), m.end()},
                        {v.begin(), v.end()}});
   };
@@ -303,7 +304,8 @@ TEST_CASE("paramserver: CheckpointShard calls the shard writer at that version a
   so.server_id = 1;
   so.range = r;
   so.write_shard = [&](const std::string& dir, int64_t version, std::span<const float> w,
-                       std::span<const float> m, std::span<const float> v) {
+                       std::span<const float> m, std::span<const float> v,
+                       std::span<const float> /*outer_momentum: none under bsp*/) {
     ++calls;
     dir_seen = dir;
     version_seen = version;

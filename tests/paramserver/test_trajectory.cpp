@@ -15,7 +15,7 @@
 #include "coordinator/data_plan.hpp"
 #include "support/job_test_util.hpp"
 #include "launch/threads_job.hpp"
-#include "paramserver/optimizer/lr_schedule.hpp"
+#include "common/optim/lr_schedule.hpp"
 
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>

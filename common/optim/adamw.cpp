@@ -1,4 +1,4 @@
-#include "paramserver/optimizer/adamw.hpp"
+#include "common/optim/adamw.hpp"
 
 #include "common/error.hpp"
 

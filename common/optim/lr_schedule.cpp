@@ -1,4 +1,4 @@
-#include "paramserver/optimizer/lr_schedule.hpp"
+#include "common/optim/lr_schedule.hpp"
 
 #include <algorithm>
 #include <cmath>
