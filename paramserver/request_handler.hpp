@@ -8,7 +8,9 @@
 // answered with a Failure naming the source (the server stays unloaded).
 //
 // Per step t (bsp; the server holds weights version t):
-//   GradPush{step t}            → kept (one per worker), PushReceived to the coordinator
+//   GradPush{step t, range}     → kept in the worker's slot; pushes may name any sub-ranges of the
+//                                 shard (buckets), each element once; PushReceived to the
+//                                 coordinator once the worker's pushes cover the whole shard
 //   StepContributors{t, set}    → mean gradient over the set, NormReport to the coordinator
 //   StepCommit{t, set, clip}    → UpdateRule applied, version t+1, StepApplied to the coordinator,
 //                                 then the pulls and checkpoint shards that waited for t+1

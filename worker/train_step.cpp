@@ -58,14 +58,64 @@ void TrainStep::mask_windows(std::span<const int32_t> windows, int64_t b, int64_
   }
 }
 
+namespace {
+
+// Turns the model's range events into the step's transfers: the first micro-batch waits for
+// and uploads each weight range before reading it; the last one folds, downloads and hands out
+// each gradient range once its backward is done.
+class TransferHooks final : public StepHooks {
+ public:
+  TransferHooks(const StepTransfers& t, GptState& state, Backend& be, HostBuffer<float>& weights,
+                HostBuffer<float>& grads)
+      : t_(t), state_(state), be_(be), weights_(weights), grads_(grads) {}
+  bool first = false, last = false;
+  int64_t waited = 0, handed = 0;  // elements through each side, for the fallbacks
+
+  void before_forward(int64_t begin, int64_t end) override {
+    if (!first || t_.weights == nullptr) return;
+    t_.weights->wait_weights(begin, end);
+    state_.upload_params_range_async(weights_, begin, end);
+    waited += end - begin;
+  }
+  void after_backward(int64_t begin, int64_t end) override {
+    if (!last || t_.gradients == nullptr) return;
+    state_.fold_range(begin, end);
+    state_.download_grads_range_async(grads_, begin, end);
+    be_.synchronize();
+    t_.gradients->gradient_ready(grads_.span(), begin, end);
+    handed += end - begin;
+  }
+
+ private:
+  const StepTransfers& t_;
+  GptState& state_;
+  Backend& be_;
+  HostBuffer<float>& weights_;
+  HostBuffer<float>& grads_;
+};
+
+}  // namespace
+
 LossSum TrainStep::compute(std::span<const int32_t> windows, int64_t n,
-                           std::span<const int64_t> window_ids, int64_t step) {
+                           std::span<const int64_t> window_ids, int64_t step,
+                           const StepTransfers& transfers) {
   const int64_t T = layout_.dims().T;
+  const int64_t total = layout_.total();
   PTRAIN_ENFORCE(n >= 0 && static_cast<int64_t>(windows.size()) == n * (T + 1),
                  "windows: expected {}·{} token ids, got {}", n, T + 1, windows.size());
+  TransferHooks hooks(transfers, state_, be_, weights_host_, grads_host_);
+  if (transfers.weights != nullptr && (bert_ || n == 0)) {  // no per-range hooks: all at once
+    transfers.weights->wait_weights(0, total);
+    upload_weights();
+    hooks.waited = total;
+  }
   state_.zero_grads();
   LossSum sum;
-  for (const auto& [b, e] : micro_batches(n, micro_batch_)) {
+  const auto mbs = micro_batches(n, micro_batch_);
+  for (size_t i = 0; i < mbs.size(); ++i) {
+    const auto [b, e] = mbs[i];
+    hooks.first = i == 0 && hooks.waited == 0;
+    hooks.last = i + 1 == mbs.size();
     const std::span<const int32_t> mb = windows.subspan(static_cast<size_t>(b * (T + 1)),
                                                         static_cast<size_t>((e - b) * (T + 1)));
     LossSum ls;
@@ -73,14 +123,22 @@ LossSum TrainStep::compute(std::span<const int32_t> windows, int64_t n,
       mask_windows(windows, b, e, window_ids, step, false);
       ls = bert_->mlm_forward_backward(state_, mlm_inputs_, mlm_labels_, e - b, T, 1.0f);
     } else {
-      ls = gpt_->forward_backward(state_, mb, e - b, T, 1.0f);
+      ls = gpt_->forward_backward(state_, mb, e - b, T, 1.0f, &hooks);
     }
     sum.loss_sum += ls.loss_sum;
     sum.tokens += ls.tokens;
     sum.correct += ls.correct;
   }
+  PTRAIN_ENFORCE(transfers.weights == nullptr || hooks.waited == total,
+                 "the step waited for {} of {} weights", hooks.waited, total);
+  if (transfers.gradients != nullptr && hooks.handed == total) {
+    be_.synchronize();  // every range was downloaded already
+    return sum;
+  }
+  PTRAIN_ENFORCE(hooks.handed == 0, "the step handed out {} of {} gradients", hooks.handed, total);
   state_.download_grads_async(grads_host_);
   be_.synchronize();  // the download (and the upload before it) are complete: both buffers free
+  if (transfers.gradients != nullptr) transfers.gradients->gradient_ready(grads_host_.span(), 0, total);
   return sum;
 }
 
@@ -98,11 +156,11 @@ LossSum TrainStep::loss(std::span<const int32_t> windows, int64_t n,
 }
 
 LossSum TrainStep::compute(const BatchLoader& loader, std::span<const int64_t> window_ids,
-                           int64_t step) {
+                           int64_t step, const StepTransfers& transfers) {
   PTRAIN_ENFORCE(loader.T() == layout_.dims().T, "batch loader T {} but the model's T is {}",
                  loader.T(), layout_.dims().T);
   loader.load(window_ids, tokens_);
-  return compute(tokens_, static_cast<int64_t>(window_ids.size()), window_ids, step);
+  return compute(tokens_, static_cast<int64_t>(window_ids.size()), window_ids, step, transfers);
 }
 
 }  // namespace ptrain

@@ -28,6 +28,7 @@
 #include "worker/model/bert.hpp"
 #include "worker/model/gpt.hpp"
 #include "worker/model/gpt_state.hpp"
+#include "worker/step_transfers.hpp"
 
 #include <cstdint>
 #include <memory>
@@ -59,11 +60,16 @@ class TrainStep {
   // micro_batch windows in order. Returns Σ token losses and the token count (n·T); the
   // token-sum gradient is in grads_host() when it returns (every transfer complete).
   // BERT: window_ids (n) and step key the masks (required); GPT ignores them.
+  // `transfers` (step_transfers.hpp): with a WeightSource, the caller has NOT uploaded the
+  // weights: each range is waited for and uploaded just before the first micro-batch's forward
+  // reads it; with a GradientSink, the last micro-batch's ranges are folded, downloaded and handed
+  // to it as their backward finishes (GPT; BERT: the whole vector before and after).
   LossSum compute(std::span<const int32_t> windows, int64_t n,
-                  std::span<const int64_t> window_ids = {}, int64_t step = 0);
+                  std::span<const int64_t> window_ids = {}, int64_t step = 0,
+                  const StepTransfers& transfers = {});
   // The same for windows named by index in a token file (worker/batch_loader.hpp).
   LossSum compute(const BatchLoader& loader, std::span<const int64_t> window_ids,
-                  int64_t step = 0);
+                  int64_t step = 0, const StepTransfers& transfers = {});
 
   // Validation: Σ token losses and the token count of `n` windows (n·(T+1) token ids, n <=
   // micro_batch) under the uploaded weights — one forward pass, no gradient work. Used with

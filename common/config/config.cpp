@@ -117,6 +117,7 @@ const Key kKeys[] = {
     {"cluster.sync", field<&Config::cluster, &ClusterConfig::sync>},
     {"cluster.staleness", field<&Config::cluster, &ClusterConfig::staleness>, at_least(0)},
     {"cluster.wire_dtype", field<&Config::cluster, &ClusterConfig::wire_dtype>},
+    {"cluster.bucket_mb", field<&Config::cluster, &ClusterConfig::bucket_mb>, at_least(0)},
     {"cluster.heartbeat_s", field<&Config::cluster, &ClusterConfig::heartbeat_s>, above(0)},
     {"cluster.peer_timeout_s", field<&Config::cluster, &ClusterConfig::peer_timeout_s>, above(0)},
     {"cluster.min_workers", field<&Config::cluster, &ClusterConfig::min_workers>, at_least(1)},

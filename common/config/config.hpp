@@ -102,6 +102,10 @@ struct ClusterConfig {
   SyncMode sync = SyncMode::kBsp;
   int64_t staleness = 0;
   WireDtype wire_dtype = WireDtype::kFp32;
+  // Overlap of the data plane with compute (docs/distributed.md "Overlap"): gradients leave in
+  // buckets of this many MiB as backward finishes them, weights arrive in pieces of this size in
+  // forward order; 0 = pull everything, compute, push everything (no overlap).
+  double bucket_mb = 25.0;
   double heartbeat_s = 1.0;      // TCP roles: a heartbeat each way every this many seconds
   double peer_timeout_s = 5.0;   // TCP roles: a peer silent this long is lost
   // Elastic membership (docs/elastic.md).

@@ -218,12 +218,29 @@ struct Gpt::Impl {
     }
   }
 
+  // The flat ranges the hooks name (step_hooks.hpp): the embeddings, layer l, the final LayerNorm.
+  int64_t layer_begin(int64_t l) const { return l < d.L ? layout.layer(l).ln_1_w : layout.ln_f_w(); }
+  void hook_forward(StepHooks* h, int64_t l) const {  // l = -1: embeddings, L: final LayerNorm
+    if (h == nullptr) return;
+    if (l < 0) h->before_forward(0, layer_begin(0));
+    else if (l < d.L) h->before_forward(layer_begin(l), layer_begin(l + 1));
+    else h->before_forward(layout.ln_f_w(), layout.total());
+  }
+  void hook_backward(StepHooks* h, int64_t l) const {
+    if (h == nullptr) return;
+    if (l < 0) h->after_backward(0, layer_begin(0));
+    else if (l < d.L) h->after_backward(layer_begin(l), layer_begin(l + 1));
+    else h->after_backward(layout.ln_f_w(), layout.total());
+  }
+
   // Forward pass from `tokens` to logits (N, 0..V) (row stride Vp), saving activations.
-  void forward(const float* P, int64_t B, int64_t T) {
+  void forward(const float* P, int64_t B, int64_t T, StepHooks* hooks = nullptr) {
     const int64_t N = B * T, C = d.C;
+    hook_forward(hooks, -1);
     be.encoder_forward(encoded, tokens.data(), P + layout.wte(), P + layout.wpe(), B, T, C);
     const float* res = encoded;
     for (int64_t l = 0; l < d.L; ++l) {
+      hook_forward(hooks, l);
       const auto w = layer_ptrs(layout, l, P);
       LayerActs& a = layers[static_cast<size_t>(l)];
       // Attention branch: res2 = res + c_proj(attention(c_attn(ln_1(res)))).
@@ -239,6 +256,7 @@ struct Gpt::Impl {
                                  C);
       res = a.res3;
     }
+    hook_forward(hooks, d.L);
     be.layernorm_forward(lnf, lnf_mean, lnf_rstd, res, P + layout.ln_f_w(), P + layout.ln_f_b(), N,
                          C);
     // Tied LM head over the real vocabulary rows only.
@@ -256,7 +274,7 @@ struct Gpt::Impl {
   }
 
   // Backward from dlogits (in `logits`, columns 0..V) into G (+=).
-  void backward(const float* P, float* G, int64_t B, int64_t T) {
+  void backward(const float* P, float* G, int64_t B, int64_t T, StepHooks* hooks = nullptr) {
     const int64_t N = B * T, C = d.C;
     // LM head (tied): d_ln = dlogits · wte[0..V); dwte[0..V) += dlogitsᵀ · lnf.
     be.gemm(Trans::kNo, Trans::kNo, N, C, d.V, 1.0f, logits, d.Vp, P + layout.wte(), C, 0.0f, d_ln,
@@ -267,6 +285,7 @@ struct Gpt::Impl {
     const float* res_top = d.L > 0 ? layers.back().res3 : encoded;
     be.layernorm_backward(d_res, G + layout.ln_f_w(), G + layout.ln_f_b(), d_ln, res_top,
                           P + layout.ln_f_w(), lnf_mean, lnf_rstd, N, C);
+    hook_backward(hooks, d.L);
     for (int64_t l = d.L - 1; l >= 0; --l) {
       const auto w = layer_ptrs(layout, l, P);
       const auto g = layer_ptrs(layout, l, G);
@@ -287,8 +306,10 @@ struct Gpt::Impl {
       be.matmul_backward(d_ln, g.c_attn_w, g.c_attn_b, d_qkv, a.ln1, w.c_attn_w, N, C, 3 * C);
       be.layernorm_backward(d_res, g.ln_1_w, g.ln_1_b, d_ln, res_in, w.ln_1_w, a.ln1_mean,
                             a.ln1_rstd, N, C);
+      hook_backward(hooks, l);
     }
     be.encoder_backward(G + layout.wte(), G + layout.wpe(), d_res, tokens.data(), B, T, C);
+    hook_backward(hooks, -1);  // wte's gradient also has the LM head's part: final only now
   }
 };
 
@@ -298,18 +319,18 @@ Gpt::Gpt(const ParamLayout& layout, Backend& backend, int64_t max_batch)
 Gpt::~Gpt() = default;
 
 LossSum Gpt::forward_backward(GptState& state, std::span<const int32_t> windows, int64_t B,
-                              int64_t T, float grad_scale) {
+                              int64_t T, float grad_scale, StepHooks* hooks) {
   Impl& m = *impl_;
   m.check_call(state, B, T);
   m.allocate_gradients();
   m.upload_tokens(windows, B, T, true);  // validates the ids before any gradient work
   const float* P = state.params();
-  m.forward(P, B, T);
+  m.forward(P, B, T, hooks);
   const int64_t N = B * T;
   m.be.crossentropy_forward_backward(m.losses, m.logits, m.targets.data(), grad_scale, N, m.d.V,
                                      m.d.Vp);
   const LossSum loss = m.sum_losses(N);
-  m.backward(P, state.micro_batch_grads(), B, T);
+  m.backward(P, state.micro_batch_grads(), B, T, hooks);
   state.fold_micro_batch();
   return loss;
 }

@@ -6,6 +6,7 @@
 
 #include "common/tensor/param_layout.hpp"
 #include "worker/model/gpt_state.hpp"
+#include "worker/model/step_hooks.hpp"
 
 #include <cstdint>
 #include <memory>
@@ -35,9 +36,10 @@ class Gpt {
   // One micro-batch of the gradient fold (gpt_state.hpp): d(grad_scale · Σ token losses)/dθ is
   // computed from zero and folded into state's gradient sum (state.zero_grads() starts a sum).
   // Gradients of padded vocabulary rows are exactly 0. The loss is downloaded (N floats); the
-  // gradient stays in backend memory.
+  // gradient stays in backend memory. `hooks` (optional) hears of each range's forward and
+  // backward (step_hooks.hpp).
   LossSum forward_backward(GptState& state, std::span<const int32_t> windows, int64_t B, int64_t T,
-                           float grad_scale);
+                           float grad_scale, StepHooks* hooks = nullptr);
 
   // Loss only (no gradient work beyond the forward pass).
   LossSum forward_loss(const GptState& state, std::span<const int32_t> windows, int64_t B,

@@ -39,6 +39,8 @@ class GptState {
   // Queued upload from this backend's pinned memory; complete at backend().synchronize(), and
   // ordered before every later op. `host` must not change until then.
   void upload_params_async(const HostBuffer<float>& host);
+  // The same for host[begin, end) only (a step whose weights arrive range by range).
+  void upload_params_range_async(const HostBuffer<float>& host, int64_t begin, int64_t end);
 
   // ---- gradients: the sum of the micro-batch gradients since zero_grads() ---------------------
   // Starts a new sum (fills it with zeros); the next micro-batch is the fold's first.
@@ -57,8 +59,16 @@ class GptState {
   // The zeroed buffer the next micro-batch's gradient is accumulated into: the sum itself for the
   // first micro-batch since zero_grads(), else the micro-batch buffer. Then fold_micro_batch().
   float* micro_batch_grads();
-  // Adds the micro-batch buffer into the sum (nothing to do for the first micro-batch).
+  // Adds the micro-batch buffer into the sum (nothing to do for the first micro-batch), except
+  // the ranges fold_range() already added.
   void fold_micro_batch();
+  // Adds the open micro-batch's [begin, end) into the sum now (a range whose backward is done, so
+  // that it can leave before the rest): the same element-wise fp32 add, so the sum is bitwise the
+  // one fold_micro_batch() makes. Ranges folded this way must cover [0, total) exactly once by
+  // the micro-batch's fold_micro_batch().
+  void fold_range(int64_t begin, int64_t end);
+  // Queued download of the sum's [begin, end) into host[begin, end).
+  void download_grads_range_async(HostBuffer<float>& host, int64_t begin, int64_t end);
 
  private:
   void check_size(size_t n, const char* what) const;
@@ -69,7 +79,8 @@ class GptState {
   Buffer<float> grads_;     // the step's sum
   Buffer<float> mb_grads_;  // a later micro-batch's gradient before it is folded in
   int64_t folded_ = -1;     // -1: zero_grads() not called yet
-  bool open_ = false;       // micro_batch_grads() handed out, fold_micro_batch() not called yet
+  bool open_ = false;
+  int64_t range_folded_ = 0;  // elements of the open micro-batch folded by fold_range()       // micro_batch_grads() handed out, fold_micro_batch() not called yet
 };
 
 }  // namespace ptrain
