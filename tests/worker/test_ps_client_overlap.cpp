@@ -183,6 +183,7 @@ TEST_CASE("ps client: buckets form in backward order - each pushed when full - e
   sink.start({4, 1, 0, 40});
   sink.gradient_ready(g, 10, 20);
   sink.gradient_ready(g, 8, 12);
+  sink.gradient_ready(g, 0, 8);
   CHECK_THROWS_WITH(sink.finish(), doctest::Contains("overlap at"));
   sink.start({5, 1, 0, 40});
   sink.gradient_ready(g, 10, 20);
