@@ -39,7 +39,7 @@ for round in $(seq 1 "$REPEATS"); do
     "$PTRAIN" run "$CONFIG" --set cluster.workers=2 --set cluster.servers=2 \
       --set cluster.launch=processes --set "cluster.bucket_mb=$b" \
       --set "train.steps=$((STEPS + WARMUP))" --set train.log_every=1 --set train.eval_every=0 \
-      --set "data.train=$WORK/data/train.tok" --set data.val= --set data.tokenizer=byte \
+      --set "data.train=$WORK/data/manifest.json" --set data.val= --set data.tokenizer=byte \
       --set "run.dir=$run" --set checkpoint.every_steps=0 --set checkpoint.resume=never \
       >"$run.log" 2>&1 || { echo "bench_overlap: the job with bucket_mb $b failed:"; tail -20 "$run.log"; exit 1; }
     python3 - "$run/train.jsonl" "$WARMUP" "$round" "$b" >>"$results" <<'PY'
