@@ -161,6 +161,7 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
     wo.timeout = options.timeout;
     wo.wire_encoding = wire_encoding(config.cluster);
     wo.local = local_steps_options(config);
+    wo.bucket_mb = config.cluster.bucket_mb;
     threads_.emplace_back([&failure, &fabric, &layout, &ranges, wo]() {
       failure.guard(fmt::format("worker {}", wo.worker_id), [&] {
         net::InprocTransport t(net::worker_endpoint(wo.worker_id), fabric);

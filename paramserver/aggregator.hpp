@@ -20,8 +20,14 @@
 
 namespace ptrain {
 
+// Pushes by range (a worker's gradient leaves in buckets while its backward runs, cut at shard
+// boundaries): each push fills [begin, end) of its worker's slot; a worker counts as having pushed
+// (has()) once its pushes cover the whole shard, each element exactly once. A push that overlaps
+// what the worker already sent for the step is refused, so a bucket sent twice never counts twice.
+// The fold is the same whatever the pieces: per element, the workers' values in worker-id order.
+//
 // Each worker has a gradient slot, kept across steps: a transport can receive the worker's next
-// push straight into it (Transport::post_receive), and add() then copies nothing.
+// whole-shard push straight into it (Transport::post_receive), and add() then copies nothing.
 class GradientAggregator {
  public:
   // `size` values per push, each carried in `encoding` (a slot holds encoded_size(encoding, size)
@@ -34,13 +40,34 @@ class GradientAggregator {
   // unless `grads` already is that slot.
   // Returns false (and keeps nothing) for a second push from it.
   bool add(int32_t worker, int64_t tokens, std::span<const float> grads);
+
+  enum class RangeResult {
+    kPartial,    // kept; the worker's pushes do not cover the shard yet
+    kComplete,   // kept; the worker's pushes now cover the whole shard (has() is true)
+    kOverlap,    // refused: overlaps a range this worker already pushed for the step
+    kTokens,     // refused: another token count than the worker's earlier pieces
+  };
+  // Keeps values [begin, end) of worker `worker`'s push (offsets within the shard; `grads` holds
+  // encoded_size(encoding(), end - begin) elements; with bf16 `begin` may be odd). `tokens` is
+  // the worker's token count for the whole step, the same in every piece.
+  RangeResult add_range(int32_t worker, int64_t tokens, int64_t begin, int64_t end,
+                        std::span<const float> grads);
+
   bool has(int32_t worker) const {
     auto it = slots_.find(worker);
-    return it != slots_.end() && it->second.filled;
+    return it != slots_.end() && it->second.covered == size_;
   }
+  // Values of the shard worker `worker` has pushed for the step.
+  int64_t covered(int32_t worker) const {
+    auto it = slots_.find(worker);
+    return it == slots_.end() ? 0 : it->second.covered;
+  }
+  // Workers whose pushes cover the shard.
   size_t count() const;
-  // The slots that hold no push (workers that pushed in an earlier step), where a transport may
-  // receive their next push.
+  // The slots that hold no push at all of workers whose last step came as one whole-shard push,
+  // where a transport may receive their next one. A worker that pushes in pieces gets none: a
+  // piece whose element count happens to equal the slot's (bf16: n - 1 values of an even n)
+  // would be received over the pieces already placed there.
   std::vector<std::pair<int32_t, std::span<float>>> free_slots();
 
   // How mean() divides the fold: by the contributors' total token count (bsp: token-sum
@@ -62,7 +89,9 @@ class GradientAggregator {
  private:
   struct Slot {
     int64_t tokens = 0;
-    bool filled = false;
+    int64_t covered = 0;               // values received for the step
+    std::map<int64_t, int64_t> parts;  // begin → end of each piece received (for overlaps)
+    bool whole_last = false;           // the last step was one whole-shard push
     std::vector<float> grads;
   };
   int64_t size_;

@@ -149,10 +149,11 @@ p::FloatRange RequestHandler::bf16_weights(const p::KeyRange& r) {
 }
 
 void RequestHandler::on_push(const Endpoint& from, p::GradPush&& m, std::vector<Outgoing>& out) {
-  if (m.range != options_.range) {
+  const auto& shard = options_.range;
+  if (m.range.begin < shard.begin || m.range.end > shard.end || m.range.begin > m.range.end) {
     refuse(from,
-           fmt::format("push from worker {} covers [{}, {}), the shard is [{}, {})", m.worker_id,
-                       m.range.begin, m.range.end, options_.range.begin, options_.range.end),
+           fmt::format("push from worker {} covers [{}, {}), outside the shard [{}, {})",
+                       m.worker_id, m.range.begin, m.range.end, shard.begin, shard.end),
            out);
     return;
   }
@@ -191,10 +192,28 @@ void RequestHandler::on_push(const Endpoint& from, p::GradPush&& m, std::vector<
   }
   const int32_t worker = m.worker_id;
   const int64_t tokens = m.tokens;
-  if (!aggregator_.add(worker, tokens, m.grads)) {
-    refuse(from, fmt::format("second push from worker {} for step {}", worker, m.step), out);
+  using R = GradientAggregator::RangeResult;
+  const R r = aggregator_.add_range(worker, tokens, m.range.begin - shard.begin,
+                                    m.range.end - shard.begin, m.grads);
+  if (r == R::kOverlap) {
+    refuse(from,
+           fmt::format("second push of [{}, {}) from worker {} for step {} (it overlaps a range "
+                       "already received)",
+                       m.range.begin, m.range.end, worker, m.step),
+           out);
     return;
   }
+  if (r == R::kTokens) {
+    refuse(from,
+           fmt::format("push of [{}, {}) from worker {} for step {} names {} tokens, its earlier "
+                       "pieces another count",
+                       m.range.begin, m.range.end, worker, m.step, tokens),
+           out);
+    return;
+  }
+  // The worker counts for the step (the coordinator may list it as a contributor) only once
+  // every piece of the shard arrived: a worker lost between two buckets never counts.
+  if (r == R::kPartial) return;
   out.push_back({net::coordinator_endpoint(),
                  p::PushReceived{options_.server_id, m.step, worker, tokens}});
   prepare_if_complete(out);

@@ -13,7 +13,9 @@
 // coefficient must be 1: clipping belongs to the workers' inner steps).
 // Per step t (bsp; the server holds weights version t):
 //   StepWorkers{t, set}         → the workers step t waits for (sent with the step's StepBegin)
-//   GradPush{step t}            → kept (one per worker), PushReceived to the coordinator; once
+//   GradPush{step t, range}     → kept in the worker's slot; pushes may name any sub-ranges of the
+//                                 shard (buckets), each element once; PushReceived to the
+//                                 coordinator once the worker's pushes cover the whole shard; once
 //                                 every worker of the StepWorkers set pushed: mean gradient over
 //                                 the set, NormReport{set} to the coordinator, unasked
 //   StepContributors{t, set}    → (only after a worker was lost or late) mean gradient over that

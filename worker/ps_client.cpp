@@ -41,32 +41,60 @@ PsClient::~PsClient() {
   }
 }
 
-PsClient::Ticket PsClient::pull(int64_t version, std::span<float> dst) {
+PsClient::Ticket PsClient::pull(int64_t version, std::span<float> dst, int64_t piece) {
   PTRAIN_ENFORCE(static_cast<int64_t>(dst.size()) == total_, "pull into {} floats, need {}",
                  dst.size(), total_);
+  PTRAIN_ENFORCE(piece >= 0, "pull pieces of {} floats", piece);
+  if (piece % 2 != 0) ++piece;
   const Ticket t = next_ticket_++;
-  PullState& st = pulls_[t] = PullState{version, dst, static_cast<int>(ranges_.size())};
+  PullState& st = pulls_[t] = PullState{version, dst, 0};
   const bool bf16 = encoding_ == proto::FloatEncoding::kBf16;
+  size_t packed = 0;
+  for (size_t k = 0; k < ranges_.size(); ++k) {
+    const auto& r = ranges_[k];
+    int64_t at = r.begin;
+    do {  // an empty slice is still asked for once: its reply says which version the server holds
+      const int64_t end = piece > 0 ? std::min(r.end, at + piece) : r.end;
+      st.pieces.push_back(Piece{k, {at, end}, packed, next_request_++, false});
+      packed += static_cast<size_t>(proto::encoded_size(encoding_, end - at));
+      at = end;
+    } while (at < r.end);
+  }
+  st.remaining = static_cast<int>(st.pieces.size());
   if (bf16) {
     if (!packed_pool_.empty()) {
       st.packed = std::move(packed_pool_.back());
       packed_pool_.pop_back();
     }
-    st.packed.resize(packed_offsets_.back());
+    st.packed.resize(packed);
   }
-  for (size_t k = 0; k < ranges_.size(); ++k) {
-    const net::Endpoint server = net::server_endpoint(static_cast<int32_t>(k));
-    const auto& r = ranges_[k];
-    // Posted before the request goes out: the reply's weights land in dst (bf16: in the packed
-    // buffer, widened into dst on arrival) directly.
-    const std::span<float> to =
-        bf16 ? std::span<float>(st.packed).subspan(packed_offsets_[k],
-                                                   packed_offsets_[k + 1] - packed_offsets_[k])
-             : dst.subspan(static_cast<size_t>(r.begin), static_cast<size_t>(r.size()));
-    transport_.post_receive(server, proto::MessageType::kPullReply, t, to);
-    transport_.send(server, proto::PullRequest{t, version, r, encoding_});
+  for (size_t i = 0; i < st.pieces.size(); ++i) requests_[st.pieces[i].request] = {t, i};
+  // Each server's first piece is posted before any request goes out: its reply's weights land in
+  // dst (bf16: in the packed buffer, widened into dst on arrival) directly; each later piece is
+  // posted when the one before it arrives (one posting per server), else it is copied.
+  for (size_t k = 0; k < ranges_.size(); ++k) post_next(st, k);
+  for (const Piece& p : st.pieces) {
+    transport_.send(net::server_endpoint(static_cast<int32_t>(p.server)),
+                    proto::PullRequest{p.request, version, p.range, encoding_});
   }
   return t;
+}
+
+std::span<float> PsClient::piece_destination(PullState& st, const Piece& p) {
+  if (encoding_ == proto::FloatEncoding::kBf16) {
+    return std::span<float>(st.packed).subspan(
+        p.packed_at, static_cast<size_t>(proto::encoded_size(encoding_, p.range.size())));
+  }
+  return st.dst.subspan(static_cast<size_t>(p.range.begin), static_cast<size_t>(p.range.size()));
+}
+
+void PsClient::post_next(PullState& st, size_t server) {
+  for (const Piece& p : st.pieces) {
+    if (p.server != server || p.arrived) continue;
+    transport_.post_receive(net::server_endpoint(static_cast<int32_t>(server)),
+                            proto::MessageType::kPullReply, p.request, piece_destination(st, p));
+    return;
+  }
 }
 
 PsClient::Ticket PsClient::push(const PushMeta& meta, std::span<const float> grads) {
@@ -75,46 +103,74 @@ PsClient::Ticket PsClient::push(const PushMeta& meta, std::span<const float> gra
 
 PsClient::Ticket PsClient::push_to(const PushMeta& meta, std::span<const float> grads,
                                    size_t first, size_t last) {
-  PTRAIN_ENFORCE(static_cast<int64_t>(grads.size()) == total_, "push of {} floats, need {}",
-                 grads.size(), total_);
   PTRAIN_ENFORCE(first <= last && last <= ranges_.size(), "push to servers [{}, {}) of {}", first,
                  last, ranges_.size());
+  // Server by server: with bf16, server k's frame is on its way while k+1's slice is packed.
+  for (size_t k = first; k < last; ++k) push_range(meta, grads, ranges_[k]);
+  flush_pushes();  // the frames read `grads` (or push_packed_) until written
+  return next_ticket_++;  // complete on return: nothing to wait for
+}
+
+int PsClient::push_range(const PushMeta& meta, std::span<const float> grads, proto::KeyRange r) {
+  PTRAIN_ENFORCE(static_cast<int64_t>(grads.size()) == total_, "push of {} floats, need {}",
+                 grads.size(), total_);
+  PTRAIN_ENFORCE(0 <= r.begin && r.begin <= r.end && r.end <= total_,
+                 "push of [{}, {}) outside [0, {})", r.begin, r.end, total_);
   const bool bf16 = encoding_ == proto::FloatEncoding::kBf16;
-  if (bf16) push_packed_.resize(packed_offsets_.back());  // once: the size never changes
-  for (size_t k = first; k < last; ++k) {
-    const auto& r = ranges_[k];
-    const auto slice = grads.subspan(static_cast<size_t>(r.begin), static_cast<size_t>(r.size()));
+  if (bf16 && push_packed_.empty()) {
+    // Room for every value of a step plus a pad half per piece; when full, flush and reuse.
+    push_packed_.resize(packed_offsets_.back() + ranges_.size() + 1024);
+  }
+  int sent = 0;
+  for (size_t k = 0; k < ranges_.size(); ++k) {
+    const int64_t b = std::max(r.begin, ranges_[k].begin);
+    const int64_t e = std::min(r.end, ranges_[k].end);
+    // An empty shard at p gets its (empty) push with the range that holds position p
+    // (r.begin <= p < r.end, or p = r.end = total), so that it hears from the worker once.
+    const int64_t p = ranges_[k].begin;
+    const bool empty_shard = ranges_[k].size() == 0 && r.begin <= p &&
+                             (p < r.end || (p == r.end && p == total_ && r.size() > 0));
+    if (b >= e && !empty_shard) continue;
+    const auto slice = grads.subspan(static_cast<size_t>(b), static_cast<size_t>(e - b));
     proto::GradPush m;
     m.step = meta.step;
     m.membership_epoch = meta.membership_epoch;
     m.worker_id = meta.worker_id;
     m.tokens = meta.tokens;
-    m.range = r;
+    m.range = {b, e};
     m.encoding = encoding_;
     if (bf16) {
-      // Rounded server by server: server k's frame is on its way while k+1's slice is packed.
-      const auto packed = std::span<float>(push_packed_)
-                              .subspan(packed_offsets_[k], packed_offsets_[k + 1] - packed_offsets_[k]);
+      const auto n = static_cast<size_t>(proto::encoded_size(encoding_, e - b));
+      if (push_packed_used_ + n > push_packed_.size()) flush_pushes();
+      const auto packed = std::span<float>(push_packed_).subspan(push_packed_used_, n);
+      push_packed_used_ += n;
       proto::pack_bf16(slice, packed);
       m.grads = proto::FloatRange::borrow(packed);
     } else {
       m.grads = proto::FloatRange::borrow(slice);
     }
     transport_.send(net::server_endpoint(static_cast<int32_t>(k)), m);
+    ++sent;
   }
-  transport_.flush(send_timeout_);  // the frames read `grads` (or push_packed_) until written
-  return next_ticket_++;  // complete on return: nothing to wait for
+  return sent;
+}
+
+void PsClient::flush_pushes() {
+  transport_.flush(send_timeout_);
+  push_packed_used_ = 0;
 }
 
 void PsClient::dispatch(net::Envelope&& env) {
   if (auto* reply = std::get_if<proto::PullReply>(&env.message)) {
-    auto it = pulls_.find(reply->request_id);
-    if (it == pulls_.end()) {
+    auto req = requests_.find(reply->request_id);
+    if (req == requests_.end()) {
       throw Error(ExitCode::kIo, fmt::format("{}: pull reply for unknown request {} from {}",
                                              transport_.self().str(), reply->request_id,
                                              env.from.str()));
     }
-    PullState& st = it->second;
+    PullState& st = pulls_.at(req->second.first);
+    Piece& piece = st.pieces[req->second.second];
+    requests_.erase(req);
     if (reply->version > st.version) {
       st.newer = true;  // late: the job moved on (wait() says so)
     } else if (reply->version != st.version) {
@@ -124,11 +180,12 @@ void PsClient::dispatch(net::Envelope&& env) {
                               reply->version));
     }
     const auto& r = reply->range;
-    const auto k = static_cast<size_t>(env.from.id);
-    if (env.from.role != net::Role::kServer || k >= ranges_.size() || r != ranges_[k]) {
+    if (env.from.role != net::Role::kServer || static_cast<size_t>(env.from.id) != piece.server ||
+        r != piece.range) {
       throw Error(ExitCode::kIo,
-                  fmt::format("{}: {} answered a pull with range [{}, {}), not its own slice",
-                              transport_.self().str(), env.from.str(), r.begin, r.end));
+                  fmt::format("{}: {} answered a pull of [{}, {}) from server {} with range [{}, {})",
+                              transport_.self().str(), env.from.str(), piece.range.begin,
+                              piece.range.end, piece.server, r.begin, r.end));
     }
     if (reply->encoding != encoding_) {
       throw Error(ExitCode::kIo,
@@ -146,11 +203,13 @@ void PsClient::dispatch(net::Envelope&& env) {
       proto::unpack_bf16(reply->weights, to);
     } else if (r.size() > 0 && reply->weights.data() != to.data()) {
       // Normally the transport read the weights into dst already (the posting); a reply that
-      // did not match it (e.g. a second pull in flight to the same server) is copied.
-      std::memcpy(st.dst.data() + r.begin, reply->weights.data(),
-                  static_cast<size_t>(r.size()) * sizeof(float));
+      // did not match it (a later piece that arrived before its posting, or a second pull in
+      // flight to the same server) is copied.
+      std::memcpy(to.data(), reply->weights.data(), static_cast<size_t>(r.size()) * sizeof(float));
     }
+    piece.arrived = true;
     --st.remaining;
+    post_next(st, piece.server);
     return;
   }
   // A server refusing a request, or any peer's last words (e.g. the coordinator or a server
@@ -162,6 +221,35 @@ void PsClient::dispatch(net::Envelope&& env) {
   others_.push_back(std::move(env));
 }
 
+bool PsClient::wait_range(Ticket ticket, int64_t begin, int64_t end,
+                          std::chrono::milliseconds timeout) {
+  auto it = pulls_.find(ticket);
+  if (it == pulls_.end()) return true;  // a push, or already complete
+  PullState& st = it->second;
+  auto missing = [&] {
+    for (const Piece& p : st.pieces) {
+      if (!p.arrived && p.range.begin < end && begin < p.range.end) return true;
+    }
+    return false;
+  };
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!st.newer && missing()) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= deadline) {
+      throw Error(ExitCode::kIo,
+                  fmt::format("{}: {} of {} pieces of weights version {} ([{}, {}) asked) did not "
+                              "arrive within {} s",
+                              transport_.self().str(), st.remaining, st.pieces.size(), st.version,
+                              begin, end,
+                              std::chrono::duration_cast<std::chrono::seconds>(timeout).count()));
+    }
+    auto env = transport_.receive(
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now));
+    if (env) dispatch(std::move(*env));
+  }
+  return !st.newer;
+}
+
 bool PsClient::wait(Ticket ticket, std::chrono::milliseconds timeout) {
   auto it = pulls_.find(ticket);
   if (it == pulls_.end()) return true;  // a push, or already complete
@@ -170,9 +258,9 @@ bool PsClient::wait(Ticket ticket, std::chrono::milliseconds timeout) {
     const auto now = std::chrono::steady_clock::now();
     if (now >= deadline) {
       throw Error(ExitCode::kIo,
-                  fmt::format("{}: {} of {} servers did not send weights version {} within {} s",
-                              transport_.self().str(), it->second.remaining, ranges_.size(),
-                              it->second.version,
+                  fmt::format("{}: {} of {} pieces of weights version {} did not arrive within {} s",
+                              transport_.self().str(), it->second.remaining,
+                              it->second.pieces.size(), it->second.version,
                               std::chrono::duration_cast<std::chrono::seconds>(timeout).count()));
     }
     auto env = transport_.receive(

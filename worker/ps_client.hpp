@@ -1,6 +1,10 @@
 // The worker's side of the parameter servers, as small as ps-lite's KVWorker:
 //   pull(version, dst) → ticket    push(meta, grads) → ticket    wait(ticket)
-// Ranges are whole server slices of the flat parameter vector (few large messages). Any message
+// Ranges are whole server slices of the flat parameter vector (few large messages), or, for a
+// step that overlaps communication with compute (worker/overlap.hpp), slices of them: a pull may
+// ask each server for its slice in pieces, in flat order, and wait_range() returns as soon as
+// the pieces covering a range are in; push_range() sends any range, cut at server boundaries,
+// and flush_pushes() waits until every frame sent so far is written. Any message
 // that is not a pull reply (the coordinator's StepBegin, Shutdown, ...) is kept, in arrival order,
 // for the owner's loop: next_other(). Single-threaded: one PsClient per role thread.
 // No copies of the vectors: a pull posts each server's slice of `dst` as the destination of its
@@ -48,8 +52,10 @@ class PsClient {
   PsClient& operator=(const PsClient&) = delete;
 
   // Requests every server's slice at `version` into `dst` (the whole flat vector, total floats).
-  // `dst` must stay alive, and untouched, until wait() returns.
-  Ticket pull(int64_t version, std::span<float> dst);
+  // `dst` must stay alive, and untouched, until wait() returns. `piece` > 0: each server's slice
+  // is asked for in pieces of about that many floats (rounded up to even, so bf16 pieces stay
+  // whole 4-byte elements), in flat order; 0: one request per server.
+  Ticket pull(int64_t version, std::span<float> dst, int64_t piece = 0);
 
   // Sends each server its slice of `grads` (the whole flat vector). Complete (and `grads` free
   // to change) once it returns.
@@ -57,6 +63,17 @@ class PsClient {
   // The same to servers [first, last) only (push() = all of them); a test's fault injection
   // stops between two servers with it.
   Ticket push_to(const PushMeta& meta, std::span<const float> grads, size_t first, size_t last);
+  // Sends grads[r] (grads: the whole flat vector), one GradPush per server that r touches,
+  // without waiting: grads[r] must stay unchanged until flush_pushes() returns. Returns the
+  // number of messages sent.
+  int push_range(const PushMeta& meta, std::span<const float> grads, proto::KeyRange r);
+  // Waits until every push sent so far is written (then grads and bf16 buffers are free).
+  void flush_pushes();
+
+  // Blocks until the pieces of the ticket's pull that hold [begin, end) are in (throws as wait()
+  // does). Returns false as soon as a server sent a NEWER version than asked (see wait()); the
+  // caller then still wait()s for the ticket, which drains the rest.
+  bool wait_range(Ticket ticket, int64_t begin, int64_t end, std::chrono::milliseconds timeout);
 
   // Blocks until the ticket's replies are in. Throws (naming the server) when a server answers
   // with a Failure or an older version than asked, and TimeoutError-like Error after `timeout`.
@@ -72,14 +89,25 @@ class PsClient {
   proto::FloatEncoding encoding() const { return encoding_; }
 
  private:
+  struct Piece {
+    size_t server = 0;
+    proto::KeyRange range;
+    size_t packed_at = 0;  // bf16: where its packed floats start in PullState::packed
+    uint64_t request = 0;
+    bool arrived = false;
+  };
   struct PullState {
     int64_t version = 0;
     std::span<float> dst;
     int remaining = 0;
     bool newer = false;  // a server sent a newer version than asked
     std::vector<float> packed;  // bf16: the replies' packed floats (from packed_pool_)
+    std::vector<Piece> pieces;  // by flat offset; a server's pieces are consecutive
   };
   void dispatch(net::Envelope&& env);
+  // Posts the destination of the first piece of `server` not yet in (one posting per server).
+  void post_next(PullState& st, size_t server);
+  std::span<float> piece_destination(PullState& st, const Piece& p);
 
   net::Transport& transport_;
   std::vector<proto::KeyRange> ranges_;
@@ -88,10 +116,13 @@ class PsClient {
   proto::FloatEncoding encoding_;
   // bf16: where server k's packed slice starts in a packed buffer (k = 0..S), in elements.
   std::vector<size_t> packed_offsets_;
-  std::vector<float> push_packed_;                 // a push's rounded gradient
+  std::vector<float> push_packed_;  // rounded gradients of the pushes in flight (bump-allocated)
+  size_t push_packed_used_ = 0;
   std::vector<std::vector<float>> packed_pool_;    // pull buffers not in use
   Ticket next_ticket_ = 1;
+  uint64_t next_request_ = 1;
   std::map<Ticket, PullState> pulls_;
+  std::map<uint64_t, std::pair<Ticket, size_t>> requests_;  // pull request id → (ticket, piece)
   std::deque<net::Envelope> others_;
 };
 

@@ -8,6 +8,7 @@
 #include "worker/batch_loader.hpp"
 #include "worker/local_steps.hpp"
 #include "worker/model/backend.hpp"
+#include "worker/overlap.hpp"
 #include "worker/ps_client.hpp"
 #include "worker/train_step.hpp"
 
@@ -55,6 +56,10 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
   // cluster.sync local: H inner steps per StepBegin, and the pseudo-gradient pushed.
   std::optional<LocalSteps> local;
   if (o.local) local.emplace(layout, *o.local);
+  // cluster.bucket_mb > 0: weights in pieces and gradients in buckets while the step computes.
+  const int64_t bucket = bucket_floats(o.bucket_mb);
+  PiecewisePull pieces(client, bucket, o.timeout);
+  BucketPush buckets(client, std::max<int64_t>(bucket, 1));
 
   // Validation (EvalBegin): the weights of that version, the forward pass over each batch of the
   // given windows of data.val, one loss sum per batch back to the coordinator, which adds them
@@ -130,47 +135,81 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
                                              env->from.str()));
     }
 
-    // The weights arrive straight in the step's pinned buffer and go up once; the step's
-    // token-sum gradient comes back once, into the other pinned buffer, and is pushed from there.
-    const auto t0 = Clock::now();
-    if (!client.wait(client.pull(begin->step, train.weights_host()), o.timeout)) {
-      // Late (stopped or slow past the step deadline): that step closed without us and its
-      // windows went back to the pool. Report it empty, so the coordinator gives us the next one.
-      transport.send(net::coordinator_endpoint(),
-                     proto::WorkerStepDone{o.worker_id, begin->step, 0.0, 0, seconds_since(t0)});
-      continue;
-    }
-    const double pull_s = seconds_since(t0);
-
-    const auto t1 = Clock::now();
-    LossSum sum;
-    std::span<const float> to_push;
-    if (local) {
-      sum = local->run(train, loader, begin->windows, begin->step);
-      to_push = local->pseudo_gradient();
-    } else {
-      train.upload_weights();
-      sum = train.compute(loader, begin->windows, begin->step);
-      to_push = train.grads_host();
-    }
-    const double compute_s = seconds_since(t1);
-
-    const auto t2 = Clock::now();
-    const PushMeta meta{begin->step, begin->membership_epoch, o.worker_id, sum.tokens};
+    const PushMeta meta{begin->step, begin->membership_epoch, o.worker_id,
+                        static_cast<int64_t>(begin->windows.size()) * layout.dims().T};
     const bool fault = !o.fault_phase.empty() && begin->step + 1 >= o.fault_step;
-    if (fault && o.fault_phase == "delay-push") {
-      std::fprintf(stderr, "%s: test fault injection: %.3g s before the push of step %lld\n",
-                   me.c_str(), o.fault_delay_s, static_cast<long long>(begin->step + 1));
-      std::this_thread::sleep_for(std::chrono::duration<double>(o.fault_delay_s));
+    double pull_s = 0.0, compute_s = 0.0, push_s = 0.0;
+    LossSum sum;
+    // GPT only: its token count (B·T) is known before the backward pass, and each bucket names
+    // it; BERT's (the masked positions) only after it.
+    // Local steps push a pseudo-gradient made after all H inner steps: nothing to overlap.
+    if (bucket > 0 && !local && layout.dims().arch == ModelArch::kGpt &&
+        !(fault && o.fault_phase != "mid-push")) {
+      // Overlapped: the pieces of the weights are asked for now and waited for as forward
+      // reaches them; buckets of the gradient leave during the last micro-batch's backward.
+      // pull_s / push_s are the time the step spent blocked on them, compute_s the rest.
+      const auto t0 = Clock::now();
+      pieces.start(begin->step, train.weights_host());
+      buckets.start(meta);
+      if (fault) {  // mid-push: killed once its first message (a bucket's piece) is written
+        buckets.after_message = [&] { die_for_test(me, o.fault_phase, o.fault_step); };
+      }
+      try {
+        sum = train.compute(loader, begin->windows, begin->step, {&pieces, &buckets});
+      } catch (const StaleStep&) {
+        pieces.finish();  // drains the pieces still on their way
+        transport.send(net::coordinator_endpoint(),
+                       proto::WorkerStepDone{o.worker_id, begin->step, 0.0, 0, seconds_since(t0)});
+        continue;
+      }
+      pieces.finish();
+      buckets.finish();
+      pull_s = pieces.blocked_s();
+      push_s = buckets.push_s();
+      compute_s = std::max(0.0, seconds_since(t0) - pull_s - push_s);
+      PTRAIN_ENFORCE(sum.tokens == meta.tokens, "step {}: {} tokens computed, {} announced in its pushes", begin->step,
+                     sum.tokens, meta.tokens);
+    } else {
+      // The weights arrive straight in the step's pinned buffer and go up once; the step's
+      // token-sum gradient comes back once, into the other pinned buffer, and is pushed from there.
+      const auto t0 = Clock::now();
+      if (!client.wait(client.pull(begin->step, train.weights_host()), o.timeout)) {
+        // Late (stopped or slow past the step deadline): that step closed without us and its
+        // windows went back to the pool. Report it empty, so the coordinator gives us the next one.
+        transport.send(net::coordinator_endpoint(),
+                       proto::WorkerStepDone{o.worker_id, begin->step, 0.0, 0, seconds_since(t0)});
+        continue;
+      }
+      pull_s = seconds_since(t0);
+
+      const auto t1 = Clock::now();
+      std::span<const float> to_push;
+      if (local) {
+        sum = local->run(train, loader, begin->windows, begin->step);
+        to_push = local->pseudo_gradient();
+      } else {
+        train.upload_weights();
+        sum = train.compute(loader, begin->windows, begin->step);
+        to_push = train.grads_host();
+      }
+      compute_s = seconds_since(t1);
+
+      const auto t2 = Clock::now();
+      const PushMeta done_meta{begin->step, begin->membership_epoch, o.worker_id, sum.tokens};
+      if (fault && o.fault_phase == "delay-push") {
+        std::fprintf(stderr, "%s: test fault injection: %.3g s before the push of step %lld\n",
+                     me.c_str(), o.fault_delay_s, static_cast<long long>(begin->step + 1));
+        std::this_thread::sleep_for(std::chrono::duration<double>(o.fault_delay_s));
+      }
+      if (fault && o.fault_phase == "before-push") die_for_test(me, o.fault_phase, o.fault_step);
+      if (fault && o.fault_phase == "mid-push") {
+        client.push_to(done_meta, to_push, 0, 1);
+        die_for_test(me, o.fault_phase, o.fault_step);
+      }
+      client.push(done_meta, to_push);
+      if (fault && o.fault_phase == "after-push") die_for_test(me, o.fault_phase, o.fault_step);
+      push_s = seconds_since(t2);
     }
-    if (fault && o.fault_phase == "before-push") die_for_test(me, o.fault_phase, o.fault_step);
-    if (fault && o.fault_phase == "mid-push") {
-      client.push_to(meta, to_push, 0, 1);
-      die_for_test(me, o.fault_phase, o.fault_step);
-    }
-    client.push(meta, to_push);
-    if (fault && o.fault_phase == "after-push") die_for_test(me, o.fault_phase, o.fault_step);
-    const double push_s = seconds_since(t2);
 
     const net::TransportCounters c = transport.counters();
     transport.send(

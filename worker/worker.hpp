@@ -44,6 +44,8 @@ struct WorkerOptions {
   DeviceConfig device_config;  // the config's device section: precision, allow_tf32 (not type)
   // How pushes and pulls carry their floats (cluster.wire_dtype).
   proto::FloatEncoding wire_encoding = proto::FloatEncoding::kFp32;
+  // cluster.bucket_mb: gradient bucket and weight piece size (worker/overlap.hpp); 0 = no overlap.
+  double bucket_mb = 25.0;
   // Longest wait for the coordinator's next message or for weights (a peer that is gone).
   std::chrono::milliseconds timeout{std::chrono::hours(1)};
   // cluster.sync local (local_steps_options(config)): each StepBegin runs H inner AdamW steps
@@ -57,7 +59,9 @@ struct WorkerOptions {
   // TEST ONLY (fault injection, `PTRAIN_TEST_WORKER_FAULT=PHASE:STEP` on `ptrain worker`): at
   // its first step numbered `fault_step` (1-based) or later the worker kills itself with SIGKILL at `fault_phase`:
   // "before-push" (gradients computed, nothing pushed), "mid-push" (pushed to server 0 only),
-  // "after-push" (pushed everywhere, not reported); or, a straggler, "delay-push": from step
+  // "after-push" (pushed everywhere, not reported; with cluster.bucket_mb > 0 "mid-push" dies
+  // once its first gradient message is written: one bucket's piece to one server, and the
+  // other phases run that step without overlap); or, a straggler, "delay-push": from step
   // `fault_step` on, every step sleeps `fault_delay_s` seconds before pushing (heartbeats go on,
   // so only cluster.step_deadline_s can leave it behind). Empty = none.
   std::string fault_phase;

@@ -120,6 +120,7 @@ const Key kKeys[] = {
     {"cluster.local_steps", field<&Config::cluster, &ClusterConfig::local_steps>, within(1, 0x1p20)},
     {"cluster.outer_lr", field<&Config::cluster, &ClusterConfig::outer_lr>, above(0)},
     {"cluster.outer_momentum", field<&Config::cluster, &ClusterConfig::outer_momentum>, kFraction},
+    {"cluster.bucket_mb", field<&Config::cluster, &ClusterConfig::bucket_mb>, at_least(0)},
     {"cluster.heartbeat_s", field<&Config::cluster, &ClusterConfig::heartbeat_s>, above(0)},
     {"cluster.peer_timeout_s", field<&Config::cluster, &ClusterConfig::peer_timeout_s>, above(0)},
     {"cluster.min_workers", field<&Config::cluster, &ClusterConfig::min_workers>, at_least(1)},

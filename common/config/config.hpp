@@ -107,6 +107,10 @@ struct ClusterConfig {
   int64_t local_steps = 1;
   double outer_lr = 0.7;
   double outer_momentum = 0.9;
+  // Overlap of the data plane with compute (docs/distributed.md "Overlap"): gradients leave in
+  // buckets of this many MiB as backward finishes them, weights arrive in pieces of this size in
+  // forward order; 0 = pull everything, compute, push everything (no overlap).
+  double bucket_mb = 25.0;
   double heartbeat_s = 1.0;      // TCP roles: a heartbeat each way every this many seconds
   double peer_timeout_s = 5.0;   // TCP roles: a peer silent this long is lost
   // Elastic membership (docs/elastic.md).

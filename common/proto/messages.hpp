@@ -138,7 +138,8 @@ struct StepBegin {
   bool operator==(const StepBegin&) const = default;
 };
 
-// any → server: send me the weights of `range` at `version` (answered once the server has it).
+// any → server: send me the weights of `range` (the whole shard or a piece of it) at `version`
+// (answered once the server has it).
 struct PullRequest {
   static constexpr MessageType kType = MessageType::kPullRequest;
   uint64_t request_id = 0;  // echoed in the reply
@@ -162,8 +163,11 @@ struct PullReply {
   bool operator==(const PullReply&) const = default;
 };
 
-// worker → server: the worker's gradient of the server's range for `step`, summed over its
-// `tokens` targets (grad_scale 1: d Σ token losses / dθ, not a mean).
+// worker → server: the worker's gradient of `range` for `step`, summed over its `tokens` targets
+// (grad_scale 1: d Σ token losses / dθ, not a mean). `range` is the server's whole shard, or —
+// gradient buckets pushed during backward (cluster.bucket_mb) — a piece of it; the server counts
+// the worker once its pieces cover the shard, each element once. `tokens` is the step's total in
+// every piece.
 struct GradPush {
   static constexpr MessageType kType = MessageType::kGradPush;
   int64_t step = 0;

@@ -227,6 +227,27 @@ TEST_CASE("dist elastic: a worker killed before - between - after its pushes - t
   }
 }
 
+TEST_CASE("dist elastic: a worker killed between two gradient buckets - its windows go back - exactly once") {
+  // Buckets of 1 KiB: the worker dies once its first bucket's first piece is written (the
+  // last layers' gradient, on server 1 only): no server holds all of its buckets, so it is no
+  // contributor and its windows go back to the pool.
+  TempDir dir("elastic-kill-bucket");
+  const std::string run = dir / "run";
+  const Proc job = start_job(dir, 1, 3, ", bucket_mb: 0.001");
+  const Proc victim = start_worker(run, dir / "victim.txt", "mid-push:1");
+  const int st = wait_status(victim.pid, std::chrono::seconds(60));
+  REQUIRE(WIFSIGNALED(st));
+  CHECK(WTERMSIG(st) == SIGKILL);
+  const int64_t at = steps_done(run);
+  CHECK(reach_step(run, at + 2, std::chrono::seconds(5)));
+  REQUIRE(wait_event(run, "lost", 1, std::chrono::seconds(10)));
+  REQUIRE(reach_step(run, std::max<int64_t>(at + 5, 70), std::chrono::seconds(60)));
+  const std::string log = slurp(run + "/logs/coordinator-0.log");
+  INFO(log.substr(log.size() > 4000 ? log.size() - 4000 : 0));
+  CHECK(log.find("go back to the pool") != std::string::npos);
+  stop_and_check(job, run);
+}
+
 TEST_CASE("dist elastic: a worker stopped past the peer timeout is dropped - woken up it exits") {
   TempDir dir("elastic-stop");
   const std::string run = dir / "run";

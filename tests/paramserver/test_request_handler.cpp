@@ -261,9 +261,9 @@ TEST_CASE("paramserver: refusals and protocol violations") {
   CHECK(failure(h.handle(worker_endpoint(0), proto::GradPush{5, 2, 0, 8, r, g}),
                 worker_endpoint(0))
             .find("step 5 refused") != std::string::npos);
-  CHECK(failure(h.handle(worker_endpoint(0), proto::GradPush{4, 2, 0, 4, {0, 4}, {1, 2, 3, 4}}),
+  CHECK(failure(h.handle(worker_endpoint(0), proto::GradPush{4, 2, 0, 4, {4, 12}, g}),
                 worker_endpoint(0))
-            .find("covers [0, 4)") != std::string::npos);
+            .find("covers [4, 12), outside the shard") != std::string::npos);
   CHECK(failure(h.handle(worker_endpoint(2), proto::PullRequest{1, 4, {4, 12}}),
                 worker_endpoint(2))
             .find("outside the shard") != std::string::npos);
