@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <deque>
 #include <limits>
 #include <map>
 #include <set>
@@ -64,7 +65,8 @@ class CoordinatorRun {
         steps_(cfg_.train.steps),
         scheduler_(cfg_.checkpoint.every_steps, cfg_.train.steps,
                    cfg_.checkpoint.every_minutes),
-        machine_(step_machine_options()) {}
+        machine_(step_machine_options()),
+        leased_(is_async_sync(cfg_.cluster.sync)) {}
 
   RunSummary run();
 
@@ -100,6 +102,19 @@ class CoordinatorRun {
   void evaluate(int64_t step);
   void checkpoint(int64_t step);
   void broadcast_shutdown(const std::string& reason);
+  // cluster.sync ssp and async (leased_): grants a lease to every worker without one that the
+  // staleness bound lets compute (and while train.steps needs more pushes).
+  void grant_leases();
+  void on_push_ready(const net::Endpoint& from, const proto::PushReady& r);
+  // `worker` is lost or gone: its lease, unless begun as a step, goes back to the pool.
+  void forget_lease(int32_t worker);
+  // Waits until a worker's lease is computed (the next step's push); false when a stop was
+  // requested meanwhile.
+  bool wait_for_ready_lease(int64_t t);
+  // Before the workers are told to stop: the leases they are computing are let finish (bounded
+  // by the peer timeout), so none is stopped halfway through a send.
+  void drain_leases();
+  int64_t slowest_clock() const;
   void init_status();
   void update_status(int64_t step, double step_s);
   // The last step's phases: the workers' pull, compute and push averaged over the workers that
@@ -178,6 +193,26 @@ class CoordinatorRun {
   std::map<int32_t, proto::StepApplied> server_applied_;
   double last_wait_s_ = 0.0;
   Clock::time_point last_applied_at_;  // when the last step was applied everywhere
+
+  // cluster.sync ssp and async (docs/sync_modes.md): every step is one worker's push. A worker
+  // computes on a lease granted ahead of its step; the step begins (its turn to push) once the
+  // lease is computed, in the order the leases finished.
+  const bool leased_;
+  struct Lease {
+    uint64_t id = 0;
+    std::vector<DataWindow> windows;
+    int64_t min_version = 0;    // the weights version it must be computed from, or newer
+    int64_t ahead = 0;          // pushes its worker was ahead of the slowest when it was granted
+    int64_t base_version = -1;  // the version it was computed from (PushReady); -1: computing
+  };
+  std::map<int32_t, Lease> leases_;    // granted and not begun as a step, by worker
+  std::deque<int32_t> ready_;          // workers whose lease is computed, oldest first
+  std::map<int32_t, Lease> in_step_;   // begun as a step that is not applied yet, by worker
+  std::map<int32_t, int64_t> clocks_;  // pushes applied, per worker taking part
+  uint64_t next_lease_ = 0;
+  int64_t staleness_max_ = -1;         // over this run's applied pushes
+  double staleness_sum_ = 0.0;
+  int64_t staleness_count_ = 0;
 };
 
 StepMachineOptions CoordinatorRun::step_machine_options() const {
@@ -225,6 +260,11 @@ std::optional<net::Envelope> CoordinatorRun::poll(Clock::time_point wake) {
         continue;
       }
       if (std::holds_alternative<proto::Register>(env->message)) continue;
+      // ssp/async: a computed lease joins the queue of pushes, whatever the caller waits for.
+      if (const auto* r = std::get_if<proto::PushReady>(&env->message)) {
+        on_push_ready(env->from, *r);
+        continue;
+      }
       if (worker && std::holds_alternative<proto::Shutdown>(env->message)) {
         membership_.report_left(
             env->from, fmt::format("{} left ({})", env->from.str(),
@@ -314,6 +354,8 @@ void CoordinatorRun::apply_membership_events(std::vector<net::MembershipEvent> e
     if (ev.change == net::MembershipChange::kJoined) {
       // It takes part from the next step boundary on (run_step reads active_ there).
       if (worker && o_.welcome) o_.welcome(ev.member);
+      // ssp: a newcomer starts level with the slowest, so it neither stalls nor outruns anyone.
+      if (worker && leased_) clocks_[who.id] = slowest_clock();
       if (worker) active_.insert(who.id);
       const std::string text = fmt::format("{} joined (membership epoch {}); it takes part from "
                                            "step {}",
@@ -325,6 +367,7 @@ void CoordinatorRun::apply_membership_events(std::vector<net::MembershipEvent> e
     const bool left = ev.change == net::MembershipChange::kLeft;
     if (worker) active_.erase(who.id);
     if (worker) busy_.erase(who.id);
+    if (worker && leased_) forget_lease(who.id);
     const std::string text =
         fmt::format("{}; membership epoch {}{}", ev.reason, ev.epoch,
                     worker ? fmt::format(", {} worker(s) left in the job", active_.size()) : "");
@@ -494,6 +537,20 @@ void CoordinatorRun::drop_late_workers(int64_t t) {
 std::vector<WorkerWork> CoordinatorRun::plan_step(
     std::map<int32_t, std::vector<DataWindow>>& step_windows) {
   const int64_t B = cfg_.train.batch_size;
+  if (leased_) {
+    // ssp/async: the step is the push of the oldest computed lease, its windows the lease's.
+    PTRAIN_ENFORCE(!ready_.empty(), "a step planned with no computed lease");
+    const int32_t w = ready_.front();
+    ready_.pop_front();
+    auto node = leases_.extract(w);
+    PTRAIN_ENFORCE(!node.empty(), "worker {} is ready without a lease", w);
+    WorkerWork work{w, {}};
+    for (const DataWindow& d : node.mapped().windows) work.windows.push_back(d.window);
+    step_windows.clear();
+    step_windows[w] = node.mapped().windows;
+    in_step_.insert(std::move(node));
+    return {std::move(work)};
+  }
   // The step boundary: the workers taking part now (a member that joined since the last step
   // is in, one lost or gone is out), in worker-id order; at most B (one window each).
   std::vector<int32_t> workers = ready_workers();
@@ -534,6 +591,10 @@ bool CoordinatorRun::next_can_begin_early(int64_t t) {
   if (scheduler_.due(step, minutes)) return false;
   if (o_.stop_requested && o_.stop_requested(step)) return false;
   apply_all_membership_events();
+  if (leased_) {
+    grant_leases();
+    if (ready_.empty()) return false;
+  }
   const auto ready = static_cast<int64_t>(ready_workers().size());
   return ready >= std::max<int64_t>(1, cfg_.cluster.min_workers);
 }
@@ -551,6 +612,7 @@ void CoordinatorRun::give_back_windows_of_dropped(int64_t t) {
     }
     back.insert(back.end(), it->second.begin(), it->second.end());
     missing.push_back(it->first);
+    in_step_.erase(it->first);
     it = step_windows_.erase(it);
   }
   if (back.empty()) return;
@@ -558,6 +620,117 @@ void CoordinatorRun::give_back_windows_of_dropped(int64_t t) {
   spdlog::warn("step {} applies {} of {} windows (without worker(s) {}); {} window(s) go back to "
                "the pool",
                t + 1, kept, kept + back.size(), fmt::join(missing, ", "), back.size());
+}
+
+int64_t CoordinatorRun::slowest_clock() const {
+  int64_t slowest = std::numeric_limits<int64_t>::max();
+  for (const auto& [w, c] : clocks_) slowest = std::min(slowest, c);
+  return clocks_.empty() ? 0 : slowest;
+}
+
+void CoordinatorRun::grant_leases() {
+  if (!leased_) return;
+  const bool bounded = cfg_.cluster.sync == SyncMode::kSsp;
+  const int64_t slowest = slowest_clock();
+  for (int32_t w : ready_workers()) {
+    if (leases_.count(w) != 0 || in_step_.count(w) != 0) continue;
+    // No more work handed out than train.steps still needs (a stop leaves the rest unused).
+    const auto outstanding = static_cast<int64_t>(leases_.size() + in_step_.size());
+    if (summary_.final_step + outstanding >= steps_) return;
+    const int64_t ahead = clocks_[w] - slowest;
+    if (bounded && ahead > cfg_.cluster.staleness) continue;  // waits for the slowest
+    Lease l;
+    l.id = next_lease_++;
+    l.windows = plan_->take(cfg_.train.batch_size);
+    l.min_version = summary_.final_step;  // its own last push is applied: it reads its writes
+    l.ahead = ahead;
+    proto::LeaseGrant grant{l.id, membership_.epoch(), l.min_version, {}};
+    for (const DataWindow& d : l.windows) grant.windows.push_back(d.window);
+    leases_.emplace(w, std::move(l));
+    send({{net::worker_endpoint(w), std::move(grant)}});
+  }
+}
+
+void CoordinatorRun::on_push_ready(const net::Endpoint& from, const proto::PushReady& r) {
+  auto refuse = [&](const std::string& why) {
+    throw proto::ProtocolError(fmt::format("coordinator: unexpected PushReady for lease {} from "
+                                           "{}: {}",
+                                           r.lease_id, from.str(), why));
+  };
+  if (!leased_) {
+    refuse(fmt::format("cluster.sync is {}, not ssp or async", sync_mode_name(cfg_.cluster.sync)));
+  }
+  if (from != net::worker_endpoint(r.worker_id)) refuse(fmt::format("it names worker {}", r.worker_id));
+  // Lost or gone meanwhile (its windows went back to the pool): what it computed is not used.
+  if (active_.count(r.worker_id) == 0) return;
+  const auto it = leases_.find(r.worker_id);
+  if (it == leases_.end() || it->second.id != r.lease_id) {
+    refuse("that is not the lease the worker holds");
+  }
+  Lease& l = it->second;
+  if (l.base_version >= 0) refuse("a second PushReady for it");
+  // The servers are at most the steps begun and not yet counted ahead of the applied count.
+  const int64_t newest = summary_.final_step + static_cast<int64_t>(in_step_.size());
+  if (r.base_version < l.min_version || r.base_version > newest) {
+    refuse(fmt::format("computed from weights version {}; the lease asked for {} or newer and "
+                       "the servers hold at most {}",
+                       r.base_version, l.min_version, newest));
+  }
+  l.base_version = r.base_version;
+  ready_.push_back(r.worker_id);
+}
+
+void CoordinatorRun::forget_lease(int32_t worker) {
+  clocks_.erase(worker);
+  ready_.erase(std::remove(ready_.begin(), ready_.end(), worker), ready_.end());
+  const auto it = leases_.find(worker);
+  if (it == leases_.end()) return;  // none, or begun as a step: the step decides (run_step)
+  spdlog::warn("worker {}'s lease {} ({} window(s)) goes back to the pool", worker, it->second.id,
+               it->second.windows.size());
+  plan_->give_back(it->second.windows);
+  leases_.erase(it);
+}
+
+bool CoordinatorRun::wait_for_ready_lease(int64_t t) {
+  auto quiet_since = Clock::now();
+  for (;;) {
+    apply_all_membership_events();
+    grant_leases();
+    if (!ready_.empty()) return true;
+    if (static_cast<int64_t>(ready_workers().size()) < cfg_.cluster.min_workers) {
+      if (!wait_for_workers(t)) return false;
+      continue;
+    }
+    if (o_.stop_requested && o_.stop_requested(summary_.final_step)) return false;
+    if (Clock::now() - quiet_since >= o_.timeout) {
+      throw Error(ExitCode::kIo,
+                  fmt::format("coordinator: no worker finished its lease within {} s before "
+                              "step {} ({} lease(s) out)",
+                              std::chrono::duration_cast<std::chrono::seconds>(o_.timeout).count(),
+                              t + 1, leases_.size()));
+    }
+    if (std::optional<net::Envelope> env =
+            poll(std::min(quiet_since + o_.timeout, Clock::now() + std::chrono::milliseconds(500)))) {
+      quiet_since = Clock::now();
+      if (!stale(*env, t)) send(machine_.handle(env->from, env->message));
+    }
+  }
+}
+
+void CoordinatorRun::drain_leases() {
+  if (!leased_) return;
+  const auto give_up = Clock::now() + o_.timeout;
+  auto computing = [&] {
+    int64_t n = 0;
+    for (const auto& [w, l] : leases_) n += l.base_version < 0 && active_.count(w) != 0 ? 1 : 0;
+    return n;
+  };
+  while (computing() > 0 && Clock::now() < give_up) {
+    if (std::optional<net::Envelope> env = poll(give_up)) {
+      spdlog::debug("coordinator: {} from {} ignored while the last leases finish",
+                    proto::type_name(proto::type_of(env->message)), env->from.str());
+    }
+  }
 }
 
 void CoordinatorRun::maybe_begin_next(int64_t t) {
@@ -611,6 +784,7 @@ bool CoordinatorRun::run_step(int64_t t) {
       next_.reset();
     } else {
       if (!wait_for_workers(t)) return false;
+      if (leased_ && !wait_for_ready_lease(t)) return false;
       step_start = Clock::now();
       std::vector<WorkerWork> work = plan_step(step_windows_);
       machine_ = StepMachine(step_machine_options());
@@ -628,6 +802,7 @@ bool CoordinatorRun::run_step(int64_t t) {
       throw_step_failure(machine_);
     }
     while (!machine_.applied() && !machine_.failure()) {
+      grant_leases();
       maybe_begin_next(t);
       std::optional<net::Envelope> env =
           poll(std::min(deadline, quiet_since + o_.timeout));
@@ -666,6 +841,7 @@ bool CoordinatorRun::run_step(int64_t t) {
       spdlog::warn("{}; its {} window(s) go back to the pool and the step begins again",
                    machine_.failure()->message, back.size());
       plan_->give_back(back);
+      for (const auto& [id, w] : step_windows_) in_step_.erase(id);
       step_windows_.clear();
       machine_ = StepMachine(step_machine_options());
       continue;
@@ -674,7 +850,21 @@ bool CoordinatorRun::run_step(int64_t t) {
     give_back_windows_of_dropped(t);
     std::vector<DataWindow> applied;
     for (const auto& [id, w] : step_windows_) applied.insert(applied.end(), w.begin(), w.end());
-    ledger_->step(t + 1, applied);
+    std::optional<LedgerWriter::PushRecord> push;
+    if (leased_) {
+      // One contributor: the worker whose lease this step pushed.
+      for (int32_t w : machine_.contributors()) {
+        auto node = in_step_.extract(w);
+        PTRAIN_ENFORCE(!node.empty(), "step {}: worker {} pushed without a lease", t + 1, w);
+        const Lease& l = node.mapped();
+        push = LedgerWriter::PushRecord{w, l.base_version, t - l.base_version, l.ahead};
+        staleness_max_ = std::max(staleness_max_, push->staleness);
+        staleness_sum_ += static_cast<double>(push->staleness);
+        ++staleness_count_;
+        if (auto c = clocks_.find(w); c != clocks_.end()) ++c->second;
+      }
+    }
+    ledger_->step(t + 1, applied, push);
     step_windows_.clear();
     for (const auto& [id, d] : machine_.reports()) worker_done_[id] = d;
     for (const auto& [id, a] : machine_.applied_reports()) server_applied_[id] = a;
@@ -714,6 +904,7 @@ bool CoordinatorRun::run_step(int64_t t) {
     interval_phase_sum_.pull += phases.pull;
     ++interval_steps_;
     update_status(t + 1, step_s);
+    grant_leases();  // its worker's next lease, now that its own update is in
     return true;
   }
 }
@@ -917,6 +1108,13 @@ void CoordinatorRun::checkpoint(int64_t step) {
   meta.layout_hash = layout_.hash();
   meta.tokenizer_json = o_.tokenizer_json;
   meta.data = plan_->state();
+  // ssp/async: windows of leases granted and not applied yet are not trained on in this
+  // checkpoint's state: a resume hands them out again.
+  for (const auto* leases : {&leases_, &in_step_}) {
+    for (const auto& [w, l] : *leases) {
+      meta.data.returned.insert(meta.data.returned.end(), l.windows.begin(), l.windows.end());
+    }
+  }
   summary_.last_checkpoint = finish_sharded_checkpoint(cfg_.run.dir, tmp, layout_, meta,
                                                        num_servers_, cfg_.checkpoint.keep);
   last_checkpoint_step_ = step;
@@ -1056,6 +1254,10 @@ void CoordinatorRun::update_status(int64_t step, double step_s) {
     s.bytes_pulled_total = pulled;
     s.step_seconds = phases;
     s.bytes_per_token = bytes_per_token;
+    if (staleness_count_ > 0) {
+      s.push_staleness_max = static_cast<double>(staleness_max_);
+      s.push_staleness_mean = staleness_sum_ / static_cast<double>(staleness_count_);
+    }
     s.tokens_total = tokens_total;
     s.lr = lr;
     s.grad_norm = grad_norm;
@@ -1128,7 +1330,10 @@ RunSummary CoordinatorRun::run() {
   }
   // The ledger keeps what happened up to the start step; steps past it are run again.
   ledger_.emplace(cfg_.run.dir, st.step);
-  for (const net::Endpoint& w : membership_.workers()) active_.insert(w.id);
+  for (const net::Endpoint& w : membership_.workers()) {
+    active_.insert(w.id);
+    if (leased_) clocks_[w.id] = 0;
+  }
   last_checkpoint_at_ = Clock::now();
   if (!st.resumed_from.empty()) {
     last_checkpoint_step_ = st.step;
@@ -1196,6 +1401,7 @@ RunSummary CoordinatorRun::run() {
       break;
     }
   }
+  drain_leases();
   broadcast_shutdown(summary_.interrupted ? "stopped" : "training finished");
   status_event(summary_.interrupted ? fmt::format("stopped at step {}", summary_.final_step)
                                     : fmt::format("finished at step {}", summary_.final_step));

@@ -39,9 +39,6 @@ void log_run_summary(const RunSummary& s) {
 
 RunSummary run_coordinator_process(const CoordinatorProcessOptions& o, net::Secret secret) {
   const Config& cfg = o.config;
-  if (cfg.cluster.sync != SyncMode::kBsp && cfg.cluster.sync != SyncMode::kLocal) {
-    throw NotImplementedError("cluster.sync: only bsp and local are implemented yet");
-  }
   const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(cfg.data.tokenizer);
   const ParamLayout layout(model_dims(cfg.model, tokenizer->vocab_size()));
   // One job per run directory: the lock of the `ptrain run` that spawned us (joined), or our own.

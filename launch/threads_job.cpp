@@ -90,9 +90,6 @@ void check_supported(const Config& c) {
         "only (`ptrain run` chooses the launcher from the config)",
         c.cluster.launch == Launch::kProcesses ? "processes" : "(other)"));
   }
-  if (c.cluster.sync != SyncMode::kBsp && c.cluster.sync != SyncMode::kLocal) {
-    throw NotImplementedError("cluster.sync: only bsp and local are implemented yet");
-  }
   if (c.cluster.workers < 1 || c.cluster.servers < 1) {
     throw ConfigError(fmt::format("cluster.workers ({}) and cluster.servers ({}) must be >= 1",
                                   c.cluster.workers, c.cluster.servers));
@@ -161,6 +158,7 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
     wo.timeout = options.timeout;
     wo.wire_encoding = wire_encoding(config.cluster);
     wo.local = local_steps_options(config);
+    wo.leased = is_async_sync(config.cluster.sync);
     wo.bucket_mb = config.cluster.bucket_mb;
     threads_.emplace_back([&failure, &fabric, &layout, &ranges, wo]() {
       failure.guard(fmt::format("worker {}", wo.worker_id), [&] {

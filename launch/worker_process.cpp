@@ -80,6 +80,7 @@ void run_worker_process(const WorkerProcessOptions& o, net::Secret secret) {
   wo.fault_step = o.fault_step;
   wo.wire_encoding = wire_encoding(cfg.cluster);
   wo.local = local_steps_options(cfg);
+  wo.leased = is_async_sync(cfg.cluster.sync);
   wo.bucket_mb = cfg.cluster.bucket_mb;
   wo.fault_delay_s = o.fault_delay_s;
   spdlog::info("worker {}: connected to {} server(s), device {}, {} thread(s)", id, S, wo.device,

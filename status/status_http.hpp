@@ -90,6 +90,11 @@ struct JobStatus {
   // Data-plane bytes (pushes + pull replies, frames included) per target token of the last
   // applied step; an evaluation's pulls count in the step after it. NaN before the first step.
   double bytes_per_token = std::nan("");
+  // cluster.sync ssp and async: staleness of the pushes applied by this run (updates applied
+  // between a gradient's read of the weights and its own update), max and mean. NaN under bsp
+  // and local (every gradient is fresh there) and before the first push.
+  double push_staleness_max = std::nan("");
+  double push_staleness_mean = std::nan("");
   int64_t last_checkpoint_step = -1;   // -1: no checkpoint published yet
   std::vector<LossPoint> loss_history; // this run's steps (thinned to ≤ 4096 points)
   // What the page and /metrics add (NaN = not known yet).
@@ -125,7 +130,7 @@ std::array<int64_t, 3> count_members(const JobStatus& s);
 // ptrain_loss, ptrain_val_loss, ptrain_learning_rate, ptrain_grad_norm, ptrain_elapsed_seconds,
 // ptrain_members{role} (all three roles always present), ptrain_membership_epoch,
 // ptrain_pushed_bytes_total, ptrain_pulled_bytes_total, ptrain_bytes_per_token,
-// ptrain_step_phase_seconds{phase},
+// ptrain_step_phase_seconds{phase}, ptrain_push_staleness_max, ptrain_push_staleness_mean,
 // ptrain_last_checkpoint_step (-1 before the first). Per member, labelled {role, id, host}:
 // ptrain_member_step, ptrain_member_heartbeat_age_seconds, ptrain_member_pushed_bytes_total,
 // ptrain_member_pulled_bytes_total; ptrain_membership_changes_total{kind="join|leave|lost|restart|resume"}

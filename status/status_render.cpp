@@ -64,6 +64,8 @@ bool JobStatus::operator==(const JobStatus& o) const {
                     same_member) &&
          bytes_pushed_total == o.bytes_pushed_total && bytes_pulled_total == o.bytes_pulled_total &&
          step_seconds == o.step_seconds && same_double(bytes_per_token, o.bytes_per_token) &&
+         same_double(push_staleness_max, o.push_staleness_max) &&
+         same_double(push_staleness_mean, o.push_staleness_mean) &&
          last_checkpoint_step == o.last_checkpoint_step &&
          std::equal(loss_history.begin(), loss_history.end(), o.loss_history.begin(),
                     o.loss_history.end(), same_point) &&
@@ -133,6 +135,14 @@ std::string render_prometheus(const JobStatus& s) {
   one("ptrain_bytes_per_token", "gauge",
       "Data-plane bytes (gradient pushes + weight pulls) per target token of the last applied step.",
       prom_value(s.bytes_per_token));
+  one("ptrain_push_staleness_max", "gauge",
+      "cluster.sync ssp/async: most updates applied between a push's read of the weights and its "
+      "own update, over this run (NaN under bsp and local).",
+      prom_value(s.push_staleness_max));
+  one("ptrain_push_staleness_mean", "gauge",
+      "cluster.sync ssp/async: mean of that staleness over this run's pushes (NaN under bsp and "
+      "local).",
+      prom_value(s.push_staleness_mean));
   head("ptrain_step_phase_seconds", "gauge", "Seconds of the last step by phase (mean over workers).");
   const std::pair<const char*, double> phases[] = {{"compute", s.step_seconds.compute},
                                                    {"push", s.step_seconds.push},
@@ -220,6 +230,8 @@ std::string render_status_json(const JobStatus& s) {
         {"wait", num(s.step_seconds.wait)},
         {"pull", num(s.step_seconds.pull)}}},
       {"bytes_per_token", num(s.bytes_per_token)},
+      {"push_staleness_max", num(s.push_staleness_max)},
+      {"push_staleness_mean", num(s.push_staleness_mean)},
       {"last_checkpoint_step", s.last_checkpoint_step},
       {"members", std::move(members)},
       {"loss_history", std::move(history)},
@@ -260,6 +272,10 @@ JobStatus parse_status_json(std::string_view text) {
                       num_from(ss.at("wait")), num_from(ss.at("pull"))};
     // Absent from a status.json written before the figure existed.
     if (j.contains("bytes_per_token")) s.bytes_per_token = num_from(j.at("bytes_per_token"));
+    if (j.contains("push_staleness_max")) {
+      s.push_staleness_max = num_from(j.at("push_staleness_max"));
+      s.push_staleness_mean = num_from(j.at("push_staleness_mean"));
+    }
     s.last_checkpoint_step = j.at("last_checkpoint_step").get<int64_t>();
     for (const auto& m : j.at("members")) {
       MemberStatus ms;

@@ -41,6 +41,12 @@ PsClient::~PsClient() {
   }
 }
 
+PsClient::Ticket PsClient::pull_newest(int64_t min_version, std::span<float> dst) {
+  const Ticket t = pull(min_version, dst);
+  pulls_.at(t).newest = true;
+  return t;
+}
+
 PsClient::Ticket PsClient::pull(int64_t version, std::span<float> dst, int64_t piece) {
   PTRAIN_ENFORCE(static_cast<int64_t>(dst.size()) == total_, "pull into {} floats, need {}",
                  dst.size(), total_);
@@ -171,8 +177,9 @@ void PsClient::dispatch(net::Envelope&& env) {
     PullState& st = pulls_.at(req->second.first);
     Piece& piece = st.pieces[req->second.second];
     requests_.erase(req);
+    st.oldest = std::min(st.oldest, reply->version);
     if (reply->version > st.version) {
-      st.newer = true;  // late: the job moved on (wait() says so)
+      if (!st.newest) st.newer = true;  // late: the job moved on (wait() says so)
     } else if (reply->version != st.version) {
       throw Error(ExitCode::kIo,
                   fmt::format("{}: asked {} for weights version {}, it sent version {}",
@@ -268,6 +275,7 @@ bool PsClient::wait(Ticket ticket, std::chrono::milliseconds timeout) {
     if (env) dispatch(std::move(*env));
   }
   const bool current = !it->second.newer;
+  last_pulled_version_ = it->second.oldest;
   if (!it->second.packed.empty()) packed_pool_.push_back(std::move(it->second.packed));
   pulls_.erase(it);
   return current;

@@ -56,6 +56,11 @@ class PsClient {
   // is asked for in pieces of about that many floats (rounded up to even, so bf16 pieces stay
   // whole 4-byte elements), in flat order; 0: one request per server.
   Ticket pull(int64_t version, std::span<float> dst, int64_t piece = 0);
+  // cluster.sync ssp and async: the same, but each server answers with the newest version it
+  // holds, `min_version` or later (it waits until it has that one); a newer reply is not late.
+  // After wait(), last_pulled_version() is the oldest version among the replies.
+  Ticket pull_newest(int64_t min_version, std::span<float> dst);
+  int64_t last_pulled_version() const { return last_pulled_version_; }
 
   // Sends each server its slice of `grads` (the whole flat vector). Complete (and `grads` free
   // to change) once it returns.
@@ -101,6 +106,8 @@ class PsClient {
     std::span<float> dst;
     int remaining = 0;
     bool newer = false;  // a server sent a newer version than asked
+    bool newest = false;  // pull_newest: a newer version is what was asked for
+    int64_t oldest = INT64_MAX;  // the oldest version among the replies so far
     std::vector<float> packed;  // bf16: the replies' packed floats (from packed_pool_)
     std::vector<Piece> pieces;  // by flat offset; a server's pieces are consecutive
   };
@@ -124,6 +131,7 @@ class PsClient {
   std::map<Ticket, PullState> pulls_;
   std::map<uint64_t, std::pair<Ticket, size_t>> requests_;  // pull request id → (ticket, piece)
   std::deque<net::Envelope> others_;
+  int64_t last_pulled_version_ = -1;
 };
 
 }  // namespace ptrain

@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <optional>
 #include <thread>
+#include <utility>
 
 namespace ptrain {
 namespace {
@@ -53,6 +54,11 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
   BatchLoader loader(file, layout.dims().T);
   PsClient client(transport, std::move(server_ranges), std::chrono::minutes(10), o.wire_encoding);
   const std::string me = transport.self().str();
+  if (o.leased && !o.fault_phase.empty() && o.fault_phase != "delay-push") {
+    throw ConfigError(fmt::format("{}: test fault injection at {} is not supported with "
+                                  "cluster.sync ssp or async (only delay-push)",
+                                  me, o.fault_phase));
+  }
   // cluster.sync local: H inner steps per StepBegin, and the pseudo-gradient pushed.
   std::optional<LocalSteps> local;
   if (o.local) local.emplace(layout, *o.local);
@@ -99,6 +105,49 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
     transport.send(net::coordinator_endpoint(), done);
   };
 
+  // cluster.sync ssp and async: the gradient of a lease, computed and waiting for its step.
+  struct ComputedLease {
+    uint64_t lease_id = 0;
+    std::vector<int64_t> windows;
+    int64_t base_version = 0;  // the weights it was computed from (oldest shard's version)
+    LossSum sum;
+    double pull_s = 0.0, compute_s = 0.0;
+  };
+  std::optional<ComputedLease> leased;
+  auto compute_lease = [&](const proto::LeaseGrant& lease) {
+    ComputedLease c{lease.lease_id, lease.windows};
+    const auto t0 = Clock::now();
+    client.wait(client.pull_newest(lease.min_version, train.weights_host()), o.timeout);
+    c.base_version = client.last_pulled_version();
+    c.pull_s = seconds_since(t0);
+    const auto t1 = Clock::now();
+    train.upload_weights();
+    // The lease id keys BERT's masks as a step number does in bsp: fixed before the step's turn.
+    c.sum = train.compute(loader, lease.windows, static_cast<int64_t>(lease.lease_id));
+    // A straggler for tests (fault_phase "delay-push"): slow to finish its gradient.
+    if (o.fault_phase == "delay-push" && static_cast<int64_t>(lease.lease_id) + 1 >= o.fault_step) {
+      std::this_thread::sleep_for(std::chrono::duration<double>(o.fault_delay_s));
+    }
+    c.compute_s = seconds_since(t1);
+    return c;
+  };
+  auto push_lease = [&](const ComputedLease& c, const proto::StepBegin& begin) {
+    const auto t0 = Clock::now();
+    client.push(PushMeta{begin.step, begin.membership_epoch, o.worker_id, c.sum.tokens},
+                train.grads_host());
+    const double push_s = seconds_since(t0);
+    const net::TransportCounters n = transport.counters();
+    transport.send(
+        net::coordinator_endpoint(),
+        proto::WorkerStepDone{o.worker_id, begin.step, c.sum.loss_sum, c.sum.tokens, c.pull_s,
+                              c.compute_s, push_s,
+                              n.bytes_sent_by_type[static_cast<size_t>(
+                                  proto::MessageType::kGradPush)],
+                              n.bytes_received_by_type[static_cast<size_t>(
+                                  proto::MessageType::kPullReply)],
+                              train.has_accuracy() ? c.sum.correct : -1});
+  };
+
   for (;;) {
     // Between messages is a step boundary: the place to leave.
     std::optional<net::Envelope> env;
@@ -128,11 +177,35 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
       evaluate(*eval);
       continue;
     }
+    if (auto* lease = std::get_if<proto::LeaseGrant>(&env->message)) {
+      if (!o.leased || leased) {
+        throw proto::ProtocolError(fmt::format(
+            "{}: unexpected LeaseGrant {} from {} ({})", me, lease->lease_id, env->from.str(),
+            !o.leased ? "this job's cluster.sync is not ssp or async"
+                      : fmt::format("lease {} is computed and waits for its step",
+                                    leased->lease_id)));
+      }
+      leased = compute_lease(*lease);
+      transport.send(net::coordinator_endpoint(),
+                     proto::PushReady{o.worker_id, leased->lease_id, leased->base_version});
+      continue;
+    }
     auto* begin = std::get_if<proto::StepBegin>(&env->message);
     if (begin == nullptr) {
       throw proto::ProtocolError(fmt::format("{}: unexpected {} from {}", me,
                                              proto::type_name(proto::type_of(env->message)),
                                              env->from.str()));
+    }
+    if (o.leased) {
+      if (!leased || leased->windows != begin->windows) {
+        throw proto::ProtocolError(fmt::format(
+            "{}: StepBegin of step {} names {} window(s) {}", me, begin->step + 1,
+            begin->windows.size(),
+            leased ? fmt::format("that are not those of lease {}", leased->lease_id)
+                   : std::string("but no lease is computed")));
+      }
+      push_lease(*std::exchange(leased, std::nullopt), *begin);
+      continue;
     }
 
     const PushMeta meta{begin->step, begin->membership_epoch, o.worker_id,

@@ -5,7 +5,10 @@
 // workers' pushes), push each server its slice with the token count, report the loss to the
 // coordinator. Repeats until Shutdown. With cluster.sync local (WorkerOptions::local) the part
 // between pull and push is H inner AdamW steps and the push carries the pseudo-gradient
-// (worker/local_steps.hpp).
+// (worker/local_steps.hpp). With cluster.sync ssp or async (WorkerOptions::leased) the compute
+// comes first: LeaseGrant{windows, min_version} → pull the newest weights (min_version or later)
+// → gradient → PushReady to the coordinator; the push waits for the StepBegin that names the same
+// windows (its turn), then goes out with the report as in bsp (docs/sync_modes.md).
 // Validation: on EvalBegin{version, windows of data.val, batch} it pulls that version and
 // answers EvalDone with the forward pass's loss sum of each batch (the coordinator combines them
 // in a fixed order: common/data/val_loss.hpp).
@@ -51,6 +54,8 @@ struct WorkerOptions {
   // cluster.sync local (local_steps_options(config)): each StepBegin runs H inner AdamW steps
   // and pushes the pseudo-gradient (worker/local_steps.hpp). nullopt = bsp.
   std::optional<LocalStepsOptions> local;
+  // cluster.sync ssp or async: work comes as leases, computed before the step's turn (above).
+  bool leased = false;
   // Test hook: builds the compute backend instead of `device` (e.g. a fake device backend);
   // empty = make_backend(device, backend_options(device_config, threads)).
   std::function<std::unique_ptr<Backend>(int threads)> make_backend;

@@ -158,8 +158,8 @@ constexpr Choice<DataTransport> kTransportChoices[] = {{DataTransport::kAuto, "a
                                                        {DataTransport::kTcp, "tcp", true},
                                                        {DataTransport::kMpi, "mpi", PTRAIN_HAS_MPI != 0}};
 constexpr Choice<SyncMode> kSyncChoices[] = {{SyncMode::kBsp, "bsp", true},
-                                             {SyncMode::kSsp, "ssp", false},
-                                             {SyncMode::kAsync, "async", false},
+                                             {SyncMode::kSsp, "ssp", true},
+                                             {SyncMode::kAsync, "async", true},
                                              {SyncMode::kLocal, "local", true}};
 constexpr Choice<WireDtype> kWireDtypeChoices[] = {{WireDtype::kFp32, "fp32", true},
                                                    {WireDtype::kBf16, "bf16", true}};
@@ -689,15 +689,16 @@ class Loader {
                          "cluster.outer_momentum ({}) apply only to cluster.sync: local; leave "
                          "them at their defaults (1, 0.7, 0.9) with cluster.sync: {}",
                          c.cluster.local_steps, c.cluster.outer_lr, c.cluster.outer_momentum,
-                         c.cluster.sync == SyncMode::kBsp ? "bsp" : "this mode"));
+                         sync_mode_name(c.cluster.sync)));
       }
     }
-    if ((c.cluster.sync == SyncMode::kBsp || c.cluster.sync == SyncMode::kLocal) &&
-        c.cluster.staleness != 0) {
+    if (c.cluster.sync != SyncMode::kSsp && c.cluster.staleness != 0) {
+      // bsp and local wait for every worker each step; async has no bound at all.
       fail(where_of({"cluster.staleness"}),
-           fmt::format("cluster.staleness: {} is not implemented yet (valid now: 0; bsp and local "
-                       "wait for every worker each step, staleness needs ssp)",
-                       c.cluster.staleness));
+           fmt::format("cluster.staleness ({}) applies only to cluster.sync: ssp (bsp and local "
+                       "wait for every worker each step, async has no bound); leave it at 0 with "
+                       "cluster.sync: {}",
+                       c.cluster.staleness, sync_mode_name(c.cluster.sync)));
     }
   }
 
@@ -755,6 +756,14 @@ const char* model_arch_name(ModelArch arch) {
     if (c.value == arch) return c.name.data();
   }
   PTRAIN_ENFORCE(false, "model architecture {} has no name", static_cast<int>(arch));
+  return "";
+}
+
+const char* sync_mode_name(SyncMode mode) {
+  for (const auto& c : kSyncChoices) {
+    if (c.value == mode) return c.name.data();
+  }
+  PTRAIN_ENFORCE(false, "sync mode {} has no name", static_cast<int>(mode));
   return "";
 }
 

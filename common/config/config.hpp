@@ -27,6 +27,13 @@ enum class ModelArch { kGpt, kBert };
 const char* device_type_name(DeviceType type);
 // The config spelling of a model architecture ("gpt", "bert").
 const char* model_arch_name(ModelArch arch);
+// The config spelling of a sync mode ("bsp", "ssp", "async", "local").
+const char* sync_mode_name(SyncMode mode);
+// cluster.sync ssp or async: every step is one worker's push, applied as soon as its turn comes
+// (docs/sync_modes.md).
+inline bool is_async_sync(SyncMode mode) {
+  return mode == SyncMode::kSsp || mode == SyncMode::kAsync;
+}
 
 struct RunConfig {
   std::string dir = "runs/default";  // absolute after resolution

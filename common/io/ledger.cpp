@@ -92,7 +92,8 @@ LedgerWriter::~LedgerWriter() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-void LedgerWriter::step(int64_t step, const std::vector<DataWindow>& windows) {
+void LedgerWriter::step(int64_t step, const std::vector<DataWindow>& windows,
+                        const std::optional<PushRecord>& push) {
   // One line per data epoch, epochs in the order their first window was handed out.
   std::vector<int64_t> order;
   std::map<int64_t, std::vector<int64_t>> by_epoch;
@@ -103,8 +104,15 @@ void LedgerWriter::step(int64_t step, const std::vector<DataWindow>& windows) {
   }
   const double now = unix_seconds();
   for (int64_t e : order) {
-    write_line(fd_, path_,
-               {{"step", step}, {"data_epoch", e}, {"windows", by_epoch[e]}, {"time", now}});
+    nlohmann::json line = {
+        {"step", step}, {"data_epoch", e}, {"windows", by_epoch[e]}, {"time", now}};
+    if (push) {
+      line["worker"] = push->worker;
+      line["base_version"] = push->base_version;
+      line["staleness"] = push->staleness;
+      line["ahead"] = push->ahead;
+    }
+    write_line(fd_, path_, line);
   }
 }
 

@@ -6,6 +6,11 @@
 //   the window indices of data.train whose gradients it applied; a step whose windows come from
 //   two data epochs — a batch spanning an epoch's end, or windows given back from an earlier
 //   epoch — has one line per epoch, in the order its windows were handed out);
+//   with cluster.sync ssp or async (every step one worker's push) each step line also carries
+//     "worker": W, "base_version": V (the weights version its gradient was computed from),
+//     "staleness": t - 1 - V (updates applied between its read and its own update) and
+//     "ahead": A (pushes it was ahead of the slowest worker when its work was granted;
+//     ssp keeps A <= cluster.staleness)
 //   per membership event
 //     {"event": "join"|"leave"|"lost"|"restart"|"resume", "role": R, "id": N, "step": t,
 //      "time": UNIX_SECONDS}.
@@ -22,6 +27,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,8 +42,16 @@ class LedgerWriter {
   LedgerWriter(const LedgerWriter&) = delete;
   LedgerWriter& operator=(const LedgerWriter&) = delete;
 
+  // ssp/async: who pushed the step and how stale its gradient was (the fields above).
+  struct PushRecord {
+    int32_t worker = 0;
+    int64_t base_version = 0;
+    int64_t staleness = 0;
+    int64_t ahead = 0;
+  };
   // Step `step` (steps applied) applied these windows, in hand-out order.
-  void step(int64_t step, const std::vector<DataWindow>& windows);
+  void step(int64_t step, const std::vector<DataWindow>& windows,
+            const std::optional<PushRecord>& push = std::nullopt);
   // kind: join, leave, lost, restart, resume; role: "worker", "server", "coordinator".
   void event(const std::string& kind, const std::string& role, int64_t id, int64_t step);
   const std::string& path() const { return path_; }

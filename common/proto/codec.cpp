@@ -54,6 +54,8 @@ const char* type_name(MessageType t) {
     case MessageType::kEvalBegin: return "EvalBegin";
     case MessageType::kEvalDone: return "EvalDone";
     case MessageType::kStepWorkers: return "StepWorkers";
+    case MessageType::kLeaseGrant: return "LeaseGrant";
+    case MessageType::kPushReady: return "PushReady";
   }
   return "unknown";
 }
@@ -338,6 +340,10 @@ void fields(IO&& io, M& m) {
   } else if constexpr (std::is_same_v<T, EvalDone>) {
     io(m.request_id), io(m.worker_id), io(m.version), io(m.window_begin), io(m.loss_sums),
         io(m.tokens), io(m.eval_s);
+  } else if constexpr (std::is_same_v<T, LeaseGrant>) {
+    io(m.lease_id), io(m.membership_epoch), io(m.min_version), io(m.windows);
+  } else if constexpr (std::is_same_v<T, PushReady>) {
+    io(m.worker_id), io(m.lease_id), io(m.base_version);
   } else {
     static_assert(sizeof(T) == 0, "message without a field list");
   }
@@ -487,6 +493,8 @@ void with_type(MessageType type, F&& f) {
     case MessageType::kEvalBegin: f.template operator()<EvalBegin>(); return;
     case MessageType::kEvalDone: f.template operator()<EvalDone>(); return;
     case MessageType::kStepWorkers: f.template operator()<StepWorkers>(); return;
+    case MessageType::kLeaseGrant: f.template operator()<LeaseGrant>(); return;
+    case MessageType::kPushReady: f.template operator()<PushReady>(); return;
   }
   const auto t = static_cast<uint16_t>(type);
   throw ProtocolError(fmt::format("{} ({})", bad_type(t), types_spoken()));

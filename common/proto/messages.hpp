@@ -29,6 +29,17 @@
 //
 // Steps are 0-based indices here: step t uses weights version t (t optimizer updates applied) and,
 // once committed, produces version t+1. Logs and checkpoints count applied steps (t+1).
+//
+// cluster.sync ssp and async (protocol version 8; docs/sync_modes.md): every step is ONE worker's
+// push, the steps still applied one after another in the coordinator's order, each through the
+// messages above. What changes is when a worker computes:
+//   coordinator → worker   LeaseGrant{lease, windows, min_version}   (as soon as the staleness
+//                          bound allows: the worker is at most cluster.staleness pushes ahead)
+//   worker → server        PullRequest{version = min_version}  (the server answers with the
+//                          newest version it holds, never an older one)
+//   worker → coordinator   PushReady{lease, base_version}      (its gradient is computed)
+//   coordinator → worker   StepBegin{step, the lease's windows} when the step's turn comes; the
+//                          worker pushes the gradient it holds, and the step runs as in bsp.
 #pragma once
 
 #include "common/proto/float_range.hpp"
@@ -54,7 +65,8 @@ inline constexpr uint32_t kMagic = 0x4E525450u;
 //    before the float count): fp32, or bf16 packed two per 4-byte element (bf16.hpp).
 // 7: StepWorkers (type 25) tells the servers a step's workers at its begin; NormReport names the
 //    worker set its partial norm covers (a server reports as soon as it holds every push).
-inline constexpr uint16_t kProtocolVersion = 7;
+// 8: LeaseGrant (26) and PushReady (27) for cluster.sync ssp and async.
+inline constexpr uint16_t kProtocolVersion = 8;
 
 enum class MessageType : uint16_t {
   kLoadShard = 1,
@@ -87,9 +99,12 @@ enum class MessageType : uint16_t {
   kEvalDone = 24,
   // Protocol version 7: servers learn a step's workers at its begin.
   kStepWorkers = 25,
+  // Protocol version 8: cluster.sync ssp and async.
+  kLeaseGrant = 26,
+  kPushReady = 27,
 };
 inline constexpr uint16_t kMinMessageType = 1;
-inline constexpr uint16_t kMaxMessageType = 25;
+inline constexpr uint16_t kMaxMessageType = 27;
 // The name a retired message type had ("CheckpointRequest" for 12), or nullptr for any other value.
 // A retired number lies inside [kMinMessageType, kMaxMessageType] but is not a MessageType.
 const char* retired_type_name(uint16_t type);
@@ -392,11 +407,34 @@ struct EvalDone {
   bool operator==(const EvalDone&) const = default;
 };
 
+// coordinator → worker (cluster.sync ssp, async): compute a gradient on these windows of
+// data.train from weights of version `min_version` or newer (the worker's own last push is
+// always in it), then say PushReady. The push itself waits for the StepBegin that names the same
+// windows.
+struct LeaseGrant {
+  static constexpr MessageType kType = MessageType::kLeaseGrant;
+  uint64_t lease_id = 0;
+  int64_t membership_epoch = 0;
+  int64_t min_version = 0;
+  std::vector<int64_t> windows;
+  bool operator==(const LeaseGrant&) const = default;
+};
+
+// worker → coordinator: the gradient of lease `lease_id` is computed, from weights of version
+// `base_version` (the oldest version among the servers' replies).
+struct PushReady {
+  static constexpr MessageType kType = MessageType::kPushReady;
+  int32_t worker_id = 0;
+  uint64_t lease_id = 0;
+  int64_t base_version = 0;
+  bool operator==(const PushReady&) const = default;
+};
+
 using Message = std::variant<LoadShard, StepBegin, PullRequest, PullReply, GradPush, PushReceived,
                              WorkerStepDone, StepContributors, NormReport, StepCommit, StepApplied,
                              Shutdown, Failure, Register, Welcome, PeerHello, Heartbeat,
                              CheckpointShard, CheckpointShardWritten, ShardLoaded, EvalBegin,
-                             EvalDone, StepWorkers>;
+                             EvalDone, StepWorkers, LeaseGrant, PushReady>;
 
 MessageType type_of(const Message& m);
 // "GradPush", "PullReply", ... ("unknown(N)" for a value outside the enum).

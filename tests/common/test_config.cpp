@@ -336,12 +336,16 @@ TEST_CASE("config: out-of-range values name file:line:col and the key") {
 TEST_CASE("config: values not built yet are refused with 'not implemented yet'") {
   CHECK(parse(kTrain + "cluster:\n  launch: processes\n").cluster.launch == Launch::kProcesses);
   CHECK(parse(kTrain + "cluster:\n  launch: threads\n").cluster.launch == Launch::kThreads);
-  CHECK(parse_error(kTrain + "cluster:\n  sync: ssp\n") ==
-        "cfg.yaml:4:9: cluster.sync: 'ssp' is not implemented yet (valid now: bsp, local)");
-  CHECK(parse_error(kTrain + "cluster:\n  sync: async\n") ==
-        "cfg.yaml:4:9: cluster.sync: 'async' is not implemented yet (valid now: bsp, local)");
-  const std::string msg = parse_error(kTrain + "cluster:\n  staleness: 2\n");
-  CHECK(starts_with(msg, "cfg.yaml:4:14: cluster.staleness: 2 is not implemented yet (valid now: 0"));
+  CHECK(parse(kTrain + "cluster:\n  sync: ssp\n  staleness: 2\n").cluster.staleness == 2);
+  CHECK(parse(kTrain + "cluster:\n  sync: ssp\n").cluster.sync == SyncMode::kSsp);
+  CHECK(parse(kTrain + "cluster:\n  sync: async\n").cluster.sync == SyncMode::kAsync);
+  // staleness bounds ssp only: elsewhere it is refused, not ignored.
+  CHECK(starts_with(parse_error(kTrain + "cluster:\n  staleness: 2\n"),
+                    "cfg.yaml:4:14: cluster.staleness (2) applies only to cluster.sync: ssp"));
+  CHECK(contains(parse_error(kTrain + "cluster:\n  sync: async\n  staleness: 1\n"),
+                 "leave it at 0 with cluster.sync: async"));
+  CHECK(starts_with(parse_error(kTrain + "cluster:\n  sync: ssp\n  staleness: -1\n"),
+                    "cfg.yaml:5:14: cluster.staleness"));
   CHECK(parse(kTrain).device.type == DeviceType::kCpu);
   CHECK(parse(kTrain + "device:\n  type: cpu\n").device.type == DeviceType::kCpu);
   if (PTRAIN_HAS_CUDA) {  // the config accepts it; the factory checks driver and GPU

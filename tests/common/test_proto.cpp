@@ -51,6 +51,8 @@ std::vector<Message> samples() {
   out.push_back(ShardLoaded{2, 13, {8, 10}, 0.75});
   out.push_back(EvalBegin{11, 13, 64, 96, 8});
   out.push_back(EvalDone{11, 3, 13, 64, {1234.5, 1e-300, 7.25, 0.0}, {128, 1, 64, 0}, 0.5});
+  out.push_back(LeaseGrant{0xABCDEF0123ull, 3, 17, {5, 99, 1ll << 40}});
+  out.push_back(PushReady{2, 0xABCDEF0123ull, 15});
   // Empty vectors and strings.
   out.push_back(LoadShard{0, 0, {5, 5}, 0, ""});
   out.push_back(EvalDone{1, 0, 0, 0, {}, {}, 0.0});

@@ -555,3 +555,49 @@ TEST_CASE("dist elastic: local sgd - a worker killed before its push loses its l
   }
   stop_and_check(job, run);
 }
+
+// cluster.sync ssp and async (docs/sync_modes.md) with a straggler (PTRAIN_TEST_WORKER_FAULT=
+// delay-push:1:1: each of its leases takes 1 s more). In ssp with cluster.staleness 2 the two
+// fast workers run ahead of it by at most 2 pushes (the ledger's per-push `ahead`), and do reach
+// that bound; in async nothing holds them. Then the straggler is killed with SIGKILL while it
+// computes: its lease goes back to the pool, the job goes on and the ledger stays exactly-once.
+TEST_CASE("dist elastic: ssp and async with a straggler - ssp keeps everyone within the bound - a lost lease goes back") {
+  for (const std::string mode : {"ssp", "async"}) {
+    CAPTURE(mode);
+    TempDir dir("elastic-" + mode);
+    const std::string run = dir / "run";
+    const Proc job =
+        start_job(dir, 2, 3, mode == "ssp" ? ", sync: ssp, staleness: 2" : ", sync: async");
+    const Proc slow = start_worker(run, dir / "slow.txt", "delay-push:1:1");
+    REQUIRE(wait_event(run, "join", 1, std::chrono::seconds(30)));
+    const int64_t at_join = steps_done(run);
+    REQUIRE(reach_step(run, at_join + 20, std::chrono::seconds(60)));
+    std::map<int32_t, int64_t> pushes;
+    int64_t most_ahead = 0, most_stale = 0;
+    for (const std::string& line : read_lines(run + "/ledger.jsonl")) {
+      const auto j = nlohmann::json::parse(line);
+      if (!j.contains("windows")) continue;
+      REQUIRE(j.contains("ahead"));
+      ++pushes[j.at("worker").get<int32_t>()];
+      most_ahead = std::max(most_ahead, j.at("ahead").get<int64_t>());
+      most_stale = std::max(most_stale, j.at("staleness").get<int64_t>());
+    }
+    MESSAGE(mode << ": pushes by worker " << nlohmann::json(pushes).dump() << "; most ahead "
+                 << most_ahead << ", most stale " << most_stale);
+    CHECK(pushes.size() == 3u);  // the straggler pushed too
+    if (mode == "ssp") {
+      CHECK(most_ahead == 2);  // reached, never passed
+    } else {
+      CHECK(most_ahead > 2);
+    }
+    CHECK(most_stale >= 1);
+    kill(slow.pid, SIGKILL);
+    REQUIRE(wait_event(run, "lost", 1, std::chrono::seconds(10)));
+    const int64_t at = steps_done(run);
+    REQUIRE(reach_step(run, at + 5, std::chrono::seconds(30)));
+    const std::string log = slurp(run + "/logs/coordinator-0.log");
+    INFO(log.substr(log.size() > 4000 ? log.size() - 4000 : 0));
+    CHECK(log.find("back to the pool") != std::string::npos);
+    stop_and_check(job, run);
+  }
+}

@@ -220,6 +220,8 @@ std::vector<Message> seed_messages() {
       EvalBegin{11, 6, 8, 16, 4},
       EvalDone{11, 0, 6, 8, {12.5, 3.0}, {64, 64}, 0.1},
       StepWorkers{6, 2, {0, 1}},
+      LeaseGrant{3, 2, 6, {10, 11}},
+      PushReady{1, 3, 5},
   };
 }
 

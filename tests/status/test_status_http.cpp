@@ -45,6 +45,8 @@ JobStatus sample_status() {
   s.bytes_pulled_total = 16000;
   s.step_seconds = {0.5, 0.125, 0.0625, 0.25};
   s.bytes_per_token = 187.5;
+  s.push_staleness_max = 3.0;
+  s.push_staleness_mean = 1.25;
   s.last_checkpoint_step = 40;
   for (int i = 0; i <= 42; ++i) s.loss_history.push_back({i, 10.0 / (1 + i)});
   s.run_dir = "/runs/sample";
@@ -243,6 +245,8 @@ TEST_CASE("status: /metrics has exactly the contract's metric names and labels")
       "ptrain_pushed_bytes_total",
       "ptrain_pulled_bytes_total",
       "ptrain_bytes_per_token",
+      "ptrain_push_staleness_max",
+      "ptrain_push_staleness_mean",
       "ptrain_step_phase_seconds,phase=compute",
       "ptrain_step_phase_seconds,phase=push",
       "ptrain_step_phase_seconds,phase=wait",
@@ -282,6 +286,8 @@ TEST_CASE("status: /metrics has exactly the contract's metric names and labels")
   CHECK(value["ptrain_pushed_bytes_total"] == "8000");
   CHECK(value["ptrain_pulled_bytes_total"] == "16000");
   CHECK(std::stod(value["ptrain_bytes_per_token"]) == 187.5);
+  CHECK(std::stod(value["ptrain_push_staleness_max"]) == 3.0);
+  CHECK(std::stod(value["ptrain_push_staleness_mean"]) == 1.25);
   CHECK(std::stod(value["ptrain_step_phase_seconds,phase=compute"]) == 0.5);
   CHECK(std::stod(value["ptrain_step_phase_seconds,phase=wait"]) == 0.0625);
   CHECK(value["ptrain_last_checkpoint_step"] == "40");
