@@ -42,8 +42,8 @@ void add_worker_command(CLI::App& app, Action& action) {
   coord->excludes(run_dir);
   run_dir->excludes(coord);
   sub->add_option("--device", args->device,
-                  "Compute device: cpu (cuda, cuda:N: not implemented yet); default: the job's "
-                  "device.type");
+                  "Compute device: cpu, cuda or cuda:N (cuda in a build with CUDA); default: the "
+                  "job's device.type");
   sub->add_option("--secret-file", args->secret_file,
                   "The job secret (mode 0600); default $PTRAIN_SECRET_FILE");
   sub->add_option("--threads", args->threads,

@@ -34,7 +34,7 @@ void add_allow_config_change_flag(CLI::App* sub, bool& flag) {
 
 void add_device_option(CLI::App* sub, std::string& device) {
   sub->add_option("--device", device,
-                  "Compute device: cpu (cuda, cuda:N: not implemented yet); default: device.type");
+                  "Compute device: cpu, cuda or cuda:N (cuda in a build with CUDA); default: device.type");
 }
 
 void add_threads_option(CLI::App* sub, std::optional<int>& threads) {

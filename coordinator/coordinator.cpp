@@ -719,7 +719,8 @@ bool CoordinatorRun::wait_for_ready_lease(int64_t t) {
 
 void CoordinatorRun::drain_leases() {
   if (!leased_) return;
-  const auto give_up = Clock::now() + o_.timeout;
+  // Bounded well below the peer timeout: a worker that does not finish is told to stop anyway.
+  const auto give_up = Clock::now() + std::min<Clock::duration>(o_.timeout, std::chrono::seconds(10));
   auto computing = [&] {
     int64_t n = 0;
     for (const auto& [w, l] : leases_) n += l.base_version < 0 && active_.count(w) != 0 ? 1 : 0;
@@ -730,6 +731,10 @@ void CoordinatorRun::drain_leases() {
       spdlog::debug("coordinator: {} from {} ignored while the last leases finish",
                     proto::type_name(proto::type_of(env->message)), env->from.str());
     }
+  }
+  if (computing() > 0) {
+    spdlog::warn("{} lease(s) still computing after 10 s; their workers are told to stop anyway",
+                 computing());
   }
 }
 

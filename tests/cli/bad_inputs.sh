@@ -65,7 +65,7 @@ expect 3 "optim.lr" -- "$PTRAIN" init good.yaml --set optim.lr=-1 --out x.h5
 expect 3 "n_embd.*n_head|n_head.*n_embd" -- "$PTRAIN" init good.yaml --set model.n_embd=15 --out x.h5
 expect 3 "model.seq_len" -- "$PTRAIN" init good.yaml --set model.seq_len=0 --out x.h5
 expect 3 "cluster.launch.*mpi" -- "$PTRAIN" run good.yaml --set cluster.launch=mpi
-expect 3 "cluster.sync.*not implemented yet" -- "$PTRAIN" run good.yaml --set cluster.sync=async
+expect 3 "cluster.staleness.*applies only to cluster.sync: ssp" -- "$PTRAIN" run good.yaml --set cluster.staleness=2
 expect 4 "missing.yaml" -- "$PTRAIN" run missing.yaml
 expect 2 "--set|set" -- "$PTRAIN" run good.yaml --set nonsense
 expect 3 "model.vocab_size.*smaller" -- "$PTRAIN" init good.yaml --set model.vocab_size=100 --out x.h5

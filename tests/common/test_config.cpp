@@ -524,7 +524,8 @@ TEST_CASE("config: cluster.sync local - its keys - their ranges named by key - r
   CHECK(contains(parse_error(local + "  outer_lr: -1\n"), "cluster.outer_lr must be > 0"));
   CHECK(contains(parse_error(local + "  outer_momentum: 1\n"), "cluster.outer_momentum"));
   CHECK(contains(parse_error(local + "  outer_momentum: -0.1\n"), "cluster.outer_momentum"));
-  CHECK(contains(parse_error(local + "  staleness: 1\n"), "cluster.staleness: 1 is not implemented yet"));
+  CHECK(contains(parse_error(local + "  staleness: 1\n"),
+                 "cluster.staleness (1) applies only to cluster.sync: ssp"));
   // Under bsp the local keys would do nothing: refused, naming them.
   const std::string bsp_h = parse_error(kTrain + "cluster:\n  local_steps: 4\n");
   CHECK(starts_with(bsp_h, "cfg.yaml:4:16: cluster.local_steps (4), cluster.outer_lr (0.7) and "

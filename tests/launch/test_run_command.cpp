@@ -54,7 +54,7 @@ std::string write_config(const TempDir& dir, int64_t steps) {
 
 }  // namespace
 
-TEST_CASE("coordinator run command: trains - logs and checkpoints - refuses what is not built") {
+TEST_CASE("coordinator run command: trains - logs and checkpoints - refuses a key its sync mode does not use") {
   TempDir dir("run-cmd");
   const std::string cfg = write_config(dir, 3);
   const Proc p = start({"run", cfg}, dir / "err.txt");
@@ -66,9 +66,10 @@ TEST_CASE("coordinator run command: trains - logs and checkpoints - refuses what
   CHECK(read_lines(dir / "run/train.jsonl").size() == 3);
   CHECK(fs::read_symlink(dir / "run/checkpoints/latest") == "step-00000003");
 
-  const Proc q = start({"run", cfg, "--set", "cluster.sync=async"}, dir / "err2.txt");
-  CHECK(wait_exit(q) == 3);  // refused by the config (ConfigError)
-  CHECK(slurp(dir / "err2.txt").find("not implemented yet") != std::string::npos);
+  const Proc q = start({"run", cfg, "--set", "cluster.staleness=2"}, dir / "err2.txt");
+  CHECK(wait_exit(q) == 3);  // refused by the config (ConfigError): bsp has no staleness
+  CHECK(slurp(dir / "err2.txt").find("cluster.staleness (2) applies only to cluster.sync: ssp") !=
+        std::string::npos);
 }
 
 TEST_CASE("coordinator run command: SIGTERM stops with a checkpoint - the next run resumes") {

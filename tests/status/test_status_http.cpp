@@ -436,7 +436,7 @@ TEST_CASE("status: a live server on a free port answers every page") {
   CHECK(metrics.status == 200);
   CHECK(metrics.headers["content-type"].starts_with("text/plain; version=0.0.4"));
   CHECK(metrics.headers["connection"] == "close");
-  CHECK(parse_prometheus(metrics.body).size() == 27 + 4 * 5);  // 27 job-wide, 4 per member
+  CHECK(parse_prometheus(metrics.body).size() == 29 + 4 * 5);  // 29 job-wide, 4 per member
 
   HttpAnswer status = get(port, "/status");
   CHECK(status.status == 200);
