@@ -115,7 +115,9 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
   };
   std::optional<ComputedLease> leased;
   auto compute_lease = [&](const proto::LeaseGrant& lease) {
-    ComputedLease c{lease.lease_id, lease.windows};
+    ComputedLease c;
+    c.lease_id = lease.lease_id;
+    c.windows = lease.windows;
     const auto t0 = Clock::now();
     client.wait(client.pull_newest(lease.min_version, train.weights_host()), o.timeout);
     c.base_version = client.last_pulled_version();
