@@ -474,6 +474,42 @@ int run_raw_send(const BenchPsPeerOptions& o) {
   return 0;
 }
 
+// The plain MPI copy (`mpirun -n 2 ptrain bench ps-peer --role mpi-raw`): rank 0 sends
+// --raw-bytes to rank 1 with blocking MPI_Send / MPI_Recv from and into one reused buffer of up
+// to the vector's size, as the raw TCP copy does over a socket; both print their clock readings
+// on stdout, which mpirun forwards.
+int run_mpi_raw_peer(const BenchPsPeerOptions& o) {
+  net::mpi_init();
+  {
+    const net::MpiComm world = net::MpiComm::world();
+    PTRAIN_ENFORCE(world.size() == 2, "bench ps-peer --role mpi-raw: {} ranks, needs 2",
+                   world.size());
+    const int64_t chunk = std::min<int64_t>(o.raw_bytes, std::max<int64_t>(o.floats * 4, 1));
+    std::vector<std::byte> buf(static_cast<size_t>(chunk), std::byte{1});
+    world.allgather("");  // both buffers touched: the copy alone is timed
+    if (world.rank() == 0) {
+      const int64_t t0 = mono_ns();
+      for (int64_t sent = 0; sent < o.raw_bytes; sent += chunk) {
+        world.send_bytes(1, std::span<const std::byte>(buf).first(
+                                static_cast<size_t>(std::min(chunk, o.raw_bytes - sent))));
+      }
+      std::printf("raw-sent %lld\n", static_cast<long long>(t0));
+    } else {
+      int64_t got = 0;
+      for (; got < o.raw_bytes; got += chunk) {
+        world.recv_bytes(0, std::span<std::byte>(buf).first(
+                                static_cast<size_t>(std::min(chunk, o.raw_bytes - got))));
+      }
+      std::printf("raw-received %lld %lld\n", static_cast<long long>(mono_ns()),
+                  static_cast<long long>(got));
+    }
+    std::fflush(stdout);
+    world.allgather("");
+  }
+  net::mpi_finalize();
+  return 0;
+}
+
 // ---- orchestrator -------------------------------------------------------------------------------
 
 struct Measured {
@@ -482,6 +518,7 @@ struct Measured {
   int servers = 0, workers = 0;
   int64_t bytes = 0;
   double seconds = 0;
+  std::string raw = "tcp";  // the plain copy beside it: a TCP socket, or MPI_Send / MPI_Recv
   int64_t raw_bytes = 0;
   double raw_seconds = 0;
   double gbps() const { return static_cast<double>(bytes) / seconds / 1e9; }
@@ -538,11 +575,9 @@ void measure_ps(const BenchPsOptions& o, const fs::path& dir, const std::string&
   reap(kids, Clock::now() + std::chrono::seconds(30));
 }
 
-// The same rounds over the MPI data plane: one `mpirun -n S+W` job of peers (shared memory
-// between the ranks of this machine); the workers' result lines come back on mpirun's stdout.
-void measure_ps_mpi(const BenchPsOptions& o, const fs::path& dir, Measured& m,
-                    std::vector<Child>& kids) {
-  const int S = m.servers, W = m.workers;
+// `mpirun` arguments for `ranks` ranks of this binary on this machine (shared memory between them,
+// without cross-memory attach, as in containers).
+std::vector<std::string> mpirun_args(const BenchPsOptions& o, int ranks) {
   if (!net::mpi_built() || std::string(PTRAIN_MPIEXEC).empty()) {
     throw NotImplementedError("bench ps --transport mpi: this build has no MPI (PTRAIN_MPI)");
   }
@@ -550,9 +585,16 @@ void measure_ps_mpi(const BenchPsOptions& o, const fs::path& dir, Measured& m,
   std::error_code ec;
   const fs::path real = fs::read_symlink(o.ptrain_binary, ec);
   const std::string binary = ec ? o.ptrain_binary : real.string();
-  std::vector<std::string> args{"--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
-                                "--mca", "btl_vader_single_copy_mechanism", "none", "-n",
-                                std::to_string(S + W), binary};
+  return {"--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "--mca",
+          "btl_vader_single_copy_mechanism", "none", "-n", std::to_string(ranks), binary};
+}
+
+// The same rounds over the MPI data plane: one `mpirun -n S+W` job of peers (shared memory
+// between the ranks of this machine); the workers' result lines come back on mpirun's stdout.
+void measure_ps_mpi(const BenchPsOptions& o, const fs::path& dir, Measured& m,
+                    std::vector<Child>& kids) {
+  const int S = m.servers, W = m.workers;
+  std::vector<std::string> args = mpirun_args(o, S + W);
   const auto peer = common_args(o, S, W, m.wire_dtype);
   args.insert(args.end(), peer.begin(), peer.end());
   args.insert(args.end(), {"--role", "mpi"});
@@ -598,6 +640,32 @@ void measure_raw(const BenchPsOptions& o, const fs::path& dir, Measured& m,
   reap(kids, Clock::now() + std::chrono::seconds(30));
 }
 
+// The same bytes as a plain MPI copy between two ranks (run_mpi_raw_peer).
+void measure_raw_mpi(const BenchPsOptions& o, const fs::path& dir, Measured& m,
+                     std::vector<Child>& kids) {
+  m.raw = "mpi";
+  m.raw_bytes = m.bytes;
+  std::vector<std::string> args = mpirun_args(o, 2);
+  const auto peer = common_args(o, 1, 1);
+  args.insert(args.end(), peer.begin(), peer.end());
+  args.insert(args.end(), {"--role", "mpi-raw", "--raw-bytes", std::to_string(m.raw_bytes)});
+  kids.push_back(spawn(PTRAIN_MPIEXEC, args, (dir / "mpirun-raw.log").string(), "mpirun (raw)"));
+  const auto run_deadline = Clock::now() + std::chrono::seconds(600);
+  long long t0 = -1, t1 = -1, n = -1;
+  for (int i = 0; i < 2; ++i) {  // the two ranks' lines, in whichever order mpirun forwards them
+    const std::string l = read_line(kids.back(), run_deadline);
+    if (std::sscanf(l.c_str(), "raw-sent %lld", &t0) != 1 &&
+        std::sscanf(l.c_str(), "raw-received %lld %lld", &t1, &n) != 2) {
+      throw IoError(fmt::format("bench ps: the raw MPI copy said '{}'", l));
+    }
+  }
+  if (t0 < 0 || t1 < 0 || n != m.raw_bytes) {
+    throw IoError("bench ps: the raw MPI copy did not complete");
+  }
+  m.raw_seconds = static_cast<double>(t1 - t0) * 1e-9;
+  reap(kids, Clock::now() + std::chrono::seconds(30));
+}
+
 }  // namespace
 
 int run_bench_ps_peer(const BenchPsPeerOptions& o) {
@@ -609,6 +677,7 @@ int run_bench_ps_peer(const BenchPsPeerOptions& o) {
   if (o.role == "raw-recv") return run_raw_recv(o);
   if (o.role == "raw-send") return run_raw_send(o);
   if (o.role == "mpi") return run_mpi_peer(o);
+  if (o.role == "mpi-raw") return run_mpi_raw_peer(o);
   throw UsageError(fmt::format("bench ps-peer: unknown role '{}'", o.role));
 }
 
@@ -655,15 +724,18 @@ int run_bench_ps(const BenchPsOptions& o) {
           m.workers = W;
           spdlog::info("bench ps: {} server(s) x {} worker(s), {} floats, {} round(s), {}, {}", S,
                        W, o.floats, o.rounds, transport, dtype);
+          // Each data plane beside the plain copy over the same medium, right after it.
           if (transport == "mpi") {
             measure_ps_mpi(o, dir, m, kids);
+            measure_raw_mpi(o, dir, m, kids);
           } else {
             measure_ps(o, dir, secret, m, kids);
+            measure_raw(o, dir, m, kids);
           }
-          measure_raw(o, dir, m, kids);
-          spdlog::info("bench ps: {:.3f} GB/s through the {} transport, {:.3f} GB/s raw TCP "
+          spdlog::info("bench ps: {:.3f} GB/s through the {} transport, {:.3f} GB/s raw {} "
                        "({:.0f}%)",
-                       m.gbps(), transport, m.raw_gbps(), 100 * m.ratio());
+                       m.gbps(), transport, m.raw_gbps(), m.raw == "mpi" ? "MPI" : "TCP",
+                       100 * m.ratio());
           results.push_back(m);
         }
       }
@@ -687,6 +759,7 @@ int run_bench_ps(const BenchPsOptions& o) {
                       {"bytes", m.bytes},
                       {"seconds", m.seconds},
                       {"gb_per_s", m.gbps()},
+                      {"raw", m.raw},
                       {"raw_bytes", m.raw_bytes},
                       {"raw_seconds", m.raw_seconds},
                       {"raw_gb_per_s", m.raw_gbps()},
@@ -698,7 +771,8 @@ int run_bench_ps(const BenchPsOptions& o) {
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("bench ps: %lld floats (%.1f MB), %d round(s), one machine (TCP: loopback; MPI: "
-                "shared memory); bytes = payload pushed + pulled; raw = a plain TCP copy\n",
+                "shared memory); bytes = payload pushed + pulled; raw = a plain copy of the same bytes "
+                "(tcp rows: one loopback socket; mpi rows: MPI_Send/MPI_Recv between two ranks)\n",
                 static_cast<long long>(o.floats), static_cast<double>(o.floats) * 4 / 1e6, o.rounds);
     std::printf("  %9s %5s %7s %7s %14s %9s %8s %9s %8s %7s\n", "transport", "wire", "servers",
                 "workers", "bytes", "seconds", "GB/s", "raw s", "raw GB/s", "ratio");

@@ -38,7 +38,9 @@ struct BenchPsOptions {
   bool json = false;
   std::string ptrain_binary = "/proc/self/exe";
   // Data planes to measure, each in the same run: "tcp" (peer processes over loopback TCP) and
-  // "mpi" (the same peers as the ranks of one mpirun job, over the MPI transport).
+  // "mpi" (the same peers as the ranks of one mpirun job, over the MPI transport). Each row is
+  // compared with a plain copy of its bytes over the same medium: a loopback TCP socket, or
+  // MPI_Send / MPI_Recv between two ranks.
   std::vector<std::string> transports{"tcp"};
   // Encodings of the pushed and pulled floats, each measured in the same run: "fp32", "bf16".
   std::vector<std::string> wire_dtypes{"fp32"};
@@ -50,7 +52,7 @@ int run_bench_ps(const BenchPsOptions& options);
 
 // One hidden helper process (`ptrain bench ps-peer`).
 struct BenchPsPeerOptions {
-  std::string role;          // "server", "worker", "raw-send", "raw-recv", "mpi" (a rank)
+  std::string role;  // "server", "worker", "raw-send", "raw-recv", "mpi" (a rank), "mpi-raw"
   int id = 0;
   int servers = 1;
   int workers = 1;

@@ -3,6 +3,7 @@
 // are registered by cmd_bench_ps.cpp. What each measures: docs/benchmarks.md.
 #include "cli/commands.hpp"
 #include "cli/cmd_bench_ps.hpp"
+#include "bench/bench_aggregate.hpp"
 #include "bench/bench_attention.hpp"
 #include "bench/bench_sgemm.hpp"
 #include "bench/bench_train.hpp"
@@ -13,7 +14,7 @@
 namespace ptrain::cli {
 
 void add_bench_command(CLI::App& app, Action& action) {
-  auto* bench = app.add_subcommand("bench", "Benchmarks: the training step of a config's model (train; --compare-launch: processes vs threads), the data plane vs raw TCP (ps), attention (flash vs materialised), sgemm");
+  auto* bench = app.add_subcommand("bench", "Benchmarks: the training step of a config's model (train; --compare-launch: processes vs threads), the data plane vs raw TCP (ps), a server's reduction (aggregate), attention (flash vs materialised), sgemm");
   bench->require_subcommand(1);
 
   auto targs = std::make_shared<BenchTrainOptions>();
@@ -72,6 +73,20 @@ void add_bench_command(CLI::App& app, Action& action) {
   att->add_option("--device", aargs->device, "Compute device (default cpu)");
   att->add_flag("--json", aargs->json, "Print one JSON object on stdout");
   att->callback([&action, aargs] { action = [aargs] { return run_bench_attention(*aargs); }; });
+
+  auto gargs = std::make_shared<BenchAggregateOptions>();
+  auto* agg = bench->add_subcommand(
+      "aggregate", "A server's reduction of one step's bucketed pushes: block by block as they "
+                   "arrive beside the whole shard after the last one (the time left after the "
+                   "last push)");
+  agg->add_option("--floats", gargs->floats,
+                  "Shard length in floats (default 62219904: GPT-2 124M over 2 servers)");
+  agg->add_option("--workers", gargs->workers, "Workers pushing (default 2)");
+  agg->add_option("--bucket-mb", gargs->bucket_mb, "Bucket size, as cluster.bucket_mb (default 25)");
+  agg->add_option("--reps", gargs->reps, "Timed repetitions of each, interleaved (default 3)");
+  agg->add_option("--threads", gargs->threads, "OpenMP threads; 0 = all cores (default)");
+  agg->add_flag("--json", gargs->json, "Print one JSON object on stdout");
+  agg->callback([&action, gargs] { action = [gargs] { return run_bench_aggregate(*gargs); }; });
 
   add_bench_ps_commands(bench, action);  // `bench ps` and its hidden helper (cmd_bench_ps.cpp)
 }

@@ -11,7 +11,8 @@ void add_bench_ps_commands(CLI::App* bench, Action& action) {
   auto a = std::make_shared<BenchPsOptions>();
   auto* ps = bench->add_subcommand(
       "ps", "Push+pull throughput of a GPT-2-124M-sized fp32 vector through the TCP transport "
-            "(1-4 server and 1-4 worker processes on loopback) beside a raw TCP copy");
+            "(1-4 server and 1-4 worker processes on loopback) or the MPI one, each beside a "
+            "plain copy of the same bytes (a TCP socket; MPI_Send/MPI_Recv)");
   ps->add_option("--servers", a->servers, "Server counts to try, e.g. 1,2,4 (default)")
       ->delimiter(',');
   ps->add_option("--workers", a->workers, "Worker counts to try, e.g. 1,2,4 (default)")

@@ -46,6 +46,9 @@ GradientAggregator::RangeResult GradientAggregator::add_range(int32_t worker, in
   if (end > begin) s.parts.emplace(begin, end);
   s.tokens = tokens;
   s.covered += end - begin;
+  if (eager_ && std::binary_search(eager_->workers.begin(), eager_->workers.end(), worker)) {
+    count_arrival(begin, end);
+  }
   return s.covered == size_ ? RangeResult::kComplete : RangeResult::kPartial;
 }
 
@@ -69,6 +72,60 @@ void GradientAggregator::clear() {
     s.covered = 0;
     s.parts.clear();
   }
+  eager_.reset();
+}
+
+namespace {
+
+// dst[i] = (Σ_w srcs[w][i], an fp32 left fold in the order of srcs) / denom for i in [b, e),
+// reading bf16-packed slots by widening each value; denom 0 writes zeros.
+void fold_range(const std::vector<const float*>& srcs, proto::FloatEncoding encoding,
+                double denom, int64_t b, int64_t e, float* dst) {
+  if (denom == 0.0 || srcs.empty()) {
+    std::fill(dst + b, dst + e, 0.0f);
+    return;
+  }
+  const size_t k = srcs.size();
+  if (encoding == proto::FloatEncoding::kBf16) {
+    for (int64_t i = b; i < e; ++i) {
+      const auto u = static_cast<size_t>(i);
+      float acc = proto::packed_bf16_at(srcs[0], u);
+      for (size_t w = 1; w < k; ++w) acc += proto::packed_bf16_at(srcs[w], u);
+      dst[i] = static_cast<float>(static_cast<double>(acc) / denom);
+    }
+    return;
+  }
+  for (int64_t i = b; i < e; ++i) {
+    float acc = srcs[0][i];
+    for (size_t w = 1; w < k; ++w) acc += srcs[w][i];
+    dst[i] = static_cast<float>(static_cast<double>(acc) / denom);
+  }
+}
+
+// The fp64 sum of squares of x[b, e), in order, and its first non-finite index (-1: none).
+std::pair<double, int64_t> chunk_norm(const float* x, int64_t b, int64_t e) {
+  double s = 0.0;
+  int64_t first = -1;
+  for (int64_t i = b; i < e; ++i) {
+    const double d = x[i];
+    if (first < 0 && !std::isfinite(x[i])) first = i;
+    s += d * d;
+  }
+  return {s, first};
+}
+
+}  // namespace
+
+std::pair<double, int64_t> GradientAggregator::denominator(std::span<const int32_t> ids,
+                                                           Divide divide) const {
+  int64_t tokens = 0;
+  for (int32_t w : ids) {
+    auto it = slots_.find(w);
+    if (it != slots_.end()) tokens += it->second.tokens;
+  }
+  const double denom = divide == Divide::kByTokens ? static_cast<double>(tokens)
+                                                   : static_cast<double>(ids.size());
+  return {denom, tokens};
 }
 
 int64_t GradientAggregator::mean(std::span<const int32_t> contributors, std::span<float> out,
@@ -80,42 +137,115 @@ int64_t GradientAggregator::mean(std::span<const int32_t> contributors, std::spa
   PTRAIN_ENFORCE(std::adjacent_find(ids.begin(), ids.end()) == ids.end(),
                  "a contributor is listed twice");
   std::vector<const float*> srcs;
-  int64_t tokens = 0;
   for (int32_t w : ids) {
     auto it = slots_.find(w);
     PTRAIN_ENFORCE(it != slots_.end() && it->second.covered == size_,
                    "contributor worker {} has not pushed its whole shard ({} of {} values)", w,
                    it == slots_.end() ? 0 : it->second.covered, size_);
     srcs.push_back(it->second.grads.data());
-    tokens += it->second.tokens;
   }
+  const auto [denom, tokens] = denominator(ids, divide);
+  const int64_t blocks = block_count();
   float* dst = out.data();
-  const int64_t n = size_;
-  if ((divide == Divide::kByTokens && tokens == 0) || srcs.empty()) {
-    std::fill(out.begin(), out.end(), 0.0f);
-    return tokens;
-  }
-  const auto denom = static_cast<double>(divide == Divide::kByTokens
-                                             ? tokens
-                                             : static_cast<int64_t>(srcs.size()));
-  const size_t k = srcs.size();
-  if (encoding_ == proto::FloatEncoding::kBf16) {
-#pragma omp parallel for schedule(static) if (n > 32768)
-    for (int64_t i = 0; i < n; ++i) {
-      const auto u = static_cast<size_t>(i);
-      float acc = proto::packed_bf16_at(srcs[0], u);
-      for (size_t w = 1; w < k; ++w) acc += proto::packed_bf16_at(srcs[w], u);
-      dst[i] = static_cast<float>(static_cast<double>(acc) / denom);
-    }
-    return tokens;
-  }
-#pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; ++i) {
-    float acc = srcs[0][i];
-    for (size_t w = 1; w < k; ++w) acc += srcs[w][i];
-    dst[i] = static_cast<float>(static_cast<double>(acc) / denom);
+#pragma omp parallel for schedule(static) if (blocks > 2)
+  for (int64_t c = 0; c < blocks; ++c) {
+    fold_range(srcs, encoding_, denom, c * kNormChunk, c * kNormChunk + block_size(c), dst);
   }
   return tokens;
+}
+
+void GradientAggregator::expect(std::span<const int32_t> workers, Divide divide) {
+  Eager e;
+  e.workers.assign(workers.begin(), workers.end());
+  std::sort(e.workers.begin(), e.workers.end());
+  PTRAIN_ENFORCE(std::adjacent_find(e.workers.begin(), e.workers.end()) == e.workers.end(),
+                 "an expected worker is listed twice");
+  e.divide = divide;
+  const auto blocks = static_cast<size_t>(block_count());
+  e.arrived.assign(blocks, 0);
+  e.done.assign(blocks, 0);
+  e.sums.assign(blocks, 0.0);
+  e.bad.assign(blocks, -1);
+  eager_ = std::move(e);
+  reduced_.resize(static_cast<size_t>(size_));
+  // Pieces that arrived before the set was known count now.
+  for (int32_t w : eager_->workers) {
+    auto it = slots_.find(w);
+    if (it == slots_.end()) continue;
+    for (const auto& [b, e] : it->second.parts) count_arrival(b, e);
+  }
+}
+
+void GradientAggregator::forget_expected() { eager_.reset(); }
+
+void GradientAggregator::count_arrival(int64_t begin, int64_t end) {
+  if (begin >= end) return;
+  Eager& e = *eager_;
+  const auto want = static_cast<int64_t>(e.workers.size());
+  std::vector<int64_t> complete;
+  for (int64_t c = begin / kNormChunk; c <= (end - 1) / kNormChunk; ++c) {
+    const int64_t cb = c * kNormChunk;
+    const int64_t ce = cb + block_size(c);
+    auto& arrived = e.arrived[static_cast<size_t>(c)];
+    arrived += std::min(end, ce) - std::max(begin, cb);
+    if (arrived == want * (ce - cb) && !e.done[static_cast<size_t>(c)]) complete.push_back(c);
+  }
+  if (!complete.empty()) reduce_blocks(complete);
+}
+
+void GradientAggregator::reduce_blocks(const std::vector<int64_t>& blocks) {
+  Eager& e = *eager_;
+  std::vector<const float*> srcs;
+  for (int32_t w : e.workers) srcs.push_back(slots_.at(w).grads.data());
+  const double denom = denominator(e.workers, e.divide).first;
+  float* dst = reduced_.data();
+  const auto n = static_cast<int64_t>(blocks.size());
+#pragma omp parallel for schedule(static) if (n > 2)
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t c = blocks[static_cast<size_t>(j)];
+    const int64_t b = c * kNormChunk;
+    const int64_t end = b + block_size(c);
+    fold_range(srcs, encoding_, denom, b, end, dst);
+    const auto [sum, first] = chunk_norm(dst, b, end);
+    e.sums[static_cast<size_t>(c)] = sum;
+    e.bad[static_cast<size_t>(c)] = first;
+    e.done[static_cast<size_t>(c)] = 1;
+  }
+  for (int64_t c : blocks) e.values_done += block_size(c);
+}
+
+GradientAggregator::Reduction GradientAggregator::reduce(std::span<const int32_t> contributors,
+                                                         Divide divide) {
+  std::vector<int32_t> ids(contributors.begin(), contributors.end());
+  std::sort(ids.begin(), ids.end());
+  if (eager_ && eager_->workers == ids && eager_->divide == divide) {
+    for (int32_t w : ids) {
+      PTRAIN_ENFORCE(has(w), "contributor worker {} has not pushed its whole shard ({} of {} values)",
+                     w, covered(w), size_);
+    }
+    // Every block is complete once every expected worker covered the shard; reduce those that
+    // are not reduced yet (none when each piece's arrival reduced its blocks).
+    std::vector<int64_t> left;
+    for (int64_t c = 0; c < block_count(); ++c) {
+      if (!eager_->done[static_cast<size_t>(c)]) left.push_back(c);
+    }
+    if (!left.empty()) reduce_blocks(left);
+    Reduction r;
+    r.tokens = denominator(ids, divide).second;
+    for (int64_t c = 0; c < block_count(); ++c) {
+      r.norm.sum_squares += eager_->sums[static_cast<size_t>(c)];
+      if (r.norm.first_nonfinite < 0) r.norm.first_nonfinite = eager_->bad[static_cast<size_t>(c)];
+    }
+    return r;
+  }
+  // Another set (a worker was lost or late): the whole shard over it, and what was reduced for
+  // the expected set is void.
+  eager_.reset();
+  reduced_.resize(static_cast<size_t>(size_));
+  Reduction r;
+  r.tokens = mean(ids, reduced_, divide);
+  r.norm = partial_norm(reduced_);
+  return r;
 }
 
 NormPartial partial_norm(std::span<const float> g) {
@@ -126,15 +256,7 @@ NormPartial partial_norm(std::span<const float> g) {
   const float* x = g.data();
 #pragma omp parallel for schedule(static) if (chunks > 4)
   for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t b = c * kNormChunk;
-    const int64_t e = std::min(n, b + kNormChunk);
-    double s = 0.0;
-    int64_t first = -1;
-    for (int64_t i = b; i < e; ++i) {
-      const double d = x[i];
-      if (first < 0 && !std::isfinite(x[i])) first = i;
-      s += d * d;
-    }
+    const auto [s, first] = chunk_norm(x, c * kNormChunk, std::min(n, (c + 1) * kNormChunk));
     sums[static_cast<size_t>(c)] = s;
     bad[static_cast<size_t>(c)] = first;
   }

@@ -13,12 +13,23 @@
 
 #include "common/proto/messages.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <span>
 #include <vector>
 
 namespace ptrain {
+
+// Elements per chunk of the partial norm: each chunk is summed in order in fp64, then the chunk
+// sums in chunk order, so the result is independent of the OpenMP thread count.
+inline constexpr int64_t kNormChunk = 16384;
+
+struct NormPartial {
+  double sum_squares = 0.0;
+  int64_t first_nonfinite = -1;  // index into the span, -1 if every element is finite
+};
 
 // Pushes by range (a worker's gradient leaves in buckets while its backward runs, cut at shard
 // boundaries): each push fills [begin, end) of its worker's slot; a worker counts as having pushed
@@ -80,7 +91,30 @@ class GradientAggregator {
   int64_t mean(std::span<const int32_t> contributors, std::span<float> out,
                Divide divide = Divide::kByTokens) const;
 
-  // Forgets every push (keeps the slots).
+  // The reduction while the pushes arrive. Once the step's worker set is known (expect()), every
+  // block of kNormChunk values that all of its workers have pushed is reduced as soon as its last
+  // piece arrives — the mean of the block and its partial norm — while later buckets are still on
+  // the wire; when the last push arrives only its own blocks remain. The result is bitwise that
+  // of mean() + partial_norm() over the whole shard: the same fold per element, the same
+  // per-chunk fp64 sums added in chunk order.
+  void expect(std::span<const int32_t> workers, Divide divide);
+  // Drops what expect() reduced (the step's worker set is void).
+  void forget_expected();
+  // Values already reduced for the expected set (for tests and the status of a step).
+  int64_t reduced_values() const { return eager_ ? eager_->values_done : 0; }
+
+  struct Reduction {
+    int64_t tokens = 0;
+    NormPartial norm;
+  };
+  // The mean over exactly `contributors` (each must have pushed) into reduced(), and its
+  // partial norm. When they are the expected set (and `divide` the expected one), only the blocks
+  // not reduced yet are reduced now; otherwise the whole shard is.
+  Reduction reduce(std::span<const int32_t> contributors, Divide divide);
+  // The last reduce()'s mean (size() values); valid until the next reduce() or clear().
+  std::span<const float> reduced() const { return reduced_; }
+
+  // Forgets every push and the expected set (keeps the slots and the reduction buffer).
   void clear();
   int64_t size() const { return size_; }
   proto::FloatEncoding encoding() const { return encoding_; }
@@ -94,19 +128,31 @@ class GradientAggregator {
     bool whole_last = false;           // the last step was one whole-shard push
     std::vector<float> grads;
   };
+  // The expected set's reduction so far, block by block (block b = values [b, b + kNormChunk)).
+  struct Eager {
+    std::vector<int32_t> workers;  // ascending
+    Divide divide = Divide::kByTokens;
+    std::vector<int64_t> arrived;  // per block: values the expected workers pushed into it
+    std::vector<uint8_t> done;     // per block: reduced into reduced_
+    std::vector<double> sums;      // per block: the fp64 sum of squares of the reduced values
+    std::vector<int64_t> bad;      // per block: the first non-finite index, -1 if none
+    int64_t values_done = 0;
+  };
+  int64_t block_count() const { return (size_ + kNormChunk - 1) / kNormChunk; }
+  int64_t block_size(int64_t b) const { return std::min(kNormChunk, size_ - b * kNormChunk); }
+  // Counts [begin, end) of an expected worker's push and reduces the blocks it completed.
+  void count_arrival(int64_t begin, int64_t end);
+  // Reduces blocks `blocks` (each pushed by every expected worker) into reduced_.
+  void reduce_blocks(const std::vector<int64_t>& blocks);
+  // The denominator of the mean over `ids` (their token total, or their number), and the tokens.
+  std::pair<double, int64_t> denominator(std::span<const int32_t> ids, Divide divide) const;
+
   int64_t size_;
   proto::FloatEncoding encoding_;
   int64_t slot_size_;
   std::map<int32_t, Slot> slots_;
-};
-
-// Elements per chunk of the partial norm: each chunk is summed in order in fp64, then the chunk
-// sums in chunk order, so the result is independent of the OpenMP thread count.
-inline constexpr int64_t kNormChunk = 16384;
-
-struct NormPartial {
-  double sum_squares = 0.0;
-  int64_t first_nonfinite = -1;  // index into the span, -1 if every element is finite
+  std::optional<Eager> eager_;
+  std::vector<float> reduced_;
 };
 
 NormPartial partial_norm(std::span<const float> g);

@@ -244,6 +244,7 @@ void RequestHandler::on_step_workers(const p::StepWorkers& m, std::vector<Outgoi
   prepared_.reset();
   expected_ = m;
   std::sort(expected_->workers.begin(), expected_->workers.end());
+  aggregator_.expect(expected_->workers, divide());
   prepare_if_complete(out);
 }
 
@@ -282,15 +283,9 @@ void RequestHandler::prepare(int64_t step, std::vector<int32_t> workers,
   Prepared prep;
   prep.step = step;
   prep.workers = std::move(workers);
-  // The buffer of the last step's (or a replaced) reduction is reused: no fresh pages per step.
-  prep.mean = std::move(prepared_ ? prepared_->mean : spare_mean_);
-  prep.mean.resize(static_cast<size_t>(options_.range.size()));
-  const int64_t tokens =
-      aggregator_.mean(prep.workers, prep.mean,
-                       rule_.outer() ? GradientAggregator::Divide::kByContributors
-                                     : GradientAggregator::Divide::kByTokens);
-  const NormPartial norm = partial_norm(prep.mean);
-  p::NormReport report{options_.server_id, step, norm.sum_squares, tokens,
+  const GradientAggregator::Reduction r = aggregator_.reduce(prep.workers, divide());
+  const NormPartial& norm = r.norm;
+  p::NormReport report{options_.server_id, step, norm.sum_squares, r.tokens,
                        norm.first_nonfinite < 0 ? int64_t{-1}
                                                 : options_.range.begin + norm.first_nonfinite,
                        prep.workers};
@@ -322,11 +317,10 @@ void RequestHandler::on_commit(const p::StepCommit& m, std::vector<Outgoing>& ou
   }
   const double lr =
       rule_.outer()
-          ? rule_.apply_outer(m.step, prepared_->mean, store_.weights(), store_.momentum())
-          : rule_.apply(m.step, options_.range.begin, m.clip_coef, prepared_->mean,
+          ? rule_.apply_outer(m.step, aggregator_.reduced(), store_.weights(), store_.momentum())
+          : rule_.apply(m.step, options_.range.begin, m.clip_coef, aggregator_.reduced(),
                         store_.weights(), store_.m(), store_.v());
   store_.set_version(m.step + 1);
-  spare_mean_ = std::move(prepared_->mean);
   prepared_.reset();
   expected_.reset();
   aggregator_.clear();

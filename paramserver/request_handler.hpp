@@ -15,9 +15,11 @@
 //   StepWorkers{t, set}         → the workers step t waits for (sent with the step's StepBegin)
 //   GradPush{step t, range}     → kept in the worker's slot; pushes may name any sub-ranges of the
 //                                 shard (buckets), each element once; PushReceived to the
-//                                 coordinator once the worker's pushes cover the whole shard; once
-//                                 every worker of the StepWorkers set pushed: mean gradient over
-//                                 the set, NormReport{set} to the coordinator, unasked
+//                                 coordinator once the worker's pushes cover the whole shard; each
+//                                 block that every worker of the StepWorkers set pushed is reduced
+//                                 (mean and partial norm) as soon as its last piece arrives; once
+//                                 they all pushed everything: NormReport{set} to the coordinator,
+//                                 unasked
 //   StepContributors{t, set}    → (only after a worker was lost or late) mean gradient over that
 //                                 set, replacing one made for StepWorkers; NormReport{set}
 //   StepCommit{t, set, clip}    → UpdateRule applied, version t+1, StepApplied to the coordinator,
@@ -138,13 +140,19 @@ class RequestHandler {
   GradientAggregator aggregator_;
   int64_t membership_epoch_ = 0;
 
+  // How pushes are averaged: by tokens (gradients), or plainly (cluster.sync local's
+  // pseudo-gradients, each worker once).
+  GradientAggregator::Divide divide() const {
+    return rule_.outer() ? GradientAggregator::Divide::kByContributors
+                         : GradientAggregator::Divide::kByTokens;
+  }
+
+  // The step reduced (its mean is aggregator_.reduced()) and reported, awaiting StepCommit.
   struct Prepared {
     int64_t step = 0;
     std::vector<int32_t> workers;
-    std::vector<float> mean;
   };
   std::optional<Prepared> prepared_;
-  std::vector<float> spare_mean_;  // the last applied step's mean buffer, for the next one
   // The StepWorkers of the step being gathered (reset when it is applied or a shard is loaded).
   std::optional<proto::StepWorkers> expected_;
   // The weights rounded to bf16 (packed) at bf16_version_ (-1: none yet, or stale after a load).

@@ -55,6 +55,7 @@ bool mpi_live() {
 // carry kBodyTagBase + s mod 2^30, so they match only the receive posted for them.
 constexpr int kFrameTag = 1;
 constexpr int kNudgeTag = 2;
+constexpr int kBytesTag = 3;  // MpiComm::send_bytes / recv_bytes
 constexpr int kBodyTagBase = 1 << 20;
 constexpr uint32_t kBodyTagSpan = 1u << 30;
 constexpr size_t kChunk = size_t{1} << 30;  // bytes per MPI call (counts are ints)
@@ -223,6 +224,21 @@ std::string MpiComm::broadcast(const std::string& value, int root) const {
 void MpiComm::nudge(int dest) const {
   // A zero-byte message is sent eagerly: MPI_Send returns without a matching receive.
   PTRAIN_MPI_CHECK(MPI_Send(nullptr, 0, MPI_BYTE, dest, kNudgeTag, impl_->comm));
+}
+
+void MpiComm::send_bytes(int dest, std::span<const std::byte> bytes) const {
+  for (size_t off = 0; off < bytes.size(); off += kChunk) {
+    const int n = static_cast<int>(std::min(kChunk, bytes.size() - off));
+    PTRAIN_MPI_CHECK(MPI_Send(bytes.data() + off, n, MPI_BYTE, dest, kBytesTag, impl_->comm));
+  }
+}
+
+void MpiComm::recv_bytes(int src, std::span<std::byte> bytes) const {
+  for (size_t off = 0; off < bytes.size(); off += kChunk) {
+    const int n = static_cast<int>(std::min(kChunk, bytes.size() - off));
+    PTRAIN_MPI_CHECK(
+        MPI_Recv(bytes.data() + off, n, MPI_BYTE, src, kBytesTag, impl_->comm, MPI_STATUS_IGNORE));
+  }
 }
 
 bool MpiComm::nudged() const {
@@ -684,6 +700,8 @@ std::vector<std::string> MpiComm::allgather(const std::string&) const { no_mpi()
 std::string MpiComm::broadcast(const std::string&, int) const { no_mpi(); }
 void MpiComm::nudge(int) const { no_mpi(); }
 bool MpiComm::nudged() const { no_mpi(); }
+void MpiComm::send_bytes(int, std::span<const std::byte>) const { no_mpi(); }
+void MpiComm::recv_bytes(int, std::span<std::byte>) const { no_mpi(); }
 struct MpiWire::Impl {};
 MpiWire::MpiWire(MpiComm, std::map<Endpoint, int>, proto::DecoderLimits) { no_mpi(); }
 MpiWire::~MpiWire() = default;

@@ -35,6 +35,7 @@
 #include <cstddef>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -76,6 +77,10 @@ class MpiComm {
   // stop signal tells rank 0.
   void nudge(int dest) const;
   bool nudged() const;
+  // Blocking MPI_Send / MPI_Recv of plain bytes under a tag of their own, in pieces of at most
+  // 1 GiB (MPI counts are ints): the plain copy a benchmark compares the data plane with.
+  void send_bytes(int dest, std::span<const std::byte> bytes) const;
+  void recv_bytes(int src, std::span<std::byte> bytes) const;
 
   struct Impl;
   std::shared_ptr<Impl> impl_;

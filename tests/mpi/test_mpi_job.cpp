@@ -197,6 +197,10 @@ TEST_CASE("mpi: bench ps measures the MPI data plane beside TCP in one run") {
     // Every worker pushes and pulls the whole vector each round.
     CHECK(r["bytes"].get<int64_t>() == int64_t{2} * 2 * 2 * 300000 * 4);
     CHECK(r["seconds"].get<double>() > 0);
+    // Each row's plain copy goes over its own medium: a TCP socket, or MPI_Send / MPI_Recv.
+    CHECK(r["raw"] == r["transport"]);
+    CHECK(r["raw_bytes"] == r["bytes"]);
+    CHECK(r["raw_seconds"].get<double>() > 0);
   }
   CHECK(seen == std::set<std::string>{"tcp", "mpi"});
 }

@@ -10,6 +10,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <limits>
 #include <random>
 
 using namespace ptrain;
@@ -93,6 +94,99 @@ TEST_CASE("aggregator: an overlapping piece is refused - another token count too
   CHECK(a.add(0, 8, g));
   a.clear();
   CHECK(a.free_slots().size() == 1);  // one whole push: its next one may land in place
+}
+
+TEST_CASE("aggregator: blocks reduced as the pushes arrive - bitwise mean() and partial_norm() - set known before - midway - never - replaced") {
+  const int64_t n = 3 * kNormChunk + 1001;  // four blocks, the last one short
+  std::vector<std::vector<float>> g = {randn(n, 11), randn(n, 12), randn(n, 13)};
+  g[1][static_cast<size_t>(2 * kNormChunk + 5)] = std::numeric_limits<float>::infinity();
+  const std::vector<int64_t> tokens = {30, 50, 20};
+  // Each worker's buckets, cut anywhere (odd offsets, across block edges), sent last first.
+  const std::vector<std::vector<int64_t>> cuts = {
+      {0, kNormChunk - 3, kNormChunk + 7, 2 * kNormChunk, n},
+      {0, 1, 2 * kNormChunk + 333, n},
+      {0, 3 * kNormChunk, n}};
+  using D = GradientAggregator::Divide;
+  for (const auto enc : {proto::FloatEncoding::kFp32, proto::FloatEncoding::kBf16}) {
+    for (const D divide : {D::kByTokens, D::kByContributors}) {
+      for (const int expect_after : {0, 4, 8, -1}) {  // pieces before expect(); -1: never
+        CAPTURE(proto::encoding_name(enc));
+        CAPTURE(static_cast<int>(divide));
+        CAPTURE(expect_after);
+        GradientAggregator whole(n, enc), eager(n, enc);
+        for (int32_t w = 0; w < 3; ++w) CHECK(whole.add(w, tokens[w], encode(g[w], 0, n, enc)));
+        std::vector<std::tuple<int32_t, int64_t, int64_t>> order;
+        for (int32_t w = 0; w < 3; ++w) {
+          for (size_t i = cuts[w].size() - 1; i > 0; --i) {
+            order.emplace_back(w, cuts[w][i - 1], cuts[w][i]);
+          }
+        }
+        std::mt19937 rng(static_cast<uint32_t>(17 + expect_after));
+        std::shuffle(order.begin(), order.end(), rng);
+        const std::vector<int32_t> all = {2, 0, 1};  // any order: the fold is by worker id
+        int sent = 0;
+        int64_t reduced_before_last = 0;
+        for (const auto& [w, b, e] : order) {
+          if (sent == expect_after) eager.expect(all, divide);
+          if (sent + 1 == static_cast<int>(order.size())) reduced_before_last = eager.reduced_values();
+          eager.add_range(w, tokens[w], b, e, encode(g[w], b, e, enc));
+          ++sent;
+        }
+        std::vector<float> want(n);
+        CHECK(whole.mean(all, want, divide) == 100);
+        const NormPartial want_norm = partial_norm(want);
+        if (expect_after >= 0) {
+          // Every block the last piece does not touch was reduced before it arrived.
+          const auto [lw, lb, le] = order.back();
+          int64_t touched = 0;
+          for (int64_t c = lb / kNormChunk; c <= (le - 1) / kNormChunk; ++c) {
+            touched += std::min(n, (c + 1) * kNormChunk) - c * kNormChunk;
+          }
+          CHECK(n - touched > 0);
+          CHECK(reduced_before_last == n - touched);
+          CHECK(eager.reduced_values() == n);
+        } else {
+          CHECK(eager.reduced_values() == 0);
+        }
+        const auto r = eager.reduce(all, divide);
+        CHECK(r.tokens == 100);
+        const std::vector<float> got(eager.reduced().begin(), eager.reduced().end());
+        CHECK(got == want);  // bitwise
+        CHECK(r.norm.sum_squares == want_norm.sum_squares);  // bitwise, inf included
+        CHECK(r.norm.first_nonfinite == 2 * kNormChunk + 5);
+        CHECK(want_norm.first_nonfinite == 2 * kNormChunk + 5);
+        // The coordinator fixes a smaller set (a worker's pushes did not reach every server):
+        // the whole shard over it, what was reduced for the expected set dropped.
+        const std::vector<int32_t> two = {0, 2};
+        std::vector<float> want2(n);
+        whole.mean(two, want2, divide);
+        const auto r2 = eager.reduce(two, divide);
+        CHECK(r2.tokens == 50);
+        CHECK(std::vector<float>(eager.reduced().begin(), eager.reduced().end()) == want2);
+        CHECK(r2.norm.sum_squares == partial_norm(want2).sum_squares);
+        CHECK(r2.norm.first_nonfinite == -1);
+        CHECK(eager.reduced_values() == 0);
+      }
+    }
+  }
+}
+
+TEST_CASE("aggregator: an expected worker that never pushes leaves every block unreduced - clear() forgets the set") {
+  const int64_t n = 2 * kNormChunk;
+  const auto g0 = randn(n, 21);
+  GradientAggregator a(n);
+  a.expect(std::vector<int32_t>{0, 1}, GradientAggregator::Divide::kByTokens);
+  CHECK(a.add(0, 8, g0));
+  CHECK(a.reduced_values() == 0);  // worker 1's pushes are missing everywhere
+  const auto r = a.reduce(std::vector<int32_t>{0}, GradientAggregator::Divide::kByTokens);
+  CHECK(r.tokens == 8);
+  CHECK(a.reduced()[0] == static_cast<float>(static_cast<double>(g0[0]) / 8.0));
+  a.clear();
+  CHECK(a.add(0, 8, g0));
+  CHECK(a.add(1, 8, g0));
+  CHECK(a.reduced_values() == 0);  // clear() forgot the set: nothing is reduced until expect()
+  a.expect(std::vector<int32_t>{0, 1}, GradientAggregator::Divide::kByTokens);
+  CHECK(a.reduced_values() == n);  // pushes that arrived first count when the set is known
 }
 
 namespace {

@@ -43,7 +43,7 @@ struct Rig {
   std::vector<std::string> errors;
   std::mutex mu;
 
-  explicit Rig(int64_t micro_batch) {
+  explicit Rig(int64_t micro_batch, bool leased = false) {
     write_corpus(train, 2000, 3);
     write_corpus(val, 12 * 9 + 5, 4);  // 9 complete windows of T + 1 = 13 tokens
     for (const auto& [b, e] : layout.shard_ranges(2)) ranges.push_back({b, e});
@@ -69,6 +69,7 @@ struct Rig {
     wo.micro_batch = micro_batch;
     wo.threads = 1;
     wo.timeout = 30s;
+    wo.leased = leased;
     threads.emplace_back([this, wo] {
       guard([&] {
         net::InprocTransport t(net::worker_endpoint(0), fabric);
@@ -99,6 +100,25 @@ struct Rig {
     }
     return std::get<T>(env->message);
   }
+  // What one step sends the coordinator: both servers' PushReceived and the worker's report.
+  struct StepReplies {
+    std::vector<proto::PushReceived> pushes;
+    proto::WorkerStepDone done;
+  };
+  StepReplies step_replies() {
+    StepReplies r;
+    for (int got = 0; got < 3; ++got) {
+      auto env = coord.receive(30s);
+      REQUIRE(env);
+      if (auto* p = std::get_if<proto::PushReceived>(&env->message)) {
+        r.pushes.push_back(*p);
+      } else {
+        REQUIRE(std::holds_alternative<proto::WorkerStepDone>(env->message));
+        r.done = std::get<proto::WorkerStepDone>(env->message);
+      }
+    }
+    return r;
+  }
   // Both servers initialise their slices from `seed` (as init_gpt_params would the whole vector).
   void load(uint64_t seed) {
     for (int32_t k = 0; k < 2; ++k) {
@@ -126,22 +146,13 @@ TEST_CASE("worker loop: one step pushes the model's token-sum gradient to each s
   const std::vector<int64_t> windows{3, 7, 1, 50, 20};
   rig.coord.send(net::worker_endpoint(0), proto::StepBegin{0, 0, windows});
 
-  int pushes = 0;
-  proto::WorkerStepDone done;
-  for (int got = 0; got < 3; ++got) {
-    auto env = rig.coord.receive(30s);
-    REQUIRE(env);
-    if (auto* p = std::get_if<proto::PushReceived>(&env->message)) {
-      CHECK(p->worker_id == 0);
-      CHECK(p->step == 0);
-      CHECK(p->tokens == 5 * 12);
-      ++pushes;
-    } else {
-      REQUIRE(std::holds_alternative<proto::WorkerStepDone>(env->message));
-      done = std::get<proto::WorkerStepDone>(env->message);
-    }
+  const auto [pushes, done] = rig.step_replies();
+  CHECK(pushes.size() == 2);
+  for (const auto& p : pushes) {
+    CHECK(p.worker_id == 0);
+    CHECK(p.step == 0);
+    CHECK(p.tokens == 5 * 12);
   }
-  CHECK(pushes == 2);
   CHECK(done.tokens == 5 * 12);
 
   // The same windows through the model directly: micro-batches {3,7} {1,50} {20}, folded in fp32.
@@ -277,4 +288,63 @@ TEST_CASE("worker loop: EvalBegin past the end of data.val fails naming the file
   const auto f = rig.expect<proto::Failure>("the worker's failure");
   CHECK(f.code == static_cast<int32_t>(ExitCode::kData));
   CHECK(f.message.find(rig.val) != std::string::npos);
+}
+
+// cluster.sync ssp / async: a lease is computed at once and announced (PushReady); its push waits
+// for the StepBegin that names the same windows. A message out of that order is a protocol error
+// the worker reports to the coordinator, naming the lease.
+TEST_CASE("worker loop: a lease is computed - PushReady - then pushed at its StepBegin") {
+  Rig rig(2, /*leased=*/true);
+  rig.load(5);
+  const std::vector<int64_t> windows{3, 7, 1};
+  rig.coord.send(net::worker_endpoint(0), proto::LeaseGrant{4, 0, 0, windows});
+  const auto ready = rig.expect<proto::PushReady>("the worker's PushReady");
+  CHECK(ready.worker_id == 0);
+  CHECK(ready.lease_id == 4);
+  CHECK(ready.base_version == 0);
+  rig.coord.send(net::worker_endpoint(0), proto::StepBegin{0, 0, windows});
+  const auto [pushes, done] = rig.step_replies();
+  CHECK(pushes.size() == 2);
+  for (const auto& p : pushes) CHECK(p.tokens == 3 * 12);
+  CHECK(done.step == 0);
+  CHECK(done.tokens == 3 * 12);
+  rig.shutdown();
+  CHECK(rig.errors.empty());
+}
+
+TEST_CASE("worker loop: leases out of order are refused naming the lease - a bsp worker refuses a lease") {
+  const std::vector<int64_t> windows{3, 7};
+  auto refused = [](Rig& rig, const std::string& want) {
+    const auto f = rig.expect<proto::Failure>("the worker's failure");
+    CHECK(f.code == static_cast<int32_t>(ExitCode::kIo));  // a protocol error
+    CHECK_MESSAGE(f.message.find(want) != std::string::npos, f.message);
+  };
+  SUBCASE("a second lease while one waits for its step") {
+    Rig rig(2, true);
+    rig.load(5);
+    rig.coord.send(net::worker_endpoint(0), proto::LeaseGrant{1, 0, 0, windows});
+    rig.expect<proto::PushReady>("PushReady");
+    rig.coord.send(net::worker_endpoint(0), proto::LeaseGrant{2, 0, 0, windows});
+    refused(rig, "unexpected LeaseGrant 2 from coordinator (lease 1 is computed and waits for its step)");
+  }
+  SUBCASE("a StepBegin naming other windows than the lease's") {
+    Rig rig(2, true);
+    rig.load(5);
+    rig.coord.send(net::worker_endpoint(0), proto::LeaseGrant{1, 0, 0, windows});
+    rig.expect<proto::PushReady>("PushReady");
+    rig.coord.send(net::worker_endpoint(0), proto::StepBegin{0, 0, {3, 8}});
+    refused(rig, "StepBegin of step 1 names 2 window(s) that are not those of lease 1");
+  }
+  SUBCASE("a StepBegin before any lease") {
+    Rig rig(2, true);
+    rig.load(5);
+    rig.coord.send(net::worker_endpoint(0), proto::StepBegin{0, 0, windows});
+    refused(rig, "but no lease is computed");
+  }
+  SUBCASE("a lease to a bsp worker") {
+    Rig rig(2, false);
+    rig.load(5);
+    rig.coord.send(net::worker_endpoint(0), proto::LeaseGrant{1, 0, 0, windows});
+    refused(rig, "this job's cluster.sync is not ssp or async");
+  }
 }
