@@ -320,7 +320,9 @@ struct MpiWire::Impl : std::enable_shared_from_this<MpiWire::Impl> {
         MPI_Request_free(&req);
         return false;
       }
-      if (spins > 64) std::this_thread::sleep_for(std::chrono::microseconds(20));
+      // A body in flight: every MPI call moves it on (shared memory copies it fragment by
+      // fragment as both sides call in), so yield the core rather than sleep.
+      if (spins > 64) std::this_thread::yield();
     }
   }
 
@@ -445,6 +447,10 @@ struct MpiWire::Impl : std::enable_shared_from_this<MpiWire::Impl> {
         {
           std::lock_guard lock(send_mu);
           reap_sends();
+          // Sends in flight progress only while this process calls into MPI (a large message
+          // crosses shared memory fragment by fragment, each needing a call on both sides):
+          // sleeping here would hold every fragment up to a millisecond.
+          if (!pending.empty()) idle = 0;
         }
       } catch (const TransportClosed&) {
         break;
@@ -453,7 +459,8 @@ struct MpiWire::Impl : std::enable_shared_from_this<MpiWire::Impl> {
         fail_all(std::current_exception());
         break;
       }
-      // Idle: spin briefly (a reply is usually close), then sleep up to 1 ms.
+      // Idle (nothing arriving, nothing leaving): spin briefly (a reply is usually close), then
+      // sleep up to 1 ms.
       ++idle;
       if (idle < 200) {
         std::this_thread::yield();
@@ -523,7 +530,7 @@ struct MpiWire::Impl : std::enable_shared_from_this<MpiWire::Impl> {
         if (!left) return true;
       }
       if (Clock::now() > until) return false;
-      if (spins > 64) std::this_thread::sleep_for(std::chrono::microseconds(20));
+      if (spins > 64) std::this_thread::yield();  // sends in flight: see wait_request
     }
   }
 };

@@ -1,7 +1,7 @@
 // Checksums and a hash-based generator: CRC32C (Castagnoli; token files, checkpoint tensors, protocol frames) and SHA-256
 // (layout hash). SHA-256 comes from OpenSSL's libcrypto (also used for HMAC); CRC32C is
-// hand-written (Debian 12 packages no CRC32C library) with the SSE4.2 instruction when the CPU
-// has it, and tested on the standard check vectors.
+// hand-written (Debian 12 packages no CRC32C library for C or C++) with the SSE4.2 instruction
+// when the CPU has it, and tested on the standard check vectors.
 #pragma once
 
 #include <cstddef>
@@ -11,8 +11,11 @@
 
 namespace ptrain {
 
-// CRC32C of `n` bytes, continuing from `crc` (0 for a fresh checksum).
+// CRC32C of `n` bytes, continuing from `crc` (0 for a fresh checksum). With SSE4.2: three
+// interleaved streams of the crc32 instruction, joined by zero-append operators.
 uint32_t crc32c(const void* data, size_t n, uint32_t crc = 0);
+// The same by one table lookup per byte (the portable path; tests compare the two).
+uint32_t crc32c_reference(const void* data, size_t n, uint32_t crc = 0);
 
 // Lowercase hex SHA-256 of `data`.
 std::string sha256_hex(std::string_view data);
