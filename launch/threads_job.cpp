@@ -157,6 +157,7 @@ RunSummary run_threads_job(const Config& config, const ThreadsJobOptions& option
     wo.make_backend = options.make_backend;
     wo.timeout = options.timeout;
     wo.wire_encoding = wire_encoding(config.cluster);
+    wo.wire_error_feedback = config.cluster.wire_error_feedback;
     wo.local = local_steps_options(config);
     wo.leased = is_async_sync(config.cluster.sync);
     wo.bucket_mb = config.cluster.bucket_mb;

@@ -79,6 +79,7 @@ void run_worker_process(const WorkerProcessOptions& o, net::Secret secret) {
   wo.fault_phase = o.fault_phase;
   wo.fault_step = o.fault_step;
   wo.wire_encoding = wire_encoding(cfg.cluster);
+  wo.wire_error_feedback = cfg.cluster.wire_error_feedback;
   wo.local = local_steps_options(cfg);
   wo.leased = is_async_sync(cfg.cluster.sync);
   wo.bucket_mb = cfg.cluster.bucket_mb;

@@ -33,6 +33,12 @@ PsClient::PsClient(net::Transport& transport, std::vector<proto::KeyRange> serve
   }
 }
 
+void PsClient::set_error_feedback(bool on) {
+  PTRAIN_ENFORCE(!on || encoding_ == proto::FloatEncoding::kBf16,
+                 "error feedback needs bf16 pushes (fp32 pushes are not rounded)");
+  residual_.assign(on ? static_cast<size_t>(total_) : 0, 0.0f);
+}
+
 PsClient::~PsClient() {
   if (pulls_.empty()) return;
   for (size_t k = 0; k < ranges_.size(); ++k) {
@@ -150,7 +156,13 @@ int PsClient::push_range(const PushMeta& meta, std::span<const float> grads, pro
       if (push_packed_used_ + n > push_packed_.size()) flush_pushes();
       const auto packed = std::span<float>(push_packed_).subspan(push_packed_used_, n);
       push_packed_used_ += n;
-      proto::pack_bf16(slice, packed);
+      if (residual_.empty()) {
+        proto::pack_bf16(slice, packed);
+      } else {
+        proto::pack_bf16_feedback(
+            slice, std::span<float>(residual_).subspan(static_cast<size_t>(b), slice.size()),
+            packed);
+      }
       m.grads = proto::FloatRange::borrow(packed);
     } else {
       m.grads = proto::FloatRange::borrow(slice);

@@ -13,7 +13,8 @@
 // With bf16 on the wire (cluster.wire_dtype: bf16) each push is first rounded into a packed
 // buffer the client keeps (common/proto/bf16.hpp), and a pull's replies land in a packed buffer
 // from a small pool (one per pull in flight) and are widened into `dst` as each arrives; both
-// are reused, so a step allocates nothing.
+// are reused, so a step allocates nothing. With error feedback on, what the rounding of each
+// pushed element dropped is added to that element's next push.
 #pragma once
 
 #include "common/net/transport.hpp"
@@ -92,6 +93,11 @@ class PsClient {
   const std::vector<proto::KeyRange>& server_ranges() const { return ranges_; }
   int64_t total() const { return total_; }
   proto::FloatEncoding encoding() const { return encoding_; }
+  // bf16 pushes carry each element's rounding error into its next push (cluster.
+  // wire_error_feedback; common/proto/bf16.hpp pack_bf16_feedback). The residuals live here, one
+  // per element of the flat vector, from zero; they are not checkpointed.
+  void set_error_feedback(bool on);
+  bool error_feedback() const { return !residual_.empty(); }
 
  private:
   struct Piece {
@@ -121,6 +127,7 @@ class PsClient {
   std::chrono::milliseconds send_timeout_;
   int64_t total_ = 0;
   proto::FloatEncoding encoding_;
+  std::vector<float> residual_;  // error feedback: what rounding dropped, per element
   // bf16: where server k's packed slice starts in a packed buffer (k = 0..S), in elements.
   std::vector<size_t> packed_offsets_;
   std::vector<float> push_packed_;  // rounded gradients of the pushes in flight (bump-allocated)

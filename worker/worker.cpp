@@ -53,6 +53,7 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
   TokenFile file = TokenFile::open(o.train_path);
   BatchLoader loader(file, layout.dims().T);
   PsClient client(transport, std::move(server_ranges), std::chrono::minutes(10), o.wire_encoding);
+  client.set_error_feedback(o.wire_error_feedback);
   const std::string me = transport.self().str();
   if (o.leased && !o.fault_phase.empty() && o.fault_phase != "delay-push") {
     throw ConfigError(fmt::format("{}: test fault injection at {} is not supported with "

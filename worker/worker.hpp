@@ -47,6 +47,8 @@ struct WorkerOptions {
   DeviceConfig device_config;  // the config's device section: precision, allow_tf32 (not type)
   // How pushes and pulls carry their floats (cluster.wire_dtype).
   proto::FloatEncoding wire_encoding = proto::FloatEncoding::kFp32;
+  // bf16 pushes carry their rounding error into the next push (cluster.wire_error_feedback).
+  bool wire_error_feedback = false;
   // cluster.bucket_mb: gradient bucket and weight piece size (worker/overlap.hpp); 0 = no overlap.
   double bucket_mb = 25.0;
   // Longest wait for the coordinator's next message or for weights (a peer that is gone).

@@ -117,6 +117,7 @@ const Key kKeys[] = {
     {"cluster.sync", field<&Config::cluster, &ClusterConfig::sync>},
     {"cluster.staleness", field<&Config::cluster, &ClusterConfig::staleness>, at_least(0)},
     {"cluster.wire_dtype", field<&Config::cluster, &ClusterConfig::wire_dtype>},
+    {"cluster.wire_error_feedback", field<&Config::cluster, &ClusterConfig::wire_error_feedback>},
     {"cluster.local_steps", field<&Config::cluster, &ClusterConfig::local_steps>, within(1, 0x1p20)},
     {"cluster.outer_lr", field<&Config::cluster, &ClusterConfig::outer_lr>, above(0)},
     {"cluster.outer_momentum", field<&Config::cluster, &ClusterConfig::outer_momentum>, kFraction},
@@ -691,6 +692,12 @@ class Loader {
                          c.cluster.local_steps, c.cluster.outer_lr, c.cluster.outer_momentum,
                          sync_mode_name(c.cluster.sync)));
       }
+    }
+    if (c.cluster.wire_error_feedback && c.cluster.wire_dtype != WireDtype::kBf16) {
+      // fp32 pushes are sent as they are: there is no rounding error to carry.
+      fail(where_of({"cluster.wire_error_feedback"}),
+           "cluster.wire_error_feedback: true applies only to cluster.wire_dtype: bf16 (fp32 "
+           "pushes are not rounded); set cluster.wire_dtype: bf16 or leave it false");
     }
     if (c.cluster.sync != SyncMode::kSsp && c.cluster.staleness != 0) {
       // bsp and local wait for every worker each step; async has no bound at all.

@@ -109,6 +109,8 @@ struct ClusterConfig {
   SyncMode sync = SyncMode::kBsp;
   int64_t staleness = 0;
   WireDtype wire_dtype = WireDtype::kFp32;
+  // bf16 only: each worker adds what rounding dropped from an element to its next push.
+  bool wire_error_feedback = false;
   // cluster.sync local (docs/local_sgd.md): inner AdamW steps per outer step on each worker, and
   // the servers' outer Nesterov SGD on the averaged pseudo-gradient.
   int64_t local_steps = 1;

@@ -279,6 +279,7 @@ struct MpiWire::Impl : std::enable_shared_from_this<MpiWire::Impl> {
   std::string reason;
 
   std::mutex send_mu;  // orders each frame's messages; guards pending, next_seq
+  std::condition_variable sent_cv;  // a pending send completed (with send_mu)
   std::list<Pending> pending;
   uint32_t next_seq = 0;
 
@@ -446,7 +447,9 @@ struct MpiWire::Impl : std::enable_shared_from_this<MpiWire::Impl> {
         }
         {
           std::lock_guard lock(send_mu);
+          const size_t before = pending.size();
           reap_sends();
+          if (pending.size() != before) sent_cv.notify_all();
           // Sends in flight progress only while this process calls into MPI (a large message
           // crosses shared memory fragment by fragment, each needing a call on both sides):
           // sleeping here would hold every fragment up to a millisecond.
@@ -521,16 +524,18 @@ struct MpiWire::Impl : std::enable_shared_from_this<MpiWire::Impl> {
   // Waits until no pending send of `from` (every sender when null) remains; false on timeout.
   bool drain(const Endpoint* from, std::chrono::milliseconds timeout) {
     const auto until = Clock::now() + timeout;
-    for (int spins = 0;; ++spins) {
-      {
-        std::lock_guard lock(send_mu);
-        reap_sends();
-        bool left = false;
-        for (const Pending& p : pending) left |= from == nullptr || p.from == *from;
-        if (!left) return true;
-      }
+    std::unique_lock lock(send_mu);
+    for (;;) {
+      bool left = false;
+      for (const Pending& p : pending) left |= from == nullptr || p.from == *from;
+      if (!left) return true;
       if (Clock::now() > until) return false;
-      if (spins > 64) std::this_thread::yield();  // sends in flight: see wait_request
+      // The receive thread polls while sends are pending and signals each completion: testing
+      // here as well would only make two threads of this process contend for MPI's lock and the
+      // cores. A millisecond without news: test here too (the thread may have stopped).
+      if (sent_cv.wait_for(lock, std::chrono::milliseconds(1)) == std::cv_status::timeout) {
+        reap_sends();
+      }
     }
   }
 };

@@ -18,7 +18,10 @@
 // Threading: MPI_THREAD_MULTIPLE (required; mpi_init() refuses less). Sends are posted by the
 // calling role thread itself (no hand-off, no copy); one receive thread per wire probes for
 // frames (MPI_Improbe, backing off to 1 ms sleeps when idle so that an idle rank does not spin a
-// core), receives them and tests pending sends so that their buffers are released. A dedicated
+// core), receives them and tests pending sends so that their buffers are released. While sends
+// are pending it does not sleep: a large message crosses shared memory fragment by fragment, each
+// moving only while both sides call into MPI. flush() waits for its signal instead of testing the
+// sends itself (two polling threads per process would contend for MPI's lock). A dedicated
 // progress thread that also posted sends would need a copy or a hand-off per send; with
 // MPI_THREAD_MULTIPLE the zero-copy send path stays in the caller.
 // Membership is fixed: an Endpoint is a rank of the communicator (the map given to the wire).

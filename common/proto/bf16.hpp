@@ -42,6 +42,13 @@ inline constexpr size_t bf16_packed_size(size_t n) { return (n + 1) / 2; }
 
 // Packs `src` into `dst` (bf16_packed_size(src.size()) elements). Parallel (OpenMP) when large.
 void pack_bf16(std::span<const float> src, std::span<float> dst);
+// Error feedback (cluster.wire_error_feedback): packs src[i] + residual[i] and keeps in
+// residual[i] what the rounding dropped, (src[i] + residual[i]) − bf16(src[i] + residual[i]), so
+// that it is sent with the next push of the same element: over many pushes the values received
+// add up to the values given, less the last residual. A non-finite sum leaves a zero residual
+// (the value itself goes out as it is). `residual` has src.size() values.
+void pack_bf16_feedback(std::span<const float> src, std::span<float> residual,
+                        std::span<float> dst);
 // Widens packed `src` into `dst` (src.size() == bf16_packed_size(dst.size())).
 void unpack_bf16(std::span<const float> src, std::span<float> dst);
 // The i-th value of a packed vector, widened.

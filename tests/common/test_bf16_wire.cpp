@@ -147,3 +147,42 @@ TEST_CASE("bf16 wire: GradPush and PullReply carry their encoding - the element 
   CHECK_THROWS_WITH_AS(decode(bytes, {}, /*check_crc=*/false),
                        doctest::Contains("unknown float encoding 7"), ProtocolError);
 }
+
+TEST_CASE("bf16 wire: error feedback - the residual goes out with the next push - the sums stay true - representable values exact") {
+  // A value bf16 cannot hold: 1 + 2^-10 rounds to 1 every time without feedback.
+  const float g = 1.0f + 0x1p-10f;
+  const size_t n = 3;  // odd: the pad half too
+  std::vector<float> src(n, g), residual(n, 0.0f), packed(bf16_packed_size(n)), out(n);
+  double sent = 0.0, given = 0.0;
+  const int pushes = 64;
+  for (int t = 0; t < pushes; ++t) {
+    pack_bf16_feedback(src, residual, packed);
+    unpack_bf16(packed, out);
+    sent += out[n - 1];
+    given += g;
+    // What went out plus what is kept is exactly what was given so far (all values here are
+    // exact in fp32).
+    CHECK(sent + residual[n - 1] == given);
+  }
+  CHECK(std::fabs(sent - given) <= 0x1p-7);  // at most one bf16 step of 1.0 behind
+  std::vector<float> plain(bf16_packed_size(n));
+  pack_bf16(src, plain);
+  unpack_bf16(plain, out);
+  CHECK(out[0] == 1.0f);  // without feedback the 2^-10 is lost on every push: 64 × 2^-10 behind
+
+  // Values bf16 holds go out unchanged and leave no residual.
+  std::vector<float> exact = {0.5f, -3.0f, 0x1p-20f, 0.0f};
+  std::vector<float> r2(exact.size(), 0.0f), p2(bf16_packed_size(exact.size())), o2(exact.size());
+  pack_bf16_feedback(exact, r2, p2);
+  unpack_bf16(p2, o2);
+  CHECK(o2 == exact);
+  CHECK(r2 == std::vector<float>(exact.size(), 0.0f));
+  // A non-finite value is sent as it is and leaves a zero residual.
+  std::vector<float> bad = {std::numeric_limits<float>::infinity(), std::nanf("")};
+  std::vector<float> r3 = {0.25f, 0.25f}, p3(1), o3(2);
+  pack_bf16_feedback(bad, r3, p3);
+  unpack_bf16(p3, o3);
+  CHECK(std::isinf(o3[0]));
+  CHECK(std::isnan(o3[1]));
+  CHECK(r3 == std::vector<float>{0.0f, 0.0f});
+}

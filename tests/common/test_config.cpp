@@ -97,7 +97,7 @@ std::vector<std::string> keys_in(const std::string& text) {
 TEST_CASE("config: defaults.yaml lists exactly the keys of config_keys() - in order") {
   const std::string text = read_file((kConfigDir / "defaults.yaml").string());
   CHECK(keys_in(text) == config_keys());
-  CHECK(config_keys().size() == 59);  // elastic 6, cluster.transport, model.arch, finetune.* 4, run.max_memory, train.sample_tokens, cluster.wire_dtype, device.precision, device.allow_tf32, model.num_labels, cluster.local_steps/outer_lr/outer_momentum, cluster.bucket_mb
+  CHECK(config_keys().size() == 60);  // elastic 6, cluster.transport, model.arch, finetune.* 4, run.max_memory, train.sample_tokens, cluster.wire_dtype, device.precision, device.allow_tf32, model.num_labels, cluster.local_steps/outer_lr/outer_momentum, cluster.bucket_mb, cluster.wire_error_feedback
 }
 
 TEST_CASE("config: defaults.yaml holds exactly the struct defaults") {

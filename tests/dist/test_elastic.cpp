@@ -574,13 +574,24 @@ TEST_CASE("dist elastic: ssp and async with a straggler - ssp keeps everyone wit
     REQUIRE(reach_step(run, at_join + 20, std::chrono::seconds(60)));
     std::map<int32_t, int64_t> pushes;
     int64_t most_ahead = 0, most_stale = 0;
-    for (const std::string& line : read_lines(run + "/ledger.jsonl")) {
-      const auto j = nlohmann::json::parse(line);
-      if (!j.contains("windows")) continue;
-      REQUIRE(j.contains("ahead"));
-      ++pushes[j.at("worker").get<int32_t>()];
-      most_ahead = std::max(most_ahead, j.at("ahead").get<int64_t>());
-      most_stale = std::max(most_stale, j.at("staleness").get<int64_t>());
+    auto read_ledger = [&] {
+      pushes.clear();
+      most_ahead = most_stale = 0;
+      for (const std::string& line : read_lines(run + "/ledger.jsonl")) {
+        const auto j = nlohmann::json::parse(line);
+        if (!j.contains("windows")) continue;
+        REQUIRE(j.contains("ahead"));
+        ++pushes[j.at("worker").get<int32_t>()];
+        most_ahead = std::max(most_ahead, j.at("ahead").get<int64_t>());
+        most_stale = std::max(most_stale, j.at("staleness").get<int64_t>());
+      }
+    };
+    // Under async the fast workers may make those 20 steps before the straggler's first push
+    // (nothing waits for it): wait for that push too.
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    for (read_ledger(); pushes.size() < 3u && std::chrono::steady_clock::now() < give_up;
+         read_ledger()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     MESSAGE(mode << ": pushes by worker " << nlohmann::json(pushes).dump() << "; most ahead "
                  << most_ahead << ", most stale " << most_stale);

@@ -6,6 +6,7 @@
 #include "common/io/checkpoint_format.hpp"
 #include "common/io/ledger.hpp"
 #include "launch/threads_job.hpp"
+#include "support/final_state.hpp"
 #include "support/job_test_util.hpp"
 
 #include <doctest/doctest.h>
@@ -21,11 +22,6 @@ using namespace ptrain::testing;
 namespace fs = std::filesystem;
 
 namespace {
-
-CheckpointData final_state(const Config& c, const RunSummary& s) {
-  REQUIRE(!s.last_checkpoint.empty());
-  return read_checkpoint(s.last_checkpoint, layout_for(c), true);
-}
 
 std::vector<nlohmann::json> lines_with(const std::string& path, const char* key) {
   std::vector<nlohmann::json> out;

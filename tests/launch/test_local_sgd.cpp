@@ -5,6 +5,7 @@
 #include "common/io/checkpoint_format.hpp"
 #include "common/io/ledger.hpp"
 #include "launch/threads_job.hpp"
+#include "support/final_state.hpp"
 #include "support/job_test_util.hpp"
 
 #include <doctest/doctest.h>
@@ -19,11 +20,6 @@ using namespace ptrain::testing;
 namespace fs = std::filesystem;
 
 namespace {
-
-CheckpointData final_state(const Config& c, const RunSummary& s) {
-  REQUIRE(!s.last_checkpoint.empty());
-  return read_checkpoint(s.last_checkpoint, layout_for(c), true);
-}
 
 std::vector<nlohmann::json> step_lines(const Config& c) {
   std::vector<nlohmann::json> out;

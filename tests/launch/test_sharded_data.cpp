@@ -7,6 +7,7 @@
 #include "common/io/token_file.hpp"
 #include "common/util/fs.hpp"
 #include "launch/threads_job.hpp"
+#include "support/final_state.hpp"
 #include "support/job_test_util.hpp"
 
 #include <doctest/doctest.h>
@@ -35,11 +36,6 @@ PrepareOptions corpus(const TempDir& dir, const std::string& out, int threads, i
   o.shard_size = shard_size;
   o.output_dir = dir / out;
   return o;
-}
-
-CheckpointData final_state(const Config& c, const RunSummary& s) {
-  REQUIRE(!s.last_checkpoint.empty());
-  return read_checkpoint(s.last_checkpoint, layout_for(c), true);
 }
 
 }  // namespace

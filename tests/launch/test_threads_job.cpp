@@ -6,6 +6,7 @@
 #include "common/error.hpp"
 #include "common/io/checkpoint_format.hpp"
 #include "common/io/run_checkpoints.hpp"
+#include "support/final_state.hpp"
 #include "support/job_test_util.hpp"
 #include "launch/threads_job.hpp"
 
@@ -21,11 +22,6 @@ using namespace ptrain::testing;
 namespace fs = std::filesystem;
 
 namespace {
-
-CheckpointData final_state(const Config& c, const RunSummary& s) {
-  REQUIRE(!s.last_checkpoint.empty());
-  return read_checkpoint(s.last_checkpoint, layout_for(c), true);
-}
 
 std::vector<nlohmann::json> log_lines(const Config& c) {
   std::vector<nlohmann::json> out;

@@ -125,3 +125,47 @@ TEST_CASE("wire dtype: cluster.wire_dtype takes fp32 or bf16 - anything else is 
                        "cfg.yaml:4:15: cluster.wire_dtype: expected one of fp32, bf16, got 'fp16'",
                        ConfigError);
 }
+
+TEST_CASE("wire dtype: error feedback - a bf16 job with it trains - differs from plain bf16 - repeats bitwise - the same bytes") {
+  TempDir dir("wire-ef");
+  Config bf16 = small_config(dir);
+  bf16.train.steps = 12;
+  bf16.cluster.workers = 2;
+  bf16.cluster.servers = 2;
+  bf16.cluster.wire_dtype = WireDtype::kBf16;
+  Config ef = bf16;
+  ef.cluster.wire_error_feedback = true;
+  ef.run.dir = dir / "run-ef";
+  Config again = ef;
+  again.run.dir = dir / "run-ef-again";
+  run_threads_job(bf16);
+  run_threads_job(ef);
+  run_threads_job(again);
+  const auto a = step_lines(bf16), b = step_lines(ef);
+  REQUIRE(b.size() == 12);
+  CHECK(b.back().at("loss").get<double>() < b.front().at("loss").get<double>() - 0.3);
+  for (size_t i = 0; i < a.size(); ++i) {
+    // The pushes carry the same number of values: the same bytes.
+    CHECK(b[i].at("bytes_per_token").get<double>() == a[i].at("bytes_per_token").get<double>());
+  }
+  const ParamLayout layout = layout_for(bf16);
+  const auto wa = read_checkpoint(bf16.run.dir + "/checkpoints/latest/checkpoint.h5", layout, false);
+  const auto wb = read_checkpoint(ef.run.dir + "/checkpoints/latest/checkpoint.h5", layout, false);
+  const auto wc = read_checkpoint(again.run.dir + "/checkpoints/latest/checkpoint.h5", layout, false);
+  CHECK(wb.params != wa.params);  // the residuals changed what the servers applied
+  CHECK(rel_l2(wb.params.data(), wa.params.data(), layout.total()) < 0.03);
+  CHECK(wb.params == wc.params);  // deterministic
+}
+
+TEST_CASE("wire dtype: cluster.wire_error_feedback needs bf16 - refused with fp32 naming both keys") {
+  auto parse = [](const std::string& cluster) {
+    return parse_config_text("data:\n  train: t.tok\ncluster:\n" + cluster, "cfg.yaml", "/base",
+                             {});
+  };
+  CHECK_FALSE(Config{}.cluster.wire_error_feedback);
+  CHECK(parse("  wire_dtype: bf16\n  wire_error_feedback: true\n").cluster.wire_error_feedback);
+  CHECK_THROWS_WITH_AS(parse("  wire_error_feedback: true\n"),
+                       doctest::Contains("cluster.wire_error_feedback: true applies only to "
+                                         "cluster.wire_dtype: bf16"),
+                       ConfigError);
+}
