@@ -181,4 +181,16 @@ inline std::vector<std::string> read_lines(const std::string& file) {
   return out;
 }
 
+// The lines of a file another process is appending to: only those already ended by a newline
+// (the last one may be half written).
+inline std::vector<std::string> read_complete_lines(const std::string& file) {
+  std::ifstream in(file);
+  std::vector<std::string> out;
+  for (std::string line; std::getline(in, line);) {
+    if (in.eof()) break;  // no newline after it (yet)
+    out.push_back(line);
+  }
+  return out;
+}
+
 }  // namespace ptrain::testing
