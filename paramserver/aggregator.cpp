@@ -163,7 +163,6 @@ void GradientAggregator::expect(std::span<const int32_t> workers, Divide divide)
   e.divide = divide;
   const auto blocks = static_cast<size_t>(block_count());
   e.arrived.assign(blocks, 0);
-  e.done.assign(blocks, 0);
   e.sums.assign(blocks, 0.0);
   e.bad.assign(blocks, -1);
   eager_ = std::move(e);
@@ -176,8 +175,6 @@ void GradientAggregator::expect(std::span<const int32_t> workers, Divide divide)
   }
 }
 
-void GradientAggregator::forget_expected() { eager_.reset(); }
-
 void GradientAggregator::count_arrival(int64_t begin, int64_t end) {
   if (begin >= end) return;
   Eager& e = *eager_;
@@ -188,7 +185,8 @@ void GradientAggregator::count_arrival(int64_t begin, int64_t end) {
     const int64_t ce = cb + block_size(c);
     auto& arrived = e.arrived[static_cast<size_t>(c)];
     arrived += std::min(end, ce) - std::max(begin, cb);
-    if (arrived == want * (ce - cb) && !e.done[static_cast<size_t>(c)]) complete.push_back(c);
+    // Overlapping pieces are refused, so a block's count reaches its full size exactly once.
+    if (arrived == want * (ce - cb)) complete.push_back(c);
   }
   if (!complete.empty()) reduce_blocks(complete);
 }
@@ -209,7 +207,6 @@ void GradientAggregator::reduce_blocks(const std::vector<int64_t>& blocks) {
     const auto [sum, first] = chunk_norm(dst, b, end);
     e.sums[static_cast<size_t>(c)] = sum;
     e.bad[static_cast<size_t>(c)] = first;
-    e.done[static_cast<size_t>(c)] = 1;
   }
   for (int64_t c : blocks) e.values_done += block_size(c);
 }
@@ -223,13 +220,9 @@ GradientAggregator::Reduction GradientAggregator::reduce(std::span<const int32_t
       PTRAIN_ENFORCE(has(w), "contributor worker {} has not pushed its whole shard ({} of {} values)",
                      w, covered(w), size_);
     }
-    // Every block is complete once every expected worker covered the shard; reduce those that
-    // are not reduced yet (none when each piece's arrival reduced its blocks).
-    std::vector<int64_t> left;
-    for (int64_t c = 0; c < block_count(); ++c) {
-      if (!eager_->done[static_cast<size_t>(c)]) left.push_back(c);
-    }
-    if (!left.empty()) reduce_blocks(left);
+    // Each block was reduced by the arrival that completed it.
+    PTRAIN_ENFORCE(eager_->values_done == size_, "{} of {} values reduced with every push in",
+                   eager_->values_done, size_);
     Reduction r;
     r.tokens = denominator(ids, divide).second;
     for (int64_t c = 0; c < block_count(); ++c) {

@@ -98,9 +98,7 @@ class GradientAggregator {
   // of mean() + partial_norm() over the whole shard: the same fold per element, the same
   // per-chunk fp64 sums added in chunk order.
   void expect(std::span<const int32_t> workers, Divide divide);
-  // Drops what expect() reduced (the step's worker set is void).
-  void forget_expected();
-  // Values already reduced for the expected set (for tests and the status of a step).
+  // Values already reduced for the expected set.
   int64_t reduced_values() const { return eager_ ? eager_->values_done : 0; }
 
   struct Reduction {
@@ -108,8 +106,9 @@ class GradientAggregator {
     NormPartial norm;
   };
   // The mean over exactly `contributors` (each must have pushed) into reduced(), and its
-  // partial norm. When they are the expected set (and `divide` the expected one), only the blocks
-  // not reduced yet are reduced now; otherwise the whole shard is.
+  // partial norm. When they are the expected set (and `divide` the expected one), the arrivals
+  // have reduced every block and only the block norms are added; otherwise the whole shard is
+  // reduced now.
   Reduction reduce(std::span<const int32_t> contributors, Divide divide);
   // The last reduce()'s mean (size() values); valid until the next reduce() or clear().
   std::span<const float> reduced() const { return reduced_; }
@@ -133,7 +132,6 @@ class GradientAggregator {
     std::vector<int32_t> workers;  // ascending
     Divide divide = Divide::kByTokens;
     std::vector<int64_t> arrived;  // per block: values the expected workers pushed into it
-    std::vector<uint8_t> done;     // per block: reduced into reduced_
     std::vector<double> sums;      // per block: the fp64 sum of squares of the reduced values
     std::vector<int64_t> bad;      // per block: the first non-finite index, -1 if none
     int64_t values_done = 0;

@@ -90,7 +90,7 @@ inline uint64_t load64(const unsigned char* p) {
   return w;
 }
 
-// Runs `len` bytes (a multiple of 3 * block) as three streams, joined after each triple block.
+// Consumes whole triple blocks from p (n bytes left) as three streams, joined after each one.
 uint64_t three_streams(const unsigned char*& p, size_t& n, uint64_t c0, size_t block,
                        const ZerosTable& z) {
   while (n >= 3 * block) {
