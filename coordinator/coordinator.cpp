@@ -15,6 +15,7 @@
 #include "coordinator/step_machine.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -82,6 +83,9 @@ class CoordinatorRun {
   void send(std::vector<StepOutgoing> out);
   [[noreturn]] void throw_step_failure(const StepMachine& machine);
   void start_servers(const StartState& st);
+  // cluster.sync local, resuming: the checkpoint's inner optimizer states to the workers, slot r
+  // to the worker at position r (the order that splits the windows).
+  void load_inner_states(const StartState& st);
   bool wait_for_workers(int64_t t);
   bool run_step(int64_t t);
   // Step t's work for the workers taking part now (their windows kept in `windows`).
@@ -138,6 +142,9 @@ class CoordinatorRun {
   std::vector<net::MembershipEvent> pending_events_;
   // Members a send failed to reach, reported lost by poll() once the queue is read (see send()).
   std::map<net::Endpoint, std::string> unreachable_;
+  // Why each worker lost or gone left the job (its membership event's reason), for the errors of
+  // the waits that needed it.
+  std::map<int32_t, std::string> gone_why_;
   std::optional<DataPlan> plan_;
   std::optional<RunLog> log_;
   std::optional<LedgerWriter> ledger_;
@@ -365,6 +372,7 @@ void CoordinatorRun::apply_membership_events(std::vector<net::MembershipEvent> e
       continue;
     }
     const bool left = ev.change == net::MembershipChange::kLeft;
+    if (worker) gone_why_[who.id] = ev.reason;
     if (worker) active_.erase(who.id);
     if (worker) busy_.erase(who.id);
     if (worker && leased_) forget_lease(who.id);
@@ -453,6 +461,77 @@ void CoordinatorRun::start_servers(const StartState& st) {
   spdlog::info("{} server(s) {} at step {} (slowest {:.3f} s, {:.3f} s in all)", num_servers_,
                st.resumed_from.empty() ? "initialised" : "loaded their shards", st.step,
                slowest_s, std::chrono::duration<double>(Clock::now() - t0).count());
+}
+
+void CoordinatorRun::load_inner_states(const StartState& st) {
+  const std::vector<int64_t>& slots = st.inner_state_slots;
+  const std::vector<int32_t> workers = ready_workers();
+  const size_t n = std::min(workers.size(), slots.size());
+  if (slots.size() > workers.size()) {
+    spdlog::warn("{}: {} worker inner optimizer state(s) saved, {} worker(s) in this job: the "
+                 "state(s) of slot(s) {} are not used",
+                 st.resumed_from, slots.size(), workers.size(),
+                 fmt::join(std::vector<int64_t>(slots.begin() + static_cast<std::ptrdiff_t>(n),
+                                                slots.end()),
+                           ", "));
+  }
+  if (workers.size() > slots.size()) {
+    spdlog::info("{}: {} worker inner optimizer state(s) saved, {} worker(s) in this job: "
+                 "worker(s) {} start theirs at zero",
+                 st.resumed_from, slots.size(), workers.size(),
+                 fmt::join(std::vector<int32_t>(workers.begin() + static_cast<std::ptrdiff_t>(n),
+                                                workers.end()),
+                           ", "));
+  }
+  if (n == 0) return;
+  const auto t0 = Clock::now();
+  const uint64_t id = next_request_++;
+  std::map<int32_t, int64_t> pending;  // worker id → slot
+  std::vector<StepOutgoing> out;
+  for (size_t r = 0; r < n; ++r) {
+    pending[workers[r]] = slots[r];
+    out.push_back({net::worker_endpoint(workers[r]),
+                   proto::InnerStateLoad{id, st.step, slots[r], st.resumed_from}});
+  }
+  send(std::move(out));
+  const auto deadline = Clock::now() + o_.timeout;
+  double slowest_s = 0.0;
+  while (!pending.empty()) {
+    // A worker that cannot take its state would leave the resume without it: refused.
+    for (const auto& [w, slot] : pending) {
+      if (active_.count(w) != 0) continue;
+      const auto why = gone_why_.find(w);
+      throw Error(ExitCode::kCheckpoint,
+                  fmt::format("resume from {}: worker {} did not take the inner optimizer state "
+                              "of slot {} ({})",
+                              st.resumed_from, w, slot,
+                              why != gone_why_.end() ? why->second : std::string("it is gone")));
+    }
+    std::optional<net::Envelope> got = poll(deadline);
+    if (!got) {
+      if (Clock::now() < deadline) continue;
+      throw Error(ExitCode::kIo,
+                  fmt::format("coordinator: nothing arrived within {} s while {} worker(s) read "
+                              "their inner optimizer states from {}",
+                              std::chrono::duration_cast<std::chrono::seconds>(o_.timeout).count(),
+                              pending.size(), st.resumed_from));
+    }
+    auto* d = std::get_if<proto::InnerStateDone>(&got->message);
+    const auto it = d != nullptr ? pending.find(d->worker_id) : pending.end();
+    if (d == nullptr || d->request_id != id || d->version != st.step || it == pending.end() ||
+        it->second != d->slot || got->from != net::worker_endpoint(d->worker_id)) {
+      throw proto::ProtocolError(fmt::format(
+          "coordinator: unexpected {} from {} while the workers read their inner optimizer "
+          "states",
+          proto::type_name(proto::type_of(got->message)), got->from.str()));
+    }
+    slowest_s = std::max(slowest_s, d->seconds);
+    pending.erase(it);
+  }
+  spdlog::info("{} worker(s) took their inner optimizer states from {} (slowest {:.3f} s, {:.3f} "
+               "s in all)",
+               n, st.resumed_from, slowest_s,
+               std::chrono::duration<double>(Clock::now() - t0).count());
 }
 
 std::vector<int32_t> CoordinatorRun::ready_workers() const {
@@ -1082,12 +1161,63 @@ void CoordinatorRun::checkpoint(int64_t step) {
     transport_.send(net::server_endpoint(static_cast<int32_t>(k)),
                     proto::CheckpointShard{id, step, tmp});
   }
+  // cluster.sync local: every worker's inner optimizer state beside the shards, slot = its
+  // position among the workers the next step would split its windows between.
+  std::map<int32_t, int64_t> inner_pending;  // worker id → slot
+  if (cfg_.cluster.sync == SyncMode::kLocal) {
+    const std::vector<int32_t> workers = ready_workers();
+    std::vector<StepOutgoing> out;
+    for (size_t r = 0; r < workers.size(); ++r) {
+      inner_pending[workers[r]] = static_cast<int64_t>(r);
+      out.push_back({net::worker_endpoint(workers[r]),
+                     proto::InnerStateSave{id, step, static_cast<int64_t>(r), tmp}});
+    }
+    send(std::move(out));
+  }
+  std::vector<int64_t> inner_slots;
   std::vector<bool> have(static_cast<size_t>(num_servers_), false);
   double slowest_s = 0.0;
-  for (int64_t done = 0; done < num_servers_;) {
-    net::Envelope env = next(fmt::format("checkpoint shards of step {}", step));
+  const auto deadline = Clock::now() + o_.timeout;
+  for (int64_t done = 0; done < num_servers_ || !inner_pending.empty();) {
+    // A worker lost meanwhile takes its inner state with it, as it would a step later: the
+    // checkpoint holds the others'.
+    for (auto it = inner_pending.begin(); it != inner_pending.end();) {
+      if (active_.count(it->first) != 0) {
+        ++it;
+        continue;
+      }
+      spdlog::warn("checkpoint {}: worker {} is gone before it saved its inner optimizer state "
+                   "(slot {}); the checkpoint holds the other workers'",
+                   step, it->first, it->second);
+      it = inner_pending.erase(it);
+    }
+    if (done == num_servers_ && inner_pending.empty()) break;
+    std::optional<net::Envelope> got = poll(deadline);
+    if (!got) {
+      if (Clock::now() < deadline) continue;
+      throw Error(ExitCode::kIo,
+                  fmt::format("coordinator: nothing arrived within {} s while checkpoint {} was "
+                              "written ({} of {} shards, {} inner state(s) missing)",
+                              std::chrono::duration_cast<std::chrono::seconds>(o_.timeout).count(),
+                              step, done, num_servers_, inner_pending.size()));
+    }
+    net::Envelope& env = *got;
     // A straggler's late report (or a server's note of its late push) can arrive now.
     if (stale(env, step)) continue;
+    if (auto* d = std::get_if<proto::InnerStateDone>(&env.message)) {
+      const auto it = inner_pending.find(d->worker_id);
+      if (d->request_id != id || d->version != step || it == inner_pending.end() ||
+          it->second != d->slot || env.from != net::worker_endpoint(d->worker_id)) {
+        throw proto::ProtocolError(fmt::format(
+            "coordinator: unexpected InnerStateDone (request {}, step {}, slot {}) from {} while "
+            "checkpoint {} is written",
+            d->request_id, d->version, d->slot, env.from.str(), step));
+      }
+      inner_slots.push_back(d->slot);
+      slowest_s = std::max(slowest_s, d->seconds);
+      inner_pending.erase(it);
+      continue;
+    }
     auto* m = std::get_if<proto::CheckpointShardWritten>(&env.message);
     if (m == nullptr || m->request_id != id || m->version != step || m->server_id < 0 ||
         m->server_id >= num_servers_ || have[static_cast<size_t>(m->server_id)] ||
@@ -1106,6 +1236,7 @@ void CoordinatorRun::checkpoint(int64_t step) {
     slowest_s = std::max(slowest_s, m->write_s);
     ++done;
   }
+  std::sort(inner_slots.begin(), inner_slots.end());
   CheckpointMeta meta;
   meta.step = step;
   meta.tokens_seen = summary_.tokens_seen;
@@ -1113,6 +1244,7 @@ void CoordinatorRun::checkpoint(int64_t step) {
   meta.layout_hash = layout_.hash();
   meta.tokenizer_json = o_.tokenizer_json;
   meta.data = plan_->state();
+  meta.inner_state_slots = inner_slots;
   // ssp/async: windows of leases granted and not applied yet are not trained on in this
   // checkpoint's state: a resume hands them out again.
   for (const auto* leases : {&leases_, &in_step_}) {
@@ -1124,9 +1256,12 @@ void CoordinatorRun::checkpoint(int64_t step) {
                                                        num_servers_, cfg_.checkpoint.keep);
   last_checkpoint_step_ = step;
   last_checkpoint_at_ = Clock::now();
-  spdlog::info("step {}/{} | checkpoint {} ({} shards; slowest shard {:.3f} s, {:.3f} s in all)",
-               step, steps_, summary_.last_checkpoint, num_servers_, slowest_s,
-               std::chrono::duration<double>(Clock::now() - t0).count());
+  spdlog::info("step {}/{} | checkpoint {} ({} shards{}; slowest file {:.3f} s, {:.3f} s in all)",
+               step, steps_, summary_.last_checkpoint, num_servers_,
+               cfg_.cluster.sync == SyncMode::kLocal
+                   ? fmt::format(", {} worker inner state(s)", inner_slots.size())
+                   : std::string(),
+               slowest_s, std::chrono::duration<double>(Clock::now() - t0).count());
   if (o_.status != nullptr) {
     const std::string dir = summary_.last_checkpoint;
     o_.status->update([&](JobStatus& s) {
@@ -1354,6 +1489,14 @@ RunSummary CoordinatorRun::run() {
     }
   }
   start_servers(st);
+  if (cfg_.cluster.sync == SyncMode::kLocal) {
+    load_inner_states(st);
+  } else if (!st.inner_state_slots.empty()) {
+    spdlog::info("{} holds {} worker inner optimizer state(s) of cluster.sync local; this job's "
+                 "cluster.sync is {}: not used",
+                 st.resumed_from, st.inner_state_slots.size(),
+                 sync_mode_name(cfg_.cluster.sync));
+  }
   init_status();
 
   if (summary_.start_step >= steps_) {

@@ -126,6 +126,7 @@ StartState start_state(const Config& config, const ParamLayout& layout, bool all
   s.tokens_seen = meta.tokens_seen;
   s.data = meta.data;
   s.resumed_from = file;
+  s.inner_state_slots = meta.inner_state_slots;
   if (report && s.data.seed != config.run.seed) {
     spdlog::warn("resuming with the data order of {} (seed {}), not run.seed {}", path,
                  s.data.seed, config.run.seed);

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace ptrain {
 
@@ -20,6 +21,8 @@ struct StartState {
   int64_t tokens_seen = 0;
   DataState data;
   std::string resumed_from;  // the checkpoint .h5 file (symlinks resolved); empty = fresh
+  // cluster.sync local: the slots of the workers' inner optimizer states the checkpoint holds.
+  std::vector<int64_t> inner_state_slots;
 };
 
 // On resume, the checkpoint's stored config is compared with `config`, key by key: keys that only

@@ -156,6 +156,8 @@ void inspect(const InspectOptions& o) {
     j["data"] = {{"seed", cm.meta.data.seed},
                  {"epoch", cm.meta.data.epoch},
                  {"position", cm.meta.data.position}};
+    // cluster.sync local: the workers' inner optimizer states beside the shards (inner-R.h5).
+    j["inner_state_slots"] = cm.meta.inner_state_slots;
     j["model"] = {{"arch", model_arch_name(d.arch)}, {"vocab_size", d.V}, {"vocab_padded", d.Vp}, {"seq_len", d.T},
                   {"n_layer", d.L},    {"n_head", d.NH},       {"n_embd", d.C},
                   {"parameters", layout.total()}};
@@ -194,6 +196,10 @@ void inspect(const InspectOptions& o) {
              : std::string("checksum     none (written before the checksum block)"));
   line(fmt::format("data         seed {}   epoch {}   position {}", cm.meta.data.seed,
                    cm.meta.data.epoch, cm.meta.data.position));
+  if (!cm.meta.inner_state_slots.empty()) {
+    line(fmt::format("inner state  {} worker(s) (cluster.sync local): slot(s) {} as inner-R.h5",
+                     cm.meta.inner_state_slots.size(), fmt::join(cm.meta.inner_state_slots, ", ")));
+  }
   line(fmt::format("model        {}   V {} (rows {})   T {}   L {}   NH {}   C {}   {} parameters",
                    model_arch_name(d.arch), d.V, d.Vp, d.T, d.L, d.NH, d.C, layout.total()));
   line(fmt::format("tokenizer    {} ({} tokens)", cm.tokenizer->kind(), cm.tokenizer->vocab_size()));

@@ -57,6 +57,16 @@ LocalSteps::LocalSteps(const ParamLayout& layout, LocalStepsOptions options)
   delta_.resize(n);
 }
 
+void LocalSteps::restore(int64_t inner_steps, std::span<const float> m,
+                         std::span<const float> v) {
+  PTRAIN_ENFORCE(m.size() == m_.size() && v.size() == v_.size() && inner_steps >= 0,
+                 "inner state: {} m and {} v floats for a layout of {}, {} inner steps", m.size(),
+                 v.size(), m_.size(), inner_steps);
+  std::copy(m.begin(), m.end(), m_.begin());
+  std::copy(v.begin(), v.end(), v_.begin());
+  inner_steps_ = inner_steps;
+}
+
 LossSum LocalSteps::run(TrainStep& train, const BatchLoader& loader,
                         std::span<const int64_t> windows, int64_t outer_step) {
   const int64_t H = options_.local_steps;
@@ -70,8 +80,6 @@ LossSum LocalSteps::run(TrainStep& train, const BatchLoader& loader,
   const std::span<const float> pulled = train.weights_host();  // overwritten by set_weights
   std::copy(pulled.begin(), pulled.end(), start_.begin());
   std::copy(pulled.begin(), pulled.end(), current_.begin());
-  std::fill(m_.begin(), m_.end(), 0.0f);  // fresh inner moments every outer step (header)
-  std::fill(v_.begin(), v_.end(), 0.0f);
   LossSum total;
   for (int64_t h = 0; h < H; ++h) {
     const int64_t inner = outer_step * H + h;
@@ -91,8 +99,9 @@ LossSum LocalSteps::run(TrainStep& train, const BatchLoader& loader,
     for (int64_t i = 0; i < n; ++i) g[i] = static_cast<float>(static_cast<double>(G[i]) / denom);
     const float coef = clip_coef_of(grad_, options_.grad_clip, inner);
     const double lr = options_.schedule.at(inner);
-    adamw_update_segments(segments_, adamw_scalars(options_.adamw, lr, h + 1), 0, coef, grad_,
-                          current_, m_, v_);
+    ++inner_steps_;
+    adamw_update_segments(segments_, adamw_scalars(options_.adamw, lr, inner_steps_), 0, coef,
+                          grad_, current_, m_, v_);
   }
   // The servers apply p − lr·(…Δ…): Δ = start − end, so lr 1 and no momentum lands on `end`.
   const auto n = static_cast<int64_t>(delta_.size());

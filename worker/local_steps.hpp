@@ -9,12 +9,13 @@
 //   g  = G / tokens                      (fp64 division rounded once, as the servers' mean)
 //   c  = clip coefficient of ‖g‖ (optim.grad_clip; the worker's own global norm, fp64)
 //   AdamW (common/optim: the servers' arithmetic) with lr = schedule(i) over train.steps × H
-//   inner steps, step count h + 1 and the layout's decay flags.
-// The inner AdamW moments start at zero at every outer step (and the bias correction with them):
-// a worker keeps no optimizer state between outer steps, so nothing of it needs a checkpoint for
-// an exact resume, any worker can take any outer step, and one that joins or dies changes nobody
-// else's state. The cost (a first inner step of each outer step that is sign-like, as any Adam
-// first step) is measured in docs/local_sgd.md.
+//   inner steps, the layout's decay flags, and the step count n + 1, n being the inner steps this
+//   worker's moments already hold.
+// The inner AdamW moments (m, v, n) stay on the worker from one outer step to the next, as in
+// DiLoCo: each worker's replica keeps its own optimizer. A worker that joins starts them at zero;
+// one that dies takes them with it (the job goes on; only that worker's H inner steps of the
+// running outer step are lost). A checkpoint saves them (common/io/inner_state.hpp) and a resume
+// hands them back, so a resume is exact.
 //
 // The windows of an outer step come as H equal consecutive blocks, block h for inner step h (the
 // coordinator's plan: this worker's share of H × train.batch_size). Not thread-safe.
@@ -56,6 +57,13 @@ class LocalSteps {
   LossSum run(TrainStep& train, const BatchLoader& loader, std::span<const int64_t> windows,
               int64_t outer_step);
 
+  // The inner AdamW state: the moments and the inner steps they hold (a checkpoint's part).
+  std::span<const float> m() const { return m_; }
+  std::span<const float> v() const { return v_; }
+  int64_t inner_steps() const { return inner_steps_; }
+  // Replaces it (a resume); m and v must hold layout.total() floats each.
+  void restore(int64_t inner_steps, std::span<const float> m, std::span<const float> v);
+
   // Δ of the last run() (layout.total() floats).
   std::span<const float> pseudo_gradient() const { return delta_; }
   // The weights after the last run()'s inner steps (layout.total() floats).
@@ -66,6 +74,7 @@ class LocalSteps {
   LocalStepsOptions options_;
   std::vector<DecaySegment> segments_;
   std::vector<float> start_, current_, m_, v_, grad_, delta_;
+  int64_t inner_steps_ = 0;
 };
 
 }  // namespace ptrain

@@ -2,6 +2,7 @@
 
 #include "common/data/val_loss.hpp"
 #include "common/error.hpp"
+#include "common/io/inner_state.hpp"
 #include "common/io/token_file.hpp"
 #include "common/proto/codec.hpp"
 #include "worker/backend/backend_factory.hpp"
@@ -178,6 +179,36 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
     }
     if (auto* eval = std::get_if<proto::EvalBegin>(&env->message)) {
       evaluate(*eval);
+      continue;
+    }
+    // cluster.sync local: the inner optimizer state into a checkpoint, or back from one.
+    auto* save = std::get_if<proto::InnerStateSave>(&env->message);
+    auto* load = std::get_if<proto::InnerStateLoad>(&env->message);
+    if (save != nullptr || load != nullptr) {
+      if (!local) {
+        throw proto::ProtocolError(fmt::format(
+            "{}: unexpected {} from {} (this job's cluster.sync is not local)", me,
+            proto::type_name(proto::type_of(env->message)), env->from.str()));
+      }
+      const auto t0 = Clock::now();
+      proto::InnerStateDone done;
+      done.worker_id = o.worker_id;
+      if (save != nullptr) {
+        write_inner_state(save->tmp_dir, layout, save->version, save->slot, local->inner_steps(),
+                          local->m(), local->v());
+        done.request_id = save->request_id;
+        done.version = save->version;
+        done.slot = save->slot;
+      } else {
+        const InnerState st = read_inner_state(load->checkpoint, layout, load->version, load->slot);
+        local->restore(st.inner_steps, st.m, st.v);
+        done.request_id = load->request_id;
+        done.version = load->version;
+        done.slot = load->slot;
+      }
+      done.inner_steps = local->inner_steps();
+      done.seconds = seconds_since(t0);
+      transport.send(net::coordinator_endpoint(), done);
       continue;
     }
     if (auto* lease = std::get_if<proto::LeaseGrant>(&env->message)) {

@@ -22,6 +22,7 @@
 #include "common/io/checkpoint_internal.hpp"
 #include "common/io/checksum_block.hpp"
 #include "common/io/hdf5.hpp"
+#include "common/io/inner_state.hpp"
 #include "common/util/hash.hpp"
 #include "ptrain/build_config.hpp"
 
@@ -49,17 +50,14 @@ namespace fs = std::filesystem;
 using checkpoint_internal::check_sizes;
 using checkpoint_internal::kFileName;
 using checkpoint_internal::kMaxShards;
+using checkpoint_internal::crc_of;
+using checkpoint_internal::damaged_guard;
+using checkpoint_internal::open_checkpoint;
+using checkpoint_internal::open_readonly;
+using checkpoint_internal::utc_now_iso8601;
+using checkpoint_internal::with_checksum_block;
 
-namespace {
-
-constexpr const char* kFormat = "ptrain-checkpoint";
-constexpr const char* kShardFormat = "ptrain-checkpoint-shard";
-// Floats read at a time when a tensor is only verified (bounds the buffer).
-constexpr int64_t kVerifyChunkFloats = int64_t{1} << 20;
-const char* const kTensorGroups[] = {"model", "optimizer/m", "optimizer/v"};
-// Present only in checkpoints of cluster.sync local (the outer SGD's momentum buffer); its tensors
-// have the same names, shapes and attributes as those of the groups above.
-constexpr const char* kOuterMomentumGroup = "optimizer/outer_momentum";
+namespace checkpoint_internal {
 
 std::string utc_now_iso8601() {
   const auto now = std::chrono::system_clock::now();
@@ -73,18 +71,6 @@ std::string utc_now_iso8601() {
 
 uint32_t crc_of(std::span<const float> v) { return crc32c(v.data(), v.size() * sizeof(float)); }
 
-// Runs `f`; HDF5 failures (IoError from the wrappers) while reading become "truncated or damaged".
-template <class F>
-auto damaged_guard(const std::string& file, F&& f) {
-  try {
-    return f();
-  } catch (const IoError& e) {
-    throw CheckpointError(fmt::format("{}: truncated or damaged: {}", file, e.what()));
-  }
-}
-
-// Opens an existing HDF5 file read-only; `who` starts every message ("FILE", or "INDEX: shard
-// PATH"). No signature or an HDF5 open failure: CheckpointError; a lock held by a writer: IoError.
 h5::File open_readonly(const std::string& path, const std::string& who) {
   // A file that cannot be read is not "not an HDF5 file": say why it cannot be read.
   {
@@ -122,11 +108,25 @@ h5::File open_checkpoint(const std::string& file) {
   return open_readonly(file, file);
 }
 
-// How every checkpoint file is written: with the checksum block (checksum_block.hpp) filled in
-// after HDF5 closed the file, before the fsync and the rename.
 h5::AtomicWriteOptions with_checksum_block() {
   return {kChecksumBlockBytes, [](const std::string& tmp) { write_checksum_block(tmp); }};
 }
+
+}  // namespace checkpoint_internal
+
+namespace {
+
+constexpr const char* kFormat = "ptrain-checkpoint";
+constexpr const char* kShardFormat = "ptrain-checkpoint-shard";
+// Floats read at a time when a tensor is only verified (bounds the buffer).
+constexpr int64_t kVerifyChunkFloats = int64_t{1} << 20;
+const char* const kTensorGroups[] = {"model", "optimizer/m", "optimizer/v"};
+// Present only in checkpoints of cluster.sync local (the outer SGD's momentum buffer); its tensors
+// have the same names, shapes and attributes as those of the groups above.
+constexpr const char* kOuterMomentumGroup = "optimizer/outer_momentum";
+// Present only in checkpoints of cluster.sync local that hold workers' inner optimizer states:
+// the slots of the inner-R.h5 files beside the shards (inner_state.hpp).
+constexpr const char* kInnerStateSlots = "inner_state_slots";
 
 // format + format_version, the first things checked.
 void check_header(const h5::File& f, const std::string& file) {
@@ -196,6 +196,22 @@ CheckpointMeta read_meta(const h5::File& f, const std::string& file) {
     std::vector<int64_t> flat(static_cast<size_t>(r.size()));
     r.read(flat);
     for (size_t i = 0; i + 1 < flat.size(); i += 2) m.data.returned.push_back({flat[i], flat[i + 1]});
+  }
+  if (f.exists(kInnerStateSlots)) {
+    const h5::Dataset r = f.open_dataset(kInnerStateSlots);
+    if (r.type().dtype != h5::DType::kInt64 || r.shape().size() != 1) {
+      throw CheckpointError(fmt::format("{}: /{} is {} of shape [{}], expected a 1-D int64 dataset",
+                                        file, kInnerStateSlots, r.type().describe(),
+                                        fmt::join(r.shape(), ",")));
+    }
+    m.inner_state_slots.resize(static_cast<size_t>(r.size()));
+    r.read(m.inner_state_slots);
+    for (size_t i = 0; i < m.inner_state_slots.size(); ++i) {
+      if (m.inner_state_slots[i] < 0 || (i > 0 && m.inner_state_slots[i] <= m.inner_state_slots[i - 1])) {
+        throw CheckpointError(fmt::format("{}: /{} is [{}], expected increasing slots >= 0", file,
+                                          kInnerStateSlots, fmt::join(m.inner_state_slots, ", ")));
+      }
+    }
   }
   return m;
 }
@@ -304,6 +320,11 @@ void write_tokenizer_and_data(h5::File& f, const CheckpointMeta& meta) {
                                        {static_cast<int64_t>(meta.data.returned.size()), 2});
       r.write(std::span<const int64_t>(flat));
     }
+  }
+  if (!meta.inner_state_slots.empty()) {
+    h5::Dataset r = f.create_dataset(kInnerStateSlots, h5::DType::kInt64,
+                                     {static_cast<int64_t>(meta.inner_state_slots.size())});
+    r.write(std::span<const int64_t>(meta.inner_state_slots));
   }
 }
 
@@ -817,6 +838,9 @@ void verify_checkpoint(const std::string& path) {
       }
       if (n > 0) check_shard_totals(file, shards, floats, group, group_total);
     }
+    for (int64_t slot : meta.inner_state_slots) {
+      verify_inner_state(shard_dir_of(file).string(), meta.layout_hash, meta.step, slot);
+    }
     return 0;
   });
 }
@@ -997,6 +1021,10 @@ void checkpoint_internal::write_shard_index(const std::string& dir, const ParamL
     // every shard).
     if (!shards.empty() && shards.front().file.exists(kOuterMomentumGroup)) {
       group_names.emplace_back(kOuterMomentumGroup);
+    }
+    // The workers' inner optimizer states the index will list: each complete and of this step.
+    for (int64_t slot : meta.inner_state_slots) {
+      verify_inner_state(dir, layout.hash(), meta.step, slot);
     }
     std::vector<int64_t> floats(static_cast<size_t>(n_shards), 0);
     for (size_t g = 0; g < group_names.size(); ++g) {

@@ -59,6 +59,10 @@ struct CheckpointMeta {
   std::string created_utc;
   std::string tokenizer_json;
   DataState data;
+  // cluster.sync local: the slots R of the workers' inner optimizer states saved beside the
+  // shards as inner-R.h5 (common/io/inner_state.hpp), increasing; empty = none. Stored as the
+  // root dataset /inner_state_slots (int64), absent when empty.
+  std::vector<int64_t> inner_state_slots;
 };
 
 struct CheckpointData {
@@ -109,7 +113,8 @@ void write_checkpoint_shard(const std::string& tmp_dir, int64_t k, int64_t n_sha
 // Reads and checks the header (format, format_version) and the meta data; no tensor is read.
 CheckpointMeta read_checkpoint_meta(const std::string& path);
 // Everything a reader can check without the model config: header, and every tensor under /model
-// and /optimizer (float32, CRC32C matching, the same names in each group). Throws CheckpointError
+// and /optimizer (float32, CRC32C matching, the same names in each group), and every worker's
+// inner optimizer state the checkpoint lists (inner_state.hpp). Throws CheckpointError
 // naming the file and what is wrong (IoError when the file is missing or locked).
 void verify_checkpoint(const std::string& path);
 // Verifies format version, layout hash (against `layout`), every tensor's shape and CRC32C.

@@ -56,6 +56,9 @@ const char* type_name(MessageType t) {
     case MessageType::kStepWorkers: return "StepWorkers";
     case MessageType::kLeaseGrant: return "LeaseGrant";
     case MessageType::kPushReady: return "PushReady";
+    case MessageType::kInnerStateSave: return "InnerStateSave";
+    case MessageType::kInnerStateLoad: return "InnerStateLoad";
+    case MessageType::kInnerStateDone: return "InnerStateDone";
   }
   return "unknown";
 }
@@ -344,6 +347,12 @@ void fields(IO&& io, M& m) {
     io(m.lease_id), io(m.membership_epoch), io(m.min_version), io(m.windows);
   } else if constexpr (std::is_same_v<T, PushReady>) {
     io(m.worker_id), io(m.lease_id), io(m.base_version);
+  } else if constexpr (std::is_same_v<T, InnerStateSave>) {
+    io(m.request_id), io(m.version), io(m.slot), io(m.tmp_dir);
+  } else if constexpr (std::is_same_v<T, InnerStateLoad>) {
+    io(m.request_id), io(m.version), io(m.slot), io(m.checkpoint);
+  } else if constexpr (std::is_same_v<T, InnerStateDone>) {
+    io(m.request_id), io(m.worker_id), io(m.version), io(m.slot), io(m.inner_steps), io(m.seconds);
   } else {
     static_assert(sizeof(T) == 0, "message without a field list");
   }
@@ -495,6 +504,9 @@ void with_type(MessageType type, F&& f) {
     case MessageType::kStepWorkers: f.template operator()<StepWorkers>(); return;
     case MessageType::kLeaseGrant: f.template operator()<LeaseGrant>(); return;
     case MessageType::kPushReady: f.template operator()<PushReady>(); return;
+    case MessageType::kInnerStateSave: f.template operator()<InnerStateSave>(); return;
+    case MessageType::kInnerStateLoad: f.template operator()<InnerStateLoad>(); return;
+    case MessageType::kInnerStateDone: f.template operator()<InnerStateDone>(); return;
   }
   const auto t = static_cast<uint16_t>(type);
   throw ProtocolError(fmt::format("{} ({})", bad_type(t), types_spoken()));

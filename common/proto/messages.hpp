@@ -40,6 +40,11 @@
 //   worker → coordinator   PushReady{lease, base_version}      (its gradient is computed)
 //   coordinator → worker   StepBegin{step, the lease's windows} when the step's turn comes; the
 //                          worker pushes the gradient it holds, and the step runs as in bsp.
+//
+// cluster.sync local (protocol version 9; docs/local_sgd.md): a worker keeps its inner AdamW
+// state across outer steps. At a checkpoint the coordinator sends each worker InnerStateSave{tmp
+// dir, slot} beside the servers' CheckpointShard; at a resume, InnerStateLoad{checkpoint, slot}
+// before the first step; the worker answers InnerStateDone.
 #pragma once
 
 #include "common/proto/float_range.hpp"
@@ -66,7 +71,9 @@ inline constexpr uint32_t kMagic = 0x4E525450u;
 // 7: StepWorkers (type 25) tells the servers a step's workers at its begin; NormReport names the
 //    worker set its partial norm covers (a server reports as soon as it holds every push).
 // 8: LeaseGrant (26) and PushReady (27) for cluster.sync ssp and async.
-inline constexpr uint16_t kProtocolVersion = 8;
+// 9: InnerStateSave (28), InnerStateLoad (29) and InnerStateDone (30): cluster.sync local's
+//    worker-held inner optimizer state in checkpoints.
+inline constexpr uint16_t kProtocolVersion = 9;
 
 enum class MessageType : uint16_t {
   kLoadShard = 1,
@@ -102,9 +109,13 @@ enum class MessageType : uint16_t {
   // Protocol version 8: cluster.sync ssp and async.
   kLeaseGrant = 26,
   kPushReady = 27,
+  // Protocol version 9: cluster.sync local's inner optimizer state.
+  kInnerStateSave = 28,
+  kInnerStateLoad = 29,
+  kInnerStateDone = 30,
 };
 inline constexpr uint16_t kMinMessageType = 1;
-inline constexpr uint16_t kMaxMessageType = 27;
+inline constexpr uint16_t kMaxMessageType = 30;
 // The name a retired message type had ("CheckpointRequest" for 12), or nullptr for any other value.
 // A retired number lies inside [kMinMessageType, kMaxMessageType] but is not a MessageType.
 const char* retired_type_name(uint16_t type);
@@ -430,11 +441,49 @@ struct PushReady {
   bool operator==(const PushReady&) const = default;
 };
 
+// coordinator → worker (cluster.sync local), at a checkpoint, no step running: write your inner
+// optimizer state as TMP_DIR/inner-R.h5, R = `slot` (common/io/inner_state.hpp), and answer
+// InnerStateDone. `tmp_dir` is the one the servers write their shards to.
+struct InnerStateSave {
+  static constexpr MessageType kType = MessageType::kInnerStateSave;
+  uint64_t request_id = 0;
+  int64_t version = 0;  // the checkpoint's step
+  int64_t slot = 0;
+  std::string tmp_dir;
+  bool operator==(const InnerStateSave&) const = default;
+};
+
+// coordinator → worker (cluster.sync local), at a resume before the first step: take slot
+// `slot`'s inner optimizer state from checkpoint `checkpoint` (of step `version`) and answer
+// InnerStateDone.
+struct InnerStateLoad {
+  static constexpr MessageType kType = MessageType::kInnerStateLoad;
+  uint64_t request_id = 0;
+  int64_t version = 0;
+  int64_t slot = 0;
+  std::string checkpoint;
+  bool operator==(const InnerStateLoad&) const = default;
+};
+
+// worker → coordinator: the InnerStateSave or InnerStateLoad `request_id` is done. A worker that
+// cannot do it answers Failure instead.
+struct InnerStateDone {
+  static constexpr MessageType kType = MessageType::kInnerStateDone;
+  uint64_t request_id = 0;
+  int32_t worker_id = 0;
+  int64_t version = 0;
+  int64_t slot = 0;
+  int64_t inner_steps = 0;  // AdamW steps the state holds
+  double seconds = 0.0;     // spent writing or reading it
+  bool operator==(const InnerStateDone&) const = default;
+};
+
 using Message = std::variant<LoadShard, StepBegin, PullRequest, PullReply, GradPush, PushReceived,
                              WorkerStepDone, StepContributors, NormReport, StepCommit, StepApplied,
                              Shutdown, Failure, Register, Welcome, PeerHello, Heartbeat,
                              CheckpointShard, CheckpointShardWritten, ShardLoaded, EvalBegin,
-                             EvalDone, StepWorkers, LeaseGrant, PushReady>;
+                             EvalDone, StepWorkers, LeaseGrant, PushReady, InnerStateSave,
+                             InnerStateLoad, InnerStateDone>;
 
 MessageType type_of(const Message& m);
 // "GradPush", "PullReply", ... ("unknown(N)" for a value outside the enum).

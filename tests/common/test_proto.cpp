@@ -53,6 +53,9 @@ std::vector<Message> samples() {
   out.push_back(EvalDone{11, 3, 13, 64, {1234.5, 1e-300, 7.25, 0.0}, {128, 1, 64, 0}, 0.5});
   out.push_back(LeaseGrant{0xABCDEF0123ull, 3, 17, {5, 99, 1ll << 40}});
   out.push_back(PushReady{2, 0xABCDEF0123ull, 15});
+  out.push_back(InnerStateSave{8, 40, 2, "runs/x/checkpoints/step-00000040.tmp"});
+  out.push_back(InnerStateLoad{9, 40, 1, "/runs/x/checkpoints/step-00000040/checkpoint.h5"});
+  out.push_back(InnerStateDone{9, 3, 40, 1, 320, 0.125});
   // Empty vectors and strings.
   out.push_back(LoadShard{0, 0, {5, 5}, 0, ""});
   out.push_back(EvalDone{1, 0, 0, 0, {}, {}, 0.0});

@@ -222,6 +222,9 @@ std::vector<Message> seed_messages() {
       StepWorkers{6, 2, {0, 1}},
       LeaseGrant{3, 2, 6, {10, 11}},
       PushReady{1, 3, 5},
+      InnerStateSave{4, 8, 1, "tmp"},
+      InnerStateLoad{5, 8, 0, "ckpt"},
+      InnerStateDone{5, 1, 8, 0, 32, 0.5},
   };
 }
 

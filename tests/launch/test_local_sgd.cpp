@@ -1,8 +1,11 @@
 // cluster.sync local (DiLoCo; docs/local_sgd.md) as whole threads jobs on the tiny GPT: it trains
 // (loss falls; tokens, the ledger and bytes per token count H inner steps per outer step; the
-// servers' momentum buffer is in the checkpoint), it resumes bitwise at an outer-step boundary,
-// and with H = 1, outer lr 1, momentum 0 and one worker it is bsp as the maths says.
+// servers' momentum buffer and the workers' inner AdamW states are in the checkpoint), it
+// resumes bitwise at an outer-step boundary (the inner states handed back by position; refused
+// naming the file when one is missing), and with outer lr 1, momentum 0 and one worker it is bsp
+// as the maths says.
 #include "common/io/checkpoint_format.hpp"
+#include "common/io/inner_state.hpp"
 #include "common/io/ledger.hpp"
 #include "launch/threads_job.hpp"
 #include "support/final_state.hpp"
@@ -84,6 +87,17 @@ TEST_CASE("local sgd: trains - H x B windows per outer step in tokens and ledger
   for (float x : c.outer_momentum) norm += static_cast<double>(x) * x;
   CHECK(norm > 0.0);
 
+  // Each worker's inner AdamW state, slot = its position: 6 outer steps of H inner steps each.
+  const CheckpointMeta meta = read_checkpoint_meta(s.last_checkpoint);
+  REQUIRE(meta.inner_state_slots == std::vector<int64_t>{0, 1});
+  for (int64_t slot : {0, 1}) {
+    const InnerState in = read_inner_state(s.last_checkpoint, layout_for(local), 6, slot);
+    CHECK(in.inner_steps == 6 * H);
+    double v = 0.0;
+    for (float x : in.v) v += x;
+    CHECK(v > 0.0);
+  }
+
   // Bytes per trained token: a bsp run of the same outer-step count moves the same bytes per
   // step for H times fewer tokens.
   Config bsp = small_config(dir);
@@ -131,13 +145,14 @@ TEST_CASE("local sgd: N outer steps straight == N/2 + stop + resume + N/2 - bitw
   CHECK(read_checkpoint_meta(second.last_checkpoint).tokens_seen == 6 * 3 * 8 * 16);
 }
 
-// H = 1, outer lr 1, momentum 0, one worker: each outer step sets the weights to w − (w − w') =
-// w' (to the rounding of the subtraction), w' being one AdamW step from w with the worker's
-// gradient and fresh moments. bsp's step is the same AdamW step with the moments it carries, so
-// the two agree at the first step always, and at every step when AdamW carries nothing
-// (beta1 = beta2 = 0) — and then, for any H, an outer step is H bsp steps. Not bitwise: Δ = w − w'
-// and w − Δ round, and the worker sums the clipping norm in another order than the servers.
-TEST_CASE("local sgd: outer lr 1 - momentum 0 - one worker equals bsp where AdamW carries no state - H 1 and 4") {
+// Outer lr 1, momentum 0, one worker: each outer step sets the weights to w − (w − w') = w' (to
+// the rounding of the subtraction), w' being the worker's weights after its H inner AdamW steps.
+// The worker's inner moments carry over from one outer step to the next as bsp's do on the
+// servers, and the plan hands out the same windows in the same order (H blocks of B per outer
+// step) with the inner schedule over train.steps × H: so N outer steps are N × H bsp steps. Not
+// bitwise: Δ = w − w' and w − Δ round, and the worker sums the clipping norm in another order
+// than the servers.
+TEST_CASE("local sgd: outer lr 1 - momentum 0 - one worker equals bsp - H 1 and 4") {
   TempDir dir;
   Config local = local_config(dir, 1);
   local.cluster.outer_lr = 1.0;
@@ -145,30 +160,29 @@ TEST_CASE("local sgd: outer lr 1 - momentum 0 - one worker equals bsp where Adam
   Config bsp = small_config(dir);
   bsp.run.dir = dir / "bsp";
   local.run.threads = bsp.run.threads = 1;
+  // AdamW's step of an element whose gradient is rounding noise (the attention's key bias has a
+  // zero gradient in exact arithmetic) is ±lr on the noise's sign with the default eps: an eps
+  // above the noise keeps the comparison about the maths, not about the sign of rounding errors.
+  local.optim.eps = bsp.optim.eps = 1e-4;
 
-  SUBCASE("the first step with the default betas") {
-    local.train.steps = bsp.train.steps = 1;
+  SUBCASE("H = 1: five steps") {
+    local.train.steps = bsp.train.steps = 5;
   }
-  SUBCASE("H = 4: three outer steps are twelve bsp steps with beta1 = beta2 = 0") {
-    // The plan hands out the same windows in the same order (4 blocks of B per outer step) and
-    // the inner schedule runs over train.steps x H: inner step i is bsp's step i.
+  SUBCASE("H = 4: three outer steps are twelve bsp steps") {
     local.cluster.local_steps = 4;
     local.train.steps = 3;
     bsp.train.steps = 12;
-    local.optim.beta1 = bsp.optim.beta1 = 0.0;
-    local.optim.beta2 = bsp.optim.beta2 = 0.0;
-    local.optim.eps = bsp.optim.eps = 1e-4;  // (below)
   }
-  SUBCASE("five steps with beta1 = beta2 = 0") {
-    local.optim.beta1 = bsp.optim.beta1 = 0.0;
-    local.optim.beta2 = bsp.optim.beta2 = 0.0;
-    local.optim.lr = bsp.optim.lr = 1e-3;
-    local.optim.min_lr = bsp.optim.min_lr = 1e-4;
-    // Without moments AdamW's step is lr·g/(|g| + eps): with the default eps an element whose
-    // gradient is rounding noise (the attention's key bias has a zero gradient in exact
-    // arithmetic) moves by ±lr on the noise's sign. An eps above the noise keeps the comparison
-    // about the maths, not about the sign of rounding errors.
-    local.optim.eps = bsp.optim.eps = 1e-4;
+  SUBCASE("H = 2: two outer steps then a resume and two more are eight bsp steps") {
+    // The moments cross the checkpoint in the worker's inner-0.h5.
+    local.cluster.local_steps = 2;
+    local.train.steps = 4;
+    bsp.train.steps = 8;
+    local.checkpoint.resume = "auto";
+    ThreadsJobOptions stop_at_2;
+    stop_at_2.stop_requested = [](int64_t step) { return step == 2; };
+    CHECK(run_threads_job(local, stop_at_2).final_step == 2);
+    CHECK(fs::exists(fs::path(local.run.dir) / "checkpoints" / "latest" / "inner-0.h5"));
   }
   const auto a = final_state(local, run_threads_job(local));
   const auto b = final_state(bsp, run_threads_job(bsp));
@@ -187,4 +201,55 @@ TEST_CASE("local sgd: outer lr 1 - momentum 0 - one worker equals bsp where Adam
   const auto c = final_state(momentum, run_threads_job(momentum));
   const auto d = final_state(bsp2, run_threads_job(bsp2));
   CHECK(worst_rel_l2(layout_for(bsp), c.params, d.params).value > 1e-4);
+}
+
+// A resume needs every listed inner state: one missing (or damaged) stops the job naming the
+// file, before any step; more workers than states: the extra ones start at zero; fewer: the
+// states left over are not used. bsp resumes such a checkpoint without them.
+TEST_CASE("local sgd: a resume without a listed inner state is refused naming the file - other worker counts resume") {
+  TempDir dir;
+  Config c = local_config(dir, 2);
+  c.cluster.workers = 2;
+  c.train.steps = 2;
+  c.checkpoint.every_steps = 2;
+  c.checkpoint.resume = "auto";
+  const RunSummary s = run_threads_job(c);
+  const fs::path ckpt = fs::path(checkpoint_file(s.last_checkpoint)).parent_path() / "inner-1.h5";
+  REQUIRE(fs::exists(ckpt));
+  const fs::path aside = fs::path(dir.path) / "inner-1.h5.aside";
+  fs::rename(ckpt, aside);
+
+  Config more = c;
+  more.train.steps = 4;
+  auto error_of = [](const Config& cfg) {
+    try {
+      run_threads_job(cfg);
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  // resume auto: the checkpoint does not verify, and it is the only one.
+  const std::string err = error_of(more);
+  CHECK_MESSAGE(err.find("inner-1.h5: the inner optimizer state of slot 1 is missing") !=
+                    std::string::npos,
+                err);
+  // resume from this checkpoint by path: the worker of position 1 cannot take it, and the job
+  // stops before any step.
+  Config by_path = more;
+  by_path.checkpoint.resume = s.last_checkpoint;
+  const std::string err2 = error_of(by_path);
+  CHECK_MESSAGE(err2.find("inner-1.h5") != std::string::npos, err2);
+  CHECK_MESSAGE(err2.find("slot 1") != std::string::npos, err2);
+  CHECK(read_checkpoint_meta(s.last_checkpoint).step == 2);
+  CHECK_FALSE(fs::exists(fs::path(c.run.dir) / "checkpoints" / "step-00000004"));
+  CHECK(read_checkpoint_meta(c.run.dir + "/checkpoints/latest").step == 2);
+
+  fs::rename(aside, ckpt);
+  SUBCASE("one worker: slot 1's state is not used") { more.cluster.workers = 1; }
+  SUBCASE("three workers: the third starts at zero") { more.cluster.workers = 3; }
+  SUBCASE("bsp") { more.cluster.sync = SyncMode::kBsp; }
+  const RunSummary r = run_threads_job(more);
+  CHECK(r.start_step == 2);
+  CHECK(r.final_step == 4);
 }
