@@ -320,6 +320,41 @@ TEST_CASE("dist: SIGTERM checkpoints and stops - resume equals a straight run (b
   CHECK(std::memcmp(resumed.data(), straight.data(), resumed.size() * sizeof(float)) == 0);
 }
 
+// cluster.sync local over TCP: the workers' inner AdamW states go into the checkpoint
+// (inner-0.h5, inner-1.h5, listed by the index) and come back on resume, so 2 + 2 outer steps
+// are bitwise 4 straight.
+TEST_CASE("dist: local sgd - the workers' inner states are checkpointed - resume equals a straight run (bitwise)") {
+  TempDir dir("dist-local-resume");
+  const std::vector<std::string> local = {"--set", "cluster.sync=local", "--set",
+                                          "cluster.local_steps=2"};
+  auto run_args = [&](const std::string& cfg, std::vector<std::string> more) {
+    std::vector<std::string> a = {"run", cfg};
+    a.insert(a.end(), local.begin(), local.end());
+    a.insert(a.end(), more.begin(), more.end());
+    return a;
+  };
+  const std::string cfg = write_config(dir, 2, "processes");
+  const Proc p = start(run_args(cfg, {}), dir / "err.txt");
+  REQUIRE_MESSAGE(wait_exit(p) == 0, slurp(dir / "err.txt"));
+  const fs::path ckpt = dir / "run/checkpoints/step-00000002";
+  CHECK(fs::exists(ckpt / "inner-0.h5"));
+  CHECK(fs::exists(ckpt / "inner-1.h5"));
+  CHECK(read_checkpoint_meta(ckpt.string()).inner_state_slots == std::vector<int64_t>{0, 1});
+  const Proc q = start(run_args(cfg, {"--set", "train.steps=4"}), dir / "err2.txt");
+  REQUIRE_MESSAGE(wait_exit(q) == 0, slurp(dir / "err2.txt"));
+  const std::string log = slurp(dir / "run/logs/coordinator-0.log");
+  CHECK_MESSAGE(log.find("2 worker(s) took their inner optimizer states") != std::string::npos,
+                log);
+  const auto resumed = final_weights(dir / "run");
+
+  const std::string cfg2 = write_config(dir, 4, "processes", "straight");
+  const Proc r = start(run_args(cfg2, {}), dir / "err3.txt");
+  REQUIRE_MESSAGE(wait_exit(r) == 0, slurp(dir / "err3.txt"));
+  const auto straight = final_weights(dir / "straight");
+  REQUIRE(resumed.size() == straight.size());
+  CHECK(std::memcmp(resumed.data(), straight.data(), resumed.size() * sizeof(float)) == 0);
+}
+
 // A lost worker no longer stops the job, and a lost server is restarted (test_elastic.cpp); with
 // no restart left (cluster.max_restarts: 0) a lost server stops it, naming it.
 TEST_CASE("dist: kill -9 of a server with no restart left stops the job naming it - latest intact") {
