@@ -189,7 +189,7 @@ proto::FloatEncoding encoding_of(const std::string& dtype) {
   throw UsageError(fmt::format("bench ps: --wire-dtype takes fp32 and/or bf16, not '{}'", dtype));
 }
 
-void serve(const BenchPsPeerOptions& o, net::Transport& t);
+void serve(const BenchPsPeerOptions& o, net::Transport& t, const std::function<void()>& ready);
 void work(const BenchPsPeerOptions& o, net::Transport& t, const std::function<void()>& start);
 
 int run_server(const BenchPsPeerOptions& o) {
@@ -207,13 +207,16 @@ int run_server(const BenchPsPeerOptions& o) {
   std::fflush(stdout);
   const std::unique_ptr<net::Transport> tp =
       net::make_transport(net::TransportOptions::tcp(net::server_endpoint(o.id), node));
-  serve(o, *tp);
+  serve(o, *tp, [] {});
   node->close();
   return 0;
 }
 
 // A server's rounds over any transport: counts pushes, answers pulls once a round is complete.
-void serve(const BenchPsPeerOptions& o, net::Transport& t) {
+// `ready()` runs once its buffers are allocated and touched and its first slots posted: the
+// workers' clocks start after it (MPI: a barrier), so that no page fault of the server's set-up
+// is timed as transfer.
+void serve(const BenchPsPeerOptions& o, net::Transport& t, const std::function<void()>& ready) {
   const proto::KeyRange range = ranges_of(o.floats, o.servers)[static_cast<size_t>(o.id)];
   const proto::FloatEncoding enc = encoding_of(o.wire_dtype);
   const auto n = static_cast<size_t>(range.size());
@@ -237,6 +240,7 @@ void serve(const BenchPsPeerOptions& o, net::Transport& t) {
     }
   };
   for (int32_t w = 0; w < o.workers; ++w) post_slot(w, 0);
+  ready();
   auto answer = [&](const net::Endpoint& to, const proto::PullRequest& r) {
     if (enc == proto::FloatEncoding::kBf16) {
       if (packed_round != r.version) {
@@ -399,8 +403,7 @@ int run_mpi_peer(BenchPsPeerOptions o) {
     const std::unique_ptr<net::Transport> t =
         net::make_transport(net::TransportOptions::mpi(self, wire, nullptr));
     if (self.role == net::Role::kServer) {
-      world.allgather("");
-      serve(o, *t);
+      serve(o, *t, [&] { world.allgather(""); });
     } else {
       work(o, *t, [&] { world.allgather(""); });
     }

@@ -20,6 +20,7 @@
 #include <mpi.h>
 #include <spdlog/spdlog.h>
 
+#include <array>
 #include <climits>
 #include <condition_variable>
 #include <cstring>
@@ -51,8 +52,9 @@ bool mpi_live() {
   return init && !fin;
 }
 
-// Tags: every frame message carries kFrameTag; the floats of frame number s (per sending wire)
-// carry kBodyTagBase + s mod 2^30, so they match only the receive posted for them.
+// Tags: every frame message carries kFrameTag; the float pieces and the trailer of frame number
+// s (per sending wire) carry kBodyTagBase + s mod 2^30, so they match only the receives posted
+// for them.
 constexpr int kFrameTag = 1;
 constexpr int kNudgeTag = 2;
 constexpr int kBytesTag = 3;  // MpiComm::send_bytes / recv_bytes
@@ -66,7 +68,8 @@ constexpr size_t kEnvelopeSize = 32;
 struct Envelope32 {
   Endpoint from, to;
   uint32_t body_tag = 0;
-  uint64_t body_bytes = 0;  // 0: the message holds a whole frame
+  uint32_t piece_bytes = 0;  // the floats' messages: this many bytes each (the last: the rest)
+  uint64_t body_bytes = 0;   // 0: the message holds a whole frame
 };
 
 void store_envelope(std::byte* out, const Envelope32& e) {
@@ -78,6 +81,7 @@ void store_envelope(std::byte* out, const Envelope32& e) {
   std::memcpy(out + 8, &e.from.id, 4);
   std::memcpy(out + 12, &e.to.id, 4);
   std::memcpy(out + 16, &e.body_tag, 4);
+  std::memcpy(out + 20, &e.piece_bytes, 4);
   std::memcpy(out + 24, &e.body_bytes, 8);
 }
 
@@ -95,6 +99,7 @@ std::optional<Envelope32> load_envelope(std::span<const std::byte> in) {
   std::memcpy(&e.from.id, in.data() + 8, 4);
   std::memcpy(&e.to.id, in.data() + 12, 4);
   std::memcpy(&e.body_tag, in.data() + 16, 4);
+  std::memcpy(&e.piece_bytes, in.data() + 20, 4);
   std::memcpy(&e.body_bytes, in.data() + 24, 8);
   return e;
 }
@@ -264,13 +269,18 @@ struct MpiWire::Impl : std::enable_shared_from_this<MpiWire::Impl> {
   struct Pending {
     Endpoint from;
     std::vector<MPI_Request> requests;
-    std::vector<std::byte> message;  // envelope + head (+ trailer)
-    proto::OutFrame frame;           // keeps an owned body alive
+    std::vector<std::byte> message;  // envelope + head (the whole frame when it has no floats)
+    std::array<std::byte, proto::kTrailerSize> trailer{};
+    proto::OutFrame frame;  // keeps an owned body alive
+    // False while the sender still computes the trailer: its message is not posted yet, so the
+    // send is not complete even when every posted request is.
+    bool sealed = true;
   };
 
   MpiComm comm;
   std::map<Endpoint, int> ranks;
   proto::DecoderLimits limits;
+  size_t piece_bytes = kMpiBodyPiece;
 
   mutable std::mutex mu_;  // inboxes, closed
   std::condition_variable cv_;
@@ -306,8 +316,15 @@ struct MpiWire::Impl : std::enable_shared_from_this<MpiWire::Impl> {
       int done = 0;
       MPI_Testall(static_cast<int>(it->requests.size()), it->requests.data(), &done,
                   MPI_STATUSES_IGNORE);
-      it = done ? pending.erase(it) : std::next(it);
+      it = done && it->sealed ? pending.erase(it) : std::next(it);
     }
+  }
+
+  // Gives up a receive that will not be waited for (the wire is stopping).
+  static void abandon(MPI_Request& req) {
+    if (req == MPI_REQUEST_NULL) return;
+    MPI_Cancel(&req);
+    MPI_Request_free(&req);
   }
 
   // Waits for `req` while the wire is open.
@@ -317,8 +334,7 @@ struct MpiWire::Impl : std::enable_shared_from_this<MpiWire::Impl> {
       PTRAIN_MPI_CHECK(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
       if (done) return true;
       if (stop.load()) {
-        MPI_Cancel(&req);
-        MPI_Request_free(&req);
+        abandon(req);
         return false;
       }
       // A body in flight: every MPI call moves it on (shared memory copies it fragment by
@@ -327,15 +343,84 @@ struct MpiWire::Impl : std::enable_shared_from_this<MpiWire::Impl> {
     }
   }
 
-  void receive_body(int src, int tag, std::byte* dst, uint64_t bytes) {
-    for (uint64_t off = 0; off < bytes; off += kChunk) {
-      const int n = static_cast<int>(std::min<uint64_t>(kChunk, bytes - off));
-      MPI_Request req;
-      PTRAIN_MPI_CHECK(MPI_Irecv(dst + off, n, MPI_BYTE, src, tag, c(), &req));
-      if (!wait_request(req)) {
-        throw TransportClosed("the MPI wire closed while floats were arriving");
+  // Receives the pieces of a frame's floats into `dst` (`bytes` long, pieces of `piece` bytes)
+  // and then its trailer, feeding each piece to `dec` (which checksums it) as soon as it landed.
+  // The next message stays posted while one is checksummed: shared memory moves a message
+  // fragment by fragment, and only while this process calls into MPI, so the checksum is taken
+  // in slices with a progress call between them, and the next piece moves meanwhile. (One
+  // ahead, not more: pieces posted together move together, and would land together at the end.)
+  void receive_body(int src, int tag, std::byte* dst, uint64_t bytes, uint64_t piece,
+                    proto::FrameDecoder& dec, std::array<std::byte, proto::kTrailerSize>& trailer) {
+    constexpr uint64_t kAhead = 1;
+    constexpr size_t kSlice = 256 * 1024;  // bytes checksummed between two progress calls
+    const uint64_t pieces = (bytes + piece - 1) / piece;
+    const uint64_t messages = pieces + 1;  // the trailer last
+    std::array<MPI_Request, kAhead + 1> req;
+    req.fill(MPI_REQUEST_NULL);
+    uint64_t posted = 0;
+    auto slot = [&](uint64_t i) -> MPI_Request& { return req[i % req.size()]; };
+    auto post_upto = [&](uint64_t last) {
+      for (; posted < messages && posted <= last; ++posted) {
+        std::byte* at = trailer.data();
+        uint64_t n = trailer.size();
+        if (posted < pieces) {
+          at = dst + posted * piece;
+          n = std::min(piece, bytes - posted * piece);
+        }
+        PTRAIN_MPI_CHECK(
+            MPI_Irecv(at, static_cast<int>(n), MPI_BYTE, src, tag, c(), &slot(posted)));
       }
+    };
+    try {
+      for (uint64_t i = 0; i < messages; ++i) {
+        post_upto(i + kAhead);
+        if (!wait_request(slot(i))) {
+          for (MPI_Request& r : req) abandon(r);
+          throw TransportClosed("the MPI wire closed while floats were arriving");
+        }
+        if (i == pieces) break;  // the trailer: the caller feeds it
+        for (uint64_t left = std::min(piece, bytes - i * piece); left > 0;) {
+          const size_t n = std::min<uint64_t>({dec.buffer().size(), left, kSlice});
+          PTRAIN_ENFORCE(n > 0, "the decoder has no room for the {} bytes left of a piece", left);
+          dec.commit(n);  // the bytes are already there: this computes the CRC
+          left -= n;
+          for (MPI_Request& r : req) {
+            int done = 0;
+            if (r != MPI_REQUEST_NULL) PTRAIN_MPI_CHECK(MPI_Test(&r, &done, MPI_STATUS_IGNORE));
+          }
+        }
+      }
+    } catch (const TransportClosed&) {
+      throw;
+    } catch (...) {
+      for (MPI_Request& r : req) abandon(r);
+      throw;
     }
+  }
+
+  // Receives and drops every message of a refused frame's floats and trailer (`bytes` in all),
+  // so that the sender's requests complete. False when the wire stopped first.
+  bool drain_body(int src, int tag, uint64_t bytes) {
+    std::vector<std::byte> sink;
+    for (uint64_t got = 0; got < bytes;) {
+      int flag = 0;
+      MPI_Message m;
+      MPI_Status st;
+      PTRAIN_MPI_CHECK(MPI_Improbe(src, tag, c(), &flag, &m, &st));
+      if (!flag) {
+        if (stop.load()) return false;
+        std::this_thread::yield();
+        continue;
+      }
+      int n = 0;
+      MPI_Get_count(&st, MPI_BYTE, &n);
+      sink.resize(std::max(sink.size(), static_cast<size_t>(n)));
+      MPI_Request req;
+      PTRAIN_MPI_CHECK(MPI_Imrecv(sink.data(), n, MPI_BYTE, &m, &req));
+      if (!wait_request(req)) return false;
+      got += static_cast<uint64_t>(n);
+    }
+    return true;
   }
 
   // One frame message from rank `src`.
@@ -369,21 +454,16 @@ struct MpiWire::Impl : std::enable_shared_from_this<MpiWire::Impl> {
       push(env->to, std::make_exception_ptr(proto::ProtocolError(
                         fmt::format("bad frame from {}: {}", env->from.str(), why))));
     };
-    // Before the floats were received: drain them (so that the sender's request completes), then
-    // report.
+    // Before the floats were received: drain them and the trailer (so that the sender's requests
+    // complete), then report.
     auto refuse = [&](const std::string& why) {
-      std::vector<std::byte> sink(std::min<uint64_t>(env->body_bytes, kChunk));
-      for (uint64_t off = 0; off < env->body_bytes; off += kChunk) {
-        const int n = static_cast<int>(std::min<uint64_t>(kChunk, env->body_bytes - off));
-        MPI_Request req;
-        PTRAIN_MPI_CHECK(MPI_Irecv(sink.data(), n, MPI_BYTE, src, tag, c(), &req));
-        if (!wait_request(req)) return;
-      }
-      report(why);
+      if (drain_body(src, tag, env->body_bytes + proto::kTrailerSize)) report(why);
     };
-    if (frame.size() < proto::kHeaderSize + proto::kTrailerSize) return refuse("a short head");
-    const std::span<const std::byte> head(frame.data(), frame.size() - proto::kTrailerSize);
-    const std::span<const std::byte> trailer(frame.data() + head.size(), proto::kTrailerSize);
+    if (env->piece_bytes == 0 || env->piece_bytes > kChunk) {
+      return refuse(fmt::format("its floats come in pieces of {} bytes", env->piece_bytes));
+    }
+    if (frame.size() < proto::kHeaderSize) return refuse("a short head");
+    const std::span<const std::byte> head(frame);
     const proto::FrameHeader h =
         proto::read_header(std::span<const std::byte, proto::kHeaderSize>(head.data(), proto::kHeaderSize));
     const size_t head_payload = proto::float_body_head(h.type);
@@ -406,12 +486,8 @@ struct MpiWire::Impl : std::enable_shared_from_this<MpiWire::Impl> {
     if (dec.next(out, error) == proto::DecodeStatus::kBad) return refuse(error);
     const std::span<std::byte> at = dec.buffer();
     if (!dec.reading_in_place() || at.empty()) return refuse("the head did not announce floats");
-    receive_body(src, tag, at.data(), env->body_bytes);
-    for (uint64_t left = env->body_bytes; left > 0;) {
-      const size_t n = std::min<uint64_t>(dec.buffer().size(), left);
-      dec.commit(n);  // the bytes are already there: this computes the CRC piece by piece
-      left -= n;
-    }
+    std::array<std::byte, proto::kTrailerSize> trailer{};
+    receive_body(src, tag, at.data(), env->body_bytes, env->piece_bytes, dec, trailer);
     if (dec.next(out, error) == proto::DecodeStatus::kBad) return report(error);
     dec.feed(trailer);
     const proto::DecodeStatus st = dec.next(out, error);
@@ -479,8 +555,11 @@ struct MpiWire::Impl : std::enable_shared_from_this<MpiWire::Impl> {
     cv_.notify_all();
   }
 
+  // Posts a frame's messages: the head (or the raw bytes), the floats' pieces from where they lie
+  // (`wire_body` in their place when it is not empty: tests), and, once the payload CRC over the
+  // floats is computed here while the pieces are in flight, the trailer.
   void post_send(const Endpoint& from, const Endpoint& to, proto::OutFrame frame,
-                 std::vector<std::byte> raw) {
+                 std::vector<std::byte> raw, std::span<const std::byte> wire_body = {}) {
     const auto it = ranks.find(to);
     if (it == ranks.end()) {
       throw PeerLost(fmt::format("cannot send to {}: not a member of this MPI job", to.str()));
@@ -492,19 +571,21 @@ struct MpiWire::Impl : std::enable_shared_from_this<MpiWire::Impl> {
                                           reason));
       }
     }
+    const std::span<const std::byte> body = frame.body;
+    const std::span<const std::byte> on_wire = wire_body.empty() ? body : wire_body;
+    PTRAIN_ENFORCE(on_wire.size() == body.size(), "a tampered body of {} bytes for {} floats' bytes",
+                   on_wire.size(), body.size());
+    const uint32_t head_crc = frame.head_crc;
     Pending p;
     p.from = from;
-    Envelope32 env{from, to, 0, frame.body.size()};
+    Envelope32 env{from, to, 0, static_cast<uint32_t>(piece_bytes), body.size()};
     std::span<const std::byte> bytes = raw.empty() ? std::span<const std::byte>(frame.head) : raw;
-    p.message.resize(kEnvelopeSize + bytes.size() + (frame.body.empty() ? 0 : proto::kTrailerSize));
+    p.message.resize(kEnvelopeSize + bytes.size());
     std::memcpy(p.message.data() + kEnvelopeSize, bytes.data(), bytes.size());
-    if (!frame.body.empty()) {
-      // The trailer: the payload CRC over head payload and floats, read where they lie.
-      const uint32_t crc = crc32c(frame.body.data(), frame.body.size(), frame.head_crc);
-      std::memcpy(p.message.data() + kEnvelopeSize + bytes.size(), &crc, 4);
-    }
     p.frame = std::move(frame);
-    std::lock_guard lock(send_mu);
+    p.sealed = body.empty();
+    p.requests.reserve(2 + (body.size() + piece_bytes - 1) / piece_bytes);
+    std::unique_lock lock(send_mu);
     env.body_tag = next_seq++;
     store_envelope(p.message.data(), env);
     MPI_Request req;
@@ -512,13 +593,24 @@ struct MpiWire::Impl : std::enable_shared_from_this<MpiWire::Impl> {
                                it->second, kFrameTag, c(), &req));
     p.requests.push_back(req);
     const int tag = kBodyTagBase + static_cast<int>(env.body_tag % kBodyTagSpan);
-    const std::span<const std::byte> body = p.frame.body;
-    for (size_t off = 0; off < body.size(); off += kChunk) {
-      const int n = static_cast<int>(std::min(kChunk, body.size() - off));
-      PTRAIN_MPI_CHECK(MPI_Isend(body.data() + off, n, MPI_BYTE, it->second, tag, c(), &req));
+    for (size_t off = 0; off < on_wire.size(); off += piece_bytes) {
+      const int n = static_cast<int>(std::min(piece_bytes, on_wire.size() - off));
+      PTRAIN_MPI_CHECK(MPI_Isend(on_wire.data() + off, n, MPI_BYTE, it->second, tag, c(), &req));
       p.requests.push_back(req);
     }
     pending.push_back(std::move(p));
+    if (body.empty()) return;
+    // The list keeps its elements in place, and reap_sends() keeps an unsealed one.
+    Pending& sent = pending.back();
+    lock.unlock();
+    // The receive thread moves the pieces meanwhile (it polls while sends are pending).
+    const uint32_t crc = crc32c(body.data(), body.size(), head_crc);
+    std::memcpy(sent.trailer.data(), &crc, proto::kTrailerSize);
+    lock.lock();
+    PTRAIN_MPI_CHECK(MPI_Isend(sent.trailer.data(), static_cast<int>(sent.trailer.size()),
+                               MPI_BYTE, it->second, tag, c(), &req));
+    sent.requests.push_back(req);
+    sent.sealed = true;
   }
 
   // Waits until no pending send of `from` (every sender when null) remains; false on timeout.
@@ -540,8 +632,14 @@ struct MpiWire::Impl : std::enable_shared_from_this<MpiWire::Impl> {
   }
 };
 
-MpiWire::MpiWire(MpiComm comm, std::map<Endpoint, int> ranks, proto::DecoderLimits limits)
+MpiWire::MpiWire(MpiComm comm, std::map<Endpoint, int> ranks, proto::DecoderLimits limits,
+                 size_t piece_bytes)
     : impl_(std::make_shared<Impl>()) {
+  if (piece_bytes == 0 || piece_bytes > kChunk) {
+    throw ConfigError(fmt::format("MPI wire: pieces of {} bytes (1 .. {} allowed)", piece_bytes,
+                                  kChunk));
+  }
+  impl_->piece_bytes = piece_bytes;
   impl_->comm = std::move(comm);
   impl_->ranks = std::move(ranks);
   impl_->limits = limits;
@@ -561,6 +659,13 @@ void MpiWire::send(const Endpoint& from, const Endpoint& to, proto::OutFrame fra
 
 void MpiWire::send_raw(const Endpoint& from, const Endpoint& to, std::vector<std::byte> bytes) {
   impl_->post_send(from, to, proto::OutFrame{}, std::move(bytes));
+}
+
+void MpiWire::send_tampered(const Endpoint& from, const Endpoint& to, proto::OutFrame frame,
+                            std::span<const std::byte> wire_body) {
+  PTRAIN_ENFORCE(!frame.body.empty() && wire_body.size() == frame.body.size(),
+                 "send_tampered: {} bytes for a body of {}", wire_body.size(), frame.body.size());
+  impl_->post_send(from, to, std::move(frame), {}, wire_body);
 }
 
 void MpiWire::flush(const Endpoint& from, std::chrono::milliseconds timeout) {
@@ -715,11 +820,15 @@ bool MpiComm::nudged() const { no_mpi(); }
 void MpiComm::send_bytes(int, std::span<const std::byte>) const { no_mpi(); }
 void MpiComm::recv_bytes(int, std::span<std::byte>) const { no_mpi(); }
 struct MpiWire::Impl {};
-MpiWire::MpiWire(MpiComm, std::map<Endpoint, int>, proto::DecoderLimits) { no_mpi(); }
+MpiWire::MpiWire(MpiComm, std::map<Endpoint, int>, proto::DecoderLimits, size_t) { no_mpi(); }
 MpiWire::~MpiWire() = default;
 void MpiWire::attach(const Endpoint&, std::shared_ptr<ReceivePosts>) { no_mpi(); }
 void MpiWire::send(const Endpoint&, const Endpoint&, proto::OutFrame) { no_mpi(); }
 void MpiWire::send_raw(const Endpoint&, const Endpoint&, std::vector<std::byte>) { no_mpi(); }
+void MpiWire::send_tampered(const Endpoint&, const Endpoint&, proto::OutFrame,
+                            std::span<const std::byte>) {
+  no_mpi();
+}
 void MpiWire::flush(const Endpoint&, std::chrono::milliseconds) { no_mpi(); }
 std::optional<RawFrame> MpiWire::take(const Endpoint&, std::chrono::milliseconds) { no_mpi(); }
 void MpiWire::deliver(const Endpoint&, RawFrame) { no_mpi(); }

@@ -9,12 +9,20 @@
 //   - a frame without floats is one message (tag kFrameTag): a 32-byte envelope (sender and
 //     receiver Endpoint, body tag, body size) followed by the whole encoded frame;
 //   - a frame with floats (GradPush, PullReply) is that message holding the header and head
-//     payload plus the 4-byte trailer, then the floats as one MPI_Isend straight from the
-//     sender's borrowed range (no copy; chunks of 1 GiB past MPI's int count), under a tag of
-//     their own so that no other message can match them. The receiver checks the head with the
-//     same fuzzed frame decoder the TCP reader uses, then MPI_Irecv's the floats straight into the
-//     destination the role posted (receive_posts.hpp) or a buffer of their own, and checks the
-//     CRC32C as the TCP reader does.
+//     payload (the envelope also names the piece size), then the floats in pieces of the wire's
+//     piece size (kMpiBodyPiece unless a test asks for less), each an MPI_Isend straight from
+//     the sender's borrowed range (no copy), then the frame's 4-byte trailer as a message of its
+//     own; pieces and trailer travel under a tag of the frame's own, so that no other message
+//     can match them, and MPI keeps them in order. The trailer comes last so that the sender
+//     computes the payload CRC32C while its pieces are in flight, as the TCP writer does while
+//     it writes, instead of a whole pass over the floats before the first byte leaves. The
+//     receiver checks the head with the same fuzzed frame decoder the TCP reader uses, then
+//     MPI_Irecv's the pieces straight into the destination the role posted (receive_posts.hpp)
+//     or a buffer of their own, two pieces ahead, and feeds each piece to the decoder (which
+//     checksums it) as soon as it landed while the next ones arrive; the trailer then goes to
+//     the decoder as on TCP, and a mismatch is reported naming the sender. The pieces are this
+//     wire's own business: the frame the codec sees (header, payload, trailer, the CRCs) is the
+//     one every transport moves.
 // Threading: MPI_THREAD_MULTIPLE (required; mpi_init() refuses less). Sends are posted by the
 // calling role thread itself (no hand-off, no copy); one receive thread per wire probes for
 // frames (MPI_Improbe, backing off to 1 ms sleeps when idle so that an idle rank does not spin a
@@ -95,10 +103,17 @@ std::string mpi_processor_name();
 // One process's MPI endpoint on a communicator: the receive thread, the inboxes of the roles
 // this process hosts, the pending sends. Endpoints hosted here attach an inbox (an MpiTransport
 // does); a frame for an endpoint not hosted here is refused with a logged reason.
+// Bytes per message of a frame's floats on the MPI wire: large enough that a piece's rendezvous
+// is small beside its copy, small enough that checksumming one piece hides behind the next.
+inline constexpr size_t kMpiBodyPiece = size_t{4} << 20;
+
 class MpiWire {
  public:
-  // `ranks`: every Endpoint of the job and its rank in `comm`.
-  MpiWire(MpiComm comm, std::map<Endpoint, int> ranks, proto::DecoderLimits limits = {});
+  // `ranks`: every Endpoint of the job and its rank in `comm`. `piece_bytes` (1 .. 1 GiB): the
+  // size of the pieces this wire sends floats in (a receiver takes the size from each frame's
+  // envelope); tests pass a small one to reach many pieces and their edges with small frames.
+  MpiWire(MpiComm comm, std::map<Endpoint, int> ranks, proto::DecoderLimits limits = {},
+          size_t piece_bytes = kMpiBodyPiece);
   ~MpiWire();  // close()
   MpiWire(const MpiWire&) = delete;
   MpiWire& operator=(const MpiWire&) = delete;
@@ -111,6 +126,11 @@ class MpiWire {
   void send(const Endpoint& from, const Endpoint& to, proto::OutFrame frame);
   // Bytes as one frame message, unchecked (tests: what a broken peer would send).
   void send_raw(const Endpoint& from, const Endpoint& to, std::vector<std::byte> bytes);
+  // As send(), but the pieces carry `wire_body` (as many bytes as the frame's floats) while the
+  // trailer is computed over the frame's own floats (tests: what a link that corrupts a byte of
+  // a piece would deliver). `wire_body` must stay valid until flush() returns.
+  void send_tampered(const Endpoint& from, const Endpoint& to, proto::OutFrame frame,
+                     std::span<const std::byte> wire_body);
   // Returns once every frame `from` sent so far has left its buffers. Throws Error(kIo) after
   // `timeout`, naming what is still pending.
   void flush(const Endpoint& from, std::chrono::milliseconds timeout);
