@@ -18,11 +18,11 @@
 //     it writes, instead of a whole pass over the floats before the first byte leaves. The
 //     receiver checks the head with the same fuzzed frame decoder the TCP reader uses, then
 //     MPI_Irecv's the pieces straight into the destination the role posted (receive_posts.hpp)
-//     or a buffer of their own, two pieces ahead, and feeds each piece to the decoder (which
-//     checksums it) as soon as it landed while the next ones arrive; the trailer then goes to
-//     the decoder as on TCP, and a mismatch is reported naming the sender. The pieces are this
-//     wire's own business: the frame the codec sees (header, payload, trailer, the CRCs) is the
-//     one every transport moves.
+//     or a buffer of their own, the next piece posted while one lands, and feeds each piece to
+//     the decoder (which checksums it) as soon as it landed while the next one arrives; the
+//     trailer then goes to the decoder as on TCP, and a mismatch is reported naming the sender.
+//     The pieces are this wire's own business: the frame the codec sees (header, payload,
+//     trailer, the CRCs) is the one every transport moves.
 // Threading: MPI_THREAD_MULTIPLE (required; mpi_init() refuses less). Sends are posted by the
 // calling role thread itself (no hand-off, no copy); one receive thread per wire probes for
 // frames (MPI_Improbe, backing off to 1 ms sleeps when idle so that an idle rank does not spin a
