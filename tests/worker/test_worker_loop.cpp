@@ -348,3 +348,24 @@ TEST_CASE("worker loop: leases out of order are refused naming the lease - a bsp
     refused(rig, "this job's cluster.sync is not ssp or async");
   }
 }
+
+// cluster.sync local's inner optimizer state: a worker of another mode holds none, so a request
+// to save or load one is a protocol error it reports, naming the message and the mode.
+TEST_CASE("worker loop: a bsp worker refuses InnerStateSave and InnerStateLoad naming the sync mode") {
+  for (const bool save : {true, false}) {
+    CAPTURE(save);
+    Rig rig(2);
+    rig.load(5);
+    if (save) {
+      rig.coord.send(net::worker_endpoint(0), proto::InnerStateSave{1, 0, 0, "tmp"});
+    } else {
+      rig.coord.send(net::worker_endpoint(0), proto::InnerStateLoad{1, 0, 0, "ckpt"});
+    }
+    const auto f = rig.expect<proto::Failure>("the worker's failure");
+    CHECK(f.code == static_cast<int32_t>(ExitCode::kIo));  // a protocol error
+    const std::string want = std::string("unexpected ") +
+                             (save ? "InnerStateSave" : "InnerStateLoad") +
+                             " from coordinator (this job's cluster.sync is not local)";
+    CHECK_MESSAGE(f.message.find(want) != std::string::npos, f.message);
+  }
+}
