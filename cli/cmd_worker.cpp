@@ -79,15 +79,15 @@ void add_worker_command(CLI::App& app, Action& action) {
         const std::string spec = f;
         const auto bad = [&spec] {
           return UsageError(fmt::format(
-              "PTRAIN_TEST_WORKER_FAULT={}: expected PHASE:STEP with PHASE before-push, mid-push "
-              "or after-push, or delay-push:STEP:SECONDS",
+              "PTRAIN_TEST_WORKER_FAULT={}: expected PHASE:STEP with PHASE before-push, mid-push, "
+              "after-push or inner-save, or delay-push:STEP:SECONDS",
               spec));
         };
         const auto colon = spec.find(':');
         const std::string phase = spec.substr(0, colon);
         if (colon == std::string::npos ||
             (phase != "before-push" && phase != "mid-push" && phase != "after-push" &&
-             phase != "delay-push")) {
+             phase != "inner-save" && phase != "delay-push")) {
           throw bad();
         }
         const std::string rest = spec.substr(colon + 1);

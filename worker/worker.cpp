@@ -194,6 +194,9 @@ void worker_loop(const WorkerOptions& o, const ParamLayout& layout,
       proto::InnerStateDone done;
       done.worker_id = o.worker_id;
       if (save != nullptr) {
+        if (o.fault_phase == "inner-save" && save->version >= o.fault_step) {
+          die_for_test(me, o.fault_phase, save->version);
+        }
         write_inner_state(save->tmp_dir, layout, save->version, save->slot, local->inner_steps(),
                           local->m(), local->v());
         done.request_id = save->request_id;

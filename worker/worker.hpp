@@ -68,7 +68,9 @@ struct WorkerOptions {
   // "before-push" (gradients computed, nothing pushed), "mid-push" (pushed to server 0 only),
   // "after-push" (pushed everywhere, not reported; with cluster.bucket_mb > 0 "mid-push" dies
   // once its first gradient message is written: one bucket's piece to one server, and the
-  // other phases run that step without overlap); or, a straggler, "delay-push": from step
+  // other phases run that step without overlap); "inner-save" (cluster.sync local: asked to
+  // save its inner optimizer state into the checkpoint of step `fault_step` or later, before
+  // writing anything); or, a straggler, "delay-push": from step
   // `fault_step` on, every step sleeps `fault_delay_s` seconds before pushing (heartbeats go on,
   // so only cluster.step_deadline_s can leave it behind). Empty = none.
   std::string fault_phase;

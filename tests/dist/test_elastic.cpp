@@ -8,6 +8,7 @@
 #include "support/job_test_util.hpp"
 #include "support/ptrain_process.hpp"
 
+#include "common/io/checkpoint_format.hpp"
 #include "common/io/ledger.hpp"
 
 #include <doctest/doctest.h>
@@ -554,6 +555,41 @@ TEST_CASE("dist elastic: local sgd - a worker killed before its push loses its l
     if (j.contains("windows")) CHECK(j.at("windows").size() <= 16);
   }
   stop_and_check(job, run);
+}
+
+// cluster.sync local: a worker killed while it is asked for its inner optimizer state (at the
+// checkpoint of step 5) is left out of that checkpoint — which is published with the other
+// worker's state — and the job goes on without it.
+TEST_CASE("dist elastic: local sgd - a worker killed at a checkpoint's inner-state save is left out - the checkpoint holds the others'") {
+  TempDir dir("elastic-local-save");
+  const std::string run = dir / "run";
+  const Proc job = start_job(dir, 1, 1, ", sync: local, local_steps: 2");
+  const Proc victim = start_worker(run, dir / "victim.txt", "inner-save:5");
+  const int st = wait_status(victim.pid, std::chrono::seconds(60));
+  REQUIRE(WIFSIGNALED(st));
+  CHECK(WTERMSIG(st) == SIGKILL);
+  // Which checkpoint it died in: the first one after it joined (its last words name the step).
+  const std::string words = slurp(dir / "victim.txt");
+  const auto at_step = words.find("SIGKILL at inner-save of step ");
+  REQUIRE_MESSAGE(at_step != std::string::npos, words);
+  const int64_t step = std::stoll(words.substr(at_step + 30));
+  REQUIRE(reach_step(run, step + 3, std::chrono::seconds(90)));
+  const std::string log = slurp(run + "/logs/coordinator-0.log");
+  INFO(log.substr(log.size() > 4000 ? log.size() - 4000 : 0));
+  CHECK(log.find("is gone before it saved its inner optimizer state (slot 1)") !=
+        std::string::npos);
+  // That checkpoint was published with the other worker's state (steps are fast here: keep-2
+  // may have removed its folder already, so the coordinator's line of it is what is checked).
+  const auto at = log.find(fmt::format("step {}/100000 | checkpoint ", step));  // train.steps
+  REQUIRE(at != std::string::npos);
+  const std::string line = log.substr(at, log.find('\n', at) - at);
+  CHECK_MESSAGE(line.find("(2 shards, 1 worker inner state(s);") != std::string::npos, line);
+  stop_and_check(job, run);
+  // The last checkpoint (at the stop) holds the one worker left.
+  const std::string latest = run + "/checkpoints/latest";
+  CHECK(read_checkpoint_meta(latest).inner_state_slots == std::vector<int64_t>{0});
+  CHECK(fs::exists(latest + "/inner-0.h5"));
+  CHECK_FALSE(fs::exists(latest + "/inner-1.h5"));
 }
 
 // cluster.sync ssp and async (docs/sync_modes.md) with a straggler (PTRAIN_TEST_WORKER_FAULT=
