@@ -50,10 +50,12 @@ namespace fs = std::filesystem;
 using checkpoint_internal::check_sizes;
 using checkpoint_internal::kFileName;
 using checkpoint_internal::kMaxShards;
+using checkpoint_internal::check_crc;
 using checkpoint_internal::crc_of;
 using checkpoint_internal::damaged_guard;
 using checkpoint_internal::open_checkpoint;
 using checkpoint_internal::open_readonly;
+using checkpoint_internal::open_tensor;
 using checkpoint_internal::utc_now_iso8601;
 using checkpoint_internal::with_checksum_block;
 
@@ -231,6 +233,10 @@ void check_virtual_sources(const h5::Dataset& ds, const std::string& file, const
   }
 }
 
+}  // namespace
+
+namespace checkpoint_internal {
+
 // Opens tensor `rel` ("model/<name>") of a checkpoint: present, float32, of `expect_shape` (when
 // given), with a crc32c attribute (returned in `stored`).
 h5::Dataset open_tensor(const h5::File& f, const std::string& file, const std::string& rel,
@@ -269,6 +275,10 @@ void check_crc(const std::string& file, const std::string& rel, uint64_t stored,
         sharded ? "checkpoint" : "file"));
   }
 }
+
+}  // namespace checkpoint_internal
+
+namespace {
 
 // Reads group/name of a single-file checkpoint into `dst`, checking presence, dtype, shape and
 // CRC32C.

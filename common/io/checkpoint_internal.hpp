@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <span>
 #include <string>
+#include <vector>
 
 namespace ptrain::checkpoint_internal {
 
@@ -45,6 +46,14 @@ auto damaged_guard(const std::string& file, F&& f) {
 h5::File open_readonly(const std::string& path, const std::string& who);
 // open_readonly for a file that must exist and be a regular file (IoError naming it otherwise).
 h5::File open_checkpoint(const std::string& file);
+// Opens tensor `rel` ("model/<name>") of `f`: present, float32, of `expect_shape` (when given),
+// with a crc32c attribute (returned in `stored`). CheckpointError naming `file` otherwise.
+h5::Dataset open_tensor(const h5::File& f, const std::string& file, const std::string& rel,
+                        const std::vector<int64_t>* expect_shape, uint64_t& stored);
+// `actual`, the CRC32C of the whole tensor `rel`, must be the stored one (CheckpointError naming
+// `file`; `sharded`: computed over the shards' pieces).
+void check_crc(const std::string& file, const std::string& rel, uint64_t stored, uint32_t actual,
+               bool sharded);
 // How every checkpoint file is written: with the checksum block filled in after HDF5 closed the
 // file, before the fsync and the rename.
 h5::AtomicWriteOptions with_checksum_block();

@@ -67,34 +67,14 @@ void check_header(const h5::File& f, const std::string& file, const std::string&
   }
 }
 
-// group/name: a float32 dataset with a crc32c attribute that matches `data` once read into it.
+// group/name: a float32 tensor (of `shape` when given) read into `data`, its crc32c checked.
 void read_checked(const h5::File& f, const std::string& file, const std::string& rel,
                   const std::vector<int64_t>* shape, std::vector<float>& data) {
-  if (f.kind(rel) != h5::ObjectKind::kDataset) {
-    throw CheckpointError(fmt::format("{}: tensor {} is missing", file, rel));
-  }
-  const h5::Dataset ds = f.open_dataset(rel);
-  if (ds.type().dtype != h5::DType::kFloat32) {
-    throw CheckpointError(
-        fmt::format("{}: tensor {} is {}, expected float32", file, rel, ds.type().describe()));
-  }
-  if (shape != nullptr && ds.shape() != *shape) {
-    throw CheckpointError(fmt::format("{}: tensor {} has shape [{}], expected [{}]", file, rel,
-                                      fmt::join(ds.shape(), ", "), fmt::join(*shape, ", ")));
-  }
-  if (!ds.has_attr("crc32c")) {
-    throw CheckpointError(fmt::format("{}: tensor {} has no crc32c attribute", file, rel));
-  }
+  uint64_t stored = 0;
+  const h5::Dataset ds = checkpoint_internal::open_tensor(f, file, rel, shape, stored);
   data.resize(static_cast<size_t>(ds.size()));
   ds.read(data);
-  const uint64_t stored = ds.attr_uint64("crc32c");
-  const uint32_t actual = crc_of(data);
-  if (stored != actual) {
-    throw CheckpointError(fmt::format(
-        "{}: tensor {} fails its checksum (crc32c stored {:#010x}, computed {:#010x}): the file "
-        "is damaged",
-        file, rel, stored, actual));
-  }
+  checkpoint_internal::check_crc(file, rel, stored, crc_of(data), /*sharded=*/false);
 }
 
 }  // namespace
